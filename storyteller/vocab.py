@@ -1,0 +1,146 @@
+"""The word vocabulary: frequency threshold, fixed special ids, and a pickle that runs no code.
+
+``vocab.pkl`` holds *plain data only* (a dict of lists, strings and numbers). Loading it uses
+an unpickler that refuses every class or function reference, so a crafted file that tries
+to execute code on load is rejected with a clear error instead of running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .errors import StorytellerError
+from .runtime import atomic_path
+from .text import END, PAD, SPECIAL_TOKENS, START, UNK, tokenize
+
+FORMAT_VERSION = 1
+
+
+class Vocabulary:
+    """Maps words to ids and back. Ids 0-3 are always ``<pad> <start> <end> <unk>``."""
+
+    pad_id, start_id, end_id, unk_id = 0, 1, 2, 3
+
+    def __init__(self, words: Sequence[str], threshold: int = 5, provenance: dict | None = None):
+        self.itos: list[str] = list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS]
+        self.stoi: dict[str, int] = {w: i for i, w in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise StorytellerError("vocabulary words must be unique")
+        self.threshold = threshold
+        self.provenance = dict(provenance or {})
+
+    @classmethod
+    def build(
+        cls, captions: Iterable[str], threshold: int = 5, provenance: dict | None = None
+    ) -> Vocabulary:
+        """Keep words seen at least ``threshold`` times, most frequent first (ties A-Z)."""
+        if threshold < 1:
+            raise StorytellerError(f"vocabulary threshold must be >= 1, got {threshold}")
+        counts: Counter[str] = Counter()
+        num_captions = 0
+        for caption in captions:
+            counts.update(tokenize(caption))
+            num_captions += 1
+        words = sorted(
+            (w for w, n in counts.items() if n >= threshold), key=lambda w: (-counts[w], w)
+        )
+        info = {
+            "threshold": threshold,
+            "num_captions": num_captions,
+            "num_distinct_words": len(counts),
+            "coverage": round(sum(counts[w] for w in words) / max(1, counts.total()), 4),
+        }
+        info.update(provenance or {})
+        return cls(words, threshold, info)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self.stoi
+
+    def encode(self, caption: str, max_length: int | None = None) -> list[int]:
+        """``<start> w1 ... wn <end>`` as ids; unknown words -> ``<unk>``; truncated to fit."""
+        ids = [self.stoi.get(w, self.unk_id) for w in tokenize(caption)]
+        if max_length is not None:
+            ids = ids[: max(0, max_length - 2)]
+        return [self.start_id, *ids, self.end_id]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids -> caption text: stops at ``<end>``, drops ``<start>``/``<pad>``."""
+        words = []
+        for i in ids:
+            i = int(i)
+            if i == self.end_id:
+                break
+            if i in (self.pad_id, self.start_id):
+                continue
+            words.append(self.itos[i] if 0 <= i < len(self.itos) else UNK)
+        return " ".join(words)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the word list: checkpoints store it to catch a mismatched vocab."""
+        return hashlib.sha256("\n".join(self.itos).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return {
+            "format": "storyteller-vocab",
+            "version": FORMAT_VERSION,
+            "itos": list(self.itos),
+            "threshold": self.threshold,
+            "provenance": dict(self.provenance),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Vocabulary:
+        if not isinstance(data, dict) or data.get("format") != "storyteller-vocab":
+            raise StorytellerError("not a storyteller vocabulary (missing format marker)")
+        itos = data["itos"]
+        if list(itos[:4]) != list(SPECIAL_TOKENS):
+            raise StorytellerError(f"vocabulary must start with {SPECIAL_TOKENS}, got {itos[:4]}")
+        return cls(itos[4:], data.get("threshold", 5), data.get("provenance"))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(pickle.dumps(self.to_dict(), protocol=4))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocabulary:
+        path = Path(path)
+        if not path.is_file():
+            raise StorytellerError(f"vocabulary file not found: {path}")
+        return cls.from_dict(safe_unpickle(path.read_bytes(), what=str(path)))
+
+    def __repr__(self) -> str:
+        return f"Vocabulary(size={len(self)}, threshold={self.threshold})"
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles only built-in containers and scalars; any global reference is refused."""
+
+    def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def safe_unpickle(data: bytes, what: str = "pickle") -> object:
+    """Load plain data from pickle bytes without executing anything."""
+    try:
+        return _PlainDataUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as exc:
+        raise StorytellerError(
+            f"{what} is not a plain-data vocabulary ({exc}); it may have been crafted to run "
+            "code on load, so it was not loaded. Rebuild it with `python -m storyteller vocab`."
+        ) from None
+    except Exception as exc:
+        raise StorytellerError(f"{what} is not a readable vocabulary pickle: {exc}") from None
+
+
+__all__ = ["Vocabulary", "safe_unpickle", "PAD", "START", "END", "UNK"]
