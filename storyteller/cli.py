@@ -1,0 +1,255 @@
+"""Command line: ``python -m storyteller <command>`` (also installed as ``storyteller``).
+
+Every command is a thin wrapper over a function in :mod:`storyteller.pipeline` (or
+:mod:`storyteller.inference`), so notebooks can call the same code. Errors are printed as one
+line (``error: ...``) with exit status 2, not as a traceback; set ``STORYTELLER_DEBUG=1`` to
+see the traceback of an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .config import TrainConfig
+from .encoders import ENCODERS
+from .errors import StorytellerError
+
+
+def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
+    if data:
+        p.add_argument(
+            "--data",
+            help="dataset folder (Images/ + captions.txt, Flickr8k.token.txt or "
+            "results.csv); default: the embedded sample dataset",
+        )
+    p.add_argument(
+        "--out", default="outputs", help="run folder for every artefact (default: ./outputs)"
+    )
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=d.num_epochs,
+        help=f"number of epochs (default {d.num_epochs})",
+    )
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument(
+        "--patience", type=int, default=d.patience, help="early-stopping patience in epochs"
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--embed-size", type=int, default=256)
+    p.add_argument("--hidden-size", type=int, default=512)
+    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument(
+        "--no-resume", action="store_true", help="start training afresh even if last.pth exists"
+    )
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--beam",
+        type=int,
+        nargs="+",
+        default=[1, 5],
+        help="decodings to score: 1 = greedy (default: 1 5)",
+    )
+    p.add_argument(
+        "--length-penalty", type=float, default=0.7, help="beam length normalisation alpha"
+    )
+    p.add_argument("--meteor", choices=["auto", "java", "nltk", "none"], default="auto")
+
+
+def _configs(args) -> tuple[TrainConfig, dict]:
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise StorytellerError(f"--{name.replace('_', '-')} must be at least 1")
+    train = TrainConfig(
+        num_epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+    )
+    model = {
+        "embed_size": args.embed_size,
+        "hidden_size": args.hidden_size,
+        "num_layers": args.num_layers,
+        "dropout": args.dropout,
+    }
+    return train, model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m storyteller",
+        description="Neural Storyteller: cache CNN features, build a vocabulary, train an LSTM captioner, "
+        "decode (greedy / beam search) and evaluate. Run `run-all` for the whole chain.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = sub.add_parser("sample", help="write the embedded sample dataset (Kaggle layout)")
+    p.add_argument("--out", help="folder to write (default: the package's cache folder)")
+    p.add_argument("--num-images", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("features", help="extract and cache image features (resumable)")
+    _add_common(p)
+    p.add_argument(
+        "--encoder", choices=list(ENCODERS), help="default: resnet50, or efficientnet_lite0 offline"
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+
+    p = sub.add_parser(
+        "vocab", help="split images 80/10/10 and build vocab.pkl from training captions"
+    )
+    _add_common(p)
+    p.add_argument("--threshold", type=int, default=5, help="minimum word count (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("train", help="train the captioner on cached features (resumes)")
+    _add_common(p)
+    _add_train_args(p)
+
+    p = sub.add_parser(
+        "evaluate", help="score the best checkpoint on the test split -> metrics.json"
+    )
+    _add_common(p)
+    _add_eval_args(p)
+    p.add_argument("--checkpoint", help="default: OUT/best_model.pth")
+
+    p = sub.add_parser("caption", help="caption images: one JSON line per image")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--checkpoint", default="outputs/best_model.pth")
+    p.add_argument("--vocab", default="outputs/vocab.pkl")
+    p.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
+    p.add_argument("--length-penalty", type=float, default=0.7)
+    p.add_argument("--device")
+
+    p = sub.add_parser("run-all", help="the whole chain into one folder (sample data by default)")
+    _add_common(p)
+    p.add_argument(
+        "--encoder", choices=list(ENCODERS), help="default: resnet50, or efficientnet_lite0 offline"
+    )
+    p.add_argument("--threshold", type=int, default=5)
+    _add_train_args(p)
+    _add_eval_args(p)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import pipeline
+
+    if args.command == "sample":
+        from .sample import DEFAULT_NUM_IMAGES, default_sample_dir, generate_sample_dataset
+
+        out = generate_sample_dataset(
+            args.out or default_sample_dir(),
+            args.num_images or DEFAULT_NUM_IMAGES,
+            args.seed,
+            overwrite=args.overwrite,
+        )
+        print(f"sample dataset in {out}")
+    elif args.command == "features":
+        pipeline.features_step(
+            args.data,
+            args.out,
+            args.encoder,
+            args.batch_size,
+            args.workers,
+            args.overwrite,
+            args.device,
+        )
+    elif args.command == "vocab":
+        pipeline.vocab_step(args.data, args.out, args.threshold, args.seed)
+    elif args.command == "train":
+        train, model = _configs(args)
+        result = pipeline.train_step(
+            args.data, args.out, train, model, resume=not args.no_resume, device=args.device
+        )
+        print(f"best validation loss {result.best_val_loss:.4f} -> {result.best_checkpoint}")
+    elif args.command == "evaluate":
+        pipeline.evaluate_step(
+            args.data,
+            args.out,
+            tuple(args.beam),
+            args.length_penalty,
+            args.meteor,
+            args.checkpoint,
+            args.device,
+        )
+    elif args.command == "caption":
+        return _caption(args)
+    elif args.command == "run-all":
+        train, model = _configs(args)
+        pipeline.run_all(
+            args.data,
+            args.out,
+            args.encoder,
+            train,
+            model,
+            args.threshold,
+            tuple(args.beam),
+            args.length_penalty,
+            args.meteor,
+            args.device,
+            resume=not args.no_resume,
+        )
+    return 0
+
+
+def _caption(args) -> int:
+    from PIL import Image
+
+    from .features import load_rgb
+    from .inference import Captioner
+    from .runtime import get_device
+
+    captioner = Captioner.from_files(args.checkpoint, args.vocab, get_device(args.device))
+    failures = 0
+    for path in args.images:
+        try:
+            with Image.open(path) as image:
+                caption = captioner(
+                    [load_rgb(image)], beam_size=args.beam, length_penalty=args.length_penalty
+                )[0]
+            print(json.dumps({"image": path, "caption": caption}), flush=True)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            failures += 1
+            print(json.dumps({"image": path, "error": f"cannot read image: {exc}"}), flush=True)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except StorytellerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("STORYTELLER_DEBUG"):
+            raise
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (set STORYTELLER_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Captioning new photos: the trained decoder plus the same encoder that made its features."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .checkpoint import load_model
+from .decoding import beam_search, greedy_decode
+from .features import FeatureExtractor
+from .runtime import get_device
+from .vocab import Vocabulary
+
+
+class Captioner:
+    """Load once, caption many: ``Captioner.from_files(ckpt, vocab)([image, ...])``."""
+
+    def __init__(
+        self, model, vocab: Vocabulary, extractor: FeatureExtractor, checkpoint: dict | None = None
+    ):
+        self.model, self.vocab, self.extractor = model, vocab, extractor
+        self.checkpoint_info = {
+            k: v for k, v in (checkpoint or {}).items() if k in ("epoch", "best_val_loss")
+        }
+
+    @classmethod
+    def from_files(
+        cls, checkpoint: str | Path, vocab: str | Path, device: torch.device | None = None
+    ) -> Captioner:
+        device = device or get_device()
+        vocabulary = Vocabulary.load(vocab)
+        model, state = load_model(checkpoint, vocabulary, device)
+        extractor = FeatureExtractor(model.config.encoder, device)
+        return cls(model, vocabulary, extractor, state)
+
+    @torch.inference_mode()
+    def caption(
+        self,
+        images: Sequence[Image.Image | str | Path],
+        beam_size: int = 1,
+        max_length: int = 50,
+        length_penalty: float = 0.7,
+    ) -> list[str]:
+        """Captions for PIL images or image paths (greedy when ``beam_size == 1``)."""
+        pil = [im if isinstance(im, Image.Image) else Image.open(im) for im in images]
+        features = self.extractor(pil).to(self.extractor.device)  # (B, feature_dim)
+        if beam_size <= 1:
+            ids = greedy_decode(self.model, features, max_length)
+        else:
+            ids = [
+                h[0].ids
+                for h in beam_search(self.model, features, beam_size, max_length, length_penalty)
+            ]
+        return [self.vocab.decode(seq) for seq in ids]
+
+    __call__ = caption

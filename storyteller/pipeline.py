@@ -1,0 +1,270 @@
+"""The whole chain as steps that share one output folder:
+
+data -> cached features -> vocabulary -> training -> evaluation
+
+Each step reads what the previous steps wrote, so the command line, the notebooks and
+``run_all`` call the same functions and a step can be re-run on its own.
+
+Output folder layout::
+
+    features/features.npy, features/features.json   cached image features + index
+    splits.json                                      train/val/test image names
+    vocab.pkl                                        the vocabulary (plain data)
+    best_model.pth, last.pth                         checkpoints (best by val loss; resume)
+    history.json, loss_curve.png                     training curves
+    metrics.json, test_captions.json, caption_grid.png   evaluation
+    baseline.json                                    most-frequent-caption baseline scores
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import BEST_CHECKPOINT, load_model
+from .config import ModelConfig, TrainConfig
+from .data import CaptionDataset, load_dataset, split_by_image
+from .encoders import resolve_encoder
+from .errors import StorytellerError
+from .features import extract_features, load_feature_cache
+from .runtime import get_device, seed_everything, write_json
+from .train import TrainResult, train_model
+from .vocab import Vocabulary
+
+DEFAULT_OUT = Path("outputs")
+SPLITS_FILE = "splits.json"
+VOCAB_FILE = "vocab.pkl"
+FEATURES_DIR = "features"
+BASELINE_FILE = "baseline.json"
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where each artefact of a run lives inside its output folder."""
+
+    out: Path
+
+    @property
+    def features(self) -> Path:
+        return self.out / FEATURES_DIR
+
+    @property
+    def splits(self) -> Path:
+        return self.out / SPLITS_FILE
+
+    @property
+    def vocab(self) -> Path:
+        return self.out / VOCAB_FILE
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / BEST_CHECKPOINT
+
+    @property
+    def metrics(self) -> Path:
+        return self.out / "metrics.json"
+
+
+def resolve_data(
+    data: str | Path | None, sample_images: int | None = None, log: Log = print
+) -> Path:
+    """The dataset folder to use: ``data`` if given, else the embedded sample (generated once)."""
+    if data is not None:
+        return Path(data).expanduser()
+    from .sample import DEFAULT_NUM_IMAGES, ensure_sample_dataset
+
+    path = ensure_sample_dataset(num_images=sample_images or DEFAULT_NUM_IMAGES)
+    log(f"no --data given: using the embedded sample dataset in {path}")
+    return path
+
+
+def features_step(
+    data: str | Path | None,
+    out: str | Path = DEFAULT_OUT,
+    encoder: str | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    overwrite: bool = False,
+    device: str | None = None,
+    log: Log = print,
+) -> Path:
+    """Extract and cache one feature vector per image. ``encoder=None``: ResNet50, or the
+    offline EfficientNet-Lite0 when ResNet50 weights cannot be downloaded."""
+    paths = RunPaths(Path(out))
+    dataset = load_dataset(resolve_data(data, log=log))
+    existing = paths.features / "features.json"
+    if encoder is None and existing.is_file() and not overwrite:
+        encoder = json.loads(existing.read_text())["encoder"]  # resume with what it was made with
+    name, module = resolve_encoder(encoder, log=log)
+    log(f"extracting {name} features for {len(dataset)} images into {paths.features}")
+    extract_features(
+        dataset.image_dir,
+        dataset.images,
+        paths.features,
+        name,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=get_device(device),
+        overwrite=overwrite,
+        encoder=module,
+    )
+    return paths.features
+
+
+def vocab_step(
+    data: str | Path | None,
+    out: str | Path = DEFAULT_OUT,
+    threshold: int = 5,
+    seed: int = 0,
+    log: Log = print,
+) -> Vocabulary:
+    """Split images 80/10/10 (seeded) and build the vocabulary from the *training* captions."""
+    paths = RunPaths(Path(out))
+    data_dir = resolve_data(data, log=log)
+    dataset = load_dataset(data_dir)
+    split = split_by_image(dataset.images, seed=seed)
+    write_json(paths.splits, {"seed": seed, **split.to_dict()})
+    vocab = Vocabulary.build(
+        (c for name in split.train for c in dataset.captions[name]),
+        threshold,
+        provenance={
+            "source": str(dataset.source),
+            "split": "train",
+            "num_images": len(split.train),
+            "seed": seed,
+        },
+    )
+    vocab.save(paths.vocab)
+    log(
+        f"vocabulary: {len(vocab)} words (threshold {threshold}, covers "
+        f"{vocab.provenance['coverage']:.1%} of training tokens) -> {paths.vocab}; "
+        f"split {len(split.train)}/{len(split.val)}/{len(split.test)} images -> {paths.splits}"
+    )
+    return vocab
+
+
+def load_splits(out: str | Path) -> dict[str, list[str]]:
+    path = RunPaths(Path(out)).splits
+    if not path.is_file():
+        raise StorytellerError(
+            f"no {SPLITS_FILE} in {out}: run `python -m storyteller vocab` first"
+        )
+    return json.loads(path.read_text())
+
+
+def _load_run(data, out, log) -> tuple[CaptionDataset, dict, Vocabulary]:
+    paths = RunPaths(Path(out))
+    dataset = load_dataset(resolve_data(data, log=log))
+    return dataset, load_splits(out), Vocabulary.load(paths.vocab)
+
+
+def train_step(
+    data: str | Path | None,
+    out: str | Path = DEFAULT_OUT,
+    train_config: TrainConfig | None = None,
+    model_overrides: dict | None = None,
+    resume: bool = True,
+    device: str | None = None,
+    on_epoch=None,
+    log: Log = print,
+) -> TrainResult:
+    """Train on the cached features; writes ``best_model.pth`` and ``last.pth``."""
+    train_config = train_config or TrainConfig()
+    seed_everything(train_config.seed)
+    paths = RunPaths(Path(out))
+    dataset, splits, vocab = _load_run(data, out, log)
+    cache = load_feature_cache(paths.features)
+    model_config = ModelConfig(
+        vocab_size=len(vocab),
+        feature_dim=cache.dim,
+        encoder=cache.encoder,
+        **(model_overrides or {}),
+    )
+    return train_model(
+        cache,
+        dataset,
+        splits,
+        vocab,
+        paths.out,
+        model_config,
+        train_config,
+        device=get_device(device),
+        resume=resume,
+        on_epoch=on_epoch,
+        log=log,
+    )
+
+
+def evaluate_step(
+    data: str | Path | None,
+    out: str | Path = DEFAULT_OUT,
+    beam_sizes: tuple[int, ...] = (1, 5),
+    length_penalty: float = 0.7,
+    meteor: str = "auto",
+    checkpoint: str | Path | None = None,
+    device: str | None = None,
+    log: Log = print,
+) -> dict[str, dict]:
+    """Score the best checkpoint on the test split (greedy and beam), plus the baseline."""
+    from .evaluate import baseline_scores, evaluate_model
+
+    paths = RunPaths(Path(out))
+    dataset, splits, vocab = _load_run(data, out, log)
+    cache = load_feature_cache(paths.features)
+    model, _ = load_model(checkpoint or paths.checkpoint, vocab, get_device(device))
+    if model.config.encoder != cache.encoder:
+        raise StorytellerError(
+            f"the checkpoint was trained on {model.config.encoder} features, the cache holds {cache.encoder}"
+        )
+    results = evaluate_model(
+        model,
+        vocab,
+        cache,
+        dataset,
+        splits["test"],
+        paths.out,
+        beam_sizes,
+        length_penalty,
+        meteor=meteor,
+        log=log,
+    )
+    baseline = baseline_scores(dataset, splits["train"], [n for n in splits["test"] if n in cache])
+    write_json(paths.out / BASELINE_FILE, baseline)
+    log(
+        f"baseline (most frequent training caption '{baseline['caption']}'): BLEU-4 {baseline['bleu4']:.4f}"
+    )
+    return results
+
+
+def run_all(
+    data: str | Path | None = None,
+    out: str | Path = DEFAULT_OUT,
+    encoder: str | None = None,
+    train_config: TrainConfig | None = None,
+    model_overrides: dict | None = None,
+    threshold: int = 5,
+    beam_sizes: tuple[int, ...] = (1, 5),
+    length_penalty: float = 0.7,
+    meteor: str = "auto",
+    device: str | None = None,
+    resume: bool = True,
+    log: Log = print,
+) -> dict[str, dict]:
+    """Every step in order into one folder; safe to re-run (finished steps are reused)."""
+    train_config = train_config or TrainConfig()
+    started = time.perf_counter()
+    data_dir = resolve_data(data, log=log)
+    seed_everything(train_config.seed)
+    features_step(data_dir, out, encoder, device=device, log=log)
+    vocab_step(data_dir, out, threshold, seed=train_config.seed, log=log)
+    train_step(data_dir, out, train_config, model_overrides, resume=resume, device=device, log=log)
+    results = evaluate_step(
+        data_dir, out, beam_sizes, length_penalty, meteor, device=device, log=log
+    )
+    log(f"run-all finished in {time.perf_counter() - started:.0f}s; results in {out}")
+    return results
