@@ -174,6 +174,9 @@ def train_model(
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         generator.set_state(state["generator_state"])
+        torch.set_rng_state(state["rng_state"])  # dropout draws continue as if never stopped
+        if device.type == "cuda" and state.get("cuda_rng_states"):
+            torch.cuda.set_rng_state_all(state["cuda_rng_states"])
         history, best_val = list(state["history"]), state["best_val_loss"]
         start_epoch, bad_epochs, stopped_early = (
             state["epoch"],
@@ -251,6 +254,8 @@ def train_model(
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "generator_state": generator.get_state(),
+            "rng_state": torch.get_rng_state(),
+            "cuda_rng_states": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
             "epoch": epoch + 1,
             "history": history,
             "best_val_loss": best_val,

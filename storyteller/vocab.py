@@ -123,18 +123,22 @@ class Vocabulary:
         return f"Vocabulary(size={len(self)}, threshold={self.threshold})"
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """The pickle referenced a class or function: plain data never does."""
+
+
 class _PlainDataUnpickler(pickle.Unpickler):
     """Unpickles only built-in containers and scalars; any global reference is refused."""
 
-    def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+    def find_class(self, module: str, name: str):
+        raise _RefusedGlobal(f"refusing to load {module}.{name}")
 
 
 def safe_unpickle(data: bytes, what: str = "pickle") -> object:
     """Load plain data from pickle bytes without executing anything."""
     try:
         return _PlainDataUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError as exc:
+    except _RefusedGlobal as exc:
         raise StorytellerError(
             f"{what} is not a plain-data vocabulary ({exc}); it may have been crafted to run "
             "code on load, so it was not loaded. Rebuild it with `python -m storyteller vocab`."

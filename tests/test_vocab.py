@@ -1,0 +1,70 @@
+import os
+import pickle
+
+import pytest
+
+from storyteller.errors import StorytellerError
+from storyteller.vocab import Vocabulary
+
+
+def test_threshold_and_fixed_special_ids():
+    vocab = Vocabulary.build(["a dog runs", "a dog sits", "a cat"], threshold=2)
+    assert vocab.itos == ["<pad>", "<start>", "<end>", "<unk>", "a", "dog"]
+    assert (vocab.pad_id, vocab.start_id, vocab.end_id, vocab.unk_id) == (0, 1, 2, 3)
+    assert vocab.encode("A dog flies!") == [1, 4, 5, 3, 2]
+    assert vocab.decode([1, 4, 5, 2, 4, 4]) == "a dog"  # stops at <end>
+    assert vocab.provenance["num_captions"] == 3
+
+
+def test_encode_truncates_to_max_length():
+    vocab = Vocabulary.build(["w " * 100], threshold=1)
+    ids = vocab.encode("w " * 100, max_length=10)
+    assert len(ids) == 10 and ids[0] == 1 and ids[-1] == 2
+
+
+def test_round_trip_is_plain_data(tmp_path):
+    vocab = Vocabulary.build(["a dog runs"] * 5, threshold=5, provenance={"source": "test"})
+    path = vocab.save(tmp_path / "vocab.pkl")
+    loaded = Vocabulary.load(path)
+    assert loaded.itos == vocab.itos and loaded.fingerprint == vocab.fingerprint
+    assert loaded.provenance["source"] == "test"
+    raw = pickle.loads(path.read_bytes())
+    assert type(raw) is dict and set(raw) == {
+        "format",
+        "version",
+        "itos",
+        "threshold",
+        "provenance",
+    }
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/storyteller-pwned",))
+
+
+def test_crafted_pickle_is_refused_without_running(tmp_path):
+    marker = "/tmp/storyteller-pwned"
+    if os.path.exists(marker):
+        os.unlink(marker)
+    path = tmp_path / "vocab.pkl"
+    path.write_bytes(pickle.dumps({"format": "storyteller-vocab", "itos": _Exploit()}))
+    with pytest.raises(StorytellerError, match="refusing to load"):
+        Vocabulary.load(path)
+    assert not os.path.exists(marker)
+
+
+def test_garbage_and_missing_files(tmp_path):
+    (tmp_path / "bad.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(StorytellerError, match="not a readable"):
+        Vocabulary.load(tmp_path / "bad.pkl")
+    with pytest.raises(StorytellerError, match="not found"):
+        Vocabulary.load(tmp_path / "missing.pkl")
+    (tmp_path / "other.pkl").write_bytes(pickle.dumps({"itos": ["a"]}))
+    with pytest.raises(StorytellerError, match="format marker"):
+        Vocabulary.load(tmp_path / "other.pkl")
+
+
+def test_bad_threshold():
+    with pytest.raises(StorytellerError):
+        Vocabulary.build(["a"], threshold=0)
