@@ -89,9 +89,8 @@ def beam_search(
     model = unwrap(model).eval()
     device = features.device
     batch, beams = features.size(0), beam_size
-    h, c = model.init_state(features)  # (layers, B, hidden) each
-    # Each image's state repeated for its K beams: (layers, B*K, hidden)
-    state = (h.repeat_interleave(beams, dim=1), c.repeat_interleave(beams, dim=1))
+    # Each image's state repeated for its K beams: h, c (layers, B*K, hidden)
+    state = model.init_state(features).repeat_interleave(beams)
     tokens = torch.full((batch * beams,), START_ID, dtype=torch.long, device=device)
     scores = torch.full((batch, beams), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
@@ -130,7 +129,7 @@ def beam_search(
             dim=2,
         )  # (B, K, t+1)
         rows = (offsets + parent).view(-1)  # (B*K,) rows of the flat state to keep
-        state = (state[0][:, rows], state[1][:, rows])
+        state = state.select(rows)
         tokens = word.view(-1)
         if finished.all():
             break

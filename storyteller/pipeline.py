@@ -159,8 +159,8 @@ def load_splits(out: str | Path) -> dict[str, list[str]]:
 
 def _load_run(data, out, log) -> tuple[CaptionDataset, dict, Vocabulary]:
     paths = RunPaths(Path(out))
-    dataset = load_dataset(resolve_data(data, log=log))
-    return dataset, load_splits(out), Vocabulary.load(paths.vocab)
+    splits, vocab = load_splits(out), Vocabulary.load(paths.vocab)  # cheap checks first
+    return load_dataset(resolve_data(data, log=log)), splits, vocab
 
 
 def train_step(

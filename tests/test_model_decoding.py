@@ -34,7 +34,7 @@ def test_forward_shapes_and_multilayer(model):
     deep = CaptionModel(
         ModelConfig(vocab_size=30, feature_dim=12, embed_size=8, hidden_size=16, num_layers=2)
     )
-    h, c = deep.init_state(torch.randn(4, 12))
+    h, c, _ = deep.init_state(torch.randn(4, 12))
     assert h.shape == c.shape == (2, 4, 16)
     assert deep(torch.randn(4, 12), torch.randint(0, 30, (4, 5))).shape == (4, 5, 30)
 
@@ -121,3 +121,23 @@ def test_generate_captions_chunks(model):
 def test_invalid_beam_arguments(model):
     with pytest.raises(ValueError):
         beam_search(model, torch.randn(1, 12), beam_size=2, n_best=3)
+
+
+@pytest.mark.parametrize("inject", ["init", "init+input"])
+def test_variants_decode_consistently(inject):
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=30,
+        feature_dim=12,
+        embed_size=16,
+        hidden_size=24,
+        feature_norm=True,
+        inject=inject,
+    )
+    net = CaptionModel(config).eval()
+    features = torch.randn(3, 12)
+    assert net(features, torch.randint(0, 30, (3, 5))).shape == (3, 5, 30)
+    greedy = greedy_decode(net, features, max_length=8)
+    assert [h[0].ids for h in beam_search(net, features, 1, 8, length_penalty=0.0)] == greedy
+    with pytest.raises(ValueError, match="inject"):
+        CaptionModel(ModelConfig(vocab_size=5, inject="everywhere"))

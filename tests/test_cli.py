@@ -1,0 +1,162 @@
+"""The command line, end to end: `run-all` with no arguments on a fresh, offline machine."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from storyteller.cli import main
+
+SCORE_KEYS = "bleu1 bleu2 bleu3 bleu4 meteor rouge1 rouge2 rougeL cider precision recall f1".split()
+
+
+def _cli(*args, cwd=None, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "storyteller", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory):
+    """`python -m storyteller run-all` with no arguments, in an empty working folder."""
+    cwd = tmp_path_factory.mktemp("fresh-machine")
+    env = {
+        "STORYTELLER_SAMPLE_DIR": str(cwd / "sample-cache"),
+        "TORCH_HOME": str(cwd / "torch-home"),
+    }
+    result = _cli("run-all", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd / "outputs", result
+
+
+def test_run_all_without_arguments_writes_every_artefact(sample_run):
+    out, result = sample_run
+    assert "embedded sample dataset" in result.stdout
+    assert "falling back to the offline encoder 'efficientnet_lite0'" in result.stdout
+    for name in (
+        "features/features.npy",
+        "features/features.json",
+        "vocab.pkl",
+        "splits.json",
+        "best_model.pth",
+        "last.pth",
+        "history.json",
+        "loss_curve.png",
+        "metrics.json",
+        "test_captions.json",
+        "caption_grid.png",
+        "baseline.json",
+    ):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"greedy", "beam5"}
+    for scores in metrics.values():
+        assert set(SCORE_KEYS) <= set(scores) and "meteor_backend" in scores
+        assert {"distinct_captions", "vocab_used", "recall_at_5"} <= set(scores)
+
+
+def test_sample_dataset_is_learned_well(sample_run):
+    out, _ = sample_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    baseline = json.loads((out / "baseline.json").read_text())
+    greedy = metrics["greedy"]
+    assert greedy["bleu4"] > 0.25 and greedy["bleu4"] > 2 * baseline["bleu4"]
+    assert greedy["recall_at_5"] > 0.5  # captions are about *their* image
+    assert greedy["distinct_captions"] > 0.5
+
+
+def test_caption_command_prints_one_json_line_per_image(sample_run, tmp_path):
+    out, _ = sample_run
+    images = sorted((out.parent / "sample-cache" / "Images").glob("*.jpg"))[:2]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    result = _cli(
+        "caption",
+        *map(str, images),
+        str(broken),
+        "--checkpoint",
+        str(out / "best_model.pth"),
+        "--vocab",
+        str(out / "vocab.pkl"),
+        "--beam",
+        "3",
+    )
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["image"] for line in lines] == [*map(str, images), str(broken)]
+    assert all(len(line["caption"].split()) >= 2 for line in lines[:2])
+    assert "cannot read image" in lines[2]["error"] and result.returncode == 1
+
+
+def test_rerunning_run_all_reuses_finished_steps(sample_run):
+    out, _ = sample_run
+    before = (out / "best_model.pth").stat().st_mtime
+    result = _cli("train", "--out", str(out), "--data", str(out.parent / "sample-cache"))
+    assert result.returncode == 0, result.stderr
+    assert (out / "best_model.pth").stat().st_mtime == before
+
+
+@pytest.mark.parametrize(
+    "command", ["sample", "features", "vocab", "train", "evaluate", "caption", "run-all"]
+)
+def test_help_everywhere(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_errors_are_one_clear_line_not_a_traceback(tmp_path):
+    cases = [
+        (["features", "--data", str(tmp_path / "nope")], "dataset folder not found"),
+        (["train", "--out", str(tmp_path)], "no splits.json"),
+        (
+            [
+                "caption",
+                "x.jpg",
+                "--checkpoint",
+                str(tmp_path / "m.pth"),
+                "--vocab",
+                str(tmp_path / "v.pkl"),
+            ],
+            "vocabulary file not found",
+        ),
+        (["run-all", "--epochs", "0", "--out", str(tmp_path)], "--epochs must be at least 1"),
+    ]
+    for args, message in cases:
+        result = _cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        last_line = result.stderr.strip().splitlines()[-1]
+        assert last_line.startswith("error:") and message in last_line
+
+
+def test_sample_command(tmp_path):
+    assert main(["sample", "--out", str(tmp_path / "s"), "--num-images", "5"]) == 0
+    assert len(list((tmp_path / "s" / "Images").glob("*.jpg"))) == 5
+
+
+def test_caption_handles_odd_image_modes(tiny_run, tmp_path, capsys):
+    paths = []
+    for mode in ("L", "RGBA", "CMYK"):
+        path = tmp_path / f"{mode}.{'png' if mode == 'RGBA' else 'jpg'}"
+        Image.new("RGB", (300, 200), (250, 10, 10)).convert(mode).save(path)
+        paths.append(str(path))
+    code = main(
+        [
+            "caption",
+            *paths,
+            "--checkpoint",
+            str(tiny_run / "best_model.pth"),
+            "--vocab",
+            str(tiny_run / "vocab.pkl"),
+        ]
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and all("caption" in line for line in lines)
