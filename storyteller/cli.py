@@ -49,6 +49,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden-size", type=int, default=512)
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--no-feature-norm", action="store_true",
+                   help="the seed's exact projection, without LayerNorm on the image features")
+    p.add_argument("--inject", choices=["init", "init+input"], default="init",
+                   help="image only sets the LSTM's initial state (seed), or is also fed at every step")
     p.add_argument(
         "--no-resume", action="store_true", help="start training afresh even if last.pth exists"
     )
@@ -84,6 +88,8 @@ def _configs(args) -> tuple[TrainConfig, dict]:
         "hidden_size": args.hidden_size,
         "num_layers": args.num_layers,
         "dropout": args.dropout,
+        "feature_norm": not args.no_feature_norm,
+        "inject": args.inject,
     }
     return train, model
 

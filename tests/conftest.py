@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,28 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
         log=lambda _: None,
     )
     return out
+
+
+def cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """Run ``python -m storyteller ARGS`` as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "storyteller", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory):
+    """`python -m storyteller run-all` with no arguments, in an empty working folder."""
+    cwd = tmp_path_factory.mktemp("fresh-machine")
+    env = {
+        "STORYTELLER_SAMPLE_DIR": str(cwd / "sample-cache"),
+        "TORCH_HOME": str(cwd / "torch-home"),
+    }
+    result = cli("run-all", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd / "outputs", result

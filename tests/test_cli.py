@@ -1,40 +1,14 @@
 """The command line, end to end: `run-all` with no arguments on a fresh, offline machine."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from conftest import cli as _cli
 from PIL import Image
 
 from storyteller.cli import main
 
 SCORE_KEYS = "bleu1 bleu2 bleu3 bleu4 meteor rouge1 rouge2 rougeL cider precision recall f1".split()
-
-
-def _cli(*args, cwd=None, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "storyteller", *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-
-
-@pytest.fixture(scope="session")
-def sample_run(tmp_path_factory):
-    """`python -m storyteller run-all` with no arguments, in an empty working folder."""
-    cwd = tmp_path_factory.mktemp("fresh-machine")
-    env = {
-        "STORYTELLER_SAMPLE_DIR": str(cwd / "sample-cache"),
-        "TORCH_HOME": str(cwd / "torch-home"),
-    }
-    result = _cli("run-all", cwd=cwd, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return cwd / "outputs", result
 
 
 def test_run_all_without_arguments_writes_every_artefact(sample_run):
