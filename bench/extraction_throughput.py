@@ -28,7 +28,9 @@ def main() -> None:
     parser.add_argument("--data", help="dataset folder (default: the embedded sample)")
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--encoder", default="efficientnet_lite0")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: the package's choice"
+    )
     args = parser.parse_args()
 
     dataset = load_dataset(resolve_data(args.data))

@@ -49,10 +49,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden-size", type=int, default=512)
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--no-feature-norm", action="store_true",
-                   help="the seed's exact projection, without LayerNorm on the image features")
-    p.add_argument("--inject", choices=["init", "init+input"], default="init",
-                   help="image only sets the LSTM's initial state (seed), or is also fed at every step")
+    p.add_argument(
+        "--no-feature-norm",
+        action="store_true",
+        help="the seed's exact projection, without LayerNorm on the image features",
+    )
+    p.add_argument(
+        "--inject",
+        choices=["init", "init+input"],
+        default="init",
+        help="image only sets the LSTM's initial state (seed), or is also fed at every step",
+    )
     p.add_argument(
         "--no-resume", action="store_true", help="start training afresh even if last.pth exists"
     )
@@ -113,8 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--encoder", choices=list(ENCODERS), help="default: resnet50, or efficientnet_lite0 offline"
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="default: 64 on a GPU, 4 on a CPU")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="image-decoding workers (default: 4 on a GPU, 1 on a CPU)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
 
     p = sub.add_parser(

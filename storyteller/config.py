@@ -16,7 +16,9 @@ class ModelConfig:
     hidden_size: int = 512
     num_layers: int = 1
     dropout: float = 0.5
-    feature_norm: bool = True  # LayerNorm on the CNN feature first (measured: stops "same caption for every image")
+    feature_norm: bool = (
+        True  # LayerNorm on the CNN feature first (measured: stops "same caption for every image")
+    )
     inject: str = "init"  # "init": image sets the LSTM's initial state (seed); "init+input": also fed every step
     encoder: str = "resnet50"  # which CNN made the features (the app needs the same one)
 

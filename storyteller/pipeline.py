@@ -87,7 +87,7 @@ def features_step(
     data: str | Path | None,
     out: str | Path = DEFAULT_OUT,
     encoder: str | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     overwrite: bool = False,
     device: str | None = None,
