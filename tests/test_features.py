@@ -72,45 +72,32 @@ def test_cache_layout_dtype_and_index(tiny_data, tmp_path):
 def test_interrupted_extraction_resumes_where_it_stopped(tiny_data, tmp_path):
     dataset = load_dataset(tiny_data)
 
+    def extract(out, **kwargs):
+        extract_features(
+            dataset.image_dir,
+            dataset.images,
+            out,
+            "efficientnet_lite0",
+            batch_size=8,
+            num_workers=0,
+            **kwargs,
+        )
+
     def stop_after_two_batches(rows_done):
         if rows_done >= 16:
             raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        extract_features(
-            dataset.image_dir,
-            dataset.images,
-            tmp_path,
-            "efficientnet_lite0",
-            batch_size=8,
-            num_workers=0,
-            on_batch=stop_after_two_batches,
-        )
+        extract(tmp_path, on_batch=stop_after_two_batches)
     assert json.loads((tmp_path / "features.json").read_text())["done"] == 16
     with pytest.raises(StorytellerError, match="incomplete"):
         load_feature_cache(tmp_path)
     seen = []
-    extract_features(
-        dataset.image_dir,
-        dataset.images,
-        tmp_path,
-        "efficientnet_lite0",
-        batch_size=8,
-        num_workers=0,
-        on_batch=seen.append,
-    )
+    extract(tmp_path, on_batch=seen.append)
     assert seen == [24, 32, 40]  # only the missing rows were encoded
-    resumed = load_feature_cache(tmp_path).features
-    fresh_dir = tmp_path / "fresh"
-    extract_features(
-        dataset.image_dir,
-        dataset.images,
-        fresh_dir,
-        "efficientnet_lite0",
-        batch_size=8,
-        num_workers=0,
-    )
-    assert torch.allclose(resumed, load_feature_cache(fresh_dir).features)
+    extract(tmp_path / "fresh")
+    resumed, fresh = load_feature_cache(tmp_path), load_feature_cache(tmp_path / "fresh")
+    assert torch.allclose(resumed.features, fresh.features)
 
 
 def test_cache_from_another_encoder_is_refused(tiny_data, tmp_path):
