@@ -30,7 +30,7 @@ from .errors import StorytellerError
 from .features import FeatureCache
 from .model import CaptionModel
 from .plots import plot_loss_curves
-from .runtime import autocast, get_device, unwrap, write_json
+from .runtime import autocast, get_device, write_json
 from .vocab import Vocabulary
 
 HISTORY_FILE = "history.json"
@@ -279,5 +279,4 @@ def train_model(
 
     if not best_path.is_file():
         raise StorytellerError(f"training finished without a best checkpoint in {out_dir}")
-    unwrap(model)
     return TrainResult(best_path, history, best_val, len(history), stopped_early)
