@@ -110,8 +110,8 @@ def open_upload(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise UnreadableImage(_too_large_message(None, max_pixels)) from None
     except UnidentifiedImageError:
         raise UnreadableImage(
-            "this file is not an image (or not a kind Pillow can read): upload a JPEG, PNG, "
-            "WebP, GIF, BMP or TIFF photo"
+            "this file is not an image, or its header is damaged: upload a JPEG, PNG, WebP, "
+            "GIF, BMP or TIFF photo"
         ) from None
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's plugins raise all three
         raise UnreadableImage(f"the image could not be opened ({exc}): try another file") from None
