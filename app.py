@@ -201,7 +201,8 @@ def _stream(kind: str, text: str, genre, tone, length, session, info):
         for story in chunks:
             yield story, session, info
         info = {**(info or {}), "story_s": time.perf_counter() - started}
-        yield story, session, {**info, "backend": backend.describe()}
+        info.update(parts=len(session.turns), backend=backend.describe())
+        yield story, session, info
     except StoryError as exc:
         raise gr.Error(f"{exc} (the caption is still shown above)", duration=None) from None
 
@@ -260,7 +261,7 @@ def render_info(info) -> str:
     if "caption_ms" in info:
         parts.append(f"caption {info['caption_ms']:.0f} ms ({info['decoding']})")
     if "story_s" in info:
-        parts.append(f"story {info['story_s']:.1f} s")
+        parts.append(f"story {info['story_s']:.1f} s (part {info.get('parts', 1)})")
     if info.get("backend"):
         parts.append(info["backend"])
     return "⏱ " + " · ".join(parts) if parts else ""
