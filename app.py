@@ -103,9 +103,10 @@ def _load_captioner() -> tuple[Captioner | None, str]:
     config = captioner.model.config
     info = captioner.checkpoint_info
     epoch = f", epoch {info['epoch']}" if "epoch" in info else ""
+    where = files.source if files.source == "beside app.py" else f"in {files.checkpoint.parent}"
     return captioner, (
         f"Caption model: {config.encoder} features -> LSTM {config.hidden_size} "
-        f"({len(captioner.vocab)} words{epoch}), from `{files.checkpoint}` ({files.source})"
+        f"({len(captioner.vocab)} words{epoch}), `{files.checkpoint.name}` {where}"
     )
 
 
@@ -264,7 +265,7 @@ def render_info(info) -> str:
         parts.append(f"story {info['story_s']:.1f} s (part {info.get('parts', 1)})")
     if info.get("backend"):
         parts.append(info["backend"])
-    return "⏱ " + " · ".join(parts) if parts else ""
+    return "Timings: " + " · ".join(parts) if parts else ""
 
 
 # ------------------------------------------------------------------------------------------
