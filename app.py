@@ -50,14 +50,13 @@ from storyteller.story import (
     describe_backends,
     get_backend,
 )
+from storyteller.story.backends import resolve_auto
 
 APP_DIR = Path(__file__).resolve().parent
 STORY_BACKEND = os.environ.get("STORYTELLER_STORY_BACKEND", "auto").strip() or "auto"
 # Caption requests run two at a time (a 2-core CPU is busy with two); stories one at a time
 # on a local model, a few at a time when a hosted service does the work.
 CAPTION_CONCURRENCY = int(os.environ.get("STORYTELLER_CONCURRENCY", "2"))
-_HOSTED = STORY_BACKEND == "hosted" or (STORY_BACKEND == "auto" and os.environ.get("HF_TOKEN"))
-STORY_CONCURRENCY = 4 if _HOSTED else 1
 MAX_UPLOAD = "25mb"
 MAX_BEAM = 10
 EXAMPLES_DIR = Path(tempfile.gettempdir()) / "storyteller-examples"
@@ -134,7 +133,19 @@ def _story_status() -> str:
     return f"Story backend: `{STORY_BACKEND}`" + (f" ({line})" if line else "")
 
 
+def _story_concurrency() -> int:
+    """4 stories at a time when a hosted service writes them, else 1 (a local model)."""
+    name = STORY_BACKEND
+    if name == "auto":
+        try:
+            name = resolve_auto()
+        except StoryError:
+            return 1
+    return 4 if name == "hosted" else 1
+
+
 STORY_STATUS = _story_status()
+STORY_CONCURRENCY = _story_concurrency()
 if os.environ.get("STORYTELLER_PRELOAD_STORY", "1") == "1":
     # Load the language model in the background so the first story does not wait for it;
     # a failure here is reported when a story is asked for.

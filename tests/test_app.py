@@ -9,7 +9,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from app_server import running_app, space_folder
+from app_server import free_port, running_app, space_folder
 from bad_images import exif_rotated, make_bad_images, upright_picture
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -25,7 +25,10 @@ def space(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(space):
-    with running_app(space) as running:
+    # Stories from a self-hosted server that is down: the story fails, captions must not.
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    env = {"STORYTELLER_STORY_BACKEND": "hosted", "STORYTELLER_STORY_BASE_URL": down}
+    with running_app(space, env=env) as running:
         yield running
 
 
@@ -76,6 +79,16 @@ def test_bad_requests_get_clear_messages(client, images):
         client.predict(handle_file(images[0]), "sampling", 5, api_name="/caption")
     with pytest.raises(AppError, match="there is no caption yet"):
         client.predict("  ", "adventure", "warm", "short", api_name="/story")
+
+
+def test_a_failing_story_backend_is_reported_and_captions_go_on(app, client, images):
+    caption = client.predict(handle_file(images[0]), "greedy", 5, api_name="/caption")
+    with pytest.raises(AppError, match="hosted: cannot connect to http://127.0.0.1.*offline"):
+        client.predict(caption, "mystery", "dark", "short", api_name="/story")
+    with pytest.raises(AppError, match="start a story first"):
+        client.predict("mystery", "dark", "short", api_name="/continue")
+    assert client.predict(handle_file(images[0]), "greedy", 5, api_name="/caption") == caption
+    assert app.alive()
 
 
 def test_bad_images_through_the_running_app(app, client, tmp_path, images):
