@@ -308,7 +308,7 @@ with gr.Blocks(title="Neural Storyteller") as demo:
             )
             with gr.Row():
                 decoding = gr.Radio(["greedy", "beam"], value="beam", label="Decoding")
-                beam_width = gr.Slider(2, MAX_BEAM, value=5, step=1, label="Beam width")
+                beam_width = gr.Slider(1, MAX_BEAM, value=5, step=1, label="Beam width")
             caption_button = gr.Button("Caption", elem_id="caption-button")
             if EXAMPLES:
                 gr.Examples(examples=[[p] for p in EXAMPLES], inputs=[image], label="Examples")

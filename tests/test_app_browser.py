@@ -52,7 +52,7 @@ def test_upload_caption_story_continue_and_screenshot(browser, tiny_run, tmp_pat
     space = space_folder(run_dir, tmp_path / "space")
     photo = tmp_path / "photo.jpg"
     upright_picture().save(photo, quality=92)
-    env = {"STORYTELLER_STORY_BACKEND": "offline", "STORYTELLER_PRELOAD_STORY": "1"}
+    env = {"STORYTELLER_STORY_BACKEND": "offline"}  # loaded on the first story
     with running_app(space, env=env) as app:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.set_default_timeout(60_000)
