@@ -55,7 +55,9 @@ class StreamCleaner:
     # -- helpers -------------------------------------------------------------------------
 
     def _truncate_at_stop(self) -> None:
-        cut = min((i for i in (self.raw.find(s) for s in self.stop) if i >= 0), default=-1)
+        start = len(self.raw) - len(self.raw.lstrip())  # a marker only ends text, not begins it
+        found = (self.raw.find(s, start) for s in self.stop)
+        cut = min((i for i in found if i >= 0), default=-1)
         if cut >= 0:
             self.raw = self.raw[:cut]
             self.done = True
