@@ -55,7 +55,9 @@ class StreamCleaner:
     # -- helpers -------------------------------------------------------------------------
 
     def _truncate_at_stop(self) -> None:
-        cut = min((i for i in (self.raw.find(s) for s in self.stop) if i >= 0), default=-1)
+        start = len(self.raw) - len(self.raw.lstrip())  # a marker only ends text, not begins it
+        found = (self.raw.find(s, start) for s in self.stop)
+        cut = min((i for i in found if i >= 0), default=-1)
         if cut >= 0:
             self.raw = self.raw[:cut]
             self.done = True
@@ -71,17 +73,9 @@ class StreamCleaner:
         return held
 
     def _decide_lead(self, final: bool) -> bool:
-        """Strip a leading label, preamble or echo once enough text has arrived."""
+        """Strip a leading label, preamble or echo once enough text has arrived to tell."""
         if self._lead_decided:
             return True
-        if (
-            not final
-            and len(self.raw.strip()) < _LEAD_CHARS
-            and not _SENTENCE_END.search(
-                self.raw.lstrip()[len(self.echo) :] if self.echo else self.raw
-            )
-        ):
-            return False
         text = self.raw
         while True:
             match = _LEADING_LABEL.match(text)
@@ -89,12 +83,15 @@ class StreamCleaner:
                 break
             text = text[match.end() :]
         if self.echo:
-            words = self.echo.split()
-            pattern = r"\s*" + r"\s+".join(map(re.escape, words))
-            match = re.match(pattern, text)
-            if match:
-                text = text[match.end() :]
+            said, echo = " ".join(text.split()), " ".join(self.echo.split())
+            if echo.startswith(said) and not final:
+                return False  # could still be the echo: wait for more
+            if said.startswith(echo):
+                pattern = r"\s*" + r"\s+".join(map(re.escape, echo.split()))
+                text = text[re.match(pattern, text).end() :]
         text = text.lstrip()
+        if not final and len(text) < _LEAD_CHARS and not _SENTENCE_END.search(text):
+            return False  # a label or preamble may still be arriving
         if self.after_opening and text:
             text = " " + text
         self.raw = text

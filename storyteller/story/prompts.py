@@ -100,24 +100,24 @@ class Completion:
     stop: tuple[str, ...] = ("\n", "Genre:", "Story:", "Then:", "Story goes on:")
 
 
-FEW_SHOT = """Short stories for a picture book. Each story is one paragraph about what its picture \
-shows.
+FEW_SHOT = """Short stories for a picture book. Each story is about what its picture shows.
 
 Genre: adventure. Tone: warm.
 Story: A brown dog runs through the tall grass. His name is Biscuit, and he has smelled \
 something wonderful at the far end of the field. He bounds past the old fence and the apple \
-tree, ears flying, until he finds a lost red ball in the weeds. He carries it home proudly, and \
-the boy who lost it last summer laughs and hugs him.
+tree, ears flying, until he finds a lost red ball in the weeds.
+Then: he meets a kitten
+Story goes on: Under the apple tree sits a tiny grey kitten, shivering and alone. Biscuit drops \
+the ball and nudges it toward her with his nose. The kitten pats it once, then twice, and soon \
+the two of them are chasing it home together through the grass.
 
 Genre: mystery. Tone: eerie.
 Story: A man in a red jacket stands on a snowy mountain. The wind has stopped, and the silence \
 feels wrong. Below him, a line of footprints leads across the snow toward the ridge, but he has \
-been alone on this mountain for three days. He pulls his red jacket tighter and follows the \
-footprints, one careful step at a time.
-Then: he finds a cabin
-Story goes on: The footprints end at a small wooden cabin with smoke curling from its chimney. \
-The door is open. On the table inside, a cup of tea is still warm, and next to it lies a map \
-with his own name written across the top.
+been alone on this mountain for three days.
+Story goes on: He pulls his red jacket tighter and follows the footprints, one careful step at \
+a time. They end at a small wooden cabin with smoke curling from its chimney. On the table \
+inside, a cup of tea is still warm, and next to it lies a map with his own name on it.
 
 """
 
@@ -234,7 +234,7 @@ class StoryPrompt:
             return Completion(f"{header} {opening}", opening)
         story = flatten(trim_story(self.story, max_story_chars))
         if self.kind == "continue":
-            return Completion(f"{header} {story}")
+            return Completion(f"{header} {story}\nStory goes on:")
         if self.kind == "image":
             opening = as_sentence(self.caption)
             return Completion(
