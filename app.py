@@ -57,6 +57,8 @@ STORY_BACKEND = os.environ.get("STORYTELLER_STORY_BACKEND", "auto").strip() or "
 # Caption requests run two at a time (a 2-core CPU is busy with two); stories one at a time
 # on a local model, a few at a time when a hosted service does the work.
 CAPTION_CONCURRENCY = int(os.environ.get("STORYTELLER_CONCURRENCY", "2"))
+# A fixed seed makes every story repeatable (tests, demos); unset, each story is new.
+STORY_SEED = os.environ.get("STORYTELLER_STORY_SEED")
 MAX_UPLOAD = "25mb"
 MAX_BEAM = 10
 EXAMPLES_DIR = Path(tempfile.gettempdir()) / "storyteller-examples"
@@ -186,8 +188,11 @@ def caption_image(image: str | None, decoding: str = "beam", beam_width: float =
 
 def _options(genre: str, tone: str, length: str) -> StoryOptions:
     try:
-        return StoryOptions(genre=genre or "adventure", tone=tone or "warm", length=length)
-    except StorytellerError as exc:
+        seed = int(STORY_SEED) if STORY_SEED else None
+        return StoryOptions(
+            genre=genre or "adventure", tone=tone or "warm", length=length, seed=seed
+        )
+    except (StorytellerError, ValueError) as exc:
         raise gr.Error(str(exc)) from None
 
 

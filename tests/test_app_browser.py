@@ -51,7 +51,8 @@ def browser():
 def story_app(tiny_run, tmp_path_factory):
     run_dir = Path(os.environ.get("STORYTELLER_RUN_DIR") or tiny_run)
     space = space_folder(run_dir, tmp_path_factory.mktemp("story-app") / "space")
-    env = {"STORYTELLER_STORY_BACKEND": "offline"}  # loaded on the first story
+    # The offline Gemma model (loaded on the first story), seeded: the same stories every run.
+    env = {"STORYTELLER_STORY_BACKEND": "offline", "STORYTELLER_STORY_SEED": "7"}
     with running_app(space, env=env) as app:
         yield app
 
