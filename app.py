@@ -7,8 +7,13 @@
 The caption model is loaded once, here at import: from ``$STORYTELLER_RUN_DIR``, else
 ``best_model.pth`` + ``vocab.pkl`` beside this file (the Space), else ``./outputs``; it is
 rebuilt from the checkpoint's own config. Without a model the app still starts and says which
-command makes one. Stories come from ``$STORYTELLER_STORY_BACKEND`` (``auto``, ``hosted``,
-``transformers`` or ``offline``; default ``auto``), loaded on first use.
+command makes one.
+
+Environment: ``STORYTELLER_STORY_BACKEND`` (``auto``, ``hosted``, ``transformers`` or
+``offline``; default ``auto``) picks the story model, loaded in the background at start
+(``STORYTELLER_PRELOAD_STORY=0``: on the first story instead); ``STORYTELLER_STORY_SEED``
+makes stories repeatable; ``STORYTELLER_CONCURRENCY`` (default 2) is how many captions run at
+once.
 
 API (``gradio_client``), documented in the README:
 
@@ -26,10 +31,12 @@ import os
 import tempfile
 import threading
 import time
+import types
 import uuid
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from storyteller.errors import StorytellerError
 from storyteller.inference import Captioner
@@ -39,6 +46,7 @@ from storyteller.serving import (
     caption_upload,
     find_model_files,
     render_examples,
+    threads_per_request,
 )
 from storyteller.story import (
     GENRES,
@@ -60,33 +68,40 @@ CAPTION_CONCURRENCY = int(os.environ.get("STORYTELLER_CONCURRENCY", "2"))
 # A fixed seed makes every story repeatable (tests, demos); unset, each story is new.
 STORY_SEED = os.environ.get("STORYTELLER_STORY_SEED")
 MAX_UPLOAD = "25mb"
+torch.set_num_threads(threads_per_request(CAPTION_CONCURRENCY))
 MAX_BEAM = 10
 EXAMPLES_DIR = Path(tempfile.gettempdir()) / "storyteller-examples"
 
 
-class UploadedImage(gr.Image):
-    """``gr.Image`` (same widget: upload, webcam, clipboard) that hands the app the uploaded
-    file's path *undecoded*: Gradio's own preprocessing would open it with Pillow first and
-    fail with a generic error on a bad file. :func:`storyteller.serving.open_upload` decodes it
-    instead, with clear messages."""
+def _raw_upload(self, payload):
+    """Replacement for ``gr.Image.preprocess``: the uploaded file's path, *undecoded*.
 
-    is_template = True  # rendered by the browser as the built-in Image component
+    Gradio's own preprocessing opens the file with Pillow first and fails with a generic error
+    on a bad one; :func:`storyteller.serving.open_upload` decodes it instead, with clear
+    messages. (Set on the instance: a ``gr.Image`` subclass would make Gradio write an
+    ``app.pyi`` stub beside this file.)
+    """
+    if payload is None:
+        return None
+    if payload.url and payload.url.startswith("data:"):  # an image sent inline (base64)
+        try:
+            data = base64.b64decode(payload.url.split(",", 1)[1], validate=False)
+        except (IndexError, binascii.Error):
+            raise gr.Error("the image data sent by the browser is damaged: try again") from None
+        path = Path(self.GRADIO_CACHE) / f"upload-{uuid.uuid4().hex}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return str(path)
+    if payload.path is None:
+        raise gr.Error("no image was received: upload it again")
+    return str(payload.path)
 
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        if payload.url and payload.url.startswith("data:"):  # a webcam frame sent inline
-            try:
-                data = base64.b64decode(payload.url.split(",", 1)[1], validate=False)
-            except (IndexError, binascii.Error):
-                raise gr.Error("the image data sent by the browser is damaged: try again") from None
-            path = Path(self.GRADIO_CACHE) / f"upload-{uuid.uuid4().hex}"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-            return str(path)
-        if payload.path is None:
-            raise gr.Error("no image was received: upload it again")
-        return str(payload.path)
+
+def photo_input(**kwargs) -> gr.Image:
+    """``gr.Image`` (upload, webcam, clipboard) whose uploads reach the app as file paths."""
+    image = gr.Image(type="filepath", **kwargs)
+    image.preprocess = types.MethodType(_raw_upload, image)
+    return image
 
 
 # ------------------------------------------------------------------------------------------
@@ -304,8 +319,7 @@ with gr.Blocks(title="Neural Storyteller") as demo:
     info = gr.State(None)  # this user's latest timings
     with gr.Row():
         with gr.Column(scale=1):
-            image = UploadedImage(
-                type="filepath",
+            image = photo_input(
                 sources=["upload", "webcam", "clipboard"],
                 label="Photo",
                 elem_id="photo",

@@ -80,7 +80,7 @@ def main() -> None:
     from gradio_client import Client, handle_file
 
     from storyteller.inference import Captioner
-    from storyteller.serving import caption_upload, find_model_files
+    from storyteller.serving import caption_upload, find_model_files, threads_per_request
 
     photos = sorted(
         p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")
@@ -109,7 +109,9 @@ def main() -> None:
         process.terminate()
         process.wait(timeout=30)
 
-    # The same photos in this process: the model's own time, without HTTP and the queue.
+    # The same photos in this process: the model's own time, without HTTP and the queue
+    # (with the app's threads per request).
+    torch.set_num_threads(threads_per_request(int(os.environ.get("STORYTELLER_CONCURRENCY", "2"))))
     captioner = Captioner.from_files(files.checkpoint, files.vocab)
     local: dict[str, list[float]] = {name: [] for name in decodings}
     for i, photo in enumerate(photos):

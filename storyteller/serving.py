@@ -141,6 +141,33 @@ def _too_large_message(size: tuple[int, int] | None, max_pixels: int) -> str:
     )
 
 
+def threads_per_request(concurrency: int, env: Mapping[str, str] | None = None) -> int:
+    """Torch threads for each caption when ``concurrency`` captions run at once.
+
+    ``$STORYTELLER_TORCH_THREADS`` if set, else the usable cores divided among the concurrent
+    requests (at least 1). Oversubscribing is what hurts: on 2 cores, two requests with two
+    threads each were several times slower than with one thread each (``bench/app_latency.py``),
+    and batch-1 decoding steps are too small to gain from a second thread anyway.
+    """
+    env = os.environ if env is None else env
+    explicit = env.get("STORYTELLER_TORCH_THREADS")
+    if explicit:
+        try:
+            threads = int(explicit)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            raise StorytellerError(
+                f"STORYTELLER_TORCH_THREADS must be a whole number >= 1, not {explicit!r}"
+            )
+        return threads
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may use
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, concurrency))
+
+
 @dataclass
 class TimedCaption:
     """A caption and how long it took, end to end (decode, encode, decode words)."""

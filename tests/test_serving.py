@@ -103,3 +103,17 @@ def test_examples_are_drawn_once_and_reused(tmp_path):
     again = render_examples(tmp_path, indices=(0, 1))
     assert again == first and [p.stat().st_mtime_ns for p in again] == stamps
     assert all(Image.open(p).size == (320, 320) for p in first)
+
+
+def test_threads_per_request_share_the_cores():
+    import os
+
+    from storyteller.serving import threads_per_request
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert threads_per_request(1, env={}) == cores
+    assert threads_per_request(2, env={}) == max(1, cores // 2)
+    assert threads_per_request(cores * 4, env={}) == 1
+    assert threads_per_request(2, env={"STORYTELLER_TORCH_THREADS": "3"}) == 3
+    with pytest.raises(StorytellerError, match="STORYTELLER_TORCH_THREADS"):
+        threads_per_request(2, env={"STORYTELLER_TORCH_THREADS": "many"})
