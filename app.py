@@ -44,9 +44,9 @@ from storyteller.serving import (
     MAKE_MODEL_COMMAND,
     UnreadableImage,
     caption_upload,
+    configured_threads,
     find_model_files,
     render_examples,
-    threads_per_request,
 )
 from storyteller.story import (
     GENRES,
@@ -68,7 +68,8 @@ CAPTION_CONCURRENCY = int(os.environ.get("STORYTELLER_CONCURRENCY", "2"))
 # A fixed seed makes every story repeatable (tests, demos); unset, each story is new.
 STORY_SEED = os.environ.get("STORYTELLER_STORY_SEED")
 MAX_UPLOAD = "25mb"
-torch.set_num_threads(threads_per_request(CAPTION_CONCURRENCY))
+if configured_threads():  # STORYTELLER_TORCH_THREADS; else torch's default (all cores)
+    torch.set_num_threads(configured_threads())
 MAX_BEAM = 10
 EXAMPLES_DIR = Path(tempfile.gettempdir()) / "storyteller-examples"
 

@@ -141,31 +141,24 @@ def _too_large_message(size: tuple[int, int] | None, max_pixels: int) -> str:
     )
 
 
-def threads_per_request(concurrency: int, env: Mapping[str, str] | None = None) -> int:
-    """Torch threads for each caption when ``concurrency`` captions run at once.
-
-    ``$STORYTELLER_TORCH_THREADS`` if set, else the usable cores divided among the concurrent
-    requests (at least 1). Oversubscribing is what hurts: on 2 cores, two requests with two
-    threads each were several times slower than with one thread each (``bench/app_latency.py``),
-    and batch-1 decoding steps are too small to gain from a second thread anyway.
-    """
+def configured_threads(env: Mapping[str, str] | None = None) -> int | None:
+    """Torch threads asked for by ``$STORYTELLER_TORCH_THREADS`` (None: torch's default, all
+    cores for every request). Measured on 2 shared cores with two captions at once, torch's
+    default gave 11-14 images/s and one thread per request 8.5-12 (README), so the default
+    stays; the variable is for machines where it measures otherwise."""
     env = os.environ if env is None else env
     explicit = env.get("STORYTELLER_TORCH_THREADS")
-    if explicit:
-        try:
-            threads = int(explicit)
-        except ValueError:
-            threads = 0
-        if threads < 1:
-            raise StorytellerError(
-                f"STORYTELLER_TORCH_THREADS must be a whole number >= 1, not {explicit!r}"
-            )
-        return threads
+    if not explicit:
+        return None
     try:
-        cores = len(os.sched_getaffinity(0))  # the cores this process may use
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, concurrency))
+        threads = int(explicit)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise StorytellerError(
+            f"STORYTELLER_TORCH_THREADS must be a whole number >= 1, not {explicit!r}"
+        )
+    return threads
 
 
 @dataclass

@@ -105,15 +105,11 @@ def test_examples_are_drawn_once_and_reused(tmp_path):
     assert all(Image.open(p).size == (320, 320) for p in first)
 
 
-def test_threads_per_request_share_the_cores():
-    import os
+def test_torch_threads_from_the_environment():
+    from storyteller.serving import configured_threads
 
-    from storyteller.serving import threads_per_request
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert threads_per_request(1, env={}) == cores
-    assert threads_per_request(2, env={}) == max(1, cores // 2)
-    assert threads_per_request(cores * 4, env={}) == 1
-    assert threads_per_request(2, env={"STORYTELLER_TORCH_THREADS": "3"}) == 3
-    with pytest.raises(StorytellerError, match="STORYTELLER_TORCH_THREADS"):
-        threads_per_request(2, env={"STORYTELLER_TORCH_THREADS": "many"})
+    assert configured_threads(env={}) is None  # torch's default
+    assert configured_threads(env={"STORYTELLER_TORCH_THREADS": "3"}) == 3
+    for bad in ("many", "0"):
+        with pytest.raises(StorytellerError, match="STORYTELLER_TORCH_THREADS"):
+            configured_threads(env={"STORYTELLER_TORCH_THREADS": bad})
