@@ -79,12 +79,12 @@ def test_transformers_backend_on_a_local_folder_uses_the_plain_prompt(converted)
     text = "".join(backend.stream(StoryPrompt("start", (CAPTION,)), TINY))
     assert text.startswith("A black dog is running through the snow.")
     story = "A black dog is running through the snow. It found a bone."
-    ids, opening, _ = backend._encode(
+    ids, completion = backend._encode(
         StoryPrompt("steer", (CAPTION,), story, "the dog finds a red ball"), TINY, 1500
     )
     prompt_text = backend.tokenizer.decode(ids["input_ids"][0])
     assert prompt_text.endswith(f"Story: {story}\nThen: the dog finds a red ball\nStory goes on:")
-    assert opening == ""
+    assert completion.opening == "" and "\n" in completion.stop
 
 
 CHAT_TEMPLATE = (
@@ -106,11 +106,12 @@ def test_transformers_backend_uses_a_chat_template_when_there_is_one(converted, 
 
     backend = TransformersBackend(chat, device="cpu")
     assert backend.chat is True and "chat template" in backend.describe()
-    ids, opening, stop = backend._encode(StoryPrompt("start", (CAPTION,)), QUICK, 6000)
+    ids, completion = backend._encode(StoryPrompt("start", (CAPTION,)), QUICK, 6000)
     prompt_text = backend.tokenizer.decode(ids["input_ids"][0])
     assert prompt_text.startswith("<bos><start_of_turn>system\nYou are a storyteller")
     assert "A black dog is running through the snow." in prompt_text
-    assert prompt_text.endswith("<start_of_turn>model\n") and opening == "" and stop == ()
+    assert prompt_text.endswith("<start_of_turn>model\n")
+    assert completion.opening == "" and completion.stop == ()
     text = "".join(backend.stream(StoryPrompt("start", (CAPTION,)), TINY))
     assert len(text.split()) >= 2  # the (base) model answers through the template
 
@@ -166,6 +167,31 @@ def test_a_broken_cache_is_detected_and_rebuilt(converted, tmp_path, monkeypatch
     assert any("converting" in line for line in log)
     leftovers = [p.name for p in root.iterdir() if p.name.startswith(".gemma3-270m.")]
     assert leftovers == [".gemma3-270m.lock"]  # no temp or broken folders left behind
+
+
+def test_a_cache_that_passes_its_checks_but_does_not_load_is_rebuilt(
+    converted, tmp_path, monkeypatch
+):
+    from storyteller.story.backends.offline import OfflineBackend
+
+    source = gemma_cache.cache_dir(converted[0])
+    bad = gemma_cache.cache_dir(tmp_path)
+    bad.mkdir()
+    for path in source.iterdir():
+        if path.stat().st_size > 2**20:
+            os.link(path, bad / path.name)
+        else:
+            shutil.copy(path, bad / path.name)
+    config = (bad / "config.json").read_text()  # same size, still JSON, unknown model type
+    (bad / "config.json").write_text(config.replace('"gemma3_text"', '"gemma3_xxxx"'))
+    assert gemma_cache.cache_is_valid(bad)
+
+    calls: list = []
+    monkeypatch.setattr(gemma_cache, "_convert", fake_conversion(source, calls))
+    log: list[str] = []
+    backend = OfflineBackend(device="cpu", root=tmp_path, log=log.append)
+    assert len(calls) == 1 and any("does not load" in line for line in log)
+    assert '"gemma3_text"' in (bad / "config.json").read_text() and backend.model is not None
 
 
 def test_two_conversions_at_once_convert_once(converted, tmp_path, monkeypatch):

@@ -160,6 +160,16 @@ def test_cleaner_stops_at_markers_and_at_a_sentence_end():
     assert pieces == [" He ran home.", " Then he slept."]  # no unfinished "The end"
 
 
+def test_cleaner_joins_a_base_model_going_on_in_few_shot_format():
+    pieces = clean(
+        [" It ran.", "\n", "Story go", "es on: It slept.", " Then", "\n\nGenre: x"],
+        stop=("\n", "Genre:", "Story goes on:"),
+        joins=("\nStory goes on:",),
+        after_opening="A dog.",
+    )
+    assert "".join(pieces) == " It ran. It slept."
+
+
 def test_cleaner_holds_back_a_marker_split_over_chunks():
     assert clean(["It rained. Gen", "re: comedy"], stop=("Genre:",)) == ["It rained."]
 

@@ -124,6 +124,16 @@ def test_a_model_that_writes_nothing_is_an_error(session, server):
     assert session.turns == []
 
 
+def test_a_copied_session_shares_its_backend(session, server):
+    import copy
+
+    run(session.start(CAPTION))
+    copied = copy.deepcopy(session)  # what gr.State does with its initial value
+    assert copied.backend is session.backend and copied.turns == session.turns
+    copied.reset()
+    assert session.turns  # the histories are separate
+
+
 def test_write_story_one_shot(server):
     backend = HostedBackend(model="fake-model", base_url=server.url, token="t", timeout=5)
     assert write_story(CAPTION, backend) == "The dog ran. It barked at the sea. Then it slept."

@@ -40,10 +40,19 @@ class StreamCleaner:
             sentence); dropped when the answer begins with it.
         after_opening: the turn already began with this text (a forced first sentence), so
             the model's text is joined to it with one space.
+        joins: labels that mean "the story goes on" (a base model copying its few-shot
+            format, ``"\nStory goes on:"``); they are removed and the story continues.
     """
 
-    def __init__(self, stop: tuple[str, ...] = (), echo: str = "", after_opening: str = ""):
+    def __init__(
+        self,
+        stop: tuple[str, ...] = (),
+        echo: str = "",
+        after_opening: str = "",
+        joins: tuple[str, ...] = (),
+    ):
         self.stop = tuple(s for s in stop if s)
+        self.joins = tuple(j for j in joins if j)
         self.echo = echo.strip()
         self.after_opening = after_opening
         self.raw = ""
@@ -55,9 +64,15 @@ class StreamCleaner:
     # -- helpers -------------------------------------------------------------------------
 
     def _truncate_at_stop(self) -> None:
+        for join in self.joins:
+            self.raw = self.raw[: self.emitted] + self.raw[self.emitted :].replace(join, "")
         start = len(self.raw) - len(self.raw.lstrip())  # a marker only ends text, not begins it
-        found = (self.raw.find(s, start) for s in self.stop)
-        cut = min((i for i in found if i >= 0), default=-1)
+        found = [self.raw.find(s, start) for s in self.stop]
+        # a marker that may still grow into a join (the text ends in "\nStory go") waits
+        found = [
+            i for i in found if i >= 0 and not any(j.startswith(self.raw[i:]) for j in self.joins)
+        ]
+        cut = min(found, default=-1)
         if cut >= 0:
             self.raw = self.raw[:cut]
             self.done = True
@@ -65,7 +80,7 @@ class StreamCleaner:
     def _held_for_marker(self) -> int:
         """Length of the raw text's tail that could still grow into a stop marker."""
         held = 0
-        for marker in self.stop:
+        for marker in self.stop + self.joins:
             for k in range(min(len(marker) - 1, len(self.raw)), 0, -1):
                 if self.raw.endswith(marker[:k]):
                     held = max(held, k)

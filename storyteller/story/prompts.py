@@ -98,6 +98,7 @@ class Completion:
     text: str
     opening: str = ""
     stop: tuple[str, ...] = ("\n", "Genre:", "Story:", "Then:", "Story goes on:")
+    joins: tuple[str, ...] = ("\nStory goes on:",)  # the model going on in few-shot format
 
 
 FEW_SHOT = """Short stories for a picture book. Each story is about what its picture shows.

@@ -33,5 +33,12 @@ class StoryBackend(ABC):
         """The whole turn at once (joins :meth:`stream`)."""
         return "".join(self.stream(prompt, options)).strip()
 
+    def __deepcopy__(self, memo) -> StoryBackend:
+        """Backends are shared, loaded once: a copied session (``gr.State``) shares it too."""
+        return self
+
+    def __copy__(self) -> StoryBackend:
+        return self
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.describe()}>"

@@ -19,18 +19,20 @@ from ...runtime import get_device
 from ..cleaning import StreamCleaner, last_sentence
 from ..errors import StoryError
 from ..options import StoryOptions
-from ..prompts import StoryPrompt
+from ..prompts import Completion, StoryPrompt
 from .base import StoryBackend
 
 #: prompt tokens at most (longer prompts are trimmed from the front of the story so far)
 MAX_PROMPT_TOKENS = 1536
 MEMORY_HEADROOM = 1.2  # weights x this must fit in the memory that is free
+LOCK_TIMEOUT = 600  # seconds a request waits for the model while others use it
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    if isinstance(exc, (MemoryError, oom)):
         return True
     text = str(exc).lower()
     return any(
@@ -65,13 +67,16 @@ def weights_bytes(folder: Path, dtype_size: int) -> int | None:
     from safetensors import safe_open
 
     total = 0
-    for path in files:
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
-                count = 1
-                for dim in handle.get_slice(key).get_shape():
-                    count *= dim
-                total += count
+    try:
+        for path in files:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                    count = 1
+                    for dim in handle.get_slice(key).get_shape():
+                        count *= dim
+                    total += count
+    except Exception:  # an unreadable header: loading will report it properly
+        return None
     return total * dtype_size
 
 
@@ -102,6 +107,20 @@ class _GeneratedRepetitionPenalty:
         picked = torch.gather(scores, 1, generated)  # (batch, new tokens so far)
         picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
         return scores.scatter(1, generated, picked)  # (batch, vocab)
+
+
+class _NoEndBefore:
+    """Forbid paragraph ends (newline tokens) and end-of-text before ``min_new`` tokens."""
+
+    def __init__(self, prompt_length: int, min_new: int, banned):
+        self.prompt_length, self.min_new, self.banned = prompt_length, min_new, banned
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] - self.prompt_length >= self.min_new or self.banned.numel() == 0:
+            return scores
+        scores = scores.clone()  # (batch, vocab)
+        scores[:, self.banned.to(scores.device)] = -float("inf")
+        return scores
 
 
 class TransformersBackend(StoryBackend):
@@ -165,7 +184,6 @@ class TransformersBackend(StoryBackend):
             )
 
     def _load(self, token: str | None):
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from .hosted import find_token
@@ -176,15 +194,15 @@ class TransformersBackend(StoryBackend):
         try:
             tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
             if self.device.type == "cuda":
+                # every visible GPU for a plain "cuda" (Kaggle's two T4s), else the one named
+                device_map = "auto" if self.device.index is None else {"": str(self.device)}
                 model = AutoModelForCausalLM.from_pretrained(
-                    where, dtype=self.dtype, device_map="auto", **kwargs
+                    where, dtype=self.dtype, device_map=device_map, **kwargs
                 )
             else:
                 model = AutoModelForCausalLM.from_pretrained(where, dtype=self.dtype, **kwargs)
                 model.to(self.device)
-        except torch.OutOfMemoryError as exc:
-            raise self._too_large("out of memory while loading") from exc
-        except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+        except Exception as exc:  # any load failure becomes one clear line
             if _is_out_of_memory(exc):
                 raise self._too_large("out of memory while loading") from exc
             raise StoryError(
@@ -197,6 +215,22 @@ class TransformersBackend(StoryBackend):
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer, model
 
+    def _end_token_ids(self):
+        """Ids of every token that contains a line break, plus the end-of-text tokens."""
+        if getattr(self, "_ends", None) is None:
+            import torch
+
+            newline = ("\n", "\u010a", "<0x0A>")  # plain, byte-level BPE, byte fallback
+            ids = [
+                i
+                for token, i in self.tokenizer.get_vocab().items()
+                if any(n in token for n in newline)
+            ]
+            eos = self.model.generation_config.eos_token_id
+            ids += [eos] if isinstance(eos, int) else list(eos or [])
+            self._ends = torch.tensor(sorted(set(ids)), dtype=torch.long)
+        return self._ends
+
     def describe(self) -> str:
         mode = "chat template" if self.chat else "completion prompt"
         return f"{self.name}: {self.model_name} on {self.device.type} ({mode})"
@@ -204,7 +238,8 @@ class TransformersBackend(StoryBackend):
     # -- prompting -------------------------------------------------------------------------
 
     def _encode(self, prompt: StoryPrompt, options: StoryOptions, story_chars: int):
-        """Token ids for the prompt, and the forced opening text (base models only)."""
+        """Token ids for the prompt, and the :class:`Completion` that says how to read the
+        output (forced opening, stop markers; none of those for chat models)."""
         if self.chat:
             messages = prompt.messages(options, story_chars)
             try:
@@ -222,15 +257,21 @@ class TransformersBackend(StoryBackend):
                     merged, add_generation_prompt=True, tokenize=False
                 )
             ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
-            return ids, "", ()
+            return ids, Completion(text, stop=(), joins=())
         completion = prompt.completion(options, story_chars)
         ids = self.tokenizer(completion.text, return_tensors="pt")
-        return ids, completion.opening, completion.stop
+        return ids, completion
 
     def stream(self, prompt: StoryPrompt, options: StoryOptions) -> Iterator[str]:
-        # Hold the lock for the whole turn: one story at a time per loaded model.
-        with self._lock:
+        # One story at a time per loaded model (the CPU or GPU is busy anyway); wait a while.
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT):
+            raise StoryError(
+                f"{self.name}: the model is busy writing other stories: try again in a minute"
+            )
+        try:
             yield from self._stream(prompt, options)
+        finally:
+            self._lock.release()
 
     def _stream(self, prompt: StoryPrompt, options: StoryOptions) -> Iterator[str]:
         import torch
@@ -241,12 +282,18 @@ class TransformersBackend(StoryBackend):
         )
 
         story_chars = 6000 if self.chat else 1500
-        inputs, opening, stop = self._encode(prompt, options, story_chars)
+        inputs, completion = self._encode(prompt, options, story_chars)
         while inputs["input_ids"].shape[1] > MAX_PROMPT_TOKENS and story_chars > 200:
             story_chars //= 2  # a long story: keep less of its beginning
-            inputs, opening, stop = self._encode(prompt, options, story_chars)
+            inputs, completion = self._encode(prompt, options, story_chars)
         inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
         prompt_length = inputs["input_ids"].shape[1]
+        opening = completion.opening
+        processors = [_GeneratedRepetitionPenalty(prompt_length, self.repetition_penalty)]
+        if not self.chat:  # a base model ends its paragraph early unless told to go on
+            processors.append(
+                _NoEndBefore(prompt_length, options.token_budget // 3, self._end_token_ids())
+            )
 
         streamer = TextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600
@@ -259,9 +306,7 @@ class TransformersBackend(StoryBackend):
             max_new_tokens=options.token_budget,
             do_sample=sampling,
             stopping_criteria=StoppingCriteriaList([stopper]),
-            logits_processor=LogitsProcessorList(
-                [_GeneratedRepetitionPenalty(prompt_length, self.repetition_penalty)]
-            ),
+            logits_processor=LogitsProcessorList(processors),
             pad_token_id=self.tokenizer.pad_token_id,
         )
         if sampling:
@@ -283,9 +328,10 @@ class TransformersBackend(StoryBackend):
 
         thread = threading.Thread(target=run, name="story-generate", daemon=True)
         cleaner = StreamCleaner(
-            stop=stop,
+            stop=completion.stop,
             echo=last_sentence(prompt.story) if prompt.story and not opening else "",
             after_opening=opening,
+            joins=completion.joins,
         )
         thread.start()
         try:
