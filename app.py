@@ -219,7 +219,7 @@ def _stream(kind: str, text: str, genre, tone, length, session, info):
         backend = story_backend()
         if session is None or kind == "start":
             session = StorySession(backend, options)
-        if kind != "start" and not session.story:
+        if kind in ("continue", "steer") and not session.story:  # a new image may start one
             raise gr.Error("start a story first (New story), then continue it")
         started = time.perf_counter()
         if kind == "start":

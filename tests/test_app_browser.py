@@ -18,6 +18,7 @@ import pytest
 from app_server import running_app, space_folder
 from bad_images import upright_picture
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 
 CHROMIUM = os.environ.get("STORYTELLER_CHROMIUM", "/usr/bin/chromium")
 # This machine's network is closed: keep Chromium from trying to reach out at all.
@@ -105,4 +106,13 @@ def test_story_api_streams_and_continues(story_app, tmp_path):
     assert all(story.startswith(text) for text in partial)  # it grows; nothing is rewritten
     more = client.predict("mystery", "dark", "short", api_name="/continue")
     assert more.startswith(story) and len(more) > len(story)  # the same client, the same story
+    steered = client.predict("a storm breaks", "mystery", "dark", "short", api_name="/steer")
+    assert steered.startswith(more) and len(steered) > len(more)
+    extended = client.predict(
+        "a dog runs on the beach", "mystery", "dark", "short", api_name="/add_image"
+    )
+    assert extended.startswith(steered) and len(extended) > len(steered)
+    other = Client(story_app.url, verbose=False)  # another visitor has no story to continue
+    with pytest.raises(AppError, match="start a story first"):
+        other.predict("mystery", "dark", "short", api_name="/continue")
     assert story_app.alive()
