@@ -135,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--threshold", type=int, default=5, help="minimum word count (default 5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--captions",
+        metavar="FILE",
+        help="build from a caption file alone, without its images (e.g. Flickr8k's "
+        "captions.txt); same split and vocabulary as --data on the full folder",
+    )
+    p.add_argument(
+        "--dataset-name", help="with --captions: a name recorded in the provenance (e.g. Flickr8k)"
+    )
 
     p = sub.add_parser("train", help="train the captioner on cached features (resumes)")
     _add_common(p)
@@ -190,7 +199,14 @@ def run(args: argparse.Namespace) -> int:
             args.device,
         )
     elif args.command == "vocab":
-        pipeline.vocab_step(args.data, args.out, args.threshold, args.seed)
+        if args.captions and args.data:
+            raise StorytellerError("give either --data (a dataset folder) or --captions FILE")
+        if args.captions:
+            pipeline.vocab_from_captions(
+                args.captions, args.out, args.threshold, args.seed, args.dataset_name
+            )
+        else:
+            pipeline.vocab_step(args.data, args.out, args.threshold, args.seed)
     elif args.command == "train":
         train, model = _configs(args)
         result = pipeline.train_step(
