@@ -164,6 +164,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-penalty", type=float, default=0.7)
     p.add_argument("--device")
 
+    p = sub.add_parser(
+        "notebooks",
+        help="run the numbered notebook series, or check/clean notebooks before committing",
+    )
+    p.add_argument(
+        "action",
+        choices=["run", "check", "clean"],
+        help="run: execute the series in order; check: fail on outputs, execution counts, "
+        "widget state, machine paths or long cell definitions; clean: strip outputs in place",
+    )
+    p.add_argument(
+        "paths", nargs="*", help="notebooks (default: every notebooks/NN_*.ipynb, in order)"
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="run: tiny data, 2 epochs, small model (sets STORYTELLER_SMOKE=1)",
+    )
+    p.add_argument(
+        "--cwd",
+        default=".",
+        help="run: the notebooks' working folder; outputs go to CWD/outputs (default: .)",
+    )
+    p.add_argument("--save", help="run: also write the executed notebooks into this folder")
+
     p = sub.add_parser("run-all", help="the whole chain into one folder (sample data by default)")
     _add_common(p)
     p.add_argument(
@@ -225,6 +250,8 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.command == "caption":
         return _caption(args)
+    elif args.command == "notebooks":
+        return _notebooks(args)
     elif args.command == "run-all":
         train, model = _configs(args)
         pipeline.run_all(
@@ -262,6 +289,30 @@ def _caption(args) -> int:
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             failures += 1
             print(json.dumps({"image": path, "error": f"cannot read image: {exc}"}), flush=True)
+    return 1 if failures else 0
+
+
+def _notebooks(args) -> int:
+    from . import nbtools
+
+    paths = args.paths or nbtools.series()
+    if args.action == "run":
+        if args.smoke:
+            os.environ["STORYTELLER_SMOKE"] = "1"  # the kernels inherit it
+        nbtools.run_series(paths, args.cwd, save_to=args.save)
+        print(f"ran {len(paths)} notebook(s); outputs in {os.path.join(args.cwd, 'outputs')}")
+        return 0
+    if args.action == "clean":
+        for path in paths:
+            print(f"{path}: {'cleaned' if nbtools.clean_notebook(path) else 'already clean'}")
+        return 0
+    failures = 0
+    for path in paths:
+        problems = nbtools.check_notebook(path)
+        failures += bool(problems)
+        for problem in problems:
+            print(f"{path}: {problem}")
+    print(f"{len(paths) - failures}/{len(paths)} notebook(s) clean")
     return 1 if failures else 0
 
 
