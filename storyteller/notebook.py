@@ -25,6 +25,7 @@ Every notebook's set-up cell calls :func:`setup`, which
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -439,3 +440,138 @@ def require(settings: NotebookSettings, *artefacts: str) -> None:
             f"{', '.join(missing)} not found in {settings.out_dir}: run {', '.join(notebooks)} "
             "first (with the same DATA_DIR / OUT_DIR / SMOKE settings)"
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 05: extras, the Hugging Face token, the story backend, the Space
+# --------------------------------------------------------------------------------------------
+
+_EXTRA_MARKER = re.compile(r"""extra\s*==\s*["']([\w.-]+)["']""")
+_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def missing_requirements(*extras: str) -> list[str]:
+    """Requirements of the package's optional ``extras`` (e.g. ``"story"``, ``"app"``) whose
+    distributions are not installed, as pip requirement strings."""
+    from importlib import metadata
+
+    try:
+        requirements = metadata.requires("storyteller") or []
+    except metadata.PackageNotFoundError:
+        return []  # run from a source folder without metadata: nothing to compare with
+    missing = []
+    for line in requirements:
+        spec, _, marker = line.partition(";")
+        extra = _EXTRA_MARKER.search(marker)
+        name = _REQUIREMENT_NAME.match(spec)
+        if not extra or extra.group(1) not in extras or not name:
+            continue
+        if name.group(1).lower() == "storyteller":
+            continue  # the test extra names the package's own extras
+        try:
+            metadata.distribution(name.group(1))
+        except metadata.PackageNotFoundError:
+            missing.append(spec.strip())
+    return missing
+
+
+def install_extras(*extras: str, log: Log = print) -> list[str]:
+    """pip-install whatever the named extras need and is missing (Kaggle has most of it)."""
+    import importlib
+    import subprocess
+    import sys
+
+    missing = missing_requirements(*extras)
+    if missing:
+        log(f"installing {', '.join(missing)}")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *missing], check=True)
+        importlib.invalidate_caches()
+    else:
+        log(f"everything the {' and '.join(extras)} extra(s) need is installed")
+    return missing
+
+
+def hf_token(prompt: bool = False) -> str | None:
+    """A Hugging Face token, or None. Never printed, logged or written anywhere.
+
+    Looks in Kaggle Secrets (a secret named ``HF_TOKEN``), then the ``HF_TOKEN`` environment
+    variable and the ``hf auth login`` cache, then, with ``prompt``, asks with a hidden
+    prompt (``getpass``; skipped where there is no one to answer, e.g. a batch run).
+    """
+    import getpass
+
+    if on_kaggle():
+        try:
+            from kaggle_secrets import UserSecretsClient
+
+            token = UserSecretsClient().get_secret("HF_TOKEN")
+            if token and token.strip():
+                return token.strip()
+        except Exception:  # no kaggle_secrets module, secret not attached, service down
+            pass
+    token = os.environ.get("HF_TOKEN", "").strip()
+    if not token:
+        try:
+            from huggingface_hub import get_token
+
+            token = (get_token() or "").strip()
+        except ImportError:
+            token = ""
+    if token:
+        return token
+    if prompt:
+        try:
+            token = getpass.getpass("Hugging Face token with write access (hidden): ").strip()
+        except Exception:  # no stdin (batch run, CI): behave as if nothing was entered
+            token = ""
+    return token or None
+
+
+#: New tokens per story turn in smoke mode (the offline model stays quick on a CPU).
+SMOKE_STORY_TOKENS = 40
+
+
+def story_backend(name: str = "auto", token: str | None = None, smoke: bool = False):
+    """The story backend for a notebook: ``name`` as in :func:`storyteller.story.get_backend`.
+
+    ``"auto"`` means the hosted model when there is a token and the offline Gemma model
+    otherwise; in smoke mode ``"auto"`` is always the offline model (CI has no network).
+    The token is handed to the hosted backend only.
+    """
+    from .story import get_backend
+
+    if name == "auto":
+        name = "offline" if smoke or not token else "hosted"
+    if name == "hosted" and token:
+        return get_backend("hosted", token=token)
+    return get_backend(name)
+
+
+def publish_space(
+    run_dir: str | Path, space_id: str = "", token: str | None = None, log: Log = print
+) -> str:
+    """Push the run to the Hugging Face Space ``space_id``, or build its folder (dry run).
+
+    With a ``space_id`` and a ``token``: :func:`storyteller.deploy.deploy_space`, returns the
+    Space's URL. Otherwise writes the Space folder to ``run_dir/space`` (rebuilt each time),
+    says how to push it, and returns the folder's path.
+    """
+    import shutil
+
+    from .deploy import build_space_folder, deploy_space
+
+    run_dir = Path(run_dir)
+    if space_id and token:
+        return deploy_space(space_id, run_dir, token=token, log=log)
+    dest = run_dir / "space"
+    if dest.is_dir() and (dest / "app.py").is_file():
+        shutil.rmtree(dest)  # our own earlier dry run: rebuild it from the current run
+    folder = build_space_folder(run_dir, dest, log=log)
+    reason = "no SPACE_ID set" if not space_id else "no Hugging Face token found"
+    log(
+        f"dry run ({reason}): the Space folder is in {folder}. To push it, set SPACE_ID in "
+        "the parameters cell and add a write token as the Kaggle secret HF_TOKEN (or the "
+        "HF_TOKEN environment variable), then run this cell again; or, from a checkout: "
+        f"python -m storyteller deploy --space USER/NAME --run {run_dir}"
+    )
+    return str(folder)

@@ -309,3 +309,43 @@ def plot_examples(
         path,
         title=title,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 05: a story as it is written
+# --------------------------------------------------------------------------------------------
+
+
+class _Text:
+    """Plain text that Jupyter shows as a paragraph (wrapped), not as a quoted string."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def _repr_markdown_(self) -> str:
+        return self.text.replace("\n", "  \n")
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def stream(chunks) -> str:
+    """Show a story while it is generated and return the final text.
+
+    ``chunks`` yields the whole text so far after every piece (what
+    ``StorySession.start/continue_story/steer`` yield); in Jupyter the text grows in place,
+    elsewhere the final text is printed once.
+    """
+    text = ""
+    handle = None
+    for text in chunks:
+        if _in_notebook():
+            from IPython.display import display
+
+            if handle is None:
+                handle = display(_Text(text), display_id=True)
+            else:
+                handle.update(_Text(text))
+    if not _in_notebook():
+        print(text)
+    return text
