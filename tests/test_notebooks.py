@@ -350,3 +350,63 @@ def test_previous_outputs_attached_on_kaggle_are_copied_in(tmp_path):
     assert sorted(copied) == ["features/features.json", "last.pth", "vocab.pkl"]
     assert (working / "vocab.pkl").read_text() == "from run: vocab.pkl"
     assert (working / "splits.json").read_text() == "newer, made here"  # never overwritten
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 05 helpers: the token, the extras
+# --------------------------------------------------------------------------------------------
+
+
+def test_hf_token_from_kaggle_secrets_then_env_never_printed(clean_env, monkeypatch, capsys):
+    import sys
+    import types
+
+    secrets = {"HF_TOKEN": "hf_from_kaggle_secrets"}
+
+    class UserSecretsClient:
+        def get_secret(self, label):
+            if label not in secrets:
+                raise KeyError(label)  # what Kaggle does for a secret that is not attached
+            return secrets[label]
+
+    monkeypatch.setitem(
+        sys.modules, "kaggle_secrets", types.SimpleNamespace(UserSecretsClient=UserSecretsClient)
+    )
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env")
+    assert nbmod.hf_token() == "hf_from_env"  # not on Kaggle: Kaggle Secrets are not asked
+    kaggle = clean_env / "kaggle"
+    (kaggle / "input").mkdir(parents=True)
+    monkeypatch.setenv(nbmod.KAGGLE_ROOT_ENV, str(kaggle))
+    assert nbmod.hf_token() == "hf_from_kaggle_secrets"
+    secrets.clear()
+    assert nbmod.hf_token() == "hf_from_env"
+    out = capsys.readouterr()
+    assert "hf_from" not in out.out + out.err
+
+
+def test_hf_token_prompt_without_stdin_gives_none(clean_env, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(clean_env / "hf-home"))  # no login cache either
+
+    def no_stdin(prompt=""):
+        raise EOFError
+
+    monkeypatch.setattr("getpass.getpass", no_stdin)
+    assert nbmod.hf_token(prompt=False) is None
+    assert nbmod.hf_token(prompt=True) is None
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": " hf_typed ")
+    assert nbmod.hf_token(prompt=True) == "hf_typed"
+
+
+def test_missing_requirements_of_extras(monkeypatch):
+    from importlib import metadata
+
+    requires = [
+        "torch>=2.1",
+        'gradio>=5.0; extra == "app"',
+        'surely-not-installed-pkg>=1; extra == "story"',
+        'storyteller[app,story]; extra == "test"',
+    ]
+    monkeypatch.setattr(metadata, "requires", lambda name: requires)
+    assert nbmod.missing_requirements("story", "app") == ["surely-not-installed-pkg>=1"]
+    assert nbmod.missing_requirements("app") == []
+    assert nbmod.missing_requirements("test") == []
