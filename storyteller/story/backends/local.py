@@ -1,0 +1,313 @@
+"""Local story backend: any ``transformers`` causal language model, by hub id or folder.
+
+On a Kaggle GPU this can be an instruct model (the MPT-7B-Instruct the project grew from,
+or a smaller modern one); offline it is the converted Gemma 3 270M (see ``offline.py``).
+A model whose tokenizer has a chat template gets the chat messages; a base model gets the
+few-shot completion prompt. Text streams from ``model.generate`` in a thread through a
+``TextIteratorStreamer``; sampling uses a repetition penalty on the *generated* tokens only
+(a penalty over the whole prompt would also punish the words of the caption and the
+few-shot examples).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from ...runtime import get_device
+from ..cleaning import StreamCleaner, last_sentence
+from ..errors import StoryError
+from ..options import StoryOptions
+from ..prompts import StoryPrompt
+from .base import StoryBackend
+
+#: prompt tokens at most (longer prompts are trimmed from the front of the story so far)
+MAX_PROMPT_TOKENS = 1536
+MEMORY_HEADROOM = 1.2  # weights x this must fit in the memory that is free
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return any(
+        s in text
+        for s in ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate")
+    )
+
+
+def available_memory(device) -> int | None:
+    """Bytes free on ``device`` (CUDA: free GPU memory; CPU: MemAvailable), or None."""
+    import torch
+
+    if device.type == "cuda":
+        return sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def weights_bytes(folder: Path, dtype_size: int) -> int | None:
+    """Bytes the weights in a local model folder take in memory at ``dtype_size`` per value.
+
+    Reads only safetensors headers (shapes), so it is instant; ``None`` when unknown.
+    """
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    total = 0
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                count = 1
+                for dim in handle.get_slice(key).get_shape():
+                    count *= dim
+                total += count
+    return total * dtype_size
+
+
+class _Stop:
+    """A ``StoppingCriteria`` that ends generation when the consumer says so."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
+
+
+class _GeneratedRepetitionPenalty:
+    """CTRL-style repetition penalty over the tokens generated so far (not the prompt)."""
+
+    def __init__(self, prompt_length: int, penalty: float):
+        self.prompt_length, self.penalty = prompt_length, penalty
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        generated = input_ids[:, self.prompt_length :]  # (batch, new tokens so far)
+        if generated.shape[1] == 0 or self.penalty == 1.0:
+            return scores
+        picked = torch.gather(scores, 1, generated)  # (batch, new tokens so far)
+        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return scores.scatter(1, generated, picked)  # (batch, vocab)
+
+
+class TransformersBackend(StoryBackend):
+    """A ``transformers`` causal LM loaded once; generation is serialised by a lock.
+
+    Parameters:
+        model: a hub model id or a local folder.
+        device: ``cpu`` / ``cuda`` (default: CUDA when available, see ``get_device``).
+        token: for gated hub models (default: ``HF_TOKEN``).
+        repetition_penalty: applied to generated tokens (1.0 = off).
+        chat: force the chat template on (True) or off (False); default: when the tokenizer
+            has one.
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: str | Path,
+        device: str | None = None,
+        token: str | None = None,
+        repetition_penalty: float = 1.2,
+        chat: bool | None = None,
+    ):
+        import torch
+
+        self.model_name = str(model)
+        self.device = get_device(device)
+        self.repetition_penalty = repetition_penalty
+        if self.device.type == "cuda":  # half precision on GPUs; bf16 where supported (Ampere+)
+            major, _ = torch.cuda.get_device_capability(self.device)
+            self.dtype = torch.bfloat16 if major >= 8 else torch.float16
+        else:
+            self.dtype = torch.float32
+        self._lock = threading.Lock()
+        self._check_memory()
+        self.tokenizer, self.model = self._load(token)
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        self.chat = has_template if chat is None else bool(chat and has_template)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _too_large(self, detail: str) -> StoryError:
+        return StoryError(
+            f"{self.name}: model '{self.model_name}' is too large for this machine ({detail}): "
+            "pick a smaller model, a GPU machine, or the hosted backend (set HF_TOKEN)"
+        )
+
+    def _check_memory(self) -> None:
+        folder = Path(self.model_name).expanduser()
+        if not folder.is_dir():
+            return  # a hub id: known only after download; a failed load is caught below
+        import torch
+
+        need = weights_bytes(folder, torch.finfo(self.dtype).bits // 8)
+        free = available_memory(self.device)
+        if need and free and need * MEMORY_HEADROOM > free:
+            raise self._too_large(
+                f"needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free on "
+                f"{self.device.type}"
+            )
+
+    def _load(self, token: str | None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .hosted import find_token
+
+        token = find_token(token)
+        kwargs = {"token": token} if token else {}
+        where = self.model_name
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+            if self.device.type == "cuda":
+                model = AutoModelForCausalLM.from_pretrained(
+                    where, dtype=self.dtype, device_map="auto", **kwargs
+                )
+            else:
+                model = AutoModelForCausalLM.from_pretrained(where, dtype=self.dtype, **kwargs)
+                model.to(self.device)
+        except torch.OutOfMemoryError as exc:
+            raise self._too_large("out of memory while loading") from exc
+        except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+            if _is_out_of_memory(exc):
+                raise self._too_large("out of memory while loading") from exc
+            raise StoryError(
+                f"{self.name}: cannot load model '{where}': {type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:300]} (a hub id needs internet; offline, give a "
+                "local folder or use --backend offline)"
+            ) from exc
+        model.eval()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer, model
+
+    def describe(self) -> str:
+        mode = "chat template" if self.chat else "completion prompt"
+        return f"{self.name}: {self.model_name} on {self.device.type} ({mode})"
+
+    # -- prompting -------------------------------------------------------------------------
+
+    def _encode(self, prompt: StoryPrompt, options: StoryOptions, story_chars: int):
+        """Token ids for the prompt, and the forced opening text (base models only)."""
+        if self.chat:
+            messages = prompt.messages(options, story_chars)
+            try:
+                text = self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
+            except Exception:  # templates without a system role (Gemma, Mistral): merge it
+                merged = [
+                    {
+                        "role": "user",
+                        "content": messages[0]["content"] + "\n\n" + messages[1]["content"],
+                    }
+                ]
+                text = self.tokenizer.apply_chat_template(
+                    merged, add_generation_prompt=True, tokenize=False
+                )
+            ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+            return ids, "", ()
+        completion = prompt.completion(options, story_chars)
+        ids = self.tokenizer(completion.text, return_tensors="pt")
+        return ids, completion.opening, completion.stop
+
+    def stream(self, prompt: StoryPrompt, options: StoryOptions) -> Iterator[str]:
+        # Hold the lock for the whole turn: one story at a time per loaded model.
+        with self._lock:
+            yield from self._stream(prompt, options)
+
+    def _stream(self, prompt: StoryPrompt, options: StoryOptions) -> Iterator[str]:
+        import torch
+        from transformers import (
+            LogitsProcessorList,
+            StoppingCriteriaList,
+            TextIteratorStreamer,
+        )
+
+        story_chars = 6000 if self.chat else 1500
+        inputs, opening, stop = self._encode(prompt, options, story_chars)
+        while inputs["input_ids"].shape[1] > MAX_PROMPT_TOKENS and story_chars > 200:
+            story_chars //= 2  # a long story: keep less of its beginning
+            inputs, opening, stop = self._encode(prompt, options, story_chars)
+        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
+        prompt_length = inputs["input_ids"].shape[1]
+
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600
+        )
+        stopper = _Stop()
+        sampling = options.temperature > 0
+        kwargs = dict(
+            **inputs,
+            streamer=streamer,
+            max_new_tokens=options.token_budget,
+            do_sample=sampling,
+            stopping_criteria=StoppingCriteriaList([stopper]),
+            logits_processor=LogitsProcessorList(
+                [_GeneratedRepetitionPenalty(prompt_length, self.repetition_penalty)]
+            ),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if sampling:
+            kwargs.update(temperature=options.temperature, top_p=0.95, top_k=64)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if options.seed is not None:
+            torch.manual_seed(options.seed)  # the generation thread draws from this generator
+
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**kwargs)
+            except BaseException as exc:  # re-raised in the consumer below
+                failure.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="story-generate", daemon=True)
+        cleaner = StreamCleaner(
+            stop=stop,
+            echo=last_sentence(prompt.story) if prompt.story and not opening else "",
+            after_opening=opening,
+        )
+        thread.start()
+        try:
+            if opening:
+                yield opening
+            for delta in streamer:
+                piece = cleaner.feed(delta)
+                if piece:
+                    yield piece
+                if cleaner.done:
+                    stopper.event.set()  # a stop marker: end generation early
+                    break
+        finally:
+            stopper.event.set()  # also when the consumer stops reading
+            thread.join()
+        if failure:
+            exc = failure[0]
+            if _is_out_of_memory(exc):
+                raise self._too_large("out of memory while generating") from exc
+            raise StoryError(
+                f"{self.name}: generation failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        rest = cleaner.finish()
+        if rest:
+            yield rest

@@ -1,0 +1,135 @@
+"""Raw model text -> clean story text, streamed as deltas that never need taking back.
+
+Models run past the end of a story: a base model writes the next few-shot example
+(``Genre: ...``), any model can stop mid-sentence at its token budget, a chat model may open
+with a label or a preamble ("Here is the next part:") or repeat the last sentence it was
+given. :class:`StreamCleaner` holds back just enough text to remove all of that while the
+story streams: it emits text up to the last *finished* sentence, stops at a stop marker, and
+at the end drops an unfinished last sentence.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: a sentence ends at . ! ? or an ellipsis, maybe followed by closing quotes or brackets
+_SENTENCE_END = re.compile(r"(?:[.!?]|\u2026)['\"\u201d\u2019)\]]*(?=\s|$)")
+_LEADING_LABEL = re.compile(
+    r"^\s*(?:(?:\*\*|#+\s*)?(?:story|story goes on|continuation|next part|part \d+)\s*:?(?:\*\*)?"
+    r"\s*:?\s*\n?|here(?:'s| is)[^\n]{0,80}?:\s*\n?|(?:\*\*|#+ )[^\n*]{1,80}(?:\*\*)?\s*\n)",
+    re.IGNORECASE,
+)
+_LEAD_CHARS = 80  # decide on a leading label/echo once this much text (or a sentence) is in
+
+
+def last_sentence(text: str) -> str:
+    """The last sentence of ``text`` (for spotting a model that repeats it)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text.rstrip())]
+    if len(ends) >= 2:
+        return text[ends[-2] :].strip()
+    return text.strip()
+
+
+class StreamCleaner:
+    """Feed raw model text in pieces; get back clean story text in pieces.
+
+    Parameters:
+        stop: markers that end the story (e.g. ``"\\n"`` and ``"Genre:"`` for a few-shot
+            prompt); the text from the first marker on is dropped and :attr:`done` turns on.
+        echo: text the model may repeat at the start of its answer (the story's last
+            sentence); dropped when the answer begins with it.
+        after_opening: the turn already began with this text (a forced first sentence), so
+            the model's text is joined to it with one space.
+    """
+
+    def __init__(self, stop: tuple[str, ...] = (), echo: str = "", after_opening: str = ""):
+        self.stop = tuple(s for s in stop if s)
+        self.echo = echo.strip()
+        self.after_opening = after_opening
+        self.raw = ""
+        self.emitted = 0  # characters of self.raw already handed out
+        self.done = False  # a stop marker was seen: the caller may stop generating
+        self._lead_decided = False
+        self._any_output = bool(after_opening)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _truncate_at_stop(self) -> None:
+        start = len(self.raw) - len(self.raw.lstrip())  # a marker only ends text, not begins it
+        found = (self.raw.find(s, start) for s in self.stop)
+        cut = min((i for i in found if i >= 0), default=-1)
+        if cut >= 0:
+            self.raw = self.raw[:cut]
+            self.done = True
+
+    def _held_for_marker(self) -> int:
+        """Length of the raw text's tail that could still grow into a stop marker."""
+        held = 0
+        for marker in self.stop:
+            for k in range(min(len(marker) - 1, len(self.raw)), 0, -1):
+                if self.raw.endswith(marker[:k]):
+                    held = max(held, k)
+                    break
+        return held
+
+    def _decide_lead(self, final: bool) -> bool:
+        """Strip a leading label, preamble or echo once enough text has arrived to tell."""
+        if self._lead_decided:
+            return True
+        text = self.raw
+        while True:
+            match = _LEADING_LABEL.match(text)
+            if not match or not match.group(0).strip():
+                break
+            text = text[match.end() :]
+        if self.echo:
+            said, echo = " ".join(text.split()), " ".join(self.echo.split())
+            if echo.startswith(said) and not final:
+                return False  # could still be the echo: wait for more
+            if said.startswith(echo):
+                pattern = r"\s*" + r"\s+".join(map(re.escape, echo.split()))
+                text = text[re.match(pattern, text).end() :]
+        text = text.lstrip()
+        if not final and len(text) < _LEAD_CHARS and not _SENTENCE_END.search(text):
+            return False  # a label or preamble may still be arriving
+        if self.after_opening and text:
+            text = " " + text
+        self.raw = text
+        self._lead_decided = True
+        return True
+
+    def _take(self, end: int) -> str:
+        piece = self.raw[self.emitted : end]
+        if piece:
+            self.emitted = end
+            self._any_output = self._any_output or bool(piece.strip())
+        return piece
+
+    # -- API -------------------------------------------------------------------------------
+
+    def feed(self, delta: str) -> str:
+        """Add raw text; return the clean text that is now safe to show (maybe empty)."""
+        if self.done:
+            return ""
+        self.raw += delta
+        self._truncate_at_stop()
+        if not self._decide_lead(final=self.done):
+            return ""
+        if self.done:
+            return ""  # finish() hands out the rest, trimmed to its last sentence
+        safe = len(self.raw) - self._held_for_marker()
+        ends = [m.end() for m in _SENTENCE_END.finditer(self.raw, 0, safe)]
+        ends = [e for e in ends if e < safe]  # an end must be followed by text to be sure
+        return self._take(ends[-1]) if ends and ends[-1] > self.emitted else ""
+
+    def finish(self) -> str:
+        """The rest of the story: up to its last finished sentence."""
+        self._truncate_at_stop()
+        self._decide_lead(final=True)
+        rest = self.raw[self.emitted :]
+        ends = [m.end() for m in _SENTENCE_END.finditer(rest)]
+        if ends:
+            return self._take(self.emitted + ends[-1])
+        if not self._any_output and rest.strip():  # one unfinished sentence is all there is
+            return self._take(len(self.raw.rstrip()))
+        return ""

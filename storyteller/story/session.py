@@ -1,0 +1,134 @@
+"""Story sessions, as the Img2Story app had them: start a story from an image's caption,
+continue it, add another image and continue from its caption, steer it with a line of text.
+
+One :class:`StorySession` per user (the Gradio app keeps it in ``gr.State``). Every action
+streams the *whole* story so far after each generated chunk (what a UI shows), and records
+the turn in :attr:`StorySession.turns` only when generation completes: a failure or an
+abandoned stream mid-turn leaves the history as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .backends import StoryBackend, get_backend
+from .errors import StoryError
+from .options import StoryOptions
+from .prompts import StoryPrompt, clean_caption
+
+PARAGRAPH = "\n\n"  # each turn is a paragraph of the story
+
+
+class StorySession:
+    """One user's story and its history.
+
+    Parameters:
+        backend: the language model; default: ``get_backend("auto")`` on first use (which
+            raises :class:`NoStoryBackend` when none is available).
+        options: default genre, tone, length...; each action may pass its own, which then
+            become the session's defaults.
+
+    Attributes:
+        turns: ``[{"kind": "start|continue|image|steer", "input": caption or instruction
+            ("" for continue), "text": the paragraph written}]``.
+        captions: every caption the story was built from, in order.
+    """
+
+    def __init__(self, backend: StoryBackend | None = None, options: StoryOptions | None = None):
+        self.backend = backend
+        self.options = options or StoryOptions()
+        self.turns: list[dict] = []
+        self.captions: list[str] = []
+
+    @property
+    def story(self) -> str:
+        """The full story so far (one paragraph per turn)."""
+        return PARAGRAPH.join(turn["text"] for turn in self.turns)
+
+    def reset(self) -> None:
+        """Forget the story (keeps the backend and options)."""
+        self.turns, self.captions = [], []
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def start(self, caption: str, options: StoryOptions | None = None) -> Iterator[str]:
+        """A new story from ``caption`` (replaces the current one once it completes)."""
+        caption = clean_caption(caption)
+        prompt = StoryPrompt("start", (caption,))
+        return self._turn(prompt, caption, options, keep_history=False)
+
+    def continue_story(self, options: StoryOptions | None = None) -> Iterator[str]:
+        """The next part of the current story."""
+        prompt = StoryPrompt("continue", self._captions(), self.story)
+        return self._turn(prompt, "", options)
+
+    def add_image(self, caption: str, options: StoryOptions | None = None) -> Iterator[str]:
+        """Continue the story so that another image's scene (its caption) happens next;
+        starts a story when there is none yet."""
+        caption = clean_caption(caption)
+        if not self.turns:
+            return self.start(caption, options)
+        prompt = StoryPrompt("image", (*self.captions, caption), self.story)
+        return self._turn(prompt, caption, options)
+
+    def steer(self, instruction: str, options: StoryOptions | None = None) -> Iterator[str]:
+        """Continue the story following the reader's line of text (``"a storm breaks"``)."""
+        prompt = StoryPrompt("steer", self._captions(), self.story, instruction)
+        return self._turn(prompt, prompt.instruction, options)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _captions(self) -> tuple[str, ...]:
+        if not self.turns:
+            raise StoryError("there is no story yet: start one from an image first")
+        return tuple(self.captions)
+
+    def _turn(
+        self,
+        prompt: StoryPrompt,
+        given: str,
+        options: StoryOptions | None,
+        keep_history: bool = True,
+    ) -> Iterator[str]:
+        """Validate now (errors surface at the call), generate lazily (when iterated)."""
+        if options is not None:
+            self.options = options
+        return self._generate(prompt, given, self.options, keep_history)
+
+    def _generate(
+        self, prompt: StoryPrompt, given: str, options: StoryOptions, keep_history: bool
+    ) -> Iterator[str]:
+        if self.backend is None:
+            self.backend = get_backend("auto")
+        before = self.story if keep_history else ""
+        prefix = before + PARAGRAPH if before else ""
+        text = ""
+        for delta in self.backend.stream(prompt, options):
+            text += delta
+            if text.strip():
+                yield prefix + text.strip()
+        text = text.strip()
+        if not text:
+            raise StoryError(
+                f"{self.backend.name}: the model wrote no story text this time: try again "
+                "(or raise the temperature)"
+            )
+        turns = self.turns if keep_history else []
+        captions = list(prompt.captions) if prompt.kind in ("start", "image") else self.captions
+        self.turns = [*turns, {"kind": prompt.kind, "input": given, "text": text}]
+        self.captions = list(captions)
+
+
+def write_story(
+    caption: str,
+    backend: str | StoryBackend = "auto",
+    options: StoryOptions | None = None,
+) -> str:
+    """A one-shot story for ``caption`` (``backend``: a name for :func:`get_backend` or a
+    backend). Raises :class:`NoStoryBackend` when ``auto`` finds no language model."""
+    if isinstance(backend, str):
+        backend = get_backend(backend)
+    session = StorySession(backend, options)
+    for _ in session.start(caption):
+        pass
+    return session.story

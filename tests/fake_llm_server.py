@@ -1,0 +1,103 @@
+"""A tiny OpenAI-compatible chat server on 127.0.0.1 for the story tests (no internet).
+
+It answers ``POST /v1/chat/completions`` with server-sent events, one chunk per string in
+``chunks``, records every request (path, headers, JSON body), and can misbehave on demand:
+an HTTP error status (whose body echoes the caller's Authorization header, to prove the
+client never leaks it), a delay before answering, a pause between chunks that waits for the
+test, or an error part-way through the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeLLMServer:
+    """Start with ``with FakeLLMServer() as server:``; ``server.url`` is the base URL."""
+
+    def __init__(self, chunks: list[str] | None = None):
+        self.chunks = list(chunks or ["The dog ran. ", "It barked at the sea. ", "Then it slept."])
+        self.status = 200  # != 200: answer with this HTTP error
+        self.delay = 0.0  # seconds to wait before answering
+        self.fail_after: int | None = None  # chunks to send before an error event
+        self.hold_before_last: threading.Event | None = None  # wait for this before the last
+        self.requests: list[dict] = []
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def __enter__(self) -> FakeLLMServer:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.hold_before_last is not None:
+            self.hold_before_last.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append(
+                    {
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "json": body,
+                    }
+                )
+                if fake.delay:
+                    time.sleep(fake.delay)
+                if fake.status != 200:
+                    error = json.dumps(
+                        {"error": f"fake error; you sent {self.headers.get('Authorization')}"}
+                    ).encode()
+                    self.send_response(fake.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for i, text in enumerate(fake.chunks):
+                    if fake.fail_after is not None and i == fake.fail_after:
+                        self._event({"error": "the fake model crashed"})
+                        return
+                    if i == len(fake.chunks) - 1 and fake.hold_before_last is not None:
+                        fake.hold_before_last.wait(10)
+                    self._event(
+                        {
+                            "id": "fake",
+                            "object": "chat.completion.chunk",
+                            "created": 0,
+                            "model": body.get("model"),
+                            "choices": [
+                                {"index": 0, "delta": {"content": text}, "finish_reason": None}
+                            ],
+                        }
+                    )
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+
+            def _event(self, data: dict) -> None:
+                self.wfile.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+                self.wfile.flush()
+
+        return Handler

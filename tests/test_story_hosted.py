@@ -1,0 +1,195 @@
+"""The hosted backend against a local OpenAI-compatible server (request shape, streaming,
+errors), and the CLI ``story`` command through it. No internet needed."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import traceback
+
+import pytest
+from conftest import cli
+from fake_llm_server import FakeLLMServer
+
+from storyteller.cli import main
+from storyteller.story import StoryError, StoryOptions, StoryPrompt, get_backend
+from storyteller.story.backends import clear_cache
+from storyteller.story.backends.hosted import HostedBackend
+
+TOKEN = "hf_FAKEtoken0123456789secret"
+CAPTION = "a black dog runs through the snow"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_tokens(monkeypatch, tmp_path):
+    """Never pick up a developer's real token or saved login."""
+    for name in ("HF_TOKEN", "STORYTELLER_STORY_BASE_URL", "STORYTELLER_STORY_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    clear_cache()
+
+
+@pytest.fixture
+def server():
+    with FakeLLMServer() as fake:
+        yield fake
+
+
+def backend_for(server, timeout=5.0, token=TOKEN) -> HostedBackend:
+    return HostedBackend(model="fake-model", base_url=server.url, token=token, timeout=timeout)
+
+
+def assert_no_token(exc: BaseException) -> None:
+    """The token is in no part of the error a user or a log could see."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    assert TOKEN not in text and TOKEN not in repr(exc)
+
+
+def test_request_shape_and_streamed_deltas(server):
+    options = StoryOptions(genre="mystery", tone="eerie", temperature=0.6, seed=7)
+    backend = backend_for(server)
+    deltas = list(backend.stream(StoryPrompt("start", (CAPTION,)), options))
+
+    assert deltas == ["The dog ran.", " It barked at the sea.", " Then it slept."]
+    (request,) = server.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["authorization"] == f"Bearer {TOKEN}"
+    body = request["json"]
+    assert body["model"] == "fake-model" and body["stream"] is True
+    assert body["max_tokens"] == options.token_budget
+    assert body["temperature"] == 0.6 and body["seed"] == 7
+    system, user = body["messages"]
+    assert system["role"] == "system" and "mystery" in system["content"]
+    assert "eerie" in system["content"]
+    assert user["role"] == "user" and "A black dog runs through the snow." in user["content"]
+    assert "dog" in user["content"] and f"about {options.words} words" in user["content"]
+    assert TOKEN not in backend.describe() and TOKEN not in repr(backend)
+
+
+def test_text_arrives_while_the_server_is_still_generating(server):
+    """The first sentence reaches the caller before the server has sent the last chunk."""
+    server.hold_before_last = threading.Event()
+    stream = backend_for(server).stream(StoryPrompt("start", (CAPTION,)), StoryOptions())
+    assert next(stream) == "The dog ran."
+    assert not server.hold_before_last.is_set()
+    server.hold_before_last.set()
+    assert "".join(stream) == " It barked at the sea. Then it slept."
+
+
+@pytest.mark.parametrize(
+    "status, message",
+    [
+        (401, "HF_TOKEN"),
+        (403, "HF_TOKEN"),
+        (404, "'fake-model' was not found"),
+        (429, "rate-limiting"),
+        (500, "HTTP 500"),
+        (503, "HTTP 503"),
+    ],
+)
+def test_http_errors_are_clear_and_never_leak_the_token(server, status, message):
+    server.status = status  # the fake echoes the Authorization header in its error body
+    with pytest.raises(StoryError) as info:
+        list(backend_for(server).stream(StoryPrompt("start", (CAPTION,)), StoryOptions()))
+    assert message in str(info.value) and str(info.value).startswith("hosted:")
+    assert_no_token(info.value)
+
+
+def test_timeout_before_the_answer(server):
+    server.delay = 3.0
+    with pytest.raises(StoryError, match=r"did not answer within 0\.5 s") as info:
+        list(
+            backend_for(server, timeout=0.5).stream(
+                StoryPrompt("start", (CAPTION,)), StoryOptions()
+            )
+        )
+    assert_no_token(info.value)
+
+
+def test_timeout_in_the_middle_of_the_stream(server):
+    server.hold_before_last = threading.Event()  # never set while the client waits
+    stream = backend_for(server, timeout=0.5).stream(
+        StoryPrompt("start", (CAPTION,)), StoryOptions()
+    )
+    with pytest.raises(StoryError, match="did not answer"):
+        list(stream)
+
+
+def test_error_event_in_the_middle_of_the_stream(server):
+    server.fail_after = 1
+    with pytest.raises(StoryError, match="the fake model crashed"):
+        list(backend_for(server).stream(StoryPrompt("start", (CAPTION,)), StoryOptions()))
+
+
+def test_connection_refused():
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    backend = HostedBackend(model="m", base_url=f"http://127.0.0.1:{port}", token=TOKEN, timeout=2)
+    with pytest.raises(StoryError, match="cannot connect to http://127.0.0.1") as info:
+        list(backend.stream(StoryPrompt("start", (CAPTION,)), StoryOptions()))
+    assert_no_token(info.value)
+
+
+def test_hugging_face_without_a_token_says_how_to_set_one():
+    with pytest.raises(StoryError, match="HF_TOKEN"):
+        HostedBackend(model="some/model")
+
+
+def test_chat_preamble_and_echo_are_stripped(server):
+    server.chunks = [
+        "Here is the next part:\n\n",
+        "It barked at the sea. ",
+        "The waves came closer. ",
+        "Then it ran",  # cut off by the token budget: dropped
+    ]
+    prompt = StoryPrompt("continue", (CAPTION,), "A dog ran. It barked at the sea.")
+    text = "".join(backend_for(server).stream(prompt, StoryOptions()))
+    assert text == "The waves came closer."
+
+
+def test_get_backend_reuses_the_same_instance(server):
+    first = get_backend("hosted", model="fake-model", base_url=server.url, token=TOKEN)
+    again = get_backend("hosted", model="fake-model", base_url=server.url, token=TOKEN)
+    other = get_backend("hosted", model="other-model", base_url=server.url, token=TOKEN)
+    assert first is again and other is not first
+
+
+def test_cli_story_with_a_caption_through_the_fake_server(server, tmp_path):
+    result = cli(
+        "story",
+        "--caption",
+        CAPTION,
+        "--backend",
+        "hosted",
+        "--base-url",
+        server.url,
+        "--model",
+        "fake-model",
+        "--genre",
+        "comedy",
+        env={"HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"caption: {CAPTION}"
+    assert "The dog ran. It barked at the sea. Then it slept." in result.stdout
+    assert "hosted: fake-model" in result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+    assert server.requests[0]["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert "comedy" in server.requests[0]["json"]["messages"][0]["content"]
+
+
+def test_cli_story_failure_still_shows_the_caption(server, capsys, monkeypatch):
+    server.status = 401
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    code = main(["story", "--caption", CAPTION, "--base-url", server.url])
+    out, err = capsys.readouterr()
+    assert code == 2 and out.startswith(f"caption: {CAPTION}")
+    assert "error: hosted:" in err and "HF_TOKEN" in err and TOKEN not in out + err
+
+
+def test_cli_story_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["story", "--help"])
+    assert info.value.code == 0 and "--base-url" in capsys.readouterr().out

@@ -1,0 +1,129 @@
+"""Story sessions (start / continue / new image / steer) driven by the local fake server."""
+
+from __future__ import annotations
+
+import pytest
+from fake_llm_server import FakeLLMServer
+
+from storyteller.story import StoryError, StoryOptions, StorySession, write_story
+from storyteller.story.backends.hosted import HostedBackend
+
+CAPTION = "a black dog runs through the snow"
+BEACH = "two children play on a sandy beach"
+
+
+@pytest.fixture
+def server():
+    with FakeLLMServer() as fake:
+        yield fake
+
+
+@pytest.fixture
+def session(server):
+    backend = HostedBackend(model="fake-model", base_url=server.url, token="t", timeout=5)
+    return StorySession(backend, StoryOptions(length="short"))
+
+
+def user_message(server, i=-1) -> str:
+    return server.requests[i]["json"]["messages"][-1]["content"]
+
+
+def run(stream) -> list[str]:
+    shown = list(stream)
+    for before, after in zip(shown, shown[1:], strict=False):
+        assert after.startswith(before) and len(after) > len(before)  # text only grows
+    return shown
+
+
+def test_a_whole_session(session, server):
+    shown = run(session.start(CAPTION))
+    assert len(shown) == 3 and shown[-1] == session.story
+    assert session.story == "The dog ran. It barked at the sea. Then it slept."
+    assert session.turns == [{"kind": "start", "input": CAPTION, "text": session.story}]
+    assert session.captions == [CAPTION]
+
+    server.chunks = ["It woke up at dawn. ", "The snow had melted."]
+    shown = run(session.continue_story())
+    assert shown[0].startswith("The dog ran. It barked at the sea. Then it slept.\n\nIt woke")
+    assert "Then it slept." in user_message(server)  # the story so far reaches the prompt
+    assert session.turns[-1]["kind"] == "continue"
+
+    server.chunks = ["The children built a castle. ", "The dog guarded it."]
+    run(session.add_image(BEACH))
+    message = user_message(server)
+    assert "Two children play on a sandy beach." in message and "It woke up at dawn." in message
+    assert session.captions == [CAPTION, BEACH]
+    assert session.turns[-1] == {
+        "kind": "image",
+        "input": BEACH,
+        "text": "The children built a castle. The dog guarded it.",
+    }
+
+    server.chunks = ["Suddenly, thunder rolled over the sea."]
+    run(session.steer("  a storm   breaks "))
+    assert '"a storm breaks"' in user_message(server)
+    assert session.turns[-1]["input"] == "a storm breaks"
+    assert [t["kind"] for t in session.turns] == ["start", "continue", "image", "steer"]
+    assert session.story.count("\n\n") == 3
+    assert session.story.endswith("Suddenly, thunder rolled over the sea.")
+
+
+def test_failure_mid_stream_records_nothing(session, server):
+    run(session.start(CAPTION))
+    before = (session.story, list(session.turns), list(session.captions))
+    server.fail_after = 1  # one sentence, then the server reports an error
+    shown = []
+    with pytest.raises(StoryError, match="crashed"):
+        for text in session.add_image(BEACH):
+            shown.append(text)
+    assert shown and "The dog ran." in shown[-1]  # the user did see partial text...
+    assert (session.story, session.turns, session.captions) == before  # ...but no broken turn
+
+
+def test_abandoned_stream_records_nothing(session, server):
+    stream = session.start(CAPTION)
+    next(stream)
+    stream.close()  # e.g. the user pressed stop
+    assert session.turns == [] and session.story == ""
+
+
+def test_start_replaces_the_story_and_reset_forgets_it(session, server):
+    run(session.start(CAPTION))
+    server.chunks = ["Sand everywhere."]
+    run(session.start(BEACH))
+    assert session.story == "Sand everywhere." and session.captions == [BEACH]
+    session.reset()
+    assert session.story == "" and session.turns == [] and session.captions == []
+
+
+def test_actions_that_need_a_story_say_so(session):
+    with pytest.raises(StoryError, match="no story yet"):
+        session.continue_story()
+    with pytest.raises(StoryError, match="no story yet"):
+        session.steer("a storm")
+    with pytest.raises(StoryError, match="caption is empty"):
+        session.start("  <unk> ")
+
+
+def test_add_image_without_a_story_starts_one(session, server):
+    run(session.add_image(BEACH))
+    assert session.turns[0]["kind"] == "start" and session.captions == [BEACH]
+
+
+def test_options_per_action_become_the_default(session, server):
+    run(session.start(CAPTION, StoryOptions(genre="horror", length="long")))
+    assert "horror" in server.requests[-1]["json"]["messages"][0]["content"]
+    run(session.continue_story())
+    assert server.requests[-1]["json"]["max_tokens"] == StoryOptions(length="long").token_budget
+
+
+def test_a_model_that_writes_nothing_is_an_error(session, server):
+    server.chunks = ["   "]
+    with pytest.raises(StoryError, match="returned no text|wrote no story"):
+        run(session.start(CAPTION))
+    assert session.turns == []
+
+
+def test_write_story_one_shot(server):
+    backend = HostedBackend(model="fake-model", base_url=server.url, token="t", timeout=5)
+    assert write_story(CAPTION, backend) == "The dog ran. It barked at the sea. Then it slept."
