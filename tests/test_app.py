@@ -1,0 +1,150 @@
+"""The Space folder's app.py as its own process, answering through ``gradio_client``:
+captions, unusual and hostile images, twenty concurrent requests, and no model at all."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from app_server import free_port, running_app, space_folder
+from bad_images import exif_rotated, make_bad_images, upright_picture
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from storyteller.inference import Captioner
+from storyteller.serving import MAKE_MODEL_COMMAND
+
+
+@pytest.fixture(scope="module")
+def space(tiny_run, tmp_path_factory):
+    return space_folder(tiny_run, tmp_path_factory.mktemp("app") / "space")
+
+
+@pytest.fixture(scope="module")
+def app(space):
+    # Stories from a self-hosted server that is down: the story fails, captions must not.
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    env = {"STORYTELLER_STORY_BACKEND": "hosted", "STORYTELLER_STORY_BASE_URL": down}
+    with running_app(space, env=env) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def images(tiny_data):
+    return sorted((tiny_data / "Images").glob("*.jpg"))[:4]
+
+
+def test_space_app_captions_like_the_library(space, client, images):
+    local = Captioner.from_files(space / "best_model.pth", space / "vocab.pkl")
+    for decoding, width, beam in (("greedy", 5, 1), ("beam", 3, 3)):
+        served = client.predict(handle_file(images[0]), decoding, width, api_name="/caption")
+        assert isinstance(served, str) and served
+        assert served == local([images[0]], beam_size=beam)[0]
+    assert client.predict(handle_file(images[1]), api_name="/caption")  # defaults: beam 5
+
+
+def test_api_signature(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    caption = endpoints["/caption"]
+    assert [p["parameter_name"] for p in caption["parameters"]] == [
+        "image",
+        "decoding",
+        "beam_width",
+    ]
+    assert len(caption["returns"]) == 1  # the caption text only (timings stay on the page)
+    story = endpoints["/story"]
+    assert [p["parameter_name"] for p in story["parameters"]] == [
+        "caption",
+        "genre",
+        "tone",
+        "length",
+    ]
+    assert len(story["returns"]) == 1
+    assert {"/continue", "/add_image", "/steer"} <= set(endpoints)
+
+
+def test_bad_requests_get_clear_messages(client, images):
+    # Gradio checks the controls' ranges and choices before the app sees them.
+    with pytest.raises(AppError, match="greater than maximum value 10"):
+        client.predict(handle_file(images[0]), "beam", 50, api_name="/caption")
+    with pytest.raises(AppError, match="sampling"):
+        client.predict(handle_file(images[0]), "sampling", 5, api_name="/caption")
+    with pytest.raises(AppError, match="there is no caption yet"):
+        client.predict("  ", "adventure", "warm", "short", api_name="/story")
+
+
+def test_a_failing_story_backend_is_reported_and_captions_go_on(app, client, images):
+    caption = client.predict(handle_file(images[0]), "greedy", 5, api_name="/caption")
+    with pytest.raises(AppError, match="hosted: cannot connect to http://127.0.0.1.*offline"):
+        client.predict(caption, "mystery", "dark", "short", api_name="/story")
+    with pytest.raises(AppError, match="start a story first"):
+        client.predict("mystery", "dark", "short", api_name="/continue")
+    assert client.predict(handle_file(images[0]), "greedy", 5, api_name="/caption") == caption
+    assert app.alive()
+
+
+def test_bad_images_through_the_running_app(app, client, tmp_path, images):
+    for kind, (path, expected) in make_bad_images(tmp_path).items():
+        if expected is None:
+            caption = client.predict(handle_file(path), "greedy", 5, api_name="/caption")
+            assert isinstance(caption, str) and caption, kind
+        else:
+            with pytest.raises(AppError, match=expected):
+                client.predict(handle_file(path), "greedy", 5, api_name="/caption")
+        assert app.alive(), f"the server died on {kind}:\n{app.log_tail()}"
+    # EXIF rotation is applied: the sideways-stored copy gets the upright picture's caption.
+    upright, sideways = tmp_path / "upright.png", tmp_path / "sideways.png"
+    upright_picture().save(upright)
+    pixels, exif = exif_rotated(upright_picture())
+    pixels.save(sideways, exif=exif)
+    assert client.predict(handle_file(sideways), "beam", 3, api_name="/caption") == (
+        client.predict(handle_file(upright), "beam", 3, api_name="/caption")
+    )
+    # ... and the server still serves.
+    assert client.predict(handle_file(images[0]), "greedy", 5, api_name="/caption")
+    assert app.alive()
+
+
+def test_twenty_concurrent_caption_requests(app, client, images):
+    expected = {p: client.predict(handle_file(p), "beam", 5, api_name="/caption") for p in images}
+    requests = [images[i % len(images)] for i in range(20)]
+
+    def one_user(path):  # each thread is a separate visitor with its own session
+        return Client(app.url, verbose=False).predict(
+            handle_file(path), "beam", 5, api_name="/caption"
+        )
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(one_user, requests))
+    assert len(answers) == 20
+    assert answers == [expected[p] for p in requests]  # concurrency changes no caption
+    assert app.alive()
+
+
+def test_app_without_a_model_starts_and_says_how_to_make_one(space, tmp_path):
+    bare = tmp_path / "bare-space"
+    shutil.copytree(space, bare, ignore=shutil.ignore_patterns("*.pth", "vocab.pkl"))
+    with running_app(bare) as app:
+        with urllib.request.urlopen(app.url + "config", timeout=30) as response:
+            config = json.loads(response.read())
+        page_text = json.dumps(config)
+        assert "No caption model" in page_text and MAKE_MODEL_COMMAND in page_text
+        with pytest.raises(AppError, match="python -m storyteller run-all"):
+            Client(app.url, verbose=False).predict(
+                handle_file(upright_picture_file(tmp_path)), api_name="/caption"
+            )
+        assert app.alive()
+
+
+def upright_picture_file(folder):
+    path = folder / "picture.png"
+    upright_picture().save(path)
+    return path

@@ -1,0 +1,237 @@
+"""The one-step Space deploy: the folder it assembles, its errors, and the upload calls."""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import requires
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio
+import huggingface_hub
+import pytest
+from conftest import cli
+from huggingface_hub.errors import HfHubHTTPError
+
+from storyteller import deploy
+from storyteller.errors import StorytellerError
+from storyteller.inference import Captioner
+
+FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def front_matter(readme: Path) -> dict[str, str]:
+    """The README's YAML front matter as flat ``key: value`` pairs (quotes removed)."""
+    text = readme.read_text(encoding="utf-8")
+    match = re.match(r"---\n(.*?)\n---\n", text, re.S)
+    assert match, "README.md must start with --- front matter ---"
+    pairs = (line.split(":", 1) for line in match.group(1).splitlines())
+    return {k.strip(): v.strip().strip('"') for k, v in pairs}
+
+
+def requirement_names(path: Path) -> set[str]:
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.split(r"[<>=!~\[ ;]", line)[0].lower().replace("_", "-"))
+    return names
+
+
+def assert_no_token(folder: Path, token: str = FAKE_TOKEN) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), f"token written into {path}"
+
+
+@pytest.fixture(scope="module")
+def dry_run(tiny_run, tmp_path_factory):
+    """`deploy --dry-run` as a user runs it, with a token in the environment."""
+    dest = tmp_path_factory.mktemp("space") / "folder"
+    result = cli(
+        "deploy",
+        "--space",
+        "alice/neural-storyteller",
+        "--run",
+        str(tiny_run),
+        "--dry-run",
+        str(dest),
+        env={"HF_TOKEN": FAKE_TOKEN},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return dest, result
+
+
+def test_dry_run_writes_a_complete_space_folder(dry_run, tiny_run):
+    dest, result = dry_run
+    for name in ("README.md", "app.py", "requirements.txt", "best_model.pth", "vocab.pkl"):
+        assert (dest / name).is_file(), name
+    assert (dest / "app.py").read_bytes() == (REPO / "app.py").read_bytes()
+    for module in ("__init__.py", "inference.py", "serving.py", "deploy.py", "features.py"):
+        assert (dest / "storyteller" / module).is_file(), module
+    assert (dest / "storyteller" / "story").is_dir()  # the story backends travel with the app
+    assert not list(dest.rglob("__pycache__")) and not list(dest.rglob("*.pyc"))
+    assert (dest / "vocab.pkl").read_bytes() == (tiny_run / "vocab.pkl").read_bytes()
+    assert "dry run: nothing uploaded" in result.stdout
+    assert FAKE_TOKEN not in result.stdout + result.stderr
+    assert_no_token(dest)
+
+
+def test_front_matter_names_the_installed_gradio_and_the_app(dry_run):
+    dest, _ = dry_run
+    meta = front_matter(dest / "README.md")
+    assert meta["sdk"] == "gradio"
+    assert meta["sdk_version"] == gradio.__version__
+    assert meta["app_file"] == "app.py"
+    assert re.fullmatch(r"3\.\d+", meta["python_version"])
+    assert meta["title"] == "neural-storyteller" and meta["emoji"]
+
+
+def test_requirements_cover_the_package_and_story_model(dry_run):
+    dest, _ = dry_run
+    text = (dest / "requirements.txt").read_text()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in text
+    names = requirement_names(dest / "requirements.txt")
+    # The installed package's metadata (pyproject.toml): core dependencies, app and story extras.
+    needed = [
+        r
+        for r in requires("storyteller")
+        if "extra ==" not in r or re.search(r"extra == .(app|story).", r)
+    ]
+    for requirement in needed:
+        name = re.split(r"[<>=!~\[ ;]", requirement)[0].lower().replace("_", "-")
+        assert name in names, f"{name} (pyproject) missing from requirements.txt"
+
+
+def test_slim_checkpoint_rebuilds_the_same_captioner(dry_run, tiny_run, tiny_data):
+    dest, _ = dry_run
+    import torch
+
+    slim = torch.load(dest / "best_model.pth", weights_only=True)
+    assert {"model", "model_config", "vocab_fingerprint"} <= set(slim)
+    assert "optimizer" not in slim and "rng_state" not in slim
+    assert (dest / "best_model.pth").stat().st_size < (tiny_run / "best_model.pth").stat().st_size
+    image = sorted((tiny_data / "Images").glob("*.jpg"))[0]
+    original = Captioner.from_files(tiny_run / "best_model.pth", tiny_run / "vocab.pkl")
+    shipped = Captioner.from_files(dest / "best_model.pth", dest / "vocab.pkl")
+    assert shipped([image], beam_size=3) == original([image], beam_size=3)
+
+
+@pytest.mark.parametrize(
+    "space", ["no-slash", "a/b/c", "/name", "user/", "user/bad name", "user/a--b", "user/x.git"]
+)
+def test_bad_space_ids_are_refused(space):
+    with pytest.raises(StorytellerError, match="not a Space id"):
+        deploy.check_space_id(space)
+
+
+def test_missing_run_folder_or_checkpoint(tmp_path, tiny_run):
+    with pytest.raises(StorytellerError, match="run folder not found"):
+        deploy.build_space_folder(tmp_path / "nowhere", tmp_path / "out", log=lambda _: None)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "vocab.pkl").write_bytes((tiny_run / "vocab.pkl").read_bytes())
+    with pytest.raises(StorytellerError, match="has no best_model.pth.*run-all"):
+        deploy.build_space_folder(tmp_path / "run", tmp_path / "out", log=lambda _: None)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    with pytest.raises(StorytellerError, match="not empty"):
+        deploy.build_space_folder(tiny_run, busy, log=lambda _: None)
+    assert (busy / "keep.txt").read_text() == "mine"
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = cli("deploy", "--space", "bad id", "--run", str(tmp_path), "--dry-run", "x")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: 'bad id' is not a Space id")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_no_token_anywhere_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(StorytellerError, match="no Hugging Face token: set HF_TOKEN"):
+        deploy.resolve_token(interactive=False)
+
+
+def test_token_prompt_is_hidden(monkeypatch):
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    prompts = []
+    monkeypatch.setattr(deploy.getpass, "getpass", lambda p: prompts.append(p) or FAKE_TOKEN)
+    assert deploy.resolve_token(interactive=True) == FAKE_TOKEN
+    assert prompts and FAKE_TOKEN not in prompts[0]
+
+
+class FakeHfApi:
+    """Records what deploy_space asks of the Hub; can fail like the Hub does."""
+
+    instances: list[FakeHfApi] = []
+    fail_create: Exception | None = None
+
+    def __init__(self, token=None, **kwargs):
+        self.token, self.calls = token, []
+        FakeHfApi.instances.append(self)
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+        if FakeHfApi.fail_create is not None:
+            raise FakeHfApi.fail_create
+        return f"https://huggingface.co/spaces/{repo_id}"
+
+    def upload_folder(self, **kwargs):
+        folder = Path(kwargs["folder_path"])
+        assert_no_token(folder, self.token)
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        self.calls.append(("upload_folder", kwargs, files))
+        return SimpleNamespace(commit_url="https://huggingface.co/spaces/x/commit/1")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    FakeHfApi.instances, FakeHfApi.fail_create = [], None
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    return FakeHfApi
+
+
+def test_upload_creates_the_space_and_uploads_the_folder(fake_hub, tiny_run):
+    logged = []
+    url = deploy.deploy_space("alice/story-demo", tiny_run, private=True, log=logged.append)
+    assert url == "https://huggingface.co/spaces/alice/story-demo"
+    (api,) = fake_hub.instances
+    assert api.token == FAKE_TOKEN
+    (_, repo_id, create), (_, upload, files) = api.calls
+    assert repo_id == "alice/story-demo"
+    assert create == {
+        "repo_type": "space",
+        "space_sdk": "gradio",
+        "private": True,
+        "exist_ok": True,
+    }
+    assert upload["repo_id"] == "alice/story-demo" and upload["repo_type"] == "space"
+    for name in ("README.md", "app.py", "requirements.txt", "best_model.pth", "vocab.pkl"):
+        assert name in files
+    assert "storyteller/inference.py" in files
+    assert not Path(upload["folder_path"]).exists()  # the temporary folder is cleaned up
+    assert all(FAKE_TOKEN not in line for line in logged)
+
+
+@pytest.mark.parametrize(
+    ("status", "hint"), [(401, "invalid or expired"), (403, "write access"), (500, "status")]
+)
+def test_http_failures_are_clear_and_hide_the_token(fake_hub, tiny_run, status, hint):
+    response = SimpleNamespace(status_code=status, headers={}, request=None)
+    fake_hub.fail_create = HfHubHTTPError(
+        f"{status} error for token {FAKE_TOKEN}", response=response
+    )
+    with pytest.raises(StorytellerError) as info:
+        deploy.deploy_space("alice/story-demo", tiny_run, log=lambda _: None)
+    message = str(info.value)
+    assert f"HTTP {status}" in message and hint in message
+    assert FAKE_TOKEN not in message and "***" in message
+
+
+def test_connection_failure_is_clear(fake_hub, tiny_run):
+    fake_hub.fail_create = ConnectionError("Name or service not known")
+    with pytest.raises(StorytellerError, match="could not create the Space.*ConnectionError"):
+        deploy.deploy_space("alice/story-demo", tiny_run, log=lambda _: None)
