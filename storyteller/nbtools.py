@@ -129,16 +129,19 @@ def clean_notebook(path: str | Path) -> bool:
     return True
 
 
-def execute_notebook(path: str | Path, cwd: str | Path, timeout: int = 900):
+def execute_notebook(path: str | Path, cwd: str | Path, timeout: int | None = None):
     """Run a notebook top to bottom in a fresh ``python3`` kernel whose working folder is
     ``cwd``; return the executed notebook (the file itself is never changed).
 
+    Args:
+        timeout: seconds one cell may run (``None``: no limit, for real training runs).
+
     Raises:
-        StorytellerError: naming the notebook and the failing cell's error.
+        StorytellerError: naming the notebook and the failing cell's error, or the timeout.
     """
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     nb = nbformat.read(str(path), as_version=4)
     client = NotebookClient(
@@ -151,11 +154,20 @@ def execute_notebook(path: str | Path, cwd: str | Path, timeout: int = 900):
         client.execute()
     except CellExecutionError as exc:
         raise StorytellerError(f"{Path(path).name} failed:\n{exc}") from None
+    except CellTimeoutError:
+        raise StorytellerError(
+            f"{Path(path).name}: a cell ran longer than {timeout} s; run it again to resume "
+            "(features and training continue where they stopped)"
+        ) from None
     return nb
 
 
 def run_series(
-    notebooks: Iterable[str | Path], cwd: str | Path, save_to: str | Path | None = None, log=print
+    notebooks: Iterable[str | Path],
+    cwd: str | Path,
+    save_to: str | Path | None = None,
+    timeout: int | None = None,
+    log=print,
 ) -> list:
     """Execute notebooks in order in ``cwd``; optionally save the executed copies."""
     import nbformat
@@ -163,7 +175,7 @@ def run_series(
     executed = []
     for path in notebooks:
         log(f"running {Path(path).name} ...")
-        nb = execute_notebook(path, cwd)
+        nb = execute_notebook(path, cwd, timeout=timeout)
         if save_to is not None:
             Path(save_to).mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, str(Path(save_to) / Path(path).name))
