@@ -410,3 +410,28 @@ def test_missing_requirements_of_extras(monkeypatch):
     assert nbmod.missing_requirements("story", "app") == ["surely-not-installed-pkg>=1"]
     assert nbmod.missing_requirements("app") == []
     assert nbmod.missing_requirements("test") == []
+
+
+def test_publish_space_dry_run_without_token_and_push_with_one(tiny_run, tmp_path, monkeypatch):
+    import storyteller.deploy as deploy
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    lines = []
+    folder = Path(nbmod.publish_space(run, "alice/storyteller", token=None, log=lines.append))
+    assert folder == run / "space" and (folder / "app.py").is_file()
+    assert "no Hugging Face token found" in "\n".join(lines)
+    # a second dry run rebuilds the folder instead of refusing a non-empty one
+    assert Path(nbmod.publish_space(run, "", None, log=lines.append)) == folder
+
+    pushed = {}
+
+    def fake_deploy(space, run_dir, token=None, log=print, **kwargs):
+        pushed.update(space=space, run_dir=run_dir, token=token)
+        return f"https://huggingface.co/spaces/{space}"
+
+    monkeypatch.setattr(deploy, "deploy_space", fake_deploy)
+    url = nbmod.publish_space(run, "alice/storyteller", token="hf_secret", log=lines.append)
+    assert url.endswith("/spaces/alice/storyteller")
+    assert pushed == {"space": "alice/storyteller", "run_dir": run, "token": "hf_secret"}
+    assert "hf_secret" not in "\n".join(lines)
