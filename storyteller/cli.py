@@ -182,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--threshold", type=int, default=5, help="minimum word count (default 5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--captions",
+        metavar="FILE",
+        help="build from a caption file alone, without its images (e.g. Flickr8k's "
+        "captions.txt); same split and vocabulary as --data on the full folder",
+    )
+    p.add_argument(
+        "--dataset-name", help="with --captions: a name recorded in the provenance (e.g. Flickr8k)"
+    )
 
     p = sub.add_parser("train", help="train the captioner on cached features (resumes)")
     _add_common(p)
@@ -202,6 +211,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-penalty", type=float, default=0.7)
     p.add_argument("--device")
 
+    p = sub.add_parser(
+        "notebooks",
+        help="run the numbered notebook series, or check/clean notebooks before committing",
+    )
+    p.add_argument(
+        "action",
+        choices=["run", "check", "clean"],
+        help="run: execute the series in order; check: fail on outputs, execution counts, "
+        "widget state, machine paths or long cell definitions; clean: strip outputs in place",
+    )
+    p.add_argument(
+        "paths", nargs="*", help="notebooks (default: every notebooks/NN_*.ipynb, in order)"
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="run: tiny data, 2 epochs, small model (sets STORYTELLER_SMOKE=1)",
+    )
+    p.add_argument(
+        "--cwd",
+        default=".",
+        help="run: the notebooks' working folder; outputs go to CWD/outputs (default: .)",
+    )
+    p.add_argument("--save", help="run: also write the executed notebooks into this folder")
     _add_story_parser(sub)
 
     p = sub.add_parser("run-all", help="the whole chain into one folder (sample data by default)")
@@ -255,7 +288,14 @@ def run(args: argparse.Namespace) -> int:
             args.device,
         )
     elif args.command == "vocab":
-        pipeline.vocab_step(args.data, args.out, args.threshold, args.seed)
+        if args.captions and args.data:
+            raise StorytellerError("give either --data (a dataset folder) or --captions FILE")
+        if args.captions:
+            pipeline.vocab_from_captions(
+                args.captions, args.out, args.threshold, args.seed, args.dataset_name
+            )
+        else:
+            pipeline.vocab_step(args.data, args.out, args.threshold, args.seed)
     elif args.command == "train":
         train, model = _configs(args)
         result = pipeline.train_step(
@@ -274,6 +314,8 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.command == "caption":
         return _caption(args)
+    elif args.command == "notebooks":
+        return _notebooks(args)
     elif args.command == "story":
         return _story(args)
     elif args.command == "run-all":
@@ -317,6 +359,30 @@ def _caption(args) -> int:
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             failures += 1
             print(json.dumps({"image": path, "error": f"cannot read image: {exc}"}), flush=True)
+    return 1 if failures else 0
+
+
+def _notebooks(args) -> int:
+    from . import nbtools
+
+    paths = args.paths or nbtools.series()
+    if args.action == "run":
+        if args.smoke:
+            os.environ["STORYTELLER_SMOKE"] = "1"  # the kernels inherit it
+        nbtools.run_series(paths, args.cwd, save_to=args.save)
+        print(f"ran {len(paths)} notebook(s); outputs in {os.path.join(args.cwd, 'outputs')}")
+        return 0
+    if args.action == "clean":
+        for path in paths:
+            print(f"{path}: {'cleaned' if nbtools.clean_notebook(path) else 'already clean'}")
+        return 0
+    failures = 0
+    for path in paths:
+        problems = nbtools.check_notebook(path)
+        failures += bool(problems)
+        for problem in problems:
+            print(f"{path}: {problem}")
+    print(f"{len(paths) - failures}/{len(paths)} notebook(s) clean")
     return 1 if failures else 0
 
 

@@ -18,6 +18,7 @@ Output folder layout::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from .checkpoint import BEST_CHECKPOINT, load_model
 from .config import ModelConfig, TrainConfig
-from .data import CaptionDataset, load_dataset, split_by_image
+from .data import CaptionDataset, SkipReport, Split, load_dataset, read_caption_file, split_by_image
 from .encoders import resolve_encoder
 from .errors import StorytellerError
 from .features import extract_features, load_feature_cache
@@ -116,6 +117,49 @@ def features_step(
     return paths.features
 
 
+def build_split_vocabulary(
+    captions: dict[str, list[str]],
+    threshold: int = 5,
+    seed: int = 0,
+    provenance: dict | None = None,
+) -> tuple[Vocabulary, Split]:
+    """Split the images 80/10/10 (seeded) and build the vocabulary from the *training* captions.
+
+    Args:
+        captions: ``captions[image_name] = [caption, ...]``.
+        threshold: minimum number of occurrences of a word in the training captions.
+        seed: the split's seed (the split depends only on it and the set of image names).
+        provenance: extra facts to record in the vocabulary (e.g. ``{"source": ...}``).
+
+    Returns:
+        The vocabulary (its provenance says source, threshold, size, split, images and seed)
+        and the split.
+    """
+    split = split_by_image(list(captions), seed=seed)
+    vocab = Vocabulary.build(
+        (c for name in split.train for c in captions[name]),
+        threshold,
+        provenance={
+            **(provenance or {}),
+            "split": "train",
+            "num_images": len(split.train),
+            "seed": seed,
+        },
+    )
+    vocab.provenance["size"] = len(vocab)
+    return vocab, split
+
+
+def _save_vocabulary(paths: RunPaths, vocab: Vocabulary, split: Split, seed: int, log: Log) -> None:
+    write_json(paths.splits, {"seed": seed, **split.to_dict()})
+    vocab.save(paths.vocab)
+    log(
+        f"vocabulary: {len(vocab)} words (threshold {vocab.threshold}, covers "
+        f"{vocab.provenance['coverage']:.1%} of training tokens) -> {paths.vocab}; "
+        f"split {len(split.train)}/{len(split.val)}/{len(split.test)} images -> {paths.splits}"
+    )
+
+
 def vocab_step(
     data: str | Path | None,
     out: str | Path = DEFAULT_OUT,
@@ -127,24 +171,52 @@ def vocab_step(
     paths = RunPaths(Path(out))
     data_dir = resolve_data(data, log=log)
     dataset = load_dataset(data_dir)
-    split = split_by_image(dataset.images, seed=seed)
-    write_json(paths.splits, {"seed": seed, **split.to_dict()})
-    vocab = Vocabulary.build(
-        (c for name in split.train for c in dataset.captions[name]),
-        threshold,
-        provenance={
-            "source": str(dataset.source),
-            "split": "train",
-            "num_images": len(split.train),
-            "seed": seed,
-        },
+    vocab, split = build_split_vocabulary(
+        dataset.captions, threshold, seed, provenance={"source": str(dataset.source)}
     )
-    vocab.save(paths.vocab)
-    log(
-        f"vocabulary: {len(vocab)} words (threshold {threshold}, covers "
-        f"{vocab.provenance['coverage']:.1%} of training tokens) -> {paths.vocab}; "
-        f"split {len(split.train)}/{len(split.val)}/{len(split.test)} images -> {paths.splits}"
-    )
+    _save_vocabulary(paths, vocab, split, seed, log)
+    return vocab
+
+
+def vocab_from_captions(
+    captions_file: str | Path,
+    out: str | Path = DEFAULT_OUT,
+    threshold: int = 5,
+    seed: int = 0,
+    dataset_name: str | None = None,
+    log: Log = print,
+) -> Vocabulary:
+    """:func:`vocab_step` for a caption file without its images (e.g. the Flickr8k text only).
+
+    Same split and the same vocabulary as :func:`vocab_step` on the full dataset folder, as
+    long as every image named in the file is present there (Kaggle's Flickr8k: all 8,091).
+    The provenance records the file's name and a hash of its content, not its path, so the
+    result is the same on every machine.
+
+    Args:
+        captions_file: ``captions.txt`` (Kaggle CSV), ``Flickr8k.token.txt`` or ``results.csv``.
+        out: folder for ``vocab.pkl`` and ``splits.json``.
+        threshold, seed: as in :func:`vocab_step`.
+        dataset_name: free text recorded as ``provenance["dataset"]`` (e.g. "Flickr8k").
+    """
+    path = Path(captions_file).expanduser()
+    report = SkipReport()
+    rows = read_caption_file(path, report)
+    report.warn(f"reading {path}")
+    captions: dict[str, list[str]] = {}
+    for image, caption in rows:
+        captions.setdefault(image, []).append(caption)
+    if not captions:
+        raise StorytellerError(f"no usable captions in {path}")
+    provenance = {
+        "source": path.name,
+        "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+        "images_checked": False,
+    }
+    if dataset_name:
+        provenance["dataset"] = dataset_name
+    vocab, split = build_split_vocabulary(captions, threshold, seed, provenance)
+    _save_vocabulary(RunPaths(Path(out)), vocab, split, seed, log)
     return vocab
 
 

@@ -1,0 +1,183 @@
+"""Keeping the notebook series honest: run it, check it is committed clean, clean it.
+
+* :func:`execute_notebook` runs a notebook top to bottom, unchanged, in a fresh ``python3``
+  kernel in a chosen working folder (what CI and ``python -m storyteller notebooks run`` do);
+* :func:`check_notebook` lists what must not be committed: outputs, execution counts,
+  widget state, absolute paths of a machine, a kernel other than ``python3``, and
+  functions or classes defined in cells beyond a few lines (the logic belongs in the
+  package, where it is tested and reused);
+* :func:`clean_notebook` strips outputs, execution counts and widget state in place.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import StorytellerError
+
+#: Longest function or class a notebook cell may define (anything longer goes in the package).
+MAX_DEFINITION_LINES = 4
+#: Absolute paths that belong to one machine. ``/kaggle/...`` is Kaggle's documented layout,
+#: the same on every Kaggle machine, so it is allowed.
+_MACHINE_PATH = re.compile(
+    r"(?<![\w.~/-])(/(?:home|Users|root|work|tmp|mnt|var|opt|private|srv|media|data|usr)/"
+    r"|[A-Za-z]:\\\\|file://)"
+)
+_MAGIC = re.compile(r"^\s*[%!]")
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def series(folder: str | Path = NOTEBOOK_DIR) -> list[Path]:
+    """The numbered notebooks of a folder, in order (``01_...ipynb``, ``02_...``)."""
+    paths = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        raise StorytellerError(f"no numbered notebooks (NN_name.ipynb) in {folder}")
+    return paths
+
+
+def _read(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StorytellerError(f"{path} is not a readable notebook: {exc}") from None
+
+
+def _source(cell: dict) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else source
+
+
+def _long_definitions(code: str) -> list[str]:
+    """Functions/classes in a cell longer than :data:`MAX_DEFINITION_LINES` lines."""
+    code = "\n".join("" if _MAGIC.match(line) else line for line in code.splitlines())
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as exc:
+        return [f"does not parse: {exc.msg} (line {exc.lineno})"]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > MAX_DEFINITION_LINES:
+                kind = "class" if isinstance(node, ast.ClassDef) else "function"
+                found.append(
+                    f"defines {kind} {node.name!r} over {lines} lines (at most "
+                    f"{MAX_DEFINITION_LINES}): move it into the storyteller package"
+                )
+    return found
+
+
+def check_notebook(path: str | Path) -> list[str]:
+    """Everything wrong with ``path`` as a committed notebook (empty list: clean).
+
+    Checks: no outputs, ``execution_count`` null, no widget state, no machine-specific
+    absolute paths, kernelspec ``python3``, a ``parameters``-tagged cell, and no function or
+    class defined in a cell beyond :data:`MAX_DEFINITION_LINES` lines.
+    """
+    nb = _read(path)
+    problems = []
+    kernel = nb.get("metadata", {}).get("kernelspec", {}).get("name")
+    if kernel != "python3":
+        problems.append(f"kernelspec is {kernel!r}, not 'python3'")
+    if "widgets" in nb.get("metadata", {}):
+        problems.append("notebook metadata holds widget state")
+    cells = nb.get("cells", [])
+    if not any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells):
+        problems.append("no cell tagged 'parameters'")
+    for i, cell in enumerate(cells):
+        where = f"cell {i}"
+        if cell.get("cell_type") == "code":
+            if cell.get("outputs"):
+                problems.append(f"{where} has outputs")
+            if cell.get("execution_count") is not None:
+                problems.append(f"{where} has execution_count {cell['execution_count']}")
+            problems += [f"{where} {p}" for p in _long_definitions(_source(cell))]
+        if "widgets" in json.dumps(cell.get("metadata", {})):
+            problems.append(f"{where} metadata holds widget state")
+        if cell.get("attachments"):
+            problems.append(f"{where} has attachments")
+        match = _MACHINE_PATH.search(_source(cell))
+        if match:
+            problems.append(f"{where} contains a machine-specific path ({match.group(0)}...)")
+    return problems
+
+
+def clean_notebook(path: str | Path) -> bool:
+    """Strip outputs, execution counts and widget state from ``path`` in place.
+
+    Returns True when the file changed. Machine paths and long definitions are not fixed
+    automatically: :func:`check_notebook` reports them.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    nb = json.loads(text)
+    nb.get("metadata", {}).pop("widgets", None)
+    for cell in nb.get("cells", []):
+        cell.get("metadata", {}).pop("widgets", None)
+        cell.get("metadata", {}).pop("execution", None)
+        if cell.get("cell_type") == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    cleaned = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    if cleaned == text:
+        return False
+    path.write_text(cleaned, encoding="utf-8")
+    return True
+
+
+def execute_notebook(path: str | Path, cwd: str | Path, timeout: int | None = None):
+    """Run a notebook top to bottom in a fresh ``python3`` kernel whose working folder is
+    ``cwd``; return the executed notebook (the file itself is never changed).
+
+    Args:
+        timeout: seconds one cell may run (``None``: no limit, for real training runs).
+
+    Raises:
+        StorytellerError: naming the notebook and the failing cell's error, or the timeout.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+    nb = nbformat.read(str(path), as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(cwd)}},
+    )
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        raise StorytellerError(f"{Path(path).name} failed:\n{exc}") from None
+    except CellTimeoutError:
+        raise StorytellerError(
+            f"{Path(path).name}: a cell ran longer than {timeout} s; run it again to resume "
+            "(features and training continue where they stopped)"
+        ) from None
+    return nb
+
+
+def run_series(
+    notebooks: Iterable[str | Path],
+    cwd: str | Path,
+    save_to: str | Path | None = None,
+    timeout: int | None = None,
+    log=print,
+) -> list:
+    """Execute notebooks in order in ``cwd``; optionally save the executed copies."""
+    import nbformat
+
+    executed = []
+    for path in notebooks:
+        log(f"running {Path(path).name} ...")
+        nb = execute_notebook(path, cwd, timeout=timeout)
+        if save_to is not None:
+            Path(save_to).mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, str(Path(save_to) / Path(path).name))
+        executed.append(nb)
+    return executed

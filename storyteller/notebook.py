@@ -1,0 +1,577 @@
+"""What the numbered notebooks share: one ``setup()`` that finds data, outputs and hardware.
+
+Every notebook's set-up cell calls :func:`setup`, which
+
+1. seeds everything once (:func:`storyteller.runtime.seed_everything`);
+2. picks the device and prints the hardware found (GPU count and names);
+3. finds the data instead of asking for a path, in this order:
+
+   * ``DATA_DIR`` (the notebook parameter, or the ``STORYTELLER_DATA_DIR`` environment
+     variable) when it is set: a folder that must exist;
+   * on Kaggle, the attached ``adityajn105/flickr30k`` or ``adityajn105/flickr8k`` dataset,
+     wherever Kaggle mounted it under ``/kaggle/input`` (Flickr30k preferred when both are
+     attached); with none attached it stops with a message saying what to attach;
+   * elsewhere, the embedded sample dataset the package draws itself;
+
+4. picks the output folder: ``OUT_DIR`` / ``STORYTELLER_OUT_DIR`` if set, else
+   ``/kaggle/working`` on Kaggle and ``./outputs`` anywhere else;
+5. adapts batch size and workers to the GPUs found, and turns on *smoke mode* when asked
+   (``SMOKE=True`` or ``STORYTELLER_SMOKE=1``): a 60-image sample when no dataset is found,
+   2 epochs and a small model, so the whole series runs on a CPU in a few minutes (CI).
+
+``STORYTELLER_KAGGLE_ROOT`` moves ``/kaggle`` (tests fake a Kaggle machine with it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import TrainConfig
+from .data import CAPTION_FILES, find_caption_file, find_image_dir
+from .errors import StorytellerError
+from .runtime import describe_hardware, get_device, seed_everything
+
+KAGGLE_ROOT_ENV = "STORYTELLER_KAGGLE_ROOT"
+DATA_DIR_ENV = "STORYTELLER_DATA_DIR"
+OUT_DIR_ENV = "STORYTELLER_OUT_DIR"
+SMOKE_ENV = "STORYTELLER_SMOKE"
+
+#: The Kaggle datasets the notebooks look for, best first, and the name that identifies each.
+KAGGLE_DATASETS = (("adityajn105/flickr30k", "30k"), ("adityajn105/flickr8k", "8k"))
+_SEARCH_DEPTH = 4  # /kaggle/input/<a>/<b>/<c>/<d>/captions.txt at the deepest
+
+SMOKE_SAMPLE_IMAGES = 60
+SMOKE_EPOCHS = 2
+SMOKE_MODEL = {"embed_size": 32, "hidden_size": 64}
+SMOKE_ENCODER = "efficientnet_lite0"  # ships with its weights: no download in CI
+
+#: Which notebook writes each artefact (for "run notebook N first" messages).
+PRODUCED_BY = {
+    "features/features.json": "01_extract_features.ipynb",
+    "vocab.pkl": "02_build_vocabulary.ipynb",
+    "splits.json": "02_build_vocabulary.ipynb",
+    "best_model.pth": "03_train.ipynb",
+    "history.json": "03_train.ipynb",
+    "metrics.json": "04_evaluate.ipynb",
+    "test_captions.json": "04_evaluate.ipynb",
+}
+
+Log = Callable[[str], None]
+_TRUE = {"1", "true", "yes", "on"}
+
+
+# --------------------------------------------------------------------------------------------
+# Where am I? Kaggle detection and the folders it mounts
+# --------------------------------------------------------------------------------------------
+
+
+def kaggle_root() -> Path:
+    """``/kaggle``, or the folder in ``$STORYTELLER_KAGGLE_ROOT`` (a fake Kaggle for tests)."""
+    return Path(os.environ.get(KAGGLE_ROOT_ENV) or "/kaggle")
+
+
+def on_kaggle() -> bool:
+    """True in a Kaggle notebook: Kaggle sets ``KAGGLE_KERNEL_RUN_TYPE`` and mounts
+    ``/kaggle/input`` (either is enough, so a faked root counts too)."""
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or (kaggle_root() / "input").is_dir()
+
+
+def _is_dataset_folder(folder: Path) -> bool:
+    """A folder holding a caption file and an image folder (a layout ``load_dataset`` reads)."""
+    if not any((folder / name).is_file() for name in CAPTION_FILES):
+        return False
+    try:
+        find_image_dir(folder)
+    except StorytellerError:
+        return False
+    return True
+
+
+def find_datasets(input_root: str | Path, max_depth: int = _SEARCH_DEPTH) -> list[Path]:
+    """Every dataset folder under ``input_root`` (Kaggle's ``/kaggle/input``), best first.
+
+    Kaggle mounts an attached dataset as ``/kaggle/input/<slug>`` (or deeper, e.g.
+    ``/kaggle/input/<owner>/<slug>``; some datasets nest their files once more), so the
+    search walks a few levels down and stops at the first folder that holds a dataset.
+    Flickr30k ranks before Flickr8k, both before anything else that looks like one.
+    """
+    input_root = Path(input_root)
+    found: list[Path] = []
+    level = [input_root] if input_root.is_dir() else []
+    for _ in range(max_depth + 1):
+        next_level = []
+        for folder in level:
+            if _is_dataset_folder(folder):
+                found.append(folder)
+                continue
+            try:
+                children = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            next_level += [Path(e.path) for e in children if e.is_dir() and e.name[0] != "."]
+        level = next_level
+
+    def rank(path: Path) -> tuple[int, str]:
+        text = str(path.relative_to(input_root)).lower()
+        marks = [i for i, (_, mark) in enumerate(KAGGLE_DATASETS) if mark in text]
+        return (marks[0] if marks else len(KAGGLE_DATASETS), text)
+
+    return sorted(found, key=rank)
+
+
+def _missing_kaggle_dataset(input_root: Path) -> StorytellerError:
+    attached = sorted(p.name for p in input_root.iterdir()) if input_root.is_dir() else []
+    return StorytellerError(
+        f"running on Kaggle, but no Flickr dataset was found under {input_root} "
+        f"(attached: {', '.join(attached) or 'nothing'}). Attach one: in the notebook's right "
+        "panel, Input -> Add Input, search 'adityajn105/flickr30k' (or 'adityajn105/flickr8k') "
+        "and click +. Or set DATA_DIR in the parameters cell to a folder with Images/ + "
+        "captions.txt."
+    )
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def smoke_requested(smoke: bool | None = None) -> bool:
+    """``smoke`` if given (the notebook's ``SMOKE`` parameter), else ``$STORYTELLER_SMOKE``."""
+    return _env_flag(SMOKE_ENV) if smoke is None else bool(smoke)
+
+
+def smoke_sample_dir(num_images: int = SMOKE_SAMPLE_IMAGES) -> Path:
+    """Where the small smoke-mode sample lives: beside the default sample, never over it."""
+    from .sample import default_sample_dir
+
+    default = default_sample_dir()
+    return default.with_name(f"{default.name}-{num_images}")
+
+
+def find_data(
+    data_dir: str | Path | None = None, smoke: bool = False, log: Log = print
+) -> tuple[Path, str]:
+    """The dataset folder and how it was found (``"DATA_DIR"``, ``"kaggle"`` or ``"sample"``).
+
+    Args:
+        data_dir: an explicit folder (the notebook's ``DATA_DIR``); ``None`` to look at
+            ``$STORYTELLER_DATA_DIR``, then Kaggle's inputs, then the embedded sample.
+        smoke: use a 60-image sample (instead of 400) when no dataset is found; on Kaggle,
+            fall back to it instead of stopping when no dataset is attached.
+
+    Raises:
+        StorytellerError: ``DATA_DIR`` does not exist or holds no caption file; on Kaggle
+            with no dataset attached (outside smoke mode), saying what to attach.
+    """
+    explicit = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV) or None
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_dir():
+            raise StorytellerError(
+                f"DATA_DIR {path} does not exist: set DATA_DIR (or ${DATA_DIR_ENV}) to a "
+                "dataset folder with Images/ + captions.txt, or to None to find the data "
+                "automatically (Kaggle input or the embedded sample)"
+            )
+        find_caption_file(path)  # a clear error now rather than three cells later
+        return path, "DATA_DIR"
+    if on_kaggle():
+        input_root = kaggle_root() / "input"
+        datasets = find_datasets(input_root)
+        if datasets:
+            if len(datasets) > 1:
+                log(f"several datasets attached; using {datasets[0]} (set DATA_DIR to choose)")
+            return datasets[0], "kaggle"
+        if not smoke:
+            raise _missing_kaggle_dataset(input_root)
+    from .sample import generate_sample_dataset
+
+    if smoke:
+        return generate_sample_dataset(smoke_sample_dir(), SMOKE_SAMPLE_IMAGES), "sample"
+    from .pipeline import resolve_data
+
+    return resolve_data(None, log=lambda _: None), "sample"
+
+
+def find_output_dir(out_dir: str | Path | None = None) -> Path:
+    """``out_dir`` / ``$STORYTELLER_OUT_DIR`` if set, else ``/kaggle/working`` on Kaggle, else
+    ``./outputs``; created if missing."""
+    explicit = out_dir if out_dir not in (None, "") else os.environ.get(OUT_DIR_ENV) or None
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+    elif on_kaggle():
+        path = kaggle_root() / "working"
+    else:
+        path = Path("outputs")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+#: What a run folder may hold, in the order the notebooks write it.
+RUN_ARTEFACTS = (
+    "features/features.json",
+    "features/features.npy",
+    "splits.json",
+    "vocab.pkl",
+    "last.pth",
+    "best_model.pth",
+    "history.json",
+    "loss_curve.png",
+    "metrics.json",
+    "test_captions.json",
+    "baseline.json",
+)
+#: Files only a run folder has (a repository checkout has a vocab.pkl, but none of these).
+_RUN_MARKERS = ("features/features.json", "splits.json", "last.pth", "best_model.pth")
+
+
+def find_previous_runs(input_root: str | Path, max_depth: int = 3) -> list[Path]:
+    """Folders under ``input_root`` that hold a previous notebook's outputs.
+
+    On Kaggle each notebook is its own session with its own ``/kaggle/working``; the outputs
+    of a saved notebook version are attached to the next one as an input (Input -> Add Input
+    -> Your Work), where they appear under ``/kaggle/input``.
+    """
+    input_root = Path(input_root)
+    found, level = [], [input_root] if input_root.is_dir() else []
+    for _ in range(max_depth + 1):
+        next_level = []
+        for folder in level:
+            if any((folder / marker).is_file() for marker in _RUN_MARKERS):
+                found.append(folder)
+                continue
+            if _is_dataset_folder(folder):
+                continue  # never walk into the photos
+            try:
+                next_level += sorted(
+                    Path(e.path) for e in os.scandir(folder) if e.is_dir() and e.name[0] != "."
+                )
+            except OSError:
+                continue
+        level = next_level
+    return found
+
+
+def import_previous_outputs(
+    input_root: str | Path, out_dir: str | Path, log: Log = print
+) -> list[str]:
+    """Copy earlier notebooks' outputs found under ``input_root`` into ``out_dir``.
+
+    Only files missing from ``out_dir`` are copied (nothing is ever overwritten), so a
+    re-run keeps its own newer files; copying a ``last.pth`` is what lets training resume
+    in a new Kaggle session. Returns the names copied.
+    """
+    import shutil
+
+    out_dir = Path(out_dir)
+    copied = []
+    for run in find_previous_runs(input_root):
+        from_run = []
+        for name in RUN_ARTEFACTS:
+            source, target = run / name, out_dir / name
+            if source.is_file() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+                from_run.append(name)
+        if from_run:
+            log(f"copied earlier outputs from {run}: {', '.join(from_run)}")
+        copied += from_run
+    return copied
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes that follow the hardware
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Batch sizes and workers for the hardware found."""
+
+    batch_size: int  # training batch (nn.DataParallel splits it across the GPUs)
+    feature_batch_size: int  # images per batch at feature extraction
+    num_workers: int  # JPEG-decoding worker processes at feature extraction
+
+
+def adapted_sizes(gpu_count: int, cpu_count: int | None = None) -> Sizes:
+    """Sizes for ``gpu_count`` GPUs and ``cpu_count`` CPU cores.
+
+    * training: 64 captions per GPU (the seed recipe's 64 on one device; DataParallel gives
+      each of Kaggle's two T4s a 64 share of a 128 batch); 64 on the CPU;
+    * extraction: 64 images per GPU with one decoding worker per core (JPEG decoding, not the
+      GPU, is the bottleneck there); on the CPU the package's measured defaults, 4 and 1.
+    """
+    cpu_count = max(1, cpu_count or os.cpu_count() or 1)
+    if gpu_count < 1:
+        return Sizes(batch_size=64, feature_batch_size=4, num_workers=1)
+    return Sizes(
+        batch_size=64 * gpu_count,
+        feature_batch_size=64 * gpu_count,
+        num_workers=min(cpu_count, 8),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The settings every notebook passes around
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NotebookSettings:
+    """Everything a notebook needs to know, found by :func:`setup`."""
+
+    data_dir: Path
+    data_source: str  # "DATA_DIR", "kaggle" or "sample"
+    out_dir: Path
+    device: torch.device
+    gpu_count: int
+    gpu_names: list[str]
+    on_kaggle: bool
+    smoke: bool
+    seed: int
+    num_epochs: int
+    batch_size: int
+    feature_batch_size: int
+    num_workers: int
+    encoder: str | None  # None: ResNet50, or EfficientNet-Lite0 when offline
+    model_overrides: dict = field(default_factory=dict)
+
+    def train_config(self, **changes) -> TrainConfig:
+        """The :class:`TrainConfig` for this run (``changes`` override single fields)."""
+        config = {
+            "num_epochs": self.num_epochs,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            **changes,
+        }
+        return TrainConfig(**config)
+
+    def path(self, name: str) -> Path:
+        """An artefact of this run, e.g. ``settings.path("best_model.pth")``."""
+        return self.out_dir / name
+
+    def describe(self) -> str:
+        """A few lines saying what was found (printed by :func:`setup`)."""
+        mode = "SMOKE mode (tiny run for CI)" if self.smoke else "full run"
+        gpus = f"{self.gpu_count} x {', '.join(self.gpu_names)}" if self.gpu_count else "none"
+        return "\n".join(
+            [
+                f"mode:     {mode}, seed {self.seed}",
+                f"platform: {'Kaggle' if self.on_kaggle else 'local'}; device {self.device}; "
+                f"GPUs: {gpus}",
+                f"data:     {self.data_dir} (found via {self.data_source})",
+                f"outputs:  {self.out_dir.resolve()}",
+                f"sizes:    train batch {self.batch_size}, extraction batch "
+                f"{self.feature_batch_size} with {self.num_workers} worker(s), "
+                f"{self.num_epochs} epoch(s)"
+                + (f", model {self.model_overrides}" if self.model_overrides else ""),
+            ]
+        )
+
+
+def setup(
+    data_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    smoke: bool | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    encoder: str | None = None,
+    device: str | None = None,
+    log: Log = print,
+) -> NotebookSettings:
+    """Seed, pick the device, print the hardware, find data and outputs; return the settings.
+
+    Args:
+        data_dir: the notebook's ``DATA_DIR`` (``None``: found automatically, see module doc).
+        out_dir: the notebook's ``OUT_DIR`` (``None``: ``/kaggle/working`` or ``./outputs``).
+        smoke: the notebook's ``SMOKE`` (``None``: ``$STORYTELLER_SMOKE``).
+        epochs: number of epochs (``None``: 15, or 2 in smoke mode).
+        seed: seeds Python, NumPy, torch and the split.
+        encoder: the CNN (``None``: ResNet50, EfficientNet-Lite0 offline or in smoke mode).
+        device: ``"cpu"``/``"cuda"`` to force one (``None``: CUDA when available).
+    """
+    seed_everything(seed)
+    smoke = smoke_requested(smoke)
+    chosen = get_device(device)
+    gpu_count = torch.cuda.device_count() if chosen.type == "cuda" else 0
+    gpu_names = [torch.cuda.get_device_name(i) for i in range(gpu_count)]
+    log(f"hardware: {describe_hardware()}")
+    data, source = find_data(data_dir, smoke=smoke, log=log)
+    sizes = adapted_sizes(gpu_count)
+    if epochs is not None and epochs < 1:
+        raise StorytellerError(f"EPOCHS must be at least 1, got {epochs}")
+    settings = NotebookSettings(
+        data_dir=data,
+        data_source=source,
+        out_dir=find_output_dir(out_dir),
+        device=chosen,
+        gpu_count=gpu_count,
+        gpu_names=gpu_names,
+        on_kaggle=on_kaggle(),
+        smoke=smoke,
+        seed=seed,
+        num_epochs=epochs or (SMOKE_EPOCHS if smoke else TrainConfig().num_epochs),
+        batch_size=sizes.batch_size,
+        feature_batch_size=sizes.feature_batch_size,
+        num_workers=sizes.num_workers,
+        encoder=encoder or (SMOKE_ENCODER if smoke else None),
+        model_overrides=dict(SMOKE_MODEL) if smoke else {},
+    )
+    if settings.on_kaggle:
+        import_previous_outputs(kaggle_root() / "input", settings.out_dir, log=log)
+    log(settings.describe())
+    return settings
+
+
+def require(settings: NotebookSettings, *artefacts: str) -> None:
+    """Stop with a clear message if an earlier notebook's output is missing.
+
+    ``require(settings, "vocab.pkl", "features/features.json")`` raises
+    :class:`StorytellerError` naming the notebook that writes each missing file.
+    """
+    missing = [name for name in artefacts if not (settings.out_dir / name).is_file()]
+    if missing:
+        notebooks = sorted({PRODUCED_BY.get(name, "the previous notebooks") for name in missing})
+        raise StorytellerError(
+            f"{', '.join(missing)} not found in {settings.out_dir}: run {', '.join(notebooks)} "
+            "first (with the same DATA_DIR / OUT_DIR / SMOKE settings)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 05: extras, the Hugging Face token, the story backend, the Space
+# --------------------------------------------------------------------------------------------
+
+_EXTRA_MARKER = re.compile(r"""extra\s*==\s*["']([\w.-]+)["']""")
+_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def missing_requirements(*extras: str) -> list[str]:
+    """Requirements of the package's optional ``extras`` (e.g. ``"story"``, ``"app"``) whose
+    distributions are not installed, as pip requirement strings."""
+    from importlib import metadata
+
+    try:
+        requirements = metadata.requires("storyteller") or []
+    except metadata.PackageNotFoundError:
+        return []  # run from a source folder without metadata: nothing to compare with
+    missing = []
+    for line in requirements:
+        spec, _, marker = line.partition(";")
+        extra = _EXTRA_MARKER.search(marker)
+        name = _REQUIREMENT_NAME.match(spec)
+        if not extra or extra.group(1) not in extras or not name:
+            continue
+        if name.group(1).lower() == "storyteller":
+            continue  # the test extra names the package's own extras
+        try:
+            metadata.distribution(name.group(1))
+        except metadata.PackageNotFoundError:
+            missing.append(spec.strip())
+    return missing
+
+
+def install_extras(*extras: str, log: Log = print) -> list[str]:
+    """pip-install whatever the named extras need and is missing (Kaggle has most of it)."""
+    import importlib
+    import subprocess
+    import sys
+
+    missing = missing_requirements(*extras)
+    if missing:
+        log(f"installing {', '.join(missing)}")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *missing], check=True)
+        importlib.invalidate_caches()
+    else:
+        log(f"everything the {' and '.join(extras)} extra(s) need is installed")
+    return missing
+
+
+def hf_token(prompt: bool = False) -> str | None:
+    """A Hugging Face token, or None. Never printed, logged or written anywhere.
+
+    Looks in Kaggle Secrets (a secret named ``HF_TOKEN``), then the ``HF_TOKEN`` environment
+    variable and the ``hf auth login`` cache, then, with ``prompt``, asks with a hidden
+    prompt (``getpass``; skipped where there is no one to answer, e.g. a batch run).
+    """
+    import getpass
+
+    if on_kaggle():
+        try:
+            from kaggle_secrets import UserSecretsClient
+
+            token = UserSecretsClient().get_secret("HF_TOKEN")
+            if token and token.strip():
+                return token.strip()
+        except Exception:  # no kaggle_secrets module, secret not attached, service down
+            pass
+    token = os.environ.get("HF_TOKEN", "").strip()
+    if not token:
+        try:
+            from huggingface_hub import get_token
+
+            token = (get_token() or "").strip()
+        except ImportError:
+            token = ""
+    if token:
+        return token
+    if prompt:
+        try:
+            token = getpass.getpass("Hugging Face token with write access (hidden): ").strip()
+        except Exception:  # no stdin (batch run, CI): behave as if nothing was entered
+            token = ""
+    return token or None
+
+
+#: New tokens per story turn in smoke mode (the offline model stays quick on a CPU).
+SMOKE_STORY_TOKENS = 40
+
+
+def story_backend(name: str = "auto", token: str | None = None, smoke: bool = False):
+    """The story backend for a notebook: ``name`` as in :func:`storyteller.story.get_backend`.
+
+    ``"auto"`` means the hosted model when there is a token and the offline Gemma model
+    otherwise; in smoke mode ``"auto"`` is always the offline model (CI has no network).
+    The token is handed to the hosted backend only.
+    """
+    from .story import get_backend
+
+    if name == "auto":
+        name = "offline" if smoke or not token else "hosted"
+    if name == "hosted" and token:
+        return get_backend("hosted", token=token)
+    return get_backend(name)
+
+
+def publish_space(
+    run_dir: str | Path, space_id: str = "", token: str | None = None, log: Log = print
+) -> str:
+    """Push the run to the Hugging Face Space ``space_id``, or build its folder (dry run).
+
+    With a ``space_id`` and a ``token``: :func:`storyteller.deploy.deploy_space`, returns the
+    Space's URL. Otherwise writes the Space folder to ``run_dir/space`` (rebuilt each time),
+    says how to push it, and returns the folder's path.
+    """
+    import shutil
+
+    from .deploy import build_space_folder, deploy_space
+
+    run_dir = Path(run_dir)
+    if space_id and token:
+        return deploy_space(space_id, run_dir, token=token, log=log)
+    dest = run_dir / "space"
+    if dest.is_dir() and (dest / "app.py").is_file():
+        shutil.rmtree(dest)  # our own earlier dry run: rebuild it from the current run
+    folder = build_space_folder(run_dir, dest, log=log)
+    reason = "no SPACE_ID set" if not space_id else "no Hugging Face token found"
+    log(
+        f"dry run ({reason}): the Space folder is in {folder}. To push it, set SPACE_ID in "
+        "the parameters cell and add a write token as the Kaggle secret HF_TOKEN (or the "
+        "HF_TOKEN environment variable), then run this cell again; or, from a checkout: "
+        f"python -m storyteller deploy --space USER/NAME --run {run_dir}"
+    )
+    return str(folder)

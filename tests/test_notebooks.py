@@ -1,0 +1,437 @@
+"""The numbered notebook series: executed top to bottom in CI, committed clean, data found.
+
+* every notebook runs unchanged, in order, in smoke mode on the embedded sample, in a
+  temporary working folder, and writes its artefacts;
+* the same notebooks (01-04, 03 twice: resume) on a fake Kaggle machine find the dataset
+  under ``<root>/input`` and write to ``<root>/working``;
+* the committed notebooks are clean (no outputs, counts, widget state, machine paths, long
+  definitions) and shaped as the series promises (markdown, parameters, one set-up cell);
+* unit tests of the detection and settings module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from conftest import cli as _cli
+
+from storyteller import nbtools
+from storyteller import notebook as nbmod
+from storyteller.errors import StorytellerError
+from storyteller.sample import generate_sample_dataset
+
+NOTEBOOKS = nbtools.series()
+BY_NUMBER = {p.name[:2]: p for p in NOTEBOOKS}
+
+#: What each notebook must leave in the output folder.
+ARTEFACTS = {
+    "01": ["features/features.npy", "features/features.json", "data_examples.png"],
+    "02": ["vocab.pkl", "splits.json"],
+    "03": ["best_model.pth", "last.pth", "history.json", "loss_curve.png"],
+    "04": [
+        "metrics.json",
+        "test_captions.json",
+        "baseline.json",
+        "caption_grid.png",
+        "best_examples.png",
+        "worst_examples.png",
+    ],
+    "05": ["story.json", "space/app.py", "space/README.md", "space/best_model.pth"],
+}
+ENV_VARS = (
+    nbmod.DATA_DIR_ENV,
+    nbmod.OUT_DIR_ENV,
+    nbmod.KAGGLE_ROOT_ENV,
+    nbmod.SMOKE_ENV,
+    "KAGGLE_KERNEL_RUN_TYPE",
+    "HF_TOKEN",
+    "SPACE_ID",
+)
+
+
+def _text(nb) -> str:
+    """Everything the executed notebook printed (stdout, stderr, plain-text displays)."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                parts.append(out.text)
+            elif "data" in out:
+                parts.append(out.data.get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def _run(number: str, cwd: Path) -> str:
+    path = BY_NUMBER[number]
+    before = path.read_bytes()
+    executed = nbtools.execute_notebook(path, cwd, timeout=900)
+    assert path.read_bytes() == before, "executing must not change the committed notebook"
+    return _text(executed)
+
+
+@pytest.fixture
+def notebook_env(tmp_path, monkeypatch):
+    """A clean environment for the kernels (they inherit it): smoke mode, private caches."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(nbmod.SMOKE_ENV, "1")
+    monkeypatch.setenv("STORYTELLER_SAMPLE_DIR", str(tmp_path / "sample-cache" / "sample"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    return tmp_path
+
+
+# --------------------------------------------------------------------------------------------
+# Executing the series
+# --------------------------------------------------------------------------------------------
+
+
+def test_series_is_numbered_in_order():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
+
+
+def test_series_runs_top_to_bottom_in_smoke_mode_on_the_sample(notebook_env):
+    work = notebook_env / "work"
+    work.mkdir()
+    out = work / "outputs"
+    for number in ("01", "02", "03", "04", "05"):
+        printed = _run(number, work)
+        assert "SMOKE mode" in printed and "found via sample" in printed, printed[-2000:]
+        for name in ARTEFACTS[number]:
+            assert (out / name).is_file(), f"{BY_NUMBER[number].name} did not write {name}"
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]  # smoke mode: 2 epochs
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"greedy", "beam5"}
+    assert (notebook_env / "sample-cache" / "sample-60" / "captions.txt").is_file()
+    story = json.loads((out / "story.json").read_text())
+    assert story["caption"] and len(story["story"].split()) >= 5
+
+
+def test_series_finds_the_dataset_on_a_fake_kaggle_machine(notebook_env, monkeypatch):
+    root = notebook_env / "kaggle"
+    dataset = generate_sample_dataset(root / "input" / "flickr8k", num_images=30, seed=3)
+    working = root / "working"
+    working.mkdir(parents=True)
+    monkeypatch.setenv(nbmod.KAGGLE_ROOT_ENV, str(root))
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    for number in ("01", "02", "03"):
+        printed = _run(number, working)
+        assert "platform: Kaggle" in printed
+        assert f"data:     {dataset} (found via kaggle)" in printed
+        assert f"outputs:  {working}" in printed
+    resumed = _run("03", working)  # a re-run continues from last.pth instead of starting over
+    assert "resuming from" in resumed and "2 epoch(s) done" in resumed
+    _run("04", working)
+    for number in ("01", "02", "03", "04"):
+        for name in ARTEFACTS[number]:
+            assert (working / name).is_file(), name
+    features = json.loads((working / "features" / "features.json").read_text())
+    assert len(features["images"]) == 30  # the fake Kaggle dataset, not the sample
+    assert not (working / "outputs").exists()
+    assert not (notebook_env / "sample-cache").exists(), "no sample may be drawn on Kaggle"
+
+
+# --------------------------------------------------------------------------------------------
+# Committed clean, shaped as promised
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_clean(path):
+    assert nbtools.check_notebook(path) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_opens_with_markdown_then_parameters_then_one_setup_cell(path):
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    intro, params, setup_cell, *rest = nb.cells
+    assert intro.cell_type == "markdown" and intro.source.startswith(f"# {path.name[:2]} ")
+    for word in ("**reads**", "**writes**"):
+        assert word in intro.source
+    assert params.cell_type == "code" and params.metadata.get("tags") == ["parameters"]
+    assert re.search(r"^SMOKE = None", params.source, re.M)
+    assert setup_cell.cell_type == "code" and "settings = nb.setup(" in setup_cell.source
+    assert not any("nb.setup(" in c.source for c in rest), "exactly one set-up cell"
+    assert "sys.path.insert" not in setup_cell.source and "sys.path.append" not in setup_cell.source
+    # every code cell after the set-up is explained by markdown right before it
+    for before, cell in zip(nb.cells[2:], rest, strict=False):
+        if cell.cell_type == "code":
+            assert before.cell_type == "markdown" or before is setup_cell, cell.source[:80]
+
+
+def _write_notebook(path: Path, cells, metadata=None) -> Path:
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata = metadata or {"kernelspec": {"name": "python3", "display_name": "Python 3"}}
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_check_catches_outputs_counts_widgets_paths_and_long_definitions(tmp_path):
+    long_function = (
+        "def helper(x):\n" + "".join(f"    x = x + {i}\n" for i in range(6)) + "    return x"
+    )
+    code = nbformat.v4.new_code_cell("print('hi')", execution_count=3)
+    code.outputs = [nbformat.v4.new_output("stream", text="hi\n")]
+    path = _write_notebook(
+        tmp_path / "dirty.ipynb",
+        [
+            nbformat.v4.new_markdown_cell("data in /home/alice/flickr"),
+            nbformat.v4.new_code_cell("X = 1", metadata={"tags": ["parameters"]}),
+            code,
+            nbformat.v4.new_code_cell(long_function),
+            nbformat.v4.new_code_cell("%matplotlib inline\nshort = lambda x: x"),
+        ],
+        metadata={"kernelspec": {"name": "conda-env"}, "widgets": {"state": {}}},
+    )
+    problems = "\n".join(nbtools.check_notebook(path))
+    for expected in (
+        "kernelspec is 'conda-env'",
+        "widget state",
+        "cell 2 has outputs",
+        "cell 2 has execution_count 3",
+        "cell 3 defines function 'helper' over 8 lines",
+        "cell 0 contains a machine-specific path (/home/",
+    ):
+        assert expected in problems
+    assert "cell 4" not in problems  # magics are skipped; a one-line lambda is fine
+
+    assert nbtools.clean_notebook(path) is True
+    assert nbtools.clean_notebook(path) is False
+    remaining = "\n".join(nbtools.check_notebook(path))
+    assert "outputs" not in remaining and "execution_count" not in remaining
+    assert "widget" not in remaining and "helper" in remaining  # code is never rewritten
+
+
+def test_check_allows_kaggle_paths_and_short_definitions(tmp_path):
+    path = _write_notebook(
+        tmp_path / "ok.ipynb",
+        [
+            nbformat.v4.new_markdown_cell("Kaggle mounts data under `/kaggle/input`."),
+            nbformat.v4.new_code_cell("N = 1", metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell("def twice(x):\n    return 2 * x"),
+        ],
+    )
+    assert nbtools.check_notebook(path) == []
+
+
+def test_notebooks_check_command():
+    result = _cli("notebooks", "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(NOTEBOOKS)}/{len(NOTEBOOKS)} notebook(s) clean" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Detection and settings (unit tests)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(nbmod.KAGGLE_ROOT_ENV, str(tmp_path / "no-kaggle-here"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _quiet(_):
+    return None
+
+
+def test_missing_data_dir_says_what_to_do(clean_env):
+    with pytest.raises(StorytellerError, match=r"DATA_DIR .*does-not-exist does not exist"):
+        nbmod.setup(data_dir=clean_env / "does-not-exist", log=_quiet)
+
+
+def test_data_dir_from_the_environment(clean_env, tiny_data, monkeypatch):
+    monkeypatch.setenv(nbmod.DATA_DIR_ENV, str(tiny_data))
+    assert nbmod.find_data(log=_quiet) == (tiny_data, "DATA_DIR")
+
+
+def test_kaggle_without_a_dataset_says_what_to_attach(clean_env, monkeypatch):
+    root = clean_env / "kaggle"
+    (root / "input" / "some-other-dataset").mkdir(parents=True)
+    monkeypatch.setenv(nbmod.KAGGLE_ROOT_ENV, str(root))
+    assert nbmod.on_kaggle()
+    with pytest.raises(StorytellerError) as error:
+        nbmod.find_data(log=_quiet)
+    message = str(error.value)
+    assert "adityajn105/flickr30k" in message and "adityajn105/flickr8k" in message
+    assert "some-other-dataset" in message and "Add Input" in message
+
+
+def test_kaggle_detection_prefers_flickr30k_and_handles_nesting(clean_env, monkeypatch):
+    root = clean_env / "kaggle"
+    eight = generate_sample_dataset(root / "input" / "flickr8k", num_images=3)
+    # a deeper mount (owner/slug) with Flickr30k's nested image folder and results.csv
+    thirty = root / "input" / "datasets" / "adityajn105" / "flickr30k" / "flickr30k_images"
+    (thirty / "flickr30k_images").mkdir(parents=True)
+    shutil.copy(next((eight / "Images").iterdir()), thirty / "flickr30k_images" / "1.jpg")
+    (thirty / "results.csv").write_text("image_name| comment_number| comment\n1.jpg| 0| A dog.\n")
+    monkeypatch.setenv(nbmod.KAGGLE_ROOT_ENV, str(root))
+    assert nbmod.find_datasets(root / "input") == [thirty, eight]
+    assert nbmod.find_data(log=_quiet) == (thirty, "kaggle")
+    assert nbmod.find_output_dir() == root / "working" and (root / "working").is_dir()
+
+
+def test_outputs_default_to_dot_outputs_off_kaggle(clean_env, monkeypatch):
+    assert not nbmod.on_kaggle()
+    assert nbmod.find_output_dir() == Path("outputs")
+    monkeypatch.setenv(nbmod.OUT_DIR_ENV, str(clean_env / "elsewhere"))
+    assert nbmod.find_output_dir() == clean_env / "elsewhere"
+
+
+@pytest.mark.parametrize(
+    ("gpus", "cpus", "expected"),
+    [(0, 2, (64, 4, 1)), (1, 4, (64, 64, 4)), (2, 4, (128, 128, 4)), (2, 32, (128, 128, 8))],
+)
+def test_sizes_follow_the_gpu_count(gpus, cpus, expected):
+    sizes = nbmod.adapted_sizes(gpus, cpus)
+    assert (sizes.batch_size, sizes.feature_batch_size, sizes.num_workers) == expected
+
+
+def test_setup_with_two_faked_gpus(clean_env, tiny_data, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Tesla T4")
+    lines = []
+    settings = nbmod.setup(data_dir=tiny_data, smoke=False, log=lines.append)
+    assert settings.device.type == "cuda" and settings.gpu_count == 2
+    assert settings.gpu_names == ["Tesla T4", "Tesla T4"]
+    assert settings.batch_size == 128 and settings.train_config().batch_size == 128
+    assert settings.num_epochs == 15 and settings.model_overrides == {} and not settings.smoke
+    assert "2 GPU(s): Tesla T4, Tesla T4" in "\n".join(lines)
+
+
+def test_smoke_mode_from_the_environment(clean_env, monkeypatch):
+    monkeypatch.setenv(nbmod.SMOKE_ENV, "1")
+    monkeypatch.setenv("STORYTELLER_SAMPLE_DIR", str(clean_env / "cache" / "sample"))
+    settings = nbmod.setup(log=_quiet)
+    assert settings.smoke and settings.num_epochs == nbmod.SMOKE_EPOCHS
+    assert settings.model_overrides == nbmod.SMOKE_MODEL
+    assert settings.encoder == nbmod.SMOKE_ENCODER
+    assert (
+        settings.data_source == "sample" and settings.data_dir == clean_env / "cache" / "sample-60"
+    )
+    assert len(list((settings.data_dir / "Images").iterdir())) == nbmod.SMOKE_SAMPLE_IMAGES
+    assert not (clean_env / "cache" / "sample").exists(), "the default sample is left alone"
+    assert (
+        nbmod.setup(smoke=False, epochs=3, data_dir=settings.data_dir, log=_quiet).num_epochs == 3
+    )
+
+
+def test_require_names_the_notebook_to_run_first(clean_env, tiny_data):
+    settings = nbmod.setup(data_dir=tiny_data, log=_quiet)
+    with pytest.raises(StorytellerError, match="run 02_build_vocabulary.ipynb first"):
+        nbmod.require(settings, "vocab.pkl")
+
+
+def test_previous_outputs_attached_on_kaggle_are_copied_in(tmp_path):
+    inputs, working = tmp_path / "input", tmp_path / "working"
+    run = inputs / "my-03-train-output"
+    (run / "features").mkdir(parents=True)
+    for name in ("splits.json", "vocab.pkl", "last.pth", "features/features.json"):
+        (run / name).write_text(f"from run: {name}")
+    repo = inputs / "storyteller-repo"  # a repository checkout: vocab.pkl but no run markers
+    repo.mkdir()
+    (repo / "vocab.pkl").write_text("the repository's vocabulary")
+    (repo / "pyproject.toml").write_text('name = "storyteller"')
+    working.mkdir()
+    (working / "splits.json").write_text("newer, made here")
+    copied = nbmod.import_previous_outputs(inputs, working, log=_quiet)
+    assert sorted(copied) == ["features/features.json", "last.pth", "vocab.pkl"]
+    assert (working / "vocab.pkl").read_text() == "from run: vocab.pkl"
+    assert (working / "splits.json").read_text() == "newer, made here"  # never overwritten
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 05 helpers: the token, the extras
+# --------------------------------------------------------------------------------------------
+
+
+def test_hf_token_from_kaggle_secrets_then_env_never_printed(clean_env, monkeypatch, capsys):
+    import sys
+    import types
+
+    secrets = {"HF_TOKEN": "hf_from_kaggle_secrets"}
+
+    class UserSecretsClient:
+        def get_secret(self, label):
+            if label not in secrets:
+                raise KeyError(label)  # what Kaggle does for a secret that is not attached
+            return secrets[label]
+
+    monkeypatch.setitem(
+        sys.modules, "kaggle_secrets", types.SimpleNamespace(UserSecretsClient=UserSecretsClient)
+    )
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env")
+    assert nbmod.hf_token() == "hf_from_env"  # not on Kaggle: Kaggle Secrets are not asked
+    kaggle = clean_env / "kaggle"
+    (kaggle / "input").mkdir(parents=True)
+    monkeypatch.setenv(nbmod.KAGGLE_ROOT_ENV, str(kaggle))
+    assert nbmod.hf_token() == "hf_from_kaggle_secrets"
+    secrets.clear()
+    assert nbmod.hf_token() == "hf_from_env"
+    out = capsys.readouterr()
+    assert "hf_from" not in out.out + out.err
+
+
+def test_hf_token_prompt_without_stdin_gives_none(clean_env, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(clean_env / "hf-home"))  # no login cache either
+
+    def no_stdin(prompt=""):
+        raise EOFError
+
+    monkeypatch.setattr("getpass.getpass", no_stdin)
+    assert nbmod.hf_token(prompt=False) is None
+    assert nbmod.hf_token(prompt=True) is None
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": " hf_typed ")
+    assert nbmod.hf_token(prompt=True) == "hf_typed"
+
+
+def test_missing_requirements_of_extras(monkeypatch):
+    from importlib import metadata
+
+    requires = [
+        "torch>=2.1",
+        'gradio>=5.0; extra == "app"',
+        'surely-not-installed-pkg>=1; extra == "story"',
+        'storyteller[app,story]; extra == "test"',
+    ]
+    monkeypatch.setattr(metadata, "requires", lambda name: requires)
+    assert nbmod.missing_requirements("story", "app") == ["surely-not-installed-pkg>=1"]
+    assert nbmod.missing_requirements("app") == []
+    assert nbmod.missing_requirements("test") == []
+
+
+def test_publish_space_dry_run_without_token_and_push_with_one(tiny_run, tmp_path, monkeypatch):
+    import storyteller.deploy as deploy
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    lines = []
+    folder = Path(nbmod.publish_space(run, "alice/storyteller", token=None, log=lines.append))
+    assert folder == run / "space" and (folder / "app.py").is_file()
+    assert "no Hugging Face token found" in "\n".join(lines)
+    # a second dry run rebuilds the folder instead of refusing a non-empty one
+    assert Path(nbmod.publish_space(run, "", None, log=lines.append)) == folder
+
+    pushed = {}
+
+    def fake_deploy(space, run_dir, token=None, log=print, **kwargs):
+        pushed.update(space=space, run_dir=run_dir, token=token)
+        return f"https://huggingface.co/spaces/{space}"
+
+    monkeypatch.setattr(deploy, "deploy_space", fake_deploy)
+    url = nbmod.publish_space(run, "alice/storyteller", token="hf_secret", log=lines.append)
+    assert url.endswith("/spaces/alice/storyteller")
+    assert pushed == {"space": "alice/storyteller", "run_dir": run, "token": "hf_secret"}
+    assert "hf_secret" not in "\n".join(lines)
