@@ -186,6 +186,21 @@ def test_cleaner_strips_labels_preambles_titles_and_echo():
     ]
 
 
+def test_cleaner_leaves_stories_that_only_look_like_labels_alone():
+    assert clean(["Story time was over. The dog slept."]) == [
+        "Story time was over.",
+        " The dog slept.",
+    ]
+    assert clean(["Here is where the dog lived: a barn. It was red."]) == [
+        "Here is where the dog lived: a barn.",
+        " It was red.",
+    ]
+    assert clean(["**Continuation:** It rained. ", "Then it stopped."]) == [
+        "It rained.",
+        " Then it stopped.",
+    ]
+
+
 def test_cleaner_keeps_a_lone_unfinished_sentence():
     assert clean(["no full stop at all"]) == ["no full stop at all"]
     assert clean(["\n", "leading newline is not a stop. Fine."], stop=("\n",)) == [
