@@ -1,7 +1,7 @@
 """The offline story backend (Gemma 3 270M on the CPU): first load (GGUF conversion), later
 load (from the cache), and the time to write a ~90-token story, measured in one run.
 
-    python bench/story_offline.py [--tokens 90] [--cache DIR]
+    python bench/story_offline.py [--tokens 90] [--cache DIR] [--threads N]
 
 Without ``--cache`` it converts into a fresh temporary cache, so the first-load time includes
 the conversion; with ``--cache`` an existing cache is reused. It also counts how many of each
@@ -35,8 +35,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=90, help="new tokens per story")
     parser.add_argument("--cache", help="cache root to reuse (default: a fresh temporary one)")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's, one per core)"
+    )
     args = parser.parse_args()
-    print(f"load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    import torch
+
+    print(
+        f"load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs, "
+        f"{torch.get_num_threads()} torch threads)"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.cache or tmp

@@ -193,3 +193,29 @@ def test_cli_story_help(capsys):
     with pytest.raises(SystemExit) as info:
         main(["story", "--help"])
     assert info.value.code == 0 and "--base-url" in capsys.readouterr().out
+
+
+def test_cli_story_from_images(server, tiny_run, tiny_data, tmp_path, capsys):
+    images = sorted((tiny_data / "Images").glob("*.jpg"))[:2]
+    args = [
+        "--checkpoint",
+        str(tiny_run / "best_model.pth"),
+        "--vocab",
+        str(tiny_run / "vocab.pkl"),
+    ]
+    args += ["--backend", "hosted", "--base-url", server.url, "--beam", "3"]
+    code = main(["story", *map(str, images), *args])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    captions = [
+        line[len("caption: ") :] for line in out.splitlines() if line.startswith("caption: ")
+    ]
+    assert len(captions) == 2 and all(len(c.split()) >= 2 for c in captions)
+    first, second = (r["json"]["messages"][-1]["content"] for r in server.requests)
+    assert captions[0].capitalize() in first and captions[1].capitalize() in second
+    assert out.count("The dog ran. It barked at the sea. Then it slept.") == 2
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    assert main(["story", str(broken), *args]) == 2
+    assert "cannot read image" in capsys.readouterr().err

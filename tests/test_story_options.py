@@ -186,6 +186,21 @@ def test_cleaner_strips_labels_preambles_titles_and_echo():
     ]
 
 
+def test_cleaner_leaves_stories_that_only_look_like_labels_alone():
+    assert clean(["Story time was over. The dog slept."]) == [
+        "Story time was over.",
+        " The dog slept.",
+    ]
+    assert clean(["Here is where the dog lived: a barn. It was red."]) == [
+        "Here is where the dog lived: a barn.",
+        " It was red.",
+    ]
+    assert clean(["**Continuation:** It rained. ", "Then it stopped."]) == [
+        "It rained.",
+        " Then it stopped.",
+    ]
+
+
 def test_cleaner_keeps_a_lone_unfinished_sentence():
     assert clean(["no full stop at all"]) == ["no full stop at all"]
     assert clean(["\n", "leading newline is not a stop. Fine."], stop=("\n",)) == [
@@ -258,3 +273,24 @@ def test_importing_the_story_package_is_cheap():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_hub_model_too_large_is_refused_before_downloading(monkeypatch):
+    """Seven billion float32 parameters on a machine with 16 GiB free: refused up front."""
+    import huggingface_hub
+
+    from storyteller.story.backends import local
+
+    class Info:
+        class safetensors:  # noqa: N801 - mirrors the Hub's attribute
+            total = 7_000_000_000
+
+    def model_info(self, repo_id, **kwargs):
+        assert repo_id == "org/seven-b-instruct"
+        return Info()
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(local, "available_memory", lambda device: 16 * 2**30)
+    with pytest.raises(StoryError, match=r"too large for this machine \(needs about 26.1 GiB"):
+        get_backend("transformers", model="org/seven-b-instruct", device="cpu")

@@ -15,8 +15,15 @@ import re
 #: a sentence ends at . ! ? or an ellipsis, maybe followed by closing quotes or brackets
 _SENTENCE_END = re.compile(r"(?:[.!?]|\u2026)['\"\u201d\u2019)\]]*(?=\s|$)")
 _LEADING_LABEL = re.compile(
-    r"^\s*(?:(?:\*\*|#+\s*)?(?:story|story goes on|continuation|next part|part \d+)\s*:?(?:\*\*)?"
-    r"\s*:?\s*\n?|here(?:'s| is)[^\n]{0,80}?:\s*\n?|(?:\*\*|#+ )[^\n*]{1,80}(?:\*\*)?\s*\n)",
+    r"^\s*(?:"
+    # "Story:", "**Continuation:**", "Part 2:" (the colon is required: "Story time..." stays)
+    r"(?:\*\*|#+\s*)?(?:story|story goes on|continuation|next part|part \d+)"
+    r"(?:\s*:\s*(?:\*\*)?|\s*(?:\*\*)\s*:)\s*"
+    # "Here is the next part of the story:" on a line of its own
+    r"|here(?:'s| is)[^\n]{0,80}?:[ \t]*\n\s*"
+    # a title line: "**The Lost Ball**" or "# The Lost Ball"
+    r"|(?:\*\*|#+ )[^\n*]{1,80}(?:\*\*)?[ \t]*\n\s*"
+    r")",
     re.IGNORECASE,
 )
 _LEAD_CHARS = 80  # decide on a leading label/echo once this much text (or a sentence) is in

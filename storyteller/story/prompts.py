@@ -8,7 +8,8 @@
   stories, then the story to extend. A first turn *opens with the caption as its first
   sentence* (a trial showed a few-shot prompt alone lets stories drift off the caption, and
   the forced first sentence kept all of them on topic); a new image's turn opens with that
-  image's caption; a steering line is written as a ``Then:`` cue the few-shot demonstrates.
+  image's caption; a steering line is written as a ``Then:`` cue, and every later turn goes
+  on after a ``Story goes on:`` label, both demonstrated by the few-shot examples.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ DISPLAY_NAME = "Gemma 3 270M (base, Q4_K_M GGUF from PyPI)"
 Log = Callable[[str], None]
 
 
-def _stderr(message: str) -> None:
+def log_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
@@ -132,7 +132,7 @@ def _convert(gguf_package, folder: Path) -> None:
     (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n")  # last: marks complete
 
 
-def ensure_offline_model(root: str | Path | None = None, log: Log = _stderr) -> Path:
+def ensure_offline_model(root: str | Path | None = None, log: Log = log_to_stderr) -> Path:
     """The folder of the converted Gemma 3 270M model, converting it first if needed.
 
     Parameters:
@@ -163,10 +163,11 @@ def ensure_offline_model(root: str | Path | None = None, log: Log = _stderr) -> 
         )
         started = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{CACHE_NAME}.tmp-"))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
         try:
             try:
                 _convert(gguf_package, tmp)
-            except (OSError, ValueError, RuntimeError, ImportError) as exc:
+            except (OSError, ValueError, RuntimeError, ImportError, MemoryError) as exc:
                 raise StoryError(
                     f"offline: converting the GGUF model failed ({type(exc).__name__}: {exc}); "
                     f"check free disk space in {folder.parent} and that {PIP_NAME}, transformers "

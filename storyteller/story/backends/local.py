@@ -80,6 +80,22 @@ def weights_bytes(folder: Path, dtype_size: int) -> int | None:
     return total * dtype_size
 
 
+def hub_weights_bytes(model: str, dtype_size: int, token: str | None = None) -> int | None:
+    """The same for a hub model id, from its safetensors metadata (needs the Hub; None when
+    it cannot be reached quickly or the repository does not say)."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE"):
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        info = HfApi().model_info(model, timeout=5, token=token)
+        return info.safetensors.total * dtype_size if info.safetensors else None
+    except Exception:  # offline, unknown or gated model: loading will say what is wrong
+        return None
+
+
 class _Stop:
     """A ``StoppingCriteria`` that ends generation when the consumer says so."""
 
@@ -156,7 +172,10 @@ class TransformersBackend(StoryBackend):
         else:
             self.dtype = torch.float32
         self._lock = threading.Lock()
-        self._check_memory()
+        from .hosted import find_token
+
+        token = find_token(token)
+        self._check_memory(token)
         self.tokenizer, self.model = self._load(token)
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         self.chat = has_template if chat is None else bool(chat and has_template)
@@ -169,13 +188,17 @@ class TransformersBackend(StoryBackend):
             "pick a smaller model, a GPU machine, or the hosted backend (set HF_TOKEN)"
         )
 
-    def _check_memory(self) -> None:
-        folder = Path(self.model_name).expanduser()
-        if not folder.is_dir():
-            return  # a hub id: known only after download; a failed load is caught below
+    def _check_memory(self, token: str | None = None) -> None:
+        """Refuse a model whose weights cannot fit before loading it (on a CPU the kernel would
+        kill the process instead of raising an error)."""
         import torch
 
-        need = weights_bytes(folder, torch.finfo(self.dtype).bits // 8)
+        dtype_size = torch.finfo(self.dtype).bits // 8
+        folder = Path(self.model_name).expanduser()
+        if folder.is_dir():
+            need = weights_bytes(folder, dtype_size)
+        else:
+            need = hub_weights_bytes(self.model_name, dtype_size, token)
         free = available_memory(self.device)
         if need and free and need * MEMORY_HEADROOM > free:
             raise self._too_large(
@@ -186,9 +209,6 @@ class TransformersBackend(StoryBackend):
     def _load(self, token: str | None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .hosted import find_token
-
-        token = find_token(token)
         kwargs = {"token": token} if token else {}
         where = self.model_name
         try:

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import StoryError
-from .gemma_cache import DISPLAY_NAME, Log, _stderr, ensure_offline_model
+from .gemma_cache import DISPLAY_NAME, Log, ensure_offline_model, log_to_stderr
 from .local import TransformersBackend
 
 
@@ -27,7 +27,7 @@ class OfflineBackend(TransformersBackend):
     name = "offline"
 
     def __init__(
-        self, device: str | None = None, root: str | Path | None = None, log: Log = _stderr
+        self, device: str | None = None, root: str | Path | None = None, log: Log = log_to_stderr
     ):
         folder = ensure_offline_model(root, log)
         self.cache = folder
