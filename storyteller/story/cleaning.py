@@ -27,6 +27,24 @@ _LEADING_LABEL = re.compile(
     re.IGNORECASE,
 )
 _LEAD_CHARS = 80  # decide on a leading label/echo once this much text (or a sentence) is in
+_MIN_REPEAT_WORDS = 4  # shorter sentences ("He smiled.") may honestly recur
+
+
+def _sentence_key(sentence: str) -> str:
+    """A sentence compared loosely: lower case, words only."""
+    return " ".join(re.findall(r"[a-z0-9']+", sentence.lower()))
+
+
+def split_sentences(text: str) -> list[str]:
+    """``text`` cut after every sentence end; each piece keeps its leading white space, and
+    the pieces joined give ``text`` back."""
+    pieces, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        pieces.append(text[start : match.end()])
+        start = match.end()
+    if text[start:]:
+        pieces.append(text[start:])
+    return pieces
 
 
 def last_sentence(text: str) -> str:
@@ -49,6 +67,9 @@ class StreamCleaner:
             the model's text is joined to it with one space.
         joins: labels that mean "the story goes on" (a base model copying its few-shot
             format, ``"\nStory goes on:"``); they are removed and the story continues.
+        seen: the story so far. A sentence of four or more words that is already in it (or
+            was already written in this turn) is dropped: small models like to copy whole
+            sentences and paragraphs back instead of going on.
     """
 
     def __init__(
@@ -57,7 +78,10 @@ class StreamCleaner:
         echo: str = "",
         after_opening: str = "",
         joins: tuple[str, ...] = (),
+        seen: str = "",
     ):
+        self.seen = {_sentence_key(s) for s in split_sentences(seen)}
+        self._pending_space = ""  # white space of a dropped sentence, for the next one kept
         self.stop = tuple(s for s in stop if s)
         self.joins = tuple(j for j in joins if j)
         self.echo = echo.strip()
@@ -120,10 +144,30 @@ class StreamCleaner:
         self._lead_decided = True
         return True
 
+    def _drop_repeats(self, piece: str) -> str:
+        """``piece`` without the sentences the story already has (see ``seen``)."""
+        kept = []
+        for sentence in split_sentences(piece):
+            key = _sentence_key(sentence)
+            if len(key.split()) >= _MIN_REPEAT_WORDS and key in self.seen:
+                space = sentence[: len(sentence) - len(sentence.lstrip())]
+                if "\n" in space or not self._pending_space:
+                    self._pending_space = space  # a paragraph break outlives the sentence
+                continue
+            self.seen.add(key)
+            if self._pending_space:
+                body = sentence.lstrip()
+                space = sentence[: len(sentence) - len(body)]
+                sentence = (space if "\n" in space else self._pending_space or space) + body
+                self._pending_space = ""
+            kept.append(sentence)
+        return "".join(kept)
+
     def _take(self, end: int) -> str:
         piece = self.raw[self.emitted : end]
         if piece:
             self.emitted = end
+            piece = self._drop_repeats(piece)
             self._any_output = self._any_output or bool(piece.strip())
         return piece
 

@@ -89,7 +89,9 @@ class HostedBackend(StoryBackend):
         return f"hosted: {self.model} via {where}"
 
     def stream(self, prompt: StoryPrompt, options: StoryOptions) -> Iterator[str]:
-        cleaner = StreamCleaner(echo=last_sentence(prompt.story) if prompt.story else "")
+        cleaner = StreamCleaner(
+            echo=last_sentence(prompt.story) if prompt.story else "", seen=prompt.story
+        )
         try:
             chunks = self._client.chat_completion(
                 prompt.messages(options),

@@ -352,6 +352,7 @@ class TransformersBackend(StoryBackend):
             echo=last_sentence(prompt.story) if prompt.story and not opening else "",
             after_opening=opening,
             joins=completion.joins,
+            seen=prompt.story,
         )
         thread.start()
         try:
