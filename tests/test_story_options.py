@@ -209,7 +209,6 @@ def test_cleaner_keeps_a_lone_unfinished_sentence():
     ]
 
 
-
 def test_cleaner_drops_sentences_the_story_already_has():
     story = "Two dogs run in the snow. The first dog is named Rocky.\n\nThey were very cold today."
     pieces = clean(
@@ -221,6 +220,7 @@ def test_cleaner_drops_sentences_the_story_already_has():
     # a sentence repeated within the turn goes too; short ones ("He ran.") may recur
     pieces = clean(["He ran. The wind was very loud. He ran. The wind was very loud. End."])
     assert "".join(pieces) == "He ran. The wind was very loud. He ran. End."
+
 
 # -- backend selection ----------------------------------------------------------------------
 
