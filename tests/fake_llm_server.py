@@ -20,6 +20,7 @@ class FakeLLMServer:
 
     def __init__(self, chunks: list[str] | None = None):
         self.chunks = list(chunks or ["The dog ran. ", "It barked at the sea. ", "Then it slept."])
+        self.replies: list[list[str]] | None = None  # set: request i answers replies[i], in turn
         self.status = 200  # != 200: answer with this HTTP error
         self.delay = 0.0  # seconds to wait before answering
         self.fail_after: int | None = None  # chunks to send before an error event
@@ -76,11 +77,14 @@ class FakeLLMServer:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
                 self.end_headers()
-                for i, text in enumerate(fake.chunks):
+                chunks = fake.chunks
+                if fake.replies:
+                    chunks = fake.replies[(len(fake.requests) - 1) % len(fake.replies)]
+                for i, text in enumerate(chunks):
                     if fake.fail_after is not None and i == fake.fail_after:
                         self._event({"error": "the fake model crashed"})
                         return
-                    if i == len(fake.chunks) - 1 and fake.hold_before_last is not None:
+                    if i == len(chunks) - 1 and fake.hold_before_last is not None:
                         fake.hold_before_last.wait(10)
                     self._event(
                         {
