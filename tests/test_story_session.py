@@ -124,6 +124,20 @@ def test_a_model_that_writes_nothing_is_an_error(session, server):
     assert session.turns == []
 
 
+def test_a_turn_that_only_copies_the_story_is_drawn_again(session, server):
+    session.options = StoryOptions(length="short", seed=5)
+    first = ["The black dog ran into the snow. ", "It barked at the grey sea for hours."]
+    server.chunks = first
+    run(session.start(CAPTION))
+    server.replies = [first, ["A storm broke over the sea. ", "The dog hid."]]  # 1st: a copy
+    server.requests.clear()
+    shown = run(session.steer("a storm breaks"))
+    assert session.turns[-1]["text"] == "A storm broke over the sea. The dog hid."
+    assert shown[-1] == session.story
+    seeds = [r["json"].get("seed") for r in server.requests]
+    assert seeds == [5, 6]  # the second draw used another seed
+
+
 def test_a_copied_session_shares_its_backend(session, server):
     import copy
 

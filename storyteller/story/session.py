@@ -9,12 +9,16 @@ abandoned stream mid-turn leaves the history as it was.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 from .backends import StoryBackend, get_backend
 from .errors import StoryError
 from .options import StoryOptions
 from .prompts import StoryPrompt, clean_caption
+
+#: generations tried for one turn before "the model wrote no story text" is reported
+ATTEMPTS = 3
 
 PARAGRAPH = "\n\n"  # each turn is a paragraph of the story
 
@@ -103,15 +107,21 @@ class StorySession:
         before = self.story if keep_history else ""
         prefix = before + PARAGRAPH if before else ""
         text = ""
-        for delta in self.backend.stream(prompt, options):
-            text += delta
-            if text.strip():
-                yield prefix + text.strip()
-        text = text.strip()
+        for attempt in range(ATTEMPTS):
+            # A small model sometimes writes nothing new (only copies of the story so far,
+            # which the backends drop): draw again with another seed before giving up.
+            seed = None if options.seed is None else options.seed + attempt
+            for delta in self.backend.stream(prompt, dataclasses.replace(options, seed=seed)):
+                text += delta
+                if text.strip():
+                    yield prefix + text.strip()
+            text = text.strip()
+            if text:
+                break
         if not text:
             raise StoryError(
-                f"{self.backend.name}: the model wrote no story text this time: try again "
-                "(or raise the temperature)"
+                f"{self.backend.name}: the model wrote no story text ({ATTEMPTS} tries): try "
+                "again (or raise the temperature)"
             )
         turns = self.turns if keep_history else []
         captions = list(prompt.captions) if prompt.kind in ("start", "image") else self.captions
