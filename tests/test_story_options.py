@@ -220,6 +220,8 @@ def test_cleaner_drops_sentences_the_story_already_has():
     # a sentence repeated within the turn goes too; short ones ("He ran.") may recur
     pieces = clean(["He ran. The wind was very loud. He ran. The wind was very loud. End."])
     assert "".join(pieces) == "He ran. The wind was very loud. He ran. End."
+    # copies followed by a half sentence leave nothing, not the half sentence
+    assert clean(["The first dog is named Rocky. And then the"], seen=story) == []
 
 
 # -- backend selection ----------------------------------------------------------------------

@@ -167,8 +167,10 @@ class StreamCleaner:
         piece = self.raw[self.emitted : end]
         if piece:
             self.emitted = end
-            piece = self._drop_repeats(piece)
+            # counted before copies are dropped: a turn of copies plus a half sentence must
+            # not end as that half sentence (see finish)
             self._any_output = self._any_output or bool(piece.strip())
+            piece = self._drop_repeats(piece)
         return piece
 
     # -- API -------------------------------------------------------------------------------
