@@ -32,6 +32,10 @@ from .runtime import autocast, get_device, write_json
 FEATURES_FILE = "features.npy"
 INDEX_FILE = "features.json"
 CACHE_VERSION = 1
+# On a CPU the network, not JPEG decoding, is the bottleneck: small batches, one worker
+# measured fastest (bench/extraction_throughput.py).
+CPU_BATCH_SIZE = 4
+CPU_NUM_WORKERS = 1
 
 
 def load_rgb(source) -> Image.Image:
@@ -189,9 +193,9 @@ def extract_features(
     start = meta["done"]
     on_gpu = device.type == "cuda"
     if batch_size is None:
-        batch_size = 64 if on_gpu else 4
+        batch_size = 64 if on_gpu else CPU_BATCH_SIZE
     if num_workers is None:
-        num_workers = min(4, os.cpu_count() or 1) if on_gpu else 1
+        num_workers = min(4, os.cpu_count() or 1) if on_gpu else CPU_NUM_WORKERS
     loader = DataLoader(
         _ImageFolder(Path(image_dir), names[start:], extractor.transform, spec.preprocessing.crop),
         batch_size=batch_size,

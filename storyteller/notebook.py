@@ -35,6 +35,7 @@ import torch
 from .config import TrainConfig
 from .data import CAPTION_FILES, find_caption_file, find_image_dir
 from .errors import StorytellerError
+from .features import CPU_BATCH_SIZE, CPU_NUM_WORKERS
 from .runtime import describe_hardware, get_device, seed_everything
 
 KAGGLE_ROOT_ENV = "STORYTELLER_KAGGLE_ROOT"
@@ -307,7 +308,7 @@ def adapted_sizes(gpu_count: int, cpu_count: int | None = None) -> Sizes:
     """
     cpu_count = max(1, cpu_count or os.cpu_count() or 1)
     if gpu_count < 1:
-        return Sizes(batch_size=64, feature_batch_size=4, num_workers=1)
+        return Sizes(batch_size=64, feature_batch_size=CPU_BATCH_SIZE, num_workers=CPU_NUM_WORKERS)
     return Sizes(
         batch_size=64 * gpu_count,
         feature_batch_size=64 * gpu_count,
