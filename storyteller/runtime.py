@@ -32,14 +32,24 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+#: Environment variable that sets the default device for every command, the app and the tests
+#: (``cpu`` forces the CPU on a GPU machine; the test suite's ``--device`` option sets it).
+DEVICE_ENV = "STORYTELLER_DEVICE"
+
+
 def get_device(preferred: str | None = None) -> torch.device:
-    """The device to run on: ``preferred`` if given (e.g. ``"cpu"``), else CUDA when present."""
+    """The device to run on: ``preferred`` if given (e.g. ``"cpu"``), else
+    ``$STORYTELLER_DEVICE`` if set, else CUDA when present."""
+    preferred = preferred or os.environ.get(DEVICE_ENV, "").strip() or None
     if preferred:
         device = torch.device(preferred)
         if device.type == "cuda" and not torch.cuda.is_available():
             from .errors import StorytellerError
 
-            raise StorytellerError("--device cuda was asked for, but no CUDA GPU is visible")
+            raise StorytellerError(
+                f"the device '{preferred}' was asked for (--device or ${DEVICE_ENV}), "
+                "but no CUDA GPU is visible"
+            )
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -1,4 +1,12 @@
-"""Shared fixtures: a tiny generated dataset, its features and a briefly trained model."""
+"""Shared fixtures: a tiny generated dataset, its features and a briefly trained model.
+
+The device lane: ``pytest --device cuda`` (or ``cpu``; default ``auto``: CUDA when a GPU is
+visible) sets ``$STORYTELLER_DEVICE`` for the whole session, so every test that trains,
+decodes, extracts or serves runs on that device without being edited, and so do the CLI
+subprocesses the tests start. The header of the run names the device. Tests that only make
+sense on a GPU carry ``@pytest.mark.cuda`` and are skipped, with the reason shown by ``-ra``,
+when none is visible.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +16,55 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FLICKR8K_1K = SHARED_DATA / "flickr8k-1k"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="device for the tests that train, decode, extract or serve (auto: CUDA when visible)",
+    )
+
+
+def _lane(config) -> str:
+    choice = config.getoption("--device")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped, and reported, without)")
+    lane = _lane(config)
+    if lane == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError("--device cuda: no CUDA GPU is visible")
+    os.environ["STORYTELLER_DEVICE"] = lane  # the package's default device, subprocesses too
+
+
+def pytest_report_header(config):
+    lane = _lane(config)
+    name = f" ({torch.cuda.get_device_name(0)})" if lane == "cuda" else ""
+    return f"storyteller test device: {lane}{name}, torch {torch.__version__}"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available() and _lane(config) == "cuda":
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run with --device cuda on a GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig) -> torch.device:
+    """The device of this test run's lane (see the module docstring)."""
+    return torch.device(_lane(pytestconfig))
 
 
 @pytest.fixture(autouse=True)
