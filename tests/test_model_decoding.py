@@ -8,11 +8,11 @@ from storyteller.vocab import Vocabulary
 
 
 @pytest.fixture
-def model():
+def model(device):
+    """A small seeded model on the test lane's device (``pytest --device``)."""
     torch.manual_seed(0)
-    return CaptionModel(
-        ModelConfig(vocab_size=30, feature_dim=12, embed_size=16, hidden_size=24)
-    ).eval()
+    net = CaptionModel(ModelConfig(vocab_size=30, feature_dim=12, embed_size=16, hidden_size=24))
+    return net.to(device).eval()
 
 
 def test_seed_architecture_defaults():
@@ -28,26 +28,28 @@ def test_seed_architecture_defaults():
     assert net.lstm.hidden_size == 512 and net.embed.embedding_dim == 256
 
 
-def test_forward_shapes_and_multilayer(model):
-    logits = model(torch.randn(3, 12), torch.randint(0, 30, (3, 7)))
+def test_forward_shapes_and_multilayer(model, device):
+    logits = model(torch.randn(3, 12, device=device), torch.randint(0, 30, (3, 7), device=device))
     assert logits.shape == (3, 7, 30)
     deep = CaptionModel(
         ModelConfig(vocab_size=30, feature_dim=12, embed_size=8, hidden_size=16, num_layers=2)
-    )
-    h, c, _ = deep.init_state(torch.randn(4, 12))
+    ).to(device)
+    h, c, _ = deep.init_state(torch.randn(4, 12, device=device))
     assert h.shape == c.shape == (2, 4, 16)
-    assert deep(torch.randn(4, 12), torch.randint(0, 30, (4, 5))).shape == (4, 5, 30)
+    assert deep(
+        torch.randn(4, 12, device=device), torch.randint(0, 30, (4, 5), device=device)
+    ).shape == (4, 5, 30)
 
 
-def test_padding_does_not_change_real_positions(model):
-    features = torch.randn(1, 12)
-    captions = torch.tensor([[1, 5, 6, 2]])
-    padded = torch.tensor([[1, 5, 6, 2, 0, 0, 0]])
+def test_padding_does_not_change_real_positions(model, device):
+    features = torch.randn(1, 12, device=device)
+    captions = torch.tensor([[1, 5, 6, 2]], device=device)
+    padded = torch.tensor([[1, 5, 6, 2, 0, 0, 0]], device=device)
     assert torch.allclose(model(features, captions), model(features, padded)[:, :4], atol=1e-6)
 
 
-def test_beam_width_one_equals_greedy(model):
-    features = torch.randn(6, 12)
+def test_beam_width_one_equals_greedy(model, device):
+    features = torch.randn(6, 12, device=device)
     greedy = greedy_decode(model, features, max_length=12)
     beam = [
         h[0].ids
@@ -56,8 +58,8 @@ def test_beam_width_one_equals_greedy(model):
     assert beam == greedy
 
 
-def test_batched_beam_equals_one_image_at_a_time(model):
-    features = torch.randn(5, 12)
+def test_batched_beam_equals_one_image_at_a_time(model, device):
+    features = torch.randn(5, 12, device=device)
     batched = beam_search(model, features, beam_size=4, max_length=10, n_best=4)
     for i in range(5):
         single = beam_search(model, features[i : i + 1], beam_size=4, max_length=10, n_best=4)[0]
@@ -65,9 +67,14 @@ def test_batched_beam_equals_one_image_at_a_time(model):
         assert [h.score for h in single] == pytest.approx([h.score for h in batched[i]], abs=1e-5)
 
 
-def test_n_best_sorted_and_scores_are_consistent(model):
+def test_n_best_sorted_and_scores_are_consistent(model, device):
     hyps = beam_search(
-        model, torch.randn(2, 12), beam_size=5, max_length=10, n_best=5, length_penalty=0.0
+        model,
+        torch.randn(2, 12, device=device),
+        beam_size=5,
+        max_length=10,
+        n_best=5,
+        length_penalty=0.0,
     )
     for image in hyps:
         scores = [h.score for h in image]
@@ -76,55 +83,55 @@ def test_n_best_sorted_and_scores_are_consistent(model):
         assert image[0].score == pytest.approx(image[0].log_prob)  # alpha = 0: no normalisation
 
 
-def test_beam_score_equals_sequence_log_probability(model):
-    features = torch.randn(1, 12)
+def test_beam_score_equals_sequence_log_probability(model, device):
+    features = torch.randn(1, 12, device=device)
     best = beam_search(model, features, beam_size=3, max_length=8, length_penalty=0.0)[0][0]
     state = model.init_state(features)
-    token, total = torch.tensor([1]), 0.0
+    token, total = torch.tensor([1], device=device), 0.0
     sequence = best.ids + ([END_ID] if len(best.ids) < 8 else [])
     for word in sequence:
         log_probs, state = model.step(token, state)
         total += log_probs[0, word].item()
-        token = torch.tensor([word])
+        token = torch.tensor([word], device=device)
     assert best.log_prob == pytest.approx(total, abs=1e-4)
 
 
-def test_beam_search_finds_higher_likelihood_than_greedy(model):
-    features = torch.randn(8, 12)
+def test_beam_search_finds_higher_likelihood_than_greedy(model, device):
+    features = torch.randn(8, 12, device=device)
     greedy = beam_search(model, features, beam_size=1, max_length=10, length_penalty=0.0)
     beam = beam_search(model, features, beam_size=5, max_length=10, length_penalty=0.0)
     for g, b in zip(greedy, beam, strict=True):
         assert b[0].log_prob >= g[0].log_prob - 1e-5
 
 
-def test_length_penalty_prefers_longer_captions(model):
-    features = torch.randn(16, 12)
+def test_length_penalty_prefers_longer_captions(model, device):
+    features = torch.randn(16, 12, device=device)
     short = beam_search(model, features, beam_size=5, max_length=15, length_penalty=0.0)
     long = beam_search(model, features, beam_size=5, max_length=15, length_penalty=2.0)
     mean = lambda hyps: sum(len(h[0].ids) for h in hyps) / len(hyps)  # noqa: E731
     assert mean(long) >= mean(short)
 
 
-def test_never_empty_and_no_special_tokens(model):
-    for ids in greedy_decode(model, torch.randn(10, 12), max_length=6):
+def test_never_empty_and_no_special_tokens(model, device):
+    for ids in greedy_decode(model, torch.randn(10, 12, device=device), max_length=6):
         assert 1 <= len(ids) <= 6 and not {0, 1, 2, 3} & set(ids)
 
 
-def test_generate_captions_chunks(model):
+def test_generate_captions_chunks(model, device):
     vocab = Vocabulary([f"w{i}" for i in range(26)], threshold=1)
-    features = torch.randn(7, 12)
+    features = torch.randn(7, 12, device=device)
     assert generate_captions(model, features, vocab, 3, batch_size=2) == generate_captions(
         model, features, vocab, 3, batch_size=100
     )
 
 
-def test_invalid_beam_arguments(model):
+def test_invalid_beam_arguments(model, device):
     with pytest.raises(ValueError):
-        beam_search(model, torch.randn(1, 12), beam_size=2, n_best=3)
+        beam_search(model, torch.randn(1, 12, device=device), beam_size=2, n_best=3)
 
 
 @pytest.mark.parametrize("inject", ["init", "init+input"])
-def test_variants_decode_consistently(inject):
+def test_variants_decode_consistently(inject, device):
     torch.manual_seed(0)
     config = ModelConfig(
         vocab_size=30,
@@ -134,9 +141,9 @@ def test_variants_decode_consistently(inject):
         feature_norm=True,
         inject=inject,
     )
-    net = CaptionModel(config).eval()
-    features = torch.randn(3, 12)
-    assert net(features, torch.randint(0, 30, (3, 5))).shape == (3, 5, 30)
+    net = CaptionModel(config).to(device).eval()
+    features = torch.randn(3, 12, device=device)
+    assert net(features, torch.randint(0, 30, (3, 5), device=device)).shape == (3, 5, 30)
     greedy = greedy_decode(net, features, max_length=8)
     assert [h[0].ids for h in beam_search(net, features, 1, 8, length_penalty=0.0)] == greedy
     with pytest.raises(ValueError, match="inject"):
