@@ -101,6 +101,43 @@ def _configs(args) -> tuple[TrainConfig, dict]:
     return train, model
 
 
+#: TrainConfig fields that `train` sets from a flag (the others keep their defaults there).
+_TRAIN_FLAGS = {
+    "num_epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "patience": "--patience",
+    "seed": "--seed",
+}
+_MODEL_FLAGS = {
+    "embed_size": "--embed-size",
+    "hidden_size": "--hidden-size",
+    "num_layers": "--num-layers",
+    "dropout": "--dropout",
+    "inject": "--inject",
+}
+
+
+def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = True) -> list[str]:
+    """The ``train`` flags that give these configs back (the inverse of :func:`_configs`), so
+    a notebook can start the same training as a command (e.g. under torchrun)."""
+    defaults = TrainConfig().to_dict()
+    fixed = [k for k, v in train.to_dict().items() if k not in _TRAIN_FLAGS and v != defaults[k]]
+    unknown = [k for k in (model or {}) if k not in _MODEL_FLAGS and k != "feature_norm"]
+    if fixed or unknown:
+        raise StorytellerError(
+            f"the train command has no flag for {', '.join(fixed + unknown)}: "
+            "leave it at its default or call storyteller.pipeline.train_step"
+        )
+    flags = [str(part) for k, f in _TRAIN_FLAGS.items() for part in (f, getattr(train, k))]
+    for key, value in (model or {}).items():
+        if key == "feature_norm":
+            flags += [] if value else ["--no-feature-norm"]
+        else:
+            flags += [_MODEL_FLAGS[key], str(value)]
+    return flags + ([] if resume else ["--no-resume"])
+
+
 def _add_story_parser(sub) -> None:
     from .story.backends import BACKENDS
     from .story.options import GENRES, LENGTHS, TONES, StoryOptions
@@ -297,11 +334,22 @@ def run(args: argparse.Namespace) -> int:
         else:
             pipeline.vocab_step(args.data, args.out, args.threshold, args.seed)
     elif args.command == "train":
+        from .distributed import session
+
         train, model = _configs(args)
-        result = pipeline.train_step(
-            args.data, args.out, train, model, resume=not args.no_resume, device=args.device
-        )
-        print(f"best validation loss {result.best_val_loss:.4f} -> {result.best_checkpoint}")
+        with session(args.device) as (context, device):  # several processes under torchrun
+            result = pipeline.train_step(
+                args.data,
+                args.out,
+                train,
+                model,
+                resume=not args.no_resume,
+                device=device,
+                log=print if context.is_main else _quiet,
+                context=context,
+            )
+        if context.is_main:
+            print(f"best validation loss {result.best_val_loss:.4f} -> {result.best_checkpoint}")
     elif args.command == "evaluate":
         pipeline.evaluate_step(
             args.data,
@@ -319,25 +367,34 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "story":
         return _story(args)
     elif args.command == "run-all":
+        from .distributed import session
+
         train, model = _configs(args)
-        pipeline.run_all(
-            args.data,
-            args.out,
-            args.encoder,
-            train,
-            model,
-            args.threshold,
-            tuple(args.beam),
-            args.length_penalty,
-            args.meteor,
-            args.device,
-            resume=not args.no_resume,
-        )
+        with session(args.device) as (context, device):  # several processes under torchrun
+            pipeline.run_all(
+                args.data,
+                args.out,
+                args.encoder,
+                train,
+                model,
+                args.threshold,
+                tuple(args.beam),
+                args.length_penalty,
+                args.meteor,
+                device,
+                resume=not args.no_resume,
+                log=print if context.is_main else _quiet,
+                context=context,
+            )
     elif args.command == "deploy":
         from .deploy import deploy_space
 
         deploy_space(args.space, args.run, private=args.private, dry_run=args.dry_run)
     return 0
+
+
+def _quiet(_: str) -> None:
+    """The log of a process other than rank 0 under torchrun: rank 0 speaks for all."""
 
 
 def _caption(args) -> int:

@@ -28,6 +28,7 @@ from pathlib import Path
 from .checkpoint import BEST_CHECKPOINT, load_model
 from .config import ModelConfig, TrainConfig
 from .data import CaptionDataset, SkipReport, Split, load_dataset, read_caption_file, split_by_image
+from .distributed import SINGLE_PROCESS, DistContext
 from .encoders import resolve_encoder
 from .errors import StorytellerError
 from .features import extract_features, load_feature_cache
@@ -244,8 +245,12 @@ def train_step(
     device: str | None = None,
     on_epoch=None,
     log: Log = print,
+    context: DistContext = SINGLE_PROCESS,
 ) -> TrainResult:
-    """Train on the cached features; writes ``best_model.pth`` and ``last.pth``."""
+    """Train on the cached features; writes ``best_model.pth`` and ``last.pth``.
+
+    ``context``: this process's place under torchrun (:func:`storyteller.distributed.session`);
+    every process calls this, rank 0 alone writes."""
     train_config = train_config or TrainConfig()
     seed_everything(train_config.seed)
     paths = RunPaths(Path(out))
@@ -269,6 +274,7 @@ def train_step(
         resume=resume,
         on_epoch=on_epoch,
         log=log,
+        context=context,
     )
 
 
@@ -326,15 +332,35 @@ def run_all(
     device: str | None = None,
     resume: bool = True,
     log: Log = print,
-) -> dict[str, dict]:
-    """Every step in order into one folder; safe to re-run (finished steps are reused)."""
+    context: DistContext = SINGLE_PROCESS,
+) -> dict[str, dict] | None:
+    """Every step in order into one folder; safe to re-run (finished steps are reused).
+
+    Under torchrun (``context``) rank 0 extracts features and builds the vocabulary while the
+    other processes wait, every process trains, and rank 0 evaluates; the others return None.
+    """
     train_config = train_config or TrainConfig()
     started = time.perf_counter()
-    data_dir = resolve_data(data, log=log)
     seed_everything(train_config.seed)
-    features_step(data_dir, out, encoder, device=device, log=log)
-    vocab_step(data_dir, out, threshold, seed=train_config.seed, log=log)
-    train_step(data_dir, out, train_config, model_overrides, resume=resume, device=device, log=log)
+    if context.is_main:
+        data_dir = resolve_data(data, log=log)
+        features_step(data_dir, out, encoder, device=device, log=log)
+        vocab_step(data_dir, out, threshold, seed=train_config.seed, log=log)
+    context.barrier()
+    if not context.is_main:
+        data_dir = resolve_data(data, log=lambda _: None)  # ready: rank 0 drew any sample
+    train_step(
+        data_dir,
+        out,
+        train_config,
+        model_overrides,
+        resume=resume,
+        device=device,
+        log=log,
+        context=context,
+    )
+    if not context.is_main:
+        return None
     results = evaluate_step(
         data_dir, out, beam_sizes, length_penalty, meteor, device=device, log=log
     )

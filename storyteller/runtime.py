@@ -70,8 +70,10 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare model inside ``nn.DataParallel`` (so checkpoints never get ``module.`` keys)."""
-    return model.module if isinstance(model, torch.nn.DataParallel) else model
+    """The bare model inside ``nn.DataParallel`` or ``DistributedDataParallel`` (so checkpoints
+    never get ``module.`` keys)."""
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    return model.module if isinstance(model, wrappers) else model
 
 
 @contextlib.contextmanager

@@ -1,7 +1,11 @@
 """Training the captioner on cached features: Adam, cross-entropy that ignores padding,
 gradient clipping, LR on plateau, early stopping, best + last checkpoints, resume.
 
-Runs on the CPU, one GPU (mixed precision) or several (``nn.DataParallel``) with the same code.
+Runs on the CPU, one GPU (mixed precision), several GPUs in one process (``nn.DataParallel``)
+or one process per GPU under torchrun (``DistributedDataParallel``, see
+:mod:`storyteller.distributed`) with the same code. The loop is in small parts:
+:class:`TrainingState` (everything that resumes, saved and restored as one object),
+:func:`train_epoch`, :func:`validate` and :func:`train_model`, which fits.
 """
 
 from __future__ import annotations
@@ -9,12 +13,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    SequentialSampler,
+)
 from tqdm.auto import tqdm
 
 from .checkpoint import (
@@ -26,6 +37,7 @@ from .checkpoint import (
 )
 from .config import ModelConfig, TrainConfig
 from .data import CaptionDataset
+from .distributed import SINGLE_PROCESS, DistContext
 from .errors import StorytellerError
 from .features import FeatureCache
 from .model import CaptionModel
@@ -84,6 +96,17 @@ class TrainResult:
     epochs_run: int
     stopped_early: bool
 
+    @classmethod
+    def from_run(cls, out_dir: str | Path) -> TrainResult:
+        """The result of a finished run, read back from its folder (e.g. after a torchrun)."""
+        out_dir = Path(out_dir)
+        best_path = out_dir / BEST_CHECKPOINT
+        if not best_path.is_file():
+            raise StorytellerError(f"training finished without a best checkpoint in {out_dir}")
+        state = read_checkpoint(out_dir / LAST_CHECKPOINT)
+        history = list(state["history"])
+        return cls(best_path, history, state["best_val_loss"], len(history), state["stopped_early"])
+
 
 def _describe_mismatch(saved: dict, current: dict) -> str:
     diffs = [
@@ -92,6 +115,358 @@ def _describe_mismatch(saved: dict, current: dict) -> str:
         if saved.get(k) != current.get(k)
     ]
     return ", ".join(diffs)
+
+
+# --------------------------------------------------------------------------------------------
+# Random states and the gradient scaler: what makes a resumed run repeat the uninterrupted one
+# --------------------------------------------------------------------------------------------
+
+
+def _cpu_bytes(state) -> torch.Tensor:
+    """An RNG state as the CPU ``ByteTensor`` that ``set_rng_state`` demands, wherever the
+    checkpoint's tensors were loaded (a state mapped onto a GPU is what broke resume on CUDA)."""
+    return torch.as_tensor(state).to(device="cpu", dtype=torch.uint8)
+
+
+def save_rng_states(device: torch.device, context: DistContext = SINGLE_PROCESS) -> dict:
+    """The random states to store in a checkpoint (collective under torchrun: every process
+    must call it).
+
+    One process: the CPU's and, on GPUs, every visible GPU's (``nn.DataParallel`` draws
+    dropout on each). Several processes: each process's CPU and own-GPU state, by rank.
+    """
+    states: dict = {"rng_state": torch.get_rng_state(), "world_size": context.world_size}
+    if context.enabled:
+        own_gpu = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        states["rank_rng_states"] = context.gather({"cpu": torch.get_rng_state(), "cuda": own_gpu})
+        states["cuda_rng_states"] = []
+    else:
+        states["cuda_rng_states"] = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
+    return states
+
+
+def restore_rng_states(
+    checkpoint: dict,
+    device: torch.device,
+    context: DistContext = SINGLE_PROCESS,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Put back the random states :func:`save_rng_states` stored, as far as this machine allows.
+
+    CPU states always come back. GPU states come back only onto as many GPUs as wrote them; a
+    checkpoint moved between a GPU and the CPU (or between process counts) resumes all the
+    same, with a note that dropout draws will differ from an uninterrupted run.
+    """
+    saved_world = int(checkpoint.get("world_size", 1))
+    if saved_world != context.world_size:
+        log(
+            f"note: the checkpoint was written by {saved_world} training process(es), this run "
+            f"has {context.world_size}: random streams restart from the seed, so the result "
+            "will not repeat an uninterrupted run exactly"
+        )
+        return
+    if context.enabled:
+        own = checkpoint["rank_rng_states"][context.rank]
+        torch.set_rng_state(_cpu_bytes(own["cpu"]))
+        gpu_states = [] if own.get("cuda") is None else [own["cuda"]]
+        if device.type == "cuda" and gpu_states:
+            torch.cuda.set_rng_state(_cpu_bytes(gpu_states[0]), device)
+            return
+    else:
+        torch.set_rng_state(_cpu_bytes(checkpoint["rng_state"]))
+        gpu_states = list(checkpoint.get("cuda_rng_states") or [])
+        if device.type == "cuda" and gpu_states:
+            if len(gpu_states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all([_cpu_bytes(s) for s in gpu_states])
+                return
+            log(
+                f"note: the checkpoint holds the random states of {len(gpu_states)} GPU(s) but "
+                f"{torch.cuda.device_count()} are visible: GPU random states restart from the "
+                "seed (dropout draws will differ from an uninterrupted run)"
+            )
+            return
+    if device.type == "cuda" and not gpu_states:
+        log(
+            "note: the checkpoint was written on the CPU: the GPU's random state starts from "
+            "the seed (dropout draws will differ from an uninterrupted run)"
+        )
+    elif device.type != "cuda" and gpu_states:
+        log(
+            f"note: the checkpoint was written on {len(gpu_states)} GPU(s) and resumes on the "
+            "CPU: GPU random states are not used here (dropout draws will differ from an "
+            "uninterrupted run)"
+        )
+
+
+def restore_scaler(
+    scaler: torch.amp.GradScaler, saved: dict, log: Callable[[str], None] = print
+) -> None:
+    """Resume the mixed-precision gradient scaler. Only an enabled scaler (a GPU with AMP) has
+    a state; one from a run without mixed precision (the CPU) leaves this scaler fresh, and a
+    GPU run's scale is simply unused on the CPU."""
+    if not scaler.is_enabled():
+        return
+    if not saved:
+        log(
+            "note: the checkpoint was trained without mixed precision: the gradient scaler starts afresh"
+        )
+        return
+    scaler.load_state_dict(saved)
+
+
+# --------------------------------------------------------------------------------------------
+# Everything that resumes, as one object
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingState:
+    """The model, its optimiser, schedule, gradient scaler, data-order generator and the run's
+    progress: saved into ``last.pth`` after every epoch and restored from it as one object."""
+
+    model: CaptionModel  # the bare model; DataParallel/DDP wrap it only for the forward pass
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # one process's shuffling order (DDP's sampler is seeded instead)
+    epoch: int = 0  # epochs finished
+    history: list[dict] = field(default_factory=list)
+    best_val: float = math.inf
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+    @classmethod
+    def create(
+        cls, model_config: ModelConfig, train_config: TrainConfig, device: torch.device
+    ) -> TrainingState:
+        """A fresh run: the seed recipe's Adam, LR halved on plateau, AMP on a GPU."""
+        model = CaptionModel(model_config).to(device)
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=train_config.lr_factor, patience=train_config.lr_patience
+        )
+        scaler = torch.amp.GradScaler("cuda", enabled=train_config.amp and device.type == "cuda")
+        generator = torch.Generator().manual_seed(train_config.seed)
+        return cls(model, optimizer, scheduler, scaler, generator)
+
+    def end_epoch(self, train_loss: float, val_loss: float, seconds: float, patience: int) -> dict:
+        """Record a finished epoch: schedule, best-so-far, early stopping. Returns its record."""
+        self.scheduler.step(val_loss)
+        improved = val_loss < self.best_val - 1e-4
+        self.best_val = min(self.best_val, val_loss)
+        self.bad_epochs = 0 if improved else self.bad_epochs + 1
+        self.stopped_early = self.bad_epochs >= patience
+        self.epoch += 1
+        record = {
+            "epoch": self.epoch,
+            "train_loss": round(train_loss, 5),
+            "val_loss": round(val_loss, 5),
+            "val_perplexity": round(math.exp(min(val_loss, 50)), 3),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": round(seconds, 2),
+            "best": improved,
+        }
+        self.history.append(record)
+        return record
+
+    def checkpoint_extra(
+        self,
+        train_config: TrainConfig,
+        vocab: Vocabulary,
+        device: torch.device,
+        context: DistContext = SINGLE_PROCESS,
+    ) -> dict:
+        """What ``last.pth`` holds besides the model (collective under torchrun)."""
+        return {
+            "train_config": train_config.to_dict(),
+            "vocab_fingerprint": vocab.fingerprint,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator_state": self.generator.get_state(),
+            **save_rng_states(device, context),
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_val_loss": self.best_val,
+            "bad_epochs": self.bad_epochs,
+            "stopped_early": self.stopped_early,
+        }
+
+    def restore(
+        self,
+        checkpoint: dict,
+        device: torch.device,
+        context: DistContext = SINGLE_PROCESS,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        """Continue from ``checkpoint`` (read onto the CPU; weights and optimiser moments are
+        copied to this run's device by ``load_state_dict``)."""
+        self.model.load_state_dict(strip_module_prefix(checkpoint["model"]))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        restore_scaler(self.scaler, checkpoint.get("scaler") or {}, log)
+        self.generator.set_state(_cpu_bytes(checkpoint["generator_state"]))
+        restore_rng_states(checkpoint, device, context, log)
+        self.history = list(checkpoint["history"])
+        self.best_val = checkpoint["best_val_loss"]
+        self.epoch = checkpoint["epoch"]
+        self.bad_epochs = checkpoint["bad_epochs"]
+        self.stopped_early = checkpoint["stopped_early"]
+
+
+def _check_resumable(checkpoint: dict, path: Path, model_config: ModelConfig, vocab) -> None:
+    if checkpoint["model_config"] != model_config.to_dict():
+        mismatch = _describe_mismatch(checkpoint["model_config"], model_config.to_dict())
+        raise StorytellerError(
+            f"{path} holds a different architecture ({mismatch}); "
+            "use another output folder or pass --no-resume"
+        )
+    if checkpoint.get("vocab_fingerprint") != vocab.fingerprint:
+        raise StorytellerError(f"{path} was trained with another vocabulary; use --no-resume")
+
+
+# --------------------------------------------------------------------------------------------
+# The parts of the loop
+# --------------------------------------------------------------------------------------------
+
+
+def parallelize(
+    model: nn.Module,
+    train_config: TrainConfig,
+    device: torch.device,
+    context: DistContext = SINGLE_PROCESS,
+    log: Callable[[str], None] = print,
+) -> nn.Module:
+    """Wrap the model for several devices: DDP under torchrun, else ``nn.DataParallel`` when
+    one process sees several GPUs (and ``train_config.data_parallel``), else the model itself."""
+    if context.enabled:
+        log(f"DistributedDataParallel over {context.world_size} processes ({device.type})")
+        device_ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+    if train_config.data_parallel and device.type == "cuda" and torch.cuda.device_count() > 1:
+        log(f"using nn.DataParallel over {torch.cuda.device_count()} GPUs")
+        return nn.DataParallel(model)
+    return model
+
+
+def make_loaders(
+    train_set: CaptionPairs,
+    val_set: CaptionPairs,
+    cache: FeatureCache,
+    train_config: TrainConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    context: DistContext = SINGLE_PROCESS,
+) -> tuple[DataLoader, DataLoader]:
+    """Training batches (shuffled; under DDP each process gets its share of every global
+    batch of ``batch_size``) and validation batches (the one-process batches dealt out to the
+    processes in turn, so the summed loss equals the one-process loss)."""
+    collate = make_collate(cache)
+    options = {
+        "collate_fn": collate,
+        "num_workers": train_config.num_workers,
+        "pin_memory": device.type == "cuda",
+    }
+    if context.enabled:
+        per_process = train_config.batch_size // context.world_size
+        if per_process < 1:
+            raise StorytellerError(
+                f"batch size {train_config.batch_size} is smaller than the number of "
+                f"processes ({context.world_size})"
+            )
+        sampler = DistributedSampler(
+            train_set, context.world_size, context.rank, shuffle=True, seed=train_config.seed
+        )
+        train_loader = DataLoader(train_set, per_process, sampler=sampler, **options)
+    else:
+        train_loader = DataLoader(
+            train_set, train_config.batch_size, shuffle=True, generator=generator, **options
+        )
+    val_batches = list(
+        BatchSampler(SequentialSampler(val_set), train_config.batch_size * 2, drop_last=False)
+    )
+    val_loader = DataLoader(
+        val_set, batch_sampler=val_batches[context.rank :: context.world_size], collate_fn=collate
+    )
+    return train_loader, val_loader
+
+
+BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_batch_loss(
+    device: torch.device, use_amp: bool, pad_id: int, label_smoothing: float
+) -> BatchLoss:
+    """``batch_loss(network, features, captions)``: next-word cross-entropy, padding ignored,
+    in float16 autocast on a GPU (a no-op on the CPU)."""
+    loss_fn = nn.CrossEntropyLoss(ignore_index=pad_id, label_smoothing=label_smoothing)
+
+    def batch_loss(network: nn.Module, features: torch.Tensor, captions: torch.Tensor):
+        features = features.to(device, non_blocking=True)  # (B, feature_dim)
+        captions = captions.to(device, non_blocking=True)  # (B, T)
+        inputs, targets = captions[:, :-1], captions[:, 1:]  # (B, T-1) each: the next word
+        with autocast(device, use_amp):
+            logits = network(features, inputs)  # (B, T-1, V)
+        return loss_fn(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+    return batch_loss
+
+
+def train_epoch(
+    network: nn.Module,
+    state: TrainingState,
+    loader: DataLoader,
+    batch_loss: BatchLoss,
+    train_config: TrainConfig,
+    device: torch.device,
+    context: DistContext = SINGLE_PROCESS,
+    desc: str = "train",
+) -> float:
+    """One pass over the training data; the mean loss per caption over every process."""
+    network.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=not context.is_main)
+    for features, captions in bar:
+        loss = batch_loss(network, features, captions)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(network.parameters(), train_config.grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        total, count = total + loss.item() * len(captions), count + len(captions)
+        bar.set_postfix(loss=f"{total / count:.3f}")
+    total, count = context.sum([total, count], device)
+    return total / count
+
+
+def validate(
+    network: nn.Module,
+    loader: DataLoader,
+    batch_loss: BatchLoss,
+    device: torch.device,
+    context: DistContext = SINGLE_PROCESS,
+) -> float:
+    """Mean validation loss per caption over every process, without a graph (no memory blow-up).
+
+    Under DDP the bare model runs: processes may see different numbers of batches, and the
+    wrapper's forward would wait for the others."""
+    if isinstance(network, DistributedDataParallel):
+        network = network.module
+    network.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for features, captions in loader:
+            total += batch_loss(network, features, captions).item() * len(captions)
+            count += len(captions)
+    total, count = context.sum([total, count], device)
+    return total / count
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def train_model(
@@ -106,15 +481,21 @@ def train_model(
     resume: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
     log: Callable[[str], None] = print,
+    context: DistContext = SINGLE_PROCESS,
 ) -> TrainResult:
     """Train on ``splits["train"]``, select by loss on ``splits["val"]``, write checkpoints.
 
     ``out_dir/last.pth`` is written after every epoch (everything needed to resume);
     ``out_dir/best_model.pth`` whenever the validation loss improves. With ``resume`` a run
-    that was interrupted continues from ``last.pth``; its architecture must match.
+    that was interrupted continues from ``last.pth``; its architecture must match. Under
+    torchrun (``context``) every process trains and rank 0 alone writes, logs and calls
+    ``on_epoch``.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if context.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        log = _quiet
     train_config = train_config or TrainConfig()
     device = device or get_device()
     model_config = model_config or ModelConfig(
@@ -125,158 +506,66 @@ def train_model(
             f"model config (vocab {model_config.vocab_size}, features {model_config.feature_dim}) "
             f"does not match the data (vocab {len(vocab)}, features {cache.dim})"
         )
-    generator = torch.Generator().manual_seed(train_config.seed)
-    collate = make_collate(cache)
     train_set = CaptionPairs(cache, dataset, splits["train"], vocab, train_config.max_length)
     val_set = CaptionPairs(cache, dataset, splits["val"], vocab, train_config.max_length)
     if not len(train_set) or not len(val_set):
         raise StorytellerError("the train and validation splits must both hold captioned images")
-    train_loader = DataLoader(
-        train_set,
-        train_config.batch_size,
-        shuffle=True,
-        collate_fn=collate,
-        generator=generator,
-        num_workers=train_config.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    val_loader = DataLoader(val_set, train_config.batch_size * 2, collate_fn=collate)
 
-    model = CaptionModel(model_config).to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=train_config.lr_factor, patience=train_config.lr_patience
-    )
-    use_amp = train_config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = nn.CrossEntropyLoss(
-        ignore_index=vocab.pad_id, label_smoothing=train_config.label_smoothing
-    )
-
-    history: list[dict] = []
-    start_epoch, best_val, bad_epochs, stopped_early = 0, math.inf, 0, False
+    state = TrainingState.create(model_config, train_config, device)
+    if context.enabled:  # the same weights everywhere (DDP copies rank 0's), own dropout draws
+        torch.manual_seed(train_config.seed + context.rank)
     last_path, best_path = out_dir / LAST_CHECKPOINT, out_dir / BEST_CHECKPOINT
     if resume and last_path.is_file():
-        state = read_checkpoint(last_path, map_location=device)
-        if state["model_config"] != model_config.to_dict():
-            raise StorytellerError(
-                f"{last_path} holds a different architecture ({_describe_mismatch(state['model_config'], model_config.to_dict())}); "
-                "use another output folder or pass --no-resume"
-            )
-        if state.get("vocab_fingerprint") != vocab.fingerprint:
-            raise StorytellerError(
-                f"{last_path} was trained with another vocabulary; use --no-resume"
-            )
-        model.load_state_dict(strip_module_prefix(state["model"]))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        generator.set_state(state["generator_state"])
-        torch.set_rng_state(state["rng_state"])  # dropout draws continue as if never stopped
-        if device.type == "cuda" and state.get("cuda_rng_states"):
-            torch.cuda.set_rng_state_all(state["cuda_rng_states"])
-        history, best_val = list(state["history"]), state["best_val_loss"]
-        start_epoch, bad_epochs, stopped_early = (
-            state["epoch"],
-            state["bad_epochs"],
-            state["stopped_early"],
-        )
-        log(f"resuming from {last_path}: {start_epoch} epoch(s) done, best val loss {best_val:.4f}")
-
-    if train_config.data_parallel and device.type == "cuda" and torch.cuda.device_count() > 1:
-        log(f"using nn.DataParallel over {torch.cuda.device_count()} GPUs")
-        model = nn.DataParallel(model)
-
-    def run_batch(features: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
-        features, captions = (
-            features.to(device, non_blocking=True),
-            captions.to(device, non_blocking=True),
-        )
-        inputs, targets = captions[:, :-1], captions[:, 1:]  # (B, T-1) each: predict the next word
-        with autocast(device, use_amp):
-            logits = model(features, inputs)  # (B, T-1, V)
-        return loss_fn(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
-
-    epoch = start_epoch
-    for epoch in range(start_epoch, train_config.num_epochs):
-        if stopped_early:
-            break
-        started = time.perf_counter()
-        model.train()
-        total, count = 0.0, 0
-        bar = tqdm(
-            train_loader,
-            desc=f"epoch {epoch + 1}/{train_config.num_epochs}",
-            leave=False,
-            unit="batch",
-        )
-        for features, captions in bar:
-            loss = run_batch(features, captions)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            total, count = total + loss.item() * len(captions), count + len(captions)
-            bar.set_postfix(loss=f"{total / count:.3f}")
-        train_loss = total / count
-
-        model.eval()
-        total, count = 0.0, 0
-        with torch.inference_mode():  # no graph kept: validation cannot run out of memory
-            for features, captions in val_loader:
-                total += run_batch(features, captions).item() * len(captions)
-                count += len(captions)
-        val_loss = total / count
-        scheduler.step(val_loss)
-
-        improved = val_loss < best_val - 1e-4
-        best_val = min(best_val, val_loss)
-        bad_epochs = 0 if improved else bad_epochs + 1
-        stopped_early = bad_epochs >= train_config.patience
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": round(train_loss, 5),
-            "val_loss": round(val_loss, 5),
-            "val_perplexity": round(math.exp(min(val_loss, 50)), 3),
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - started, 2),
-            "best": improved,
-        }
-        history.append(record)
-        extra = {
-            "train_config": train_config.to_dict(),
-            "vocab_fingerprint": vocab.fingerprint,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "generator_state": generator.get_state(),
-            "rng_state": torch.get_rng_state(),
-            "cuda_rng_states": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-            "epoch": epoch + 1,
-            "history": history,
-            "best_val_loss": best_val,
-            "bad_epochs": bad_epochs,
-            "stopped_early": stopped_early,
-        }
-        if improved:
-            save_checkpoint(best_path, model, **extra)
-        save_checkpoint(last_path, model, **extra)  # after best: resume never skips a best save
-        write_json(out_dir / HISTORY_FILE, history)
-        plot_loss_curves(history, out_dir / LOSS_CURVE_FILE)
+        # Onto the CPU: RNG states must stay there; load_state_dict copies the rest over.
+        checkpoint = read_checkpoint(last_path, map_location="cpu")
+        _check_resumable(checkpoint, last_path, model_config, vocab)
+        state.restore(checkpoint, device, context, log)
         log(
-            f"epoch {epoch + 1:>3}/{train_config.num_epochs}  train {train_loss:.4f}  val {val_loss:.4f}  "
-            f"ppl {record['val_perplexity']:.1f}  lr {record['lr']:.2g}  {record['seconds']:.1f}s"
-            + ("  *best*" if improved else "")
+            f"resuming from {last_path}: {state.epoch} epoch(s) done, "
+            f"best val loss {state.best_val:.4f}"
         )
-        if on_epoch is not None:
-            on_epoch(record)
-        if stopped_early:
-            log(f"early stopping: no better validation loss for {bad_epochs} epoch(s)")
 
+    network = parallelize(state.model, train_config, device, context, log)
+    train_loader, val_loader = make_loaders(
+        train_set, val_set, cache, train_config, device, state.generator, context
+    )
+    batch_loss = make_batch_loss(
+        device, state.scaler.is_enabled(), vocab.pad_id, train_config.label_smoothing
+    )
+    for epoch in range(state.epoch, train_config.num_epochs):
+        if state.stopped_early:
+            break
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)  # a new order every epoch, the same on resume
+        started = time.perf_counter()
+        desc = f"epoch {epoch + 1}/{train_config.num_epochs}"
+        train_loss = train_epoch(
+            network, state, train_loader, batch_loss, train_config, device, context, desc
+        )
+        val_loss = validate(network, val_loader, batch_loss, device, context)
+        record = state.end_epoch(
+            train_loss, val_loss, time.perf_counter() - started, train_config.patience
+        )
+        extra = state.checkpoint_extra(train_config, vocab, device, context)
+        if context.is_main:
+            if record["best"]:
+                save_checkpoint(best_path, state.model, **extra)
+            save_checkpoint(last_path, state.model, **extra)  # after best: resume never skips one
+            write_json(out_dir / HISTORY_FILE, state.history)
+            plot_loss_curves(state.history, out_dir / LOSS_CURVE_FILE)
+            log(
+                f"epoch {record['epoch']:>3}/{train_config.num_epochs}  train {train_loss:.4f}  "
+                f"val {val_loss:.4f}  ppl {record['val_perplexity']:.1f}  lr {record['lr']:.2g}  "
+                f"{record['seconds']:.1f}s" + ("  *best*" if record["best"] else "")
+            )
+            if on_epoch is not None:
+                on_epoch(record)
+        if state.stopped_early:
+            log(f"early stopping: no better validation loss for {state.bad_epochs} epoch(s)")
+
+    context.barrier()  # every process sees rank 0's files before it returns
     if not best_path.is_file():
         raise StorytellerError(f"training finished without a best checkpoint in {out_dir}")
-    return TrainResult(best_path, history, best_val, len(history), stopped_early)
+    return TrainResult(
+        best_path, state.history, state.best_val, len(state.history), state.stopped_early
+    )
