@@ -1,3 +1,4 @@
+import contextlib
 import json
 
 import pytest
@@ -9,6 +10,7 @@ from storyteller.config import ModelConfig, TrainConfig
 from storyteller.errors import StorytellerError
 from storyteller.model import CaptionModel
 from storyteller.runtime import torch_save_atomic
+from storyteller.train import TrainingState, parallelize, restore_rng_states, restore_scaler
 from storyteller.vocab import Vocabulary
 
 SMALL = {"hidden_size": 64, "embed_size": 32}
@@ -153,3 +155,137 @@ def test_early_stopping(tiny_data, tiny_run, tmp_path):
         log=quiet,
     )
     assert result.stopped_early and result.epochs_run < 30
+
+
+# --------------------------------------------------------------------------------------------
+# Resume across devices. CI has no GPU, so a checkpoint "written on a GPU" is made the way
+# CUDA code writes one: every tensor stored with the location "cuda:0", the random states of
+# two GPUs, and the gradient scaler of a mixed-precision run.
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _storages_tagged(location: str):
+    """``torch.save`` inside this block records every tensor as living on ``location``."""
+    import torch.serialization as serialization
+
+    def tag(storage):
+        return location
+
+    serialization.register_package(-100, tag, lambda storage, where: None)
+    try:
+        yield
+    finally:
+        serialization._package_registry[:] = [
+            entry for entry in serialization._package_registry if entry[1] is not tag
+        ]
+
+
+def _as_if_written_on_two_gpus(path):
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["cuda_rng_states"] = [torch.randint(0, 255, (16,), dtype=torch.uint8)] * 2
+    checkpoint["scaler"] = {
+        "scale": 32768.0,
+        "growth_factor": 2.0,
+        "backoff_factor": 0.5,
+        "growth_interval": 2000,
+        "_growth_tracker": 7,
+    }
+    with _storages_tagged("cuda:0"):
+        torch.save(checkpoint, path)
+
+
+def test_checkpoint_written_on_gpus_resumes_on_the_cpu(tiny_data, tiny_run, tmp_path):
+    config = TrainConfig(num_epochs=3, batch_size=32, patience=10)
+    straight = _fresh_run(tiny_data, tiny_run, tmp_path / "straight")
+    pipeline.train_step(tiny_data, straight, config, SMALL, log=quiet)
+    run = _fresh_run(tiny_data, tiny_run, tmp_path / "gpu-written")
+
+    def die_after_first_epoch(record):
+        raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        pipeline.train_step(
+            tiny_data, run, config, SMALL, on_epoch=die_after_first_epoch, log=quiet
+        )
+    _as_if_written_on_two_gpus(run / "last.pth")
+    if not torch.cuda.is_available():  # the file really is GPU-shaped: plain torch.load fails
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(run / "last.pth", weights_only=True)
+
+    messages = []
+    result = pipeline.train_step(tiny_data, run, config, SMALL, device="cpu", log=messages.append)
+    assert any("written on 2 GPU(s) and resumes on the CPU" in m for m in messages)
+    assert any("resuming from" in m for m in messages)
+    expected = json.loads((straight / "history.json").read_text())
+    # The CPU random state and the data order came back: the run repeats the uninterrupted one.
+    assert [h["val_loss"] for h in result.history] == pytest.approx(
+        [h["val_loss"] for h in expected], rel=1e-4
+    )
+
+
+def _gpu_checkpoint_states(count: int) -> dict:
+    return {
+        "rng_state": torch.get_rng_state(),
+        "cuda_rng_states": [torch.full((16,), i, dtype=torch.uint8) for i in range(count)],
+    }
+
+
+def test_gpu_random_states_come_back_onto_as_many_gpus(monkeypatch):
+    restored = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    cuda = torch.device("cuda")
+    messages = []
+    restore_rng_states(_gpu_checkpoint_states(2), cuda, log=messages.append)
+    assert [s[0].item() for s in restored] == [0, 1] and not messages
+    assert all(s.device.type == "cpu" and s.dtype == torch.uint8 for s in restored)
+
+    restored.clear()
+    restore_rng_states(_gpu_checkpoint_states(4), cuda, log=messages.append)  # 4 GPUs wrote it
+    assert not restored and "4 GPU(s) but 2 are visible" in messages[-1]
+    restore_rng_states({"rng_state": torch.get_rng_state()}, cuda, log=messages.append)
+    assert not restored and "written on the CPU" in messages[-1]
+
+
+def test_random_states_are_cpu_bytes_wherever_they_were_loaded():
+    """The CUDA failure: a state mapped off the CPU (or to another dtype) must still restore."""
+    generator = torch.Generator().manual_seed(3)
+    saved = generator.get_state()
+    expected = torch.rand(4, generator=generator)
+    state = TrainingState.create(
+        ModelConfig(vocab_size=10, feature_dim=4), TrainConfig(), torch.device("cpu")
+    )
+    checkpoint = {
+        **state.checkpoint_extra(TrainConfig(), Vocabulary(["a"], 1), torch.device("cpu")),
+        "model": state.model.state_dict(),
+        "generator_state": saved.to(torch.int64),  # not a ByteTensor any more
+    }
+    state.restore(checkpoint, torch.device("cpu"), log=quiet)
+    assert torch.equal(torch.rand(4, generator=state.generator), expected)
+
+
+def test_gradient_scaler_resumes_only_what_it_has():
+    messages = []
+    enabled = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)  # stands in for CUDA
+    restore_scaler(enabled, {}, log=messages.append)  # a CPU checkpoint resumed with AMP on
+    assert enabled.get_scale() == 1024.0 and "without mixed precision" in messages[0]
+    gpu_state = {**torch.amp.GradScaler("cpu", init_scale=512.0).state_dict()}
+    restore_scaler(enabled, gpu_state, log=messages.append)
+    assert enabled.get_scale() == 512.0
+    disabled = torch.amp.GradScaler("cpu", enabled=False)  # a GPU checkpoint resumed on the CPU
+    restore_scaler(disabled, gpu_state, log=messages.append)
+    assert not disabled.is_enabled() and len(messages) == 1
+
+
+def test_one_process_with_several_gpus_wraps_in_dataparallel(monkeypatch):
+    model = CaptionModel(ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4))
+    cuda = torch.device("cuda")
+    messages = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    wrapped = parallelize(model, TrainConfig(), cuda, log=messages.append)
+    assert isinstance(wrapped, torch.nn.DataParallel) and "2 GPUs" in messages[0]
+    assert parallelize(model, TrainConfig(data_parallel=False), cuda, log=quiet) is model
+    assert parallelize(model, TrainConfig(), torch.device("cpu"), log=quiet) is model
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert parallelize(model, TrainConfig(), cuda, log=quiet) is model
