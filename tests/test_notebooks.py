@@ -24,6 +24,7 @@ from conftest import cli as _cli
 from storyteller import nbtools
 from storyteller import notebook as nbmod
 from storyteller.errors import StorytellerError
+from storyteller.runtime import DEVICE_ENV
 from storyteller.sample import generate_sample_dataset
 
 NOTEBOOKS = nbtools.series()
@@ -299,6 +300,7 @@ def test_sizes_follow_the_gpu_count(gpus, cpus, expected):
 
 
 def test_setup_with_two_faked_gpus(clean_env, tiny_data, monkeypatch):
+    monkeypatch.delenv(DEVICE_ENV, raising=False)  # the test lane's device would win over auto
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Tesla T4")
