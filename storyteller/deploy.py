@@ -20,6 +20,7 @@ passed to ``HfApi`` only, never printed, logged or written into the folder.
 from __future__ import annotations
 
 import getpass
+import importlib.util
 import re
 import shutil
 import sys
@@ -65,9 +66,24 @@ def check_space_id(space: str) -> str:
     return name
 
 
-def _space_readme(space_title: str) -> str:
-    import gradio
+def gradio_version() -> str:
+    """The installed Gradio's version, which the Space's README pins (``sdk_version``).
 
+    Read from the distribution's metadata (no slow ``import gradio``). Raises
+    :class:`StorytellerError` saying what to install when Gradio is missing.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("gradio")
+    except metadata.PackageNotFoundError:
+        raise StorytellerError(
+            "the Space folder needs gradio (its README names the Gradio version the Space "
+            "runs): pip install 'gradio>=5.0' (the package's app extra), then try again"
+        ) from None
+
+
+def _space_readme(space_title: str, sdk_version: str) -> str:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     return f"""---
 title: {space_title}
@@ -75,7 +91,7 @@ emoji: 📖
 colorFrom: indigo
 colorTo: yellow
 sdk: gradio
-sdk_version: {gradio.__version__}
+sdk_version: {sdk_version}
 app_file: {APP_FILE}
 python_version: "{python}"
 pinned: false
@@ -140,6 +156,7 @@ def build_space_folder(
             )
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise StorytellerError(f"{dest} already exists and is not empty: choose a new folder")
+    sdk_version = gradio_version()  # checked before anything is written
 
     vocab = Vocabulary.load(vocab_path)
     dest.mkdir(parents=True, exist_ok=True)
@@ -148,7 +165,7 @@ def build_space_folder(
     for name, path in sources.items():
         shutil.copy2(path, dest / name)
     shutil.copytree(PACKAGE_DIR, dest / PACKAGE_DIR.name, ignore=_IGNORED)
-    (dest / "README.md").write_text(_space_readme(title), encoding="utf-8")
+    (dest / "README.md").write_text(_space_readme(title, sdk_version), encoding="utf-8")
     size_mb = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 1e6
     log(f"Space folder written to {dest} ({size_mb:.1f} MB)")
     return dest
@@ -217,6 +234,11 @@ def deploy_space(
         folder = build_space_folder(run_dir, dry_run, title=space.split("/")[1], log=log)
         log(f"dry run: nothing uploaded; to deploy: python -m storyteller deploy --space {space}")
         return str(folder)
+    if importlib.util.find_spec("huggingface_hub") is None:
+        raise StorytellerError(
+            "pushing the Space needs huggingface_hub: pip install 'huggingface_hub>=0.30' (the "
+            "package's app extra), or build the folder only (--dry-run DIR) and upload it by hand"
+        )
     from huggingface_hub import HfApi
     from huggingface_hub import errors as hub_errors
 

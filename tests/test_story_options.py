@@ -273,6 +273,19 @@ def test_offline_not_installed_is_a_clear_error(monkeypatch, tmp_path):
         gemma_cache.ensure_offline_model(tmp_path)
 
 
+def test_offline_without_transformers_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "transformers" else find_spec(name, *a),
+    )
+    with pytest.raises(StoryError, match="offline: transformers is not installed: pip install"):
+        get_backend("offline")
+
+
 def test_unknown_backend_and_missing_model():
     with pytest.raises(StoryError, match="unknown story backend 'gpt'"):
         get_backend("gpt")

