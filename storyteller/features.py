@@ -163,8 +163,7 @@ def apply_exif_orientation(image: torch.Tensor, orientation: int) -> torch.Tenso
 class _ImageBytes(_ImageFolder):
     """Worker half of ``decode_on="device"``: a JPEG's bytes and EXIF orientation, nothing
     decoded; any other file is preprocessed here by the PIL path, as :class:`_ImageFolder`
-    does. Items: ``("jpeg", bytes (n,) uint8, orientation)`` or ``("pixels", (3, crop, crop),
-    ok)``."""
+    does. Items: ``("jpeg", bytes, orientation)`` or ``("pixels", (3, crop, crop), ok)``."""
 
     def __getitem__(self, i: int):
         try:
@@ -175,12 +174,28 @@ class _ImageBytes(_ImageFolder):
         if orientation is None:
             pixels, ok = super().__getitem__(i)
             return "pixels", pixels, ok
-        return "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation
+        return "jpeg", data, orientation
 
 
-def _as_list(items: list) -> list:
-    """Collate for :class:`_ImageBytes`: images differ in size, so nothing can be stacked."""
-    return items
+def _pack_batch(items: list) -> tuple[torch.Tensor, list]:
+    """Collate for :class:`_ImageBytes` (runs in the worker): the batch's JPEG bytes packed
+    into one tensor, since a worker hands each tensor over as its own shared-memory block
+    (64 separate ones cost the main process 14 ms a batch, one 1.6 ms, on a 2-core machine).
+
+    -> blob (total,) uint8, and per image ``("jpeg", start, end, orientation)`` (its bytes are
+    ``blob[start:end]``) or the worker's ``("pixels", (3, crop, crop), ok)``.
+    """
+    sizes = [len(item[1]) if item[0] == "jpeg" else 0 for item in items]
+    blob = torch.empty(sum(sizes), dtype=torch.uint8)  # (total,)
+    view, start, entries = blob.numpy(), 0, []
+    for item, size in zip(items, sizes, strict=True):
+        if item[0] != "jpeg":
+            entries.append(item)
+            continue
+        view[start : start + size] = np.frombuffer(item[1], dtype=np.uint8)
+        entries.append(("jpeg", start, start + size, item[2]))
+        start += size
+    return blob, entries
 
 
 def _decode_jpeg_accepts_list() -> bool:
@@ -217,8 +232,8 @@ def resolve_decode_on(decode_on: str, device: torch.device) -> str:
 
 
 class _DeviceDecoder:
-    """Main-process half of ``decode_on="device"``: a batch of :class:`_ImageBytes` items ->
-    pixels on the device. JPEGs are decoded in one call (nvJPEG batches them on a GPU); a
+    """Main-process half of ``decode_on="device"``: a batch of :class:`_ImageBytes` items
+    (packed by :func:`_pack_batch`) -> pixels on the device. JPEGs are decoded in one call (nvJPEG batches them on a GPU); a
     JPEG the decoder rejects is decoded again by PIL, and is unreadable only if PIL fails too.
     """
 
@@ -258,20 +273,23 @@ class _DeviceDecoder:
         except Exception:
             return None
 
-    def __call__(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """items -> pixels (B, 3, crop, crop) float32 on the device, ok (B,) bool."""
+    def __call__(self, batch: tuple[torch.Tensor, list]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`_pack_batch`'s output -> pixels (B, 3, crop, crop) float32 on the device,
+        ok (B,) bool."""
+        blob, entries = batch
         crop = self.preprocessing.crop
-        pixels = torch.zeros(len(items), 3, crop, crop, device=self.device)  # (B, 3, crop, crop)
-        ok = torch.ones(len(items), dtype=torch.bool)
-        rows = [row for row, item in enumerate(items) if item[0] == "jpeg"]
-        decoded = self._decode([items[row][1] for row in rows]) if rows else []
+        pixels = torch.zeros(len(entries), 3, crop, crop, device=self.device)  # (B, 3, crop, crop)
+        ok = torch.ones(len(entries), dtype=torch.bool)
+        rows = [row for row, entry in enumerate(entries) if entry[0] == "jpeg"]
+        datas = [blob[entries[row][1] : entries[row][2]] for row in rows]  # (n_i,) uint8 each
+        decoded = self._decode(datas) if rows else []
         upright, upright_rows = [], []
-        for row, image in zip(rows, decoded, strict=True):
+        for row, data, image in zip(rows, datas, decoded, strict=True):
             if image is not None and image.dim() == 3 and image.shape[0] == 3:
-                upright.append(apply_exif_orientation(image, items[row][2]))  # (3, H, W)
+                upright.append(apply_exif_orientation(image, entries[row][3]))  # (3, H, W)
                 upright_rows.append(row)
                 continue
-            fallback = self._pil(items[row][1])
+            fallback = self._pil(data)
             if fallback is None:
                 ok[row] = False
             else:
@@ -279,11 +297,11 @@ class _DeviceDecoder:
                 self.pil_fallbacks += 1
         if upright:
             pixels[upright_rows] = self.preprocessing.tensor_transform(upright)
-        for row, item in enumerate(items):
-            if item[0] == "pixels":  # preprocessed by PIL in the worker
-                pixels[row] = item[1].to(self.device)
-                ok[row] = bool(item[2])
-                self.pil_fallbacks += bool(item[2])
+        for row, entry in enumerate(entries):
+            if entry[0] == "pixels":  # preprocessed by PIL in the worker
+                pixels[row] = entry[1].to(self.device)
+                ok[row] = bool(entry[2])
+                self.pil_fallbacks += bool(entry[2])
         return pixels, ok
 
 
@@ -404,7 +422,7 @@ def extract_features(
         folder,
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=None if decoder is None else _as_list,
+        collate_fn=None if decoder is None else _pack_batch,
         pin_memory=on_gpu and decoder is None,  # file bytes gain nothing from pinning
     )
     row = start
