@@ -16,6 +16,7 @@ import sys
 from .config import TrainConfig
 from .encoders import ENCODERS
 from .errors import StorytellerError
+from .features import DECODE_CHOICES
 
 
 def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -211,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="image-decoding workers (default: 4 on a GPU, 1 on a CPU)",
     )
+    p.add_argument(
+        "--decode-on",
+        choices=DECODE_CHOICES,
+        default="auto",
+        help="where JPEGs are decoded: auto (default: on the GPU when there is one), cpu "
+        "(PIL in the workers) or device (torchvision on the --device)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
 
     p = sub.add_parser(
@@ -323,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
             args.workers,
             args.overwrite,
             args.device,
+            decode_on=args.decode_on,
         )
     elif args.command == "vocab":
         if args.captions and args.data:

@@ -15,12 +15,14 @@ name                      dim    weights
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
 
 from .errors import StorytellerError
 
@@ -53,6 +55,31 @@ class Preprocessing:
                 transforms.Normalize(self.mean, self.std),
             ]
         )
+
+    def tensor_transform(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The same steps for images decoded into uint8 tensors, on whatever device holds
+        them (GPU decoding): torchvision computes the same output sizes for tensors as for PIL
+        images, and the resize is rounded to 8 bits before scaling, as PIL's is, so the
+        pixels agree with :meth:`transform` to about one grey level. Images of one size are
+        resized together: a batch costs a few kernel launches, not one per image.
+
+        images: N tensors (3, H_i, W_i) uint8 on one device -> (N, 3, crop, crop) float32.
+        """
+        device = images[0].device
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)  # (1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)  # (1, 3, 1, 1)
+        pixels = torch.empty(len(images), 3, self.crop, self.crop, device=device)
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(tuple(image.shape), []).append(i)
+        for rows in by_size.values():
+            batch = torch.stack([images[i] for i in rows])  # (n, 3, H, W) uint8
+            batch = TF.resize(  # (n, 3, h, w), short side = resize
+                batch, [self.resize], interpolation=InterpolationMode.BILINEAR, antialias=True
+            )
+            batch = TF.center_crop(batch, [self.crop])  # (n, 3, crop, crop) uint8
+            pixels[rows] = (batch.float() / 255 - mean) / std  # (n, 3, crop, crop)
+        return pixels
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

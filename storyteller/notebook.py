@@ -35,7 +35,7 @@ import torch
 from .config import TrainConfig
 from .data import CAPTION_FILES, find_caption_file, find_image_dir
 from .errors import StorytellerError
-from .features import CPU_BATCH_SIZE, CPU_NUM_WORKERS
+from .features import CPU_BATCH_SIZE, CPU_NUM_WORKERS, GPU_BATCH_SIZE, GPU_NUM_WORKERS
 from .runtime import describe_hardware, get_device, seed_everything
 
 KAGGLE_ROOT_ENV = "STORYTELLER_KAGGLE_ROOT"
@@ -295,7 +295,7 @@ class Sizes:
 
     batch_size: int  # training batch (nn.DataParallel splits it across the GPUs)
     feature_batch_size: int  # images per batch at feature extraction
-    num_workers: int  # JPEG-decoding worker processes at feature extraction
+    num_workers: int  # worker processes reading (on a CPU: decoding) images at extraction
 
 
 def adapted_sizes(gpu_count: int, cpu_count: int | None = None) -> Sizes:
@@ -303,16 +303,17 @@ def adapted_sizes(gpu_count: int, cpu_count: int | None = None) -> Sizes:
 
     * training: 64 captions per GPU (the seed recipe's 64 on one device; DataParallel gives
       each of Kaggle's two T4s a 64 share of a 128 batch); 64 on the CPU;
-    * extraction: 64 images per GPU with one decoding worker per core (JPEG decoding, not the
-      GPU, is the bottleneck there); on the CPU the package's measured defaults, 4 and 1.
+    * extraction: the package's defaults (``storyteller.features``): on a GPU 64 images per
+      GPU and a few workers that only read file bytes (JPEGs are decoded on the GPU); on the
+      CPU the measured 4 and 1.
     """
     cpu_count = max(1, cpu_count or os.cpu_count() or 1)
     if gpu_count < 1:
         return Sizes(batch_size=64, feature_batch_size=CPU_BATCH_SIZE, num_workers=CPU_NUM_WORKERS)
     return Sizes(
         batch_size=64 * gpu_count,
-        feature_batch_size=64 * gpu_count,
-        num_workers=min(cpu_count, 8),
+        feature_batch_size=GPU_BATCH_SIZE * gpu_count,
+        num_workers=min(cpu_count, GPU_NUM_WORKERS),
     )
 
 

@@ -94,9 +94,11 @@ def features_step(
     overwrite: bool = False,
     device: str | None = None,
     log: Log = print,
+    decode_on: str = "auto",
 ) -> Path:
     """Extract and cache one feature vector per image. ``encoder=None``: ResNet50, or the
-    offline EfficientNet-Lite0 when ResNet50 weights cannot be downloaded."""
+    offline EfficientNet-Lite0 when ResNet50 weights cannot be downloaded. ``decode_on``:
+    where JPEGs are decoded (``auto``: on a GPU when there is one; see ``extract_features``)."""
     paths = RunPaths(Path(out))
     dataset = load_dataset(resolve_data(data, log=log))
     existing = paths.features / "features.json"
@@ -114,6 +116,7 @@ def features_step(
         device=get_device(device),
         overwrite=overwrite,
         encoder=module,
+        decode_on=decode_on,
     )
     return paths.features
 

@@ -1,9 +1,12 @@
+import io
 import json
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from bad_images import make_bad_images
+from conftest import FLICKR8K_1K
 from PIL import Image
 
 from storyteller.data import load_dataset
@@ -161,3 +164,214 @@ def test_load_rgb_applies_exif_rotation(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_rgb(Image.open(path)).size == (20, 40)
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding on the device (decode_on="device"): tested on the lane's device, CPU included
+# --------------------------------------------------------------------------------------------
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine similarity of two (N, dim) feature matrices -> (N,)."""
+    return torch.nn.functional.cosine_similarity(a, b, dim=1)
+
+
+def _extract_both_ways(image_dir, names, out, device, **kwargs):
+    """The same images through the PIL path and the device path -> the two caches."""
+    for decode_on in ("cpu", "device"):
+        extract_features(
+            image_dir,
+            names,
+            out / decode_on,
+            "efficientnet_lite0",
+            device=device,
+            decode_on=decode_on,
+            **kwargs,
+        )
+    return load_feature_cache(out / "cpu"), load_feature_cache(out / "device")
+
+
+def test_tensor_preprocessing_matches_pil_within_one_grey_level(tiny_data, device):
+    dataset = load_dataset(tiny_data)
+    preprocessing = ENCODERS["efficientnet_lite0"].preprocessing
+    paths = [dataset.image_dir / name for name in sorted(dataset.images)[:6]]
+    pil = torch.stack([preprocessing.transform()(load_rgb(path)) for path in paths])
+    decoded = [
+        torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1).to(device)  # (3, H, W)
+        for path in paths
+    ]
+    pixels = preprocessing.tensor_transform(decoded).cpu()  # (6, 3, 224, 224)
+    std = torch.tensor(preprocessing.std).view(1, 3, 1, 1)
+    grey_levels = ((pixels - pil) * std * 255).abs()
+    assert pixels.shape == pil.shape and grey_levels.max() <= 1.01  # measured: 1.0
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_on_tensors_matches_pil(orientation, device):
+    from PIL import ImageOps
+
+    from storyteller.features import apply_exif_orientation
+
+    array = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(buffer)))  # (H', W', 3)
+    tensor = torch.from_numpy(array).permute(2, 0, 1).to(device)  # (3, 5, 7)
+    upright = apply_exif_orientation(tensor, orientation).permute(1, 2, 0).cpu().numpy()
+    assert upright.shape == expected.shape and (upright == expected).all()
+
+
+def test_device_decoding_matches_the_pil_path(tiny_data, tmp_path, device):
+    dataset = load_dataset(tiny_data)
+    pil, on_device = _extract_both_ways(
+        dataset.image_dir, dataset.images, tmp_path, device, batch_size=16, num_workers=0
+    )
+    assert pil.names == on_device.names
+    assert _cosines(pil.features, on_device.features).min() > 0.99  # measured on CPU: 0.9999
+    assert pil.meta["decode"] == ["pil"] and "pil_fallbacks" not in pil.meta
+    assert on_device.meta["decode"] == [f"torchvision:{device.type}"]
+    assert on_device.meta["pil_fallbacks"] == 0  # every sample image is a plain JPEG
+
+
+@pytest.mark.skipif(not FLICKR8K_1K.is_dir(), reason="needs ../shared/data/flickr8k-1k")
+def test_device_decoding_matches_the_pil_path_on_real_photos(tmp_path, device):
+    dataset = load_dataset(FLICKR8K_1K)
+    names = sorted(dataset.images)[:32]
+    pil, on_device = _extract_both_ways(dataset.image_dir, names, tmp_path, device)
+    cosines = _cosines(pil.features, on_device.features)
+    assert pil.names == on_device.names == names
+    assert cosines.min() > 0.99  # measured on CPU: min 0.9986, mean 0.9996 (64 photos)
+
+
+def _odd_files(tiny_data, folder) -> tuple[list[str], set[str]]:
+    """Good JPEGs plus every kind of awkward file -> (names, the ones nobody can read)."""
+    dataset = load_dataset(tiny_data)
+    bad = make_bad_images(folder)
+    del bad["huge"]  # a valid 9000 x 9000 PNG: slow, and it adds nothing here
+    good = sorted(dataset.images)[:5]
+    for name in good:
+        (folder / name).write_bytes((dataset.image_dir / name).read_bytes())
+    unreadable = {bad[kind][0].name for kind in ("corrupted", "truncated", "not_an_image")}
+    unreadable |= {bad["empty"][0].name, bad["bomb"][0].name}
+    return good + sorted(path.name for path, _ in bad.values()), unreadable
+
+
+def test_device_decoding_falls_back_to_pil_and_reports_unreadable_files(
+    tiny_data, tmp_path, device, monkeypatch
+):
+    import torchvision.io
+
+    folder = tmp_path / "Images"
+    names, unreadable = _odd_files(tiny_data, folder)
+    # One valid JPEG that the device decoder rejects: PIL must decode it instead.
+    rejected = (folder / names[0]).read_bytes()
+    decode_jpeg = torchvision.io.decode_jpeg
+
+    def picky_decode(data, *args, **kwargs):
+        for item in data if isinstance(data, list) else [data]:
+            if item.numel() == len(rejected):
+                raise RuntimeError("the device decoder rejects this one")
+        return decode_jpeg(data, *args, **kwargs)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", picky_decode)
+    with pytest.warns(UserWarning, match=f"{len(unreadable)} unreadable image"):
+        pil, on_device = _extract_both_ways(
+            folder, names, tmp_path, device, batch_size=8, num_workers=2
+        )
+    assert set(on_device.meta["unreadable"]) == set(pil.meta["unreadable"]) == unreadable
+    assert on_device.names == pil.names == sorted(set(names) - unreadable)
+    assert _cosines(pil.features, on_device.features).min() > 0.99
+    # PIL decoded: the rejected JPEG, the CMYK JPEG, and the PNGs and GIF that are readable.
+    fallbacks = {names[0], "cmyk.jpg", "rgba.png", "sixteen_bit.png", "palette.gif"}
+    assert on_device.meta["pil_fallbacks"] == len(fallbacks)
+
+
+def test_device_decoding_one_image_at_a_time_on_older_torchvision(
+    tiny_data, tmp_path, device, monkeypatch
+):
+    """torchvision < 0.19 decodes no lists: the same features, image by image."""
+    import storyteller.features as features
+
+    dataset = load_dataset(tiny_data)
+    names = sorted(dataset.images)[:8]
+    extract_features(
+        dataset.image_dir,
+        names,
+        tmp_path / "batched",
+        "efficientnet_lite0",
+        device=device,
+        decode_on="device",
+        num_workers=0,
+    )
+    monkeypatch.setattr(features, "_decode_jpeg_accepts_list", lambda: False)
+    extract_features(
+        dataset.image_dir,
+        names,
+        tmp_path / "single",
+        "efficientnet_lite0",
+        device=device,
+        decode_on="device",
+        num_workers=0,
+    )
+    batched, single = (
+        load_feature_cache(tmp_path / "batched"),
+        load_feature_cache(tmp_path / "single"),
+    )
+    assert torch.allclose(batched.features, single.features)
+
+
+def test_device_decoding_resumes_and_records_both_decoders(tiny_data, tmp_path, device):
+    dataset = load_dataset(tiny_data)
+
+    def extract(out, decode_on, **kwargs):
+        extract_features(
+            dataset.image_dir,
+            dataset.images,
+            out,
+            "efficientnet_lite0",
+            batch_size=8,
+            num_workers=0,
+            device=device,
+            decode_on=decode_on,
+            **kwargs,
+        )
+
+    def stop_after_two_batches(rows_done):
+        if rows_done >= 16:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        extract(tmp_path / "a", "device", on_batch=stop_after_two_batches)
+    assert json.loads((tmp_path / "a" / "features.json").read_text())["done"] == 16
+    seen = []
+    extract(tmp_path / "a", "device", on_batch=seen.append)
+    assert seen == [24, 32, 40]  # only the missing rows were decoded and encoded
+    extract(tmp_path / "fresh", "device")
+    resumed, fresh = load_feature_cache(tmp_path / "a"), load_feature_cache(tmp_path / "fresh")
+    assert torch.allclose(resumed.features, fresh.features)
+    assert resumed.meta["decode"] == [f"torchvision:{device.type}"]
+
+    # A cache begun by PIL (before decoders were recorded) finishes on the device: compatible.
+    with pytest.raises(_Interrupt):
+        extract(tmp_path / "b", "cpu", on_batch=stop_after_two_batches)
+    index = tmp_path / "b" / "features.json"
+    meta = json.loads(index.read_text())
+    del meta["decode"]
+    index.write_text(json.dumps(meta))
+    extract(tmp_path / "b", "device")
+    mixed = load_feature_cache(tmp_path / "b")
+    assert mixed.meta["decode"] == ["pil", f"torchvision:{device.type}"]
+    assert _cosines(mixed.features, fresh.features).min() > 0.99
+
+
+def test_decode_on_choices():
+    from storyteller.features import resolve_decode_on
+
+    assert resolve_decode_on("auto", torch.device("cpu")) == "cpu"
+    assert resolve_decode_on("auto", torch.device("cuda")) == "device"
+    assert resolve_decode_on("device", torch.device("cpu")) == "device"
+    with pytest.raises(StorytellerError, match="choose one of: auto, cpu, device"):
+        resolve_decode_on("gpu", torch.device("cpu"))

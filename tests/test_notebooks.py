@@ -334,7 +334,13 @@ def test_outputs_default_to_dot_outputs_off_kaggle(clean_env, monkeypatch):
 
 @pytest.mark.parametrize(
     ("gpus", "cpus", "expected"),
-    [(0, 2, (64, 4, 1)), (1, 4, (64, 64, 4)), (2, 4, (128, 128, 4)), (2, 32, (128, 128, 8))],
+    [
+        (0, 2, (64, 4, 1)),
+        (1, 2, (64, 64, 2)),
+        (1, 4, (64, 64, 4)),
+        (2, 4, (128, 128, 4)),
+        (2, 32, (128, 128, 4)),  # workers only read bytes: GPU decoding needs no more
+    ],
 )
 def test_sizes_follow_the_gpu_count(gpus, cpus, expected):
     sizes = nbmod.adapted_sizes(gpus, cpus)
