@@ -13,7 +13,7 @@ Steps, each a row of the table printed at the end (and ``OUT/gpu_check.json``):
 * ``notebooks``: notebooks 01-05 on the data (``STORYTELLER_DATA_DIR``);
 * ``train-speed``: seconds per epoch on Flickr30k-sized random data, batch 64 and 128;
 * ``extraction``: ResNet50 (random weights: the machine may have no internet) forward pass
-  alone against full extraction from the JPEGs;
+  alone against full extraction from the JPEGs, decoded on the GPU and with PIL;
 * ``decoding``: greedy and beam-5 captions for 100 test images.
 
 Exit status 1 if any step failed.
@@ -267,18 +267,20 @@ def step_extraction(check: Check) -> list[Row]:
 
     dataset = load_dataset(check.data)
     names = sorted(dataset.images)
-    for workers in (4, 8):
+    ways = [("device", 4), ("cpu", 4), ("cpu", 8)] if device.type == "cuda" else [("cpu", 1)]
+    for decode_on, workers in ways:
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
             extract_features(
                 dataset.image_dir, names, out, "resnet50", num_workers=workers,
-                device=device, encoder=encoder,
+                device=device, encoder=encoder, decode_on=decode_on,
             )  # fmt: skip
             seconds = time.perf_counter() - started
         rate = len(names) / seconds
+        decoder = "decode_jpeg on the GPU" if decode_on == "device" else "PIL"
         rows.append(
             (
-                f"extraction of {len(names)} JPEGs, {workers} workers",
+                f"extraction of {len(names)} images, {decoder}, {workers} workers",
                 f"{rate:,.0f} img/s ({rate / forward:.0%} of the forward pass)",
                 seconds,
             )
