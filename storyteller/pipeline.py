@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkpoint import BEST_CHECKPOINT, load_model
 from .config import ModelConfig, TrainConfig
@@ -41,6 +42,9 @@ SPLITS_FILE = "splits.json"
 VOCAB_FILE = "vocab.pkl"
 FEATURES_DIR = "features"
 BASELINE_FILE = "baseline.json"
+
+if TYPE_CHECKING:
+    import torch
 
 Log = Callable[[str], None]
 
@@ -92,7 +96,7 @@ def features_step(
     batch_size: int | None = None,
     num_workers: int | None = None,
     overwrite: bool = False,
-    device: str | None = None,
+    device: str | torch.device | None = None,
     log: Log = print,
     decode_on: str = "auto",
 ) -> Path:
@@ -245,7 +249,7 @@ def train_step(
     train_config: TrainConfig | None = None,
     model_overrides: dict | None = None,
     resume: bool = True,
-    device: str | None = None,
+    device: str | torch.device | None = None,
     on_epoch=None,
     log: Log = print,
     context: DistContext = SINGLE_PROCESS,
@@ -288,7 +292,7 @@ def evaluate_step(
     length_penalty: float = 0.7,
     meteor: str = "auto",
     checkpoint: str | Path | None = None,
-    device: str | None = None,
+    device: str | torch.device | None = None,
     log: Log = print,
 ) -> dict[str, dict]:
     """Score the best checkpoint on the test split (greedy and beam), plus the baseline."""
@@ -332,7 +336,7 @@ def run_all(
     beam_sizes: tuple[int, ...] = (1, 5),
     length_penalty: float = 0.7,
     meteor: str = "auto",
-    device: str | None = None,
+    device: str | torch.device | None = None,
     resume: bool = True,
     log: Log = print,
     context: DistContext = SINGLE_PROCESS,
