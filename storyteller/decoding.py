@@ -1,5 +1,9 @@
 """Greedy and beam-search decoding, batched over images *and* beams (no Python loop over
-either: one LSTM step per time step for the whole batch).
+either: one decoder step per time step for the whole batch).
+
+Any captioner of :mod:`storyteller.models` decodes here: only its protocol is used
+(``init_state``, ``step``, and the state's ``select`` / ``repeat_interleave``), and
+``features`` are passed through as the decoder reads them, (B, ...).
 
 Beam search keeps ``beam_size`` hypotheses per image in a (B, K) grid. Finished hypotheses
 stay in the grid and carry their score forward unchanged, and hypotheses are ranked by their
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import CaptionModel
+from .models import CaptionDecoder
 from .runtime import unwrap
 from .vocab import Vocabulary
 
@@ -46,9 +50,9 @@ def _strip(ids: Sequence[int]) -> list[int]:
 
 @torch.inference_mode()
 def greedy_decode(
-    model: CaptionModel, features: torch.Tensor, max_length: int = 50, min_length: int = 1
+    model: CaptionDecoder, features: torch.Tensor, max_length: int = 50, min_length: int = 1
 ) -> list[list[int]]:
-    """Most likely next word at every step. features: (B, feature_dim) -> B id lists."""
+    """Most likely next word at every step. features: (B, ...) -> B id lists."""
     model = unwrap(model).eval()
     batch = features.size(0)
     state = model.init_state(features)
@@ -72,7 +76,7 @@ def greedy_decode(
 
 @torch.inference_mode()
 def beam_search(
-    model: CaptionModel,
+    model: CaptionDecoder,
     features: torch.Tensor,
     beam_size: int = 5,
     max_length: int = 50,
@@ -80,7 +84,7 @@ def beam_search(
     n_best: int = 1,
     min_length: int = 1,
 ) -> list[list[Hypothesis]]:
-    """Batched beam search. features: (B, feature_dim) -> for each image, ``n_best``
+    """Batched beam search. features: (B, ...) -> for each image, ``n_best``
     hypotheses sorted best first."""
     if beam_size < 1 or not 1 <= n_best <= beam_size:
         raise ValueError(
@@ -89,7 +93,7 @@ def beam_search(
     model = unwrap(model).eval()
     device = features.device
     batch, beams = features.size(0), beam_size
-    # Each image's state repeated for its K beams: h, c (layers, B*K, hidden)
+    # Each image's state repeated for its K beams: B*K rows, image-major
     state = model.init_state(features).repeat_interleave(beams)
     tokens = torch.full((batch * beams,), START_ID, dtype=torch.long, device=device)
     scores = torch.full((batch, beams), float("-inf"), device=device)
@@ -150,7 +154,7 @@ def beam_search(
 
 
 def generate_captions(
-    model: CaptionModel,
+    model: CaptionDecoder,
     features: torch.Tensor,
     vocab: Vocabulary,
     beam_size: int = 1,
@@ -158,11 +162,11 @@ def generate_captions(
     length_penalty: float = 0.7,
     batch_size: int = 256,
 ) -> list[str]:
-    """Captions for a (N, feature_dim) tensor of features: greedy when ``beam_size == 1``."""
+    """Captions for a (N, ...) tensor of features: greedy when ``beam_size == 1``."""
     device = next(unwrap(model).parameters()).device
     captions: list[str] = []
     for start in range(0, features.size(0), batch_size):
-        chunk = features[start : start + batch_size].to(device)  # (b, feature_dim)
+        chunk = features[start : start + batch_size].to(device)  # (b, ...)
         if beam_size == 1:
             ids = greedy_decode(model, chunk, max_length)
         else:
