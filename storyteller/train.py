@@ -427,9 +427,10 @@ def mean_extra_losses(extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
     A decoder returns scalars already averaged over its batch. ``nn.DataParallel`` gathers the
     replicas' scalars into a vector, one per GPU, and their mean is the term for the whole
-    batch (each replica's share weighs the same; only an uneven last batch differs, by its
-    size split). Under DDP each process keeps its own scalar and averaging the gradients
-    averages the term, as it does the cross-entropy."""
+    batch (exact when the GPUs got equal shares; a last batch that does not split evenly
+    weighs its shares equally rather than by size). Under DDP each process keeps its own
+    scalar, and DDP's averaging of the gradients averages the term, as it does the
+    cross-entropy."""
     return {name: value.float().mean() for name, value in extra.items()}
 
 
