@@ -33,14 +33,22 @@ VOCAB = 30
 FEATURE_DIM = 12
 
 
+GRID_CELLS = 6  # positions of a grid decoder's features (7 x 7 = 49 for the real CNNs)
+
+
+def _feature_shape(decoder: str) -> tuple[int, ...]:
+    """One image's features as the decoder says it reads them (its ``feature_layout``)."""
+    layout = decoder_class(decoder).feature_layout
+    return {"pooled": (FEATURE_DIM,), "grid": (GRID_CELLS, FEATURE_DIM)}[layout]
+
+
 @dataclass
 class Case:
-    """One decoder to check: its config (besides vocab_size and feature_dim) and the shape of
-    one image's features as it reads them."""
+    """One decoder to check: its config (besides vocab_size and feature_dim); the shape of its
+    features comes from the decoder's own ``feature_layout``."""
 
     id: str
     config: dict
-    feature_shape: tuple[int, ...] = (FEATURE_DIM,)  # a grid decoder: (cells, FEATURE_DIM)
 
     def model(self, device) -> CaptionDecoder:
         torch.manual_seed(0)
@@ -48,7 +56,8 @@ class Case:
         return build_model(config).to(device).eval()
 
     def features(self, batch: int, device) -> torch.Tensor:
-        return torch.randn(batch, *self.feature_shape, device=device)  # (B, ...)
+        shape = _feature_shape(self.config["decoder"])
+        return torch.randn(batch, *shape, device=device)  # (B, FEATURE_DIM) or (B, P, FEATURE_DIM)
 
 
 CASES = [
@@ -61,6 +70,24 @@ CASES = [
             "hidden_size": 16,
             "num_layers": 2,
             "inject": "init+input",
+        },
+    ),
+    Case(
+        "attention-bahdanau",
+        {
+            "decoder": "attention",
+            "embed_size": 8,
+            "hidden_size": 16,
+            "decoder_options": {"attention": "bahdanau", "attention_dim": 10},
+        },
+    ),
+    Case(
+        "attention-luong",
+        {
+            "decoder": "attention",
+            "embed_size": 8,
+            "hidden_size": 16,
+            "decoder_options": {"attention": "luong"},
         },
     ),
 ]
@@ -302,7 +329,9 @@ def test_registered_decoder_is_built_with_its_options_complete(tiny_registered):
     assert model.config.decoder_options == {"width": 7, "mode": "plain"}  # what is saved
     assert resolve_config(config) == model.config
     assert config.decoder_options == {"width": 7}  # the caller's config is not changed
-    with pytest.raises(StorytellerError, match=r"unknown decoder 'gru'.*one of lstm, tiny"):
+    with pytest.raises(
+        StorytellerError, match=r"unknown decoder 'gru'.*one of lstm, attention, tiny"
+    ):
         decoder_class("gru")
 
 

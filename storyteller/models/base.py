@@ -102,13 +102,17 @@ class CaptionDecoder(nn.Module, ABC):
     alone (``build_model(config)``), so a checkpoint rebuilds its own model.
 
     ``features`` are what the feature cache holds for one image, batched: (B, feature_dim)
-    for a pooled vector; a grid decoder documents its own layout. ``captions`` and ``tokens``
+    for a pooled vector, (B, P, feature_dim) for a grid (see :attr:`feature_layout`). ``captions`` and ``tokens``
     are word ids (``<pad>`` = 0, ``<start>`` = 1).
     """
 
     name: ClassVar[str | None] = None  # set by register_decoder
     #: The dataclass ``config.decoder_options`` is read into (its defaults fill the gaps).
     options_class: ClassVar[type] = NoOptions
+    #: Which features the decoder reads, so the loader can ask the model rather than the
+    #: caller knowing every decoder: ``"pooled"``, one vector per image (B, feature_dim), or
+    #: ``"grid"``, the CNN's last feature map as positions (B, P, feature_dim), P = h x w.
+    feature_layout: ClassVar[str] = "pooled"
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -10,6 +10,7 @@ Its sizes are :class:`~storyteller.config.ModelConfig`'s own fields (it has no
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -32,6 +33,8 @@ class LSTMState(DecoderState):
 class LSTMDecoder(CaptionDecoder):
     """One pooled feature vector per image; ``inject`` says where the image enters: the
     initial state only (``init``, the seed) or also every step's input (``init+input``)."""
+
+    feature_layout: ClassVar[str] = "pooled"  # one vector per image: (B, feature_dim)
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
