@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import CaptionDecoder
+from .errors import StorytellerError
+from .models import CaptionDecoder, DecoderState
 from .runtime import unwrap
 from .vocab import Vocabulary
 
@@ -53,6 +54,13 @@ def greedy_decode(
     model: CaptionDecoder, features: torch.Tensor, max_length: int = 50, min_length: int = 1
 ) -> list[list[int]]:
     """Most likely next word at every step. features: (B, ...) -> B id lists."""
+    return _greedy(model, features, max_length, min_length)[0]
+
+
+def _greedy(
+    model: CaptionDecoder, features: torch.Tensor, max_length: int, min_length: int
+) -> tuple[list[list[int]], DecoderState]:
+    """:func:`greedy_decode`, plus the final decoder state (B rows, row b = image b)."""
     model = unwrap(model).eval()
     batch = features.size(0)
     state = model.init_state(features)
@@ -71,7 +79,7 @@ def greedy_decode(
         if finished.all():
             break
     sequences = torch.stack(steps, dim=1).tolist()  # (B, T)
-    return [_strip(seq) for seq in sequences]
+    return [_strip(seq) for seq in sequences], state
 
 
 @torch.inference_mode()
@@ -86,6 +94,20 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """Batched beam search. features: (B, ...) -> for each image, ``n_best``
     hypotheses sorted best first."""
+    return _beam(model, features, beam_size, max_length, length_penalty, n_best, min_length)[0]
+
+
+def _beam(
+    model: CaptionDecoder,
+    features: torch.Tensor,
+    beam_size: int,
+    max_length: int,
+    length_penalty: float,
+    n_best: int,
+    min_length: int,
+) -> tuple[list[list[Hypothesis]], DecoderState, torch.Tensor]:
+    """:func:`beam_search`, plus the final state (B*K rows, image-major, in line with the
+    hypotheses) and the state row of each returned hypothesis (B, n_best)."""
     if beam_size < 1 or not 1 <= n_best <= beam_size:
         raise ValueError(
             f"need beam_size >= 1 and 1 <= n_best <= beam_size ({beam_size}, {n_best})"
@@ -150,7 +172,44 @@ def beam_search(
                 for k in row
             ]
         )
-    return results
+    return results, state, offsets + order  # (B, n_best) rows of the flat state
+
+
+@torch.inference_mode()
+def decode_with_attention(
+    model: CaptionDecoder,
+    features: torch.Tensor,
+    beam_size: int = 1,
+    max_length: int = 50,
+    length_penalty: float = 0.7,
+) -> list[tuple[list[int], torch.Tensor]]:
+    """Captions and where the model looked for each word: features (B, ...) -> for each
+    image, its word ids (greedy when ``beam_size == 1``, else the best beam) and the attention
+    weights they were chosen with, (len(ids), P) on the CPU, one row per word, ``<end>``
+    excluded.
+
+    The weights come from the decoder state's ``attention`` field (N, t, P), which ``step``
+    grows and beam search reorders with its hypotheses, so the rows read here belong to the
+    returned caption. A decoder whose state has no such field (``lstm``) does not attend and
+    is refused."""
+    if beam_size == 1:
+        sequences, state = _greedy(model, features, max_length, min_length=1)
+        rows = list(range(len(sequences)))
+    else:
+        hypotheses, state, best = _beam(
+            model, features, beam_size, max_length, length_penalty, n_best=1, min_length=1
+        )
+        sequences = [hyps[0].ids for hyps in hypotheses]
+        rows = best[:, 0].tolist()  # (B,) the best hypothesis's row in the state
+    attention = getattr(state, "attention", None)  # (N, t, P)
+    if not isinstance(attention, torch.Tensor):
+        raise StorytellerError(
+            f"the {unwrap(model).name!r} decoder does not attend: no attention weights to show"
+        )
+    return [
+        (ids, attention[row, : len(ids)].float().cpu())  # (len(ids), P)
+        for ids, row in zip(sequences, rows, strict=True)
+    ]
 
 
 def generate_captions(

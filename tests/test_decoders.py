@@ -14,10 +14,18 @@ import torch
 
 from storyteller.checkpoint import load_model, save_checkpoint
 from storyteller.config import ModelConfig, TrainConfig
-from storyteller.decoding import PAD_ID, START_ID, beam_search, greedy_decode
+from storyteller.decoding import (
+    END_ID,
+    PAD_ID,
+    START_ID,
+    beam_search,
+    decode_with_attention,
+    greedy_decode,
+)
 from storyteller.errors import StorytellerError
 from storyteller.models import (
     DECODERS,
+    AttentionDecoder,
     CaptionDecoder,
     DecoderState,
     LSTMDecoder,
@@ -27,6 +35,7 @@ from storyteller.models import (
     register_decoder,
     resolve_config,
 )
+from storyteller.models.attention import doubly_stochastic_penalty
 from storyteller.vocab import Vocabulary
 
 VOCAB = 30
@@ -232,6 +241,148 @@ def test_default_optimiser_is_the_seed_recipe(case):
         assert isinstance(optimizer, torch.optim.Adam)
         assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         assert (scheduler.factor, scheduler.patience) == (0.25, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# The attention decoder: what it adds to the protocol
+# --------------------------------------------------------------------------------------------
+
+ATTENTION_CASES = [case for case in CASES if case.config["decoder"] == "attention"]
+
+
+@pytest.fixture(params=ATTENTION_CASES, ids=[case.id for case in ATTENTION_CASES])
+def attention_case(request) -> Case:
+    return request.param
+
+
+def test_attention_declares_the_grid_and_describes_itself(attention_case):
+    model = attention_case.model("cpu")
+    assert type(model) is AttentionDecoder and model.feature_layout == "grid"
+    assert LSTMDecoder.feature_layout == CaptionDecoder.feature_layout == "pooled"
+    kind = attention_case.config["decoder_options"]["attention"].capitalize()
+    assert model.describe() == f"LSTM 16 + {kind} attention"
+    assert model.config.decoder_options["alpha_c"] == 1.0  # stored complete
+    with pytest.raises(ValueError, match="reads the CNN grid"):
+        model.init_state(torch.randn(2, FEATURE_DIM))  # a pooled vector
+
+
+def test_attention_weights_sum_to_one_over_the_grid_at_every_step(attention_case, device):
+    model = attention_case.model(device)
+    features, captions = attention_case.features(3, device), _captions(3, 5, device)
+    with torch.no_grad():
+        state = model.init_state(features)
+        assert state.attention.shape == (3, 0, GRID_CELLS)
+        for t in range(captions.size(1)):
+            _, state = model.step(captions[:, t], state)
+            assert state.attention.shape == (3, t + 1, GRID_CELLS)  # (N, t, P)
+    assert (state.attention >= 0).all()
+    sums = state.attention.sum(dim=-1)  # (N, T)
+    assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
+
+
+def test_attention_gate_is_between_zero_and_one(attention_case, device):
+    model = attention_case.model(device)
+    with torch.no_grad():
+        state = model.init_state(attention_case.features(4, device))
+        h = torch.randn(4, model.config.hidden_size, device=device) * 3  # (N, hidden)
+        context, alpha, beta = model.attend(h, state.features, state.keys)
+        ungated = torch.bmm(alpha.unsqueeze(1), state.features).squeeze(1)  # (N, D)
+    assert beta.shape == (4, 1) and ((beta > 0) & (beta < 1)).all()
+    assert torch.allclose(context, beta * ungated, atol=1e-6)
+
+
+def test_doubly_stochastic_penalty_is_zero_only_for_even_coverage():
+    even = torch.full((2, GRID_CELLS, GRID_CELLS), 1.0 / GRID_CELLS, requires_grad=True)
+    mask = torch.ones(2, GRID_CELLS, dtype=torch.bool)  # P steps, each 1/P on every position
+    penalty = doubly_stochastic_penalty(even, mask)  # (B,)
+    assert torch.allclose(penalty, torch.zeros(2), atol=1e-10)
+    penalty.sum().backward()
+    assert torch.allclose(even.grad, torch.zeros_like(even), atol=1e-6)  # a minimum
+    staring = torch.zeros(2, GRID_CELLS, GRID_CELLS)
+    staring[:, :, 0] = 1.0  # every step looks at the same position
+    assert (doubly_stochastic_penalty(staring, mask) > 0).all()
+    # Padded steps are not attention paid: half the steps masked leaves coverage at 1/2.
+    half = mask.clone()
+    half[:, GRID_CELLS // 2 :] = False
+    assert torch.allclose(
+        doubly_stochastic_penalty(even.detach(), half), torch.full((2,), GRID_CELLS * 0.25)
+    )
+
+
+def test_attention_penalty_leaves_out_padded_steps(attention_case, device):
+    model = attention_case.model(device)
+    features = attention_case.features(1, device)
+    short = _captions(1, 4, device)  # <start> w w w
+    padded = torch.cat(
+        [short, torch.tensor([[END_ID, PAD_ID, PAD_ID]], device=device)], dim=1
+    )  # a full caption's input ends with <end>, whose target is padding
+    with torch.no_grad():
+        _, alone = model(features, short)
+        _, batched = model(features, padded)
+    assert alone["attention_penalty"] > 0
+    assert torch.allclose(alone["attention_penalty"], batched["attention_penalty"], atol=1e-6)
+    model.options.alpha_c = 0.5  # the penalty's weight
+    with torch.no_grad():
+        _, halved = model(features, short)
+    assert torch.allclose(halved["attention_penalty"], alone["attention_penalty"] / 2)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_decoding_returns_one_attention_row_per_word(attention_case, device, beam_size):
+    model = attention_case.model(device)
+    features = attention_case.features(4, device)
+    decoded = decode_with_attention(model, features, beam_size=beam_size, max_length=8)
+    if beam_size == 1:
+        expected = greedy_decode(model, features, max_length=8)
+    else:
+        expected = [h[0].ids for h in beam_search(model, features, beam_size, max_length=8)]
+    assert [ids for ids, _ in decoded] == expected
+    for ids, attention in decoded:
+        assert attention.shape == (len(ids), GRID_CELLS)  # (words, P)
+        assert torch.allclose(attention.sum(-1), torch.ones(len(ids)), atol=1e-5)
+    # Row by row, the weights are those the step that chose the word computed.
+    ids, attention = decoded[0]
+    with torch.no_grad():
+        state = model.init_state(features[:1])
+        tokens = [START_ID, *ids]
+        for t in range(len(ids)):
+            _, state = model.step(torch.tensor([tokens[t]], device=device), state)
+    assert torch.allclose(attention, state.attention[0].cpu(), atol=1e-5)
+
+
+def test_decode_with_attention_refuses_a_decoder_that_does_not_attend(device):
+    model = CASES[0].model(device)
+    with pytest.raises(StorytellerError, match="'lstm' decoder does not attend"):
+        decode_with_attention(model, CASES[0].features(2, device), max_length=4)
+
+
+def test_a_few_steps_lower_the_attention_decoders_loss(attention_case, device):
+    """Cross-entropy plus the penalty, minimised as training does, goes down on a tiny batch."""
+    model = attention_case.model(device).train()
+    torch.manual_seed(1)
+    features, captions = attention_case.features(4, device), _captions(4, 7, device)
+    inputs, targets = captions[:, :-1], captions[:, 1:]  # (B, T-1) each
+
+    def loss() -> torch.Tensor:
+        logits, extra = model(features, inputs)  # (B, T-1, V)
+        cross_entropy = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, VOCAB), targets.reshape(-1), ignore_index=PAD_ID
+        )
+        return cross_entropy + sum(extra.values())
+
+    optimizer, _ = model.configure_optimizer(TrainConfig(lr=1e-2))
+    model.eval()
+    with torch.no_grad():
+        before = loss().item()
+    model.train()
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        after = loss().item()
+    assert after < 0.7 * before
 
 
 # --------------------------------------------------------------------------------------------
