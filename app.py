@@ -122,7 +122,7 @@ def _load_captioner() -> tuple[Captioner | None, str]:
     epoch = f", epoch {info['epoch']}" if "epoch" in info else ""
     where = files.source if files.source == "beside app.py" else f"in {files.checkpoint.parent}"
     return captioner, (
-        f"Caption model: {config.encoder} features -> LSTM {config.hidden_size} "
+        f"Caption model: {config.encoder} features -> {captioner.model.describe()} "
         f"({len(captioner.vocab)} words{epoch}), `{files.checkpoint.name}` {where}"
     )
 

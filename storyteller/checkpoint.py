@@ -3,7 +3,9 @@
 Never a pickled module: a file written today still loads after the code is refactored, and it
 loads with ``torch.load(..., weights_only=True)``, which executes nothing. DataParallel's
 ``module.`` prefix is never saved (the bare model is unwrapped first) and is stripped if an
-older file has it.
+older file has it. The model config names the decoder (``ModelConfig.decoder``) and the
+registry rebuilds it; files written before there was a choice have no ``decoder`` key and
+load as the ``lstm`` they are.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from .config import ModelConfig, TrainConfig
 from .errors import StorytellerError
-from .model import CaptionModel
+from .models import CaptionDecoder, build_model
 from .runtime import torch_save_atomic, unwrap
 from .vocab import Vocabulary
 
@@ -67,10 +69,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_model(
     path: str | Path, vocab: Vocabulary | None = None, device: torch.device | str = "cpu"
-) -> tuple[CaptionModel, dict]:
-    """Rebuild the model from a checkpoint alone; check it matches ``vocab`` if given."""
+) -> tuple[CaptionDecoder, dict]:
+    """Rebuild the model from a checkpoint alone, through the registry of decoders; check it
+    matches ``vocab`` if given."""
     checkpoint = read_checkpoint(path)
-    config = ModelConfig.from_dict(checkpoint["model_config"])
+    config = ModelConfig.from_dict(checkpoint["model_config"])  # no "decoder" key: "lstm"
     if vocab is not None:
         expected = checkpoint.get("vocab_fingerprint")
         if expected and expected != vocab.fingerprint:
@@ -82,7 +85,10 @@ def load_model(
             raise StorytellerError(
                 f"{path} expects {config.vocab_size} words, the vocabulary has {len(vocab)}"
             )
-    model = CaptionModel(config)
+    try:
+        model = build_model(config)
+    except StorytellerError as exc:
+        raise StorytellerError(f"{path} cannot be rebuilt: {exc}") from None
     model.load_state_dict(strip_module_prefix(checkpoint["model"]))
     return model.to(device).eval(), checkpoint
 

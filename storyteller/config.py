@@ -3,7 +3,7 @@ checkpoint file alone (the app does exactly that)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -21,6 +21,13 @@ class ModelConfig:
     )
     inject: str = "init"  # "init": image sets the LSTM's initial state (seed); "init+input": also fed every step
     encoder: str = "resnet50"  # which CNN made the features (the app needs the same one)
+    # Which captioner reads the features (a name in storyteller.models.DECODERS). Checkpoints
+    # written before there was a choice have no such key and load as "lstm".
+    decoder: str = "lstm"
+    # Sizes and switches of that decoder alone (e.g. an attention decoder's attention size),
+    # checked against its options dataclass and stored complete, defaults filled in, in every
+    # checkpoint. The fields above are the LSTM's and stay where they were.
+    decoder_options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

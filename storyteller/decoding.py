@@ -1,5 +1,9 @@
 """Greedy and beam-search decoding, batched over images *and* beams (no Python loop over
-either: one LSTM step per time step for the whole batch).
+either: one decoder step per time step for the whole batch).
+
+Any captioner of :mod:`storyteller.models` decodes here: only its protocol is used
+(``init_state``, ``step``, and the state's ``select`` / ``repeat_interleave``), and
+``features`` are passed through as the decoder reads them, (B, ...).
 
 Beam search keeps ``beam_size`` hypotheses per image in a (B, K) grid. Finished hypotheses
 stay in the grid and carry their score forward unchanged, and hypotheses are ranked by their
@@ -15,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import CaptionModel
+from .errors import StorytellerError
+from .models import CaptionDecoder, DecoderState
 from .runtime import unwrap
 from .vocab import Vocabulary
 
@@ -46,9 +51,16 @@ def _strip(ids: Sequence[int]) -> list[int]:
 
 @torch.inference_mode()
 def greedy_decode(
-    model: CaptionModel, features: torch.Tensor, max_length: int = 50, min_length: int = 1
+    model: CaptionDecoder, features: torch.Tensor, max_length: int = 50, min_length: int = 1
 ) -> list[list[int]]:
-    """Most likely next word at every step. features: (B, feature_dim) -> B id lists."""
+    """Most likely next word at every step. features: (B, ...) -> B id lists."""
+    return _greedy(model, features, max_length, min_length)[0]
+
+
+def _greedy(
+    model: CaptionDecoder, features: torch.Tensor, max_length: int, min_length: int
+) -> tuple[list[list[int]], DecoderState]:
+    """:func:`greedy_decode`, plus the final decoder state (B rows, row b = image b)."""
     model = unwrap(model).eval()
     batch = features.size(0)
     state = model.init_state(features)
@@ -67,12 +79,12 @@ def greedy_decode(
         if finished.all():
             break
     sequences = torch.stack(steps, dim=1).tolist()  # (B, T)
-    return [_strip(seq) for seq in sequences]
+    return [_strip(seq) for seq in sequences], state
 
 
 @torch.inference_mode()
 def beam_search(
-    model: CaptionModel,
+    model: CaptionDecoder,
     features: torch.Tensor,
     beam_size: int = 5,
     max_length: int = 50,
@@ -80,8 +92,22 @@ def beam_search(
     n_best: int = 1,
     min_length: int = 1,
 ) -> list[list[Hypothesis]]:
-    """Batched beam search. features: (B, feature_dim) -> for each image, ``n_best``
+    """Batched beam search. features: (B, ...) -> for each image, ``n_best``
     hypotheses sorted best first."""
+    return _beam(model, features, beam_size, max_length, length_penalty, n_best, min_length)[0]
+
+
+def _beam(
+    model: CaptionDecoder,
+    features: torch.Tensor,
+    beam_size: int,
+    max_length: int,
+    length_penalty: float,
+    n_best: int,
+    min_length: int,
+) -> tuple[list[list[Hypothesis]], DecoderState, torch.Tensor]:
+    """:func:`beam_search`, plus the final state (B*K rows, image-major, in line with the
+    hypotheses) and the state row of each returned hypothesis (B, n_best)."""
     if beam_size < 1 or not 1 <= n_best <= beam_size:
         raise ValueError(
             f"need beam_size >= 1 and 1 <= n_best <= beam_size ({beam_size}, {n_best})"
@@ -89,7 +115,7 @@ def beam_search(
     model = unwrap(model).eval()
     device = features.device
     batch, beams = features.size(0), beam_size
-    # Each image's state repeated for its K beams: h, c (layers, B*K, hidden)
+    # Each image's state repeated for its K beams: B*K rows, image-major
     state = model.init_state(features).repeat_interleave(beams)
     tokens = torch.full((batch * beams,), START_ID, dtype=torch.long, device=device)
     scores = torch.full((batch, beams), float("-inf"), device=device)
@@ -146,11 +172,48 @@ def beam_search(
                 for k in row
             ]
         )
-    return results
+    return results, state, offsets + order  # (B, n_best) rows of the flat state
+
+
+@torch.inference_mode()
+def decode_with_attention(
+    model: CaptionDecoder,
+    features: torch.Tensor,
+    beam_size: int = 1,
+    max_length: int = 50,
+    length_penalty: float = 0.7,
+) -> list[tuple[list[int], torch.Tensor]]:
+    """Captions and where the model looked for each word: features (B, ...) -> for each
+    image, its word ids (greedy when ``beam_size == 1``, else the best beam) and the attention
+    weights they were chosen with, (len(ids), P) on the CPU, one row per word, ``<end>``
+    excluded.
+
+    The weights come from the decoder state's ``attention`` field (N, t, P), which ``step``
+    grows and beam search reorders with its hypotheses, so the rows read here belong to the
+    returned caption. A decoder whose state has no such field (``lstm``) does not attend and
+    is refused."""
+    if beam_size == 1:
+        sequences, state = _greedy(model, features, max_length, min_length=1)
+        rows = list(range(len(sequences)))
+    else:
+        hypotheses, state, best = _beam(
+            model, features, beam_size, max_length, length_penalty, n_best=1, min_length=1
+        )
+        sequences = [hyps[0].ids for hyps in hypotheses]
+        rows = best[:, 0].tolist()  # (B,) the best hypothesis's row in the state
+    attention = getattr(state, "attention", None)  # (N, t, P)
+    if not isinstance(attention, torch.Tensor):
+        raise StorytellerError(
+            f"the {unwrap(model).name!r} decoder does not attend: no attention weights to show"
+        )
+    return [
+        (ids, attention[row, : len(ids)].float().cpu())  # (len(ids), P)
+        for ids, row in zip(sequences, rows, strict=True)
+    ]
 
 
 def generate_captions(
-    model: CaptionModel,
+    model: CaptionDecoder,
     features: torch.Tensor,
     vocab: Vocabulary,
     beam_size: int = 1,
@@ -158,11 +221,11 @@ def generate_captions(
     length_penalty: float = 0.7,
     batch_size: int = 256,
 ) -> list[str]:
-    """Captions for a (N, feature_dim) tensor of features: greedy when ``beam_size == 1``."""
+    """Captions for a (N, ...) tensor of features: greedy when ``beam_size == 1``."""
     device = next(unwrap(model).parameters()).device
     captions: list[str] = []
     for start in range(0, features.size(0), batch_size):
-        chunk = features[start : start + batch_size].to(device)  # (b, feature_dim)
+        chunk = features[start : start + batch_size].to(device)  # (b, ...)
         if beam_size == 1:
             ids = greedy_decode(model, chunk, max_length)
         else:

@@ -1,4 +1,7 @@
-"""Captioning new photos: the trained decoder plus the same encoder that made its features."""
+"""Captioning new photos: the trained decoder plus the same encoder that made its features.
+
+The decoder is whichever one the checkpoint names (rebuilt through :mod:`storyteller.models`);
+only its decoding protocol is used here."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from PIL import Image
 from .checkpoint import load_model
 from .decoding import beam_search, greedy_decode
 from .features import FeatureExtractor
+from .models import CaptionDecoder
 from .runtime import get_device
 from .vocab import Vocabulary
 
@@ -19,7 +23,11 @@ class Captioner:
     """Load once, caption many: ``Captioner.from_files(ckpt, vocab)([image, ...])``."""
 
     def __init__(
-        self, model, vocab: Vocabulary, extractor: FeatureExtractor, checkpoint: dict | None = None
+        self,
+        model: CaptionDecoder,
+        vocab: Vocabulary,
+        extractor: FeatureExtractor,
+        checkpoint: dict | None = None,
     ):
         self.model, self.vocab, self.extractor = model, vocab, extractor
         self.checkpoint_info = {

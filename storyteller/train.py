@@ -1,6 +1,11 @@
 """Training the captioner on cached features: Adam, cross-entropy that ignores padding,
 gradient clipping, LR on plateau, early stopping, best + last checkpoints, resume.
 
+Any decoder of :mod:`storyteller.models` trains here: the model is built from its config by
+the registry, its optimiser comes from its ``configure_optimizer``, and the extra loss terms
+its ``forward`` returns beside the logits are added to the cross-entropy (validation reports
+the cross-entropy alone, so its perplexity means the same for every decoder).
+
 Runs on the CPU, one GPU (mixed precision), several GPUs in one process (``nn.DataParallel``)
 or one process per GPU under torchrun (``DistributedDataParallel``, see
 :mod:`storyteller.distributed`) with the same code. The loop is in small parts:
@@ -15,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -40,7 +46,7 @@ from .data import CaptionDataset
 from .distributed import SINGLE_PROCESS, DistContext
 from .errors import StorytellerError
 from .features import FeatureCache
-from .model import CaptionModel
+from .models import CaptionDecoder, build_model, resolve_config
 from .plots import plot_loss_curves
 from .runtime import autocast, get_device, write_json
 from .vocab import Vocabulary
@@ -224,9 +230,9 @@ class TrainingState:
     """The model, its optimiser, schedule, gradient scaler, data-order generator and the run's
     progress: saved into ``last.pth`` after every epoch and restored from it as one object."""
 
-    model: CaptionModel  # the bare model; DataParallel/DDP wrap it only for the forward pass
+    model: CaptionDecoder  # the bare model; DataParallel/DDP wrap it only for the forward pass
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau  # stepped once an epoch on val loss
     scaler: torch.amp.GradScaler
     generator: torch.Generator  # one process's shuffling order (DDP's sampler is seeded instead)
     epoch: int = 0  # epochs finished
@@ -239,20 +245,27 @@ class TrainingState:
     def create(
         cls, model_config: ModelConfig, train_config: TrainConfig, device: torch.device
     ) -> TrainingState:
-        """A fresh run: the seed recipe's Adam, LR halved on plateau, AMP on a GPU."""
-        model = CaptionModel(model_config).to(device)
-        optimizer = torch.optim.Adam(
-            model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
-        )
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=train_config.lr_factor, patience=train_config.lr_patience
-        )
+        """A fresh run: the decoder the config names, with the optimiser and schedule it asks
+        for (the seed recipe's Adam, LR halved on plateau, unless it says otherwise), AMP on a
+        GPU."""
+        model = build_model(model_config).to(device)
+        optimizer, scheduler = model.configure_optimizer(train_config)
         scaler = torch.amp.GradScaler("cuda", enabled=train_config.amp and device.type == "cuda")
         generator = torch.Generator().manual_seed(train_config.seed)
         return cls(model, optimizer, scheduler, scaler, generator)
 
-    def end_epoch(self, train_loss: float, val_loss: float, seconds: float, patience: int) -> dict:
-        """Record a finished epoch: schedule, best-so-far, early stopping. Returns its record."""
+    def end_epoch(
+        self,
+        train_loss: float,
+        val_loss: float,
+        seconds: float,
+        patience: int,
+        train_extra: dict[str, float] | None = None,
+    ) -> dict:
+        """Record a finished epoch: schedule, best-so-far, early stopping. Returns its record.
+
+        ``train_loss`` and ``val_loss`` are cross-entropies; ``train_extra`` the means of the
+        decoder's extra loss terms (recorded as ``train_<name>``; none for the LSTM)."""
         self.scheduler.step(val_loss)
         improved = val_loss < self.best_val - 1e-4
         self.best_val = min(self.best_val, val_loss)
@@ -262,6 +275,7 @@ class TrainingState:
         record = {
             "epoch": self.epoch,
             "train_loss": round(train_loss, 5),
+            **{f"train_{name}": round(value, 5) for name, value in (train_extra or {}).items()},
             "val_loss": round(val_loss, 5),
             "val_perplexity": round(math.exp(min(val_loss, 50)), 3),
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -317,8 +331,12 @@ class TrainingState:
 
 
 def _check_resumable(checkpoint: dict, path: Path, model_config: ModelConfig, vocab) -> None:
-    if checkpoint["model_config"] != model_config.to_dict():
-        mismatch = _describe_mismatch(checkpoint["model_config"], model_config.to_dict())
+    """Refuse to resume a different model. Both configs are compared as their models store
+    them (defaults filled in), so a file written before a field existed still resumes."""
+    saved = resolve_config(ModelConfig.from_dict(checkpoint["model_config"])).to_dict()
+    current = resolve_config(model_config).to_dict()
+    if saved != current:
+        mismatch = _describe_mismatch(saved, current)
         raise StorytellerError(
             f"{path} holds a different architecture ({mismatch}); "
             "use another output folder or pass --no-resume"
@@ -393,23 +411,48 @@ def make_loaders(
     return train_loader, val_loader
 
 
-BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+class LossTerms(NamedTuple):
+    """One batch's losses: ``total`` is minimised, the others are reported."""
+
+    total: torch.Tensor  # cross_entropy + the extra terms
+    cross_entropy: torch.Tensor  # next-word cross-entropy, padding ignored
+    extra: dict[str, torch.Tensor]  # the decoder's own terms, each a scalar
+
+
+BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], LossTerms]
+
+
+def mean_extra_losses(extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each extra loss term as one float32 scalar.
+
+    A decoder returns scalars already averaged over its batch. ``nn.DataParallel`` gathers the
+    replicas' scalars into a vector, one per GPU, and their mean is the term for the whole
+    batch (exact when the GPUs got equal shares; a last batch that does not split evenly
+    weighs its shares equally rather than by size). Under DDP each process keeps its own
+    scalar, and DDP's averaging of the gradients averages the term, as it does the
+    cross-entropy."""
+    return {name: value.float().mean() for name, value in extra.items()}
 
 
 def make_batch_loss(
     device: torch.device, use_amp: bool, pad_id: int, label_smoothing: float
 ) -> BatchLoss:
     """``batch_loss(network, features, captions)``: next-word cross-entropy, padding ignored,
-    in float16 autocast on a GPU (a no-op on the CPU)."""
+    plus the decoder's extra loss terms, in float16 autocast on a GPU (a no-op on the CPU)."""
     loss_fn = nn.CrossEntropyLoss(ignore_index=pad_id, label_smoothing=label_smoothing)
 
     def batch_loss(network: nn.Module, features: torch.Tensor, captions: torch.Tensor):
-        features = features.to(device, non_blocking=True)  # (B, feature_dim)
+        features = features.to(device, non_blocking=True)  # (B, ...) as the decoder reads them
         captions = captions.to(device, non_blocking=True)  # (B, T)
         inputs, targets = captions[:, :-1], captions[:, 1:]  # (B, T-1) each: the next word
         with autocast(device, use_amp):
-            logits = network(features, inputs)  # (B, T-1, V)
-        return loss_fn(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+            logits, extra = network(features, inputs)  # (B, T-1, V), {name: scalar}
+        cross_entropy = loss_fn(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+        extra = mean_extra_losses(extra)
+        total = cross_entropy
+        for value in extra.values():
+            total = total + value
+        return LossTerms(total, cross_entropy, extra)
 
     return batch_loss
 
@@ -423,23 +466,29 @@ def train_epoch(
     device: torch.device,
     context: DistContext = SINGLE_PROCESS,
     desc: str = "train",
-) -> float:
-    """One pass over the training data; the mean loss per caption over every process."""
+) -> tuple[float, dict[str, float]]:
+    """One pass over the training data, minimising cross-entropy plus the decoder's extra
+    terms. Returns the mean cross-entropy per caption over every process, and the mean of
+    each extra term (``{}`` for the LSTM)."""
     network.train()
     total, count = 0.0, 0
+    extra_totals: dict[str, float] = {}
     bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=not context.is_main)
     for features, captions in bar:
         loss = batch_loss(network, features, captions)
         state.optimizer.zero_grad(set_to_none=True)
-        state.scaler.scale(loss).backward()
+        state.scaler.scale(loss.total).backward()
         state.scaler.unscale_(state.optimizer)
         nn.utils.clip_grad_norm_(network.parameters(), train_config.grad_clip)
         state.scaler.step(state.optimizer)
         state.scaler.update()
-        total, count = total + loss.item() * len(captions), count + len(captions)
+        total, count = total + loss.cross_entropy.item() * len(captions), count + len(captions)
+        for name, value in loss.extra.items():
+            extra_totals[name] = extra_totals.get(name, 0.0) + value.item() * len(captions)
         bar.set_postfix(loss=f"{total / count:.3f}")
-    total, count = context.sum([total, count], device)
-    return total / count
+    names = list(extra_totals)  # the same decoder, so the same names, in every process
+    total, count, *extras = context.sum([total, count, *extra_totals.values()], device)
+    return total / count, {name: value / count for name, value in zip(names, extras, strict=True)}
 
 
 def validate(
@@ -449,7 +498,9 @@ def validate(
     device: torch.device,
     context: DistContext = SINGLE_PROCESS,
 ) -> float:
-    """Mean validation loss per caption over every process, without a graph (no memory blow-up).
+    """Mean validation cross-entropy per caption over every process (the decoder's extra terms
+    left out, so perplexity means the same for every decoder), without a graph (no memory
+    blow-up).
 
     Under DDP the bare model runs: processes may see different numbers of batches, and the
     wrapper's forward would wait for the others."""
@@ -459,7 +510,7 @@ def validate(
     total, count = 0.0, 0
     with torch.inference_mode():
         for features, captions in loader:
-            total += batch_loss(network, features, captions).item() * len(captions)
+            total += batch_loss(network, features, captions).cross_entropy.item() * len(captions)
             count += len(captions)
     total, count = context.sum([total, count], device)
     return total / count
@@ -518,7 +569,7 @@ def train_model(
     if resume and last_path.is_file():
         # Onto the CPU: RNG states must stay there; load_state_dict copies the rest over.
         checkpoint = read_checkpoint(last_path, map_location="cpu")
-        _check_resumable(checkpoint, last_path, model_config, vocab)
+        _check_resumable(checkpoint, last_path, state.model.config, vocab)
         state.restore(checkpoint, device, context, log)
         log(
             f"resuming from {last_path}: {state.epoch} epoch(s) done, "
@@ -539,12 +590,12 @@ def train_model(
             train_loader.sampler.set_epoch(epoch)  # a new order every epoch, the same on resume
         started = time.perf_counter()
         desc = f"epoch {epoch + 1}/{train_config.num_epochs}"
-        train_loss = train_epoch(
+        train_loss, train_extra = train_epoch(
             network, state, train_loader, batch_loss, train_config, device, context, desc
         )
         val_loss = validate(network, val_loader, batch_loss, device, context)
         record = state.end_epoch(
-            train_loss, val_loss, time.perf_counter() - started, train_config.patience
+            train_loss, val_loss, time.perf_counter() - started, train_config.patience, train_extra
         )
         extra = state.checkpoint_extra(train_config, vocab, device, context)
         if context.is_main:

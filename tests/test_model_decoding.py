@@ -29,23 +29,26 @@ def test_seed_architecture_defaults():
 
 
 def test_forward_shapes_and_multilayer(model, device):
-    logits = model(torch.randn(3, 12, device=device), torch.randint(0, 30, (3, 7), device=device))
+    logits, _ = model(
+        torch.randn(3, 12, device=device), torch.randint(0, 30, (3, 7), device=device)
+    )
     assert logits.shape == (3, 7, 30)
     deep = CaptionModel(
         ModelConfig(vocab_size=30, feature_dim=12, embed_size=8, hidden_size=16, num_layers=2)
     ).to(device)
-    h, c, _ = deep.init_state(torch.randn(4, 12, device=device))
-    assert h.shape == c.shape == (2, 4, 16)
-    assert deep(
-        torch.randn(4, 12, device=device), torch.randint(0, 30, (4, 5), device=device)
-    ).shape == (4, 5, 30)
+    state = deep.init_state(torch.randn(4, 12, device=device))
+    assert state.h.shape == state.c.shape == (2, 4, 16)
+    logits, _ = deep(torch.randn(4, 12, device=device), torch.randint(0, 30, (4, 5), device=device))
+    assert logits.shape == (4, 5, 30)
 
 
 def test_padding_does_not_change_real_positions(model, device):
     features = torch.randn(1, 12, device=device)
     captions = torch.tensor([[1, 5, 6, 2]], device=device)
     padded = torch.tensor([[1, 5, 6, 2, 0, 0, 0]], device=device)
-    assert torch.allclose(model(features, captions), model(features, padded)[:, :4], atol=1e-6)
+    assert torch.allclose(
+        model(features, captions)[0], model(features, padded)[0][:, :4], atol=1e-6
+    )
 
 
 def test_beam_width_one_equals_greedy(model, device):
@@ -143,7 +146,7 @@ def test_variants_decode_consistently(inject, device):
     )
     net = CaptionModel(config).to(device).eval()
     features = torch.randn(3, 12, device=device)
-    assert net(features, torch.randint(0, 30, (3, 5), device=device)).shape == (3, 5, 30)
+    assert net(features, torch.randint(0, 30, (3, 5), device=device))[0].shape == (3, 5, 30)
     greedy = greedy_decode(net, features, max_length=8)
     assert [h[0].ids for h in beam_search(net, features, 1, 8, length_penalty=0.0)] == greedy
     with pytest.raises(ValueError, match="inject"):

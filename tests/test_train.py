@@ -9,8 +9,16 @@ from storyteller.checkpoint import load_model, read_checkpoint, save_checkpoint,
 from storyteller.config import ModelConfig, TrainConfig
 from storyteller.errors import StorytellerError
 from storyteller.model import CaptionModel
+from storyteller.models import DECODERS, LSTMDecoder, build_model, register_decoder
 from storyteller.runtime import torch_save_atomic
-from storyteller.train import TrainingState, parallelize, restore_rng_states, restore_scaler
+from storyteller.train import (
+    TrainingState,
+    make_batch_loss,
+    mean_extra_losses,
+    parallelize,
+    restore_rng_states,
+    restore_scaler,
+)
 from storyteller.vocab import Vocabulary
 
 SMALL = {"hidden_size": 64, "embed_size": 32}
@@ -289,3 +297,96 @@ def test_one_process_with_several_gpus_wraps_in_dataparallel(monkeypatch):
     assert parallelize(model, TrainConfig(), torch.device("cpu"), log=quiet) is model
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert parallelize(model, TrainConfig(), cuda, log=quiet) is model
+
+
+# --------------------------------------------------------------------------------------------
+# Decoders through training: built by the registry, their extra losses minimised and reported
+# but never validated, their optimiser their own, and last.pth from before decoders had names
+# --------------------------------------------------------------------------------------------
+
+
+class _Penalised(LSTMDecoder):
+    """The LSTM plus an extra loss term worth 100 that has no gradient: it must appear in the
+    history as ``train_penalty`` and nowhere else, and must not change what is learned."""
+
+    def forward(self, features, captions):
+        logits, _ = super().forward(features, captions)  # (B, T, V)
+        return logits, {"penalty": 100.0 + 0.0 * logits.sum()}
+
+
+class _SGD(LSTMDecoder):
+    """The LSTM with another recipe (as a transformer will bring AdamW and warm-up)."""
+
+    def configure_optimizer(self, train_config):
+        optimizer = torch.optim.SGD(self.parameters(), lr=train_config.lr)
+        return optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+
+
+@pytest.fixture
+def test_decoders():
+    register_decoder("penalised")(_Penalised)
+    register_decoder("sgd")(_SGD)
+    yield
+    DECODERS.pop("penalised", None)
+    DECODERS.pop("sgd", None)
+
+
+def test_extra_losses_are_added_to_what_is_minimised(test_decoders):
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4, decoder="penalised")
+    )
+    batch_loss = make_batch_loss(torch.device("cpu"), False, pad_id=0, label_smoothing=0.0)
+    terms = batch_loss(model, torch.randn(2, 4), torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]]))
+    assert terms.extra["penalty"].item() == 100.0 and terms.cross_entropy.item() < 100
+    assert terms.total.item() == pytest.approx(terms.cross_entropy.item() + 100.0)
+    # nn.DataParallel gathers each GPU's scalar into a vector: the term is their mean.
+    gathered = mean_extra_losses({"penalty": torch.tensor([0.25, 0.75]), "none": torch.tensor(2.0)})
+    assert {k: v.item() for k, v in gathered.items()} == {"penalty": 0.5, "none": 2.0}
+
+
+def test_extra_losses_are_reported_but_not_validated(tiny_data, tiny_run, tmp_path, test_decoders):
+    config = TrainConfig(num_epochs=2, batch_size=32)
+    plain = pipeline.train_step(
+        tiny_data, _fresh_run(tiny_data, tiny_run, tmp_path / "lstm"), config, SMALL, log=quiet
+    )
+    run = _fresh_run(tiny_data, tiny_run, tmp_path / "penalised")
+    result = pipeline.train_step(
+        tiny_data, run, config, {**SMALL, "decoder": "penalised"}, log=quiet
+    )
+    assert [h["train_penalty"] for h in result.history] == [100.0, 100.0]
+    assert "train_penalty" not in plain.history[0]
+    for key in ("train_loss", "val_loss", "val_perplexity"):  # cross-entropy, as for the LSTM
+        assert [h[key] for h in result.history] == [h[key] for h in plain.history], key
+    model, checkpoint = load_model(run / "best_model.pth")  # rebuilt through the registry
+    assert type(model) is _Penalised and checkpoint["model_config"]["decoder"] == "penalised"
+
+
+def test_training_takes_the_optimiser_from_the_decoder(test_decoders):
+    config = ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4)
+    cpu = torch.device("cpu")
+    state = TrainingState.create(config, TrainConfig(lr=0.1), cpu)
+    assert type(state.model) is LSTMDecoder and isinstance(state.optimizer, torch.optim.Adam)
+    config.decoder = "sgd"
+    state = TrainingState.create(config, TrainConfig(lr=0.1), cpu)
+    assert type(state.model) is _SGD and isinstance(state.optimizer, torch.optim.SGD)
+
+
+def test_last_checkpoint_from_before_decoders_had_names_resumes(tiny_data, tiny_run, tmp_path):
+    config = TrainConfig(num_epochs=2, batch_size=32, patience=10)
+    run = _fresh_run(tiny_data, tiny_run, tmp_path)
+
+    def die_after_first_epoch(record):
+        raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        pipeline.train_step(
+            tiny_data, run, config, SMALL, on_epoch=die_after_first_epoch, log=quiet
+        )
+    checkpoint = torch.load(run / "last.pth", weights_only=True)
+    del checkpoint["model_config"]["decoder"], checkpoint["model_config"]["decoder_options"]
+    torch.save(checkpoint, run / "last.pth")  # as the code before the registry wrote it
+    messages = []
+    result = pipeline.train_step(tiny_data, run, config, SMALL, log=messages.append)
+    assert "resuming" in messages[0] and [h["epoch"] for h in result.history] == [1, 2]
+    assert read_checkpoint(run / "last.pth")["model_config"]["decoder"] == "lstm"

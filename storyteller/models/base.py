@@ -1,0 +1,180 @@
+"""The protocol every captioner follows, and the state it carries between decoding steps.
+
+Training, greedy and beam search, evaluation, inference, the app and the checkpoint loader
+talk to a captioner only through :class:`CaptionDecoder`'s three methods, so a new decoder
+(soft attention over the CNN's grid, a transformer) plugs in without an ``if decoder == ...``
+anywhere else:
+
+* ``init_state(features) -> state``: what the decoder knows before the first word;
+* ``step(tokens, state) -> (log_probs, state)``: one word for every row, used by greedy and
+  beam search;
+* ``forward(features, captions) -> (logits, extra_losses)``: teacher forcing for training,
+  with any loss terms of the decoder's own (the attention decoder's doubly stochastic penalty)
+  beside the logits, so the training loop adds them without knowing what they are.
+
+The state is a :class:`DecoderState` dataclass that says which dimension of each tensor runs
+over the rows (images, or images x beams), so beam search can reorder and repeat it without
+knowing what is inside.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig, TrainConfig
+from ..errors import StorytellerError
+
+S = TypeVar("S", bound="DecoderState")
+
+
+def batch_field(dim: int = 0, **kwargs) -> Any:
+    """Declare a :class:`DecoderState` field whose dimension ``dim`` runs over the rows.
+
+    The field may hold a tensor, a tuple or list of tensors (e.g. one cache per layer, all with
+    the rows on ``dim``) or ``None`` (nothing to carry in this configuration)."""
+    return field(metadata={"batch_dim": dim}, **kwargs)
+
+
+@dataclass
+class DecoderState:
+    """What a decoder carries from one step to the next. Subclass it as a dataclass and
+    declare every per-row tensor with :func:`batch_field`::
+
+        @dataclass
+        class LSTMState(DecoderState):
+            h: torch.Tensor = batch_field(dim=1)  # (num_layers, N, hidden)
+
+    Beam search then reorders (:meth:`select`) and repeats (:meth:`repeat_interleave`) every
+    such field on its own row dimension, whatever the decoder keeps there. Fields that are not
+    batch fields are shared by all rows and carried over unchanged (a step counter, say); a
+    tensor in such a field is refused, since beam search could not keep it in line with its
+    rows.
+
+    Per-step extras (the attention decoder's weights over the grid, where the model looked
+    for each word) go into the state too: a batch field that ``step`` grows by one position,
+    e.g. ``attention: (N, t, P)``. Beam search then keeps each hypothesis's extras with it,
+    and a caller reads them from the state after decoding, with no change to the protocol.
+    """
+
+    def _map_rows(self: S, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> S:
+        """A copy with ``fn(tensor, batch_dim)`` applied to every batch field's tensors."""
+        changes = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            dim = f.metadata.get("batch_dim")
+            if dim is None:
+                if isinstance(value, torch.Tensor):
+                    raise TypeError(
+                        f"{type(self).__name__}.{f.name} holds a tensor but is not declared "
+                        "with batch_field(dim): beam search cannot reorder it"
+                    )
+                continue
+            if isinstance(value, torch.Tensor):
+                changes[f.name] = fn(value, dim)
+            elif isinstance(value, (tuple, list)):
+                changes[f.name] = type(value)(fn(v, dim) for v in value)
+        return replace(self, **changes)
+
+    def select(self: S, rows: torch.Tensor) -> S:
+        """Keep rows ``rows`` (N',) of every batch field, in that order (beam search: each
+        surviving hypothesis takes its parent's state)."""
+        return self._map_rows(lambda tensor, dim: tensor.index_select(dim, rows))
+
+    def repeat_interleave(self: S, times: int) -> S:
+        """Each row repeated ``times`` times in place: N rows -> N*times (one per beam)."""
+        return self._map_rows(lambda tensor, dim: tensor.repeat_interleave(times, dim=dim))
+
+
+@dataclass
+class NoOptions:
+    """The options of a decoder whose sizes are all ModelConfig's own fields."""
+
+
+class CaptionDecoder(nn.Module, ABC):
+    """A captioner: features -> words. Subclasses register with
+    :func:`storyteller.models.register_decoder` and are built from a :class:`ModelConfig`
+    alone (``build_model(config)``), so a checkpoint rebuilds its own model.
+
+    ``features`` are what the feature cache holds for one image, batched: (B, feature_dim)
+    for a pooled vector, (B, P, feature_dim) for a grid (see :attr:`feature_layout`). ``captions`` and ``tokens``
+    are word ids (``<pad>`` = 0, ``<start>`` = 1).
+    """
+
+    name: ClassVar[str | None] = None  # set by register_decoder
+    #: The dataclass ``config.decoder_options`` is read into (its defaults fill the gaps).
+    options_class: ClassVar[type] = NoOptions
+    #: Which features the decoder reads, so the loader can ask the model rather than the
+    #: caller knowing every decoder: ``"pooled"``, one vector per image (B, feature_dim), or
+    #: ``"grid"``, the CNN's last feature map as positions (B, P, feature_dim), P = h x w.
+    feature_layout: ClassVar[str] = "pooled"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if self.name is not None and config.decoder != self.name:
+            raise StorytellerError(
+                f"{type(self).__name__} is the {self.name!r} decoder, "
+                f"but the config asks for {config.decoder!r}"
+            )
+        self.config = self.resolve_config(config)  # what the checkpoint stores
+        self.options = self.options_class(**self.config.decoder_options)
+
+    @classmethod
+    def resolve_config(cls, config: ModelConfig) -> ModelConfig:
+        """``config`` with this decoder's options complete (defaults filled in), so a
+        checkpoint rebuilds the same model even if the defaults change later; unknown options
+        are refused with the known ones listed."""
+        known = [f.name for f in fields(cls.options_class)]
+        unknown = sorted(set(config.decoder_options) - set(known))
+        if unknown:
+            raise StorytellerError(
+                f"the {config.decoder!r} decoder has no option {', '.join(unknown)} "
+                f"(its options: {', '.join(known) or 'none'})"
+            )
+        options = asdict(cls.options_class(**config.decoder_options))
+        return replace(config, decoder_options=options)
+
+    @abstractmethod
+    def init_state(self, features: torch.Tensor) -> DecoderState:
+        """features: (B, ...) -> the state before the first word, B rows."""
+
+    @abstractmethod
+    def step(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        """One decoding step for N rows. tokens: (N,) the previous words -> log-probabilities
+        of the next word (N, vocab_size) in float32, and the new state (N rows)."""
+
+    @abstractmethod
+    def forward(
+        self, features: torch.Tensor, captions: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Teacher forcing. features: (B, ...); captions: (B, T) ids starting with
+        ``<start>``. Returns next-word logits (B, T, vocab_size) for every input position,
+        equal to what :meth:`step` gives word by word, and the decoder's extra loss terms:
+        ``{name: scalar}``, each averaged over the batch, which training adds to the
+        cross-entropy (``{}`` when there are none). Padded positions must not change the
+        real ones: the loss masks them out afterwards."""
+
+    def configure_optimizer(
+        self, train_config: TrainConfig
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau]:
+        """The optimiser and the learning-rate schedule this decoder trains with. The default
+        is the seed recipe: Adam, learning rate multiplied by ``lr_factor`` when the
+        validation loss stops improving (training steps the schedule once per epoch with the
+        validation loss). A decoder that needs another recipe (a transformer: AdamW with
+        warm-up) overrides this."""
+        optimizer = torch.optim.Adam(
+            self.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=train_config.lr_factor, patience=train_config.lr_patience
+        )
+        return optimizer, scheduler
+
+    def describe(self) -> str:
+        """A few words for people (the app's status line), e.g. ``LSTM 512``."""
+        return f"{self.name} decoder"

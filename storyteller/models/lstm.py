@@ -1,0 +1,110 @@
+"""The ``lstm`` captioner: image feature -> initial LSTM state -> words, one at a time.
+
+This is the Neural Storyteller seed architecture: a linear "encoder" projects the cached CNN
+feature into the decoder's hidden space, where it becomes the LSTM's initial hidden and cell
+state; the decoder embeds the previous word (256-d), runs a 512-d LSTM and predicts the next.
+Its sizes are :class:`~storyteller.config.ModelConfig`'s own fields (it has no
+``decoder_options``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .base import CaptionDecoder, DecoderState, batch_field
+from .registry import register_decoder
+
+
+@dataclass
+class LSTMState(DecoderState):
+    """What the LSTM carries between steps."""
+
+    h: torch.Tensor = batch_field(dim=1)  # (num_layers, N, hidden)
+    c: torch.Tensor = batch_field(dim=1)  # (num_layers, N, hidden)
+    image: torch.Tensor | None = batch_field(dim=0)  # (N, hidden) when fed at every step
+
+
+@register_decoder("lstm")
+class LSTMDecoder(CaptionDecoder):
+    """One pooled feature vector per image; ``inject`` says where the image enters: the
+    initial state only (``init``, the seed) or also every step's input (``init+input``)."""
+
+    feature_layout: ClassVar[str] = "pooled"  # one vector per image: (B, feature_dim)
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        hidden, layers = config.hidden_size, config.num_layers
+        if config.inject not in ("init", "init+input"):
+            raise ValueError(f"inject must be 'init' or 'init+input', got {config.inject!r}")
+        self.image_proj = nn.Sequential(
+            nn.LayerNorm(config.feature_dim) if config.feature_norm else nn.Identity(),
+            nn.Linear(config.feature_dim, hidden),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+        )
+        self.feeds_image = config.inject == "init+input"
+        lstm_input = config.embed_size + (hidden if self.feeds_image else 0)
+        self.init_h = nn.Linear(hidden, hidden * layers)
+        self.init_c = nn.Linear(hidden, hidden * layers)
+        self.embed = nn.Embedding(config.vocab_size, config.embed_size, padding_idx=0)
+        self.lstm = nn.LSTM(
+            lstm_input,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            dropout=config.dropout if layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(hidden, config.vocab_size)
+
+    def init_state(self, features: torch.Tensor) -> LSTMState:
+        """features: (B, feature_dim) -> decoder state: (h0, c0), each (num_layers, B, hidden),
+        plus the projected image (B, hidden) when it is also fed at every step."""
+        batch, layers, hidden = features.size(0), self.config.num_layers, self.config.hidden_size
+        projected = self.image_proj(features)  # (B, hidden)
+        h0 = torch.tanh(self.init_h(projected)).view(batch, layers, hidden).transpose(0, 1)
+        c0 = torch.tanh(self.init_c(projected)).view(batch, layers, hidden).transpose(0, 1)
+        image = projected if self.feeds_image else None
+        return LSTMState(h0.contiguous(), c0.contiguous(), image)
+
+    def _lstm_inputs(self, embedded: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        """embedded: (B, T, embed) -> (B, T, embed [+ hidden]) with the image appended."""
+        if image is None:
+            return embedded
+        return torch.cat([embedded, image.unsqueeze(1).expand(-1, embedded.size(1), -1)], dim=-1)
+
+    def forward(
+        self, features: torch.Tensor, captions: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Teacher forcing. features: (B, feature_dim); captions: (B, T) ids starting with
+        ``<start>``. Returns next-word logits (B, T, vocab_size) for every input position, and
+        no extra loss terms.
+
+        Padded positions are computed too and masked out by the loss (``ignore_index``): with
+        a one-directional LSTM they cannot affect the real positions, and skipping
+        ``pack_padded_sequence`` avoids its CPU-lengths and DataParallel pitfalls.
+        """
+        state = self.init_state(features)
+        embedded = self.dropout(self.embed(captions))  # (B, T, embed)
+        outputs, _ = self.lstm(
+            self._lstm_inputs(embedded, state.image), (state.h, state.c)
+        )  # (B, T, hidden)
+        return self.head(self.dropout(outputs)), {}  # (B, T, vocab)
+
+    def step(self, tokens: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
+        """One decoding step. tokens: (N,) -> log-probabilities (N, vocab), new state."""
+        embedded = self.embed(tokens).unsqueeze(1)  # (N, 1, embed)
+        output, (h, c) = self.lstm(
+            self._lstm_inputs(embedded, state.image), (state.h, state.c)
+        )  # (N, 1, hidden)
+        logits = self.head(output.squeeze(1))  # (N, vocab)
+        return torch.log_softmax(logits.float(), dim=-1), LSTMState(h, c, state.image)
+
+    def describe(self) -> str:
+        layers = f" x{self.config.num_layers}" if self.config.num_layers > 1 else ""
+        return f"LSTM {self.config.hidden_size}{layers}"
