@@ -31,10 +31,9 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..vocab import Vocabulary
 from .base import CaptionDecoder, DecoderState, batch_field
 from .registry import register_decoder
-
-PAD_ID, END_ID = 0, 2  # the vocabulary's special ids (storyteller.vocab)
 
 
 @dataclass
@@ -209,7 +208,7 @@ class AttentionDecoder(CaptionDecoder):
             logits, state = self._advance(embedded[:, t], state)  # (B, V)
             steps.append(logits)
         logits = torch.stack(steps, dim=1)  # (B, T, V)
-        real = (captions != PAD_ID) & (captions != END_ID)  # (B, T)
+        real = (captions != Vocabulary.pad_id) & (captions != Vocabulary.end_id)  # (B, T)
         penalty = doubly_stochastic_penalty(state.attention, real)  # (B,)
         return logits, {"attention_penalty": self.options.alpha_c * penalty.mean()}
 
