@@ -396,12 +396,19 @@ class FeatureCache:
             pooled[start : start + len(rows)] = torch.from_numpy(block.mean(axis=1))  # (n, dim)
         return pooled
 
-    def batch(self, rows, layout: str = "pooled") -> torch.Tensor:
-        """The features of cache rows ``rows`` (a sequence or 1-d tensor of ints) as float32:
-        (B, dim) for ``"pooled"``, (B, h*w, dim) for ``"grid"``, read from disk."""
+    def batch(
+        self, rows, layout: str = "pooled", dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """The features of cache rows ``rows`` (a sequence or 1-d tensor of ints): (B, dim)
+        for ``"pooled"``, (B, h*w, dim) for ``"grid"``, read from disk.
+
+        ``dtype=torch.float16`` hands a grid over as stored: half the bytes to copy to a GPU
+        and no conversion on the CPU, which is most of a grid batch's cost there (measured in
+        ``bench/cache_read.py``); convert on the device instead.
+        """
         check_layout(layout)
         if layout == "pooled":
-            return self.features[torch.as_tensor(rows, dtype=torch.long)]  # (B, dim)
+            return self.features[torch.as_tensor(rows, dtype=torch.long)].to(dtype)  # (B, dim)
         if self.layout != "grid":
             where = f"in {self.folder}" if self.folder is not None else "here"
             raise StorytellerError(
@@ -409,8 +416,8 @@ class FeatureCache:
                 "again with --layout grid (into another folder, or with --overwrite)"
             )
         disk_rows = self._rows[np.asarray(rows, dtype=np.int64)]  # (B,)
-        block = np.asarray(self.array[disk_rows], dtype=np.float32)  # (B, h*w, dim)
-        return torch.from_numpy(block)
+        block = np.asarray(self.array[disk_rows])  # (B, h*w, dim) float16, a copy
+        return torch.from_numpy(block).to(dtype)  # (B, h*w, dim)
 
     def __contains__(self, name: str) -> bool:
         return name in self.index

@@ -207,6 +207,10 @@ def test_grid_cache_layout_and_index(both_layouts, tiny_data, device):
     grid = cache.batch(rows, "grid")  # (3, 49, 1280)
     assert grid.dtype == torch.float32 and grid.shape == (3, 49, 1280)
     assert torch.equal(grid, torch.from_numpy(array[rows].astype(np.float32)))
+    as_stored = cache.batch(rows, "grid", dtype=torch.float16)  # no conversion on the CPU
+    assert as_stored.dtype == torch.float16 and torch.equal(
+        as_stored, torch.from_numpy(array[rows])
+    )
     # The cached grid equals encoding that image on its own.
     extractor = FeatureExtractor("efficientnet_lite0", device, layout="grid")
     name = cache.names[7]
@@ -265,6 +269,23 @@ def test_an_old_cache_without_a_layout_loads_as_pooled(both_layouts, tmp_path):
         )
     # Asking for what it holds accepts it (complete: nothing is encoded again).
     extract_features(meta["image_dir"], meta["images"], old, "efficientnet_lite0")
+
+
+def test_features_command_keeps_the_layout_it_finds_and_refuses_another(
+    both_layouts, tiny_data, tmp_path, capsys
+):
+    from storyteller import pipeline
+    from storyteller.cli import main
+
+    shutil.copytree(both_layouts[1], tmp_path / "features")
+    # No --encoder, no --layout: the cache's own (complete, so nothing is encoded again).
+    pipeline.features_step(tiny_data, tmp_path, log=lambda _: None)
+    assert load_feature_cache(tmp_path / "features").layout == "grid"
+    args = ["features", "--data", str(tiny_data), "--out", str(tmp_path)]
+    assert main([*args, "--layout", "grid"]) == 0
+    assert main([*args, "--layout", "pooled"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error:") and "holds grid features, not pooled" in error
 
 
 def test_cache_in_another_layout_is_refused_until_overwritten(tiny_data, tmp_path):
