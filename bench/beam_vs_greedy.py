@@ -43,7 +43,7 @@ def main() -> None:
     model, _ = load_model(paths.checkpoint, vocab)
     cache = load_feature_cache(paths.features)
     test = [n for n in load_splits(args.out)["test"] if n in cache]
-    features = cache.features[[cache.index[n] for n in test]]  # (N, feature_dim)
+    features = cache.batch([cache.index[n] for n in test])  # (N, feature_dim)
     print(
         f"{len(test)} test images, vocabulary {len(vocab)}, torch threads {torch.get_num_threads()}"
     )

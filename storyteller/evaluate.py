@@ -73,7 +73,7 @@ def evaluate_model(
     images = [name for name in test_images if name in cache]
     if not images:
         raise StorytellerError("no test images with features to evaluate")
-    features = cache.features[[cache.index[name] for name in images]]  # (N, feature_dim)
+    features = cache.batch([cache.index[name] for name in images])  # (N, feature_dim)
     references = [dataset.captions[name] for name in images]
 
     results: dict[str, dict] = {}

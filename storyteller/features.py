@@ -1,15 +1,22 @@
-"""Extract one feature vector per image with a frozen CNN, once, into a resumable cache.
+"""Extract each image's features with a frozen CNN, once, into a resumable cache.
 
 The cache is two files in the output folder:
 
-* ``features.npy``  - float16 array of shape (num_images, dim), memory-mapped while written;
+* ``features.npy``  - float16 array, memory-mapped while written, of shape (num_images, dim)
+  for the ``"pooled"`` layout (one vector per image) or (num_images, h*w, dim) for ``"grid"``
+  (one vector per feature-map position, what attention captioners read; see
+  :mod:`storyteller.encoders`);
 * ``features.json`` - the index: image names (row order), the encoder, its dimension and
-  preprocessing, how many rows are done, and which images could not be read; for information
-  only, which decoders made it (``decode``: ``"pil"``, ``"torchvision:cuda"``, ...) and how
-  many images the device path handed to PIL (``pil_fallbacks``).
+  preprocessing, the ``layout`` and for a grid its ``grid`` [h, w], how many rows are done,
+  and which images could not be read; for information only, which decoders made it
+  (``decode``: ``"pil"``, ``"torchvision:cuda"``, ...) and how many images the device path
+  handed to PIL (``pil_fallbacks``). Caches written before layouts existed (version 1) have
+  no ``layout`` key and are pooled.
 
 An interrupted extraction continues from the last finished batch. A cache made by another
-encoder, or for another list of images, is refused rather than mixed.
+encoder, for another list of images or in another layout is refused rather than mixed. One
+grid cache serves every captioner: its pooled vectors are the grid's means (see
+:class:`FeatureCache`).
 
 Two ways to turn files into pixels (``decode_on``):
 
@@ -29,7 +36,6 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +44,14 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .encoders import build_encoder, get_encoder_spec
+from .encoders import LAYOUTS, build_encoder, check_layout, get_encoder_spec, with_layout
 from .errors import StorytellerError
 from .runtime import autocast, get_device, write_json
 
 FEATURES_FILE = "features.npy"
 INDEX_FILE = "features.json"
-CACHE_VERSION = 1
+# 2: the index records its ``layout`` (version 1 had none and was always pooled).
+CACHE_VERSION = 2
 # On a CPU the network, not JPEG decoding, is the bottleneck: small batches, one worker
 # measured fastest (bench/extraction_throughput.py).
 CPU_BATCH_SIZE = 4
@@ -77,25 +84,38 @@ def load_rgb(source) -> Image.Image:
 
 
 class FeatureExtractor:
-    """A frozen encoder plus its preprocessing, on one device: PIL images -> (B, dim)."""
+    """A frozen encoder plus its preprocessing, on one device: PIL images -> (B, dim), or
+    (B, h*w, dim) with ``layout="grid"``. A given ``encoder`` of the other layout is given the
+    right head on its own trunk (:func:`~storyteller.encoders.with_layout`)."""
 
-    def __init__(self, encoder_name: str, device: torch.device | None = None, encoder=None):
+    def __init__(
+        self,
+        encoder_name: str,
+        device: torch.device | None = None,
+        encoder=None,
+        layout: str = "pooled",
+    ):
         self.spec = get_encoder_spec(encoder_name)
+        self.layout = check_layout(layout)
         self.device = device or get_device()
         self.transform = self.spec.preprocessing.transform()
-        encoder = encoder if encoder is not None else build_encoder(encoder_name)
+        if encoder is None:
+            encoder = build_encoder(encoder_name, grid=layout == "grid")
+        encoder = with_layout(encoder, encoder_name, layout)
         self.encoder = encoder.to(self.device, memory_format=torch.channels_last).eval()
 
     @torch.inference_mode()
     def encode_batch(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels: (B, 3, H, W) preprocessed -> features (B, dim) float32 on the CPU."""
+        """pixels: (B, 3, H, W) preprocessed -> features (B, dim) or (B, h*w, dim) float32 on
+        the CPU."""
         pixels = pixels.to(self.device, non_blocking=True, memory_format=torch.channels_last)
         with autocast(self.device):
-            features = self.encoder(pixels)  # (B, dim)
+            features = self.encoder(pixels)  # (B, dim) or (B, h*w, dim)
         return features.float().cpu()
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Encode PIL images (any mode; converted with :func:`load_rgb`) -> (B, dim)."""
+        """Encode PIL images (any mode; converted with :func:`load_rgb`) -> (B, dim) or
+        (B, h*w, dim)."""
         pixels = torch.stack([self.transform(load_rgb(im)) for im in images])  # (B, 3, H, W)
         return self.encode_batch(pixels)
 
@@ -305,15 +325,41 @@ class _DeviceDecoder:
         return pixels, ok
 
 
-@dataclass
 class FeatureCache:
-    """A finished cache loaded into memory: ``features[index[name]]`` is that image's vector."""
+    """A finished cache that hands out features by row: ``index[name]`` is that image's row.
 
-    names: list[str]
-    features: torch.Tensor  # (num_images, dim) float32
-    meta: dict
+    Pooled caches (N x dim: 260 MB as float32 for Flickr30k with ResNet50) are held in memory
+    as float32, since training reads every row every epoch. Grid caches are h*w = 49 times
+    bigger (6.4 GB as float16 for Flickr30k), so they stay on disk, memory-mapped
+    (``array``): :meth:`batch` reads only the rows asked for, and the OS keeps what fits in
+    its page cache, shared by every process (DataLoader workers, DDP ranks).
 
-    def __post_init__(self):
+    ``features`` (N, dim) float32 are the pooled vectors for either layout; a grid cache
+    computes them on first use as the mean over positions (what global average pooling is),
+    in one pass over the file, and keeps only that (N, dim) matrix.
+
+    ``FeatureCache(names, features, meta)`` wraps pooled vectors already in memory (tests,
+    benchmarks); :func:`load_feature_cache` opens a cache folder.
+    """
+
+    def __init__(
+        self,
+        names: list[str],
+        features: torch.Tensor | None,
+        meta: dict,
+        *,
+        array: np.ndarray | None = None,
+        rows: Sequence[int] | None = None,
+        folder: Path | None = None,
+    ):
+        """features: (N, dim) float32 pooled vectors of ``names``, or None for a grid cache
+        given as ``array`` (num_images, h*w, dim) float16, of which ``rows`` are ``names``."""
+        if features is None and array is None:
+            raise StorytellerError("a FeatureCache needs pooled features or a grid array")
+        self.names, self.meta, self.folder = list(names), meta, folder
+        self.array = array
+        self._rows = np.arange(len(self.names)) if rows is None else np.asarray(rows)
+        self._pooled = features
         self.index = {name: row for row, name in enumerate(self.names)}
 
     @property
@@ -324,11 +370,78 @@ class FeatureCache:
     def dim(self) -> int:
         return int(self.meta["dim"])
 
+    @property
+    def layout(self) -> str:
+        """What the file holds: ``"pooled"`` (also every cache without the key) or ``"grid"``."""
+        return self.meta.get("layout", "pooled")
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        """(h, w) of a grid cache, ``None`` for a pooled one."""
+        return tuple(self.meta["grid"]) if self.layout == "grid" else None
+
+    @property
+    def features(self) -> torch.Tensor:
+        """(N, dim) float32 pooled vectors; for a grid cache, its means, computed once."""
+        if self._pooled is None:
+            self._pooled = self._mean_over_positions()
+        return self._pooled
+
+    def _mean_over_positions(self, chunk: int = 256) -> torch.Tensor:
+        """One sequential pass over the grid file, ``chunk`` images at a time -> (N, dim)."""
+        pooled = torch.empty(len(self.names), self.dim)  # (N, dim)
+        for start in range(0, len(self.names), chunk):
+            rows = self._rows[start : start + chunk]
+            block = np.asarray(self.array[rows], dtype=np.float32)  # (n, h*w, dim)
+            pooled[start : start + len(rows)] = torch.from_numpy(block.mean(axis=1))  # (n, dim)
+        return pooled
+
+    def batch(
+        self, rows, layout: str = "pooled", dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """The features of cache rows ``rows`` (a sequence or 1-d tensor of ints): (B, dim)
+        for ``"pooled"``, (B, h*w, dim) for ``"grid"``, read from disk.
+
+        ``dtype=torch.float16`` hands a grid over as stored: half the bytes to copy to a GPU
+        and no conversion on the CPU, which is most of a grid batch's cost there (measured in
+        ``bench/cache_read.py``); convert on the device instead.
+        """
+        check_layout(layout)
+        if layout == "pooled":
+            return self.features[torch.as_tensor(rows, dtype=torch.long)].to(dtype)  # (B, dim)
+        if self.layout != "grid":
+            where = f"in {self.folder}" if self.folder is not None else "here"
+            raise StorytellerError(
+                f"the feature cache {where} holds pooled vectors, not the grid: extract it "
+                "again with --layout grid (into another folder, or with --overwrite)"
+            )
+        disk_rows = self._rows[np.asarray(rows, dtype=np.int64)]  # (B,)
+        block = np.asarray(self.array[disk_rows])  # (B, h*w, dim) float16, a copy
+        return torch.from_numpy(block).to(dtype)  # (B, h*w, dim)
+
     def __contains__(self, name: str) -> bool:
         return name in self.index
 
+    def __len__(self) -> int:
+        return len(self.names)
 
-def _check_compatible(meta: dict, encoder_name: str, names: list[str], folder: Path) -> None:
+    def __getstate__(self) -> dict:
+        """Pickled (DataLoader workers under spawn) without the mapped file, which NumPy
+        would copy whole: the receiving process maps it again."""
+        state = self.__dict__.copy()
+        if isinstance(self.array, np.memmap) and self.folder is not None:
+            state["array"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.array is None and self.layout == "grid" and self.folder is not None:
+            self.array = np.load(self.folder / FEATURES_FILE, mmap_mode="r")
+
+
+def _check_compatible(
+    meta: dict, encoder_name: str, names: list[str], layout: str, folder: Path
+) -> None:
     if meta.get("encoder") != encoder_name:
         raise StorytellerError(
             f"{folder / INDEX_FILE} holds '{meta.get('encoder')}' features, not "
@@ -338,6 +451,12 @@ def _check_compatible(meta: dict, encoder_name: str, names: list[str], folder: P
         raise StorytellerError(
             f"{folder / INDEX_FILE} was made for a different list of images: "
             "use another output folder or pass --overwrite"
+        )
+    held = meta.get("layout", "pooled")
+    if held != layout:
+        raise StorytellerError(
+            f"{folder / INDEX_FILE} holds {held} features, not {layout}: use another output "
+            f"folder or pass --overwrite (or --layout {held} to keep this cache)"
         )
 
 
@@ -353,6 +472,7 @@ def extract_features(
     encoder: torch.nn.Module | None = None,
     on_batch: Callable[[int], None] | None = None,
     decode_on: str = "auto",
+    layout: str = "pooled",
 ) -> Path:
     """Encode every image in ``names`` into ``out_dir/features.npy`` (+ ``features.json``).
 
@@ -363,7 +483,10 @@ def extract_features(
     cache and one worker decoding JPEGs while the main process runs the network.
     ``decode_on``: ``"auto"`` decodes JPEGs on the device when it is a GPU (``"device"``),
     with PIL in the workers otherwise (``"cpu"``); see the module docstring.
+    ``layout``: ``"pooled"`` (N, dim) or ``"grid"`` (N, h*w, dim); ``encoder``, if given, may
+    be either kind (the right head is put on its trunk).
     """
+    check_layout(layout)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = sorted(set(names))
@@ -375,7 +498,8 @@ def extract_features(
     meta = None
     if index_path.is_file() and array_path.is_file() and not overwrite:
         meta = json.loads(index_path.read_text())
-        _check_compatible(meta, encoder_name, names, out_dir)
+        _check_compatible(meta, encoder_name, names, layout, out_dir)
+        meta.setdefault("layout", "pooled")  # a version-1 cache: pooled, now said explicitly
         if meta["done"] >= len(names):
             return array_path
         array = np.load(array_path, mmap_mode="r+")
@@ -384,6 +508,8 @@ def extract_features(
             "version": CACHE_VERSION,
             "encoder": encoder_name,
             "dim": spec.dim,
+            "layout": layout,
+            **({"grid": list(spec.grid)} if layout == "grid" else {}),
             "dtype": "float16",
             "preprocessing": spec.preprocessing.to_dict(),
             "image_dir": str(image_dir),
@@ -392,13 +518,13 @@ def extract_features(
             "unreadable": [],
         }
         array = np.lib.format.open_memmap(
-            array_path, mode="w+", dtype=np.float16, shape=(len(names), spec.dim)
-        )
+            array_path, mode="w+", dtype=np.float16, shape=(len(names), *spec.shape(layout))
+        )  # (N, dim) or (N, h*w, dim)
         write_json(index_path, meta)
 
     device = device or get_device()
     decode_on = resolve_decode_on(decode_on, device)
-    extractor = FeatureExtractor(encoder_name, device, encoder)
+    extractor = FeatureExtractor(encoder_name, device, encoder, layout)
     start = meta["done"]
     on_gpu = device.type == "cuda"
     if batch_size is None:
@@ -431,7 +557,13 @@ def extract_features(
     ) as bar:
         for batch in loader:
             pixels, ok = batch if decoder is None else decoder(batch)  # (B, 3, crop, crop), (B,)
-            features = extractor.encode_batch(pixels)  # (B, dim)
+            features = extractor.encode_batch(pixels)  # (B, dim) or (B, h*w, dim)
+            if features.shape[1:] != array.shape[1:]:
+                raise StorytellerError(
+                    f"'{encoder_name}' gave {layout} features of shape {tuple(features.shape[1:])}"
+                    f" per image, the cache holds {array.shape[1:]}: was the encoder or its "
+                    "preprocessing changed? Pass --overwrite to start again"
+                )
             array[row : row + len(features)] = features.numpy().astype(np.float16)
             meta["unreadable"] += [names[row + i] for i in torch.nonzero(~ok).flatten().tolist()]
             row += len(features)
@@ -454,7 +586,8 @@ def extract_features(
 
 
 def load_feature_cache(out_dir: str | Path) -> FeatureCache:
-    """Load a complete cache as float32 (unreadable images left out)."""
+    """Open a complete cache (unreadable images left out): a pooled one loaded as float32, a
+    grid one memory-mapped, never read whole (see :class:`FeatureCache`)."""
     out_dir = Path(out_dir)
     index_path = out_dir / INDEX_FILE
     if not index_path.is_file():
@@ -462,13 +595,37 @@ def load_feature_cache(out_dir: str | Path) -> FeatureCache:
             f"no feature cache in {out_dir}: run `python -m storyteller features` first"
         )
     meta = json.loads(index_path.read_text())
+    if meta.get("version", 1) > CACHE_VERSION:
+        raise StorytellerError(
+            f"the feature cache in {out_dir} is version {meta['version']}, newer than this "
+            f"storyteller reads ({CACHE_VERSION}): upgrade storyteller or extract it again"
+        )
     if meta["done"] < len(meta["images"]):
         raise StorytellerError(
             f"the feature cache in {out_dir} is incomplete ({meta['done']}/{len(meta['images'])}); "
             "run `python -m storyteller features` again to finish it"
         )
-    array = np.load(out_dir / FEATURES_FILE, mmap_mode="r")
+    layout = meta.get("layout", "pooled")
+    if layout not in LAYOUTS:
+        raise StorytellerError(
+            f"{index_path} names an unknown layout '{layout}': extract it again with --overwrite"
+        )
+    array = np.load(out_dir / FEATURES_FILE, mmap_mode="r")  # (N, dim) or (N, h*w, dim)
+    per_image = (
+        (int(meta["dim"]),)
+        if layout == "pooled"
+        else (int(np.prod(meta["grid"])), int(meta["dim"]))
+    )
+    if array.shape != (len(meta["images"]), *per_image):
+        raise StorytellerError(
+            f"{out_dir / FEATURES_FILE} has shape {array.shape}, but {index_path} describes "
+            f"{len(meta['images'])} x {' x '.join(map(str, per_image))}: extract it again with "
+            "--overwrite"
+        )
     bad = set(meta["unreadable"])
     keep = [i for i, name in enumerate(meta["images"]) if name not in bad]
-    features = torch.from_numpy(np.asarray(array[keep], dtype=np.float32))
-    return FeatureCache([meta["images"][i] for i in keep], features, meta)
+    names = [meta["images"][i] for i in keep]
+    if layout == "grid":
+        return FeatureCache(names, None, meta, array=array, rows=keep, folder=out_dir)
+    features = torch.from_numpy(np.asarray(array[keep], dtype=np.float32))  # (N, dim)
+    return FeatureCache(names, features, meta, folder=out_dir)

@@ -99,17 +99,24 @@ def features_step(
     device: str | torch.device | None = None,
     log: Log = print,
     decode_on: str = "auto",
+    layout: str | None = None,
 ) -> Path:
-    """Extract and cache one feature vector per image. ``encoder=None``: ResNet50, or the
+    """Extract and cache each image's features. ``encoder=None``: ResNet50, or the
     offline EfficientNet-Lite0 when ResNet50 weights cannot be downloaded. ``decode_on``:
-    where JPEGs are decoded (``auto``: on a GPU when there is one; see ``extract_features``)."""
+    where JPEGs are decoded (``auto``: on a GPU when there is one; see ``extract_features``).
+    ``layout``: ``"pooled"`` (one vector per image) or ``"grid"`` (one per feature-map
+    position, for attention; its means serve the pooled captioner too); ``None``: what an
+    existing cache holds, else pooled."""
     paths = RunPaths(Path(out))
     dataset = load_dataset(resolve_data(data, log=log))
     existing = paths.features / "features.json"
-    if encoder is None and existing.is_file() and not overwrite:
-        encoder = json.loads(existing.read_text())["encoder"]  # resume with what it was made with
+    if existing.is_file() and not overwrite:  # resume with what it was made with
+        meta = json.loads(existing.read_text())
+        encoder = encoder or meta["encoder"]
+        layout = layout or meta.get("layout", "pooled")
+    layout = layout or "pooled"
     name, module = resolve_encoder(encoder, log=log)
-    log(f"extracting {name} features for {len(dataset)} images into {paths.features}")
+    log(f"extracting {name} {layout} features for {len(dataset)} images into {paths.features}")
     extract_features(
         dataset.image_dir,
         dataset.images,
@@ -121,6 +128,7 @@ def features_step(
         overwrite=overwrite,
         encoder=module,
         decode_on=decode_on,
+        layout=layout,
     )
     return paths.features
 
@@ -340,8 +348,10 @@ def run_all(
     resume: bool = True,
     log: Log = print,
     context: DistContext = SINGLE_PROCESS,
+    layout: str | None = None,
 ) -> dict[str, dict] | None:
     """Every step in order into one folder; safe to re-run (finished steps are reused).
+    ``layout``: what the feature cache holds (see :func:`features_step`).
 
     Under torchrun (``context``) rank 0 extracts features and builds the vocabulary while the
     other processes wait, every process trains, and rank 0 evaluates; the others return None.
@@ -351,7 +361,7 @@ def run_all(
     seed_everything(train_config.seed)
     if context.is_main:
         data_dir = resolve_data(data, log=log)
-        features_step(data_dir, out, encoder, device=device, log=log)
+        features_step(data_dir, out, encoder, device=device, log=log, layout=layout)
         vocab_step(data_dir, out, threshold, seed=train_config.seed, log=log)
     context.barrier()
     if not context.is_main:

@@ -82,10 +82,13 @@ class CaptionPairs(Dataset):
         return self.items[i]
 
 
-def make_collate(cache: FeatureCache) -> Callable:
+def make_collate(cache: FeatureCache, layout: str = "pooled") -> Callable:
+    """Batches of (features, captions); features in ``layout``: (B, feature_dim) pooled or
+    (B, h*w, feature_dim) grid, read by :meth:`FeatureCache.batch` (a grid from disk)."""
+
     def collate(batch):
         rows = torch.tensor([row for row, _ in batch])
-        features = cache.features[rows]  # (B, feature_dim)
+        features = cache.batch(rows, layout)  # (B, feature_dim) or (B, h*w, feature_dim)
         captions = nn.utils.rnn.pad_sequence(
             [ids for _, ids in batch], batch_first=True
         )  # (B, T), 0 = <pad>

@@ -1,5 +1,6 @@
 import io
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -10,7 +11,7 @@ from conftest import FLICKR8K_1K
 from PIL import Image
 
 from storyteller.data import load_dataset
-from storyteller.encoders import ENCODERS, build_encoder, resolve_encoder
+from storyteller.encoders import ENCODERS, build_encoder, resolve_encoder, with_layout
 from storyteller.errors import StorytellerError
 from storyteller.features import FeatureExtractor, extract_features, load_feature_cache, load_rgb
 
@@ -25,6 +26,31 @@ def test_every_encoder_outputs_its_registered_dim(name):
     with torch.inference_mode():
         assert encoder(torch.randn(2, 3, 224, 224)).shape == (2, ENCODERS[name].dim)
     assert not any(p.requires_grad for p in encoder.parameters())
+
+
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_every_encoder_gives_its_registered_grid_whose_mean_is_the_pooled_vector(name):
+    spec = ENCODERS[name]
+    grid_encoder = build_encoder(name, pretrained=False, grid=True)
+    pooled_encoder = with_layout(grid_encoder, name, "pooled")  # the same trunk, pooled
+    assert pooled_encoder.trunk is grid_encoder.trunk
+    images = torch.randn(2, 3, spec.preprocessing.crop, spec.preprocessing.crop)
+    with torch.inference_mode():
+        grid = grid_encoder(images)  # (2, h*w, dim)
+        pooled = pooled_encoder(images)  # (2, dim)
+    assert spec.grid == (7, 7) and grid.shape == (2, 49, spec.dim) == (2, *spec.shape("grid"))
+    assert torch.allclose(grid.mean(dim=1), pooled, atol=1e-5)  # global average pooling
+    # Positions are row-major: position r*w + c is the feature map's (r, c).
+    with torch.inference_mode():
+        feature_map = grid_encoder.trunk(images)  # (2, dim, 7, 7)
+    assert torch.equal(grid[:, 1 * 7 + 3], feature_map[:, :, 1, 3])
+    assert not any(p.requires_grad for p in grid_encoder.parameters())
+    assert (grid_encoder.dim, grid_encoder.grid) == (spec.dim, spec.grid)
+
+
+def test_unknown_layout_lists_choices():
+    with pytest.raises(StorytellerError, match="choose one of: pooled, grid"):
+        ENCODERS["resnet18"].shape("patches")
 
 
 def test_unknown_encoder_lists_choices():
@@ -142,6 +168,201 @@ def test_unreadable_images_are_skipped_and_reported(tiny_data, tmp_path):
         )
     cache = load_feature_cache(tmp_path / "f")
     assert cache.names == sorted(good)
+
+
+# --------------------------------------------------------------------------------------------
+# The grid layout: (N, h*w, dim) per cache, memory-mapped, and pooled vectors from its means
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def both_layouts(tiny_data, tmp_path_factory, device):
+    """The tiny sample extracted twice on the lane's device -> (pooled folder, grid folder)."""
+    dataset = load_dataset(tiny_data)
+    out = tmp_path_factory.mktemp("layouts")
+    for layout in ("pooled", "grid"):
+        extract_features(
+            dataset.image_dir,
+            dataset.images,
+            out / layout,
+            "efficientnet_lite0",
+            batch_size=16,
+            num_workers=0,
+            device=device,
+            layout=layout,
+        )
+    return out / "pooled", out / "grid"
+
+
+def test_grid_cache_layout_and_index(both_layouts, tiny_data, device):
+    _, folder = both_layouts
+    array = np.load(folder / "features.npy", mmap_mode="r")
+    meta = json.loads((folder / "features.json").read_text())
+    assert array.dtype == np.float16 and array.shape == (40, 49, 1280)
+    assert meta["layout"] == "grid" and meta["grid"] == [7, 7] and meta["dim"] == 1280
+    assert meta["version"] == 2 and meta["done"] == 40
+    cache = load_feature_cache(folder)
+    assert (cache.layout, cache.grid, cache.dim, len(cache)) == ("grid", (7, 7), 1280, 40)
+    rows = [3, 0, 17]
+    grid = cache.batch(rows, "grid")  # (3, 49, 1280)
+    assert grid.dtype == torch.float32 and grid.shape == (3, 49, 1280)
+    assert torch.equal(grid, torch.from_numpy(array[rows].astype(np.float32)))
+    as_stored = cache.batch(rows, "grid", dtype=torch.float16)  # no conversion on the CPU
+    assert as_stored.dtype == torch.float16 and torch.equal(
+        as_stored, torch.from_numpy(array[rows])
+    )
+    # The cached grid equals encoding that image on its own.
+    extractor = FeatureExtractor("efficientnet_lite0", device, layout="grid")
+    name = cache.names[7]
+    single = extractor([Image.open(load_dataset(tiny_data).image_dir / name)])[0]  # (49, 1280)
+    assert torch.allclose(single, cache.batch([cache.index[name]], "grid")[0], atol=2e-2, rtol=1e-2)
+
+
+def test_grid_cache_is_memory_mapped_not_loaded(both_layouts):
+    import pickle
+
+    _, folder = both_layouts
+    cache = load_feature_cache(folder)
+    assert isinstance(cache.array, np.memmap) and cache.array.mode == "r"
+    assert cache._pooled is None  # nothing read until pooled vectors are asked for
+    # Sent to a worker process without the file's contents; mapped again there.
+    sent = pickle.dumps(cache)
+    assert len(sent) < cache.array.nbytes / 10
+    received = pickle.loads(sent)
+    assert isinstance(received.array, np.memmap)
+    assert torch.equal(received.batch([5, 6], "grid"), cache.batch([5, 6], "grid"))
+
+
+def test_pooled_vectors_from_a_grid_cache_match_a_pooled_cache(both_layouts):
+    pooled, grid = (load_feature_cache(folder) for folder in both_layouts)
+    assert pooled.names == grid.names and pooled.layout == "pooled"
+    rows = torch.tensor([4, 9, 0])
+    from_grid = grid.batch(rows)  # (3, 1280): the default layout is pooled
+    assert from_grid.shape == (3, 1280)
+    assert torch.allclose(from_grid, grid.batch(rows, "grid").mean(dim=1))
+    # Within float16 rounding of the features (about 3 decimal digits).
+    assert torch.allclose(grid.features, pooled.features, rtol=2e-3, atol=2e-3)
+    assert torch.equal(pooled.batch(rows), pooled.features[rows])
+
+
+def test_a_grid_from_a_pooled_cache_is_a_clear_error(both_layouts):
+    pooled = load_feature_cache(both_layouts[0])
+    with pytest.raises(StorytellerError, match="holds pooled vectors, not the grid.*--layout grid"):
+        pooled.batch([0, 1], "grid")
+    with pytest.raises(StorytellerError, match="choose one of: pooled, grid"):
+        pooled.batch([0, 1], "patches")
+
+
+def test_an_old_cache_without_a_layout_loads_as_pooled(both_layouts, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(both_layouts[0], old)
+    meta = json.loads((old / "features.json").read_text())
+    del meta["layout"]
+    meta["version"] = 1
+    (old / "features.json").write_text(json.dumps(meta))
+    cache = load_feature_cache(old)
+    assert cache.layout == "pooled" and cache.grid is None
+    assert torch.equal(cache.features, load_feature_cache(both_layouts[0]).features)
+    with pytest.raises(StorytellerError, match="holds pooled features, not grid"):
+        extract_features(
+            meta["image_dir"], meta["images"], old, "efficientnet_lite0", layout="grid"
+        )
+    # Asking for what it holds accepts it (complete: nothing is encoded again).
+    extract_features(meta["image_dir"], meta["images"], old, "efficientnet_lite0")
+
+
+def test_features_command_keeps_the_layout_it_finds_and_refuses_another(
+    both_layouts, tiny_data, tmp_path, capsys
+):
+    from storyteller import pipeline
+    from storyteller.cli import main
+
+    shutil.copytree(both_layouts[1], tmp_path / "features")
+    # No --encoder, no --layout: the cache's own (complete, so nothing is encoded again).
+    pipeline.features_step(tiny_data, tmp_path, log=lambda _: None)
+    assert load_feature_cache(tmp_path / "features").layout == "grid"
+    args = ["features", "--data", str(tiny_data), "--out", str(tmp_path)]
+    assert main([*args, "--layout", "grid"]) == 0
+    assert main([*args, "--layout", "pooled"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error:") and "holds grid features, not pooled" in error
+
+
+def test_cache_in_another_layout_is_refused_until_overwritten(tiny_data, tmp_path):
+    dataset = load_dataset(tiny_data)
+    names = dataset.images[:4]
+
+    def extract(layout, **kwargs):
+        extract_features(
+            dataset.image_dir,
+            names,
+            tmp_path,
+            "efficientnet_lite0",
+            num_workers=0,
+            layout=layout,
+            **kwargs,
+        )
+
+    extract("grid")
+    with pytest.raises(StorytellerError, match="holds grid features, not pooled.*--overwrite"):
+        extract("pooled")
+    extract("pooled", overwrite=True)
+    assert load_feature_cache(tmp_path).layout == "pooled"
+    with pytest.raises(StorytellerError, match="holds pooled features, not grid.*--overwrite"):
+        extract("grid")
+
+
+def test_interrupted_grid_extraction_resumes_where_it_stopped(tiny_data, tmp_path, device):
+    dataset = load_dataset(tiny_data)
+
+    def extract(out, **kwargs):
+        extract_features(
+            dataset.image_dir,
+            dataset.images,
+            out,
+            "efficientnet_lite0",
+            batch_size=8,
+            num_workers=0,
+            device=device,
+            layout="grid",
+            **kwargs,
+        )
+
+    def stop_after_two_batches(rows_done):
+        if rows_done >= 16:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        extract(tmp_path, on_batch=stop_after_two_batches)
+    assert json.loads((tmp_path / "features.json").read_text())["done"] == 16
+    with pytest.raises(StorytellerError, match="incomplete"):
+        load_feature_cache(tmp_path)
+    seen = []
+    extract(tmp_path, on_batch=seen.append)
+    assert seen == [24, 32, 40]  # only the missing rows were encoded
+    extract(tmp_path / "fresh")
+    resumed, fresh = load_feature_cache(tmp_path), load_feature_cache(tmp_path / "fresh")
+    rows = list(range(40))
+    assert torch.allclose(resumed.batch(rows, "grid"), fresh.batch(rows, "grid"))
+
+
+def test_unreadable_images_are_left_out_of_a_grid_cache(tiny_data, tmp_path):
+    dataset = load_dataset(tiny_data)
+    images = tmp_path / "Images"
+    images.mkdir()
+    good = sorted(dataset.images)[:3]
+    for name in good:
+        (images / name).write_bytes((dataset.image_dir / name).read_bytes())
+    (images / "0_broken.jpg").write_bytes(b"this is not a jpeg")  # sorts first: row 0 on disk
+    with pytest.warns(UserWarning, match="1 unreadable image"):
+        extract_features(
+            images, [*good, "0_broken.jpg"], tmp_path / "f", "efficientnet_lite0", layout="grid"
+        )
+    cache = load_feature_cache(tmp_path / "f")
+    assert cache.names == good
+    on_disk = torch.from_numpy(np.load(tmp_path / "f" / "features.npy")[1:].astype(np.float32))
+    assert torch.equal(cache.batch([0, 1, 2], "grid"), on_disk)  # rows skip the broken one
+    assert torch.allclose(cache.features, on_disk.mean(dim=1))
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "I;16", "LA"])
