@@ -17,6 +17,7 @@ from .config import TrainConfig
 from .encoders import ENCODERS, LAYOUTS
 from .errors import StorytellerError
 from .features import DECODE_CHOICES
+from .models import DECODERS
 
 
 def _add_layout(p: argparse.ArgumentParser) -> None:
@@ -72,6 +73,18 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="image only sets the LSTM's initial state (seed), or is also fed at every step",
     )
     p.add_argument(
+        "--decoder",
+        choices=list(DECODERS),
+        default="lstm",
+        help="lstm: the seed captioner on one pooled vector (default); attention: an LSTM with "
+        "soft attention over the CNN's grid (Show, Attend and Tell)",
+    )
+    p.add_argument(
+        "--attention",
+        choices=["bahdanau", "luong"],
+        help="with --decoder attention: additive (bahdanau, default) or multiplicative scoring",
+    )
+    p.add_argument(
         "--no-resume", action="store_true", help="start training afresh even if last.pth exists"
     )
 
@@ -109,6 +122,12 @@ def _configs(args) -> tuple[TrainConfig, dict]:
         "feature_norm": not args.no_feature_norm,
         "inject": args.inject,
     }
+    if args.decoder != "lstm":
+        model["decoder"] = args.decoder
+    if args.attention:
+        if args.decoder != "attention":
+            raise StorytellerError("--attention needs --decoder attention")
+        model["decoder_options"] = {"attention": args.attention}
     return train, model
 
 
@@ -134,7 +153,10 @@ def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = Tr
     a notebook can start the same training as a command (e.g. under torchrun)."""
     defaults = TrainConfig().to_dict()
     fixed = [k for k, v in train.to_dict().items() if k not in _TRAIN_FLAGS and v != defaults[k]]
-    unknown = [k for k in (model or {}) if k not in _MODEL_FLAGS and k != "feature_norm"]
+    special = ("feature_norm", "decoder", "decoder_options")
+    unknown = [k for k in (model or {}) if k not in _MODEL_FLAGS and k not in special]
+    options = dict((model or {}).get("decoder_options") or {})
+    unknown += [f"decoder option {k}" for k in options if k != "attention"]
     if fixed or unknown:
         raise StorytellerError(
             f"the train command has no flag for {', '.join(fixed + unknown)}: "
@@ -144,6 +166,10 @@ def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = Tr
     for key, value in (model or {}).items():
         if key == "feature_norm":
             flags += [] if value else ["--no-feature-norm"]
+        elif key == "decoder":
+            flags += ["--decoder", value]
+        elif key == "decoder_options":
+            flags += ["--attention", options["attention"]] if "attention" in options else []
         else:
             flags += [_MODEL_FLAGS[key], str(value)]
     return flags + ([] if resume else ["--no-resume"])

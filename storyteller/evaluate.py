@@ -18,7 +18,7 @@ from .decoding import generate_captions
 from .errors import StorytellerError
 from .features import FeatureCache
 from .plots import plot_caption_grid
-from .runtime import write_json
+from .runtime import unwrap, write_json
 from .vocab import Vocabulary
 
 METRICS_FILE = "metrics.json"
@@ -73,7 +73,8 @@ def evaluate_model(
     images = [name for name in test_images if name in cache]
     if not images:
         raise StorytellerError("no test images with features to evaluate")
-    features = cache.batch([cache.index[name] for name in images])  # (N, feature_dim)
+    rows = [cache.index[name] for name in images]
+    features = cache.batch(rows, unwrap(model).feature_layout)  # (N, [h*w,] feature_dim)
     references = [dataset.captions[name] for name in images]
 
     results: dict[str, dict] = {}

@@ -41,7 +41,7 @@ class Captioner:
         device = device or get_device()
         vocabulary = Vocabulary.load(vocab)
         model, state = load_model(checkpoint, vocabulary, device)
-        extractor = FeatureExtractor(model.config.encoder, device)
+        extractor = FeatureExtractor(model.config.encoder, device, layout=model.feature_layout)
         return cls(model, vocabulary, extractor, state)
 
     @torch.inference_mode()

@@ -33,6 +33,7 @@ from .distributed import SINGLE_PROCESS, DistContext
 from .encoders import resolve_encoder
 from .errors import StorytellerError
 from .features import extract_features, load_feature_cache
+from .models import decoder_class
 from .runtime import get_device, seed_everything, write_json
 from .train import TrainResult, train_model
 from .vocab import Vocabulary
@@ -351,7 +352,8 @@ def run_all(
     layout: str | None = None,
 ) -> dict[str, dict] | None:
     """Every step in order into one folder; safe to re-run (finished steps are reused).
-    ``layout``: what the feature cache holds (see :func:`features_step`).
+    ``layout``: what the feature cache holds (see :func:`features_step`); by default the
+    decoder's (``model_overrides["decoder"]``): a grid for the attention decoder.
 
     Under torchrun (``context``) rank 0 extracts features and builds the vocabulary while the
     other processes wait, every process trains, and rank 0 evaluates; the others return None.
@@ -359,6 +361,9 @@ def run_all(
     train_config = train_config or TrainConfig()
     started = time.perf_counter()
     seed_everything(train_config.seed)
+    if layout is None:  # what the decoder reads; a grid cache serves a pooled decoder too
+        decoder = decoder_class((model_overrides or {}).get("decoder", "lstm"))
+        layout = "grid" if decoder.feature_layout == "grid" else None
     if context.is_main:
         data_dir = resolve_data(data, log=log)
         features_step(data_dir, out, encoder, device=device, log=log, layout=layout)

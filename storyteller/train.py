@@ -380,11 +380,13 @@ def make_loaders(
     device: torch.device,
     generator: torch.Generator,
     context: DistContext = SINGLE_PROCESS,
+    layout: str = "pooled",
 ) -> tuple[DataLoader, DataLoader]:
     """Training batches (shuffled; under DDP each process gets its share of every global
     batch of ``batch_size``) and validation batches (the one-process batches dealt out to the
-    processes in turn, so the summed loss equals the one-process loss)."""
-    collate = make_collate(cache)
+    processes in turn, so the summed loss equals the one-process loss), with the features in
+    the ``layout`` the decoder reads."""
+    collate = make_collate(cache, layout)
     options = {
         "collate_fn": collate,
         "num_workers": train_config.num_workers,
@@ -566,6 +568,13 @@ def train_model(
         raise StorytellerError("the train and validation splits must both hold captioned images")
 
     state = TrainingState.create(model_config, train_config, device)
+    layout = state.model.feature_layout
+    if layout == "grid" and cache.layout != "grid":
+        raise StorytellerError(
+            f"the '{model_config.decoder}' decoder reads the CNN's feature grid, but the "
+            f"feature cache holds {cache.layout} vectors: extract features with --layout grid "
+            "(one grid cache serves every decoder)"
+        )
     if context.enabled:  # the same weights everywhere (DDP copies rank 0's), own dropout draws
         torch.manual_seed(train_config.seed + context.rank)
     last_path, best_path = out_dir / LAST_CHECKPOINT, out_dir / BEST_CHECKPOINT
@@ -581,7 +590,7 @@ def train_model(
 
     network = parallelize(state.model, train_config, device, context, log)
     train_loader, val_loader = make_loaders(
-        train_set, val_set, cache, train_config, device, state.generator, context
+        train_set, val_set, cache, train_config, device, state.generator, context, layout
     )
     batch_loss = make_batch_loss(
         device, state.scaler.is_enabled(), vocab.pad_id, train_config.label_smoothing
