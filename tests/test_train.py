@@ -103,11 +103,10 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["best_model.pth"]
 
 
-def test_interrupted_training_resumes_and_matches_uninterrupted(tiny_data, tiny_run, tmp_path):
-    config = TrainConfig(num_epochs=3, batch_size=32, patience=10)
+def _straight_and_interrupted(tiny_data, tiny_run, tmp_path, config: TrainConfig):
+    """An uninterrupted run's history, and a run folder whose training died after epoch 1."""
     straight = _fresh_run(tiny_data, tiny_run, tmp_path / "straight")
     pipeline.train_step(tiny_data, straight, config, SMALL, log=quiet)
-
     run = _fresh_run(tiny_data, tiny_run, tmp_path / "interrupted")
 
     def die_after_first_epoch(record):
@@ -118,10 +117,15 @@ def test_interrupted_training_resumes_and_matches_uninterrupted(tiny_data, tiny_
             tiny_data, run, config, SMALL, on_epoch=die_after_first_epoch, log=quiet
         )
     assert read_checkpoint(run / "last.pth")["epoch"] == 1
+    return json.loads((straight / "history.json").read_text()), run
+
+
+def test_interrupted_training_resumes_and_matches_uninterrupted(tiny_data, tiny_run, tmp_path):
+    config = TrainConfig(num_epochs=3, batch_size=32, patience=10)
+    expected, run = _straight_and_interrupted(tiny_data, tiny_run, tmp_path, config)
     messages = []
     result = pipeline.train_step(tiny_data, run, config, SMALL, log=messages.append)
     assert "resuming" in messages[0] and [h["epoch"] for h in result.history] == [1, 2, 3]
-    expected = json.loads((straight / "history.json").read_text())
     assert [h["val_loss"] for h in result.history] == pytest.approx(
         [h["val_loss"] for h in expected], rel=1e-4
     )
@@ -205,17 +209,7 @@ def _as_if_written_on_two_gpus(path):
 
 def test_checkpoint_written_on_gpus_resumes_on_the_cpu(tiny_data, tiny_run, tmp_path):
     config = TrainConfig(num_epochs=3, batch_size=32, patience=10)
-    straight = _fresh_run(tiny_data, tiny_run, tmp_path / "straight")
-    pipeline.train_step(tiny_data, straight, config, SMALL, log=quiet)
-    run = _fresh_run(tiny_data, tiny_run, tmp_path / "gpu-written")
-
-    def die_after_first_epoch(record):
-        raise _Interrupt
-
-    with pytest.raises(_Interrupt):
-        pipeline.train_step(
-            tiny_data, run, config, SMALL, on_epoch=die_after_first_epoch, log=quiet
-        )
+    expected, run = _straight_and_interrupted(tiny_data, tiny_run, tmp_path, config)
     _as_if_written_on_two_gpus(run / "last.pth")
     if not torch.cuda.is_available():  # the file really is GPU-shaped: plain torch.load fails
         with pytest.raises(RuntimeError, match="CUDA"):
@@ -225,7 +219,6 @@ def test_checkpoint_written_on_gpus_resumes_on_the_cpu(tiny_data, tiny_run, tmp_
     result = pipeline.train_step(tiny_data, run, config, SMALL, device="cpu", log=messages.append)
     assert any("written on 2 GPU(s) and resumes on the CPU" in m for m in messages)
     assert any("resuming from" in m for m in messages)
-    expected = json.loads((straight / "history.json").read_text())
     # The CPU random state and the data order came back: the run repeats the uninterrupted one.
     assert [h["val_loss"] for h in result.history] == pytest.approx(
         [h["val_loss"] for h in expected], rel=1e-4
