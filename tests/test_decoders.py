@@ -100,6 +100,28 @@ CASES = [
             "decoder_options": {"attention": "luong"},
         },
     ),
+    Case(
+        "transformer-learned",
+        {
+            "decoder": "transformer",
+            "decoder_options": {"d_model": 16, "heads": 2, "ff_dim": 24, "decoder_layers": 2},
+        },
+    ),
+    Case(
+        "transformer-sinusoidal-2-encoder-layers",
+        {
+            "decoder": "transformer",
+            "feature_norm": False,
+            "decoder_options": {
+                "d_model": 12,
+                "heads": 3,
+                "ff_dim": 16,
+                "encoder_layers": 2,
+                "decoder_layers": 1,
+                "positions": "sinusoidal",
+            },
+        },
+    ),
 ]
 
 
@@ -234,7 +256,8 @@ def test_default_optimiser_is_the_seed_recipe(case):
     train_config = TrainConfig(lr=3e-4, lr_factor=0.25, lr_patience=2)
     model = case.model("cpu")
     optimizer, scheduler = model.configure_optimizer(train_config)
-    assert optimizer.param_groups[0]["lr"] == 3e-4
+    group = optimizer.param_groups[0]
+    assert group.get("initial_lr", group["lr"]) == 3e-4  # the peak, under a warm-up schedule
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == sum(
         p.numel() for p in model.parameters()
     )
@@ -476,7 +499,7 @@ def test_registered_decoder_is_built_with_its_options_complete(tiny_registered):
     assert resolve_config(config) == model.config
     assert config.decoder_options == {"width": 7}  # the caller's config is not changed
     with pytest.raises(
-        StorytellerError, match=r"unknown decoder 'gru'.*one of lstm, attention, tiny"
+        StorytellerError, match=r"unknown decoder 'gru'.*one of lstm, attention, transformer, tiny"
     ):
         decoder_class("gru")
 
