@@ -29,6 +29,7 @@ from storyteller.models import (
     CaptionDecoder,
     DecoderState,
     LSTMDecoder,
+    TransformerDecoder,
     batch_field,
     build_model,
     decoder_class,
@@ -401,6 +402,83 @@ def test_a_few_steps_lower_the_attention_decoders_loss(attention_case, device):
     with torch.no_grad():
         after = batch_loss(model, features, captions)
     assert after.total < 0.7 * before.total
+
+
+# --------------------------------------------------------------------------------------------
+# The transformer decoder: what it adds to the protocol
+# --------------------------------------------------------------------------------------------
+
+TRANSFORMER_CASES = [case for case in CASES if case.config["decoder"] == "transformer"]
+
+
+@pytest.fixture(params=TRANSFORMER_CASES, ids=[case.id for case in TRANSFORMER_CASES])
+def transformer_case(request) -> Case:
+    return request.param
+
+
+def test_transformer_declares_the_grid_and_describes_itself():
+    model = TRANSFORMER_CASES[0].model("cpu")
+    assert type(model) is TransformerDecoder and model.feature_layout == "grid"
+    assert model.describe() == "Transformer 2x16, 2 heads"
+    assert model.config.decoder_options["warmup_steps"] == 500  # stored complete
+    default = build_model(ModelConfig(vocab_size=VOCAB, feature_dim=8, decoder="transformer"))
+    assert default.describe() == "Transformer 2x256, 4 heads"
+    with pytest.raises(ValueError, match="reads the CNN grid"):
+        model.init_state(torch.randn(2, FEATURE_DIM))  # a pooled vector
+    with pytest.raises(ValueError, match="more than grid_positions 64"):
+        model.init_state(torch.randn(1, 65, FEATURE_DIM))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"d_model": 10, "heads": 4}, "does not divide"),
+        ({"positions": "rotary"}, "'learned' or 'sinusoidal'"),
+    ],
+)
+def test_transformer_refuses_impossible_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(ModelConfig(vocab_size=VOCAB, decoder="transformer", decoder_options=options))
+
+
+def test_transformer_state_carries_the_grid_once_and_the_prefix(transformer_case, device):
+    model = transformer_case.model(device)
+    captions = _captions(2, 4, device)
+    with torch.no_grad():
+        state = model.init_state(transformer_case.features(2, device))
+        d_model = model.options.d_model
+        assert state.memory.shape == (2, GRID_CELLS, d_model) and state.tokens.shape == (2, 0)
+        memory = state.memory
+        for t in range(captions.size(1)):
+            _, state = model.step(captions[:, t], state)
+        assert state.memory is memory  # encoded once per image, not per word
+        assert torch.equal(state.tokens, captions)  # (N, t): the prefix the next step reruns
+
+
+def test_transformer_words_see_only_earlier_words(transformer_case, device):
+    """Changing a later word leaves every earlier position's logits as they were."""
+    model = transformer_case.model(device)
+    features, captions = transformer_case.features(1, device), _captions(1, 6, device)
+    changed = captions.clone()
+    changed[0, 4] = (captions[0, 4] + 1 - 4) % (VOCAB - 4) + 4  # another real word
+    with torch.no_grad():
+        before, _ = model(features, captions)
+        after, _ = model(features, changed)
+    assert torch.allclose(before[:, :4], after[:, :4], atol=1e-6)
+    assert not torch.allclose(before[:, 4], after[:, 4], atol=1e-6)
+
+
+def test_transformer_optimiser_is_adamw_with_warmup_over_batches():
+    model = TRANSFORMER_CASES[0].model("cpu")
+    optimizer, scheduler = model.configure_optimizer(TrainConfig(lr=1e-3, weight_decay=0.01))
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"]) and all(
+        p.dim() < 2 for p in plain["params"]
+    )
+    assert decayed["lr"] == pytest.approx(1e-3 / 500)  # the first batch: 1/warmup of the peak
 
 
 # --------------------------------------------------------------------------------------------
