@@ -7,7 +7,9 @@ Untrained decoders (random weights, seeded) on random features of the shape each
 ``max_length`` so every caption runs the full ``length`` steps: the worst case, and the same
 work for every decoder whatever words its weights happen to pick. The transformer recomputes
 its decoder over the whole prefix at every step, so its cost grows with the square of the
-length where the LSTMs' grows linearly: the two lengths show by how much. Each timing is the
+length where the LSTMs' grows linearly: the two lengths show by how much. A decoder with an
+``incremental`` switch (the transformer) is timed both ways: ``cached`` (one new position per
+step, earlier ones read from the state) and ``rerun`` (the whole prefix every step). Each timing is the
 best of ``--repeats`` runs after one warm-up run.
 """
 
@@ -57,7 +59,11 @@ def main() -> None:
         ).eval()
         shape = (GRID_CELLS, FEATURE_DIM) if model.feature_layout == "grid" else (FEATURE_DIM,)
         features = torch.randn(args.images, *shape)  # (B, D) or (B, P, D)
-        for length in args.length:
+        modes = [True, False] if hasattr(model, "incremental") else [None]
+        for mode, length in [(mode, length) for mode in modes for length in args.length]:
+            label = model.describe() + {True: " cached", False: " rerun", None: ""}[mode]
+            if mode is not None:
+                model.incremental = mode
             greedy = best_seconds(
                 args.repeats, greedy_decode, model, features, length, min_length=length
             )
@@ -65,7 +71,7 @@ def main() -> None:
                 args.repeats, beam_search, model, features, args.beam, length, min_length=length
             )
             print(
-                f"{model.describe():32s} {length:3d} words  greedy {greedy:6.2f} s"
+                f"{label:36s} {length:3d} words  greedy {greedy:6.2f} s"
                 f"  beam {args.beam} {beam:6.2f} s"
             )
 

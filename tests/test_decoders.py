@@ -452,7 +452,31 @@ def test_transformer_state_carries_the_grid_once_and_the_prefix(transformer_case
         for t in range(captions.size(1)):
             _, state = model.step(captions[:, t], state)
         assert state.memory is memory  # encoded once per image, not per word
-        assert torch.equal(state.tokens, captions)  # (N, t): the prefix the next step reruns
+        assert torch.equal(state.tokens, captions)  # (N, t): positions and padding mask
+        assert [cache.shape for cache in state.layers] == [(2, 4, d_model)] * len(
+            model.decoder.layers
+        )  # (N, t, d_model) per layer
+
+
+def test_transformer_rerunning_the_prefix_equals_the_cache(transformer_case, device):
+    """The plain form (the decoder rerun over the prefix every step) gives what teacher
+    forcing and the cached form give: the cache is an optimisation, not another model."""
+    model = transformer_case.model(device)
+    features, captions = transformer_case.features(3, device), _captions(3, 6, device)
+    cached = beam_search(model, features, beam_size=3, max_length=8, n_best=3)
+    model.incremental = False
+    with torch.no_grad():
+        logits, _ = model(features, captions)  # (B, T, V)
+        state = model.init_state(features)
+        assert state.layers is None
+        for t in range(captions.size(1)):
+            log_probs, state = model.step(captions[:, t], state)  # (B, V)
+            expected = torch.log_softmax(logits[:, t].float(), dim=-1)
+            assert torch.allclose(log_probs, expected, atol=1e-5), f"step {t}"
+    rerun = beam_search(model, features, beam_size=3, max_length=8, n_best=3)
+    for got, want in zip(rerun, cached, strict=True):
+        assert [h.ids for h in got] == [h.ids for h in want]
+        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
 
 
 def test_transformer_words_see_only_earlier_words(transformer_case, device):

@@ -12,9 +12,11 @@ before every word:
   *decoder* attends causally over the words so far and across to the encoded grid.
 
 Teacher forcing is one parallel pass over the whole caption (no Python loop over time, unlike
-the LSTMs). Decoding carries the encoded grid and the word ids so far in the state and
-recomputes the decoder over the whole prefix at every step: the simplest form that is exactly
-what teacher forcing computes, and that beam search reorders with the rest of the state.
+the LSTMs). Decoding carries the encoded grid and the word ids so far in the state, and either
+reruns the decoder over the whole prefix at every step (the plain form, exactly what teacher
+forcing computes) or, by default, runs only the new position through each layer, reading the
+earlier positions' normalised inputs from a per-layer cache in the state; beam search reorders
+both with the rest of the state. ``bench/decode_speed.py`` times the two.
 
 Transformers train poorly with a constant learning rate from the first step, so this decoder
 brings its own recipe: AdamW with a linear warm-up then inverse-square-root decay, stepped once
@@ -56,11 +58,14 @@ class TransformerOptions:
 @dataclass
 class TransformerState(DecoderState):
     """What the transformer captioner carries between steps: the encoded grid, computed once
-    per image, and every word id so far, because each step reruns the decoder over the whole
-    prefix (no key/value cache)."""
+    per image; every word id so far (the positions, the padding mask, and the whole prefix
+    when the decoder is rerun over it); and, when decoding incrementally, each decoder layer's
+    normalised inputs at the earlier positions, the keys and values its self-attention needs
+    (a causal layer's earlier positions never change when a word is appended)."""
 
     memory: torch.Tensor = batch_field(dim=0)  # (N, P, d_model) the encoded grid
     tokens: torch.Tensor = batch_field(dim=0)  # (N, t) word ids fed so far, <start> first
+    layers: tuple[torch.Tensor, ...] | None = batch_field(dim=0)  # per layer (N, t, d_model)
 
 
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
@@ -98,6 +103,10 @@ class TransformerDecoder(CaptionDecoder):
 
     options_class = TransformerOptions
     feature_layout: ClassVar[str] = "grid"
+    #: Decode one new position per step from the layers' cached inputs (True), or rerun the
+    #: decoder over the whole prefix (False: the plain form, kept to check and time against).
+    #: How the same weights are run, not part of the architecture, so not in the config.
+    incremental: bool = True
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
@@ -184,16 +193,23 @@ class TransformerDecoder(CaptionDecoder):
         Shared by teacher forcing and decoding, so both compute the same thing. A causal mask
         keeps each position from seeing later words (so padding after a caption cannot change
         it), and a key padding mask keeps ``<pad>`` out of every position's view."""
-        length = captions.size(1)
-        embedded = self.embed(captions) * math.sqrt(self.options.d_model)  # (B, T, d_model)
-        embedded = self.dropout(embedded + self._positions(length))  # (B, T, d_model)
-        causal = torch.ones(length, length, dtype=torch.bool, device=captions.device)  # (T, T)
-        causal = causal.triu(diagonal=1)  # (T, T) true above the diagonal: the future
-        padding = captions == Vocabulary.pad_id  # (B, T) true where there is no word
         hidden = self.decoder(
-            embedded, memory, tgt_mask=causal, tgt_key_padding_mask=padding
+            self._embed_words(captions),
+            memory,
+            tgt_mask=self._causal_mask(captions.size(1), captions.device),
+            tgt_key_padding_mask=captions == Vocabulary.pad_id,  # (B, T) true: no word
         )  # (B, T, d_model)
         return self.head(hidden)  # (B, T, V)
+
+    def _embed_words(self, captions: torch.Tensor) -> torch.Tensor:
+        """captions: (B, T) -> word embeddings scaled by sqrt(d_model) plus positions."""
+        embedded = self.embed(captions) * math.sqrt(self.options.d_model)  # (B, T, d_model)
+        return self.dropout(embedded + self._positions(captions.size(1)))  # (B, T, d_model)
+
+    @staticmethod
+    def _causal_mask(length: int, device: torch.device) -> torch.Tensor:
+        """(T, T), true above the diagonal: the later words no position may see."""
+        return torch.ones(length, length, dtype=torch.bool, device=device).triu(diagonal=1)
 
     def forward(
         self, features: torch.Tensor, captions: torch.Tensor
@@ -204,19 +220,63 @@ class TransformerDecoder(CaptionDecoder):
         return self.decode(self.encode(features), captions), {}  # (B, T, V)
 
     def init_state(self, features: torch.Tensor) -> TransformerState:
-        """features: (B, P, D) -> the encoded grid and no words yet (B, 0)."""
+        """features: (B, P, D) -> the encoded grid and no words yet: tokens (B, 0), and an
+        empty cache (B, 0, d_model) per decoder layer when decoding incrementally."""
         memory = self.encode(features)  # (B, P, d_model)
         tokens = torch.zeros(features.size(0), 0, dtype=torch.long, device=features.device)
-        return TransformerState(memory, tokens)  # tokens: (B, 0)
+        layers = None
+        if self.incremental:
+            empty = memory.new_zeros(memory.size(0), 0, memory.size(2))  # (B, 0, d_model)
+            layers = tuple(empty for _ in self.decoder.layers)
+        return TransformerState(memory, tokens, layers)  # tokens: (B, 0)
 
     def step(
         self, tokens: torch.Tensor, state: TransformerState
     ) -> tuple[torch.Tensor, TransformerState]:
         """One decoding step. tokens: (N,) -> log-probabilities (N, vocab) of the word after
-        them, from the decoder rerun over the whole prefix (O(t^2) per step, no cache)."""
+        them, and the state with the prefix one word longer."""
         prefix = torch.cat([state.tokens, tokens.unsqueeze(1)], dim=1)  # (N, t+1)
-        logits = self.decode(state.memory, prefix)[:, -1]  # (N, V) the last position only
-        return torch.log_softmax(logits.float(), dim=-1), TransformerState(state.memory, prefix)
+        if state.layers is None:  # rerun over the whole prefix: O(t) positions per step
+            hidden = self.decoder(
+                self._embed_words(prefix),
+                state.memory,
+                tgt_mask=self._causal_mask(prefix.size(1), prefix.device),
+                tgt_key_padding_mask=prefix == Vocabulary.pad_id,
+            )[:, -1:]  # (N, 1, d_model) the last position only
+            layers = None
+        else:
+            hidden, layers = self._step_layers(prefix, state)  # (N, 1, d_model)
+        logits = self.head(hidden.squeeze(1))  # (N, V)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
+        return log_probs, TransformerState(state.memory, prefix, layers)
+
+    def _step_layers(
+        self, prefix: torch.Tensor, state: TransformerState
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The new last position through every decoder layer, its self-attention reading the
+        earlier positions from the cache: what ``nn.TransformerDecoderLayer`` computes with
+        ``norm_first=True`` for that position, written out with the layer's own modules.
+
+        prefix: (N, t+1) -> its last position's output (N, 1, d_model) and the caches, each
+        (N, t+1, d_model)."""
+        x = self._embed_words(prefix)[:, -1:]  # (N, 1, d_model) the new word only
+        padding = prefix == Vocabulary.pad_id  # (N, t+1) keys that are no word
+        caches = []
+        for layer, cache in zip(self.decoder.layers, state.layers, strict=True):
+            normed = layer.norm1(x)  # (N, 1, d_model)
+            keys = torch.cat([cache, normed], dim=1)  # (N, t+1, d_model) all it may see
+            caches.append(keys)
+            attended = layer.self_attn(
+                normed, keys, keys, key_padding_mask=padding, need_weights=False
+            )[0]  # (N, 1, d_model)
+            x = x + layer.dropout1(attended)  # (N, 1, d_model)
+            looked = layer.multihead_attn(
+                layer.norm2(x), state.memory, state.memory, need_weights=False
+            )[0]  # (N, 1, d_model)
+            x = x + layer.dropout2(looked)  # (N, 1, d_model)
+            inner = layer.dropout(layer.activation(layer.linear1(layer.norm3(x))))  # (N, 1, ff)
+            x = x + layer.dropout3(layer.linear2(inner))  # (N, 1, d_model)
+        return self.decoder.norm(x), tuple(caches)  # (N, 1, d_model)
 
     def configure_optimizer(
         self, train_config: TrainConfig
