@@ -77,7 +77,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         choices=list(DECODERS),
         default="lstm",
         help="lstm: the seed captioner on one pooled vector (default); attention: an LSTM with "
-        "soft attention over the CNN's grid (Show, Attend and Tell)",
+        "soft attention over the CNN's grid (Show, Attend and Tell); transformer: a transformer "
+        "encoder over the grid and a masked transformer decoder (AdamW, warm-up per batch)",
     )
     p.add_argument(
         "--attention",

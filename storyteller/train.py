@@ -235,7 +235,9 @@ class TrainingState:
 
     model: CaptionDecoder  # the bare model; DataParallel/DDP wrap it only for the forward pass
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau  # stepped once an epoch on val loss
+    # ReduceLROnPlateau (the LSTMs): stepped once an epoch on the validation loss; any other
+    # LRScheduler (the transformer's warm-up): stepped after every optimiser step.
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     generator: torch.Generator  # one process's shuffling order (DDP's sampler is seeded instead)
     epoch: int = 0  # epochs finished
@@ -257,6 +259,18 @@ class TrainingState:
         generator = torch.Generator().manual_seed(train_config.seed)
         return cls(model, optimizer, scheduler, scaler, generator)
 
+    @property
+    def schedule_per_batch(self) -> bool:
+        """Whether the schedule follows optimiser steps (warm-up) rather than epochs: only
+        ReduceLROnPlateau needs a validation loss, so it alone waits for the epoch's end."""
+        return not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+    def end_batch(self) -> None:
+        """After every optimiser step: a per-batch schedule moves on (a no-op for the LSTMs'
+        per-epoch one, so their runs are unchanged)."""
+        if self.schedule_per_batch:
+            self.scheduler.step()
+
     def end_epoch(
         self,
         train_loss: float,
@@ -269,7 +283,8 @@ class TrainingState:
 
         ``train_loss`` and ``val_loss`` are cross-entropies; ``train_extra`` the means of the
         decoder's extra loss terms (recorded as ``train_<name>``; none for the LSTM)."""
-        self.scheduler.step(val_loss)
+        if not self.schedule_per_batch:
+            self.scheduler.step(val_loss)
         improved = val_loss < self.best_val - 1e-4
         self.best_val = min(self.best_val, val_loss)
         self.bad_epochs = 0 if improved else self.bad_epochs + 1
@@ -487,6 +502,7 @@ def train_epoch(
         nn.utils.clip_grad_norm_(network.parameters(), train_config.grad_clip)
         state.scaler.step(state.optimizer)
         state.scaler.update()
+        state.end_batch()
         total, count = total + loss.cross_entropy.item() * len(captions), count + len(captions)
         for name, value in loss.extra.items():
             extra_totals[name] = extra_totals.get(name, 0.0) + value.item() * len(captions)

@@ -1,5 +1,6 @@
-"""The attention captioner through the whole pipeline: grid features, training with its
-penalty, resume, evaluation, the CLI's flags and captioning a new photo."""
+"""The grid captioners through the whole pipeline: the attention captioner (grid features,
+training with its penalty, resume, evaluation, the CLI's flags, captioning a new photo) and
+the transformer (run-all on the same grid, its per-batch warm-up, captioning a new photo)."""
 
 import json
 
@@ -97,3 +98,65 @@ def test_decoder_flags_round_trip_and_refuse_attention_without_its_decoder():
     assert parsed_train == train and {k: parsed_model[k] for k in model} == model
     with pytest.raises(StorytellerError, match="--decoder attention"):
         _configs(build_parser().parse_args(["train", "--attention", "luong"]))
+
+
+# --------------------------------------------------------------------------------------------
+# The transformer: run-all on the attention run's grid (reused, so no second extraction)
+# --------------------------------------------------------------------------------------------
+
+TRANSFORMER = {
+    "decoder": "transformer",
+    "decoder_options": {"d_model": 32, "heads": 2, "ff_dim": 64, "warmup_steps": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def transformer_run(attention_run, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("transformer-run")
+    (out / "features").mkdir()
+    for f in (attention_run[0] / "features").iterdir():
+        (out / "features" / f.name).write_bytes(f.read_bytes())
+    results = pipeline.run_all(
+        tiny_data,
+        out,
+        encoder="efficientnet_lite0",
+        train_config=TrainConfig(num_epochs=2, batch_size=32, lr=3e-3),
+        model_overrides=TRANSFORMER,
+        threshold=2,
+        meteor="none",
+        log=quiet,
+    )
+    return out, results
+
+
+def test_run_all_trains_the_transformer_on_the_grid(transformer_run):
+    out, results = transformer_run
+    meta = json.loads((out / "features" / "features.json").read_text())
+    assert meta["layout"] == "grid"  # the attention run's grid, reused (extract skips it)
+    checkpoint = read_checkpoint(out / "best_model.pth")
+    assert checkpoint["model_config"]["decoder"] == "transformer"
+    assert checkpoint["model_config"]["decoder_options"]["d_model"] == 32
+    history = json.loads((out / "history.json").read_text())
+    assert [set(h) & {"train_loss", "val_loss"} for h in history] == [
+        {"train_loss", "val_loss"}
+    ] * 2
+    # 5 batches an epoch, 4 of warm-up, then sqrt(4 / batch): the LR the next batch would get
+    assert history[0]["lr"] == pytest.approx(3e-3 * (4 / 6) ** 0.5)
+    assert history[1]["lr"] == pytest.approx(3e-3 * (4 / 11) ** 0.5)
+    assert {"greedy", "beam5"} <= set(results) and results["greedy"]["distinct_captions"] > 0
+
+
+def test_transformer_captioner_captions_a_new_photo(transformer_run, tiny_data):
+    out, _ = transformer_run
+    captioner = Captioner.from_files(out / "best_model.pth", out / "vocab.pkl")
+    assert captioner.extractor.layout == "grid"
+    assert captioner.model.describe() == "Transformer 2x32, 2 heads"
+    photo = sorted((tiny_data / "Images").iterdir())[0]
+    caption = captioner([photo], beam_size=3)[0]
+    assert isinstance(caption, str) and caption.split()
+
+
+def test_transformer_decoder_flag_round_trips():
+    train, model = TrainConfig(num_epochs=2), {"decoder": "transformer"}
+    args = build_parser().parse_args(["train", *train_flags(train, model)])
+    assert _configs(args)[1]["decoder"] == "transformer"

@@ -29,6 +29,7 @@ from storyteller.models import (
     CaptionDecoder,
     DecoderState,
     LSTMDecoder,
+    TransformerDecoder,
     batch_field,
     build_model,
     decoder_class,
@@ -98,6 +99,28 @@ CASES = [
             "embed_size": 8,
             "hidden_size": 16,
             "decoder_options": {"attention": "luong"},
+        },
+    ),
+    Case(
+        "transformer-learned",
+        {
+            "decoder": "transformer",
+            "decoder_options": {"d_model": 16, "heads": 2, "ff_dim": 24, "decoder_layers": 2},
+        },
+    ),
+    Case(
+        "transformer-sinusoidal-2-encoder-layers",
+        {
+            "decoder": "transformer",
+            "feature_norm": False,
+            "decoder_options": {
+                "d_model": 12,
+                "heads": 3,
+                "ff_dim": 16,
+                "encoder_layers": 2,
+                "decoder_layers": 1,
+                "positions": "sinusoidal",
+            },
         },
     ),
 ]
@@ -234,7 +257,8 @@ def test_default_optimiser_is_the_seed_recipe(case):
     train_config = TrainConfig(lr=3e-4, lr_factor=0.25, lr_patience=2)
     model = case.model("cpu")
     optimizer, scheduler = model.configure_optimizer(train_config)
-    assert optimizer.param_groups[0]["lr"] == 3e-4
+    group = optimizer.param_groups[0]
+    assert group.get("initial_lr", group["lr"]) == 3e-4  # the peak, under a warm-up schedule
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == sum(
         p.numel() for p in model.parameters()
     )
@@ -381,6 +405,107 @@ def test_a_few_steps_lower_the_attention_decoders_loss(attention_case, device):
 
 
 # --------------------------------------------------------------------------------------------
+# The transformer decoder: what it adds to the protocol
+# --------------------------------------------------------------------------------------------
+
+TRANSFORMER_CASES = [case for case in CASES if case.config["decoder"] == "transformer"]
+
+
+@pytest.fixture(params=TRANSFORMER_CASES, ids=[case.id for case in TRANSFORMER_CASES])
+def transformer_case(request) -> Case:
+    return request.param
+
+
+def test_transformer_declares_the_grid_and_describes_itself():
+    model = TRANSFORMER_CASES[0].model("cpu")
+    assert type(model) is TransformerDecoder and model.feature_layout == "grid"
+    assert model.describe() == "Transformer 2x16, 2 heads"
+    assert model.config.decoder_options["warmup_steps"] == 500  # stored complete
+    default = build_model(ModelConfig(vocab_size=VOCAB, feature_dim=8, decoder="transformer"))
+    assert default.describe() == "Transformer 2x256, 4 heads"
+    with pytest.raises(ValueError, match="reads the CNN grid"):
+        model.init_state(torch.randn(2, FEATURE_DIM))  # a pooled vector
+    with pytest.raises(ValueError, match="more than grid_positions 64"):
+        model.init_state(torch.randn(1, 65, FEATURE_DIM))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"d_model": 10, "heads": 4}, "does not divide"),
+        ({"positions": "rotary"}, "'learned' or 'sinusoidal'"),
+    ],
+)
+def test_transformer_refuses_impossible_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(ModelConfig(vocab_size=VOCAB, decoder="transformer", decoder_options=options))
+
+
+def test_transformer_state_carries_the_grid_once_and_the_prefix(transformer_case, device):
+    model = transformer_case.model(device)
+    captions = _captions(2, 4, device)
+    with torch.no_grad():
+        state = model.init_state(transformer_case.features(2, device))
+        d_model = model.options.d_model
+        assert state.memory.shape == (2, GRID_CELLS, d_model) and state.tokens.shape == (2, 0)
+        memory = state.memory
+        for t in range(captions.size(1)):
+            _, state = model.step(captions[:, t], state)
+        assert state.memory is memory  # encoded once per image, not per word
+        assert torch.equal(state.tokens, captions)  # (N, t): positions and padding mask
+        assert [cache.shape for cache in state.layers] == [(2, 4, d_model)] * len(
+            model.decoder.layers
+        )  # (N, t, d_model) per layer
+
+
+def test_transformer_rerunning_the_prefix_equals_the_cache(transformer_case, device):
+    """The plain form (the decoder rerun over the prefix every step) gives what teacher
+    forcing and the cached form give: the cache is an optimisation, not another model."""
+    model = transformer_case.model(device)
+    features, captions = transformer_case.features(3, device), _captions(3, 6, device)
+    cached = beam_search(model, features, beam_size=3, max_length=8, n_best=3)
+    model.incremental = False
+    with torch.no_grad():
+        logits, _ = model(features, captions)  # (B, T, V)
+        state = model.init_state(features)
+        assert state.layers is None
+        for t in range(captions.size(1)):
+            log_probs, state = model.step(captions[:, t], state)  # (B, V)
+            expected = torch.log_softmax(logits[:, t].float(), dim=-1)
+            assert torch.allclose(log_probs, expected, atol=1e-5), f"step {t}"
+    rerun = beam_search(model, features, beam_size=3, max_length=8, n_best=3)
+    for got, want in zip(rerun, cached, strict=True):
+        assert [h.ids for h in got] == [h.ids for h in want]
+        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
+
+
+def test_transformer_words_see_only_earlier_words(transformer_case, device):
+    """Changing a later word leaves every earlier position's logits as they were."""
+    model = transformer_case.model(device)
+    features, captions = transformer_case.features(1, device), _captions(1, 6, device)
+    changed = captions.clone()
+    changed[0, 4] = (captions[0, 4] + 1 - 4) % (VOCAB - 4) + 4  # another real word
+    with torch.no_grad():
+        before, _ = model(features, captions)
+        after, _ = model(features, changed)
+    assert torch.allclose(before[:, :4], after[:, :4], atol=1e-6)
+    assert not torch.allclose(before[:, 4], after[:, 4], atol=1e-6)
+
+
+def test_transformer_optimiser_is_adamw_with_warmup_over_batches():
+    model = TRANSFORMER_CASES[0].model("cpu")
+    optimizer, scheduler = model.configure_optimizer(TrainConfig(lr=1e-3, weight_decay=0.01))
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"]) and all(
+        p.dim() < 2 for p in plain["params"]
+    )
+    assert decayed["lr"] == pytest.approx(1e-3 / 500)  # the first batch: 1/warmup of the peak
+
+
+# --------------------------------------------------------------------------------------------
 # The generic decoder state
 # --------------------------------------------------------------------------------------------
 
@@ -476,7 +601,7 @@ def test_registered_decoder_is_built_with_its_options_complete(tiny_registered):
     assert resolve_config(config) == model.config
     assert config.decoder_options == {"width": 7}  # the caller's config is not changed
     with pytest.raises(
-        StorytellerError, match=r"unknown decoder 'gru'.*one of lstm, attention, tiny"
+        StorytellerError, match=r"unknown decoder 'gru'.*one of lstm, attention, transformer, tiny"
     ):
         decoder_class("gru")
 

@@ -1,4 +1,5 @@
 import contextlib
+import io
 import json
 
 import pytest
@@ -18,6 +19,7 @@ from storyteller.train import (
     parallelize,
     restore_rng_states,
     restore_scaler,
+    train_epoch,
 )
 from storyteller.vocab import Vocabulary
 
@@ -383,3 +385,67 @@ def test_last_checkpoint_from_before_decoders_had_names_resumes(tiny_data, tiny_
     result = pipeline.train_step(tiny_data, run, config, SMALL, log=messages.append)
     assert "resuming" in messages[0] and [h["epoch"] for h in result.history] == [1, 2]
     assert read_checkpoint(run / "last.pth")["model_config"]["decoder"] == "lstm"
+
+
+# --------------------------------------------------------------------------------------------
+# Schedules: the LSTMs' per epoch on the validation loss, the transformer's per batch
+# --------------------------------------------------------------------------------------------
+
+TRANSFORMER = {
+    "decoder": "transformer",
+    "decoder_options": {"d_model": 16, "heads": 2, "ff_dim": 16, "warmup_steps": 4},
+}
+
+
+def _epoch_of_batches(state: TrainingState, grid: bool, batches: int = 6) -> None:
+    """``batches`` optimiser steps of ``train_epoch`` on random 2-caption batches."""
+    torch.manual_seed(0)
+    shape = (2, 3, 4) if grid else (2, 4)  # (B, P, D) or (B, D)
+    loader = [(torch.randn(*shape), torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]]))] * batches
+    batch_loss = make_batch_loss(torch.device("cpu"), False, pad_id=0, label_smoothing=0.0)
+    train_epoch(state.model, state, loader, batch_loss, TrainConfig(), torch.device("cpu"))
+
+
+def _through_checkpoint(value):
+    """``value`` through torch.save and a weights-only torch.load, as last.pth holds it."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_transformer_learning_rate_warms_up_batch_by_batch_then_decays():
+    config = ModelConfig(vocab_size=10, feature_dim=4, **TRANSFORMER)
+    state = TrainingState.create(config, TrainConfig(lr=0.01), torch.device("cpu"))
+    assert isinstance(state.optimizer, torch.optim.AdamW) and state.schedule_per_batch
+    lrs = [state.optimizer.param_groups[0]["lr"]]  # before the first batch: lr / warmup
+    for _ in range(8):
+        _epoch_of_batches(state, grid=True, batches=1)
+        lrs.append(state.optimizer.param_groups[0]["lr"])
+    assert lrs[:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])  # linear warm-up
+    assert lrs[4] == pytest.approx(0.01 * (4 / 5) ** 0.5)  # then inverse square root
+    assert all(a > b for a, b in zip(lrs[3:], lrs[4:], strict=False))
+    # The validation loss does not move a per-batch schedule.
+    state.end_epoch(1.0, 9.0, 0.0, patience=5)
+    assert state.optimizer.param_groups[0]["lr"] == lrs[-1] and state.epoch == 1
+    # Resume: the schedule's step count comes back from a weights-only checkpoint.
+    saved = _through_checkpoint(state.scheduler.state_dict())
+    fresh = TrainingState.create(config, TrainConfig(lr=0.01), torch.device("cpu"))
+    fresh.scheduler.load_state_dict(saved)
+    fresh.scheduler.step()  # the next batch
+    state.scheduler.step()
+    assert fresh.optimizer.param_groups[0]["lr"] == state.optimizer.param_groups[0]["lr"]
+
+
+def test_lstm_schedule_is_still_per_epoch_on_the_validation_loss():
+    config = ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4)
+    state = TrainingState.create(config, TrainConfig(lr=0.1, lr_patience=0), torch.device("cpu"))
+    assert not state.schedule_per_batch
+    before = state.scheduler.state_dict()
+    _epoch_of_batches(state, grid=False)
+    assert state.scheduler.state_dict() == before  # batches leave it alone
+    assert state.optimizer.param_groups[0]["lr"] == 0.1
+    state.end_epoch(1.0, 2.0, 0.0, patience=5)
+    assert state.optimizer.param_groups[0]["lr"] == 0.1  # the first loss is the best so far
+    state.end_epoch(1.0, 3.0, 0.0, patience=5)
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)  # a plateau: halved

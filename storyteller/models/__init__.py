@@ -1,8 +1,9 @@
 """The captioner family: one protocol, a registry, and the decoders that follow it.
 
 ``build_model(config)`` makes the captioner ``config.decoder`` names (``DECODERS`` lists them:
-``lstm``, the Neural Storyteller seed, and ``attention``, Show, Attend and Tell's soft
-attention over the CNN grid). Every decoder is a :class:`CaptionDecoder`
+``lstm``, the Neural Storyteller seed; ``attention``, Show, Attend and Tell's soft
+attention over the CNN grid; ``transformer``, a transformer encoder over the grid and a masked
+transformer decoder over the words). Every decoder is a :class:`CaptionDecoder`
 (``init_state``, ``step``, ``forward``) with a :class:`DecoderState` that beam search can
 reorder; see :mod:`storyteller.models.base` for the protocol and how to add one.
 """
@@ -14,6 +15,11 @@ from .registry import DECODERS, build_model, decoder_class, register_decoder, re
 # isort: split
 # Registered after the LSTM (DECODERS lists the default first), so kept out of the sorted block.
 from .attention import AttentionDecoder, AttentionOptions, AttentionState  # "attention"
+from .transformer import (  # "transformer", after the LSTMs
+    TransformerDecoder,
+    TransformerOptions,
+    TransformerState,
+)
 
 __all__ = [
     "DECODERS",
@@ -25,6 +31,9 @@ __all__ = [
     "LSTMDecoder",
     "LSTMState",
     "NoOptions",
+    "TransformerDecoder",
+    "TransformerOptions",
+    "TransformerState",
     "batch_field",
     "build_model",
     "decoder_class",

@@ -161,12 +161,16 @@ class CaptionDecoder(nn.Module, ABC):
 
     def configure_optimizer(
         self, train_config: TrainConfig
-    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau]:
+    ) -> tuple[
+        torch.optim.Optimizer,
+        torch.optim.lr_scheduler.ReduceLROnPlateau | torch.optim.lr_scheduler.LRScheduler,
+    ]:
         """The optimiser and the learning-rate schedule this decoder trains with. The default
         is the seed recipe: Adam, learning rate multiplied by ``lr_factor`` when the
-        validation loss stops improving (training steps the schedule once per epoch with the
-        validation loss). A decoder that needs another recipe (a transformer: AdamW with
-        warm-up) overrides this."""
+        validation loss stops improving. Training steps a ``ReduceLROnPlateau`` once per epoch
+        with the validation loss and any other scheduler once per optimiser step (batch), so
+        a decoder that needs another recipe (the transformer: AdamW with warm-up) overrides
+        this and returns, e.g., a ``LambdaLR`` over batches."""
         optimizer = torch.optim.Adam(
             self.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
         )

@@ -1,0 +1,303 @@
+"""The ``transformer`` captioner: a transformer encoder over the CNN's grid and a masked
+multi-head transformer decoder over the words (the EfficientNetB0 + Transformer seed).
+
+Like the ``attention`` captioner it reads the CNN's last feature map as P = h x w positions of
+D features (EfficientNet-Lite0: 7 x 7 = 49 x 1280), but instead of one LSTM that looks again
+before every word:
+
+* the grid is projected to ``d_model``, given a learned embedding per position and passed
+  through a small transformer *encoder* (self-attention between the positions, so each one
+  can see the rest of the image before any word is written);
+* the words are embedded, given positions (learned or sinusoidal), and a transformer
+  *decoder* attends causally over the words so far and across to the encoded grid.
+
+Teacher forcing is one parallel pass over the whole caption (no Python loop over time, unlike
+the LSTMs). Decoding carries the encoded grid and the word ids so far in the state, and either
+reruns the decoder over the whole prefix at every step (the plain form, exactly what teacher
+forcing computes) or, by default, runs only the new position through each layer, reading the
+earlier positions' normalised inputs from a per-layer cache in the state; beam search reorders
+both with the rest of the state. ``bench/decode_speed.py`` times the two.
+
+Transformers train poorly with a constant learning rate from the first step, so this decoder
+brings its own recipe: AdamW with a linear warm-up then inverse-square-root decay, stepped once
+per batch (see :meth:`TransformerDecoder.configure_optimizer`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig, TrainConfig
+from ..vocab import Vocabulary
+from .base import CaptionDecoder, DecoderState, batch_field
+from .registry import register_decoder
+
+
+@dataclass
+class TransformerOptions:
+    """The transformer captioner's own sizes (ModelConfig's ``embed_size``, ``hidden_size``,
+    ``num_layers``, ``dropout`` and ``inject`` describe the LSTMs and are not read here)."""
+
+    d_model: int = 256  # width of every token, word or grid position
+    heads: int = 4  # attention heads (d_model must divide by it)
+    encoder_layers: int = 1  # transformer encoder layers over the grid
+    decoder_layers: int = 2  # masked transformer decoder layers over the words
+    ff_dim: int = 1024  # hidden size of each layer's feed-forward block
+    dropout: float = 0.1  # transformer-sized, not the LSTM's 0.5
+    positions: str = "learned"  # word positions: "learned" or "sinusoidal"
+    max_positions: int = 64  # longest word prefix ("learned" positions are a table this long)
+    grid_positions: int = 64  # most grid positions (8 x 8: Inception's 299 px grid fits)
+    warmup_steps: int = 500  # batches of linear warm-up, then inverse-square-root decay
+
+
+@dataclass
+class TransformerState(DecoderState):
+    """What the transformer captioner carries between steps: the encoded grid, computed once
+    per image; every word id so far (the positions, the padding mask, and the whole prefix
+    when the decoder is rerun over it); and, when decoding incrementally, each decoder layer's
+    normalised inputs at the earlier positions, the keys and values its self-attention needs
+    (a causal layer's earlier positions never change when a word is appended)."""
+
+    memory: torch.Tensor = batch_field(dim=0)  # (N, P, d_model) the encoded grid
+    tokens: torch.Tensor = batch_field(dim=0)  # (N, t) word ids fed so far, <start> first
+    layers: tuple[torch.Tensor, ...] | None = batch_field(dim=0)  # per layer (N, t, d_model)
+
+
+def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
+    """Vaswani et al.'s fixed positions: sin on even, cos on odd dimensions, wavelengths from
+    2 pi to 10000 * 2 pi, so any length works without a table. -> (length, d_model)."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # (L, 1)
+    rate = torch.exp(torch.arange(0, d_model, 2).float() * (-math.log(10000.0) / d_model))
+    table = torch.zeros(length, d_model)  # (L, d_model)
+    table[:, 0::2] = torch.sin(position * rate)  # (L, ceil(d_model / 2))
+    table[:, 1::2] = torch.cos(position * rate[: d_model // 2])  # (L, floor(d_model / 2))
+    return table
+
+
+def warmup_inverse_sqrt(warmup_steps: int):
+    """The LR multiplier after ``step`` optimiser steps: rises linearly to 1 over
+    ``warmup_steps`` (so Adam's moment estimates settle before the steps get large), then
+    decays as ``sqrt(warmup / step)`` (Vaswani et al.'s schedule, peak at the configured LR).
+    A plain function, so LambdaLR's state_dict holds only the step count."""
+    warmup = max(1, warmup_steps)
+
+    def factor(step: int) -> float:
+        step = step + 1  # LambdaLR counts from 0: the first batch already gets 1/warmup
+        return step / warmup if step < warmup else math.sqrt(warmup / step)
+
+    return factor
+
+
+@register_decoder("transformer")
+class TransformerDecoder(CaptionDecoder):
+    """A transformer encoder over the CNN grid and a causal transformer decoder over the words.
+
+    ``features`` are (B, P, D): P grid positions of ``config.feature_dim`` features each, P at
+    most ``grid_positions``. Sizes come from :class:`TransformerOptions`; ModelConfig gives the
+    vocabulary, the feature size and ``feature_norm``."""
+
+    options_class = TransformerOptions
+    feature_layout: ClassVar[str] = "grid"
+    #: Decode one new position per step from the layers' cached inputs (True), or rerun the
+    #: decoder over the whole prefix (False: the plain form, kept to check and time against).
+    #: How the same weights are run, not part of the architecture, so not in the config.
+    incremental: bool = True
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        options = self.options
+        d_model = options.d_model
+        if d_model % options.heads:
+            raise ValueError(f"d_model {d_model} does not divide into {options.heads} heads")
+        if options.positions not in ("learned", "sinusoidal"):
+            raise ValueError(
+                f"positions must be 'learned' or 'sinusoidal', got {options.positions!r}"
+            )
+        # The LSTM captioner measured that un-normalised CNN features give the same caption for
+        # every image; the grid is normalised position by position as the attention one does.
+        self.feature_norm = (
+            nn.LayerNorm(config.feature_dim) if config.feature_norm else nn.Identity()
+        )
+        self.feature_proj = nn.Linear(config.feature_dim, d_model)
+        self.grid_positions = nn.Parameter(torch.zeros(options.grid_positions, d_model))
+        nn.init.normal_(self.grid_positions, std=0.02)
+        self.embed = nn.Embedding(config.vocab_size, d_model, padding_idx=Vocabulary.pad_id)
+        if options.positions == "learned":
+            self.word_positions = nn.Embedding(options.max_positions, d_model)
+        else:  # a buffer, not saved: the formula gives it back
+            table = sinusoidal_positions(options.max_positions, d_model)  # (L, d_model)
+            self.register_buffer("word_table", table, persistent=False)
+        self.dropout = nn.Dropout(options.dropout)
+
+        def layer_kwargs() -> dict:
+            # Pre-LayerNorm (norm_first): trains stably at this depth with a short warm-up.
+            return dict(
+                d_model=d_model,
+                nhead=options.heads,
+                dim_feedforward=options.ff_dim,
+                dropout=options.dropout,
+                batch_first=True,
+                norm_first=True,
+            )
+
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(**layer_kwargs()),
+            num_layers=options.encoder_layers,
+            norm=nn.LayerNorm(d_model),
+            enable_nested_tensor=False,  # no padding over the grid; silences the norm_first note
+        )
+        self.decoder = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(**layer_kwargs()),
+            num_layers=options.decoder_layers,
+            norm=nn.LayerNorm(d_model),
+        )
+        self.head = nn.Linear(d_model, config.vocab_size)
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (B, P, D) -> the encoded grid (B, P, d_model), once per image; a pooled
+        (B, D) vector or a grid larger than ``grid_positions`` is refused."""
+        if features.dim() != 3 or features.size(-1) != self.config.feature_dim:
+            raise ValueError(
+                "the transformer decoder reads the CNN grid, (batch, positions, "
+                f"{self.config.feature_dim}); got features of shape {tuple(features.shape)}"
+            )
+        cells = features.size(1)
+        if cells > self.options.grid_positions:
+            raise ValueError(
+                f"a grid of {cells} positions is more than grid_positions "
+                f"{self.options.grid_positions}"
+            )
+        grid = self.feature_proj(self.feature_norm(features))  # (B, P, d_model)
+        grid = self.dropout(grid + self.grid_positions[:cells])  # (B, P, d_model)
+        return self.encoder(grid)  # (B, P, d_model)
+
+    def _positions(self, length: int) -> torch.Tensor:
+        """The first ``length`` word positions, (length, d_model)."""
+        if length > self.options.max_positions:
+            raise ValueError(
+                f"a caption of {length} tokens is longer than max_positions "
+                f"{self.options.max_positions}"
+            )
+        if self.options.positions == "learned":
+            return self.word_positions.weight[:length]  # (T, d_model)
+        return self.word_table[:length]  # (T, d_model)
+
+    def decode(self, memory: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """memory: (B, P, d_model), captions: (B, T) -> next-word logits (B, T, vocab).
+
+        Shared by teacher forcing and decoding, so both compute the same thing. A causal mask
+        keeps each position from seeing later words (so padding after a caption cannot change
+        it), and a key padding mask keeps ``<pad>`` out of every position's view."""
+        hidden = self.decoder(
+            self._embed_words(captions),
+            memory,
+            tgt_mask=self._causal_mask(captions.size(1), captions.device),
+            tgt_key_padding_mask=captions == Vocabulary.pad_id,  # (B, T) true: no word
+        )  # (B, T, d_model)
+        return self.head(hidden)  # (B, T, V)
+
+    def _embed_words(self, captions: torch.Tensor) -> torch.Tensor:
+        """captions: (B, T) -> word embeddings scaled by sqrt(d_model) plus positions."""
+        embedded = self.embed(captions) * math.sqrt(self.options.d_model)  # (B, T, d_model)
+        return self.dropout(embedded + self._positions(captions.size(1)))  # (B, T, d_model)
+
+    @staticmethod
+    def _causal_mask(length: int, device: torch.device) -> torch.Tensor:
+        """(T, T), true above the diagonal: the later words no position may see."""
+        return torch.ones(length, length, dtype=torch.bool, device=device).triu(diagonal=1)
+
+    def forward(
+        self, features: torch.Tensor, captions: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Teacher forcing, every position at once. features: (B, P, D); captions: (B, T) ids
+        starting with ``<start>``. Returns next-word logits (B, T, vocab_size) and no extra
+        loss terms."""
+        return self.decode(self.encode(features), captions), {}  # (B, T, V)
+
+    def init_state(self, features: torch.Tensor) -> TransformerState:
+        """features: (B, P, D) -> the encoded grid and no words yet: tokens (B, 0), and an
+        empty cache (B, 0, d_model) per decoder layer when decoding incrementally."""
+        memory = self.encode(features)  # (B, P, d_model)
+        tokens = torch.zeros(features.size(0), 0, dtype=torch.long, device=features.device)
+        layers = None
+        if self.incremental:
+            empty = memory.new_zeros(memory.size(0), 0, memory.size(2))  # (B, 0, d_model)
+            layers = tuple(empty for _ in self.decoder.layers)
+        return TransformerState(memory, tokens, layers)  # tokens: (B, 0)
+
+    def step(
+        self, tokens: torch.Tensor, state: TransformerState
+    ) -> tuple[torch.Tensor, TransformerState]:
+        """One decoding step. tokens: (N,) -> log-probabilities (N, vocab) of the word after
+        them, and the state with the prefix one word longer."""
+        prefix = torch.cat([state.tokens, tokens.unsqueeze(1)], dim=1)  # (N, t+1)
+        if state.layers is None:  # rerun over the whole prefix: O(t) positions per step
+            hidden = self.decoder(
+                self._embed_words(prefix),
+                state.memory,
+                tgt_mask=self._causal_mask(prefix.size(1), prefix.device),
+                tgt_key_padding_mask=prefix == Vocabulary.pad_id,
+            )[:, -1:]  # (N, 1, d_model) the last position only
+            layers = None
+        else:
+            hidden, layers = self._step_layers(prefix, state)  # (N, 1, d_model)
+        logits = self.head(hidden.squeeze(1))  # (N, V)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
+        return log_probs, TransformerState(state.memory, prefix, layers)
+
+    def _step_layers(
+        self, prefix: torch.Tensor, state: TransformerState
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The new last position through every decoder layer, its self-attention reading the
+        earlier positions from the cache: what ``nn.TransformerDecoderLayer`` computes with
+        ``norm_first=True`` for that position, written out with the layer's own modules.
+
+        prefix: (N, t+1) -> its last position's output (N, 1, d_model) and the caches, each
+        (N, t+1, d_model)."""
+        x = self._embed_words(prefix)[:, -1:]  # (N, 1, d_model) the new word only
+        padding = prefix == Vocabulary.pad_id  # (N, t+1) keys that are no word
+        caches = []
+        for layer, cache in zip(self.decoder.layers, state.layers, strict=True):
+            normed = layer.norm1(x)  # (N, 1, d_model)
+            keys = torch.cat([cache, normed], dim=1)  # (N, t+1, d_model) all it may see
+            caches.append(keys)
+            attended = layer.self_attn(
+                normed, keys, keys, key_padding_mask=padding, need_weights=False
+            )[0]  # (N, 1, d_model)
+            x = x + layer.dropout1(attended)  # (N, 1, d_model)
+            looked = layer.multihead_attn(
+                layer.norm2(x), state.memory, state.memory, need_weights=False
+            )[0]  # (N, 1, d_model)
+            x = x + layer.dropout2(looked)  # (N, 1, d_model)
+            inner = layer.dropout(layer.activation(layer.linear1(layer.norm3(x))))  # (N, 1, ff)
+            x = x + layer.dropout3(layer.linear2(inner))  # (N, 1, d_model)
+        return self.decoder.norm(x), tuple(caches)  # (N, 1, d_model)
+
+    def configure_optimizer(
+        self, train_config: TrainConfig
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        """AdamW, peak learning rate ``train_config.lr`` after ``warmup_steps`` batches of
+        linear warm-up, then inverse-square-root decay. The schedule is a per-batch
+        ``LambdaLR`` (training steps any scheduler other than ReduceLROnPlateau after every
+        optimiser step). Weight decay (``train_config.weight_decay``) applies to matrices
+        only: decaying biases and LayerNorm gains towards 0 only fights the normalisation."""
+        matrices = [p for p in self.parameters() if p.dim() >= 2]
+        vectors = [p for p in self.parameters() if p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": matrices, "weight_decay": train_config.weight_decay},
+                {"params": vectors, "weight_decay": 0.0},
+            ],
+            lr=train_config.lr,
+        )
+        schedule = warmup_inverse_sqrt(self.options.warmup_steps)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    def describe(self) -> str:
+        options = self.options
+        return f"Transformer {options.decoder_layers}x{options.d_model}, {options.heads} heads"
