@@ -8,16 +8,25 @@ resume after a process is killed that repeats the uninterrupted run.
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from ddp_kill_worker import CONFIG, MODEL
 from test_train import _fresh_run
 
 from storyteller.checkpoint import read_checkpoint
 from storyteller.cli import train_flags
-from storyteller.distributed import DistContext, context_from_env, launch, launch_training
+from storyteller.distributed import (
+    DistContext,
+    context_from_env,
+    launch,
+    launch_training,
+    process_device,
+)
 from storyteller.errors import StorytellerError
+from storyteller.train import restore_rng_states, save_rng_states
 
 KILL_WORKER = Path(__file__).with_name("ddp_kill_worker.py")
 # Two processes see the same global batch of 32 in a different order (DistributedSampler) and
@@ -108,3 +117,58 @@ def test_failed_launch_says_so_with_its_last_lines(tmp_path):
         launch(1, ["train", "--out", str(tmp_path / "nothing-here")], log=lambda _: None)
     with pytest.raises(StorytellerError, match="at least 1"):
         launch(0, ["train"])
+
+
+# --------------------------------------------------------------------------------------------
+# The GPU-only branches, on the CPU: CI has no GPU, so torch.cuda is stood in for.
+# --------------------------------------------------------------------------------------------
+
+
+def test_each_process_takes_its_own_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert process_device(DistContext(1, 2, 1), "cuda") == torch.device("cuda", 1)
+    assert process_device(DistContext(), "cuda") == torch.device("cuda")  # one process
+    assert process_device(DistContext(0, 2, 0), "cpu") == torch.device("cpu")  # gloo lane
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(StorytellerError, match="only 1 are visible"):
+        process_device(DistContext(1, 2, 1), "cuda")
+
+
+@dataclass(frozen=True)
+class _TwoProcesses(DistContext):
+    """Rank ``rank`` of 2 whose gather returns what each rank would send (no process group)."""
+
+    sent: tuple = ()
+
+    def gather(self, obj) -> list:
+        return list(self.sent) or [obj, obj]
+
+
+def test_each_process_gets_back_its_own_gpu_random_state(monkeypatch):
+    gpu_states = {
+        0: torch.full((16,), 10, dtype=torch.uint8),
+        1: torch.full((16,), 11, dtype=torch.uint8),
+    }
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: gpu_states[device.index])
+    per_rank = [
+        save_rng_states(torch.device("cuda", rank), _TwoProcesses(rank, 2, rank))[
+            "rank_rng_states"
+        ][0]
+        for rank in (0, 1)
+    ]
+    checkpoint = save_rng_states(
+        torch.device("cuda", 0), _TwoProcesses(0, 2, 0, sent=tuple(per_rank))
+    )
+    assert checkpoint["world_size"] == 2 and checkpoint["cuda_rng_states"] == []
+
+    restored = {}
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device: restored.update({device.index: state})
+    )
+    messages = []
+    restore_rng_states(checkpoint, torch.device("cuda", 1), _TwoProcesses(1, 2, 1), messages.append)
+    assert restored[1][0].item() == 11 and restored[1].device.type == "cpu" and not messages
+    # Another process count: nothing restored, and said so.
+    restore_rng_states(checkpoint, torch.device("cuda", 0), DistContext(), messages.append)
+    assert "written by 2 training process(es), this run has 1" in messages[0]
