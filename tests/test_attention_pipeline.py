@@ -18,20 +18,24 @@ ATTENTION = {**SMALL, "decoder": "attention", "decoder_options": {"attention": "
 quiet = lambda _: None  # noqa: E731
 
 
-@pytest.fixture(scope="module")
-def attention_run(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("attention-run")
+def _run_all(data, out, model_overrides: dict, lr: float = 1e-3):
+    """`run-all` on the tiny sample: 2 epochs, small sizes, no METEOR."""
     results = pipeline.run_all(
-        tiny_data,
+        data,
         out,
         encoder="efficientnet_lite0",
-        train_config=TrainConfig(num_epochs=2, batch_size=32),
-        model_overrides=ATTENTION,
+        train_config=TrainConfig(num_epochs=2, batch_size=32, lr=lr),
+        model_overrides=model_overrides,
         threshold=2,
         meteor="none",
         log=quiet,
     )
     return out, results
+
+
+@pytest.fixture(scope="module")
+def attention_run(tiny_data, tmp_path_factory):
+    return _run_all(tiny_data, tmp_path_factory.mktemp("attention-run"), ATTENTION)
 
 
 def test_run_all_extracts_the_grid_and_trains_the_attention_decoder(attention_run):
@@ -116,17 +120,7 @@ def transformer_run(attention_run, tiny_data, tmp_path_factory):
     (out / "features").mkdir()
     for f in (attention_run[0] / "features").iterdir():
         (out / "features" / f.name).write_bytes(f.read_bytes())
-    results = pipeline.run_all(
-        tiny_data,
-        out,
-        encoder="efficientnet_lite0",
-        train_config=TrainConfig(num_epochs=2, batch_size=32, lr=3e-3),
-        model_overrides=TRANSFORMER,
-        threshold=2,
-        meteor="none",
-        log=quiet,
-    )
-    return out, results
+    return _run_all(tiny_data, out, TRANSFORMER, lr=3e-3)
 
 
 def test_run_all_trains_the_transformer_on_the_grid(transformer_run):
