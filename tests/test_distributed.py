@@ -24,6 +24,7 @@ from storyteller.distributed import (
     launch,
     launch_training,
     process_device,
+    session,
 )
 from storyteller.errors import StorytellerError
 from storyteller.train import restore_rng_states, save_rng_states
@@ -172,3 +173,24 @@ def test_each_process_gets_back_its_own_gpu_random_state(monkeypatch):
     # Another process count: nothing restored, and said so.
     restore_rng_states(checkpoint, torch.device("cuda", 0), DistContext(), messages.append)
     assert "written by 2 training process(es), this run has 1" in messages[0]
+
+
+def test_session_under_torchrun_on_gpus_pins_the_gpu_then_joins_nccl(monkeypatch):
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("gpu", device)))
+    monkeypatch.setattr(
+        dist, "init_process_group", lambda backend, timeout: calls.append((backend, timeout))
+    )
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("left"))
+    with session("cuda") as (context, device):
+        assert context == DistContext(1, 2, 1) and device == torch.device("cuda", 1)
+    assert calls[0] == ("gpu", torch.device("cuda", 1))  # before NCCL starts
+    assert calls[1][0] == "nccl" and calls[1][1].total_seconds() == 120 * 60
+    assert calls[2] == "left"
