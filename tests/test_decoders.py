@@ -311,9 +311,59 @@ def test_attention_gate_is_between_zero_and_one(attention_case, device):
         state = model.init_state(attention_case.features(4, device))
         h = torch.randn(4, model.config.hidden_size, device=device) * 3  # (N, hidden)
         context, alpha, beta = model.attend(h, state.features, state.keys)
-        ungated = torch.bmm(alpha.unsqueeze(1), state.features).squeeze(1)  # (N, D)
+        ungated = model._affine(torch.bmm(alpha.unsqueeze(1), state.features).squeeze(1))
     assert beta.shape == (4, 1) and ((beta > 0) & (beta < 1)).all()
     assert torch.allclose(context, beta * ungated, atol=1e-6)
+
+
+def test_attention_reads_the_layernormed_grid_with_its_affine_applied_after_pooling(
+    attention_case, device
+):
+    """The grid is carried without the LayerNorm's scale and shift, which are applied to the
+    mean and to each context instead: the same numbers as normalising every position in full
+    (the weights sum to 1), checked with a scale and shift far from their initial 1 and 0."""
+    model = attention_case.model(device)
+    with torch.no_grad():
+        model.feature_norm.weight.normal_(1.0, 0.5)
+        model.feature_norm.bias.normal_(0.0, 0.5)
+        features = attention_case.features(3, device)
+        full = model.feature_norm(features)  # (N, P, D): LayerNorm with its affine
+        state = model.init_state(features)
+        assert not state.features.requires_grad  # nothing to write back into per step
+        expected_h = torch.tanh(model.init_h(full.mean(dim=1)))
+        assert torch.allclose(state.h, expected_h, atol=1e-5)
+        assert torch.allclose(state.keys, model.score.keys(full), atol=1e-5)
+        context, alpha, beta = model.attend(state.h, state.features, state.keys)
+        expected = beta * torch.bmm(alpha.unsqueeze(1), full).squeeze(1)  # (N, D)
+    assert torch.allclose(context, expected, atol=1e-5)
+
+
+def test_attention_teacher_forcing_runs_each_caption_to_its_own_end(attention_case, device):
+    """Training sorts the batch by caption length and stops each row after its last word:
+    every caption's real positions match it run alone, in the caller's row order, the
+    positions after it are zeros (their targets are padding), and the gradient reaches the
+    parameters as before."""
+    model = attention_case.model(device)
+    features = attention_case.features(4, device)
+    captions = _captions(4, 8, device)
+    ends = [3, 8, 5, 1]  # real inputs per row (row 1 is full length, row 3 only <start>)
+    for row, end in enumerate(ends):
+        if end < 8:
+            captions[row, end] = END_ID
+            captions[row, end + 1 :] = PAD_ID
+    with torch.no_grad():
+        batched, _ = model(features, captions)  # (4, 8, V)
+        for row, end in enumerate(ends):
+            alone, _ = model(features[row : row + 1], captions[row : row + 1, :end])
+            assert torch.allclose(batched[row, :end], alone[0], atol=1e-5), f"row {row}"
+            assert (batched[row, end:] == 0).all()
+    model.train()
+    logits, extra = model(features, captions)
+    (logits.sum() + extra["attention_penalty"]).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        if name != "score.v.bias":  # a shift of every score: the softmax cannot see it
+            assert parameter.grad.abs().sum() > 0, name
 
 
 def test_doubly_stochastic_penalty_is_zero_only_for_even_coverage():

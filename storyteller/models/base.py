@@ -86,6 +86,11 @@ class DecoderState:
         surviving hypothesis takes its parent's state)."""
         return self._map_rows(lambda tensor, dim: tensor.index_select(dim, rows))
 
+    def first(self: S, rows: int) -> S:
+        """The first ``rows`` rows of every batch field, as views (teacher forcing over a
+        batch sorted by caption length: the rows still running are always a prefix)."""
+        return self._map_rows(lambda tensor, dim: tensor.narrow(dim, 0, rows))
+
     def repeat_interleave(self: S, times: int) -> S:
         """Each row repeated ``times`` times in place: N rows -> N*times (one per beam)."""
         return self._map_rows(lambda tensor, dim: tensor.repeat_interleave(times, dim=dim))
