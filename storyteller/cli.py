@@ -293,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
     p.add_argument("--length-penalty", type=float, default=0.7)
     p.add_argument("--device")
+    p.add_argument(
+        "--attention-maps",
+        metavar="DIR",
+        help="also write, per image, where the model looked for each word (DIR/<image>.png; "
+        "attention captioners only)",
+    )
 
     p = sub.add_parser(
         "notebooks",
@@ -450,19 +456,34 @@ def _quiet(_: str) -> None:
 def _caption(args) -> int:
     from PIL import Image
 
+    from .attention_maps import write_attention_maps
     from .features import load_rgb
     from .inference import Captioner
     from .runtime import get_device
 
     captioner = Captioner.from_files(args.checkpoint, args.vocab, get_device(args.device))
-    failures = 0
+    if args.attention_maps and not captioner.attends:
+        raise StorytellerError(
+            f"--attention-maps: the {captioner.model.name!r} captioner in {args.checkpoint} does "
+            "not attend; train one with --decoder attention"
+        )
+    decoding = {"beam_size": args.beam, "length_penalty": args.length_penalty}
+    failures, figures = 0, set()
     for path in args.images:
         try:
             with Image.open(path) as image:
-                caption = captioner(
-                    [load_rgb(image)], beam_size=args.beam, length_penalty=args.length_penalty
-                )[0]
-            print(json.dumps({"image": path, "caption": caption}), flush=True)
+                photo = load_rgb(image)
+            line = {"image": path}
+            if args.attention_maps:
+                result = captioner.caption_with_attention([photo], **decoding)[0]
+                preprocessing = captioner.extractor.spec.preprocessing
+                written = write_attention_maps(
+                    [(path, photo, result)], preprocessing, args.attention_maps, figures
+                )
+                line.update(caption=result.caption, attention_map=str(written[0]))
+            else:
+                line["caption"] = captioner([photo], **decoding)[0]
+            print(json.dumps(line), flush=True)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             failures += 1
             print(json.dumps({"image": path, "error": f"cannot read image: {exc}"}), flush=True)

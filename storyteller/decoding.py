@@ -190,8 +190,12 @@ def decode_with_attention(
 
     The weights come from the decoder state's ``attention`` field (N, t, P), which ``step``
     grows and beam search reorders with its hypotheses, so the rows read here belong to the
-    returned caption. A decoder whose state has no such field (``lstm``) does not attend and
-    is refused."""
+    returned caption. A decoder that does not attend (``attends`` false: ``lstm``) is
+    refused."""
+    if not unwrap(model).attends:
+        raise StorytellerError(
+            f"the {unwrap(model).name!r} decoder does not attend: no attention weights to show"
+        )
     if beam_size == 1:
         sequences, state = _greedy(model, features, max_length, min_length=1)
         rows = list(range(len(sequences)))
@@ -201,11 +205,7 @@ def decode_with_attention(
         )
         sequences = [hyps[0].ids for hyps in hypotheses]
         rows = best[:, 0].tolist()  # (B,) the best hypothesis's row in the state
-    attention = getattr(state, "attention", None)  # (N, t, P)
-    if not isinstance(attention, torch.Tensor):
-        raise StorytellerError(
-            f"the {unwrap(model).name!r} decoder does not attend: no attention weights to show"
-        )
+    attention = state.attention  # (N, t, P)
     return [
         (ids, attention[row, : len(ids)].float().cpu())  # (len(ids), P)
         for ids, row in zip(sequences, rows, strict=True)

@@ -2,21 +2,33 @@
 
 Writes ``metrics.json`` (one entry per decoding, e.g. ``greedy`` and ``beam5``, each with the
 keys ``bleu1 bleu2 bleu3 bleu4 meteor rouge1 rouge2 rougeL cider precision recall f1``,
-``meteor_backend`` and the specificity measures), ``test_captions.json`` (every test image's
-references and generated captions) and ``caption_grid.png``.
+``meteor_backend``, the specificity measures, which captioner made them (``decoder``, and
+``model``: its description) and its teacher-forced ``test_loss`` and ``test_perplexity``, the
+same for every decoding), ``test_captions.json`` (every test image's references and generated
+captions), ``caption_grid.png`` and, for a captioner that attends, ``attention_maps/``: where
+it looked for each word of a few test photos' captions.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from .attention_maps import (
+    ATTENTION_MAPS_DIR,
+    attends,
+    caption_with_attention,
+    write_attention_maps,
+)
+from .config import TrainConfig
 from .data import CaptionDataset
 from .decoding import generate_captions
+from .encoders import get_encoder_spec
 from .errors import StorytellerError
-from .features import FeatureCache
+from .features import FeatureCache, load_rgb
 from .plots import plot_caption_grid
 from .runtime import unwrap, write_json
 from .vocab import Vocabulary
@@ -54,6 +66,31 @@ def baseline_scores(
     return scores
 
 
+def test_loss(
+    model: torch.nn.Module,
+    vocab: Vocabulary,
+    cache: FeatureCache,
+    dataset: CaptionDataset,
+    images: Sequence[str],
+    batch_size: int = 64,
+) -> float:
+    """Mean next-word cross-entropy per caption on ``images``' reference captions, teacher
+    forced, as validation computes it (the decoder's extra loss terms left out, so it means
+    the same for every decoder); ``exp`` of it is the test perplexity."""
+    from torch.utils.data import DataLoader
+
+    from .train import CaptionPairs, make_batch_loss, make_collate, validate
+
+    network = unwrap(model)
+    device = next(network.parameters()).device
+    pairs = CaptionPairs(cache, dataset, list(images), vocab, TrainConfig().max_length)
+    loader = DataLoader(
+        pairs, batch_size=batch_size, collate_fn=make_collate(cache, network.feature_layout)
+    )
+    batch_loss = make_batch_loss(device, False, vocab.pad_id, label_smoothing=0.0)
+    return validate(network, loader, batch_loss, device)
+
+
 def evaluate_model(
     model: torch.nn.Module,
     vocab: Vocabulary,
@@ -67,8 +104,11 @@ def evaluate_model(
     meteor: str = "auto",
     grid_size: int = 9,
     log=print,
+    attention_maps: int = 4,
 ) -> dict[str, dict]:
-    """Caption every test image with each decoding, score, and write the result files."""
+    """Caption every test image with each decoding, score, and write the result files
+    (``attention_maps``: how many test photos get a figure of where the model looked, for a
+    captioner that attends; their caption is the widest beam's)."""
     out_dir = Path(out_dir)
     images = [name for name in test_images if name in cache]
     if not images:
@@ -77,6 +117,18 @@ def evaluate_model(
     features = cache.batch(rows, unwrap(model).feature_layout)  # (N, [h*w,] feature_dim)
     references = [dataset.captions[name] for name in images]
 
+    network = unwrap(model)
+    loss = test_loss(model, vocab, cache, dataset, images)
+    about = {
+        "decoder": network.name,
+        "model": network.describe(),
+        "test_loss": round(loss, 4),
+        "test_perplexity": round(math.exp(min(loss, 50.0)), 3),
+    }
+    log(
+        f"{network.name} ({about['model']}): test loss {loss:.4f}, "
+        f"perplexity {about['test_perplexity']:.1f}"
+    )
     results: dict[str, dict] = {}
     generated: dict[str, list[str]] = {}
     for beam_size in beam_sizes:
@@ -84,7 +136,7 @@ def evaluate_model(
         generated[name] = generate_captions(
             model, features, vocab, beam_size, max_length, length_penalty
         )
-        results[name] = score_captions(references, generated[name], meteor=meteor)
+        results[name] = {**score_captions(references, generated[name], meteor=meteor), **about}
         r = results[name]
         log(
             f"{name:>7}: BLEU-4 {r['bleu4']:.4f}  METEOR {r['meteor'] if r['meteor'] is None else round(r['meteor'], 4)}  "
@@ -107,4 +159,27 @@ def evaluate_model(
         out_dir / GRID_FILE,
         title="Test images: a reference caption and the generated ones",
     )
+    if attends(model) and attention_maps:
+        shown = images[:attention_maps]
+        figures = write_attention_maps(
+            [
+                (name, load_rgb(dataset.image_dir / name), result)
+                for name, result in zip(
+                    shown,
+                    caption_with_attention(
+                        model,
+                        vocab,
+                        features[: len(shown)].to(next(network.parameters()).device),
+                        cache.grid,
+                        max(beam_sizes),
+                        max_length,
+                        length_penalty,
+                    ),
+                    strict=True,
+                )
+            ],
+            get_encoder_spec(cache.encoder).preprocessing,
+            out_dir / ATTENTION_MAPS_DIR,
+        )
+        log(f"where the model looked, word by word: {len(figures)} figures in {figures[0].parent}")
     return results

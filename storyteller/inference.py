@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .attention_maps import AttentionCaption, attends, caption_with_attention
 from .checkpoint import load_model
 from .decoding import beam_search, greedy_decode
 from .features import FeatureExtractor
@@ -65,3 +66,30 @@ class Captioner:
         return [self.vocab.decode(seq) for seq in ids]
 
     __call__ = caption
+
+    @property
+    def attends(self) -> bool:
+        """Whether the captioner can say where it looked (:meth:`caption_with_attention`)."""
+        return attends(self.model)
+
+    @torch.inference_mode()
+    def caption_with_attention(
+        self,
+        images: Sequence[Image.Image | str | Path],
+        beam_size: int = 1,
+        max_length: int = 50,
+        length_penalty: float = 0.7,
+    ) -> list[AttentionCaption]:
+        """Captions with each word's weights over the encoder's grid (attention decoders
+        only; draw them with :func:`storyteller.attention_maps.write_attention_maps`)."""
+        pil = [im if isinstance(im, Image.Image) else Image.open(im) for im in images]
+        features = self.extractor(pil).to(self.extractor.device)  # (B, h*w, feature_dim)
+        return caption_with_attention(
+            self.model,
+            self.vocab,
+            features,
+            self.extractor.spec.grid,
+            beam_size,
+            max_length,
+            length_penalty,
+        )

@@ -1,4 +1,5 @@
-"""Figures people would rather look at than read: loss curves and captioned image grids."""
+"""Figures people would rather look at than read: loss curves, captioned image grids and
+attention maps."""
 
 from __future__ import annotations
 
@@ -63,3 +64,54 @@ def plot_caption_grid(
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return Path(path)
+
+
+def attention_figure(view, result, columns: int = 5):
+    """Show, Attend and Tell's figure for one photo: the photo as the encoder saw it (a PIL
+    image, see :func:`storyteller.attention_maps.encoder_view`) with the caption, then one
+    panel per word with its attention weights over the grid, upsampled to the photo and
+    scaled to each word's own maximum (bright = where that word was read from).
+
+    ``result``: an :class:`~storyteller.attention_maps.AttentionCaption`. Returns the
+    matplotlib figure (save it, or turn it into pixels with :func:`figure_pixels`)."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = result.grid
+    size = view.size[::-1]  # (H, W) of the encoder's input
+    maps = result.weights.float().reshape(-1, 1, h, w)  # (T, 1, h, w)
+    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]  # (T, H, W)
+    maps = maps / maps.amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    panels = 1 + len(result.words)
+    rows = (panels + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(view)
+    axes.flat[0].set_title("\n".join(textwrap.wrap(result.caption, 28)) or "(no words)", fontsize=8)
+    for t, word in enumerate(result.words):
+        ax = axes.flat[t + 1]
+        ax.imshow(view)
+        ax.imshow(maps[t].numpy(), cmap="inferno", alpha=0.6, vmin=0.0, vmax=1.0)
+        ax.set_title(word, fontsize=10)
+    fig.suptitle("Where the model looked for each word", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_map(view, result, path: str | Path) -> Path:
+    """:func:`attention_figure` saved as a PNG at ``path``."""
+    fig = attention_figure(view, result)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def figure_pixels(fig):
+    """A figure as an (H, W, 3) uint8 array (for an app's image output), then closed."""
+    import numpy as np
+
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
+    plt.close(fig)
+    return pixels

@@ -71,8 +71,8 @@ class Vocabulary:
             ids = ids[: max(0, max_length - 2)]
         return [self.start_id, *ids, self.end_id]
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Ids -> caption text: stops at ``<end>``, drops ``<start>``/``<pad>``."""
+    def words(self, ids: Iterable[int]) -> list[str]:
+        """Ids -> the caption's words: stops at ``<end>``, drops ``<start>``/``<pad>``."""
         words = []
         for i in ids:
             i = int(i)
@@ -81,7 +81,11 @@ class Vocabulary:
             if i in (self.pad_id, self.start_id):
                 continue
             words.append(self.itos[i] if 0 <= i < len(self.itos) else UNK)
-        return " ".join(words)
+        return words
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids -> caption text (the :meth:`words` joined by spaces)."""
+        return " ".join(self.words(ids))
 
     @property
     def fingerprint(self) -> str:

@@ -3,16 +3,24 @@ training with its penalty, resume, evaluation, the CLI's flags, captioning a new
 the transformer (run-all on the same grid, its per-batch warm-up, captioning a new photo)."""
 
 import json
+import math
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from conftest import cli
+from PIL import Image
 from test_train import SMALL, _Interrupt
 
 from storyteller import pipeline
+from storyteller.attention_maps import ATTENTION_MAPS_DIR, AttentionCaption, figure_name
 from storyteller.checkpoint import read_checkpoint
 from storyteller.cli import _configs, build_parser, train_flags
 from storyteller.config import TrainConfig
 from storyteller.errors import StorytellerError
 from storyteller.inference import Captioner
+from storyteller.plots import attention_figure, figure_pixels
 
 ATTENTION = {**SMALL, "decoder": "attention", "decoder_options": {"attention": "luong"}}
 quiet = lambda _: None  # noqa: E731
@@ -154,3 +162,88 @@ def test_transformer_decoder_flag_round_trips():
     train, model = TrainConfig(num_epochs=2), {"decoder": "transformer"}
     args = build_parser().parse_args(["train", *train_flags(train, model)])
     assert _configs(args)[1]["decoder"] == "transformer"
+
+
+# --------------------------------------------------------------------------------------------
+# Attention maps: where the model looked for each word
+# --------------------------------------------------------------------------------------------
+
+
+def test_evaluate_says_which_decoder_and_draws_where_it_looked(attention_run):
+    out, results = attention_run
+    for decoding in ("greedy", "beam5"):
+        entry = results[decoding]
+        assert entry["decoder"] == "attention" and "Luong attention" in entry["model"]
+        assert entry["test_perplexity"] == pytest.approx(math.exp(entry["test_loss"]), rel=1e-3)
+    assert results["greedy"]["test_loss"] == results["beam5"]["test_loss"]  # one model
+    figures = sorted((out / ATTENTION_MAPS_DIR).glob("*.png"))
+    assert len(figures) == 4  # the first four test photos
+    test = json.loads((out / "splits.json").read_text())["test"]
+    assert {f.stem for f in figures} == {Path(name).stem for name in test[:4]}
+    with Image.open(figures[0]) as figure:
+        assert figure.width > 400 and figure.height > 200
+
+
+def test_lstm_runs_have_no_attention_maps_but_say_their_decoder(tiny_run):
+    results = pipeline.evaluate_step(None, tiny_run, (1,), meteor="none", log=quiet)
+    assert results["greedy"]["decoder"] == "lstm"
+    assert results["greedy"]["test_perplexity"] > 1
+    assert not (tiny_run / ATTENTION_MAPS_DIR).exists()
+
+
+def test_attention_figure_has_the_photo_then_one_panel_per_word():
+    words = ["a", "dog", "runs"]
+    weights = torch.softmax(torch.randn(3, 49), dim=-1)  # (T, P)
+    result = AttentionCaption("a dog runs", words, weights, (7, 7))
+    view = Image.new("RGB", (224, 224), "white")
+    figure = attention_figure(view, result)
+    panels = [ax for ax in figure.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["a dog runs", *words]
+    assert [len(ax.images) for ax in panels] == [1, 2, 2, 2]  # photo, photo + heat map
+    heat = panels[1].images[1].get_array()
+    assert heat.shape == (224, 224) and float(heat.max()) == pytest.approx(1.0)
+    pixels = figure_pixels(figure)
+    assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
+
+
+def test_figure_names_are_safe_and_never_collide():
+    taken: set[str] = set()
+    assert figure_name("Images/1000268201_693b08cb0e.jpg", taken) == "1000268201_693b08cb0e.png"
+    assert figure_name("other/1000268201_693b08cb0e.jpg", taken) == "1000268201_693b08cb0e-2.png"
+    assert figure_name("../../we ird;name.jpg") == "we_ird_name.png"
+    assert figure_name("") == "image.png"
+
+
+def test_caption_cli_writes_one_attention_map_per_photo(attention_run, tiny_data, tmp_path):
+    out, _ = attention_run
+    photos = sorted((tiny_data / "Images").iterdir())[:2]
+    maps = tmp_path / "maps"
+    args = ["--checkpoint", str(out / "best_model.pth"), "--vocab", str(out / "vocab.pkl")]
+    result = cli("caption", *map(str, photos), *args, "--beam", "3", "--attention-maps", str(maps))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["image"] for line in lines] == list(map(str, photos))
+    for line in lines:
+        assert Path(line["attention_map"]).is_file() and line["caption"].split()
+    # The figure's caption is the caption printed without maps (same decoding).
+    plain = cli("caption", str(photos[0]), *args, "--beam", "3")
+    assert json.loads(plain.stdout)["caption"] == lines[0]["caption"]
+
+
+def test_caption_cli_refuses_attention_maps_for_a_captioner_that_does_not_attend(
+    tiny_run, tiny_data, tmp_path
+):
+    photo = sorted((tiny_data / "Images").iterdir())[0]
+    result = cli(
+        "caption",
+        str(photo),
+        "--checkpoint",
+        str(tiny_run / "best_model.pth"),
+        "--vocab",
+        str(tiny_run / "vocab.pkl"),
+        "--attention-maps",
+        str(tmp_path / "maps"),
+    )
+    assert result.returncode != 0
+    assert "'lstm' captioner" in result.stderr and "--decoder attention" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "maps").exists()

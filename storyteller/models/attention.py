@@ -120,6 +120,7 @@ class AttentionDecoder(CaptionDecoder):
 
     options_class = AttentionOptions
     feature_layout: ClassVar[str] = "grid"
+    attends: ClassVar[bool] = True
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)

@@ -118,6 +118,10 @@ class CaptionDecoder(nn.Module, ABC):
     #: caller knowing every decoder: ``"pooled"``, one vector per image (B, feature_dim), or
     #: ``"grid"``, the CNN's last feature map as positions (B, P, feature_dim), P = h x w.
     feature_layout: ClassVar[str] = "pooled"
+    #: Whether ``step`` records where it looked: the state's ``attention`` field (N, t, P)
+    #: gains one row of weights over the grid per word (see
+    #: :func:`storyteller.decoding.decode_with_attention` and :mod:`storyteller.attention_maps`).
+    attends: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -1,0 +1,204 @@
+"""Every captioner on the same data, several seeds each: quality, training time and caption
+latency, as one table with the mean and spread over seeds (issue 9's comparison).
+
+    python bench/decoder_table.py --data ../shared/data/flickr8k-1k --out outputs/decoders \
+        [--seeds 0 1 2] [--epochs 30] [--variants lstm attention-bahdanau ...]
+
+The grid features (EfficientNet-Lite0 offline, one cache: the pooled vector the LSTM reads is
+the grid's mean), the vocabulary and the 80/10/10 split (seed 0) are made once in
+``OUT/shared`` and every run reads them, so the runs differ only in the decoder and the
+training seed (initial weights, batch order, dropout). Each run is a run folder
+``OUT/<variant>-seed<k>`` (``best_model.pth``, ``metrics.json``, ...; ``features`` is a link
+to the shared cache) plus ``bench.json`` with its timings; a finished run is reused, so an
+interrupted table resumes where it stopped. The table goes to stdout, ``OUT/table.md`` and
+``OUT/table.json``.
+
+Timings are wall clock on whatever machine runs this; run nothing else beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from storyteller.config import TrainConfig
+from storyteller.features import load_feature_cache
+from storyteller.inference import Captioner
+from storyteller.pipeline import (
+    RunPaths,
+    evaluate_step,
+    features_step,
+    load_splits,
+    resolve_data,
+    train_step,
+    vocab_step,
+)
+from storyteller.runtime import write_json
+
+#: name -> the model overrides ``train``/``run-all`` would get from the CLI flags.
+VARIANTS = {
+    "lstm": {"decoder": "lstm"},
+    "attention-bahdanau": {"decoder": "attention", "decoder_options": {"attention": "bahdanau"}},
+    "attention-luong": {"decoder": "attention", "decoder_options": {"attention": "luong"}},
+    "transformer": {"decoder": "transformer"},
+}
+#: The table's score columns: metrics.json key -> header.
+SCORES = {
+    "bleu1": "BLEU-1",
+    "bleu4": "BLEU-4",
+    "meteor": "METEOR",
+    "cider": "CIDEr-D",
+    "distinct_captions": "distinct",
+    "recall_at_5": "R@5",
+}
+DECODINGS = {"greedy": "greedy", "beam5": "beam 5"}
+
+
+def prepare_shared(data: Path, out: Path, encoder: str) -> Path:
+    """The grid cache, vocabulary and split every run shares (made once)."""
+    shared = out / "shared"
+    features_step(data, shared, encoder, layout="grid", log=print)
+    vocab_step(data, shared, threshold=5, seed=0, log=print)
+    return shared
+
+
+def link_run(shared: Path, run: Path) -> None:
+    """A run folder that reads the shared cache and holds its own copy of the vocabulary and
+    split (so the folder is a complete run for ``evaluate``, ``caption`` or the app)."""
+    run.mkdir(parents=True, exist_ok=True)
+    src, dst = RunPaths(shared), RunPaths(run)
+    if not dst.features.exists():
+        dst.features.symlink_to(src.features.resolve(), target_is_directory=True)
+    for name in (src.vocab, src.splits):
+        if not (run / name.name).exists():
+            shutil.copy2(name, run / name.name)
+
+
+def caption_latency(run: Path, images: list[Path], beam_size: int) -> float:
+    """Median seconds to caption one photo, file to words (CNN included), one at a time."""
+    paths = RunPaths(run)
+    captioner = Captioner.from_files(paths.checkpoint, paths.vocab, torch.device("cpu"))
+    captioner.caption(images[:1], beam_size=beam_size)  # warm-up: first-call allocations
+    times = []
+    for image in images:
+        started = time.perf_counter()
+        captioner.caption([image], beam_size=beam_size)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def run_one(data: Path, shared: Path, out: Path, variant: str, seed: int, args) -> dict:
+    """Train and evaluate one (variant, seed), or read the finished run's record."""
+    run = out / f"{variant}-seed{seed}"
+    record_path = run / "bench.json"
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    link_run(shared, run)
+    print(f"\n=== {variant}, seed {seed} -> {run}", flush=True)
+    started = time.perf_counter()
+    result = train_step(
+        data, run, TrainConfig(num_epochs=args.epochs, seed=seed), VARIANTS[variant], device="cpu"
+    )
+    train_s = time.perf_counter() - started
+    metrics = evaluate_step(data, run, (1, 5), meteor=args.meteor, device="cpu")
+    cache = load_feature_cache(RunPaths(run).features)
+    test = [n for n in load_splits(run)["test"] if n in cache][: args.latency_images]
+    image_dir = resolve_data(data, log=lambda _: None) / "Images"
+    images = [image_dir / name for name in test]
+    record = {
+        "variant": variant,
+        "seed": seed,
+        "train_seconds": round(train_s, 1),
+        "epochs_run": len(result.history),
+        "best_val_loss": round(result.best_val_loss, 4),
+        "latency_ms": {
+            name: round(1000 * caption_latency(run, images, beam), 1)
+            for name, beam in (("greedy", 1), ("beam5", 5))
+        },
+        "metrics": {name: {k: metrics[name][k] for k in SCORES} for name in DECODINGS},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    write_json(record_path, record)
+    return record
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table(records: list[dict], variants: list[str]) -> tuple[str, dict]:
+    """Markdown rows (mean ± std over seeds) and the same numbers as data."""
+    header = ["decoder", "decoding", *SCORES.values(), "val ppl", "train time", "latency"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    summary: dict = {}
+    for variant in variants:
+        runs = [r for r in records if r["variant"] == variant]
+        if not runs:
+            continue
+        seeds = [r["seed"] for r in runs]
+        train_m, train_s = mean_spread([r["train_seconds"] / 60 for r in runs])
+        ppl_m, ppl_s = mean_spread([2.718281828 ** r["best_val_loss"] for r in runs])
+        summary[variant] = {"seeds": seeds, "train_minutes": [train_m, train_s]}
+        for decoding, label in DECODINGS.items():
+            cells = [f"`{variant}`", label]
+            summary[variant][decoding] = {}
+            for key in SCORES:
+                m, s = mean_spread([r["metrics"][decoding][key] for r in runs])
+                summary[variant][decoding][key] = [m, s]
+                cells.append(f"{m:.3f} ± {s:.3f}")
+            lat_m, lat_s = mean_spread([r["latency_ms"][decoding] for r in runs])
+            summary[variant][decoding]["latency_ms"] = [lat_m, lat_s]
+            cells += [
+                f"{ppl_m:.1f} ± {ppl_s:.1f}",
+                f"{train_m:.1f} ± {train_s:.1f} min",
+                f"{lat_m:.0f} ± {lat_s:.0f} ms",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines), summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", required=True, help="dataset folder (Images/ + captions)")
+    parser.add_argument("--out", default="outputs/decoders")
+    parser.add_argument("--encoder", default="efficientnet_lite0")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=30, help="at most; early stopping ends most")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--meteor", default="auto", choices=["auto", "java", "nltk", "none"])
+    parser.add_argument("--latency-images", type=int, default=20)
+    args = parser.parse_args()
+
+    out, data = Path(args.out), resolve_data(args.data)
+    shared = prepare_shared(data, out, args.encoder)
+    records = []
+    # Seed-major order: an interrupted table has every decoder at the same number of seeds.
+    for seed in args.seeds:
+        for variant in args.variants:
+            records.append(run_one(data, shared, out, variant, seed, args))
+    markdown, summary = table(records, args.variants)
+    note = (
+        f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), mean ± std; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; test split of "
+        f"{len(load_splits(shared)['test'])} images; latency = one photo, file to words, "
+        "median of "
+        f"{args.latency_images}"
+    )
+    (out / "table.md").write_text(markdown + "\n\n" + note + "\n")
+    write_json(out / "table.json", {"note": note, "summary": summary, "runs": records})
+    print("\n" + markdown + "\n\n" + note)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
