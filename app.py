@@ -40,6 +40,7 @@ import torch
 
 from storyteller.errors import StorytellerError
 from storyteller.inference import Captioner
+from storyteller.plots import attention_figure, figure_pixels
 from storyteller.serving import (
     MAKE_MODEL_COMMAND,
     UnreadableImage,
@@ -122,7 +123,8 @@ def _load_captioner() -> tuple[Captioner | None, str]:
     epoch = f", epoch {info['epoch']}" if "epoch" in info else ""
     where = files.source if files.source == "beside app.py" else f"in {files.checkpoint.parent}"
     return captioner, (
-        f"Caption model: {config.encoder} features -> {captioner.model.describe()} "
+        f"Caption model: {config.encoder} features -> `{captioner.model.name}` decoder, "
+        f"{captioner.model.describe()} "
         f"({len(captioner.vocab)} words{epoch}), `{files.checkpoint.name}` {where}"
     )
 
@@ -199,7 +201,17 @@ def caption_image(image: str | None, decoding: str = "beam", beam_width: float =
         raise gr.Error(str(exc)) from None
     label = f"beam {beam}" if beam > 1 else "greedy"
     info = {**(info or {}), "caption_ms": result.ms, "decoding": label}
-    return result.caption, info
+    looked = (result.view, result.attention) if result.attention is not None else None
+    return result.caption, info, looked
+
+
+def render_attention(looked):
+    """The figure of where the model looked for each word of its caption (attention
+    captioners; nothing for the others)."""
+    if looked is None:
+        return None
+    view, attention = looked
+    return figure_pixels(attention_figure(view, attention))
 
 
 def _options(genre: str, tone: str, length: str) -> StoryOptions:
@@ -274,7 +286,7 @@ def steer_story(
 def caption_changed(image, decoding, beam_width, info):
     """The page's photo changed (upload, webcam, example): caption it; cleared: clear."""
     if not image:
-        return "", info
+        return "", info, None
     return caption_image(image, decoding, beam_width, info)
 
 
@@ -306,7 +318,7 @@ def render_info(info) -> str:
 
 with gr.Blocks(title="Neural Storyteller") as demo:
     gr.Markdown(
-        "# Neural Storyteller\nUpload a photo: a CNN + LSTM captioner describes it, then a "
+        "# Neural Storyteller\nUpload a photo: a CNN and a caption decoder describe it, then a "
         "language model turns the caption into a story you can continue, extend with another "
         "photo, or steer."
     )
@@ -318,6 +330,7 @@ with gr.Blocks(title="Neural Storyteller") as demo:
         )
     session = gr.State(None)  # this user's StorySession
     info = gr.State(None)  # this user's latest timings
+    looked = gr.State(None)  # (photo as the encoder saw it, AttentionCaption) or None
     with gr.Row():
         with gr.Column(scale=1):
             image = photo_input(
@@ -335,6 +348,13 @@ with gr.Blocks(title="Neural Storyteller") as demo:
         with gr.Column(scale=1):
             caption = gr.Textbox(
                 label="Caption (you may edit it)", lines=2, elem_id="caption", interactive=True
+            )
+            attention_map = gr.Image(
+                label="Where the model looked for each word",
+                type="numpy",
+                interactive=False,
+                visible=CAPTIONER is not None and CAPTIONER.attends,
+                elem_id="attention-map",
             )
             with gr.Row():
                 genre = gr.Dropdown(
@@ -362,19 +382,21 @@ with gr.Blocks(title="Neural Storyteller") as demo:
 
     caption_inputs = [image, decoding, beam_width, info]
     caption_events = {"concurrency_limit": CAPTION_CONCURRENCY, "concurrency_id": "caption"}
+    caption_outputs = [caption, info, looked]
     for captioned in (
         caption_button.click(
-            caption_image, caption_inputs, [caption, info], api_name="caption", **caption_events
+            caption_image, caption_inputs, caption_outputs, api_name="caption", **caption_events
         ),
         image.change(
             caption_changed,
             caption_inputs,
-            [caption, info],
+            caption_outputs,
             api_visibility="private",
             **caption_events,
         ),
     ):
         captioned.then(render_info, info, timings, **private)
+        captioned.then(render_attention, looked, attention_map, **private)
         captioned.success(
             auto_story,
             [caption, *controls],

@@ -73,9 +73,12 @@ def attention_figure(view, result, columns: int = 5):
     scaled to each word's own maximum (bright = where that word was read from).
 
     ``result``: an :class:`~storyteller.attention_maps.AttentionCaption`. Returns the
-    matplotlib figure (save it, or turn it into pixels with :func:`figure_pixels`)."""
+    matplotlib figure (save it, or turn it into pixels with :func:`figure_pixels`). Built
+    without pyplot's global figure list, so app requests may draw at the same time."""
     import torch
     import torch.nn.functional as F
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     h, w = result.grid
     size = view.size[::-1]  # (H, W) of the encoder's input
@@ -84,7 +87,9 @@ def attention_figure(view, result, columns: int = 5):
     maps = maps / maps.amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     panels = 1 + len(result.words)
     rows = (panels + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows), squeeze=False)
+    fig = Figure(figsize=(2.4 * columns, 2.6 * rows))
+    FigureCanvasAgg(fig)  # attaches itself: savefig and figure_pixels draw with Agg
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     axes.flat[0].imshow(view)
@@ -101,17 +106,14 @@ def attention_figure(view, result, columns: int = 5):
 
 def plot_attention_map(view, result, path: str | Path) -> Path:
     """:func:`attention_figure` saved as a PNG at ``path``."""
-    fig = attention_figure(view, result)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    attention_figure(view, result).savefig(path, dpi=90)
     return Path(path)
 
 
 def figure_pixels(fig):
-    """A figure as an (H, W, 3) uint8 array (for an app's image output), then closed."""
+    """An Agg-backed figure (as :func:`attention_figure` makes) as an (H, W, 3) uint8 array,
+    for an app's image output."""
     import numpy as np
 
     fig.canvas.draw()
-    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
-    plt.close(fig)
-    return pixels
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)

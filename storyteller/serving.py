@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from .attention_maps import AttentionCaption, encoder_view
 from .checkpoint import BEST_CHECKPOINT
 from .errors import StorytellerError
 from .features import load_rgb
@@ -163,18 +164,28 @@ def configured_threads(env: Mapping[str, str] | None = None) -> int | None:
 
 @dataclass
 class TimedCaption:
-    """A caption and how long it took, end to end (decode, encode, decode words)."""
+    """A caption and how long it took, end to end (decode, encode, decode words); for a
+    captioner that attends, also where it looked (the photo as the encoder saw it and each
+    word's weights: draw them with :func:`storyteller.plots.attention_figure`)."""
 
     caption: str
     ms: float
+    view: Image.Image | None = None
+    attention: AttentionCaption | None = None
 
 
 def caption_upload(captioner, path: str | Path, beam_size: int = 1) -> TimedCaption:
-    """Open ``path`` safely and caption it with ``captioner`` (greedy when ``beam_size == 1``)."""
+    """Open ``path`` safely and caption it with ``captioner`` (greedy when ``beam_size == 1``),
+    keeping the attention weights when the captioner attends."""
     started = time.perf_counter()
     image = open_upload(path)
-    caption = captioner([image], beam_size=beam_size)[0]
-    return TimedCaption(caption, (time.perf_counter() - started) * 1000)
+    if not getattr(captioner, "attends", False):
+        caption = captioner([image], beam_size=beam_size)[0]
+        return TimedCaption(caption, (time.perf_counter() - started) * 1000)
+    result = captioner.caption_with_attention([image], beam_size=beam_size)[0]
+    ms = (time.perf_counter() - started) * 1000
+    view = encoder_view(image, captioner.extractor.spec.preprocessing)
+    return TimedCaption(result.caption, ms, view, result)
 
 
 # Varied scenes from the sample dataset (seed 0): shapes, colours, counts and backgrounds differ.

@@ -1,15 +1,19 @@
 """The grid captioners through the whole pipeline: the attention captioner (grid features,
 training with its penalty, resume, evaluation, the CLI's flags, captioning a new photo) and
-the transformer (run-all on the same grid, its per-batch warm-up, captioning a new photo)."""
+the transformer (run-all on the same grid, its per-batch warm-up, captioning a new photo);
+attention maps (evaluate, the CLI, the app page) and the Space for both."""
 
 import json
 import math
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from app_server import running_app, space_folder
 from conftest import cli
+from gradio_client import Client, handle_file
 from PIL import Image
 from test_train import SMALL, _Interrupt
 
@@ -247,3 +251,82 @@ def test_caption_cli_refuses_attention_maps_for_a_captioner_that_does_not_attend
     assert result.returncode != 0
     assert "'lstm' captioner" in result.stderr and "--decoder attention" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "maps").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The Space: deployed and served for each grid captioner
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("run", ["attention_run", "transformer_run"])
+def test_space_folder_serves_the_same_captions(run, request, tiny_data, tmp_path):
+    out, _ = request.getfixturevalue(run)
+    space = space_folder(out, tmp_path / "space")
+    photo = sorted((tiny_data / "Images").iterdir())[1]
+    original = Captioner.from_files(out / "best_model.pth", out / "vocab.pkl")
+    shipped = Captioner.from_files(space / "best_model.pth", space / "vocab.pkl")
+    assert shipped.model.name == original.model.name and shipped.extractor.layout == "grid"
+    assert shipped([photo], beam_size=3) == original([photo], beam_size=3)
+
+
+@pytest.fixture(scope="module")
+def attention_app(attention_run, tmp_path_factory):
+    out, _ = attention_run
+    space = space_folder(out, tmp_path_factory.mktemp("attention-app") / "space")
+    with running_app(space) as app:
+        yield space, app
+
+
+def test_app_serves_an_attention_captioner_and_says_which(attention_app, tiny_data):
+    space, app = attention_app
+    photo = sorted((tiny_data / "Images").iterdir())[2]
+    served = Client(app.url, verbose=False).predict(
+        handle_file(photo), "beam", 3, api_name="/caption"
+    )
+    local = Captioner.from_files(space / "best_model.pth", space / "vocab.pkl")
+    assert served == local([photo], beam_size=3)[0]
+    with urllib.request.urlopen(app.url + "config", timeout=30) as response:
+        config = json.loads(response.read())
+    page = json.dumps(config)
+    assert "`attention` decoder" in page and "Luong attention" in page
+    figure = next(c for c in config["components"] if c["props"].get("elem_id") == "attention-map")
+    assert figure["props"]["visible"] is True
+    assert app.alive()
+
+
+def test_the_page_shows_where_the_model_looked(attention_app, tiny_data):
+    """In a browser: upload a photo; the figure of where the model looked appears under the
+    caption (Chromium headless, as the app's browser test)."""
+    from test_app_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: run .ci/install-test-deps.sh (as root)")
+    from playwright.sync_api import expect, sync_playwright
+
+    _, app = attention_app
+    photo = sorted((tiny_data / "Images").iterdir())[3]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(app.url)
+        page.locator("#photo input[type=file]").set_input_files(str(photo))
+        expect(page.locator("#caption textarea")).not_to_have_value("", timeout=120_000)
+        figure = page.locator("#attention-map img")
+        expect(figure).to_be_visible(timeout=60_000)
+        size = figure.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        browser.close()
+    assert size[0] > 400 and size[1] > 200  # the photo plus one panel per word
+    assert app.alive()
+
+
+def test_app_hides_the_figure_for_a_captioner_that_does_not_attend(tiny_run, tmp_path):
+    space = space_folder(tiny_run, tmp_path / "space")
+    with running_app(space) as app:
+        with urllib.request.urlopen(app.url + "config", timeout=30) as response:
+            config = json.loads(response.read())
+    assert "`lstm` decoder" in json.dumps(config)
+    figure = next(c for c in config["components"] if c["props"].get("elem_id") == "attention-map")
+    assert figure["props"]["visible"] is False
