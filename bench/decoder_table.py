@@ -183,11 +183,12 @@ def main() -> None:
     out, data = Path(args.out), resolve_data(args.data)
     shared = prepare_shared(data, out, args.encoder)
     records = []
-    # Seed-major order: an interrupted table has every decoder at the same number of seeds.
+    # Seed-major order: an interrupted table has every decoder at the same number of seeds
+    # (within a seed, in the order given; the table lists them in VARIANTS order).
     for seed in args.seeds:
         for variant in args.variants:
             records.append(run_one(data, shared, out, variant, seed, args))
-    markdown, summary = table(records, args.variants)
+    markdown, summary = table(records, [v for v in VARIANTS if v in args.variants])
     note = (
         f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), mean ± std; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; test split of "

@@ -17,7 +17,7 @@ from .config import TrainConfig
 from .encoders import ENCODERS, LAYOUTS
 from .errors import StorytellerError
 from .features import DECODE_CHOICES
-from .models import DECODERS
+from .models import DECODERS, option_defaults, parse_decoder_options
 
 
 def _add_layout(p: argparse.ArgumentParser) -> None:
@@ -86,8 +86,25 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="with --decoder attention: additive (bahdanau, default) or multiplicative scoring",
     )
     p.add_argument(
+        "--decoder-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="one of the decoder's own options (repeat for more); " + _options_help(),
+    )
+    p.add_argument(
         "--no-resume", action="store_true", help="start training afresh even if last.pth exists"
     )
+
+
+def _options_help() -> str:
+    """Every decoder's options with their defaults, from the options dataclasses."""
+    parts = []
+    for name in DECODERS:
+        defaults = option_defaults(name)
+        if defaults:
+            parts.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
+    return "; ".join(parts)
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -125,10 +142,15 @@ def _configs(args) -> tuple[TrainConfig, dict]:
     }
     if args.decoder != "lstm":
         model["decoder"] = args.decoder
+    options = parse_decoder_options(args.decoder, args.decoder_option)
     if args.attention:
         if args.decoder != "attention":
             raise StorytellerError("--attention needs --decoder attention")
-        model["decoder_options"] = {"attention": args.attention}
+        if options.get("attention", args.attention) != args.attention:
+            raise StorytellerError("--attention and --decoder-option attention= disagree")
+        options["attention"] = args.attention
+    if options:
+        model["decoder_options"] = options
     return train, model
 
 
@@ -157,7 +179,6 @@ def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = Tr
     special = ("feature_norm", "decoder", "decoder_options")
     unknown = [k for k in (model or {}) if k not in _MODEL_FLAGS and k not in special]
     options = dict((model or {}).get("decoder_options") or {})
-    unknown += [f"decoder option {k}" for k in options if k != "attention"]
     if fixed or unknown:
         raise StorytellerError(
             f"the train command has no flag for {', '.join(fixed + unknown)}: "
@@ -170,7 +191,11 @@ def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = Tr
         elif key == "decoder":
             flags += ["--decoder", value]
         elif key == "decoder_options":
-            flags += ["--attention", options["attention"]] if "attention" in options else []
+            for name, option in options.items():
+                if name == "attention":
+                    flags += ["--attention", str(option)]
+                else:
+                    flags += ["--decoder-option", f"{name}={option}"]
         else:
             flags += [_MODEL_FLAGS[key], str(value)]
     return flags + ([] if resume else ["--no-resume"])

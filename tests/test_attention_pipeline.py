@@ -5,6 +5,7 @@ attention maps (evaluate, the CLI, the app page) and the Space for both."""
 
 import json
 import math
+import shutil
 import urllib.request
 from pathlib import Path
 
@@ -162,10 +163,48 @@ def test_transformer_captioner_captions_a_new_photo(transformer_run, tiny_data):
     assert isinstance(caption, str) and caption.split()
 
 
-def test_transformer_decoder_flag_round_trips():
-    train, model = TrainConfig(num_epochs=2), {"decoder": "transformer"}
-    args = build_parser().parse_args(["train", *train_flags(train, model)])
-    assert _configs(args)[1]["decoder"] == "transformer"
+def test_transformer_decoder_flags_round_trip_with_its_options():
+    train = TrainConfig(num_epochs=2)
+    for model in ({"decoder": "transformer"}, TRANSFORMER):
+        flags = train_flags(train, model)
+        parsed = _configs(build_parser().parse_args(["train", *flags]))[1]
+        assert parsed["decoder"] == "transformer"
+        assert parsed.get("decoder_options", {}) == model.get("decoder_options", {})
+    assert "--decoder-option" in train_flags(train, TRANSFORMER)
+
+
+def test_decoder_options_flag_reads_each_option_as_its_type():
+    def model(*flags):
+        return _configs(build_parser().parse_args(["train", *flags]))[1]
+
+    parsed = model(
+        "--decoder", "transformer", "--decoder-option", "d_model=64",
+        "--decoder-option", "positions=sinusoidal", "--decoder-option", "dropout=0.2",
+    )  # fmt: skip
+    assert parsed["decoder_options"] == {"d_model": 64, "positions": "sinusoidal", "dropout": 0.2}
+    parsed = model(
+        "--decoder", "attention", "--attention", "luong", "--decoder-option", "alpha_c=0"
+    )
+    assert parsed["decoder_options"] == {"attention": "luong", "alpha_c": 0.0}
+    for flags, message in (
+        (["--decoder", "transformer", "--decoder-option", "depth=3"], "no option 'depth'.*d_model=256"),
+        (["--decoder-option", "alpha_c=1"], "'lstm' decoder has no option 'alpha_c'.*none"),
+        (["--decoder", "transformer", "--decoder-option", "heads=two"], "heads takes an integer, not 'two'"),
+        (["--decoder", "attention", "--decoder-option", "alpha_c"], "NAME=VALUE, not 'alpha_c'"),
+    ):  # fmt: skip
+        with pytest.raises(StorytellerError, match=message):
+            model(*flags)
+
+
+def test_impossible_decoder_options_are_one_line_errors_from_the_cli(tiny_run, tmp_path):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    result = cli(
+        "train", "--out", str(run), "--decoder", "transformer",
+        "--decoder-option", "d_model=30", "--decoder-option", "heads=4",
+        "--epochs", "1", "--no-resume",
+    )  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "'transformer' decoder: d_model 30 does not divide into 4 heads" in result.stderr
 
 
 # --------------------------------------------------------------------------------------------

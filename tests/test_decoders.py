@@ -487,7 +487,7 @@ def test_transformer_declares_the_grid_and_describes_itself():
     ],
 )
 def test_transformer_refuses_impossible_options(options, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(StorytellerError, match="the 'transformer' decoder: .*" + message):
         build_model(ModelConfig(vocab_size=VOCAB, decoder="transformer", decoder_options=options))
 
 

@@ -10,7 +10,15 @@ reorder; see :mod:`storyteller.models.base` for the protocol and how to add one.
 
 from .base import CaptionDecoder, DecoderState, NoOptions, batch_field
 from .lstm import LSTMDecoder, LSTMState  # registers "lstm" first: the default
-from .registry import DECODERS, build_model, decoder_class, register_decoder, resolve_config
+from .registry import (
+    DECODERS,
+    build_model,
+    decoder_class,
+    option_defaults,
+    parse_decoder_options,
+    register_decoder,
+    resolve_config,
+)
 
 # isort: split
 # Registered after the LSTM (DECODERS lists the default first), so kept out of the sorted block.
@@ -37,6 +45,8 @@ __all__ = [
     "batch_field",
     "build_model",
     "decoder_class",
+    "option_defaults",
+    "parse_decoder_options",
     "register_decoder",
     "resolve_config",
 ]

@@ -6,8 +6,9 @@ own config (``build_model(config)``) by training, evaluation, the app and the CL
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, fields
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import ModelConfig
 from ..errors import StorytellerError
@@ -52,5 +53,55 @@ def resolve_config(config: ModelConfig) -> ModelConfig:
 
 
 def build_model(config: ModelConfig) -> CaptionDecoder:
-    """A fresh (randomly initialised) model of the decoder ``config.decoder`` names."""
-    return decoder_class(config.decoder)(config)
+    """A fresh (randomly initialised) model of the decoder ``config.decoder`` names; an
+    impossible size or choice is a one-line :class:`StorytellerError` naming the decoder."""
+    cls = decoder_class(config.decoder)
+    try:
+        return cls(config)
+    except ValueError as exc:
+        raise StorytellerError(f"the {config.decoder!r} decoder: {exc}") from None
+
+
+def option_defaults(name: str) -> dict[str, Any]:
+    """The decoder's own options and their defaults (``{}`` for one that has none)."""
+    return {
+        f.name: f.default
+        for f in fields(decoder_class(name).options_class)
+        if f.default is not MISSING
+    }
+
+
+def _option_value(decoder: str, key: str, text: str, default: Any) -> Any:
+    """``text`` as the option's type, read from its default (bool, int, float or str)."""
+    kind = type(default)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        return kind(text)
+    except ValueError:
+        wanted = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
+        raise StorytellerError(
+            f"the {decoder!r} decoder's option {key} takes {wanted}, not {text!r}"
+        ) from None
+
+
+def parse_decoder_options(decoder: str, items: Iterable[str]) -> dict[str, Any]:
+    """``["d_model=128", "heads=2"]`` -> ``{"d_model": 128, "heads": 2}``, each value of its
+    option's type; an unknown name or a malformed item is a one-line error listing the
+    decoder's options (the CLI's ``--decoder-option``)."""
+    defaults = option_defaults(decoder)
+    listed = ", ".join(f"{k}={v}" for k, v in defaults.items()) or "none"
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise StorytellerError(f"a decoder option is NAME=VALUE, not {item!r}")
+        if key not in defaults:
+            raise StorytellerError(
+                f"the {decoder!r} decoder has no option {key!r} (its options: {listed})"
+            )
+        options[key] = _option_value(decoder, key, text.strip(), defaults[key])
+    return options
