@@ -17,7 +17,7 @@ from .config import TrainConfig
 from .encoders import ENCODERS, LAYOUTS
 from .errors import StorytellerError
 from .features import DECODE_CHOICES
-from .models import DECODERS, option_defaults, parse_decoder_options
+from .models import DECODERS, DEFAULT_DECODER, option_defaults, parse_decoder_options
 
 
 def _add_layout(p: argparse.ArgumentParser) -> None:
@@ -75,10 +75,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--decoder",
         choices=list(DECODERS),
-        default="lstm",
-        help="lstm: the seed captioner on one pooled vector (default); attention: an LSTM with "
-        "soft attention over the CNN's grid (Show, Attend and Tell); transformer: a transformer "
-        "encoder over the grid and a masked transformer decoder (AdamW, warm-up per batch)",
+        default=DEFAULT_DECODER,
+        help="lstm: the seed captioner on one pooled vector; attention: an LSTM with soft "
+        "attention over the CNN's grid (Show, Attend and Tell); transformer: a transformer "
+        f"encoder over the grid and a masked transformer decoder (default: {DEFAULT_DECODER})",
     )
     p.add_argument(
         "--attention",
@@ -140,8 +140,7 @@ def _configs(args) -> tuple[TrainConfig, dict]:
         "feature_norm": not args.no_feature_norm,
         "inject": args.inject,
     }
-    if args.decoder != "lstm":
-        model["decoder"] = args.decoder
+    model["decoder"] = args.decoder
     options = parse_decoder_options(args.decoder, args.decoder_option)
     if args.attention:
         if args.decoder != "attention":
@@ -349,6 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="run: the notebooks' working folder; outputs go to CWD/outputs (default: .)",
     )
     p.add_argument("--save", help="run: also write the executed notebooks into this folder")
+    p.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="run: set a parameters-cell value in every notebook that has it, as papermill's "
+        "-p does, e.g. -p DECODER attention (VALUE is read as a Python literal, else as text)",
+    )
     _add_story_parser(sub)
 
     p = sub.add_parser("run-all", help="the whole chain into one folder (sample data by default)")
@@ -522,7 +531,8 @@ def _notebooks(args) -> int:
     if args.action == "run":
         if args.smoke:
             os.environ["STORYTELLER_SMOKE"] = "1"  # the kernels inherit it
-        nbtools.run_series(paths, args.cwd, save_to=args.save)
+        parameters = {name: nbtools.parameter_value(value) for name, value in args.parameter}
+        nbtools.run_series(paths, args.cwd, save_to=args.save, parameters=parameters)
         print(f"ran {len(paths)} notebook(s); outputs in {os.path.join(args.cwd, 'outputs')}")
         return 0
     if args.action == "clean":

@@ -129,12 +129,73 @@ def clean_notebook(path: str | Path) -> bool:
     return True
 
 
-def execute_notebook(path: str | Path, cwd: str | Path, timeout: int | None = None):
+def parameter_value(text: str):
+    """A ``-p NAME VALUE`` value: a Python literal (``5``, ``None``, ``[1, 5]``, ``'x'``) when
+    it is one, else the text itself (``attention``)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parameter_names(path: str | Path) -> set[str]:
+    """The names a notebook's ``parameters`` cell assigns."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    return {
+        name
+        for cell in cells
+        for name in re.findall(r"^([A-Z][A-Z0-9_]*)\s*=", cell.source, re.MULTILINE)
+    }
+
+
+def inject_parameters(nb, parameters: dict) -> None:
+    """Papermill's convention: a cell tagged ``injected-parameters`` right after the cell
+    tagged ``parameters``, assigning each value (``repr``), so it overrides the default.
+    A name the notebook's parameters cell does not define is refused (a typo would otherwise
+    be ignored silently)."""
+    import nbformat
+
+    index = next(
+        (
+            i
+            for i, c in enumerate(nb.cells)
+            if "parameters" in c.get("metadata", {}).get("tags", [])
+        ),
+        None,
+    )
+    if index is None:
+        raise StorytellerError("the notebook has no cell tagged 'parameters' to override")
+    defined = set(re.findall(r"^([A-Z][A-Z0-9_]*)\s*=", nb.cells[index].source, re.MULTILINE))
+    unknown = sorted(set(parameters) - defined)
+    if unknown:
+        raise StorytellerError(
+            f"no parameter {', '.join(unknown)} in this notebook (its parameters: "
+            f"{', '.join(sorted(defined))})"
+        )
+    source = "# Parameters injected for this run\n" + "".join(
+        f"{name} = {value!r}\n" for name, value in parameters.items()
+    )
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(index + 1, cell)
+
+
+def execute_notebook(
+    path: str | Path,
+    cwd: str | Path,
+    timeout: int | None = None,
+    parameters: dict | None = None,
+):
     """Run a notebook top to bottom in a fresh ``python3`` kernel whose working folder is
     ``cwd``; return the executed notebook (the file itself is never changed).
 
     Args:
         timeout: seconds one cell may run (``None``: no limit, for real training runs).
+        parameters: values for the parameters cell's names (e.g. ``{"DECODER": "attention"}``),
+            set in a cell after it (:func:`inject_parameters`).
 
     Raises:
         StorytellerError: naming the notebook and the failing cell's error, or the timeout.
@@ -144,6 +205,8 @@ def execute_notebook(path: str | Path, cwd: str | Path, timeout: int | None = No
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     nb = nbformat.read(str(path), as_version=4)
+    if parameters:
+        inject_parameters(nb, parameters)
     client = NotebookClient(
         nb,
         timeout=timeout,
@@ -168,14 +231,24 @@ def run_series(
     save_to: str | Path | None = None,
     timeout: int | None = None,
     log=print,
+    parameters: dict | None = None,
 ) -> list:
-    """Execute notebooks in order in ``cwd``; optionally save the executed copies."""
+    """Execute notebooks in order in ``cwd``; optionally save the executed copies.
+    ``parameters`` go to every notebook whose parameters cell has the name (``DECODER`` is
+    in 01, 03, 04 and 05, not in 02); a name no notebook has is refused."""
     import nbformat
 
+    notebooks = [Path(p) for p in notebooks]
+    parameters = parameters or {}
+    defined = {p: parameter_names(p) for p in notebooks}
+    unused = sorted(set(parameters) - set().union(*defined.values()))
+    if unused:
+        raise StorytellerError(f"no notebook here has a parameter {', '.join(unused)}")
     executed = []
     for path in notebooks:
         log(f"running {Path(path).name} ...")
-        nb = execute_notebook(path, cwd, timeout=timeout)
+        mine = {k: v for k, v in parameters.items() if k in defined[path]}
+        nb = execute_notebook(path, cwd, timeout=timeout, parameters=mine)
         if save_to is not None:
             Path(save_to).mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, str(Path(save_to) / Path(path).name))

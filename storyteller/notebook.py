@@ -36,6 +36,7 @@ from .config import TrainConfig
 from .data import CAPTION_FILES, find_caption_file, find_image_dir
 from .errors import StorytellerError
 from .features import CPU_BATCH_SIZE, CPU_NUM_WORKERS, GPU_BATCH_SIZE, GPU_NUM_WORKERS
+from .models import DEFAULT_DECODER, decoder_class
 from .runtime import describe_hardware, get_device, seed_everything
 
 KAGGLE_ROOT_ENV = "STORYTELLER_KAGGLE_ROOT"
@@ -49,7 +50,9 @@ _SEARCH_DEPTH = 4  # /kaggle/input/<a>/<b>/<c>/<d>/captions.txt at the deepest
 
 SMOKE_SAMPLE_IMAGES = 60
 SMOKE_EPOCHS = 2
-SMOKE_MODEL = {"embed_size": 32, "hidden_size": 64}
+SMOKE_MODEL = {"embed_size": 32, "hidden_size": 64}  # the LSTMs' sizes in smoke mode
+#: The transformer's smoke-mode sizes (its sizes are options of its own).
+SMOKE_TRANSFORMER = {"d_model": 32, "heads": 2, "ff_dim": 64, "warmup_steps": 10}
 SMOKE_ENCODER = "efficientnet_lite0"  # ships with its weights: no download in CI
 
 #: Which notebook writes each artefact (for "run notebook N first" messages).
@@ -340,7 +343,19 @@ class NotebookSettings:
     feature_batch_size: int
     num_workers: int
     encoder: str | None  # None: ResNet50, or EfficientNet-Lite0 when offline
-    model_overrides: dict = field(default_factory=dict)
+    model_overrides: dict = field(default_factory=dict)  # "decoder" and any sizes
+    decoder_chosen: bool = False  # DECODER was set (not the default): later notebooks check it
+
+    @property
+    def decoder(self) -> str:
+        """The captioner notebook 03 trains (``DECODER``), a name in the decoder registry."""
+        return self.model_overrides.get("decoder", DEFAULT_DECODER)
+
+    @property
+    def layout(self) -> str:
+        """What notebook 01 caches for that captioner: ``"grid"`` (the CNN's feature map, for
+        the attention and transformer decoders) or ``"pooled"`` (one vector per photo)."""
+        return decoder_class(self.decoder).feature_layout
 
     def train_config(self, **changes) -> TrainConfig:
         """The :class:`TrainConfig` for this run (``changes`` override single fields)."""
@@ -356,6 +371,10 @@ class NotebookSettings:
         """An artefact of this run, e.g. ``settings.path("best_model.pth")``."""
         return self.out_dir / name
 
+    def _sizes(self) -> dict:
+        """The model settings besides the decoder's name (none: its defaults)."""
+        return {k: v for k, v in self.model_overrides.items() if k != "decoder"}
+
     def describe(self) -> str:
         """A few lines saying what was found (printed by :func:`setup`)."""
         mode = "SMOKE mode (tiny run for CI)" if self.smoke else "full run"
@@ -369,8 +388,9 @@ class NotebookSettings:
                 f"outputs:  {self.out_dir.resolve()}",
                 f"sizes:    train batch {self.batch_size}, extraction batch "
                 f"{self.feature_batch_size} with {self.num_workers} worker(s), "
-                f"{self.num_epochs} epoch(s)"
-                + (f", model {self.model_overrides}" if self.model_overrides else ""),
+                f"{self.num_epochs} epoch(s)",
+                f"model:    {self.decoder} decoder on {self.layout} features"
+                + (f", {sizes}" if (sizes := self._sizes()) else ""),
             ]
         )
 
@@ -384,6 +404,7 @@ def setup(
     encoder: str | None = None,
     device: str | None = None,
     log: Log = print,
+    decoder: str | None = None,
 ) -> NotebookSettings:
     """Seed, pick the device, print the hardware, find data and outputs; return the settings.
 
@@ -395,7 +416,11 @@ def setup(
         seed: seeds Python, NumPy, torch and the split.
         encoder: the CNN (``None``: ResNet50, EfficientNet-Lite0 offline or in smoke mode).
         device: ``"cpu"``/``"cuda"`` to force one (``None``: CUDA when available).
+        decoder: the notebook's ``DECODER``: the captioner to train (``None``: the default,
+            :data:`storyteller.models.DEFAULT_DECODER`); notebook 01 caches the features it
+            reads, notebooks 04 and 05 check that the trained model is that one.
     """
+    decoder_class(decoder or DEFAULT_DECODER)  # an unknown name: say so before any work
     seed_everything(seed)
     smoke = smoke_requested(smoke)
     chosen = get_device(device)
@@ -421,12 +446,38 @@ def setup(
         feature_batch_size=sizes.feature_batch_size,
         num_workers=sizes.num_workers,
         encoder=encoder or (SMOKE_ENCODER if smoke else None),
-        model_overrides=dict(SMOKE_MODEL) if smoke else {},
+        model_overrides={
+            "decoder": decoder or DEFAULT_DECODER,
+            **(smoke_model(decoder or DEFAULT_DECODER) if smoke else {}),
+        },
+        decoder_chosen=decoder is not None,
     )
     if settings.on_kaggle:
         import_previous_outputs(kaggle_root() / "input", settings.out_dir, log=log)
     log(settings.describe())
     return settings
+
+
+def smoke_model(decoder: str) -> dict:
+    """The small sizes a smoke run trains ``decoder`` with."""
+    if decoder == "transformer":
+        return {"decoder_options": dict(SMOKE_TRANSFORMER)}
+    return dict(SMOKE_MODEL)
+
+
+def require_decoder(settings: NotebookSettings, checkpoint: str | Path) -> str:
+    """The decoder ``checkpoint`` holds; with ``DECODER`` set in this notebook, a clear error
+    when the trained model is another one (notebook 03 ran with another ``DECODER``)."""
+    from .checkpoint import read_checkpoint
+
+    trained = read_checkpoint(checkpoint)["model_config"].get("decoder", "lstm")
+    if settings.decoder_chosen and trained != settings.decoder:
+        raise StorytellerError(
+            f"{Path(checkpoint).name} holds a {trained!r} captioner but DECODER is "
+            f"{settings.decoder!r}: run 03_train.ipynb with DECODER = {settings.decoder!r}, or "
+            f"set DECODER = {trained!r} (or None) here"
+        )
+    return trained
 
 
 def require(settings: NotebookSettings, *artefacts: str) -> None:

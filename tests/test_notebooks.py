@@ -26,6 +26,7 @@ from conftest import cli as _cli
 from storyteller import nbtools
 from storyteller import notebook as nbmod
 from storyteller.errors import StorytellerError
+from storyteller.models import DEFAULT_DECODER
 from storyteller.runtime import DEVICE_ENV
 from storyteller.sample import generate_sample_dataset
 
@@ -116,6 +117,58 @@ def test_series_runs_top_to_bottom_in_smoke_mode_on_the_sample(notebook_env):
     story = json.loads((out / "story.json").read_text())
     assert story["caption"] and len(story["story"].split()) >= 5
     assert story["why_no_story"] is None
+
+
+def test_series_trains_and_shows_the_attention_captioner(notebook_env):
+    """DECODER = "attention" through 01-04: the grid is cached, the attention LSTM trained,
+    evaluated, and notebook 04 shows where it looked (05 is the same code as for the LSTM;
+    the Space for an attention model is tested in test_attention_pipeline)."""
+    work = notebook_env / "work"
+    work.mkdir()
+    out = work / "outputs"
+    paths = [BY_NUMBER[n] for n in ("01", "02", "03", "04")]
+    executed = nbtools.run_series(
+        paths, work, timeout=900, log=lambda _: None, parameters={"DECODER": "attention"}
+    )
+    printed = [_text(nb) for nb in executed]
+    assert "model:    attention decoder on grid features" in printed[0]
+    assert "each a 7 x 7 grid of 1280 features" in printed[0]
+    assert "decoder: attention on grid features" in printed[2]
+    assert "captioner: LSTM 64 + Bahdanau attention" in printed[3]
+    assert json.loads((out / "features" / "features.json").read_text())["layout"] == "grid"
+    maps = sorted((out / "attention_maps").glob("*.png"))
+    assert len(maps) == 4
+    shown = [
+        o
+        for c in executed[3].cells
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    ]
+    assert len(shown) >= 2  # the maps, besides the caption grid and curves
+    # 04 with another DECODER than the trained one says so instead of evaluating it.
+    with pytest.raises(
+        StorytellerError, match="holds a 'attention' captioner but DECODER is 'lstm'"
+    ):
+        nbtools.execute_notebook(BY_NUMBER["04"], work, 900, parameters={"DECODER": "lstm"})
+
+
+def test_parameters_override_the_parameters_cell_and_typos_are_refused(tmp_path):
+    import nbformat
+
+    nb = nbformat.read(str(BY_NUMBER["03"]), as_version=4)
+    nbtools.inject_parameters(nb, {"DECODER": "transformer", "EPOCHS": 4})
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    injected = nb.cells[index + 1]
+    assert injected.metadata["tags"] == ["injected-parameters"]
+    assert "DECODER = 'transformer'" in injected.source and "EPOCHS = 4" in injected.source
+    with pytest.raises(StorytellerError, match="no parameter DECODR .*DECODER"):
+        nbtools.inject_parameters(nb, {"DECODR": "attention"})
+    with pytest.raises(StorytellerError, match="no notebook here has a parameter DECODR"):
+        nbtools.run_series(NOTEBOOKS, tmp_path, parameters={"DECODR": "x"}, log=lambda _: None)
+    assert "DECODER" in nbtools.parameter_names(BY_NUMBER["01"])
+    assert "DECODER" not in nbtools.parameter_names(BY_NUMBER["02"])
+    values = ["attention", "5", "None", "[1, 5]", "'x'"]
+    assert [nbtools.parameter_value(v) for v in values] == ["attention", 5, None, [1, 5], "x"]
 
 
 def _hide_module_from_kernels(ipython_dir: Path, module: str) -> None:
@@ -357,8 +410,35 @@ def test_setup_with_two_faked_gpus(clean_env, tiny_data, monkeypatch):
     assert settings.device.type == "cuda" and settings.gpu_count == 2
     assert settings.gpu_names == ["Tesla T4", "Tesla T4"]
     assert settings.batch_size == 128 and settings.train_config().batch_size == 128
-    assert settings.num_epochs == 15 and settings.model_overrides == {} and not settings.smoke
+    assert settings.num_epochs == 15 and not settings.smoke
+    assert settings.model_overrides == {"decoder": DEFAULT_DECODER}
     assert "2 GPU(s): Tesla T4, Tesla T4" in "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    "decoder, layout", [("lstm", "pooled"), ("attention", "grid"), ("transformer", "grid")]
+)
+def test_decoder_parameter_sets_the_model_and_the_features_it_reads(
+    clean_env, tiny_data, decoder, layout
+):
+    lines = []
+    settings = nbmod.setup(data_dir=tiny_data, smoke=True, decoder=decoder, log=lines.append)
+    assert settings.decoder == decoder and settings.layout == layout and settings.decoder_chosen
+    assert settings.model_overrides == {"decoder": decoder, **nbmod.smoke_model(decoder)}
+    assert f"model:    {decoder} decoder on {layout} features" in "\n".join(lines)
+    with pytest.raises(StorytellerError, match="unknown decoder 'lsmt'"):
+        nbmod.setup(data_dir=tiny_data, smoke=True, decoder="lsmt", log=_quiet)
+
+
+def test_later_notebooks_check_the_trained_decoder(clean_env, tiny_data, tiny_run):
+    checkpoint = tiny_run / "best_model.pth"  # an lstm
+    chosen = nbmod.setup(data_dir=tiny_data, smoke=True, decoder="attention", log=_quiet)
+    with pytest.raises(
+        StorytellerError, match="holds a 'lstm' captioner but DECODER is 'attention'"
+    ):
+        nbmod.require_decoder(chosen, checkpoint)
+    unset = nbmod.setup(data_dir=tiny_data, smoke=True, log=_quiet)  # DECODER = None
+    assert nbmod.require_decoder(unset, checkpoint) == "lstm"
 
 
 def test_smoke_mode_from_the_environment(clean_env, monkeypatch):
@@ -366,7 +446,10 @@ def test_smoke_mode_from_the_environment(clean_env, monkeypatch):
     monkeypatch.setenv("STORYTELLER_SAMPLE_DIR", str(clean_env / "cache" / "sample"))
     settings = nbmod.setup(log=_quiet)
     assert settings.smoke and settings.num_epochs == nbmod.SMOKE_EPOCHS
-    assert settings.model_overrides == nbmod.SMOKE_MODEL
+    assert settings.model_overrides == {
+        "decoder": DEFAULT_DECODER,
+        **nbmod.smoke_model(DEFAULT_DECODER),
+    }
     assert settings.encoder == nbmod.SMOKE_ENCODER
     assert (
         settings.data_source == "sample" and settings.data_dir == clean_env / "cache" / "sample-60"

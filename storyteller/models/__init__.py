@@ -12,6 +12,7 @@ from .base import CaptionDecoder, DecoderState, NoOptions, batch_field
 from .lstm import LSTMDecoder, LSTMState  # registers "lstm" first: the default
 from .registry import (
     DECODERS,
+    DEFAULT_DECODER,
     build_model,
     decoder_class,
     option_defaults,
@@ -31,6 +32,7 @@ from .transformer import (  # "transformer", after the LSTMs
 
 __all__ = [
     "DECODERS",
+    "DEFAULT_DECODER",
     "AttentionDecoder",
     "AttentionOptions",
     "AttentionState",

@@ -16,8 +16,13 @@ from ..errors import StorytellerError
 if TYPE_CHECKING:
     from .base import CaptionDecoder
 
-#: Every registered decoder by name (``lstm`` first: the default and the seed recipe).
+#: Every registered decoder by name (``lstm`` first: the seed recipe).
 DECODERS: dict[str, type[CaptionDecoder]] = {}
+
+#: The captioner that ``train``/``run-all`` and the notebooks train when none is named (README,
+#: "Captioners compared", says why). A checkpoint whose config names no decoder is the seed
+#: ``lstm`` whatever this says: that is ``ModelConfig.decoder``'s default.
+DEFAULT_DECODER = "lstm"
 
 D = TypeVar("D", bound="type[CaptionDecoder]")
 
