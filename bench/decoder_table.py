@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -99,14 +100,22 @@ def run_one(data: Path, shared: Path, out: Path, variant: str, seed: int, args) 
     run = out / f"{variant}-seed{seed}"
     record_path = run / "bench.json"
     if record_path.is_file():
-        return json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text())
+        if "epoch_seconds_median" not in record:  # written by an earlier version of this script
+            history = json.loads((run / "history.json").read_text())
+            seconds = [h["seconds"] for h in history]
+            record["epoch_seconds_median"] = round(statistics.median(seconds), 1)
+            record["best_epoch"] = min(history, key=lambda h: h["val_loss"])["epoch"]
+            write_json(record_path, record)
+        return record
     link_run(shared, run)
     print(f"\n=== {variant}, seed {seed} -> {run}", flush=True)
-    started = time.perf_counter()
     result = train_step(
         data, run, TrainConfig(num_epochs=args.epochs, seed=seed), VARIANTS[variant], device="cpu"
     )
-    train_s = time.perf_counter() - started
+    # Per-epoch times from history.json (resumed epochs too); the median is robust to an
+    # epoch slowed by another job, the sum is what this run took.
+    epoch_seconds = [h["seconds"] for h in result.history]
     metrics = evaluate_step(data, run, (1, 5), meteor=args.meteor, device="cpu")
     cache = load_feature_cache(RunPaths(run).features)
     test = [n for n in load_splits(run)["test"] if n in cache][: args.latency_images]
@@ -115,8 +124,10 @@ def run_one(data: Path, shared: Path, out: Path, variant: str, seed: int, args) 
     record = {
         "variant": variant,
         "seed": seed,
-        "train_seconds": round(train_s, 1),
+        "train_seconds": round(sum(epoch_seconds), 1),
+        "epoch_seconds_median": round(statistics.median(epoch_seconds), 1),
         "epochs_run": len(result.history),
+        "best_epoch": min(result.history, key=lambda h: h["val_loss"])["epoch"],
         "best_val_loss": round(result.best_val_loss, 4),
         "latency_ms": {
             name: round(1000 * caption_latency(run, images, beam), 1)
@@ -137,7 +148,9 @@ def mean_spread(values: list[float]) -> tuple[float, float]:
 
 def table(records: list[dict], variants: list[str]) -> tuple[str, dict]:
     """Markdown rows (mean ± std over seeds) and the same numbers as data."""
-    header = ["decoder", "decoding", *SCORES.values(), "val ppl", "train time", "latency"]
+    header = [
+        "decoder", "decoding", *SCORES.values(), "val ppl", "epochs", "s/epoch", "latency"
+    ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     summary: dict = {}
     for variant in variants:
@@ -145,9 +158,15 @@ def table(records: list[dict], variants: list[str]) -> tuple[str, dict]:
         if not runs:
             continue
         seeds = [r["seed"] for r in runs]
-        train_m, train_s = mean_spread([r["train_seconds"] / 60 for r in runs])
-        ppl_m, ppl_s = mean_spread([2.718281828 ** r["best_val_loss"] for r in runs])
-        summary[variant] = {"seeds": seeds, "train_minutes": [train_m, train_s]}
+        epochs_m, epochs_s = mean_spread([r["epochs_run"] for r in runs])
+        epoch_m, epoch_s = mean_spread([r["epoch_seconds_median"] for r in runs])
+        ppl_m, ppl_s = mean_spread([math.exp(r["best_val_loss"]) for r in runs])
+        summary[variant] = {
+            "seeds": seeds,
+            "epochs": [epochs_m, epochs_s],
+            "epoch_seconds": [epoch_m, epoch_s],
+            "val_perplexity": [ppl_m, ppl_s],
+        }
         for decoding, label in DECODINGS.items():
             cells = [f"`{variant}`", label]
             summary[variant][decoding] = {}
@@ -159,7 +178,8 @@ def table(records: list[dict], variants: list[str]) -> tuple[str, dict]:
             summary[variant][decoding]["latency_ms"] = [lat_m, lat_s]
             cells += [
                 f"{ppl_m:.1f} ± {ppl_s:.1f}",
-                f"{train_m:.1f} ± {train_s:.1f} min",
+                f"{epochs_m:.0f} ± {epochs_s:.0f}",
+                f"{epoch_m:.0f} ± {epoch_s:.0f}",
                 f"{lat_m:.0f} ± {lat_s:.0f} ms",
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -193,8 +213,8 @@ def main() -> None:
         f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), mean ± std; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; test split of "
         f"{len(load_splits(shared)['test'])} images; latency = one photo, file to words, "
-        "median of "
-        f"{args.latency_images}"
+        f"median of {args.latency_images}; epochs = epochs run (early stopping), s/epoch = "
+        "median training epoch"
     )
     (out / "table.md").write_text(markdown + "\n\n" + note + "\n")
     write_json(out / "table.json", {"note": note, "summary": summary, "runs": records})

@@ -69,12 +69,14 @@ def plot_caption_grid(
 def attention_figure(view, result, columns: int = 5):
     """Show, Attend and Tell's figure for one photo: the photo as the encoder saw it (a PIL
     image, see :func:`storyteller.attention_maps.encoder_view`) with the caption, then one
-    panel per word with its attention weights over the grid, upsampled to the photo and
-    scaled to each word's own maximum (bright = where that word was read from).
+    panel per word: the photo lit where that word's attention weights were high (upsampled
+    from the grid, scaled to the word's own peak) and dimmed elsewhere, titled with the word
+    and its peak weight (a word that looked everywhere alike peaks at 1 / positions).
 
     ``result``: an :class:`~storyteller.attention_maps.AttentionCaption`. Returns the
     matplotlib figure (save it, or turn it into pixels with :func:`figure_pixels`). Built
     without pyplot's global figure list, so app requests may draw at the same time."""
+    import numpy as np
     import torch
     import torch.nn.functional as F
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -82,25 +84,32 @@ def attention_figure(view, result, columns: int = 5):
 
     h, w = result.grid
     size = view.size[::-1]  # (H, W) of the encoder's input
-    maps = result.weights.float().reshape(-1, 1, h, w)  # (T, 1, h, w)
-    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]  # (T, H, W)
+    weights = result.weights.float().reshape(-1, 1, h, w)  # (T, 1, h, w)
+    peaks = weights.amax(dim=(1, 2, 3))  # (T,)
+    maps = F.interpolate(weights, size=size, mode="bilinear", align_corners=False)[
+        :, 0
+    ]  # (T, H, W)
     maps = maps / maps.amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    photo = np.asarray(view.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
     panels = 1 + len(result.words)
     rows = (panels + columns - 1) // columns
-    fig = Figure(figsize=(2.4 * columns, 2.6 * rows))
+    fig = Figure(figsize=(2.3 * columns, 2.5 * rows + 0.4), layout="constrained")
     FigureCanvasAgg(fig)  # attaches itself: savefig and figure_pixels draw with Agg
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    axes.flat[0].imshow(view)
-    axes.flat[0].set_title("\n".join(textwrap.wrap(result.caption, 28)) or "(no words)", fontsize=8)
+    axes.flat[0].imshow(photo)
+    axes.flat[0].set_title("\n".join(textwrap.wrap(result.caption, 26)) or "(no words)", fontsize=8)
     for t, word in enumerate(result.words):
+        light = 0.15 + 0.85 * maps[t].clamp(0, 1).numpy()[..., None]  # (H, W, 1)
         ax = axes.flat[t + 1]
-        ax.imshow(view)
-        ax.imshow(maps[t].numpy(), cmap="inferno", alpha=0.6, vmin=0.0, vmax=1.0)
-        ax.set_title(word, fontsize=10)
-    fig.suptitle("Where the model looked for each word", fontsize=11)
-    fig.tight_layout()
+        ax.imshow(photo * light)
+        ax.set_title(f"{word}  ({peaks[t]:.0%})", fontsize=9)
+    fig.suptitle(
+        "Where the model looked for each word (lit: high attention; % = peak weight, "
+        f"uniform = {1 / (h * w):.0%})",
+        fontsize=9,
+    )
     return fig
 
 

@@ -28,6 +28,10 @@ from storyteller.inference import Captioner
 from storyteller.plots import attention_figure, figure_pixels
 
 ATTENTION = {**SMALL, "decoder": "attention", "decoder_options": {"attention": "luong"}}
+TRANSFORMER = {
+    "decoder": "transformer",
+    "decoder_options": {"d_model": 32, "heads": 2, "ff_dim": 64, "warmup_steps": 4},
+}
 quiet = lambda _: None  # noqa: E731
 
 
@@ -72,7 +76,13 @@ def test_attention_captioner_captions_a_new_photo(attention_run, tiny_data):
     assert isinstance(caption, str) and caption.split()
 
 
-def test_attention_training_resumes_and_matches_uninterrupted(attention_run, tiny_data, tmp_path):
+@pytest.mark.parametrize("model", [ATTENTION, TRANSFORMER], ids=["attention", "transformer"])
+def test_grid_captioner_training_resumes_and_matches_uninterrupted(
+    model, attention_run, tiny_data, tmp_path
+):
+    """Killed after its first epoch, training resumes and repeats the uninterrupted run's
+    validation losses: for the transformer that includes its per-batch warm-up schedule and
+    AdamW state (the LR after every epoch must match too)."""
     out, _ = attention_run
     config = TrainConfig(num_epochs=3, batch_size=32, patience=10)
 
@@ -87,20 +97,21 @@ def test_attention_training_resumes_and_matches_uninterrupted(attention_run, tin
 
     data = tiny_data
     straight = prepared(tmp_path / "straight")
-    expected = pipeline.train_step(data, straight, config, ATTENTION, log=quiet).history
+    expected = pipeline.train_step(data, straight, config, model, log=quiet).history
     run = prepared(tmp_path / "interrupted")
 
     def die(record):
         raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        pipeline.train_step(data, run, config, ATTENTION, on_epoch=die, log=quiet)
+        pipeline.train_step(data, run, config, model, on_epoch=die, log=quiet)
     messages = []
-    result = pipeline.train_step(data, run, config, ATTENTION, log=messages.append)
+    result = pipeline.train_step(data, run, config, model, log=messages.append)
     assert "resuming" in messages[0]
-    assert [h["val_loss"] for h in result.history] == pytest.approx(
-        [h["val_loss"] for h in expected], rel=1e-4
-    )
+    for key in ("val_loss", "lr"):
+        assert [h[key] for h in result.history] == pytest.approx(
+            [h[key] for h in expected], rel=1e-4
+        ), key
 
 
 def test_attention_decoder_on_a_pooled_cache_says_how_to_get_the_grid(tiny_data, tiny_run):
@@ -120,11 +131,6 @@ def test_decoder_flags_round_trip_and_refuse_attention_without_its_decoder():
 # --------------------------------------------------------------------------------------------
 # The transformer: run-all on the attention run's grid (reused, so no second extraction)
 # --------------------------------------------------------------------------------------------
-
-TRANSFORMER = {
-    "decoder": "transformer",
-    "decoder_options": {"d_model": 32, "heads": 2, "ff_dim": 64, "warmup_steps": 4},
-}
 
 
 @pytest.fixture(scope="module")

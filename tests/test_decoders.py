@@ -379,9 +379,7 @@ def test_doubly_stochastic_penalty_is_zero_only_for_even_coverage():
     # Padded steps are not attention paid: half the steps masked leaves coverage at 1/2.
     half = mask.clone()
     half[:, GRID_CELLS // 2 :] = False
-    assert torch.allclose(
-        doubly_stochastic_penalty(even.detach(), half), torch.full((2,), GRID_CELLS * 0.25)
-    )
+    assert torch.allclose(doubly_stochastic_penalty(even.detach(), half), torch.full((2,), 0.25))
 
 
 def test_attention_penalty_leaves_out_padded_steps(attention_case, device):
@@ -452,6 +450,53 @@ def test_a_few_steps_lower_the_attention_decoders_loss(attention_case, device):
     with torch.no_grad():
         after = batch_loss(model, features, captions)
     assert after.total < 0.7 * before.total
+
+
+@pytest.mark.parametrize("attention", ["bahdanau", "luong"])
+def test_attention_learns_to_look_where_each_word_is(attention):
+    """A task only attention solves: each photo is a grid of 6 positions, each holding one of 4
+    word prototypes plus its position's own marker; the caption is the word at position 0,
+    then the word at position 3. After training, each word is right and its weights peak on
+    its position (uniform would give 1/6 everywhere), penalty included."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    prototypes, markers = torch.randn(4, 12), torch.randn(6, 12)  # (words, D), (P, D)
+
+    def batch(n):
+        words = torch.randint(0, 4, (n, 6), generator=generator)  # (n, P)
+        noise = 0.1 * torch.randn(n, 6, 12, generator=generator)
+        features = prototypes[words] + markers + noise  # (n, P, D)
+        captions = torch.stack(  # (n, 4): <start>, word at 0, word at 3, <end>
+            [
+                torch.full((n,), START_ID),
+                4 + words[:, 0],
+                4 + words[:, 3],
+                torch.full((n,), END_ID),
+            ],
+            dim=1,
+        )
+        return features, captions
+
+    config = ModelConfig(
+        vocab_size=8, feature_dim=12, embed_size=8, hidden_size=32, dropout=0.0,
+        decoder="attention", decoder_options={"attention": attention},
+    )  # fmt: skip
+    model = build_model(config)
+    optimizer, _ = model.configure_optimizer(TrainConfig(lr=1e-2))
+    batch_loss = make_batch_loss(torch.device("cpu"), False, PAD_ID, label_smoothing=0.0)
+    for _ in range(150):
+        optimizer.zero_grad()
+        batch_loss(model, *batch(32)).total.backward()
+        optimizer.step()
+    model.eval()
+    features, captions = batch(200)
+    with torch.no_grad():
+        state = model.init_state(features)
+        first, state = model.step(captions[:, 0], state)
+        second, state = model.step(captions[:, 1], state)
+    assert (first.argmax(-1) == captions[:, 1]).float().mean() > 0.95
+    assert (second.argmax(-1) == captions[:, 2]).float().mean() > 0.95
+    assert state.attention[:, 0, 0].mean() > 0.4 and state.attention[:, 1, 3].mean() > 0.4
 
 
 # --------------------------------------------------------------------------------------------

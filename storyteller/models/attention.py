@@ -100,13 +100,19 @@ class LuongScore(nn.Module):
 
 
 def doubly_stochastic_penalty(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Xu et al.'s regulariser, per caption: ``sum_p (1 - sum_t alpha_tp)^2`` over the steps
-    that ``mask`` keeps, so a caption's padding does not count as attention it paid.
+    """Xu et al.'s regulariser, per caption: ``(1 - sum_t alpha_tp)^2`` averaged over the P
+    positions, over the steps that ``mask`` keeps (a caption's padding is not attention paid).
+
+    Averaged, not summed as in the paper's formula, as the reference implementations do: the
+    paper adds it to a cross-entropy *summed* over the caption's words, the loss here is a
+    mean per word, and with a caption of ~11 words over 49 positions the sum outweighs the
+    words so much that the attention went flat (measured: every weight of every word at
+    1/49, i.e. mean pooling, on Flickr8k at ``alpha_c`` = 1).
 
     attention: (B, T, P) weights; mask: (B, T) true for real steps -> (B,) in float32."""
     attention = attention.float() * mask.unsqueeze(-1).float()  # (B, T, P)
     coverage = attention.sum(dim=1)  # (B, P) attention each position received
-    return ((1.0 - coverage) ** 2).sum(dim=1)  # (B,)
+    return ((1.0 - coverage) ** 2).mean(dim=1)  # (B,)
 
 
 @register_decoder("attention")
