@@ -12,12 +12,19 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
-from .config import TrainConfig
+from .config import ModelConfig, TrainConfig
 from .encoders import ENCODERS, LAYOUTS
 from .errors import StorytellerError
 from .features import DECODE_CHOICES
-from .models import DECODERS, DEFAULT_DECODER, option_defaults, parse_decoder_options
+from .models import (
+    DECODERS,
+    DEFAULT_DECODER,
+    decoder_class,
+    option_defaults,
+    parse_decoder_options,
+)
 
 
 def _add_layout(p: argparse.ArgumentParser) -> None:
@@ -26,8 +33,19 @@ def _add_layout(p: argparse.ArgumentParser) -> None:
         choices=LAYOUTS,
         help="what the feature cache holds: pooled (one vector per image) or grid (7x7 "
         "vectors per image, for attention captioners; ~49x the disk, and serves pooled "
-        "ones too); default: what an existing cache holds, else pooled",
+        "ones too); default: what an existing cache holds, else what the default captioner "
+        f"({DEFAULT_DECODER}) reads",
     )
+
+
+def _default_layout(out: str) -> str | None:
+    """``features`` without ``--layout``: what an existing cache holds (None lets the step
+    read it), else what the default captioner reads, so ``train`` with its defaults finds it."""
+    from .pipeline import RunPaths
+
+    if (RunPaths(Path(out)).features / "features.json").is_file():
+        return None
+    return decoder_class(DEFAULT_DECODER).feature_layout
 
 
 def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -184,6 +202,10 @@ def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = Tr
             "leave it at its default or call storyteller.pipeline.train_step"
         )
     flags = [str(part) for k, f in _TRAIN_FLAGS.items() for part in (f, getattr(train, k))]
+    # A config that names no decoder is ModelConfig's (the seed lstm), whatever the CLI's
+    # default is: say it.
+    seed = ModelConfig.__dataclass_fields__["decoder"].default  # "lstm"
+    flags += [] if "decoder" in (model or {}) else ["--decoder", seed]
     for key, value in (model or {}).items():
         if key == "feature_norm":
             flags += [] if value else ["--no-feature-norm"]
@@ -411,7 +433,7 @@ def run(args: argparse.Namespace) -> int:
             args.overwrite,
             args.device,
             decode_on=args.decode_on,
-            layout=args.layout,
+            layout=args.layout or _default_layout(args.out),
         )
     elif args.command == "vocab":
         if args.captions and args.data:

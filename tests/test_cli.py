@@ -6,7 +6,9 @@ import pytest
 from conftest import cli as _cli
 from PIL import Image
 
-from storyteller.cli import main
+from storyteller.cli import main, train_flags
+from storyteller.config import TrainConfig
+from storyteller.models import DEFAULT_DECODER, decoder_class
 
 SCORE_KEYS = "bleu1 bleu2 bleu3 bleu4 meteor rouge1 rouge2 rougeL cider precision recall f1".split()
 
@@ -32,6 +34,8 @@ def test_run_all_without_arguments_writes_every_artefact(sample_run):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"greedy", "beam5"}
+    assert {m["decoder"] for m in metrics.values()} == {DEFAULT_DECODER}  # the CLI's default
+    assert "test_perplexity" in metrics["greedy"]
     for scores in metrics.values():
         assert set(SCORE_KEYS) <= set(scores) and "meteor_backend" in scores
         assert {"distinct_captions", "vocab_used", "recall_at_5"} <= set(scores)
@@ -134,3 +138,19 @@ def test_caption_handles_odd_image_modes(tiny_run, tmp_path, capsys):
     )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0 and all("caption" in line for line in lines)
+
+
+def test_features_without_a_layout_caches_what_the_default_captioner_reads(tiny_data, tmp_path):
+    expected = decoder_class(DEFAULT_DECODER).feature_layout
+    args = ["--data", str(tiny_data), "--out", str(tmp_path), "--encoder", "efficientnet_lite0"]
+    assert _cli("features", *args).returncode == 0
+    meta = json.loads((tmp_path / "features" / "features.json").read_text())
+    assert meta.get("layout", "pooled") == expected
+    # Again without --layout: the cache says what it holds, and is reused as it is.
+    again = _cli("features", *args)
+    assert again.returncode == 0 and f"{expected} features" in again.stdout
+
+
+def test_train_flags_name_the_seed_lstm_for_a_config_that_names_no_decoder():
+    flags = train_flags(TrainConfig(), {"hidden_size": 64})
+    assert flags[flags.index("--decoder") + 1] == "lstm"  # not the CLI's default

@@ -62,6 +62,7 @@ def ddp_run_all(tiny_data, tmp_path_factory):
     args = ["run-all", "--data", str(tiny_data), "--out", str(out)]
     args += ["--encoder", "efficientnet_lite0", "--threshold", "2", "--meteor", "none"]
     args += ["--epochs", "2", "--batch-size", "32", "--embed-size", "32", "--hidden-size", "64"]
+    args += ["--decoder", "lstm"]  # the tiny run's captioner, to compare with
     launch(2, args + ["--device", "cpu"], log=lines.append)
     return out, lines
 

@@ -113,43 +113,39 @@ def test_series_runs_top_to_bottom_in_smoke_mode_on_the_sample(notebook_env):
     assert [h["epoch"] for h in history] == [1, 2]  # smoke mode: 2 epochs
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"greedy", "beam5"}
+    assert metrics["greedy"]["decoder"] == DEFAULT_DECODER
+    if DEFAULT_DECODER == "attention":  # 04 drew and showed where it looked
+        assert len(list((out / "attention_maps").glob("*.png"))) == 4
     assert (notebook_env / "sample-cache" / "sample-60" / "captions.txt").is_file()
     story = json.loads((out / "story.json").read_text())
     assert story["caption"] and len(story["story"].split()) >= 5
     assert story["why_no_story"] is None
 
 
-def test_series_trains_and_shows_the_attention_captioner(notebook_env):
-    """DECODER = "attention" through 01-04: the grid is cached, the attention LSTM trained,
-    evaluated, and notebook 04 shows where it looked (05 is the same code as for the LSTM;
-    the Space for an attention model is tested in test_attention_pipeline)."""
+def test_series_trains_the_seed_lstm_when_asked(notebook_env):
+    """DECODER = "lstm" through 01-04 (the default series above trains the attention
+    captioner): pooled features are cached, the seed LSTM trained and evaluated, and 04 says
+    it has no attention maps instead of showing any; 04 with another DECODER than the one
+    trained stops with a clear message."""
     work = notebook_env / "work"
     work.mkdir()
     out = work / "outputs"
     paths = [BY_NUMBER[n] for n in ("01", "02", "03", "04")]
     executed = nbtools.run_series(
-        paths, work, timeout=900, log=lambda _: None, parameters={"DECODER": "attention"}
+        paths, work, timeout=900, log=lambda _: None, parameters={"DECODER": "lstm"}
     )
     printed = [_text(nb) for nb in executed]
-    assert "model:    attention decoder on grid features" in printed[0]
-    assert "each a 7 x 7 grid of 1280 features" in printed[0]
-    assert "decoder: attention on grid features" in printed[2]
-    assert "captioner: LSTM 64 + Bahdanau attention" in printed[3]
-    assert json.loads((out / "features" / "features.json").read_text())["layout"] == "grid"
-    maps = sorted((out / "attention_maps").glob("*.png"))
-    assert len(maps) == 4
-    shown = [
-        o
-        for c in executed[3].cells
-        for o in c.get("outputs", [])
-        if "image/png" in o.get("data", {})
-    ]
-    assert len(shown) >= 2  # the maps, besides the caption grid and curves
-    # 04 with another DECODER than the trained one says so instead of evaluating it.
+    assert "model:    lstm decoder on pooled features" in printed[0]
+    assert "each one vector of 1280 features" in printed[0]
+    assert "decoder: lstm on pooled features" in printed[2]
+    assert "captioner: LSTM 64" in printed[3]
+    assert "the lstm captioner does not attend" in printed[3]
+    assert json.loads((out / "features" / "features.json").read_text())["layout"] == "pooled"
+    assert not (out / "attention_maps").exists()
     with pytest.raises(
-        StorytellerError, match="holds a 'attention' captioner but DECODER is 'lstm'"
+        StorytellerError, match="holds a 'lstm' captioner but DECODER is 'attention'"
     ):
-        nbtools.execute_notebook(BY_NUMBER["04"], work, 900, parameters={"DECODER": "lstm"})
+        nbtools.execute_notebook(BY_NUMBER["04"], work, 900, parameters={"DECODER": "attention"})
 
 
 def test_parameters_override_the_parameters_cell_and_typos_are_refused(tmp_path):

@@ -22,7 +22,7 @@ DECODERS: dict[str, type[CaptionDecoder]] = {}
 #: The captioner that ``train``/``run-all`` and the notebooks train when none is named (README,
 #: "Captioners compared", says why). A checkpoint whose config names no decoder is the seed
 #: ``lstm`` whatever this says: that is ``ModelConfig.decoder``'s default.
-DEFAULT_DECODER = "lstm"
+DEFAULT_DECODER = "attention"
 
 D = TypeVar("D", bound="type[CaptionDecoder]")
 
