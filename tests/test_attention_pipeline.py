@@ -125,7 +125,7 @@ def test_decoder_flags_round_trip_and_refuse_attention_without_its_decoder():
     parsed_train, parsed_model = _configs(args)
     assert parsed_train == train and {k: parsed_model[k] for k in model} == model
     with pytest.raises(StorytellerError, match="--decoder attention"):
-        _configs(build_parser().parse_args(["train", "--attention", "luong"]))
+        _configs(build_parser().parse_args(["train", "--decoder", "lstm", "--attention", "luong"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def test_decoder_options_flag_reads_each_option_as_its_type():
     assert parsed["decoder_options"] == {"attention": "luong", "alpha_c": 0.0}
     for flags, message in (
         (["--decoder", "transformer", "--decoder-option", "depth=3"], "no option 'depth'.*d_model=256"),
-        (["--decoder-option", "alpha_c=1"], "'lstm' decoder has no option 'alpha_c'.*none"),
+        (["--decoder", "lstm", "--decoder-option", "alpha_c=1"], "'lstm' decoder has no option 'alpha_c'.*none"),
         (["--decoder", "transformer", "--decoder-option", "heads=two"], "heads takes an integer, not 'two'"),
         (["--decoder", "attention", "--decoder-option", "alpha_c"], "NAME=VALUE, not 'alpha_c'"),
     ):  # fmt: skip
@@ -247,10 +247,19 @@ def test_attention_figure_has_the_photo_then_one_panel_per_word():
     view = Image.new("RGB", (224, 224), "white")
     figure = attention_figure(view, result)
     panels = [ax for ax in figure.axes if ax.images]
-    assert [ax.get_title() for ax in panels] == ["a dog runs", *words]
-    assert [len(ax.images) for ax in panels] == [1, 2, 2, 2]  # photo, photo + heat map
-    heat = panels[1].images[1].get_array()
-    assert heat.shape == (224, 224) and float(heat.max()) == pytest.approx(1.0)
+    peaks = [f"{p:.0%}" for p in weights.max(dim=-1).values.tolist()]
+    titles = [f"{word}  ({peak})" for word, peak in zip(words, peaks, strict=True)]
+    assert [ax.get_title() for ax in panels] == ["a dog runs", *titles]
+    # Each word's panel is the photo lit by its weights: full brightness on the cell the word
+    # looked at most, dimmed (not black) on the least.
+    lit = np.asarray(panels[2].images[0].get_array())  # (H, W, 3) for "dog"
+    assert lit.shape == (224, 224, 3)
+    cells = weights[1].reshape(7, 7)
+    top = divmod(int(cells.argmax()), 7)
+    low = divmod(int(cells.argmin()), 7)
+    centre = lambda cell: lit[cell[0] * 32 + 16, cell[1] * 32 + 16, 0]  # noqa: E731
+    assert centre(top) == pytest.approx(1.0, abs=0.02)
+    assert 0.15 <= centre(low) < centre(top)
     pixels = figure_pixels(figure)
     assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
 
