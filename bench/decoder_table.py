@@ -141,13 +141,46 @@ def run_one(data: Path, shared: Path, out: Path, variant: str, seed: int, args) 
     return record
 
 
+def quiet_timings(data: Path, shared: Path, out: Path, variants: list[str], args) -> dict:
+    """Training seconds per epoch and caption latency for each variant, measured one after
+    the other on an otherwise idle machine (``--timings``): the runs' own timings are taken
+    while other runs or jobs share the CPU. Two epochs from scratch (the median of their
+    times) in ``OUT/timing-<variant>``, then the latency of the seed's finished run."""
+    timings = {}
+    for variant in variants:
+        scratch = out / f"timing-{variant}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        link_run(shared, scratch)
+        config = TrainConfig(num_epochs=2, seed=0)
+        history = train_step(data, scratch, config, VARIANTS[variant], device="cpu").history
+        run = out / f"{variant}-seed{args.seeds[0]}"
+        cache = load_feature_cache(RunPaths(run).features)
+        test = [n for n in load_splits(run)["test"] if n in cache][: args.latency_images]
+        image_dir = resolve_data(data, log=lambda _: None) / "Images"
+        images = [image_dir / name for name in test]
+        timings[variant] = {
+            "epoch_seconds": statistics.median(h["seconds"] for h in history),
+            "latency_ms": {
+                name: round(1000 * caption_latency(run, images, beam), 1)
+                for name, beam in (("greedy", 1), ("beam5", 5))
+            },
+        }
+        shutil.rmtree(scratch)
+        print(f"{variant}: {timings[variant]}", flush=True)
+    write_json(out / "timings.json", timings)
+    return timings
+
+
 def mean_spread(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for one value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def table(records: list[dict], variants: list[str]) -> tuple[str, dict]:
-    """Markdown rows (mean ± std over seeds) and the same numbers as data."""
+def table(
+    records: list[dict], variants: list[str], timings: dict | None = None
+) -> tuple[str, dict]:
+    """Markdown rows (mean ± std over seeds) and the same numbers as data; with ``timings``
+    (:func:`quiet_timings`), its s/epoch and latency replace the runs' own."""
     header = [
         "decoder", "decoding", *SCORES.values(), "val ppl", "epochs", "s/epoch", "latency"
     ]  # fmt: skip
@@ -174,13 +207,21 @@ def table(records: list[dict], variants: list[str]) -> tuple[str, dict]:
                 m, s = mean_spread([r["metrics"][decoding][key] for r in runs])
                 summary[variant][decoding][key] = [m, s]
                 cells.append(f"{m:.3f} ± {s:.3f}")
-            lat_m, lat_s = mean_spread([r["latency_ms"][decoding] for r in runs])
-            summary[variant][decoding]["latency_ms"] = [lat_m, lat_s]
+            quiet = (timings or {}).get(variant)
+            if quiet:
+                latency = f"{quiet['latency_ms'][decoding]:.0f} ms"
+                per_epoch = f"{quiet['epoch_seconds']:.0f}"
+                summary[variant][decoding]["latency_ms"] = quiet["latency_ms"][decoding]
+            else:
+                lat_m, lat_s = mean_spread([r["latency_ms"][decoding] for r in runs])
+                summary[variant][decoding]["latency_ms"] = [lat_m, lat_s]
+                latency = f"{lat_m:.0f} ± {lat_s:.0f} ms"
+                per_epoch = f"{epoch_m:.0f} ± {epoch_s:.0f}"
             cells += [
                 f"{ppl_m:.1f} ± {ppl_s:.1f}",
                 f"{epochs_m:.0f} ± {epochs_s:.0f}",
-                f"{epoch_m:.0f} ± {epoch_s:.0f}",
-                f"{lat_m:.0f} ± {lat_s:.0f} ms",
+                per_epoch,
+                latency,
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines), summary
@@ -198,6 +239,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--meteor", default="auto", choices=["auto", "java", "nltk", "none"])
     parser.add_argument("--latency-images", type=int, default=20)
+    parser.add_argument(
+        "--timings",
+        action="store_true",
+        help="after the runs, time an epoch and a caption of each variant one at a time "
+        "(run it with the machine otherwise idle; the table then shows these timings)",
+    )
     args = parser.parse_args()
 
     out, data = Path(args.out), resolve_data(args.data)
@@ -208,13 +255,20 @@ def main() -> None:
     for seed in args.seeds:
         for variant in args.variants:
             records.append(run_one(data, shared, out, variant, seed, args))
-    markdown, summary = table(records, [v for v in VARIANTS if v in args.variants])
+    variants = [v for v in VARIANTS if v in args.variants]
+    timings = None
+    if args.timings:
+        timings = quiet_timings(data, shared, out, variants, args)
+    elif (out / "timings.json").is_file():
+        timings = json.loads((out / "timings.json").read_text())
+    markdown, summary = table(records, variants, timings)
     note = (
         f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), mean ± std; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; test split of "
         f"{len(load_splits(shared)['test'])} images; latency = one photo, file to words, "
         f"median of {args.latency_images}; epochs = epochs run (early stopping), s/epoch = "
         "median training epoch"
+        + ("; s/epoch and latency timed one variant at a time (--timings)" if timings else "")
     )
     (out / "table.md").write_text(markdown + "\n\n" + note + "\n")
     write_json(out / "table.json", {"note": note, "summary": summary, "runs": records})
