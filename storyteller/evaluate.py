@@ -66,7 +66,7 @@ def baseline_scores(
     return scores
 
 
-def test_loss(
+def teacher_forced_loss(
     model: torch.nn.Module,
     vocab: Vocabulary,
     cache: FeatureCache,
@@ -118,7 +118,7 @@ def evaluate_model(
     references = [dataset.captions[name] for name in images]
 
     network = unwrap(model)
-    loss = test_loss(model, vocab, cache, dataset, images)
+    loss = teacher_forced_loss(model, vocab, cache, dataset, images)
     about = {
         "decoder": network.name,
         "model": network.describe(),
