@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from storyteller.config import TrainConfig
+from storyteller.data import find_image_dir
 from storyteller.features import load_feature_cache
 from storyteller.inference import Captioner
 from storyteller.pipeline import (
@@ -82,17 +83,36 @@ def link_run(shared: Path, run: Path) -> None:
             shutil.copy2(name, run / name.name)
 
 
-def caption_latency(run: Path, images: list[Path], beam_size: int) -> float:
-    """Median seconds to caption one photo, file to words (CNN included), one at a time."""
+def latencies(data: Path, run: Path, images: int) -> dict[str, float]:
+    """Median milliseconds to caption one photo, file to words (CNN included), one photo at a
+    time, greedy and beam 5, with the run's captioner on the first ``images`` test photos."""
     paths = RunPaths(run)
+    cache = load_feature_cache(paths.features)
+    image_dir = find_image_dir(resolve_data(data, log=lambda _: None))
+    photos = [image_dir / n for n in load_splits(run)["test"] if n in cache][:images]
     captioner = Captioner.from_files(paths.checkpoint, paths.vocab, torch.device("cpu"))
-    captioner.caption(images[:1], beam_size=beam_size)  # warm-up: first-call allocations
-    times = []
-    for image in images:
-        started = time.perf_counter()
-        captioner.caption([image], beam_size=beam_size)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    result = {}
+    for name, beam_size in (("greedy", 1), ("beam5", 5)):
+        captioner.caption(photos[:1], beam_size=beam_size)  # warm-up: first-call allocations
+        times = []
+        for photo in photos:
+            started = time.perf_counter()
+            captioner.caption([photo], beam_size=beam_size)
+            times.append(time.perf_counter() - started)
+        result[name] = round(1000 * statistics.median(times), 1)
+    return result
+
+
+def epoch_times(history: list[dict]) -> dict:
+    """Per-epoch times from history.json (resumed epochs too): the median is robust to an
+    epoch slowed by another job, the sum is what the run took."""
+    seconds = [h["seconds"] for h in history]
+    return {
+        "train_seconds": round(sum(seconds), 1),
+        "epoch_seconds_median": round(statistics.median(seconds), 1),
+        "epochs_run": len(history),
+        "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
+    }
 
 
 def run_one(data: Path, shared: Path, out: Path, variant: str, seed: int, args) -> dict:
@@ -102,10 +122,7 @@ def run_one(data: Path, shared: Path, out: Path, variant: str, seed: int, args) 
     if record_path.is_file():
         record = json.loads(record_path.read_text())
         if "epoch_seconds_median" not in record:  # written by an earlier version of this script
-            history = json.loads((run / "history.json").read_text())
-            seconds = [h["seconds"] for h in history]
-            record["epoch_seconds_median"] = round(statistics.median(seconds), 1)
-            record["best_epoch"] = min(history, key=lambda h: h["val_loss"])["epoch"]
+            record.update(epoch_times(json.loads((run / "history.json").read_text())))
             write_json(record_path, record)
         return record
     link_run(shared, run)
@@ -113,26 +130,13 @@ def run_one(data: Path, shared: Path, out: Path, variant: str, seed: int, args) 
     result = train_step(
         data, run, TrainConfig(num_epochs=args.epochs, seed=seed), VARIANTS[variant], device="cpu"
     )
-    # Per-epoch times from history.json (resumed epochs too); the median is robust to an
-    # epoch slowed by another job, the sum is what this run took.
-    epoch_seconds = [h["seconds"] for h in result.history]
     metrics = evaluate_step(data, run, (1, 5), meteor=args.meteor, device="cpu")
-    cache = load_feature_cache(RunPaths(run).features)
-    test = [n for n in load_splits(run)["test"] if n in cache][: args.latency_images]
-    image_dir = resolve_data(data, log=lambda _: None) / "Images"
-    images = [image_dir / name for name in test]
     record = {
         "variant": variant,
         "seed": seed,
-        "train_seconds": round(sum(epoch_seconds), 1),
-        "epoch_seconds_median": round(statistics.median(epoch_seconds), 1),
-        "epochs_run": len(result.history),
-        "best_epoch": min(result.history, key=lambda h: h["val_loss"])["epoch"],
+        **epoch_times(result.history),
         "best_val_loss": round(result.best_val_loss, 4),
-        "latency_ms": {
-            name: round(1000 * caption_latency(run, images, beam), 1)
-            for name, beam in (("greedy", 1), ("beam5", 5))
-        },
+        "latency_ms": latencies(data, run, args.latency_images),
         "metrics": {name: {k: metrics[name][k] for k in SCORES} for name in DECODINGS},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -154,16 +158,9 @@ def quiet_timings(data: Path, shared: Path, out: Path, variants: list[str], args
         config = TrainConfig(num_epochs=2, seed=0)
         history = train_step(data, scratch, config, VARIANTS[variant], device="cpu").history
         run = out / f"{variant}-seed{args.seeds[0]}"
-        cache = load_feature_cache(RunPaths(run).features)
-        test = [n for n in load_splits(run)["test"] if n in cache][: args.latency_images]
-        image_dir = resolve_data(data, log=lambda _: None) / "Images"
-        images = [image_dir / name for name in test]
         timings[variant] = {
             "epoch_seconds": statistics.median(h["seconds"] for h in history),
-            "latency_ms": {
-                name: round(1000 * caption_latency(run, images, beam), 1)
-                for name, beam in (("greedy", 1), ("beam5", 5))
-            },
+            "latency_ms": latencies(data, run, args.latency_images),
         }
         shutil.rmtree(scratch)
         print(f"{variant}: {timings[variant]}", flush=True)
