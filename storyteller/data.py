@@ -8,13 +8,15 @@ Accepted layouts (the folder is what users pass as ``--data``):
 * the Flickr30k ``results.csv``: ``image_name| comment_number| comment`` (pipe-separated).
 
 Bad rows never crash a run and are never dropped silently: every skip is counted by reason
-in a :class:`SkipReport`, which warns once with the totals.
+in a :class:`SkipReport`, which warns once with the totals. Files are read line by line (a
+Flickr caption never spans lines), so damage stays on its own line: one stray quote cannot
+swallow the rest of the file, as it does in a CSV reader, and one huge or undecodable row is
+skipped instead of failing the load. Every line is either a kept row or a counted skip.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -37,10 +39,17 @@ class SkipReport:
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
+    lines: int = 0  # physical lines of a file these skips took (a row may take several)
+
     def add(self, reason: str, example: str) -> None:
         self.counts[reason] += 1
+        self.lines += 1
         if len(self.examples[reason]) < 3:
             self.examples[reason].append(example[:80])
+
+    def add_lines(self, extra: int) -> None:
+        """``extra`` more lines taken by the last skipped row (a field spanning lines)."""
+        self.lines += extra
 
     @property
     def total(self) -> int:
@@ -85,47 +94,112 @@ class CaptionDataset:
         )
 
 
-def _read_kaggle_csv(text: str, report: SkipReport) -> list[tuple[str, str]]:
-    rows = []
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
+#: The longest caption row kept, in characters: Flickr captions are under 200; a row longer
+#: than this is counted and skipped instead of being tokenised (a 1 MB "caption" once made the
+#: CSV reader give up on the whole file).
+MAX_ROW_CHARS = 2000
+
+
+@dataclass
+class _Line:
+    """One physical line of a caption file: its 1-based number and text."""
+
+    number: int
+    text: str
+
+
+def _lines(data: bytes, report: SkipReport) -> tuple[list[_Line], int]:
+    """The file's non-empty lines, each decoded on its own, and how many there were: a line
+    that is not UTF-8 is counted and skipped (never decoded with replacement characters), and
+    so is a line longer than :data:`MAX_ROW_CHARS`. A UTF-8 byte-order mark is dropped."""
+    lines, written = [], 0
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.rstrip(b"\r")
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            continue
+        written += 1
+        if len(raw) > 4 * MAX_ROW_CHARS:  # cheap check first: no decoding of a huge line
+            report.add(f"rows over {MAX_ROW_CHARS} characters", f"line {number}")
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            report.add("rows that are not UTF-8", f"line {number}: {raw[:40]!r}")
+            continue
+        if len(text) > MAX_ROW_CHARS:
+            report.add(f"rows over {MAX_ROW_CHARS} characters", f"line {number}")
+            continue
+        lines.append(_Line(number, text))
+    return lines, written
+
+
+def _looks_like_row_start(text: str) -> bool:
+    """Whether a Kaggle CSV line starts a row: an image file name, then a comma."""
+    name = text.split(",", 1)[0].strip().strip('"')
+    return "," in text and Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _read_kaggle_csv(lines: list[_Line], report: SkipReport) -> list[tuple[str, str]]:
+    """``image,caption`` rows, one per line (Flickr captions never span lines). A quote left
+    open skips only its own line ("unterminated quote"), or, when the next lines continue it
+    and one of them closes it, those lines together ("quoted field spanning lines"), instead of
+    swallowing the rest of the file into one field as a CSV reader would."""
+    header = next(csv.reader([lines[0].text])) if lines else None
     if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
         raise StorytellerError(
             f"captions.txt should start with the header 'image,caption', found {header!r}"
         )
-    for line in reader:
-        if len(line) < 2 or not line[0].strip():
-            report.add("malformed rows", ",".join(line))
+    rows = []
+    i = 1
+    while i < len(lines):
+        line = lines[i]
+        try:
+            fields = next(csv.reader([line.text], strict=True))
+        except csv.Error:
+            # An open quote: do the lines after it (not row starts) close it?
+            end = i + 1
+            while end < len(lines) and not _looks_like_row_start(lines[end].text):
+                end += 1
+            closes = any(lines[j].text.count('"') % 2 for j in range(i + 1, end))
+            if line.text.count('"') % 2 and closes:
+                span = f"lines {line.number}-{lines[end - 1].number}"
+                report.add("quoted fields spanning lines", span)
+                report.add_lines(end - i - 1)
+                i = end
+            else:
+                report.add("rows with an unterminated quote", f"line {line.number}: {line.text}")
+                i += 1
+            continue
+        i += 1
+        if len(fields) < 2 or not fields[0].strip():
+            report.add("malformed rows", f"line {line.number}: {line.text}")
             continue
         # A caption with an unquoted comma splits into extra fields: glue them back.
-        rows.append((line[0].strip(), ",".join(line[1:])))
+        rows.append((fields[0].strip(), ",".join(fields[1:])))
     return rows
 
 
-def _read_token_file(text: str, report: SkipReport) -> list[tuple[str, str]]:
+def _read_token_file(lines: list[_Line], report: SkipReport) -> list[tuple[str, str]]:
     rows = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        key, sep, caption = line.partition("\t")
+    for line in lines:
+        key, sep, caption = line.text.partition("\t")
         image = key.split("#")[0].strip()
         if not sep or not image:
-            report.add("malformed rows", line)
+            report.add("malformed rows", f"line {line.number}: {line.text}")
             continue
         rows.append((image, caption))
     return rows
 
 
-def _read_results_csv(text: str, report: SkipReport) -> list[tuple[str, str]]:
+def _read_results_csv(lines: list[_Line], report: SkipReport) -> list[tuple[str, str]]:
     rows = []
-    lines = text.splitlines()
-    start = 1 if lines and lines[0].replace(" ", "").lower().startswith("image_name|") else 0
-    for line in lines[start:]:
-        if not line.strip():
-            continue
-        parts = line.split("|")
+    header = lines and lines[0].text.replace(" ", "").lower().startswith("image_name|")
+    for line in lines[1 if header else 0 :]:
+        parts = line.text.split("|")
         if len(parts) < 3 or not parts[0].strip():
-            report.add("malformed rows", line)
+            report.add("malformed rows", f"line {line.number}: {line.text}")
             continue
         rows.append((parts[0].strip(), "|".join(parts[2:])))
     return rows
@@ -134,27 +208,45 @@ def _read_results_csv(text: str, report: SkipReport) -> list[tuple[str, str]]:
 def read_caption_file(path: str | Path, report: SkipReport | None = None) -> list[tuple[str, str]]:
     """Parse any of the three caption formats into ``(image, caption)`` rows.
 
-    The format is detected from the content, not the name. Empty captions are skipped and
-    counted; the returned captions are the raw text (normalise with ``storyteller.text``).
+    The format is detected from the content, not the name. Every line is either in a
+    returned row or counted in ``report`` by what was wrong with it: not UTF-8, over
+    :data:`MAX_ROW_CHARS`, an unterminated quote, a quoted field spanning lines, malformed, an
+    empty caption, or a duplicate of an earlier row (the same image and caption); the total
+    is checked against the file's lines. The returned captions are the raw text (normalise
+    with ``storyteller.text``).
     """
     path = Path(path)
     if not path.is_file():
         raise StorytellerError(f"caption file not found: {path}")
     report = report if report is not None else SkipReport()
-    text = path.read_text(encoding="utf-8", errors="replace").lstrip("\ufeff")
-    first = text.split("\n", 1)[0]
+    before = report.lines
+    lines, written = _lines(path.read_bytes(), report)
+    first = lines[0].text if lines else ""
     if "\t" in first and "#" in first.split("\t")[0]:
-        rows = _read_token_file(text, report)
+        rows = _read_token_file(lines, report)
+        header = 0
     elif first.count("|") >= 2:
-        rows = _read_results_csv(text, report)
+        rows = _read_results_csv(lines, report)
+        header = int(first.replace(" ", "").lower().startswith("image_name|"))
     else:
-        rows = _read_kaggle_csv(text, report)
-    kept = []
+        rows = _read_kaggle_csv(lines, report)
+        header = 1
+    kept, seen = [], set()
     for image, caption in rows:
+        caption = caption.strip()
         if not tokenize(caption):
             report.add("empty captions", f"{image}: {caption!r}")
+        elif (image, caption) in seen:
+            report.add("duplicate rows", f"{image}: {caption[:40]!r}")
         else:
-            kept.append((image, caption.strip()))
+            seen.add((image, caption))
+            kept.append((image, caption))
+    accounted = header + len(kept) + report.lines - before
+    if accounted != written:  # a parser bug, never the data's fault: say so, lose nothing
+        raise StorytellerError(
+            f"{path}: {written} non-empty lines, but {accounted} read or skipped: please report "
+            "this file"
+        )
     return kept
 
 

@@ -1,6 +1,12 @@
 import pytest
 
-from storyteller.data import SkipReport, load_dataset, read_caption_file, split_by_image
+from storyteller.data import (
+    MAX_ROW_CHARS,
+    SkipReport,
+    load_dataset,
+    read_caption_file,
+    split_by_image,
+)
 from storyteller.errors import StorytellerError
 from storyteller.text import normalize_caption, tokenize
 
@@ -62,6 +68,94 @@ def test_bad_rows_are_skipped_counted_and_warned(tmp_path):
         "captions of missing images": 1,
     }
     assert "missing.jpg" in str(record[0].message)
+
+
+def _kaggle_file(tmp_path, n_images=60, per_image=5):
+    """A well-formed ``captions.txt`` of ``n_images * per_image`` distinct rows, as lines."""
+    rows = [
+        f"{i:04d}.jpg,A dog number {i} does thing {k} ."
+        for i in range(n_images)
+        for k in range(per_image)
+    ]
+    return ["image,caption", *rows]
+
+
+def _read(tmp_path, lines: list[str] | bytes):
+    f = tmp_path / "captions.txt"
+    data = lines if isinstance(lines, bytes) else ("\n".join(lines) + "\n").encode()
+    f.write_bytes(data)
+    report = SkipReport()
+    return read_caption_file(f, report), report
+
+
+def test_a_stray_quote_skips_only_its_own_row(tmp_path):
+    """An unterminated quote at row 11 of 301 once swallowed the rest of the file into one
+    field (11 captions of 3 images, no warning): now only that row is skipped, and counted."""
+    lines = _kaggle_file(tmp_path)
+    lines[11] = lines[11].replace(",", ',"', 1)
+    rows, report = _read(tmp_path, lines)
+    assert len(rows) == 299 and len({image for image, _ in rows}) == 60
+    assert report.counts == {"rows with an unterminated quote": 1}
+    assert "line 12" in report.summary()
+
+
+def test_a_quoted_field_spanning_lines_is_skipped_whole(tmp_path):
+    lines = _kaggle_file(tmp_path)
+    lines[20:21] = ['0003.jpg,"A dog that', 'spans two lines ."']
+    rows, report = _read(tmp_path, lines)
+    assert len(rows) == 299
+    assert report.counts == {"quoted fields spanning lines": 1}
+    assert "lines 21-22" in report.summary()
+
+
+def test_a_huge_caption_is_skipped_not_fatal(tmp_path):
+    """A 1 MB row once aborted the load (``field larger than field limit (131072)``)."""
+    lines = _kaggle_file(tmp_path)
+    lines[5] = "0000.jpg," + "a" * 1_000_000
+    lines[6] = "0001.jpg," + "b " * (MAX_ROW_CHARS // 2 + 1)  # just over, in characters
+    rows, report = _read(tmp_path, lines)
+    assert len(rows) == 298
+    assert report.counts == {f"rows over {MAX_ROW_CHARS} characters": 2}
+
+
+def test_invalid_utf8_rows_are_skipped_not_replaced(tmp_path):
+    data = ("\n".join(_kaggle_file(tmp_path)) + "\n").encode()
+    data = data.replace(b"dog number 7 does thing 2", b"d\xffg number 7 does thing 2")
+    rows, report = _read(tmp_path, data)
+    assert len(rows) == 299 and not any("\ufffd" in caption for _, caption in rows)
+    assert report.counts == {"rows that are not UTF-8": 1}
+
+
+def test_duplicate_rows_are_counted_once(tmp_path):
+    lines = _kaggle_file(tmp_path)
+    lines += [lines[3], lines[3] + "  ", lines[9]]  # trailing spaces: still the same caption
+    rows, report = _read(tmp_path, lines)
+    assert len(rows) == 300 and len(set(rows)) == 300
+    assert report.counts == {"duplicate rows": 3}
+
+
+def test_every_line_is_read_or_counted(tmp_path):
+    """All kinds of damage in one file, with Windows line ends and a byte-order mark: the
+    rows kept plus the lines skipped add up to the file's non-empty lines."""
+    lines = _kaggle_file(tmp_path, n_images=10)
+    lines[2] = lines[2].replace(",", ',"', 1)  # unterminated quote
+    lines[4] = "not-an-image-row"
+    lines[6] = "0001.jpg,   "
+    lines.insert(8, "")
+    lines.append(lines[1])
+    data = b"\xef\xbb\xbf" + ("\r\n".join(lines) + "\r\n").encode()
+    data += b"0002.jpg,caf\xe9 au lait\r\n"  # Latin-1, not UTF-8
+    rows, report = _read(tmp_path, data)
+    non_empty = sum(1 for line in lines if line.strip()) + 1
+    assert 1 + len(rows) + report.total == non_empty  # header + kept + skipped
+    assert report.counts == {
+        "rows with an unterminated quote": 1,
+        "malformed rows": 1,
+        "empty captions": 1,
+        "duplicate rows": 1,
+        "rows that are not UTF-8": 1,
+    }
+    assert all(not caption.endswith("\r") for _, caption in rows)
 
 
 def test_missing_dataset_and_wrong_header_give_clear_errors(tmp_path):
