@@ -4,6 +4,8 @@ data -> cached features -> vocabulary -> training -> evaluation
 
 Each step reads what the previous steps wrote, so the command line, the notebooks and
 ``run_all`` call the same functions and a step can be re-run on its own.
+Each step holds its run folder while it writes (:func:`writes_run_folder`): a folder another
+process is writing, or one that cannot be written, is refused before any work.
 
 Output folder layout::
 
@@ -18,14 +20,18 @@ Output folder layout::
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import inspect
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .attention_maps import ATTENTION_MAPS_DIR
 from .checkpoint import BEST_CHECKPOINT, load_model
 from .config import ModelConfig, TrainConfig
 from .data import CaptionDataset, SkipReport, Split, load_dataset, read_caption_file, split_by_image
@@ -34,6 +40,7 @@ from .encoders import resolve_encoder
 from .errors import StorytellerError
 from .features import extract_features, load_feature_cache
 from .models import decoder_class
+from .runlock import run_folder
 from .runtime import get_device, seed_everything, write_json
 from .train import TrainResult, train_model
 from .vocab import Vocabulary
@@ -48,6 +55,9 @@ if TYPE_CHECKING:
     import torch
 
 Log = Callable[[str], None]
+
+#: Artefact folders inside a run folder that hold atomically written files of their own.
+ARTEFACT_SUBFOLDERS = (FEATURES_DIR, ATTENTION_MAPS_DIR)
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,45 @@ class RunPaths:
         return self.out / "metrics.json"
 
 
+@contextlib.contextmanager
+def hold_run_folder(
+    out: str | Path, log: Log = print, context: DistContext = SINGLE_PROCESS
+) -> Iterator[None]:
+    """Hold ``out`` for writing (:func:`storyteller.runlock.run_folder`) while the block runs.
+
+    Under torchrun rank 0 alone writes, so it alone takes the lock, and every process learns
+    whether it could: a refused run then fails on every rank at once instead of leaving the
+    others waiting at a barrier.
+    """
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if context.is_main:
+            try:
+                stack.enter_context(run_folder(out, ARTEFACT_SUBFOLDERS, log))
+            except StorytellerError as exc:
+                refusal = str(exc)
+        refusals = [r for r in context.gather(refusal) if r]
+        if refusals:
+            raise StorytellerError(refusals[0])
+        yield
+
+
+def writes_run_folder(step: Callable) -> Callable:
+    """Make a step hold its run folder (its ``out`` argument) before doing anything, so a busy
+    or read-only folder is refused before any work; see :func:`hold_run_folder`."""
+    signature = inspect.signature(step)
+
+    @functools.wraps(step)
+    def holding(*args, **kwargs):
+        arguments = signature.bind(*args, **kwargs)
+        arguments.apply_defaults()
+        given = arguments.arguments
+        with hold_run_folder(given["out"], given["log"], given.get("context", SINGLE_PROCESS)):
+            return step(*args, **kwargs)
+
+    return holding
+
+
 def resolve_data(
     data: str | Path | None, sample_images: int | None = None, log: Log = print
 ) -> Path:
@@ -90,6 +139,7 @@ def resolve_data(
     return path
 
 
+@writes_run_folder
 def features_step(
     data: str | Path | None,
     out: str | Path = DEFAULT_OUT,
@@ -177,6 +227,7 @@ def _save_vocabulary(paths: RunPaths, vocab: Vocabulary, split: Split, seed: int
     )
 
 
+@writes_run_folder
 def vocab_step(
     data: str | Path | None,
     out: str | Path = DEFAULT_OUT,
@@ -195,6 +246,7 @@ def vocab_step(
     return vocab
 
 
+@writes_run_folder
 def vocab_from_captions(
     captions_file: str | Path,
     out: str | Path = DEFAULT_OUT,
@@ -252,6 +304,7 @@ def _load_run(data, out, log) -> tuple[CaptionDataset, dict, Vocabulary]:
     return load_dataset(resolve_data(data, log=log)), splits, vocab
 
 
+@writes_run_folder
 def train_step(
     data: str | Path | None,
     out: str | Path = DEFAULT_OUT,
@@ -294,6 +347,7 @@ def train_step(
     )
 
 
+@writes_run_folder
 def evaluate_step(
     data: str | Path | None,
     out: str | Path = DEFAULT_OUT,
@@ -335,6 +389,7 @@ def evaluate_step(
     return results
 
 
+@writes_run_folder
 def run_all(
     data: str | Path | None = None,
     out: str | Path = DEFAULT_OUT,

@@ -10,7 +10,9 @@ import contextlib
 import json
 import os
 import random
+import re
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,11 +78,43 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, wrappers) else model
 
 
+#: The names :func:`atomic_path` gives its temporary files: ``.<name>.<8 random characters>.tmp``
+#: beside the target (``tempfile``'s own random part). A kill mid-write leaves one behind; the
+#: run-folder lock (:mod:`storyteller.runlock`) removes them, and only them.
+ATOMIC_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+_UMASK_LOCK = threading.Lock()
+#: Where Linux shows the umask without changing it.
+_PROC_STATUS = "/proc/self/status"
+
+
+def current_umask() -> int:
+    """The process's umask, read without a window in which it is wrong.
+
+    ``os.umask`` can only be read by setting it, and it is process-global: a file another
+    thread creates in between would get the wrong mode. Linux shows it in ``/proc/self/status``
+    (no change needed); elsewhere it is set and restored under a lock.
+    """
+    try:
+        with open(_PROC_STATUS, encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o022)  # for an instant; 0o022, not 0, makes nothing world-writable
+        os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
     A crash or a kill mid-write leaves the previous file untouched, never a half-written one.
+    The file gets the mode a plain ``open`` would give it (``0o666`` less the umask), not the
+    ``0o600`` of ``mkstemp``, so other users can read artefacts when the umask lets them.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,6 +122,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
