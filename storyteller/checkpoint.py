@@ -20,6 +20,7 @@ same way before a run resumes from it (:func:`check_training_state`).
 from __future__ import annotations
 
 import math
+import re
 from itertools import chain
 from pathlib import Path
 
@@ -74,10 +75,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, not a zip, refused global, ...: all say why
-        detail = (str(exc).splitlines() or [""])[0][:200]
-        raise ArtefactError(
-            path, f"not a loadable storyteller checkpoint ({type(exc).__name__}: {detail})"
-        ) from None
+        raise ArtefactError(path, _load_failure(exc)) from None
     if not isinstance(checkpoint, dict):
         raise ArtefactError(
             path, f"not a storyteller checkpoint (a {type(checkpoint).__name__}, not a dict)"
@@ -94,16 +92,36 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return checkpoint
 
 
+def _load_failure(exc: Exception) -> str:
+    """``torch.load``'s failure in one line. Its own message for a refused pickle is a page
+    advising ``weights_only=False``, which is exactly what must not be done with a file that
+    refers to code; only the reason is kept."""
+    text = str(exc)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (
+            f"not a loadable storyteller checkpoint: it refers to {refused.group(1)}, code that "
+            "no storyteller checkpoint holds (it may have been crafted to run code on load)"
+        )
+    reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+    detail = reason.group(1) if reason else (text.splitlines() or [""])[0]
+    return f"not a loadable storyteller checkpoint ({type(exc).__name__}: {detail[:160]})"
+
+
 def check_model_config(checkpoint: dict, path: str | Path) -> ModelConfig:
     """The checkpoint's model config, checked field by field and resolved through its
     decoder (known decoder, known options of the right types, known encoder)."""
     from .encoders import get_encoder_spec  # torchvision: imported only when a file is read
 
     try:
-        config = resolve_config(ModelConfig.from_dict(checkpoint["model_config"]))
-        get_encoder_spec(config.encoder)
+        config = ModelConfig.from_dict(checkpoint["model_config"])
     except StorytellerError as exc:
         raise ArtefactError(path, str(exc)) from None
+    try:
+        config = resolve_config(config)
+        get_encoder_spec(config.encoder)
+    except StorytellerError as exc:
+        raise ArtefactError(path, f"cannot be rebuilt: {exc}") from None
     return config
 
 
@@ -152,7 +170,7 @@ def check_weights(state_dict: dict, config: ModelConfig, path: str | Path) -> di
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + (
-            [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []
+            [f"not in the model: {', '.join(unexpected[:3])}"] if unexpected else []
         )
         raise ArtefactError(
             path, f"its weights do not match its {config.decoder} model_config ({'; '.join(parts)})"

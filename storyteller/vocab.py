@@ -119,6 +119,8 @@ class Vocabulary:
                 f"storyteller reads ({FORMAT_VERSION}): rebuild it with `python -m storyteller vocab`"
             )
         itos = data.get("itos")
+        if itos is None:
+            raise StorytellerError("no itos (the word list)")
         if not isinstance(itos, list):
             raise StorytellerError(f"itos (the word list) must be a list, got {type_name(itos)}")
         if len(itos) > MAX_VOCAB:
