@@ -3,7 +3,111 @@ checkpoint file alone (the app does exactly that)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import math
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, NamedTuple
+
+from .errors import StorytellerError
+
+#: Bounds on what a stored config may ask for, checked before anything is built from it (a
+#: crafted checkpoint once asked for ``hidden_size=12000`` and made the loader allocate 4 GB).
+#: Far above any captioner trained here (hidden 512, vocabulary ~8,000), far below harm.
+MAX_WIDTH = 65_536  # feature, embedding and hidden sizes
+MAX_VOCAB = 1_000_000  # words
+MAX_LAYERS = 64  # stacked layers of any kind
+MAX_COUNT = 1_000_000  # other counts: a decoder option's steps or positions, epochs, batch
+
+
+class Bound(NamedTuple):
+    """The range of a numeric config field: ``low <= value <= high`` (``< high`` when
+    ``high_open``)."""
+
+    low: float
+    high: float
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        return self.low <= value and (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        return f"[{self.low:.12g}, {self.high:.12g}{')' if self.high_open else ']'}"
+
+
+FRACTION = Bound(0.0, 1.0, high_open=True)  # dropout, label smoothing
+
+
+def _type_words(kind: type, bound: Bound | None) -> str:
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+    text = words.get(kind, "a mapping" if kind is dict else kind.__name__)
+    return f"{text} in {bound}" if bound is not None else text
+
+
+def _checked_value(kind: type, value: Any, bound: Bound | None) -> Any | None:
+    """``value`` as ``kind`` if it is one (an int is a float, a bool is not an int) and
+    within ``bound``, else ``None``."""
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if kind is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return None
+    elif kind is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None
+        if not math.isfinite(value):
+            return None
+        value = float(value)
+    elif kind is str:
+        return value if isinstance(value, str) else None
+    elif kind is dict:
+        return value if isinstance(value, dict) and all(isinstance(k, str) for k in value) else None
+    if bound is not None and not bound.holds(value):
+        return None
+    return value
+
+
+def checked_fields(
+    cls: type, data: Any, where: str, bounds: dict[str, Bound] | None = None
+) -> dict[str, Any]:
+    """The keyword arguments for the dataclass ``cls`` read from ``data`` (a dict from a
+    checkpoint), every value checked against its field's type and ``bounds``; a missing
+    required field, a wrong type or an out-of-range value is a one-line
+    :class:`StorytellerError` naming ``where.field``. Unknown keys are ignored (a newer
+    file may know more fields) and missing optional ones take their defaults (an older file
+    knew fewer)."""
+    if not isinstance(data, dict):
+        raise StorytellerError(f"{where} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    bounds = bounds or {}
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise StorytellerError(f"{where} has no {f.name}")
+            continue
+        kind, bound, value = hints[f.name], bounds.get(f.name), data[f.name]
+        checked = _checked_value(kind, value, bound)
+        if checked is None:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise StorytellerError(
+                f"{where}.{f.name} must be {_type_words(kind, bound)}, got {shown}"
+            )
+        kwargs[f.name] = checked
+    return kwargs
+
+
+def option_bounds(cls: type) -> dict[str, Bound]:
+    """Generic bounds for a decoder's options dataclass, read from each option's name and
+    type: ``*layers`` at most :data:`MAX_LAYERS`, other integers at most :data:`MAX_COUNT`,
+    ``*dropout`` a fraction, other numbers >= 0. Sizes the stored weights fix are checked
+    against the weights themselves (:mod:`storyteller.checkpoint`)."""
+    bounds = {}
+    for name, kind in typing.get_type_hints(cls).items():
+        if kind is int:
+            bounds[name] = Bound(0, MAX_LAYERS if name.endswith("layers") else MAX_COUNT)
+        elif kind is float:
+            bounds[name] = FRACTION if name.endswith("dropout") else Bound(0.0, math.inf)
+    return bounds
 
 
 @dataclass
@@ -33,9 +137,10 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: dict, where: str = "model_config") -> ModelConfig:
+        """The config stored in a checkpoint, every field's type and range checked first
+        (:data:`MODEL_BOUNDS`); a one-line :class:`StorytellerError` naming the field."""
+        return cls(**checked_fields(cls, data, where, MODEL_BOUNDS))
 
 
 @dataclass
@@ -61,6 +166,31 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: dict, where: str = "train_config") -> TrainConfig:
+        """The config stored in a checkpoint, every field's type and range checked first
+        (:data:`TRAIN_BOUNDS`); a one-line :class:`StorytellerError` naming the field."""
+        return cls(**checked_fields(cls, data, where, TRAIN_BOUNDS))
+
+
+MODEL_BOUNDS = {
+    "vocab_size": Bound(4, MAX_VOCAB),  # the four special tokens at least
+    "feature_dim": Bound(1, MAX_WIDTH),
+    "embed_size": Bound(1, MAX_WIDTH),
+    "hidden_size": Bound(1, MAX_WIDTH),
+    "num_layers": Bound(1, MAX_LAYERS),
+    "dropout": FRACTION,
+}
+TRAIN_BOUNDS = {
+    "num_epochs": Bound(1, MAX_COUNT),
+    "batch_size": Bound(1, MAX_COUNT),
+    "lr": Bound(0.0, 10.0),
+    "weight_decay": Bound(0.0, 10.0),
+    "grad_clip": Bound(0.0, math.inf),
+    "max_length": Bound(3, 10_000),  # <start>, one word, <end>
+    "patience": Bound(0, MAX_COUNT),
+    "lr_patience": Bound(0, MAX_COUNT),
+    "lr_factor": Bound(0.0, 1.0),
+    "label_smoothing": FRACTION,
+    "num_workers": Bound(0, 1024),
+    "seed": Bound(0, 2**64 - 1),
+}

@@ -32,7 +32,6 @@ Two ways to turn files into pixels (``decode_on``):
 from __future__ import annotations
 
 import io
-import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -44,6 +43,8 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .artefacts import ArtefactError, check_npy, describe, is_int, read_json, type_name
+from .config import MAX_WIDTH
 from .encoders import LAYOUTS, build_encoder, check_layout, get_encoder_spec, with_layout
 from .errors import StorytellerError
 from .runtime import autocast, get_device, write_json
@@ -439,6 +440,70 @@ class FeatureCache:
             self.array = np.load(self.folder / FEATURES_FILE, mmap_mode="r")
 
 
+def read_cache_index(out_dir: str | Path) -> dict:
+    """``features.json`` of the cache in ``out_dir``, checked before it is trusted: the keys
+    every reader uses, of the right types and consistent with each other (``done`` within
+    the image count, ``unreadable`` a subset of ``images``, a ``grid`` for the grid layout).
+    Any problem is a one-line :class:`~storyteller.artefacts.ArtefactError` naming the file.
+    """
+    path = Path(out_dir) / INDEX_FILE
+    meta = read_json(path, "feature cache index")
+
+    def fail(problem: str) -> ArtefactError:
+        return ArtefactError(path, f"{problem}: extract the features again with --overwrite")
+
+    if not isinstance(meta, dict):
+        raise fail(f"the index must be a JSON object, got {type_name(meta)}")
+    version = meta.get("version", 1)
+    if not is_int(version) or version < 1:
+        raise fail(f"version must be a positive integer, got {describe(version)}")
+    if version > CACHE_VERSION:
+        raise ArtefactError(
+            path,
+            f"the cache is version {version}, newer than this storyteller reads "
+            f"({CACHE_VERSION}): upgrade storyteller or extract it again",
+        )
+    for key, kind in (("encoder", str), ("dim", int), ("images", list), ("done", int)):
+        if key not in meta:
+            raise fail(f"no {key!r}")
+        if not (is_int(meta[key]) if kind is int else isinstance(meta[key], kind)):
+            raise fail(f"{key!r} must be {kind.__name__}, got {describe(meta[key])}")
+    images, unreadable = meta["images"], meta.setdefault("unreadable", [])
+    if not 1 <= meta["dim"] <= MAX_WIDTH:
+        raise fail(f"dim must be 1..{MAX_WIDTH}, got {meta['dim']}")
+    if not all(isinstance(name, str) and name for name in images):
+        raise fail("images must be a list of file names")
+    if len(set(images)) != len(images):
+        raise fail("images lists a file twice")
+    if not 0 <= meta["done"] <= len(images):
+        raise fail(f"done must be 0..{len(images)}, got {meta['done']}")
+    if not isinstance(unreadable, list) or not set(unreadable) <= set(images):
+        raise fail("unreadable must list some of the images")
+    layout = meta.get("layout", "pooled")
+    if layout not in LAYOUTS:
+        raise fail(f"unknown layout {describe(layout)} (known: {', '.join(LAYOUTS)})")
+    if layout == "grid":
+        grid = meta.get("grid")
+        if (
+            not isinstance(grid, list)
+            or len(grid) != 2
+            or not all(is_int(n) and 1 <= n <= 1024 for n in grid)
+        ):
+            raise fail(f"a grid cache needs grid [h, w], got {describe(grid)}")
+    if meta.get("dtype", "float16") != "float16":
+        raise fail(f"dtype must be float16, got {describe(meta.get('dtype'))}")
+    return meta
+
+
+def cache_shape(meta: dict) -> tuple[int, ...]:
+    """The shape of ``features.npy`` that a checked index describes: (N, dim) pooled or
+    (N, h*w, dim) grid."""
+    rows = len(meta["images"])
+    if meta.get("layout", "pooled") == "grid":
+        return (rows, int(np.prod(meta["grid"])), int(meta["dim"]))
+    return (rows, int(meta["dim"]))
+
+
 def _check_compatible(
     meta: dict, encoder_name: str, names: list[str], layout: str, folder: Path
 ) -> None:
@@ -497,11 +562,12 @@ def extract_features(
 
     meta = None
     if index_path.is_file() and array_path.is_file() and not overwrite:
-        meta = json.loads(index_path.read_text())
+        meta = read_cache_index(out_dir)
         _check_compatible(meta, encoder_name, names, layout, out_dir)
         meta.setdefault("layout", "pooled")  # a version-1 cache: pooled, now said explicitly
         if meta["done"] >= len(names):
             return array_path
+        check_npy(array_path, np.float16, cache_shape(meta))  # before mapping it
         array = np.load(array_path, mmap_mode="r+")
     if meta is None:
         meta = {
@@ -594,38 +660,29 @@ def load_feature_cache(out_dir: str | Path) -> FeatureCache:
         raise StorytellerError(
             f"no feature cache in {out_dir}: run `python -m storyteller features` first"
         )
-    meta = json.loads(index_path.read_text())
-    if meta.get("version", 1) > CACHE_VERSION:
-        raise StorytellerError(
-            f"the feature cache in {out_dir} is version {meta['version']}, newer than this "
-            f"storyteller reads ({CACHE_VERSION}): upgrade storyteller or extract it again"
-        )
+    meta = read_cache_index(out_dir)
     if meta["done"] < len(meta["images"]):
         raise StorytellerError(
             f"the feature cache in {out_dir} is incomplete ({meta['done']}/{len(meta['images'])}); "
             "run `python -m storyteller features` again to finish it"
         )
     layout = meta.get("layout", "pooled")
-    if layout not in LAYOUTS:
-        raise StorytellerError(
-            f"{index_path} names an unknown layout '{layout}': extract it again with --overwrite"
-        )
-    array = np.load(out_dir / FEATURES_FILE, mmap_mode="r")  # (N, dim) or (N, h*w, dim)
-    per_image = (
-        (int(meta["dim"]),)
-        if layout == "pooled"
-        else (int(np.prod(meta["grid"])), int(meta["dim"]))
-    )
-    if array.shape != (len(meta["images"]), *per_image):
-        raise StorytellerError(
-            f"{out_dir / FEATURES_FILE} has shape {array.shape}, but {index_path} describes "
-            f"{len(meta['images'])} x {' x '.join(map(str, per_image))}: extract it again with "
-            "--overwrite"
-        )
+    array_path = out_dir / FEATURES_FILE
+    if not array_path.is_file():
+        raise ArtefactError(array_path, f"missing, though {index_path.name} describes it")
+    check_npy(array_path, np.float16, cache_shape(meta))  # header only: nothing mapped yet
+    array = np.load(array_path, mmap_mode="r")  # (N, dim) or (N, h*w, dim)
     bad = set(meta["unreadable"])
     keep = [i for i, name in enumerate(meta["images"]) if name not in bad]
     names = [meta["images"][i] for i in keep]
     if layout == "grid":
         return FeatureCache(names, None, meta, array=array, rows=keep, folder=out_dir)
     features = torch.from_numpy(np.asarray(array[keep], dtype=np.float32))  # (N, dim)
+    if not bool(torch.isfinite(features).all()):  # read whole anyway: the check is one pass
+        row = int((~torch.isfinite(features)).any(dim=1).nonzero()[0])
+        raise ArtefactError(
+            array_path,
+            f"the features of {names[row]} hold NaN or infinite values: extract the features "
+            "again with --overwrite",
+        )
     return FeatureCache(names, features, meta, folder=out_dir)

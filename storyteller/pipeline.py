@@ -24,13 +24,13 @@ import contextlib
 import functools
 import hashlib
 import inspect
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .artefacts import read_splits
 from .attention_maps import ATTENTION_MAPS_DIR
 from .checkpoint import BEST_CHECKPOINT, load_model
 from .config import ModelConfig, TrainConfig
@@ -38,7 +38,7 @@ from .data import CaptionDataset, SkipReport, Split, load_dataset, read_caption_
 from .distributed import SINGLE_PROCESS, DistContext
 from .encoders import resolve_encoder
 from .errors import StorytellerError
-from .features import extract_features, load_feature_cache
+from .features import extract_features, load_feature_cache, read_cache_index
 from .models import decoder_class
 from .runlock import run_folder
 from .runtime import get_device, seed_everything, write_json
@@ -162,7 +162,7 @@ def features_step(
     dataset = load_dataset(resolve_data(data, log=log))
     existing = paths.features / "features.json"
     if existing.is_file() and not overwrite:  # resume with what it was made with
-        meta = json.loads(existing.read_text())
+        meta = read_cache_index(paths.features)
         encoder = encoder or meta["encoder"]
         layout = layout or meta.get("layout", "pooled")
     layout = layout or "pooled"
@@ -295,7 +295,7 @@ def load_splits(out: str | Path) -> dict[str, list[str]]:
         raise StorytellerError(
             f"no {SPLITS_FILE} in {out}: run `python -m storyteller vocab` first"
         )
-    return json.loads(path.read_text())
+    return read_splits(path)
 
 
 def _load_run(data, out, log) -> tuple[CaptionDataset, dict, Vocabulary]:

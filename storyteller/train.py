@@ -37,6 +37,9 @@ from tqdm.auto import tqdm
 from .checkpoint import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
+    check_model_config,
+    check_progress,
+    check_training_state,
     read_checkpoint,
     save_checkpoint,
     strip_module_prefix,
@@ -113,6 +116,7 @@ class TrainResult:
         if not best_path.is_file():
             raise StorytellerError(f"training finished without a best checkpoint in {out_dir}")
         state = read_checkpoint(out_dir / LAST_CHECKPOINT)
+        check_progress(state, out_dir / LAST_CHECKPOINT)
         history = list(state["history"])
         return cls(best_path, history, state["best_val_loss"], len(history), state["stopped_early"])
 
@@ -348,11 +352,13 @@ class TrainingState:
         self.stopped_early = checkpoint["stopped_early"]
 
 
-def _check_resumable(checkpoint: dict, path: Path, model_config: ModelConfig, vocab) -> None:
-    """Refuse to resume a different model. Both configs are compared as their models store
-    them (defaults filled in), so a file written before a field existed still resumes."""
-    saved = resolve_config(ModelConfig.from_dict(checkpoint["model_config"])).to_dict()
-    current = resolve_config(model_config).to_dict()
+def _check_resumable(checkpoint: dict, path: Path, state: TrainingState, vocab) -> None:
+    """Refuse to resume a different model, or from a file that does not hold what a resume
+    needs (:func:`~storyteller.checkpoint.check_training_state`: checked before anything
+    is loaded). Both configs are compared as their models store them (defaults filled in),
+    so a file written before a field existed still resumes."""
+    saved = check_model_config(checkpoint, path).to_dict()
+    current = resolve_config(state.model.config).to_dict()
     if saved != current:
         mismatch = _describe_mismatch(saved, current)
         raise StorytellerError(
@@ -361,6 +367,7 @@ def _check_resumable(checkpoint: dict, path: Path, model_config: ModelConfig, vo
         )
     if checkpoint.get("vocab_fingerprint") != vocab.fingerprint:
         raise StorytellerError(f"{path} was trained with another vocabulary; use --no-resume")
+    check_training_state(checkpoint, path, state.model, state.optimizer, state.scheduler)
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,7 +604,7 @@ def train_model(
     if resume and last_path.is_file():
         # Onto the CPU: RNG states must stay there; load_state_dict copies the rest over.
         checkpoint = read_checkpoint(last_path, map_location="cpu")
-        _check_resumable(checkpoint, last_path, state.model.config, vocab)
+        _check_resumable(checkpoint, last_path, state, vocab)
         state.restore(checkpoint, device, context, log)
         log(
             f"resuming from {last_path}: {state.epoch} epoch(s) done, "

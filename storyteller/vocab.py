@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .artefacts import ArtefactError, is_int, type_name
+from .config import MAX_VOCAB
 from .errors import StorytellerError
 from .runtime import atomic_path
 from .text import END, PAD, SPECIAL_TOKENS, START, UNK, tokenize
@@ -103,12 +105,40 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, data: dict) -> Vocabulary:
+        """The vocabulary ``to_dict`` wrote, checked: the format marker, ``itos`` a list of
+        distinct non-empty words starting with the special tokens, ``threshold`` a count >= 1
+        and ``provenance`` a mapping. A problem is a one-line :class:`StorytellerError`."""
         if not isinstance(data, dict) or data.get("format") != "storyteller-vocab":
             raise StorytellerError("not a storyteller vocabulary (missing format marker)")
-        itos = data["itos"]
-        if list(itos[:4]) != list(SPECIAL_TOKENS):
+        if (
+            not is_int(data.get("version", FORMAT_VERSION))
+            or data.get("version", FORMAT_VERSION) > FORMAT_VERSION
+        ):
+            raise StorytellerError(
+                f"vocabulary format version {data.get('version')!r:.40} is not one this "
+                f"storyteller reads ({FORMAT_VERSION}): rebuild it with `python -m storyteller vocab`"
+            )
+        itos = data.get("itos")
+        if itos is None:
+            raise StorytellerError("no itos (the word list)")
+        if not isinstance(itos, list):
+            raise StorytellerError(f"itos (the word list) must be a list, got {type_name(itos)}")
+        if len(itos) > MAX_VOCAB:
+            raise StorytellerError(f"itos holds {len(itos):,} words, more than {MAX_VOCAB:,}")
+        bad = next((w for w in itos if not isinstance(w, str) or not w or "\n" in w), None)
+        if bad is not None or any(not isinstance(w, str) for w in itos):
+            raise StorytellerError(f"itos must hold non-empty one-line words, found {bad!r:.40}")
+        if itos[:4] != list(SPECIAL_TOKENS):
             raise StorytellerError(f"vocabulary must start with {SPECIAL_TOKENS}, got {itos[:4]}")
-        return cls(itos[4:], data.get("threshold", 5), data.get("provenance"))
+        if len(set(itos)) != len(itos):
+            raise StorytellerError("itos lists a word twice")
+        threshold = data.get("threshold", 5)
+        if not is_int(threshold) or threshold < 1:
+            raise StorytellerError(f"threshold must be an integer >= 1, got {threshold!r:.40}")
+        provenance = data.get("provenance") or {}
+        if not isinstance(provenance, dict):
+            raise StorytellerError(f"provenance must be a mapping, got {type_name(provenance)}")
+        return cls(itos[4:], threshold, provenance)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -121,7 +151,15 @@ class Vocabulary:
         path = Path(path)
         if not path.is_file():
             raise StorytellerError(f"vocabulary file not found: {path}")
-        return cls.from_dict(safe_unpickle(path.read_bytes(), what=str(path)))
+        data = path.read_bytes()
+        if not data:
+            raise ArtefactError(path, "the vocabulary file is empty (0 bytes)")
+        try:
+            return cls.from_dict(safe_unpickle(data, what=str(path)))
+        except ArtefactError:
+            raise
+        except StorytellerError as exc:
+            raise ArtefactError(path, str(exc)) from None
 
     def __repr__(self) -> str:
         return f"Vocabulary(size={len(self)}, threshold={self.threshold})"
@@ -143,12 +181,14 @@ def safe_unpickle(data: bytes, what: str = "pickle") -> object:
     try:
         return _PlainDataUnpickler(io.BytesIO(data)).load()
     except _RefusedGlobal as exc:
-        raise StorytellerError(
-            f"{what} is not a plain-data vocabulary ({exc}); it may have been crafted to run "
-            "code on load, so it was not loaded. Rebuild it with `python -m storyteller vocab`."
+        raise ArtefactError(
+            what,
+            f"not a plain-data vocabulary ({exc}); it may have been crafted to run code on "
+            "load, so it was not loaded. Rebuild it with `python -m storyteller vocab`.",
         ) from None
-    except Exception as exc:
-        raise StorytellerError(f"{what} is not a readable vocabulary pickle: {exc}") from None
+    except Exception as exc:  # truncated, not a pickle, too deep: say why, in one line
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise ArtefactError(what, f"not a readable vocabulary pickle ({detail})") from None
 
 
 __all__ = ["Vocabulary", "safe_unpickle", "PAD", "START", "END", "UNK"]

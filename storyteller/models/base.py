@@ -27,7 +27,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
-from ..config import ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig, checked_fields, option_bounds
 from ..errors import StorytellerError
 
 S = TypeVar("S", bound="DecoderState")
@@ -137,7 +137,8 @@ class CaptionDecoder(nn.Module, ABC):
     def resolve_config(cls, config: ModelConfig) -> ModelConfig:
         """``config`` with this decoder's options complete (defaults filled in), so a
         checkpoint rebuilds the same model even if the defaults change later; unknown options
-        are refused with the known ones listed."""
+        are refused with the known ones listed, and each value's type and range checked
+        (:func:`storyteller.config.option_bounds`)."""
         known = [f.name for f in fields(cls.options_class)]
         unknown = sorted(set(config.decoder_options) - set(known))
         if unknown:
@@ -145,7 +146,13 @@ class CaptionDecoder(nn.Module, ABC):
                 f"the {config.decoder!r} decoder has no option {', '.join(unknown)} "
                 f"(its options: {', '.join(known) or 'none'})"
             )
-        options = asdict(cls.options_class(**config.decoder_options))
+        checked = checked_fields(
+            cls.options_class,
+            config.decoder_options,
+            "decoder_options",
+            option_bounds(cls.options_class),
+        )
+        options = asdict(cls.options_class(**checked))
         return replace(config, decoder_options=options)
 
     @abstractmethod

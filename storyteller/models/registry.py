@@ -63,7 +63,7 @@ def build_model(config: ModelConfig) -> CaptionDecoder:
     cls = decoder_class(config.decoder)
     try:
         return cls(config)
-    except ValueError as exc:
+    except (ValueError, ArithmeticError) as exc:  # e.g. heads=0: d_model % 0
         raise StorytellerError(f"the {config.decoder!r} decoder: {exc}") from None
 
 
