@@ -24,6 +24,7 @@ class FakeLLMServer:
         self.status = 200  # != 200: answer with this HTTP error
         self.delay = 0.0  # seconds to wait before answering
         self.fail_after: int | None = None  # chunks to send before an error event
+        self.fail_message = "the fake model crashed"  # what that error event says
         self.hold_before_last: threading.Event | None = None  # wait for this before the last
         self.requests: list[dict] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -82,7 +83,7 @@ class FakeLLMServer:
                     chunks = fake.replies[(len(fake.requests) - 1) % len(fake.replies)]
                 for i, text in enumerate(chunks):
                     if fake.fail_after is not None and i == fake.fail_after:
-                        self._event({"error": "the fake model crashed"})
+                        self._event({"error": fake.fail_message})
                         return
                     if i == len(chunks) - 1 and fake.hold_before_last is not None:
                         fake.hold_before_last.wait(10)
