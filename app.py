@@ -13,7 +13,14 @@ Environment: ``STORYTELLER_STORY_BACKEND`` (``auto``, ``hosted``, ``transformers
 ``offline``; default ``auto``) picks the story model, loaded in the background at start
 (``STORYTELLER_PRELOAD_STORY=0``: on the first story instead); ``STORYTELLER_STORY_SEED``
 makes stories repeatable; ``STORYTELLER_CONCURRENCY`` (default 2) is how many captions run at
-once.
+once; ``STORYTELLER_STORY_TIME_LIMIT`` (default 60) is how many seconds one story turn may take;
+``STORYTELLER_STORY_API_KEY`` is the key for a self-hosted ``STORYTELLER_STORY_BASE_URL``
+(``HF_TOKEN`` goes only to Hugging Face).
+
+Every story request is bounded (``storyteller.story.limits``): a caption is cut to 500
+characters and a steering line to 300 (the timings line says so), the prompt is fitted to a
+token budget, and a turn stops at its time limit. A local model writes one story at a time, so
+a visitor waits at most one bounded turn for each visitor ahead in the queue.
 
 API (``gradio_client``), documented in the README:
 
@@ -60,6 +67,7 @@ from storyteller.story import (
     get_backend,
 )
 from storyteller.story.backends import resolve_auto
+from storyteller.story.limits import MAX_CAPTION_CHARS, MAX_INSTRUCTION_CHARS
 
 APP_DIR = Path(__file__).resolve().parent
 STORY_BACKEND = os.environ.get("STORYTELLER_STORY_BACKEND", "auto").strip() or "auto"
@@ -154,7 +162,8 @@ def _story_status() -> str:
 
 
 def _story_concurrency() -> int:
-    """4 stories at a time when a hosted service writes them, else 1 (a local model)."""
+    """4 stories at a time when a hosted service writes them, else 1 (a local model: the
+    queue holds the others, each for at most one turn's time limit)."""
     name = STORY_BACKEND
     if name == "auto":
         try:
@@ -242,11 +251,16 @@ def _stream(kind: str, text: str, genre, tone, length, session, info):
             chunks = session.steer(text, options)
         else:
             chunks = session.continue_story(options)
+        for note in session.notes:  # a caption or steering line cut to its limit
+            gr.Warning(note)
         story = session.story
         for story in chunks:
             yield story, session, info
+        for note in session.notes:
+            if "time limit" in note:
+                gr.Warning(note)
         info = {**(info or {}), "story_s": time.perf_counter() - started}
-        info.update(parts=len(session.turns), backend=backend.describe())
+        info.update(parts=len(session.turns), backend=backend.describe(), notes=session.notes)
         yield story, session, info
     except StoryError as exc:
         raise gr.Error(f"{exc} (the caption is still shown above)", duration=None) from None
@@ -309,7 +323,9 @@ def render_info(info) -> str:
         parts.append(f"story {info['story_s']:.1f} s (part {info.get('parts', 1)})")
     if info.get("backend"):
         parts.append(info["backend"])
-    return "Timings: " + " · ".join(parts) if parts else ""
+    line = "Timings: " + " · ".join(parts) if parts else ""
+    notes = "; ".join(info.get("notes") or ())
+    return f"{line}\n\nNote: {notes}" if notes else line
 
 
 # ------------------------------------------------------------------------------------------
@@ -347,7 +363,11 @@ with gr.Blocks(title="Neural Storyteller") as demo:
                 gr.Examples(examples=[[p] for p in EXAMPLES], inputs=[image], label="Examples")
         with gr.Column(scale=1):
             caption = gr.Textbox(
-                label="Caption (you may edit it)", lines=2, elem_id="caption", interactive=True
+                label="Caption (you may edit it)",
+                lines=2,
+                elem_id="caption",
+                interactive=True,
+                max_length=MAX_CAPTION_CHARS,  # the browser's limit; the API's is the session's
             )
             attention_map = gr.Image(
                 label="Where the model looked for each word",
@@ -369,7 +389,11 @@ with gr.Blocks(title="Neural Storyteller") as demo:
                 new_image_button = gr.Button("New image", elem_id="new-image")
             with gr.Row():
                 steer_text = gr.Textbox(
-                    label="Steer", placeholder="e.g. a storm is coming", scale=3, elem_id="steer"
+                    label="Steer",
+                    placeholder="e.g. a storm is coming",
+                    scale=3,
+                    elem_id="steer",
+                    max_length=MAX_INSTRUCTION_CHARS,
                 )
                 steer_button = gr.Button("Steer", scale=1, elem_id="steer-button")
             timings = gr.Markdown(elem_id="timings")

@@ -248,7 +248,7 @@ def _add_story_parser(sub) -> None:
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="auto: hosted when HF_TOKEN (or --base-url) is set, else offline Gemma 3 270M",
+        help="auto: hosted when --base-url or HF_TOKEN is set, else offline Gemma 3 270M",
     )
     p.add_argument(
         "--model",
@@ -258,9 +258,16 @@ def _add_story_parser(sub) -> None:
     p.add_argument(
         "--base-url",
         help="an OpenAI-compatible server for the hosted backend (TGI, vLLM, llama.cpp, Ollama); "
-        "default $STORYTELLER_STORY_BASE_URL",
+        "default $STORYTELLER_STORY_BASE_URL. It gets its own key from "
+        "$STORYTELLER_STORY_API_KEY (HF_TOKEN goes only to Hugging Face), and no key over "
+        "plain http unless it runs on this machine",
     )
-    p.add_argument("--timeout", type=float, help="hosted backend: seconds to wait (default 60)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="hosted: seconds to wait for the server (default 60); local models: seconds one "
+        "turn may generate (default $STORYTELLER_STORY_TIME_LIMIT or 60)",
+    )
     p.add_argument("--genre", default=d.genre, help=f"e.g. {', '.join(GENRES)} (free text)")
     p.add_argument("--tone", default=d.tone, help=f"e.g. {', '.join(TONES)} (free text)")
     p.add_argument("--length", default=d.length, choices=LENGTHS)
@@ -603,12 +610,20 @@ def _story(args) -> int:
         shown = session.story + "\n\n" if session.story else ""
         print(flush=True)
         turn = session.start(caption) if i == 0 else session.add_image(caption)
+        _print_notes(session.notes)  # a caption cut to its limit: said before the story
+        said = len(session.notes)
         for text in turn:
             sys.stdout.write(text[len(shown) :])
             sys.stdout.flush()
             shown = text
         print(flush=True)
+        _print_notes(session.notes[said:])  # a turn ended by its time limit
     return 0
+
+
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr, flush=True)
 
 
 def _captions_for(args) -> list[str]:

@@ -3,8 +3,8 @@
 It answers ``POST /v1/chat/completions`` with server-sent events, one chunk per string in
 ``chunks``, records every request (path, headers, JSON body), and can misbehave on demand:
 an HTTP error status (whose body echoes the caller's Authorization header, to prove the
-client never leaks it), a delay before answering, a pause between chunks that waits for the
-test, or an error part-way through the stream.
+client never leaks it), a delay before answering or before every chunk, a pause between chunks
+that waits for the test, or an error part-way through the stream.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ class FakeLLMServer:
         self.replies: list[list[str]] | None = None  # set: request i answers replies[i], in turn
         self.status = 200  # != 200: answer with this HTTP error
         self.delay = 0.0  # seconds to wait before answering
+        self.chunk_delay = 0.0  # seconds to wait before each chunk (a slow model)
         self.fail_after: int | None = None  # chunks to send before an error event
+        self.fail_message = "the fake model crashed"  # what that error event says
         self.hold_before_last: threading.Event | None = None  # wait for this before the last
         self.requests: list[dict] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -53,6 +55,12 @@ class FakeLLMServer:
                 pass
 
             def do_POST(self):
+                try:
+                    self._answer()
+                except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
+                    pass
+
+            def _answer(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append(
                     {
@@ -82,10 +90,12 @@ class FakeLLMServer:
                     chunks = fake.replies[(len(fake.requests) - 1) % len(fake.replies)]
                 for i, text in enumerate(chunks):
                     if fake.fail_after is not None and i == fake.fail_after:
-                        self._event({"error": "the fake model crashed"})
+                        self._event({"error": fake.fail_message})
                         return
                     if i == len(chunks) - 1 and fake.hold_before_last is not None:
                         fake.hold_before_last.wait(10)
+                    if fake.chunk_delay:
+                        time.sleep(fake.chunk_delay)
                     self._event(
                         {
                             "id": "fake",

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from app_server import free_port, running_app, space_folder
 from bad_images import exif_rotated, make_bad_images, upright_picture
+from fake_llm_server import FakeLLMServer
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -148,3 +150,27 @@ def upright_picture_file(folder):
     path = folder / "picture.png"
     upright_picture().save(path)
     return path
+
+
+def test_a_100kb_caption_to_story_is_cut_and_no_hf_token_leaves(space):
+    """Issue 10: a 100 KB caption sent to /story held the story model for ten minutes, and
+    HF_TOKEN went to any --base-url server. Now the caption is cut to 500 characters before
+    any model sees it, the answer comes in seconds, and the self-hosted server gets no key."""
+    token = "hf_APPtokenNEVERsentANYWHERE42"
+    with FakeLLMServer() as server:
+        env = {
+            "STORYTELLER_STORY_BACKEND": "hosted",
+            "STORYTELLER_STORY_BASE_URL": server.url,
+            "HF_TOKEN": token,
+        }
+        with running_app(space, env=env) as app:
+            client = Client(app.url, verbose=False)
+            big = ("a dog runs along the beach " * 4000)[:100_000]
+            started = time.monotonic()
+            story = client.predict(big, "adventure", "warm", "short", api_name="/story")
+            assert time.monotonic() - started < 60  # seconds (it took over ten minutes)
+            assert story == "The dog ran. It barked at the sea. Then it slept."
+            prompt = server.requests[0]["json"]["messages"][-1]["content"]
+            assert prompt.count("dog runs along the beach") <= 500 // 26 + 1
+            assert "authorization" not in server.requests[0]["headers"]
+            assert token not in app.log_tail(100_000) and app.alive()

@@ -12,18 +12,26 @@ from conftest import cli
 from fake_llm_server import FakeLLMServer
 
 from storyteller.cli import main
-from storyteller.story import StoryError, StoryOptions, StoryPrompt, get_backend
+from storyteller.story import StoryError, StoryOptions, StoryPrompt, StorySession, get_backend
 from storyteller.story.backends import clear_cache
 from storyteller.story.backends.hosted import HostedBackend
+from storyteller.story.keys import Scrubber, is_loopback, key_for
 
 TOKEN = "hf_FAKEtoken0123456789secret"
+HF = "hf_REALhuggingFACEtoken987654"  # a Hugging Face token in the environment
 CAPTION = "a black dog runs through the snow"
 
 
 @pytest.fixture(autouse=True)
 def _no_real_tokens(monkeypatch, tmp_path):
     """Never pick up a developer's real token or saved login."""
-    for name in ("HF_TOKEN", "STORYTELLER_STORY_BASE_URL", "STORYTELLER_STORY_MODEL"):
+    for name in (
+        "HF_TOKEN",
+        "STORYTELLER_STORY_API_KEY",
+        "STORYTELLER_STORY_BASE_URL",
+        "STORYTELLER_STORY_MODEL",
+        "STORYTELLER_STORY_TIME_LIMIT",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     clear_cache()
@@ -168,7 +176,7 @@ def test_cli_story_with_a_caption_through_the_fake_server(server, tmp_path):
         "fake-model",
         "--genre",
         "comedy",
-        env={"HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path)},
+        env={"STORYTELLER_STORY_API_KEY": TOKEN, "HF_TOKEN": HF, "HF_HOME": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -176,6 +184,7 @@ def test_cli_story_with_a_caption_through_the_fake_server(server, tmp_path):
     assert "The dog ran. It barked at the sea. Then it slept." in result.stdout
     assert "hosted: fake-model" in result.stderr
     assert TOKEN not in result.stdout + result.stderr
+    # the self-hosted server gets its own key, never the Hugging Face token
     assert server.requests[0]["headers"]["authorization"] == f"Bearer {TOKEN}"
     assert "comedy" in server.requests[0]["json"]["messages"][0]["content"]
 
@@ -224,3 +233,137 @@ def test_cli_story_from_images(server, tiny_run, tiny_data, tmp_path, capsys):
     broken.write_bytes(b"not an image")
     assert main(["story", str(broken), *args]) == 2
     assert "cannot read image" in capsys.readouterr().err
+
+
+# -- which key goes where (issue 10, item 4) --------------------------------------------------
+
+
+def test_hf_token_is_never_sent_to_a_self_hosted_server(server, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", HF)
+    backend = get_backend("auto", base_url=server.url, model="fake-model")
+    assert "".join(backend.stream(StoryPrompt("start", (CAPTION,)), StoryOptions()))
+    assert "authorization" not in server.requests[0]["headers"]  # no key at all
+    assert "(no key sent)" in describe_backends_with(monkeypatch, server.url)["hosted"]
+
+
+def test_a_self_hosted_server_gets_its_own_key(server, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", HF)
+    monkeypatch.setenv("STORYTELLER_STORY_API_KEY", TOKEN)
+    list(get_backend("hosted", base_url=server.url).stream(StoryPrompt("start", (CAPTION,)), QUICK))
+    assert server.requests[0]["headers"]["authorization"] == f"Bearer {TOKEN}"
+    line = describe_backends_with(monkeypatch, server.url)["hosted"]
+    assert "key from STORYTELLER_STORY_API_KEY" in line and TOKEN not in line
+
+
+def describe_backends_with(monkeypatch, base_url):
+    from storyteller.story import describe_backends
+
+    monkeypatch.setenv("STORYTELLER_STORY_BASE_URL", base_url)
+    return describe_backends()
+
+
+QUICK = StoryOptions(seed=0)
+
+
+def test_hugging_face_hosts_get_the_hf_token_and_others_do_not(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", HF)
+    monkeypatch.setenv("STORYTELLER_STORY_API_KEY", TOKEN)
+    for url in (
+        None,
+        "https://router.huggingface.co/v1",
+        "https://huggingface.co/api",
+        "https://hf.co/v1",
+        "https://abc123.us-east-1.aws.endpoints.huggingface.cloud/v1",
+    ):
+        assert key_for(url) == HF, url
+    for url in (
+        "https://my-server.example.com/v1",
+        "https://huggingface.co.evil.example/v1",  # look-alike hosts are not Hugging Face
+        "https://evilhuggingface.co/v1",
+        "http://127.0.0.1:8080",
+    ):
+        assert key_for(url) == TOKEN, url
+    assert key_for("https://my-server.example.com", token="explicit-key") == "explicit-key"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.5:8000/v1", "http://story.example.com", "http://huggingface.co/v1"]
+)
+def test_no_key_goes_over_plain_http_to_another_machine(url, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", HF)
+    monkeypatch.setenv("STORYTELLER_STORY_API_KEY", TOKEN)
+    with pytest.raises(StoryError, match="refusing to send an API key over plain http") as info:
+        HostedBackend(base_url=url)
+    assert "\n" not in str(info.value) and TOKEN not in str(info.value)
+    assert_no_token(info.value)
+    line = describe_backends_with(monkeypatch, url)["hosted"]
+    assert line.startswith("refused: refusing to send an API key") and TOKEN not in line
+    # the same server with no key to send is allowed (a LAN server that needs none)
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.delenv("STORYTELLER_STORY_API_KEY")
+    assert HostedBackend(base_url=url)._token is None
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.8.9.10", "[::1]", "app.localhost"])
+def test_plain_http_on_this_machine_may_carry_a_key(host, monkeypatch):
+    monkeypatch.setenv("STORYTELLER_STORY_API_KEY", TOKEN)
+    assert is_loopback(host.strip("[]"))
+    assert HostedBackend(base_url=f"http://{host}:8080/v1")._token == TOKEN
+    assert not is_loopback("10.0.0.1") and not is_loopback("localhost.example.com")
+
+
+def test_a_key_the_server_writes_into_the_story_is_masked(server, monkeypatch):
+    """A hostile server echoes the key it received, split across two chunks: never shown."""
+    monkeypatch.setenv("STORYTELLER_STORY_API_KEY", TOKEN)
+    monkeypatch.setenv("HF_TOKEN", HF)  # known, not sent, and masked all the same
+    cut = len(TOKEN) // 2
+    server.chunks = [
+        "The dog found a note. It said Bearer " + TOKEN[:cut],
+        TOKEN[cut:] + " in red ink. Then ",
+        "it read " + HF + " too. The end.",
+    ]
+    session = StorySession(get_backend("hosted", base_url=server.url), QUICK)
+    shown = list(session.start(CAPTION))
+    everything = "".join(shown) + session.story + repr(session.turns)
+    assert TOKEN not in everything and HF not in everything
+    assert "It said Bearer *** in red ink." in session.story
+    assert "it read *** too." in session.story
+    # ... and through the CLI, as a user would see it
+    server.requests.clear()
+    code = main(["story", "--caption", CAPTION, "--base-url", server.url])
+    assert code == 0
+    assert server.requests[0]["headers"]["authorization"] == f"Bearer {TOKEN}"
+
+
+def test_cli_output_never_shows_an_echoed_key(server, monkeypatch, capsys):
+    monkeypatch.setenv("STORYTELLER_STORY_API_KEY", TOKEN)
+    server.chunks = ["The key was Bearer hf_FAKE", "token0123456789secret. The end."]
+    assert main(["story", "--caption", CAPTION, "--base-url", server.url]) == 0
+    out, err = capsys.readouterr()
+    assert TOKEN not in out + err and "The key was Bearer ***." in out
+
+
+def test_error_events_are_masked_too(server, monkeypatch):
+    monkeypatch.setenv("STORYTELLER_STORY_API_KEY", TOKEN)
+    server.chunks = ["The dog ran. ", "It barked. ", "x"]
+    server.fail_after = 1
+    server.fail_message = f"crashed holding Bearer {TOKEN}"
+    with pytest.raises(StoryError, match=r"crashed holding Bearer \*\*\*") as info:
+        list(
+            get_backend("hosted", base_url=server.url).stream(
+                StoryPrompt("start", (CAPTION,)), QUICK
+            )
+        )
+    assert_no_token(info.value)
+
+
+@pytest.mark.parametrize("secret", [TOKEN, "k3y-" + "x" * 40])
+def test_scrubber_masks_a_secret_split_at_any_point(secret):
+    text = f"one {secret} two {secret}{secret} three {secret[:-1]} end"
+    expected = f"one *** two ****** three {secret[:-1]} end"
+    for cut in range(len(text) + 1):
+        for second in (cut, min(cut + 3, len(text))):
+            scrubber = Scrubber([secret])
+            pieces = [text[:cut], text[cut:second], text[second:]]
+            out = "".join(scrubber.feed(p) for p in pieces) + scrubber.finish()
+            assert out == expected, (cut, second)

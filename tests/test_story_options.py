@@ -29,7 +29,13 @@ from storyteller.story.prompts import clean_caption, trim_story
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch, tmp_path):
-    for name in ("HF_TOKEN", "STORYTELLER_STORY_BASE_URL", "STORYTELLER_STORY_MODEL"):
+    for name in (
+        "HF_TOKEN",
+        "STORYTELLER_STORY_API_KEY",
+        "STORYTELLER_STORY_BASE_URL",
+        "STORYTELLER_STORY_MODEL",
+        "STORYTELLER_STORY_TIME_LIMIT",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved login
     monkeypatch.setenv("STORYTELLER_CACHE", str(tmp_path / "cache"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import StoryError
+from .limits import MAX_TURN_SECONDS
 
 GENRES = (
     "adventure",
@@ -48,6 +49,9 @@ class StoryOptions:
         seed: makes sampling repeatable where the backend supports it (local models, most
             OpenAI-compatible servers); ``None`` for a fresh story every time.
         max_new_tokens: override the token budget that ``length`` implies (e.g. a quick test).
+        time_limit: seconds this turn may take, *below* the backend's own limit (which it
+            never raises: see :mod:`.limits`); ``None``: the backend's limit. A session uses
+            it to keep a turn's retries inside one turn's time.
     """
 
     genre: str = "adventure"
@@ -56,6 +60,7 @@ class StoryOptions:
     temperature: float = 0.8
     seed: int | None = None
     max_new_tokens: int | None = None
+    time_limit: float | None = None
 
     def __post_init__(self) -> None:
         self.genre = _label(self.genre, "genre")
@@ -78,6 +83,22 @@ class StoryOptions:
         if self.max_new_tokens is not None:
             if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 4096:
                 raise StoryError("max_new_tokens must be a whole number from 1 to 4096")
+        if self.time_limit is not None:
+            try:
+                self.time_limit = float(self.time_limit)
+            except (TypeError, ValueError):
+                raise StoryError(f"time_limit must be seconds, not {self.time_limit!r}") from None
+            if not 0 < self.time_limit <= MAX_TURN_SECONDS:
+                raise StoryError(
+                    f"time_limit {self.time_limit:g} is out of range: use 0 to "
+                    f"{MAX_TURN_SECONDS:g} seconds"
+                )
+
+    def turn_limit(self, backend_limit: float) -> float:
+        """Seconds this turn may take on a backend whose own limit is ``backend_limit``."""
+        if self.time_limit is None:
+            return backend_limit
+        return min(self.time_limit, backend_limit)
 
     @property
     def words(self) -> int:

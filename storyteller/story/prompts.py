@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import StoryError
+from .limits import MAX_CAPTION_CHARS, MAX_INSTRUCTION_CHARS, PROMPT_CAPTIONS
 from .options import StoryOptions
 
 KINDS = ("start", "continue", "image", "steer")
@@ -25,7 +26,6 @@ KINDS = ("start", "continue", "image", "steer")
 #: characters of the story so far that a prompt carries (the rest is trimmed from the front)
 CHAT_STORY_CHARS = 6000
 COMPLETION_STORY_CHARS = 1500
-MAX_INSTRUCTION_CHARS = 300
 
 STOPWORDS = frozenset(
     """a an the and or but of in on at to for from with without by into onto over under up down
@@ -80,6 +80,8 @@ def trim_story(story: str, max_chars: int) -> str:
     story = story.strip()
     if len(story) <= max_chars:
         return story
+    if max_chars <= 0:  # a prompt over its token budget even with a little of the story
+        return ""
     tail = story[-max_chars:]
     match = re.search(r"[.!?]['\"”’)]*\s+", tail)
     if match and match.end() < len(tail):
@@ -148,6 +150,12 @@ class StoryPrompt:
         captions = tuple(clean_caption(c) for c in self.captions)
         if not captions:
             raise StoryError("a story needs a caption: caption an image first")
+        longest = max(len(c) for c in captions)
+        if longest > MAX_CAPTION_CHARS:  # StorySession cuts captions (and says so) first
+            raise StoryError(
+                f"a caption of {longest:,} characters is too long: use at most "
+                f"{MAX_CAPTION_CHARS} (limits.cap_text cuts one)"
+            )
         object.__setattr__(self, "captions", captions)
         if self.kind != "start" and not self.story.strip():
             raise StoryError("there is no story to continue yet: start one from an image first")
@@ -188,7 +196,9 @@ class StoryPrompt:
                 f"shows, about {words} words, in a {options.tone} tone.{keep_line}"
             )
         earlier = self.captions[:-1] if self.kind == "image" else self.captions
-        photos = "; ".join(f'"{as_sentence(c)}"' for c in earlier)
+        photos = "; ".join(f'"{as_sentence(c)}"' for c in earlier[-PROMPT_CAPTIONS:])
+        if len(earlier) > PROMPT_CAPTIONS:  # a bounded prompt names the newest photos only
+            photos = f"{len(earlier) - PROMPT_CAPTIONS} more, then {photos}"
         lines = [
             f"The story so far, written from photos showing {photos}:",
             "",

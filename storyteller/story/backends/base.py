@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
+from ..limits import DEFAULT_TURN_SECONDS
 from ..options import StoryOptions
 from ..prompts import StoryPrompt
 
@@ -12,10 +13,14 @@ from ..prompts import StoryPrompt
 class StoryBackend(ABC):
     """A language model that writes story text for a :class:`StoryPrompt`.
 
-    Subclasses set :attr:`name` and implement :meth:`describe` and :meth:`stream`.
+    Subclasses set :attr:`name` and implement :meth:`describe` and :meth:`stream`, which
+    must end a turn within ``options.turn_limit(self.time_limit)`` seconds (see
+    :mod:`..limits`): a turn that runs out of time ends like one that runs out of tokens.
     """
 
     name: str = ""
+    #: seconds one turn may take on this backend (its ``timeout`` argument sets it)
+    time_limit: float = DEFAULT_TURN_SECONDS
 
     @abstractmethod
     def describe(self) -> str:

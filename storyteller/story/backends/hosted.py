@@ -1,41 +1,41 @@
-"""Hosted story backend: chat completion through ``huggingface_hub.InferenceClient``.
+"""Hosted story backend: a streamed chat completion from Hugging Face or any
+OpenAI-compatible server.
 
-With no ``base_url`` it calls Hugging Face Inference Providers (token from ``HF_TOKEN``);
-with a ``base_url`` it talks to any OpenAI-compatible server (``/v1/chat/completions``):
-text-generation-inference, vLLM, a llama.cpp server, Ollama (``http://localhost:11434``).
-The token is sent only in the ``Authorization`` header; it is never part of a message,
-a log line or :meth:`HostedBackend.describe`, and it is scrubbed from server replies quoted
-in errors.
+With no ``base_url`` it calls Hugging Face Inference Providers through
+``huggingface_hub.InferenceClient`` (token from ``HF_TOKEN`` or a saved login); with a
+``base_url`` it talks to any OpenAI-compatible server (``/v1/chat/completions``):
+text-generation-inference, vLLM, a llama.cpp server, Ollama (``http://localhost:11434``),
+through :mod:`.openai_http`. Which key goes where is decided in :mod:`..keys`: ``HF_TOKEN``
+only to Hugging Face, ``STORYTELLER_STORY_API_KEY`` to a self-hosted server, never a key over
+plain http to another machine. A key is sent only in the ``Authorization`` header; it is
+never part of a message, a log line or :meth:`HostedBackend.describe`, and it is replaced by
+``***`` in errors and in the streamed story (a server may write it into its reply).
+
+One turn is bounded (see :mod:`..limits`): the prompt is fitted to
+:data:`~..limits.HOSTED_PROMPT_TOKENS` (counted as UTF-8 bytes, an upper bound on tokens);
+``timeout`` is how long the server may take to answer and between chunks, and the stream is
+cut at the turn's time limit.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 from ..cleaning import StreamCleaner, last_sentence
 from ..errors import StoryError
+from ..keys import API_KEY_ENV, Scrubber, is_hugging_face, key_for, known_secrets, scrub
+from ..limits import HOSTED_PROMPT_TOKENS, bytes_as_tokens, fit_to_budget, turn_seconds
 from ..options import StoryOptions
-from ..prompts import StoryPrompt
+from ..prompts import CHAT_STORY_CHARS, StoryPrompt
 from .base import StoryBackend
+from .openai_http import HTTPStatusError, stream_chat
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 DEFAULT_TIMEOUT = 60.0
 MODEL_ENV = "STORYTELLER_STORY_MODEL"
 BASE_URL_ENV = "STORYTELLER_STORY_BASE_URL"
-
-
-def find_token(token: str | None = None) -> str | None:
-    """The token to use: ``token`` if given, else ``HF_TOKEN`` (or a saved ``hf auth login``)."""
-    if token:
-        return token
-    if os.environ.get("HF_TOKEN"):
-        return os.environ["HF_TOKEN"]
-    try:
-        from huggingface_hub import get_token
-    except ImportError:
-        return None
-    return get_token() or None
 
 
 class HostedBackend(StoryBackend):
@@ -46,8 +46,13 @@ class HostedBackend(StoryBackend):
             self-hosted server, the name it serves (``tgi``, an Ollama tag, ...).
         base_url: an OpenAI-compatible server (default ``$STORYTELLER_STORY_BASE_URL``);
             ``None`` means Hugging Face Inference Providers.
-        token: the API token (default ``HF_TOKEN``); optional for a self-hosted server.
+        token: the key to send. Default: ``HF_TOKEN`` (or a saved login) for Hugging Face
+            endpoints, ``$STORYTELLER_STORY_API_KEY`` (or none) for any other server.
         timeout: seconds to wait for the server to answer, and between streamed chunks.
+
+    Raises:
+        StoryError: no token for Hugging Face, or a key that would go over plain http to
+            another machine.
     """
 
     name = "hosted"
@@ -59,27 +64,27 @@ class HostedBackend(StoryBackend):
         token: str | None = None,
         timeout: float | None = None,
     ):
-        try:
-            from huggingface_hub import InferenceClient
-        except ImportError:
-            raise StoryError(
-                "hosted: huggingface_hub is not installed: pip install 'storyteller[story]'"
-            ) from None
         self.model = model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or "").rstrip("/") or None
         self.timeout = float(timeout or DEFAULT_TIMEOUT)
-        self._token = find_token(token)
+        self.time_limit = turn_seconds()
+        self.hugging_face = is_hugging_face(self.base_url)
+        self._token = key_for(self.base_url, token)
+        self._secrets = known_secrets(self._token)
         if self.base_url is None and not self._token:
             raise StoryError(
                 "hosted: no Hugging Face token: create one at https://huggingface.co/settings/tokens "
                 "and set it in the HF_TOKEN environment variable (on a Space: a secret named "
                 "HF_TOKEN), or give --base-url for a self-hosted server"
             )
-        if self.base_url:  # the client appends /v1/chat/completions; the model goes in the body
-            self._client = InferenceClient(
-                base_url=self.base_url, token=self._token, timeout=self.timeout
-            )
-        else:
+        self._client = None
+        if self.base_url is None:
+            try:
+                from huggingface_hub import InferenceClient
+            except ImportError:
+                raise StoryError(
+                    "hosted: huggingface_hub is not installed: pip install 'storyteller[story]'"
+                ) from None
             self._client = InferenceClient(
                 model=self.model, token=self._token, timeout=self.timeout
             )
@@ -88,32 +93,56 @@ class HostedBackend(StoryBackend):
         where = self.base_url or "Hugging Face Inference Providers"
         return f"hosted: {self.model} via {where}"
 
+    def _chunks(self, messages: list[dict], options: StoryOptions) -> Iterator[str]:
+        """The raw text deltas of one chat completion."""
+        if self._client is None:
+            body = {
+                "model": self.model,
+                "messages": messages,
+                "max_tokens": options.token_budget,
+                "temperature": options.temperature,
+            }
+            if options.seed is not None:
+                body["seed"] = options.seed
+            yield from stream_chat(self.base_url, self._token, body, self.timeout)
+            return
+        chunks = self._client.chat_completion(
+            messages,
+            model=self.model,
+            stream=True,
+            max_tokens=options.token_budget,
+            temperature=options.temperature,
+            seed=options.seed,
+        )
+        for chunk in chunks:
+            if chunk.choices:
+                yield chunk.choices[0].delta.content or ""
+
     def stream(self, prompt: StoryPrompt, options: StoryOptions) -> Iterator[str]:
+        messages = fit_to_budget(  # no tokenizer here: bytes bound the tokens from above
+            lambda story_chars: prompt.messages(options, story_chars),
+            lambda messages: sum(bytes_as_tokens(m["content"]) for m in messages),
+            HOSTED_PROMPT_TOKENS,
+            CHAT_STORY_CHARS,
+            "hosted: the prompt",
+        )
+        deadline = time.monotonic() + options.turn_limit(self.time_limit)
         cleaner = StreamCleaner(
             echo=last_sentence(prompt.story) if prompt.story else "", seen=prompt.story
         )
+        scrubber = Scrubber(self._secrets)  # a server may write a key into its reply
         try:
-            chunks = self._client.chat_completion(
-                prompt.messages(options),
-                model=self.model,
-                stream=True,
-                max_tokens=options.token_budget,
-                temperature=options.temperature,
-                seed=options.seed,
-            )
-            for chunk in chunks:
-                if not chunk.choices:
-                    continue
-                delta = chunk.choices[0].delta.content or ""
-                piece = cleaner.feed(delta)
+            for delta in self._chunks(messages, options):
+                piece = cleaner.feed(scrubber.feed(delta))
                 if piece:
                     yield piece
-                if cleaner.done:
-                    break
-        except StoryError:
-            raise
+                if cleaner.done or time.monotonic() > deadline:
+                    break  # a stop marker, or the turn's time is up: keep what was written
+        except StoryError as exc:
+            raise StoryError(self._scrub(exc)) from None
         except Exception as exc:  # every client/transport failure becomes one clear line
             raise self._error(exc) from None
+        cleaner.feed(scrubber.finish())
         rest = cleaner.finish()
         if rest:
             yield rest
@@ -122,18 +151,21 @@ class HostedBackend(StoryBackend):
 
     # -- errors ----------------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        text = " ".join(str(text).split())
-        if self._token:
-            text = text.replace(self._token, "***")
-        return text[:300]
+    def _scrub(self, text: object) -> str:
+        """One line of at most 300 characters with every key masked (the key is masked
+        before the cut, so a cut cannot leave half a key)."""
+        secrets = [*self._secrets, self._token] if self._token else self._secrets
+        return scrub(" ".join(str(text).split()), secrets)[:300]
 
     def _server_detail(self, exc: Exception) -> str:
-        response = getattr(exc, "response", None)
-        try:
-            body = response.text if response is not None else ""
-        except Exception:  # a streamed body that was not read
-            body = ""
+        if isinstance(exc, HTTPStatusError):
+            body = exc.body
+        else:
+            response = getattr(exc, "response", None)
+            try:
+                body = response.text if response is not None else ""
+            except Exception:  # a streamed body that was not read
+                body = ""
         return self._scrub(body) if body else ""
 
     def _error(self, exc: Exception) -> StoryError:
@@ -141,14 +173,21 @@ class HostedBackend(StoryBackend):
         where = self.base_url or "Hugging Face Inference Providers"
         response = getattr(exc, "response", None)
         status = getattr(response, "status_code", None)
+        if isinstance(exc, HTTPStatusError):
+            status = exc.status
         detail = self._server_detail(exc)
         suffix = f" (server said: {detail})" if detail else ""
         kind = type(exc).__name__.lower()
-        if status in (401, 403):
+        if status in (401, 403) and self.hugging_face:
             return StoryError(
                 f"hosted: {where} refused the token (HTTP {status}): set a valid token with read "
                 "access (and access to this model) in the HF_TOKEN environment variable; create "
                 f"one at https://huggingface.co/settings/tokens{suffix}"
+            )
+        if status in (401, 403):
+            return StoryError(
+                f"hosted: {where} refused the request (HTTP {status}): set the server's own key "
+                f"in {API_KEY_ENV} (HF_TOKEN is sent only to Hugging Face){suffix}"
             )
         if status == 404:
             return StoryError(
@@ -167,6 +206,9 @@ class HostedBackend(StoryBackend):
             )
         if status is not None:
             return StoryError(f"hosted: {where} rejected the request (HTTP {status}){suffix}")
+        reason = getattr(exc, "reason", None)  # urllib wraps socket errors in URLError
+        if isinstance(reason, Exception):
+            exc, kind = reason, type(reason).__name__.lower()
         if isinstance(exc, TimeoutError) or "timeout" in kind or "timed out" in str(exc):
             return StoryError(
                 f"hosted: {where} did not answer within {self.timeout:g} s: try again, or raise "

@@ -18,14 +18,12 @@ from pathlib import Path
 from ...runtime import get_device
 from ..cleaning import StreamCleaner, last_sentence
 from ..errors import StoryError
+from ..limits import LOCAL_PROMPT_TOKENS, PREFILL_GRACE_SECONDS, fit_to_budget, turn_seconds
 from ..options import StoryOptions
-from ..prompts import Completion, StoryPrompt
+from ..prompts import CHAT_STORY_CHARS, COMPLETION_STORY_CHARS, Completion, StoryPrompt
 from .base import StoryBackend
 
-#: prompt tokens at most (longer prompts are trimmed from the front of the story so far)
-MAX_PROMPT_TOKENS = 1536
 MEMORY_HEADROOM = 1.2  # weights x this must fit in the memory that is free
-LOCK_TIMEOUT = 600  # seconds a request waits for the model while others use it
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -142,6 +140,11 @@ class _NoEndBefore:
 class TransformersBackend(StoryBackend):
     """A ``transformers`` causal LM loaded once; generation is serialised by a lock.
 
+    One turn is bounded (see :mod:`..limits`): its prompt is fitted to
+    :data:`~..limits.LOCAL_PROMPT_TOKENS` of this model's tokenizer, generation stops after
+    ``timeout`` seconds (``max_time``), and a request waits for the lock at most one such
+    turn (plus the time to read a full prompt) before it is told the model is busy.
+
     Parameters:
         model: a hub model id or a local folder.
         device: ``cpu`` / ``cuda`` (default: CUDA when available, see ``get_device``).
@@ -149,6 +152,8 @@ class TransformersBackend(StoryBackend):
         repetition_penalty: applied to generated tokens (1.0 = off).
         chat: force the chat template on (True) or off (False); default: when the tokenizer
             has one.
+        timeout: seconds one turn may generate (default ``$STORYTELLER_STORY_TIME_LIMIT`` or
+            60); what it wrote by then is the turn, cut at its last finished sentence.
     """
 
     name = "transformers"
@@ -160,9 +165,11 @@ class TransformersBackend(StoryBackend):
         token: str | None = None,
         repetition_penalty: float = 1.2,
         chat: bool | None = None,
+        timeout: float | None = None,
     ):
         import torch
 
+        self.time_limit = turn_seconds(timeout)  # before loading: a bad value fails at once
         self.model_name = str(model)
         self.device = get_device(device)
         self.repetition_penalty = repetition_penalty
@@ -172,9 +179,9 @@ class TransformersBackend(StoryBackend):
         else:
             self.dtype = torch.float32
         self._lock = threading.Lock()
-        from .hosted import find_token
+        from ..keys import find_hf_token
 
-        token = find_token(token)
+        token = find_hf_token(token)  # the Hub's own token: models download from the Hub
         self._check_memory(token)
         self.tokenizer, self.model = self._load(token)
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
@@ -282,11 +289,18 @@ class TransformersBackend(StoryBackend):
         ids = self.tokenizer(completion.text, return_tensors="pt")
         return ids, completion
 
+    @property
+    def lock_wait(self) -> float:
+        """Seconds a request waits for the model: one whole turn of another request."""
+        return self.time_limit + PREFILL_GRACE_SECONDS
+
     def stream(self, prompt: StoryPrompt, options: StoryOptions) -> Iterator[str]:
-        # One story at a time per loaded model (the CPU or GPU is busy anyway); wait a while.
-        if not self._lock.acquire(timeout=LOCK_TIMEOUT):
+        # One story at a time per loaded model (the CPU or GPU is busy anyway); the one
+        # writing now ends within its time limit, so waiting longer than that means trouble.
+        if not self._lock.acquire(timeout=self.lock_wait):
             raise StoryError(
-                f"{self.name}: the model is busy writing other stories: try again in a minute"
+                f"{self.name}: the model is busy writing other stories (waited "
+                f"{self.lock_wait:g} s): try again in a minute"
             )
         try:
             yield from self._stream(prompt, options)
@@ -301,11 +315,14 @@ class TransformersBackend(StoryBackend):
             TextIteratorStreamer,
         )
 
-        story_chars = 6000 if self.chat else 1500
-        inputs, completion = self._encode(prompt, options, story_chars)
-        while inputs["input_ids"].shape[1] > MAX_PROMPT_TOKENS and story_chars > 200:
-            story_chars //= 2  # a long story: keep less of its beginning
-            inputs, completion = self._encode(prompt, options, story_chars)
+        inputs, completion = fit_to_budget(  # counted by this model's own tokenizer
+            lambda story_chars: self._encode(prompt, options, story_chars),
+            lambda encoded: encoded[0]["input_ids"].shape[1],
+            LOCAL_PROMPT_TOKENS,
+            CHAT_STORY_CHARS if self.chat else COMPLETION_STORY_CHARS,
+            f"{self.name}: the prompt",
+        )
+        max_time = options.turn_limit(self.time_limit)
         inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
         prompt_length = inputs["input_ids"].shape[1]
         opening = completion.opening
@@ -315,8 +332,11 @@ class TransformersBackend(StoryBackend):
                 _NoEndBefore(prompt_length, options.token_budget // 3, self._end_token_ids())
             )
 
-        streamer = TextIteratorStreamer(
-            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600
+        streamer = TextIteratorStreamer(  # the first text comes after the prompt is read
+            self.tokenizer,
+            skip_prompt=True,
+            skip_special_tokens=True,
+            timeout=max_time + PREFILL_GRACE_SECONDS,
         )
         stopper = _Stop()
         sampling = options.temperature > 0
@@ -324,6 +344,7 @@ class TransformersBackend(StoryBackend):
             **inputs,
             streamer=streamer,
             max_new_tokens=options.token_budget,
+            max_time=max_time,  # the turn ends here, whatever the token budget says
             do_sample=sampling,
             stopping_criteria=StoppingCriteriaList([stopper]),
             logits_processor=LogitsProcessorList(processors),
