@@ -776,7 +776,9 @@ def test_checkpoint_with_an_unknown_decoder_names_the_file_and_the_choices(tmp_p
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["model_config"]["decoder"] = "diffusion"
     torch.save(checkpoint, path)
-    with pytest.raises(StorytellerError, match=r"future\.pth: cannot be rebuilt.*'diffusion'.*lstm"):
+    with pytest.raises(
+        StorytellerError, match=r"future\.pth: cannot be rebuilt.*'diffusion'.*lstm"
+    ):
         load_model(path, vocab)
 
 
