@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from .backends import StoryBackend, get_backend
 from .errors import StoryError
-from .limits import MAX_CAPTION_CHARS, MAX_INSTRUCTION_CHARS, cap_text
+from .limits import DEFAULT_TURN_SECONDS, MAX_CAPTION_CHARS, MAX_INSTRUCTION_CHARS, cap_text
 from .options import StoryOptions
 from .prompts import StoryPrompt, clean_caption
 
@@ -136,7 +136,9 @@ class StorySession:
         before = self.story if keep_history else ""
         prefix = before + PARAGRAPH if before else ""
         text = ""
-        limit = options.turn_limit(self.backend.time_limit)
+        # A backend that is not a StoryBackend subclass (duck-typed, e.g. a test double or
+        # a student's own) has no time_limit of its own: the default turn limit applies.
+        limit = options.turn_limit(getattr(self.backend, "time_limit", DEFAULT_TURN_SECONDS))
         deadline = time.monotonic() + limit  # the whole turn, every retry included
         tries = 0
         for attempt in range(ATTEMPTS):
