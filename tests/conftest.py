@@ -128,3 +128,25 @@ def sample_run(tmp_path_factory):
     result = cli("run-all", cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd / "outputs", result
+
+
+#: Environment that chooses a story backend or carries a credential.
+STORY_ENV_VARS = (
+    "HF_TOKEN",
+    "STORYTELLER_STORY_API_KEY",
+    "STORYTELLER_STORY_BASE_URL",
+    "STORYTELLER_STORY_MODEL",
+    "STORYTELLER_STORY_TIME_LIMIT",
+)
+
+
+@pytest.fixture
+def no_story_credentials(monkeypatch, tmp_path):
+    """Never pick up a developer's real token, saved login, story server or time limit, and
+    start from no loaded backend (story tests use it for every test: ``pytestmark``)."""
+    from storyteller.story.backends import clear_cache
+
+    for name in STORY_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved login
+    clear_cache()

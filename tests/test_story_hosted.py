@@ -13,7 +13,6 @@ from fake_llm_server import FakeLLMServer
 
 from storyteller.cli import main
 from storyteller.story import StoryError, StoryOptions, StoryPrompt, StorySession, get_backend
-from storyteller.story.backends import clear_cache
 from storyteller.story.backends.hosted import HostedBackend
 from storyteller.story.keys import Scrubber, is_loopback, key_for
 
@@ -22,19 +21,7 @@ HF = "hf_REALhuggingFACEtoken987654"  # a Hugging Face token in the environment
 CAPTION = "a black dog runs through the snow"
 
 
-@pytest.fixture(autouse=True)
-def _no_real_tokens(monkeypatch, tmp_path):
-    """Never pick up a developer's real token or saved login."""
-    for name in (
-        "HF_TOKEN",
-        "STORYTELLER_STORY_API_KEY",
-        "STORYTELLER_STORY_BASE_URL",
-        "STORYTELLER_STORY_MODEL",
-        "STORYTELLER_STORY_TIME_LIMIT",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    clear_cache()
+pytestmark = pytest.mark.usefixtures("no_story_credentials")
 
 
 @pytest.fixture

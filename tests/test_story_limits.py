@@ -16,7 +16,7 @@ from fake_llm_server import FakeLLMServer
 
 from storyteller.cli import main
 from storyteller.story import StoryError, StoryOptions, StoryPrompt, StorySession, limits
-from storyteller.story.backends import clear_cache, get_backend
+from storyteller.story.backends import get_backend
 from storyteller.story.prompts import COMPLETION_STORY_CHARS, FEW_SHOT
 
 pytest.importorskip("transformers")
@@ -26,17 +26,7 @@ HAD = f"{len(BIG.strip()):,}"  # what the note counts: the caption on one line
 CAPTION = "a black dog runs through the snow"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch, tmp_path):
-    for name in (
-        "HF_TOKEN",
-        "STORYTELLER_STORY_API_KEY",
-        "STORYTELLER_STORY_BASE_URL",
-        "STORYTELLER_STORY_TIME_LIMIT",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    clear_cache()
+pytestmark = pytest.mark.usefixtures("no_story_credentials")
 
 
 @pytest.fixture(scope="module")

@@ -26,20 +26,12 @@ from storyteller.story.backends import gemma_cache, resolve_auto
 from storyteller.story.cleaning import StreamCleaner
 from storyteller.story.prompts import clean_caption, trim_story
 
+pytestmark = pytest.mark.usefixtures("no_story_credentials")
+
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch, tmp_path):
-    for name in (
-        "HF_TOKEN",
-        "STORYTELLER_STORY_API_KEY",
-        "STORYTELLER_STORY_BASE_URL",
-        "STORYTELLER_STORY_MODEL",
-        "STORYTELLER_STORY_TIME_LIMIT",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved login
+def _own_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("STORYTELLER_CACHE", str(tmp_path / "cache"))
-    backends_module.clear_cache()
 
 
 # -- options --------------------------------------------------------------------------------
