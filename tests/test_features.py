@@ -11,41 +11,13 @@ from conftest import FLICKR8K_1K
 from PIL import Image
 
 from storyteller.data import load_dataset
-from storyteller.encoders import ENCODERS, build_encoder, resolve_encoder, with_layout
+from storyteller.encoders import ENCODERS, build_encoder, resolve_encoder
 from storyteller.errors import StorytellerError
 from storyteller.features import FeatureExtractor, extract_features, load_feature_cache, load_rgb
 
 
 class _Interrupt(Exception):
     pass
-
-
-@pytest.mark.parametrize("name", list(ENCODERS))
-def test_every_encoder_outputs_its_registered_dim(name):
-    encoder = build_encoder(name, pretrained=False)
-    with torch.inference_mode():
-        assert encoder(torch.randn(2, 3, 224, 224)).shape == (2, ENCODERS[name].dim)
-    assert not any(p.requires_grad for p in encoder.parameters())
-
-
-@pytest.mark.parametrize("name", list(ENCODERS))
-def test_every_encoder_gives_its_registered_grid_whose_mean_is_the_pooled_vector(name):
-    spec = ENCODERS[name]
-    grid_encoder = build_encoder(name, pretrained=False, grid=True)
-    pooled_encoder = with_layout(grid_encoder, name, "pooled")  # the same trunk, pooled
-    assert pooled_encoder.trunk is grid_encoder.trunk
-    images = torch.randn(2, 3, spec.preprocessing.crop, spec.preprocessing.crop)
-    with torch.inference_mode():
-        grid = grid_encoder(images)  # (2, h*w, dim)
-        pooled = pooled_encoder(images)  # (2, dim)
-    assert spec.grid == (7, 7) and grid.shape == (2, 49, spec.dim) == (2, *spec.shape("grid"))
-    assert torch.allclose(grid.mean(dim=1), pooled, atol=1e-5)  # global average pooling
-    # Positions are row-major: position r*w + c is the feature map's (r, c).
-    with torch.inference_mode():
-        feature_map = grid_encoder.trunk(images)  # (2, dim, 7, 7)
-    assert torch.equal(grid[:, 1 * 7 + 3], feature_map[:, :, 1, 3])
-    assert not any(p.requires_grad for p in grid_encoder.parameters())
-    assert (grid_encoder.dim, grid_encoder.grid) == (spec.dim, spec.grid)
 
 
 def test_unknown_layout_lists_choices():

@@ -1,0 +1,133 @@
+"""Every encoder family in the registry, built with random weights (no downloads): the
+shapes the registry promises, the trunk cut where each torchvision net pools, preprocessing
+and the offline error messages."""
+
+import pytest
+import torch
+from torch import nn
+
+from storyteller import encoders
+from storyteller.encoders import ENCODERS, build_encoder, with_layout
+from storyteller.errors import StorytellerError
+
+SEED_ENCODERS = (  # issue 11: every encoder the seeds used, plus the offline one
+    "resnet50 resnet101 resnet18 wide_resnet50_2 resnest50d densenet121 squeezenet1_1 "
+    "mobilenet_v3_large mobilenet_v3_small shufflenet_v2_x1_0 inception_v3 efficientnet_b0 "
+    "efficientnet_lite0"
+).split()
+
+
+def test_registry_covers_every_encoder_the_seeds_used():
+    assert sorted(ENCODERS) == sorted(SEED_ENCODERS)
+
+
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_every_encoder_gives_its_registered_grid_whose_mean_is_the_pooled_vector(name):
+    spec = ENCODERS[name]
+    grid_encoder = build_encoder(name, pretrained=False, grid=True)
+    pooled_encoder = with_layout(grid_encoder, name, "pooled")  # the same trunk, pooled
+    assert pooled_encoder.trunk is grid_encoder.trunk
+    crop = spec.preprocessing.crop
+    images = torch.randn(2, 3, crop, crop)  # (2, 3, crop, crop)
+    with torch.inference_mode():
+        feature_map = grid_encoder.trunk(images)  # (2, dim, h, w)
+        grid = grid_encoder(images)  # (2, h*w, dim)
+        pooled = pooled_encoder(images)  # (2, dim)
+    h, w = spec.grid
+    assert feature_map.shape == (2, spec.dim, h, w)
+    assert grid.shape == (2, h * w, spec.dim) == (2, *spec.shape("grid"))
+    assert pooled.shape == (2, spec.dim) == (2, *spec.shape("pooled"))
+    assert torch.allclose(grid.mean(dim=1), pooled, atol=1e-5)  # global average pooling
+    # Positions are row-major: position r*w + c is the feature map's (r, c).
+    assert torch.equal(grid[:, 1 * w + 3], feature_map[:, :, 1, 3])
+    assert not any(p.requires_grad for p in grid_encoder.parameters())
+    assert (grid_encoder.dim, grid_encoder.grid) == (spec.dim, spec.grid)
+
+
+def _head_input(net: nn.Module, name: str, images: torch.Tensor) -> torch.Tensor:
+    """What the torchvision net's own forward feeds its classifier: the pooled features
+    (for SqueezeNet, whose classifier is a 1x1 convolution, the map it convolves, pooled)."""
+    head = (
+        net.classifier[1]
+        if name == "squeezenet1_1"
+        else next(m for m in net.modules() if isinstance(m, nn.Linear))
+    )
+    seen = []
+    handle = head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    with torch.inference_mode():
+        net(images)
+    handle.remove()
+    features = seen[0]
+    return features.mean(dim=(2, 3)) if features.dim() == 4 else features
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, spec in ENCODERS.items() if spec.library == "torchvision"]
+)
+def test_torchvision_trunk_ends_where_the_net_pools(monkeypatch, name):
+    """The trunk cut is the net's own forward up to its pooling: DenseNet's final ReLU,
+    ShuffleNet's conv5, Inception's block order, SqueezeNet's 512 channels are all kept."""
+    net = encoders._torchvision_net(name, pretrained=False).eval()
+    monkeypatch.setattr(encoders, "_torchvision_net", lambda *_: net)
+    encoder = build_encoder(name, pretrained=False)  # its trunk shares net's modules
+    crop = ENCODERS[name].preprocessing.crop
+    images = torch.randn(1, 3, crop, crop)  # (1, 3, crop, crop)
+    with torch.inference_mode():
+        pooled = encoder(images)  # (1, dim)
+    assert torch.allclose(pooled, _head_input(net, name, images), atol=1e-5)
+
+
+def test_densenet_features_are_after_the_final_relu():
+    encoder = build_encoder("densenet121", pretrained=False, grid=True)
+    images = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        before_relu = encoder.trunk.features(images)  # (1, 1024, 7, 7), ends in a batch norm
+        grid = encoder(images)  # (1, 49, 1024)
+    assert (before_relu < 0).any() and (grid >= 0).all()
+
+
+def test_inception_has_its_own_299_px_preprocessing_equal_to_torchvisions_transform_input():
+    spec = ENCODERS["inception_v3"]
+    assert (spec.preprocessing.resize, spec.preprocessing.crop, spec.grid) == (342, 299, (8, 8))
+    # torchvision feeds ImageNet-normalised pixels through transform_input; this registry
+    # normalises to [-1, 1] at once: the same numbers.
+    pixels = torch.rand(1, 3, 4, 4)  # in [0, 1]
+    mean = torch.tensor(encoders.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(encoders.IMAGENET_STD).view(1, 3, 1, 1)
+    net = encoders._torchvision_net("inception_v3", pretrained=False)
+    net.transform_input = True
+    via_torchvision = net._transform_input((pixels - mean) / std)
+    ours = (pixels - torch.tensor(spec.preprocessing.mean).view(1, 3, 1, 1)) / torch.tensor(
+        spec.preprocessing.std
+    ).view(1, 3, 1, 1)
+    assert torch.allclose(via_torchvision, ours, atol=1e-6)
+    assert (
+        net.transform_input and not encoders._torchvision_net("inception_v3", False).transform_input
+    )
+
+
+def test_missing_torchvision_weights_name_the_offline_encoder(monkeypatch):
+    from urllib.error import URLError
+
+    from torchvision.models._api import WeightsEnum
+
+    def no_internet(self, *args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", no_internet)
+    for name in ("inception_v3", "densenet121"):  # inception: its weights-only kwargs accepted
+        with pytest.raises(StorytellerError, match="URLError.*--encoder efficientnet_lite0"):
+            build_encoder(name)
+
+
+def test_missing_timm_weights_name_the_offline_encoder(monkeypatch):
+    timm = pytest.importorskip("timm")
+
+    def no_internet(*args, **kwargs):
+        raise OSError("cannot reach huggingface.co")
+
+    monkeypatch.setattr(timm, "create_model", no_internet)
+    with pytest.raises(
+        StorytellerError, match="timm from the Hugging Face Hub.*efficientnet_lite0"
+    ):
+        build_encoder("resnest50d")
