@@ -414,6 +414,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", metavar="DIR", help="write the Space folder into DIR and upload nothing"
     )
     p.add_argument("--private", action="store_true", help="create the Space as private")
+
+    p = sub.add_parser(
+        "encoders",
+        help="list the image encoders: dim, grid, input, parameters, weights, CPU img/s",
+        description="Build each encoder with random weights (no download) to count its "
+        "parameters and time it on the CPU; progress goes to stderr, the table to stdout.",
+    )
+    p.add_argument(
+        "--only", nargs="+", choices=list(ENCODERS), metavar="NAME", help="these encoders only"
+    )
+    p.add_argument("--no-speed", action="store_true", help="skip the CPU timing")
+    p.add_argument("--batch-size", type=int, default=4, help="images per timed batch")
     return parser
 
 
@@ -509,7 +521,33 @@ def run(args: argparse.Namespace) -> int:
         from .deploy import deploy_space
 
         deploy_space(args.space, args.run, private=args.private, dry_run=args.dry_run)
+    elif args.command == "encoders":
+        return _encoders(args)
     return 0
+
+
+def _encoders(args) -> int:
+    import torch
+
+    from .encoder_table import encoder_rows, format_table
+
+    if args.batch_size < 1:
+        raise StorytellerError(f"--batch-size must be at least 1, got {args.batch_size}")
+    rows = encoder_rows(args.only, speed=not args.no_speed, batch_size=args.batch_size, log=_stderr)
+    print(format_table(rows))
+    if not args.no_speed:
+        print(
+            f"\nCPU img/s: random weights, batch {args.batch_size}, "
+            f"{torch.get_num_threads()} thread(s), measured now on this machine."
+        )
+    skipped = [row["name"] for row in rows if "error" in row]
+    if skipped:
+        print(f"{len(skipped)} encoder(s) not built here: {', '.join(skipped)}", file=sys.stderr)
+    return 0
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _quiet(_: str) -> None:

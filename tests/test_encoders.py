@@ -1,12 +1,16 @@
 """Every encoder family in the registry, built with random weights (no downloads): the
-shapes the registry promises, the trunk cut where each torchvision net pools, preprocessing
-and the offline error messages."""
+shapes the registry promises, the trunk cut where each torchvision net pools, preprocessing,
+the offline error messages and the ``encoders`` command."""
+
+import sys
 
 import pytest
 import torch
 from torch import nn
 
 from storyteller import encoders
+from storyteller.cli import main
+from storyteller.encoder_table import encoder_rows
 from storyteller.encoders import ENCODERS, build_encoder, with_layout
 from storyteller.errors import StorytellerError
 
@@ -131,3 +135,38 @@ def test_missing_timm_weights_name_the_offline_encoder(monkeypatch):
         StorytellerError, match="timm from the Hugging Face Hub.*efficientnet_lite0"
     ):
         build_encoder("resnest50d")
+
+
+def test_missing_timm_names_the_pip_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
+    with pytest.raises(StorytellerError, match=r"pip install 'storyteller\[timm\]'"):
+        build_encoder("resnest50d", pretrained=False)
+    [row] = encoder_rows(["resnest50d"], speed=False, log=lambda _: None)
+    assert "timm" in row["error"] and row["params_m"] is None
+
+
+def test_encoders_command_lists_every_encoder_without_timing(capsys):
+    assert main(["encoders", "--no-speed"]) == 0
+    out, err = capsys.readouterr()
+    lines = [line for line in out.splitlines() if line.startswith("| ")][1:]  # minus header
+    assert [line.split(" | ")[0].strip("| ") for line in lines] == list(ENCODERS)
+    inception = next(line for line in lines if line.startswith("| inception_v3 "))
+    assert inception.split(" | ")[1:5] == ["2048", "8x8", "299", "21.79"]
+    assert all(line.rstrip(" |").endswith("-") for line in lines)  # no speed column filled
+    assert f"[{len(ENCODERS)}/{len(ENCODERS)}] efficientnet_b0" in err  # progress on stderr
+    assert "CPU img/s:" not in out
+
+
+def test_encoders_command_times_one_small_encoder(capsys):
+    assert main(["encoders", "--only", "mobilenet_v3_small", "--batch-size", "2"]) == 0
+    out, err = capsys.readouterr()
+    [row] = [line for line in out.splitlines() if line.startswith("| mobilenet_v3_small ")]
+    cells = row.strip("| ").split(" | ")
+    assert cells[:5] == ["mobilenet_v3_small", "576", "7x7", "224", "0.93"]
+    assert float(cells[6]) > 0
+    assert "batch 2" in out and "timing" in err
+
+
+def test_encoders_command_rejects_a_bad_batch_size(capsys):
+    assert main(["encoders", "--batch-size", "0"]) == 2
+    assert "error: --batch-size must be at least 1" in capsys.readouterr().err
