@@ -2,6 +2,7 @@
 shapes the registry promises, the trunk cut where each torchvision net pools, preprocessing,
 the offline error messages and the ``encoders`` command."""
 
+import json
 import sys
 
 import pytest
@@ -170,3 +171,24 @@ def test_encoders_command_times_one_small_encoder(capsys):
 def test_encoders_command_rejects_a_bad_batch_size(capsys):
     assert main(["encoders", "--batch-size", "0"]) == 2
     assert "error: --batch-size must be at least 1" in capsys.readouterr().err
+
+
+# Random Inception weights (no BN statistics) grow activations past float16's 65504 by the
+# last block; the values are not what this test is about, the metadata is.
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_inception_grid_and_299_px_preprocessing_land_in_the_cache_metadata(tiny_data, tmp_path):
+    from storyteller.data import load_dataset
+    from storyteller.features import extract_features, load_feature_cache
+
+    dataset = load_dataset(tiny_data)
+    names = dataset.images[:2]
+    encoder = build_encoder("inception_v3", pretrained=False, grid=True)  # no download
+    extract_features(
+        dataset.image_dir, names, tmp_path, "inception_v3", 2, 0, encoder=encoder, layout="grid"
+    )
+    meta = json.loads((tmp_path / "features.json").read_text())
+    assert (meta["encoder"], meta["dim"], meta["grid"]) == ("inception_v3", 2048, [8, 8])
+    assert meta["preprocessing"] == ENCODERS["inception_v3"].preprocessing.to_dict()
+    assert (meta["preprocessing"]["resize"], meta["preprocessing"]["crop"]) == (342, 299)
+    cache = load_feature_cache(tmp_path)
+    assert (cache.layout, cache.grid, cache.dim, len(cache)) == ("grid", (8, 8), 2048, 2)
