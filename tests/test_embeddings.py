@@ -222,3 +222,22 @@ def test_config_round_trip_keeps_the_flag():
     config = ModelConfig(vocab_size=10, freeze_embeddings=True)
     assert ModelConfig.from_dict(config.to_dict()) == config
     assert ModelConfig.from_dict(replace(config, freeze_embeddings=False).to_dict()) != config
+
+
+def test_run_all_passes_the_file_to_the_attention_decoder(tiny_data, tmp_path, capsys):
+    """`run-all --decoder attention --embeddings F`: a grid cache, the width from the file,
+    and evaluation that reads the checkpoint alone."""
+    out = tmp_path / "run"
+    words = ["a", "dog", "in", "the", "grass", "man", "red"]
+    gen = torch.Generator().manual_seed(2)
+    vectors = {w: torch.randn(10, generator=gen).tolist() for w in words}
+    glove = write_glove(tmp_path / "g.10d.txt", vectors)
+    flags = ["run-all", "--data", str(tiny_data), "--out", str(out), "--decoder", "attention"]
+    flags += ["--encoder", "efficientnet_lite0", "--threshold", "2", "--epochs", "1"]
+    flags += ["--hidden-size", "16", "--beam", "1", "--meteor", "none"]
+    assert main([*flags, "--embeddings", str(glove)]) == 0, capsys.readouterr().err
+    assert "embeddings g.10d.txt: 10-d" in capsys.readouterr().out
+    glove.unlink()
+    model, _ = load_model(out / BEST_CHECKPOINT)
+    assert model.config.decoder == "attention" and model.word_embedding().weight.shape[1] == 10
+    assert not model.config.freeze_embeddings and model.word_embedding().weight.requires_grad
