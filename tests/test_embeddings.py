@@ -241,3 +241,26 @@ def test_run_all_passes_the_file_to_the_attention_decoder(tiny_data, tmp_path, c
     model, _ = load_model(out / BEST_CHECKPOINT)
     assert model.config.decoder == "attention" and model.word_embedding().weight.shape[1] == 10
     assert not model.config.freeze_embeddings and model.word_embedding().weight.requires_grad
+
+
+def test_ddp_keeps_frozen_vectors_frozen(tiny_data, tiny_run, tmp_path):
+    """Two CPU processes (gloo) via launch_training, as notebook 03 starts DDP: the frozen
+    table reaches every process's optimiser untouched, and the checkpoint keeps the file's
+    rows."""
+    from storyteller.distributed import launch_training
+
+    out = tmp_path / "ddp"
+    shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("*.pth", "history.json"))
+    vocab = Vocabulary.load(out / "vocab.pkl")
+    gen = torch.Generator().manual_seed(4)
+    vectors = {w: torch.randn(8, generator=gen).tolist() for w in vocab.itos[4:]}
+    glove = write_glove(tmp_path / "glove.8d.txt", vectors)
+    model = {"decoder": "lstm", "hidden_size": 16, "freeze_embeddings": True}
+    train = TrainConfig(num_epochs=1, batch_size=32)
+    launch_training(
+        2, tiny_data, out, train, model, device="cpu", log=lambda _: None, embeddings=glove
+    )
+    table = load_model(out / BEST_CHECKPOINT, vocab)[0].word_embedding().weight
+    assert table.shape == (len(vocab), 8)
+    for word, values in vectors.items():
+        assert torch.allclose(table[vocab.stoi[word]], torch.tensor(values), atol=1e-6)
