@@ -75,7 +75,24 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--patience", type=int, default=d.patience, help="early-stopping patience in epochs"
     )
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--embed-size", type=int, default=256)
+    p.add_argument(
+        "--embed-size",
+        type=int,
+        help=f"word embedding width (default {ModelConfig.embed_size}; with --embeddings the "
+        "file's dimension)",
+    )
+    p.add_argument(
+        "--embeddings",
+        metavar="FILE",
+        help="start the word embedding from pretrained vectors: a GloVe text file "
+        "(`word v1 ... vD` per line, e.g. glove.6B.300d.txt); its dimension sets the width "
+        "(the transformer's d_model); the checkpoint keeps the learned vectors",
+    )
+    p.add_argument(
+        "--freeze-embeddings",
+        action="store_true",
+        help="with --embeddings: keep the pretrained vectors fixed (default: fine-tune them)",
+    )
     p.add_argument("--hidden-size", type=int, default=512)
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--dropout", type=float, default=0.5)
@@ -150,8 +167,13 @@ def _configs(args) -> tuple[TrainConfig, dict]:
         patience=args.patience,
         seed=args.seed,
     )
+    if args.freeze_embeddings and not args.embeddings:
+        raise StorytellerError("--freeze-embeddings needs --embeddings FILE (pretrained vectors)")
+    embed_size = args.embed_size
+    if embed_size is None and not args.embeddings:  # with a file, the file says
+        embed_size = ModelConfig.embed_size
     model = {
-        "embed_size": args.embed_size,
+        **({"embed_size": embed_size} if embed_size is not None else {}),
         "hidden_size": args.hidden_size,
         "num_layers": args.num_layers,
         "dropout": args.dropout,
@@ -168,6 +190,8 @@ def _configs(args) -> tuple[TrainConfig, dict]:
         options["attention"] = args.attention
     if options:
         model["decoder_options"] = options
+    if args.freeze_embeddings:
+        model["freeze_embeddings"] = True
     return train, model
 
 
@@ -193,7 +217,7 @@ def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = Tr
     a notebook can start the same training as a command (e.g. under torchrun)."""
     defaults = TrainConfig().to_dict()
     fixed = [k for k, v in train.to_dict().items() if k not in _TRAIN_FLAGS and v != defaults[k]]
-    special = ("feature_norm", "decoder", "decoder_options")
+    special = ("feature_norm", "decoder", "decoder_options", "freeze_embeddings")
     unknown = [k for k in (model or {}) if k not in _MODEL_FLAGS and k not in special]
     options = dict((model or {}).get("decoder_options") or {})
     if fixed or unknown:
@@ -209,6 +233,8 @@ def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = Tr
     for key, value in (model or {}).items():
         if key == "feature_norm":
             flags += [] if value else ["--no-feature-norm"]
+        elif key == "freeze_embeddings":
+            flags += ["--freeze-embeddings"] if value else []
         elif key == "decoder":
             flags += ["--decoder", value]
         elif key == "decoder_options":
@@ -477,6 +503,7 @@ def run(args: argparse.Namespace) -> int:
                 device=device,
                 log=print if context.is_main else _quiet,
                 context=context,
+                embeddings=args.embeddings,
             )
         if context.is_main:
             print(f"best validation loss {result.best_val_loss:.4f} -> {result.best_checkpoint}")
@@ -516,6 +543,7 @@ def run(args: argparse.Namespace) -> int:
                 log=print if context.is_main else _quiet,
                 context=context,
                 layout=args.layout,
+                embeddings=args.embeddings,
             )
     elif args.command == "deploy":
         from .deploy import deploy_space

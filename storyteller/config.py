@@ -132,6 +132,9 @@ class ModelConfig:
     # checked against its options dataclass and stored complete, defaults filled in, in every
     # checkpoint. The fields above are the LSTM's and stay where they were.
     decoder_options: dict = field(default_factory=dict)
+    # The word embedding is not trained (pretrained vectors kept as they are, `--embeddings
+    # FILE --freeze-embeddings`); stored so that a resumed run keeps it frozen too.
+    freeze_embeddings: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -201,6 +201,7 @@ def launch_training(
     resume: bool = True,
     device: str | None = None,
     log: Callable[[str], None] = print,
+    embeddings: str | Path | None = None,
 ):
     """Train with ``nproc`` processes (DDP) from Python: ``python -m storyteller train`` under
     torchrun with the flags these configs map to; returns the :class:`TrainResult` read back
@@ -211,5 +212,6 @@ def launch_training(
     args = ["train", "--data", str(data), "--out", str(out)]
     args += train_flags(train_config, model_overrides, resume)
     args += ["--device", device] if device else []
+    args += ["--embeddings", str(embeddings)] if embeddings else []
     launch(nproc, args, log=log)
     return TrainResult.from_run(out)

@@ -345,6 +345,7 @@ class NotebookSettings:
     encoder: str | None  # None: ResNet50, or EfficientNet-Lite0 when offline
     model_overrides: dict = field(default_factory=dict)  # "decoder" and any sizes
     decoder_chosen: bool = False  # DECODER was set (not the default): later notebooks check it
+    embeddings: Path | None = None  # EMBEDDINGS: a GloVe text file the words start from
 
     @property
     def decoder(self) -> str:
@@ -391,6 +392,7 @@ class NotebookSettings:
                 f"{self.num_epochs} epoch(s)",
                 f"model:    {self.decoder} decoder on {self.layout} features"
                 + (f", {sizes}" if (sizes := self._sizes()) else ""),
+                *([f"words:    start from {self.embeddings.name}"] if self.embeddings else []),
             ]
         )
 
@@ -405,6 +407,8 @@ def setup(
     device: str | None = None,
     log: Log = print,
     decoder: str | None = None,
+    embeddings: str | Path | None = None,
+    freeze_embeddings: bool = False,
 ) -> NotebookSettings:
     """Seed, pick the device, print the hardware, find data and outputs; return the settings.
 
@@ -419,8 +423,15 @@ def setup(
         decoder: the notebook's ``DECODER``: the captioner to train (``None``: the default,
             :data:`storyteller.models.DEFAULT_DECODER`); notebook 01 caches the features it
             reads, notebooks 04 and 05 check that the trained model is that one.
+        embeddings: notebook 03's ``EMBEDDINGS``: a GloVe text file whose vectors start the
+            word embedding (its dimension sets the width, smoke sizes included);
+            ``freeze_embeddings`` (``FREEZE_EMBEDDINGS``) keeps them fixed.
     """
     decoder_class(decoder or DEFAULT_DECODER)  # an unknown name: say so before any work
+    if freeze_embeddings and not embeddings:
+        raise StorytellerError("FREEZE_EMBEDDINGS needs EMBEDDINGS (a GloVe text file)")
+    if embeddings and not Path(embeddings).is_file():
+        raise StorytellerError(f"EMBEDDINGS file not found: {embeddings}")
     seed_everything(seed)
     smoke = smoke_requested(smoke)
     chosen = get_device(device)
@@ -446,16 +457,33 @@ def setup(
         feature_batch_size=sizes.feature_batch_size,
         num_workers=sizes.num_workers,
         encoder=encoder or (SMOKE_ENCODER if smoke else None),
-        model_overrides={
-            "decoder": decoder or DEFAULT_DECODER,
-            **(smoke_model(decoder or DEFAULT_DECODER) if smoke else {}),
-        },
+        model_overrides=_with_embeddings(
+            {
+                "decoder": decoder or DEFAULT_DECODER,
+                **(smoke_model(decoder or DEFAULT_DECODER) if smoke else {}),
+            },
+            bool(embeddings),
+            freeze_embeddings,
+        ),
         decoder_chosen=decoder is not None,
+        embeddings=Path(embeddings) if embeddings else None,
     )
     if settings.on_kaggle:
         import_previous_outputs(kaggle_root() / "input", settings.out_dir, log=log)
     log(settings.describe())
     return settings
+
+
+def _with_embeddings(overrides: dict, embeddings: bool, freeze: bool) -> dict:
+    """``overrides`` for a run that starts from pretrained vectors: the file sets the word
+    width, so the smoke sizes' (``embed_size``, the transformer's ``d_model``) are dropped."""
+    if not embeddings:
+        return overrides
+    kept = {k: v for k, v in overrides.items() if k != "embed_size"}
+    if "decoder_options" in kept:
+        options = {k: v for k, v in kept["decoder_options"].items() if k != "d_model"}
+        kept["decoder_options"] = options
+    return {**kept, **({"freeze_embeddings": True} if freeze else {})}
 
 
 def smoke_model(decoder: str) -> dict:

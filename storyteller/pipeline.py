@@ -36,6 +36,7 @@ from .checkpoint import BEST_CHECKPOINT, load_model
 from .config import ModelConfig, TrainConfig
 from .data import CaptionDataset, SkipReport, Split, load_dataset, read_caption_file, split_by_image
 from .distributed import SINGLE_PROCESS, DistContext
+from .embeddings import read_word_vectors
 from .encoders import resolve_encoder
 from .errors import StorytellerError
 from .features import extract_features, load_feature_cache, read_cache_index
@@ -315,21 +316,33 @@ def train_step(
     on_epoch=None,
     log: Log = print,
     context: DistContext = SINGLE_PROCESS,
+    embeddings: str | Path | None = None,
 ) -> TrainResult:
     """Train on the cached features; writes ``best_model.pth`` and ``last.pth``.
 
     ``context``: this process's place under torchrun (:func:`storyteller.distributed.session`);
-    every process calls this, rank 0 alone writes."""
+    every process calls this, rank 0 alone writes. ``embeddings``: a GloVe text file whose
+    vectors start the word embedding (its dimension sets the embedding width; add
+    ``"freeze_embeddings": True`` to ``model_overrides`` to keep them fixed)."""
     train_config = train_config or TrainConfig()
     seed_everything(train_config.seed)
     paths = RunPaths(Path(out))
     dataset, splits, vocab = _load_run(data, out, log)
     cache = load_feature_cache(paths.features)
+    overrides, vectors = dict(model_overrides or {}), None
+    if embeddings is not None:
+        # Every process draws the same random rows (DDP starts from rank 0's weights anyway).
+        vectors = read_word_vectors(embeddings, vocab, seed=train_config.seed)
+        log(vectors.summary())
+        decoder = decoder_class(overrides.get("decoder", ModelConfig.decoder))
+        overrides = decoder.with_embedding_width(overrides, vectors.dim, vectors.source)
+    elif overrides.get("freeze_embeddings"):
+        raise StorytellerError("--freeze-embeddings needs --embeddings FILE (pretrained vectors)")
     model_config = ModelConfig(
         vocab_size=len(vocab),
         feature_dim=cache.dim,
         encoder=cache.encoder,
-        **(model_overrides or {}),
+        **overrides,
     )
     return train_model(
         cache,
@@ -344,6 +357,7 @@ def train_step(
         on_epoch=on_epoch,
         log=log,
         context=context,
+        embeddings=vectors,
     )
 
 
@@ -405,6 +419,7 @@ def run_all(
     log: Log = print,
     context: DistContext = SINGLE_PROCESS,
     layout: str | None = None,
+    embeddings: str | Path | None = None,
 ) -> dict[str, dict] | None:
     """Every step in order into one folder; safe to re-run (finished steps are reused).
     ``layout``: what the feature cache holds (see :func:`features_step`); by default the
@@ -435,6 +450,7 @@ def run_all(
         device=device,
         log=log,
         context=context,
+        embeddings=embeddings,
     )
     if not context.is_main:
         return None

@@ -47,6 +47,7 @@ from .checkpoint import (
 from .config import ModelConfig, TrainConfig
 from .data import CaptionDataset
 from .distributed import SINGLE_PROCESS, DistContext
+from .embeddings import WordVectors
 from .errors import StorytellerError
 from .features import FeatureCache
 from .models import CaptionDecoder, build_model, resolve_config
@@ -249,6 +250,9 @@ class TrainingState:
     best_val: float = math.inf
     bad_epochs: int = 0
     stopped_early: bool = False
+    # Where the first word embedding came from (WordVectors.provenance()), kept in every
+    # checkpoint of the run, resumed ones included; None when it started random.
+    embeddings: dict | None = None
 
     @classmethod
     def create(
@@ -328,6 +332,7 @@ class TrainingState:
             "best_val_loss": self.best_val,
             "bad_epochs": self.bad_epochs,
             "stopped_early": self.stopped_early,
+            **({"embeddings": self.embeddings} if self.embeddings else {}),
         }
 
     def restore(
@@ -350,6 +355,21 @@ class TrainingState:
         self.epoch = checkpoint["epoch"]
         self.bad_epochs = checkpoint["bad_epochs"]
         self.stopped_early = checkpoint["stopped_early"]
+        self.embeddings = checkpoint.get("embeddings") or self.embeddings
+
+
+def load_word_vectors(state: TrainingState, embeddings: WordVectors) -> None:
+    """Copy pretrained vectors into the fresh model's word embedding and record their
+    provenance; their shape must be the embedding's (the width was set from the file)."""
+    weight = state.model.word_embedding().weight  # (vocab_size, width)
+    if tuple(embeddings.matrix.shape) != tuple(weight.shape):
+        raise StorytellerError(
+            f"embeddings {embeddings.source} are {tuple(embeddings.matrix.shape)} but the "
+            f"model's word embedding is {tuple(weight.shape)} (vocabulary x width)"
+        )
+    with torch.no_grad():
+        weight.copy_(embeddings.matrix)
+    state.embeddings = embeddings.provenance()
 
 
 def _check_resumable(checkpoint: dict, path: Path, state: TrainingState, vocab) -> None:
@@ -561,6 +581,7 @@ def train_model(
     on_epoch: Callable[[dict], None] | None = None,
     log: Callable[[str], None] = print,
     context: DistContext = SINGLE_PROCESS,
+    embeddings: WordVectors | None = None,
 ) -> TrainResult:
     """Train on ``splits["train"]``, select by loss on ``splits["val"]``, write checkpoints.
 
@@ -568,7 +589,8 @@ def train_model(
     ``out_dir/best_model.pth`` whenever the validation loss improves. With ``resume`` a run
     that was interrupted continues from ``last.pth``; its architecture must match. Under
     torchrun (``context``) every process trains and rank 0 alone writes, logs and calls
-    ``on_epoch``.
+    ``on_epoch``. ``embeddings``: pretrained word vectors the fresh model starts from (a
+    resumed run continues from its checkpoint's learned ones).
     """
     out_dir = Path(out_dir)
     if context.is_main:
@@ -591,6 +613,8 @@ def train_model(
         raise StorytellerError("the train and validation splits must both hold captioned images")
 
     state = TrainingState.create(model_config, train_config, device)
+    if embeddings is not None:
+        load_word_vectors(state, embeddings)
     layout = state.model.feature_layout
     if layout == "grid" and cache.layout != "grid":
         raise StorytellerError(

@@ -426,6 +426,33 @@ def test_decoder_parameter_sets_the_model_and_the_features_it_reads(
         nbmod.setup(data_dir=tiny_data, smoke=True, decoder="lsmt", log=_quiet)
 
 
+def test_embeddings_parameter_lets_the_file_set_the_width(clean_env, tiny_data, tmp_path):
+    """EMBEDDINGS (notebook 03): the smoke sizes' word width is dropped (the file sets it),
+    FREEZE_EMBEDDINGS reaches the model config, and a missing file is one clear line."""
+    glove = tmp_path / "glove.6d.txt"
+    glove.write_text("dog 1 2 3 4 5 6\n")
+    assert {"EMBEDDINGS", "FREEZE_EMBEDDINGS"} <= set(nbtools.parameter_names(BY_NUMBER["03"]))
+    lines = []
+    for decoder in ("lstm", "transformer"):
+        settings = nbmod.setup(
+            data_dir=tiny_data,
+            smoke=True,
+            decoder=decoder,
+            embeddings=str(glove),
+            freeze_embeddings=True,
+            log=lines.append,
+        )
+        overrides = settings.model_overrides
+        assert settings.embeddings == glove and overrides["freeze_embeddings"] is True
+        assert "embed_size" not in overrides
+        assert "d_model" not in overrides.get("decoder_options", {})
+    assert "words:    start from glove.6d.txt" in "\n".join(lines)
+    with pytest.raises(StorytellerError, match="EMBEDDINGS file not found: .*absent.txt"):
+        nbmod.setup(data_dir=tiny_data, smoke=True, embeddings="absent.txt", log=_quiet)
+    with pytest.raises(StorytellerError, match="FREEZE_EMBEDDINGS needs EMBEDDINGS"):
+        nbmod.setup(data_dir=tiny_data, smoke=True, freeze_embeddings=True, log=_quiet)
+
+
 def test_later_notebooks_check_the_trained_decoder(clean_env, tiny_data, tiny_run):
     checkpoint = tiny_run / "best_model.pth"  # an lstm
     chosen = nbmod.setup(data_dir=tiny_data, smoke=True, decoder="attention", log=_quiet)

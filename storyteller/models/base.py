@@ -188,12 +188,40 @@ class CaptionDecoder(nn.Module, ABC):
         a decoder that needs another recipe (the transformer: AdamW with warm-up) overrides
         this and returns, e.g., a ``LambdaLR`` over batches."""
         optimizer = torch.optim.Adam(
-            self.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
+            self.trainable_parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
         )
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=train_config.lr_factor, patience=train_config.lr_patience
         )
         return optimizer, scheduler
+
+    def word_embedding(self) -> nn.Embedding:
+        """The table of word vectors (vocab_size, width) that pretrained vectors
+        (:mod:`storyteller.embeddings`) fill and ``freeze_embeddings`` keeps fixed. Every
+        registered decoder keeps it as ``self.embed``; one that does not overrides this."""
+        embed = getattr(self, "embed", None)
+        if not isinstance(embed, nn.Embedding):
+            raise TypeError(f"{type(self).__name__} has no word embedding at .embed")
+        return embed
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters the optimiser updates: a frozen embedding is left out, so neither a
+        step nor weight decay can move it."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @classmethod
+    def with_embedding_width(cls, overrides: dict, width: int, source: str) -> dict:
+        """``overrides`` (ModelConfig fields) with the word-embedding width set to ``width``,
+        the dimension of pretrained vectors from ``source``; a different width the user asked
+        for is a one-line error. The LSTMs' width is ``embed_size``; a decoder whose width is
+        one of its own options (the transformer's ``d_model``) overrides this."""
+        asked = overrides.get("embed_size")
+        if asked is not None and asked != width:
+            raise StorytellerError(
+                f"--embed-size {asked} disagrees with {source}, whose vectors are {width}-d: "
+                "leave --embed-size out (the file sets it)"
+            )
+        return {**overrides, "embed_size": width}
 
     def describe(self) -> str:
         """A few words for people (the app's status line), e.g. ``LSTM 512``."""

@@ -62,9 +62,12 @@ def build_model(config: ModelConfig) -> CaptionDecoder:
     impossible size or choice is a one-line :class:`StorytellerError` naming the decoder."""
     cls = decoder_class(config.decoder)
     try:
-        return cls(config)
+        model = cls(config)
     except (ValueError, ArithmeticError) as exc:  # e.g. heads=0: d_model % 0
         raise StorytellerError(f"the {config.decoder!r} decoder: {exc}") from None
+    if config.freeze_embeddings:  # here, so a fresh run, a resume and a reload agree
+        model.word_embedding().weight.requires_grad_(False)
+    return model
 
 
 def option_defaults(name: str) -> dict[str, Any]:

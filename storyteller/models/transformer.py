@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, TrainConfig
+from ..errors import StorytellerError
 from ..vocab import Vocabulary
 from .base import CaptionDecoder, DecoderState, batch_field
 from .registry import register_decoder
@@ -278,6 +279,19 @@ class TransformerDecoder(CaptionDecoder):
             x = x + layer.dropout3(layer.linear2(inner))  # (N, 1, d_model)
         return self.decoder.norm(x), tuple(caches)  # (N, 1, d_model)
 
+    @classmethod
+    def with_embedding_width(cls, overrides: dict, width: int, source: str) -> dict:
+        """The transformer's words are ``d_model`` wide (``embed_size`` is the LSTMs'): the
+        file sets ``decoder_options["d_model"]``; a different one asked for is an error."""
+        options = dict(overrides.get("decoder_options") or {})
+        asked = options.get("d_model")
+        if asked is not None and asked != width:
+            raise StorytellerError(
+                f"--decoder-option d_model={asked} disagrees with {source}, whose vectors are "
+                f"{width}-d: leave d_model out (the file sets it)"
+            )
+        return {**overrides, "decoder_options": {**options, "d_model": width}}
+
     def configure_optimizer(
         self, train_config: TrainConfig
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -286,8 +300,8 @@ class TransformerDecoder(CaptionDecoder):
         ``LambdaLR`` (training steps any scheduler other than ReduceLROnPlateau after every
         optimiser step). Weight decay (``train_config.weight_decay``) applies to matrices
         only: decaying biases and LayerNorm gains towards 0 only fights the normalisation."""
-        matrices = [p for p in self.parameters() if p.dim() >= 2]
-        vectors = [p for p in self.parameters() if p.dim() < 2]
+        matrices = [p for p in self.trainable_parameters() if p.dim() >= 2]
+        vectors = [p for p in self.trainable_parameters() if p.dim() < 2]
         optimizer = torch.optim.AdamW(
             [
                 {"params": matrices, "weight_decay": train_config.weight_decay},
