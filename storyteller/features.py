@@ -41,12 +41,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .artefacts import ArtefactError, check_npy, describe, is_int, read_json, type_name
 from .config import MAX_WIDTH
 from .encoders import LAYOUTS, build_encoder, check_layout, get_encoder_spec, with_layout
 from .errors import StorytellerError
+from .progress import progress
 from .runtime import autocast, get_device, write_json
 
 FEATURES_FILE = "features.npy"
@@ -618,7 +618,7 @@ def extract_features(
         pin_memory=on_gpu and decoder is None,  # file bytes gain nothing from pinning
     )
     row = start
-    with tqdm(
+    with progress(
         total=len(names), initial=start, desc=f"features ({encoder_name})", unit="img"
     ) as bar:
         for batch in loader:

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from storyteller.errors import StorytellerError
+from storyteller.progress import progress
 
 # ~400 images x 5 captions = 2,000 training pairs: enough for the decoder to learn colour, shape,
 # count, size and background, while feature extraction plus training stays at a couple of minutes
@@ -506,8 +506,10 @@ def generate_sample_dataset(
     images = out / IMAGES_DIRNAME
     images.mkdir(parents=True, exist_ok=True)
     rows = []
-    progress = tqdm(range(num_images), desc="drawing sample", unit="img", disable=num_images < 50)
-    for index in progress:
+    progress_bar = progress(
+        range(num_images), desc="drawing sample", unit="img", disable=num_images < 50
+    )
+    for index in progress_bar:
         _, captions, picture = make_example(seed, index, image_size)
         name = image_name(index)
         tmp = images / (name + ".tmp")

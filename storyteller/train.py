@@ -32,7 +32,6 @@ from torch.utils.data import (
     DistributedSampler,
     SequentialSampler,
 )
-from tqdm.auto import tqdm
 
 from .checkpoint import (
     BEST_CHECKPOINT,
@@ -52,6 +51,7 @@ from .errors import StorytellerError
 from .features import FeatureCache
 from .models import CaptionDecoder, build_model, resolve_config
 from .plots import plot_loss_curves
+from .progress import progress
 from .runtime import autocast, get_device, write_json
 from .vocab import Vocabulary
 
@@ -520,7 +520,7 @@ def train_epoch(
     network.train()
     total, count = 0.0, 0
     extra_totals: dict[str, float] = {}
-    bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=not context.is_main)
+    bar = progress(loader, desc=desc, leave=False, unit="batch", disable=not context.is_main)
     for features, captions in bar:
         loss = batch_loss(network, features, captions)
         state.optimizer.zero_grad(set_to_none=True)

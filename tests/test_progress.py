@@ -1,0 +1,25 @@
+"""Progress bars write nothing when stderr is not a terminal (redirected logs, notebooks)."""
+
+import io
+import sys
+
+from storyteller.progress import progress
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_no_bar_when_stderr_is_not_a_terminal(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert sum(progress(range(200), desc="x")) == sum(range(200))
+    assert stream.getvalue() == ""
+
+
+def test_bar_drawn_on_a_terminal(monkeypatch):
+    stream = _Tty()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert list(progress(range(5), desc="steps", file=stream)) == list(range(5))
+    assert "steps" in stream.getvalue()
