@@ -23,3 +23,14 @@ def test_bar_drawn_on_a_terminal(monkeypatch):
     monkeypatch.setattr(sys, "stderr", stream)
     assert list(progress(range(5), desc="steps", file=stream)) == list(range(5))
     assert "steps" in stream.getvalue()
+
+
+def test_notebook_kernel_starts_without_tcp_warning(tmp_path, capfd):
+    import nbformat
+
+    from storyteller.nbtools import execute_notebook
+
+    path = tmp_path / "one.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), path)
+    execute_notebook(path, cwd=tmp_path, timeout=60)
+    assert "without encryption" not in capfd.readouterr().err
