@@ -34,3 +34,15 @@ def test_notebook_kernel_starts_without_tcp_warning(tmp_path, capfd):
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), path)
     execute_notebook(path, cwd=tmp_path, timeout=60)
     assert "without encryption" not in capfd.readouterr().err
+
+
+def test_importing_the_package_in_a_kernel_prints_no_iprogress_warning(tmp_path):
+    import nbformat
+
+    from storyteller.nbtools import execute_notebook
+
+    path = tmp_path / "imports.ipynb"
+    code = "import storyteller.train, storyteller.features, storyteller.sample"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), path)
+    nb = execute_notebook(path, cwd=tmp_path, timeout=120)
+    assert not any("IProgress" in str(out) for out in nb.cells[0].outputs)
