@@ -212,6 +212,9 @@ def execute_notebook(
         timeout=timeout,
         kernel_name="python3",
         resources={"metadata": {"path": str(cwd)}},
+        # the local kernel warns "running over TCP without encryption" at start: noise in
+        # every run's log for a kernel that only this process talks to
+        extra_arguments=["--log-level=ERROR"],
     )
     try:
         client.execute()
