@@ -520,7 +520,10 @@ def train_epoch(
     network.train()
     total, count = 0.0, 0
     extra_totals: dict[str, float] = {}
-    bar = progress(loader, desc=desc, leave=False, unit="batch", disable=not context.is_main)
+    # lines=0: without a terminal the epoch line train_model logs is the record
+    bar = progress(
+        loader, desc=desc, leave=False, unit="batch", disable=not context.is_main, lines=0
+    )
     for features, captions in bar:
         loss = batch_loss(network, features, captions)
         state.optimizer.zero_grad(set_to_none=True)

@@ -538,3 +538,22 @@ def test_decode_on_choices():
     assert resolve_decode_on("device", torch.device("cpu")) == "device"
     with pytest.raises(StorytellerError, match="choose one of: auto, cpu, device"):
         resolve_decode_on("gpu", torch.device("cpu"))
+
+
+def test_extraction_logs_a_few_plain_lines_without_a_terminal(tiny_data, tmp_path, capsys):
+    """Redirected, extraction shows its progress in ten lines (one per 10%), not bar redraws
+    and not nothing."""
+    dataset = load_dataset(tiny_data)
+    capsys.readouterr()
+    extract_features(
+        dataset.image_dir,
+        dataset.images,
+        tmp_path,
+        "efficientnet_lite0",
+        batch_size=4,
+        num_workers=0,
+    )
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("features (")]
+    assert "\r" not in err
+    assert [line.split()[3] for line in lines] == [f"{n}/40" for n in range(4, 41, 4)]

@@ -1,4 +1,5 @@
-"""Progress bars write nothing when stderr is not a terminal (redirected logs, notebooks)."""
+"""Progress without a terminal (redirected logs, notebooks) is a few plain lines, never bar
+redraws; on a terminal it is a tqdm bar."""
 
 import io
 import sys
@@ -11,10 +12,53 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_no_bar_when_stderr_is_not_a_terminal(monkeypatch):
+def test_without_a_terminal_about_ten_plain_lines_and_one_at_the_end(monkeypatch):
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
-    assert sum(progress(range(200), desc="x")) == sum(range(200))
+    assert sum(progress(range(2000), desc="drawing", unit="img")) == sum(range(2000))
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    assert len(lines) == 10
+    assert lines[0].startswith("drawing:  10% 200/2000")
+    assert lines[-1].startswith("drawing: 100% 2000/2000")
+
+
+def test_final_line_when_the_total_is_not_a_multiple_of_the_step(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    list(progress(range(37), desc="x"))
+    counts = [line.split()[2] for line in stream.getvalue().splitlines()]
+    assert counts == [f"{n}/37" for n in (4, 8, 12, 16, 20, 24, 28, 32, 36, 37)]
+
+
+def test_resumed_work_counts_from_its_start_and_updates_of_several(monkeypatch):
+    """Feature extraction resumes at ``initial`` and updates one batch at a time."""
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    with progress(total=1000, initial=600, desc="features", unit="img") as bar:
+        for _ in range(20):
+            bar.update(20)
+    counts = [line.split()[2] for line in stream.getvalue().splitlines()]
+    assert counts == [f"{n}/1000" for n in range(640, 1001, 40)]
+
+
+def test_unknown_length_every_hundred_steps_with_postfix(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    bar = progress(iter(range(250)), desc="gen")
+    for step in bar:
+        bar.set_postfix(loss=f"{step:.1f}")
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["100", "200", "250"]
+    assert lines[-1].endswith("loss=249.0]")
+
+
+def test_silent_without_a_terminal_when_asked(monkeypatch):
+    """Training passes lines=0: its one line per epoch is the log's record."""
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert list(progress(range(50), lines=0)) == list(range(50))
+    assert list(progress(range(50), disable=True)) == list(range(50))
     assert stream.getvalue() == ""
 
 

@@ -380,3 +380,13 @@ def test_ensure_sample_dataset(monkeypatch, tmp_path: Path):
     before = mtimes(out)
     assert ensure_sample_dataset(num_images=5) == out
     assert mtimes(out) == before
+
+
+def test_drawing_logs_a_few_plain_lines_without_a_terminal(tmp_path: Path, capsys):
+    """Redirected, drawing 60 images is ten lines of progress, not bar redraws."""
+    capsys.readouterr()
+    generate_sample_dataset(tmp_path, 60, seed=1, image_size=SIZE)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("drawing sample")]
+    assert "\r" not in err and len(lines) == 10
+    assert lines[-1].startswith("drawing sample: 100% 60/60")
