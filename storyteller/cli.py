@@ -27,6 +27,19 @@ from .models import (
 )
 
 
+def _beam_width(text: str) -> int:
+    """A beam width of at least 1: ``--beam 0`` used to run greedy silently."""
+    try:
+        width = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"beam width must be a whole number, got {text!r}"
+        ) from None
+    if width < 1:
+        raise argparse.ArgumentTypeError(f"beam width must be 1 (greedy) or more, got {width}")
+    return width
+
+
 def _add_layout(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--layout",
@@ -145,7 +158,7 @@ def _options_help() -> str:
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--beam",
-        type=int,
+        type=_beam_width,
         nargs="+",
         default=[1, 5],
         help="decodings to score: 1 = greedy (default: 1 5)",
@@ -267,7 +280,9 @@ def _add_story_parser(sub) -> None:
     )
     p.add_argument("--checkpoint", default="outputs/best_model.pth")
     p.add_argument("--vocab", default="outputs/vocab.pkl")
-    p.add_argument("--beam", type=int, default=1, help="beam width for captions (1 = greedy)")
+    p.add_argument(
+        "--beam", type=_beam_width, default=1, help="beam width for captions (1 = greedy)"
+    )
     p.add_argument("--length-penalty", type=float, default=0.7)
     p.add_argument("--device", help="cpu or cuda, for the captioner and a local language model")
     p.add_argument(
@@ -369,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--checkpoint", default="outputs/best_model.pth")
     p.add_argument("--vocab", default="outputs/vocab.pkl")
-    p.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
+    p.add_argument("--beam", type=_beam_width, default=1, help="beam width (1 = greedy)")
     p.add_argument("--length-penalty", type=float, default=0.7)
     p.add_argument("--device")
     p.add_argument(

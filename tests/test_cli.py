@@ -154,3 +154,14 @@ def test_features_without_a_layout_caches_what_the_default_captioner_reads(tiny_
 def test_train_flags_name_the_seed_lstm_for_a_config_that_names_no_decoder():
     flags = train_flags(TrainConfig(), {"hidden_size": 64})
     assert flags[flags.index("--decoder") + 1] == "lstm"  # not the CLI's default
+
+
+@pytest.mark.parametrize("command", ["caption", "evaluate", "run-all", "story"])
+def test_beam_zero_is_an_error_not_silent_greedy(command, capsys):
+    """``--beam 0`` used to run greedy without a word; argparse now refuses it in one line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--beam", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "beam width must be 1 (greedy) or more, got 0" in err
+    assert "Traceback" not in err
