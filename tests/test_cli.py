@@ -165,3 +165,31 @@ def test_beam_zero_is_an_error_not_silent_greedy(command, capsys):
     err = capsys.readouterr().err
     assert "beam width must be 1 (greedy) or more, got 0" in err
     assert "Traceback" not in err
+
+
+def test_swapped_checkpoint_and_vocabulary_say_which_file_is_what(tmp_path):
+    """``--checkpoint vocab.pkl`` printed torch's pickle warning and its advice to load with
+    ``weights_only=False``; ``--vocab best_model.pth`` an internal unpickler message. Each
+    is now one line that names the file for what it is."""
+    import torch
+
+    from storyteller.vocab import Vocabulary
+
+    vocab = Vocabulary.build(["a dog runs on the grass"] * 3, threshold=1).save(
+        tmp_path / "vocab.pkl"
+    )
+    checkpoint = tmp_path / "best_model.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "model_config": {}}, checkpoint)
+    cases = [
+        (vocab, vocab, f"{vocab}: this is a vocabulary (vocab.pkl), not a model checkpoint"),
+        (checkpoint, checkpoint, f"{checkpoint}: this is a model checkpoint"),
+    ]
+    for given_checkpoint, given_vocab, message in cases:
+        result = _cli(
+            "caption", "x.jpg", "--checkpoint", str(given_checkpoint), "--vocab", str(given_vocab)
+        )
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr  # no torch warning before the error
+        assert lines[0].startswith(f"error: {message}")
+        assert "weights_only" not in result.stderr
