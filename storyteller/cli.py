@@ -447,7 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
         "best_model.pth, vocab.pkl, README with Space front matter) and upload it. The token "
         "comes from HF_TOKEN, the `hf auth login` cache, or a hidden prompt; it is never shown.",
     )
-    p.add_argument("--space", required=True, help="the Space id, USER/NAME (created if missing)")
+    p.add_argument(
+        "--space",
+        help="the Space id, USER/NAME (created if missing); needed to upload, not for --dry-run",
+    )
     p.add_argument(
         "--run", default="outputs", help="the run folder written by run-all (default: ./outputs)"
     )
