@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -42,7 +43,17 @@ import types
 import uuid
 from pathlib import Path
 
-import gradio as gr
+try:
+    import gradio as gr
+except ModuleNotFoundError as exc:  # a base install: one line saying what to install
+    if __name__ != "__main__" or exc.name != "gradio":
+        raise
+    print(
+        "error: python app.py needs gradio, in the package's app extra: "
+        "pip install -e '.[app]' (and '.[story]' for the offline or hosted story models)",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 import torch
 
 from storyteller.errors import StorytellerError

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from itertools import chain
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from .config import ModelConfig, TrainConfig
 from .errors import StorytellerError
 from .models import CaptionDecoder, build_model, resolve_config
 from .runtime import torch_save_atomic, unwrap
-from .vocab import Vocabulary
+from .vocab import Vocabulary, is_vocabulary_file
 
 BEST_CHECKPOINT = "best_model.pth"
 LAST_CHECKPOINT = "last.pth"
@@ -72,8 +73,16 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     if path.stat().st_size == 0:
         raise ArtefactError(path, "the checkpoint is empty (0 bytes)")
+    if is_vocabulary_file(path):
+        raise ArtefactError(
+            path,
+            "this is a vocabulary (vocab.pkl), not a model checkpoint: give it as the "
+            "vocabulary (--vocab) and the run's best_model.pth as the checkpoint (--checkpoint)",
+        )
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle's protocol warning: the error says all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, not a zip, refused global, ...: all say why
         raise ArtefactError(path, _load_failure(exc)) from None
     if not isinstance(checkpoint, dict):

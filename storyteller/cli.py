@@ -9,8 +9,10 @@ see the traceback of an unexpected failure.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +27,79 @@ from .models import (
     option_defaults,
     parse_decoder_options,
 )
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows every flag's default: appended as ``(default: X)`` unless the help already says
+    it, and never for a default that means "none" (None, False, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default == []
+            or default is argparse.SUPPRESS
+            or not (action.option_strings or action.nargs in ("?", "*"))
+        ):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list) else "%(default)s"
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with shown defaults and a "did you mean" for a mistyped command, choice or
+    flag. Subcommand parsers are of this class too (argparse makes them with the parent's)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        """Unknown flags are reported by the subcommand's parser (its usage, its flags to
+        suggest from) rather than by the top-level one, which knows none of them."""
+        known, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            parser = self._command_parser(known) or self
+            flags = [f for a in parser._actions for f in a.option_strings]
+            hints = [_did_you_mean(arg.split("=", 1)[0], flags) for arg in unknown]
+            hint = next((h for h in hints if h), "")
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+        return known
+
+    def _command_parser(self, namespace) -> argparse.ArgumentParser | None:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action.choices.get(getattr(namespace, action.dest, None))
+        return None
+
+    def error(self, message: str):
+        invalid = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if invalid:
+            choices = re.findall(r"'([^']*)'", invalid.group(2))
+            message += _did_you_mean(invalid.group(1), choices)
+        super().error(message)
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    """``"; did you mean --epochs?"`` for the closest candidate, or "" when none is close."""
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _beam_width(text: str) -> int:
+    """A beam width of at least 1: ``--beam 0`` used to run greedy silently."""
+    try:
+        width = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"beam width must be a whole number, got {text!r}"
+        ) from None
+    if width < 1:
+        raise argparse.ArgumentTypeError(f"beam width must be 1 (greedy) or more, got {width}")
+    return width
 
 
 def _add_layout(p: argparse.ArgumentParser) -> None:
@@ -69,12 +144,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         default=d.num_epochs,
         help=f"number of epochs (default {d.num_epochs})",
     )
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="caption pairs per training step"
+    )
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
     p.add_argument(
         "--patience", type=int, default=d.patience, help="early-stopping patience in epochs"
     )
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="random seed (initial weights, batch order)"
+    )
     p.add_argument(
         "--embed-size",
         type=int,
@@ -93,9 +172,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --embeddings: keep the pretrained vectors fixed (default: fine-tune them)",
     )
-    p.add_argument("--hidden-size", type=int, default=512)
-    p.add_argument("--num-layers", type=int, default=1)
-    p.add_argument("--dropout", type=float, default=0.5)
+    lstm_only = "(lstm and attention; the transformer's are --decoder-option)"
+    p.add_argument("--hidden-size", type=int, default=512, help=f"LSTM state width {lstm_only}")
+    p.add_argument(
+        "--num-layers", type=int, default=1, help="stacked LSTM layers (--decoder lstm only)"
+    )
+    p.add_argument("--dropout", type=float, default=0.5, help=f"dropout probability {lstm_only}")
     p.add_argument(
         "--no-feature-norm",
         action="store_true",
@@ -142,10 +224,21 @@ def _options_help() -> str:
     return "; ".join(parts)
 
 
+def _add_model_files(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        default="outputs/best_model.pth",
+        help="the trained captioner (a run's best_model.pth)",
+    )
+    p.add_argument(
+        "--vocab", default="outputs/vocab.pkl", help="its vocabulary (the same run's vocab.pkl)"
+    )
+
+
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--beam",
-        type=int,
+        type=_beam_width,
         nargs="+",
         default=[1, 5],
         help="decodings to score: 1 = greedy (default: 1 5)",
@@ -153,7 +246,13 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--length-penalty", type=float, default=0.7, help="beam length normalisation alpha"
     )
-    p.add_argument("--meteor", choices=["auto", "java", "nltk", "none"], default="auto")
+    p.add_argument(
+        "--meteor",
+        choices=["auto", "java", "nltk", "none"],
+        default="auto",
+        help="METEOR scorer: the reference Java jar, NLTK's port, none, or auto (java when "
+        "it can run, else nltk)",
+    )
 
 
 def _configs(args) -> tuple[TrainConfig, dict]:
@@ -265,10 +364,13 @@ def _add_story_parser(sub) -> None:
         action="append",
         help="write the story from this caption instead of images (repeat for more scenes)",
     )
-    p.add_argument("--checkpoint", default="outputs/best_model.pth")
-    p.add_argument("--vocab", default="outputs/vocab.pkl")
-    p.add_argument("--beam", type=int, default=1, help="beam width for captions (1 = greedy)")
-    p.add_argument("--length-penalty", type=float, default=0.7)
+    _add_model_files(p)
+    p.add_argument(
+        "--beam", type=_beam_width, default=1, help="beam width for captions (1 = greedy)"
+    )
+    p.add_argument(
+        "--length-penalty", type=float, default=0.7, help="beam length normalisation alpha"
+    )
     p.add_argument("--device", help="cpu or cuda, for the captioner and a local language model")
     p.add_argument(
         "--backend",
@@ -296,25 +398,29 @@ def _add_story_parser(sub) -> None:
     )
     p.add_argument("--genre", default=d.genre, help=f"e.g. {', '.join(GENRES)} (free text)")
     p.add_argument("--tone", default=d.tone, help=f"e.g. {', '.join(TONES)} (free text)")
-    p.add_argument("--length", default=d.length, choices=LENGTHS)
-    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--length", default=d.length, choices=LENGTHS, help="the token budget per turn")
+    p.add_argument(
+        "--temperature", type=float, default=d.temperature, help="sampling temperature (0: greedy)"
+    )
     p.add_argument("--seed", type=int, help="repeatable sampling where the backend supports it")
     p.add_argument("--max-new-tokens", type=int, help="override the token budget of --length")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m storyteller",
         description="Neural Storyteller: cache CNN features, build a vocabulary, train an LSTM captioner, "
         "decode (greedy / beam search) and evaluate. Run `run-all` for the whole chain.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
+    from .sample import DEFAULT_NUM_IMAGES
+
     p = sub.add_parser("sample", help="write the embedded sample dataset (Kaggle layout)")
     p.add_argument("--out", help="folder to write (default: the package's cache folder)")
-    p.add_argument("--num-images", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--num-images", type=int, help=f"images to draw (default {DEFAULT_NUM_IMAGES})")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the drawings")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing sample folder")
 
     p = sub.add_parser("features", help="extract and cache image features (resumable)")
     _add_common(p)
@@ -343,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(p)
     p.add_argument("--threshold", type=int, default=5, help="minimum word count (default 5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the 80/10/10 split")
     p.add_argument(
         "--captions",
         metavar="FILE",
@@ -367,11 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("caption", help="caption images: one JSON line per image")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--checkpoint", default="outputs/best_model.pth")
-    p.add_argument("--vocab", default="outputs/vocab.pkl")
-    p.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
-    p.add_argument("--length-penalty", type=float, default=0.7)
-    p.add_argument("--device")
+    _add_model_files(p)
+    p.add_argument("--beam", type=_beam_width, default=1, help="beam width (1 = greedy)")
+    p.add_argument(
+        "--length-penalty", type=float, default=0.7, help="beam length normalisation alpha"
+    )
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument(
         "--attention-maps",
         metavar="DIR",
@@ -420,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--encoder", choices=list(ENCODERS), help="default: resnet50, or efficientnet_lite0 offline"
     )
-    p.add_argument("--threshold", type=int, default=5)
+    p.add_argument("--threshold", type=int, default=5, help="vocabulary: minimum word count")
     _add_layout(p)
     _add_train_args(p)
     _add_eval_args(p)
@@ -432,7 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
         "best_model.pth, vocab.pkl, README with Space front matter) and upload it. The token "
         "comes from HF_TOKEN, the `hf auth login` cache, or a hidden prompt; it is never shown.",
     )
-    p.add_argument("--space", required=True, help="the Space id, USER/NAME (created if missing)")
+    p.add_argument(
+        "--space",
+        help="the Space id, USER/NAME (created if missing); needed to upload, not for --dry-run",
+    )
     p.add_argument(
         "--run", default="outputs", help="the run folder written by run-all (default: ./outputs)"
     )

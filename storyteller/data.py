@@ -280,8 +280,18 @@ def load_dataset(data_dir: str | Path, check_images: bool = True) -> CaptionData
     image files are caught later, at feature extraction, where they are actually decoded.
     """
     data_dir = Path(data_dir).expanduser()
+    if data_dir.is_file():
+        raise StorytellerError(
+            f"--data wants the dataset folder, not a file: try {data_dir.parent}"
+        )
     if not data_dir.is_dir():
         raise StorytellerError(f"dataset folder not found: {data_dir}")
+    if data_dir.name in IMAGE_DIRS and not any((data_dir / n).is_file() for n in CAPTION_FILES):
+        # The image folder alone has no captions; its parent is the dataset folder.
+        raise StorytellerError(
+            f"{data_dir} is the image folder; --data wants the dataset folder that holds it "
+            f"and the caption file: try {data_dir.parent}"
+        )
     caption_file = find_caption_file(data_dir)
     image_dir = find_image_dir(data_dir)
     report = SkipReport()

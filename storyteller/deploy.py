@@ -22,6 +22,7 @@ from __future__ import annotations
 import getpass
 import importlib.util
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -38,6 +39,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 APP_FILE = "app.py"
 REQUIREMENTS_FILE = "requirements.txt"
+#: The title in the Space README's front matter when no --space names it (a dry run).
+DEFAULT_TITLE = "Neural Storyteller"
 # What inference needs from a checkpoint; optimiser, scheduler and RNG states stay behind.
 SLIM_KEYS = ("model", "model_config", "train_config", "vocab_fingerprint", "epoch", "best_val_loss")
 _SPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -123,7 +126,7 @@ def _slim_checkpoint(source: Path, dest: Path, vocab: Vocabulary) -> None:
 
 
 def build_space_folder(
-    run_dir: str | Path, dest: str | Path, title: str = "Neural Storyteller", log: Log = print
+    run_dir: str | Path, dest: str | Path, title: str = DEFAULT_TITLE, log: Log = print
 ) -> Path:
     """Write the Space folder for the run in ``run_dir`` into ``dest`` (created; must be empty
     or absent) and return it. Nothing is uploaded.
@@ -195,6 +198,14 @@ def resolve_token(token: str | None = None, interactive: bool | None = None) -> 
     )
 
 
+def deploy_command(space: str | None, run_dir: str | Path, private: bool = False) -> str:
+    """The command that uploads what a dry run built: the same run folder (a hint without
+    ``--run`` would deploy ./outputs instead) and the Space, or a USER/NAME to fill in."""
+    parts = ["python", "-m", "storyteller", "deploy", "--space", space or "USER/NAME"]
+    parts += ["--run", str(run_dir)] + (["--private"] if private else [])
+    return shlex.join(parts)
+
+
 def _http_error(action: str, space: str, exc: Exception, token: str) -> StorytellerError:
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
@@ -211,7 +222,7 @@ def _http_error(action: str, space: str, exc: Exception, token: str) -> Storytel
 
 
 def deploy_space(
-    space: str,
+    space: str | None,
     run_dir: str | Path = "outputs",
     token: str | None = None,
     private: bool = False,
@@ -221,7 +232,8 @@ def deploy_space(
     """Assemble the Space folder for ``run_dir`` and upload it to ``space`` (``USER/NAME``).
 
     Parameters:
-        space: the Space id; created if missing (``exist_ok=True``).
+        space: the Space id; created if missing (``exist_ok=True``). Only an upload needs
+            it: a dry run without one titles the folder :data:`DEFAULT_TITLE`.
         run_dir: the run folder (``best_model.pth``, ``vocab.pkl``).
         token: a Hugging Face token; default :func:`resolve_token` (never printed).
         private: create the Space as private.
@@ -229,11 +241,17 @@ def deploy_space(
 
     Returns the Space's URL (or, for a dry run, the folder's path).
     """
-    space = check_space_id(space)
     if dry_run is not None:
-        folder = build_space_folder(run_dir, dry_run, title=space.split("/")[1], log=log)
-        log(f"dry run: nothing uploaded; to deploy: python -m storyteller deploy --space {space}")
+        title = check_space_id(space).split("/")[1] if space is not None else DEFAULT_TITLE
+        folder = build_space_folder(run_dir, dry_run, title=title, log=log)
+        log(f"dry run: nothing uploaded; to deploy: {deploy_command(space, run_dir, private)}")
         return str(folder)
+    if space is None:
+        raise StorytellerError(
+            "uploading needs the Space id: --space USER/NAME (or --dry-run DIR to only write "
+            "the Space folder)"
+        )
+    space = check_space_id(space)
     if importlib.util.find_spec("huggingface_hub") is None:
         raise StorytellerError(
             "pushing the Space needs huggingface_hub: pip install 'huggingface_hub>=0.30' (the "

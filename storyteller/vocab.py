@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,6 +22,10 @@ from .runtime import atomic_path
 from .text import END, PAD, SPECIAL_TOKENS, START, UNK, tokenize
 
 FORMAT_VERSION = 1
+#: The marker ``to_dict`` writes, by which a vocabulary file is told from any other pickle.
+FORMAT_MARKER = "storyteller-vocab"
+#: Largest file read to tell whether it is a vocabulary (MAX_VOCAB short words fit in a few MB).
+MAX_VOCAB_FILE = 64 * 2**20
 
 
 class Vocabulary:
@@ -96,7 +101,7 @@ class Vocabulary:
 
     def to_dict(self) -> dict:
         return {
-            "format": "storyteller-vocab",
+            "format": FORMAT_MARKER,
             "version": FORMAT_VERSION,
             "itos": list(self.itos),
             "threshold": self.threshold,
@@ -108,7 +113,7 @@ class Vocabulary:
         """The vocabulary ``to_dict`` wrote, checked: the format marker, ``itos`` a list of
         distinct non-empty words starting with the special tokens, ``threshold`` a count >= 1
         and ``provenance`` a mapping. A problem is a one-line :class:`StorytellerError`."""
-        if not isinstance(data, dict) or data.get("format") != "storyteller-vocab":
+        if not isinstance(data, dict) or data.get("format") != FORMAT_MARKER:
             raise StorytellerError("not a storyteller vocabulary (missing format marker)")
         if (
             not is_int(data.get("version", FORMAT_VERSION))
@@ -154,6 +159,13 @@ class Vocabulary:
         data = path.read_bytes()
         if not data:
             raise ArtefactError(path, "the vocabulary file is empty (0 bytes)")
+        if is_torch_file(path):  # checked before unpickling: a zip is no pickle
+            raise ArtefactError(
+                path,
+                "this is a model checkpoint (a PyTorch file such as best_model.pth), not a "
+                "vocabulary: give it as the checkpoint (--checkpoint) and the run's vocab.pkl "
+                "as the vocabulary (--vocab)",
+            )
         try:
             return cls.from_dict(safe_unpickle(data, what=str(path)))
         except ArtefactError:
@@ -163,6 +175,31 @@ class Vocabulary:
 
     def __repr__(self) -> str:
         return f"Vocabulary(size={len(self)}, threshold={self.threshold})"
+
+
+def is_torch_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file ``torch.save`` wrote: a zip holding ``<name>/data.pkl``.
+    Lets ``Vocabulary.load`` name a swapped ``--vocab best_model.pth`` for what it is."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def is_vocabulary_file(path: str | Path) -> bool:
+    """Whether ``path`` holds a pickle that ``Vocabulary.save`` wrote (plain data with the
+    format marker), read without running anything. Lets the checkpoint loader name a swapped
+    ``--checkpoint vocab.pkl`` instead of handing it to ``torch.load``, whose failure on it is a
+    pickle warning and a parse error."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_VOCAB_FILE or zipfile.is_zipfile(path):
+            return False
+        data = safe_unpickle(path.read_bytes(), what=str(path))
+    except (OSError, StorytellerError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT_MARKER
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
@@ -191,4 +228,13 @@ def safe_unpickle(data: bytes, what: str = "pickle") -> object:
         raise ArtefactError(what, f"not a readable vocabulary pickle ({detail})") from None
 
 
-__all__ = ["Vocabulary", "safe_unpickle", "PAD", "START", "END", "UNK"]
+__all__ = [
+    "Vocabulary",
+    "safe_unpickle",
+    "is_torch_file",
+    "is_vocabulary_file",
+    "PAD",
+    "START",
+    "END",
+    "UNK",
+]

@@ -174,3 +174,37 @@ def test_a_100kb_caption_to_story_is_cut_and_no_hf_token_leaves(space):
             assert prompt.count("dog runs along the beach") <= 500 // 26 + 1
             assert "authorization" not in server.requests[0]["headers"]
             assert token not in app.log_tail(100_000) and app.alive()
+
+
+_WITHOUT_GRADIO = """
+import runpy, sys
+
+class NoGradio:  # as on a base install, where gradio (the app extra) is missing
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "gradio":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NoGradio())
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
+
+
+def test_python_app_py_without_gradio_is_a_one_line_install_hint(tmp_path):
+    """`python app.py` on the base install was a ModuleNotFoundError traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    app = Path(__file__).resolve().parents[1] / "app.py"
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_GRADIO, str(app)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: python app.py needs gradio, in the package's app extra: pip install -e '.[app]' "
+        "(and '.[story]' for the offline or hosted story models)"
+    ]

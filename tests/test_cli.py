@@ -154,3 +154,99 @@ def test_features_without_a_layout_caches_what_the_default_captioner_reads(tiny_
 def test_train_flags_name_the_seed_lstm_for_a_config_that_names_no_decoder():
     flags = train_flags(TrainConfig(), {"hidden_size": 64})
     assert flags[flags.index("--decoder") + 1] == "lstm"  # not the CLI's default
+
+
+@pytest.mark.parametrize("command", ["caption", "evaluate", "run-all", "story"])
+def test_beam_zero_is_an_error_not_silent_greedy(command, capsys):
+    """``--beam 0`` used to run greedy without a word; argparse now refuses it in one line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--beam", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "beam width must be 1 (greedy) or more, got 0" in err
+    assert "Traceback" not in err
+
+
+def test_swapped_checkpoint_and_vocabulary_say_which_file_is_what(tmp_path):
+    """``--checkpoint vocab.pkl`` printed torch's pickle warning and its advice to load with
+    ``weights_only=False``; ``--vocab best_model.pth`` an internal unpickler message. Each
+    is now one line that names the file for what it is."""
+    import torch
+
+    from storyteller.vocab import Vocabulary
+
+    vocab = Vocabulary.build(["a dog runs on the grass"] * 3, threshold=1).save(
+        tmp_path / "vocab.pkl"
+    )
+    checkpoint = tmp_path / "best_model.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "model_config": {}}, checkpoint)
+    cases = [
+        (vocab, vocab, f"{vocab}: this is a vocabulary (vocab.pkl), not a model checkpoint"),
+        (checkpoint, checkpoint, f"{checkpoint}: this is a model checkpoint"),
+    ]
+    for given_checkpoint, given_vocab, message in cases:
+        result = _cli(
+            "caption", "x.jpg", "--checkpoint", str(given_checkpoint), "--vocab", str(given_vocab)
+        )
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr  # no torch warning before the error
+        assert lines[0].startswith(f"error: {message}")
+        assert "weights_only" not in result.stderr
+
+
+def _command_parsers():
+    import argparse
+
+    from storyteller.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices
+
+
+@pytest.mark.parametrize("command", sorted(_command_parsers()))
+def test_every_flag_has_help_and_shows_its_default(command, capsys):
+    """`caption --checkpoint/--vocab`, `sample`'s options and `train --batch-size/--lr/--seed`
+    had no help and no shown default."""
+    parser = _command_parsers()[command]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        name = action.option_strings[-1] if action.option_strings else action.dest
+        assert action.help, f"{command} {name} has no help"
+        if action.default in (None, False, []) or name == "--help":
+            continue
+        shown = formatter._get_help_string(action)
+        assert "default" in shown, f"{command} {name} does not show its default"
+        value = action.default
+        value = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+        assert value in text, f"{command} {name}: default {value} not in the help"
+
+
+@pytest.mark.parametrize(
+    "argv, usage, hint",
+    [
+        (["trian"], "python -m storyteller [", "did you mean train?"),
+        (["train", "--epohcs", "3"], "storyteller train [", "did you mean --epochs?"),
+        (["caption", "a.jpg", "--checkpiont", "m.pth"], "caption [", "did you mean --checkpoint?"),
+        (["train", "--decoder", "atention"], "train [", "did you mean attention?"),
+    ],
+)
+def test_a_mistyped_command_flag_or_choice_gets_did_you_mean(argv, usage, hint, capsys):
+    """A mistyped flag used to show only the top-level usage, with no suggestion."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert usage in err  # the command's own usage for a flag of that command
+    assert err.strip().splitlines()[-1].endswith(hint)
+
+
+def test_an_unknown_flag_with_nothing_close_gets_no_guess(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--zzz"])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --zzz" in err and "did you mean" not in err

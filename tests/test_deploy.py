@@ -14,6 +14,7 @@ from conftest import cli
 from huggingface_hub.errors import HfHubHTTPError
 
 from storyteller import deploy
+from storyteller.cli import main
 from storyteller.errors import StorytellerError
 from storyteller.inference import Captioner
 
@@ -74,6 +75,8 @@ def test_dry_run_writes_a_complete_space_folder(dry_run, tiny_run):
     assert not list(dest.rglob("__pycache__")) and not list(dest.rglob("*.pyc"))
     assert (dest / "vocab.pkl").read_bytes() == (tiny_run / "vocab.pkl").read_bytes()
     assert "dry run: nothing uploaded" in result.stdout
+    hint = f"deploy --space alice/neural-storyteller --run {tiny_run}"  # the same run folder
+    assert hint in result.stdout
     assert FAKE_TOKEN not in result.stdout + result.stderr
     assert_no_token(dest)
 
@@ -178,6 +181,19 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: 'bad id' is not a Space id")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_dry_run_needs_no_space_and_an_upload_asks_for_one(tiny_run, tmp_path, capsys):
+    """`deploy --dry-run DIR` used to require --space although nothing is uploaded."""
+    dest = tmp_path / "space"
+    assert main(["deploy", "--run", str(tiny_run), "--dry-run", str(dest)]) == 0
+    assert "title: Neural Storyteller" in (dest / "README.md").read_text()
+    out = capsys.readouterr().out
+    assert f"to deploy: python -m storyteller deploy --space USER/NAME --run {tiny_run}" in out
+    assert main(["deploy", "--run", str(tiny_run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: uploading needs the Space id: --space USER/NAME")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_no_token_anywhere_is_a_clear_error(monkeypatch):

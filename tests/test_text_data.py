@@ -208,3 +208,12 @@ def test_real_flickr_sample_loads(tmp_path):
         pytest.skip("../shared/data/flickr8k-1k not present")
     dataset = load_dataset(FLICKR8K_1K)
     assert len(dataset) == 1000 and dataset.num_captions == 5000
+
+
+@pytest.mark.parametrize("inside", ["captions.txt", "Images"])
+def test_data_pointing_inside_the_dataset_suggests_the_folder(inside, tmp_path):
+    """``--data .../captions.txt`` said "folder not found"; ``.../Images`` did not name the parent."""
+    (tmp_path / "Images").mkdir()
+    (tmp_path / "captions.txt").write_text("image,caption\na.jpg,a dog runs\n")
+    with pytest.raises(StorytellerError, match=f"try {tmp_path}$"):
+        load_dataset(tmp_path / inside)

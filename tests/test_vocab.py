@@ -68,3 +68,18 @@ def test_garbage_and_missing_files(tmp_path):
 def test_bad_threshold():
     with pytest.raises(StorytellerError):
         Vocabulary.build(["a"], threshold=0)
+
+
+def test_a_checkpoint_given_as_the_vocabulary_is_named(tmp_path):
+    import torch
+
+    from storyteller.vocab import is_torch_file, is_vocabulary_file
+
+    torch.save({"model": {}}, tmp_path / "best_model.pth")
+    with pytest.raises(StorytellerError, match="this is a model checkpoint .*not a vocabulary"):
+        Vocabulary.load(tmp_path / "best_model.pth")
+    vocab = Vocabulary.build(["a dog"], threshold=1).save(tmp_path / "vocab.pkl")
+    assert is_torch_file(tmp_path / "best_model.pth") and not is_torch_file(vocab)
+    assert is_vocabulary_file(vocab) and not is_vocabulary_file(tmp_path / "best_model.pth")
+    (tmp_path / "other.pkl").write_bytes(pickle.dumps({"itos": ["a"]}))
+    assert not is_vocabulary_file(tmp_path / "other.pkl")  # a pickle, but not ours
