@@ -338,6 +338,9 @@ def train_step(
         overrides = decoder.with_embedding_width(overrides, vectors.dim, vectors.source)
     elif overrides.get("freeze_embeddings"):
         raise StorytellerError("--freeze-embeddings needs --embeddings FILE (pretrained vectors)")
+    if cache.layout == "grid":  # a decoder with a table per position sizes it from the grid
+        decoder = decoder_class(overrides.get("decoder", ModelConfig.decoder))
+        overrides = decoder.with_grid(overrides, cache.grid, f"the feature cache {paths.features}")
     model_config = ModelConfig(
         vocab_size=len(vocab),
         feature_dim=cache.dim,
