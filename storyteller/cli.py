@@ -266,11 +266,9 @@ def _configs(args) -> tuple[TrainConfig, dict]:
         patience=args.patience,
         seed=args.seed,
     )
-    if args.freeze_embeddings and not args.embeddings:
-        raise StorytellerError("--freeze-embeddings needs --embeddings FILE (pretrained vectors)")
+    # Without a file, the width (and --freeze-embeddings) may come from a checkpoint being
+    # resumed, which only train_step reads: it refuses --freeze-embeddings with no vectors.
     embed_size = args.embed_size
-    if embed_size is None and not args.embeddings:  # with a file, the file says
-        embed_size = ModelConfig.embed_size
     model = {
         **({"embed_size": embed_size} if embed_size is not None else {}),
         "hidden_size": args.hidden_size,

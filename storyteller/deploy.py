@@ -5,7 +5,8 @@
 
     README.md          Space front matter (sdk: gradio, sdk_version, app_file, python_version)
     app.py             the Gradio app (the repository's own app.py)
-    requirements.txt   CPU wheels of torch/torchvision, the package's and the story model's deps
+    requirements.txt   CPU wheels of torch/torchvision, the package's and the story model's deps,
+                       and what the run's encoder needs beyond them (resnest50d: timm)
     storyteller/       a copy of this package (no caches)
     best_model.pth     the run's best checkpoint, slimmed to what inference needs
     vocab.pkl          the run's vocabulary
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoint import BEST_CHECKPOINT, load_model, read_checkpoint
+from .encoders import get_encoder_spec
 from .errors import StorytellerError
 from .pipeline import VOCAB_FILE
 from .runtime import torch_save_atomic
@@ -118,11 +120,24 @@ continue, extend with another photo, or steer with a line of text.
 """
 
 
-def _slim_checkpoint(source: Path, dest: Path, vocab: Vocabulary) -> None:
-    """Copy the checkpoint with only what inference needs, after checking it loads."""
-    load_model(source, vocab)  # the model rebuilds from its config and matches the vocabulary
+def _slim_checkpoint(source: Path, dest: Path, vocab: Vocabulary) -> str:
+    """Copy the checkpoint with only what inference needs, after checking it loads; returns
+    the name of the encoder the model was trained on (the app builds that one)."""
+    model, _ = load_model(source, vocab)  # rebuilds from its config, matches the vocabulary
     checkpoint = read_checkpoint(source)
     torch_save_atomic({k: checkpoint[k] for k in SLIM_KEYS if k in checkpoint}, dest)
+    return model.config.encoder
+
+
+def _write_requirements(source: Path, dest: Path, encoder: str) -> None:
+    """The repository's requirements.txt, plus what the run's encoder needs beyond it (ResNeSt:
+    timm), so the Space can build the encoder the model was trained on."""
+    text = source.read_text(encoding="utf-8")
+    extra = get_encoder_spec(encoder).requirements
+    if extra:
+        text = text.rstrip("\n") + f"\n# The run's encoder, {encoder}, needs:\n"
+        text += "".join(f"{requirement}\n" for requirement in extra)
+    dest.write_text(text, encoding="utf-8")
 
 
 def build_space_folder(
@@ -163,10 +178,10 @@ def build_space_folder(
 
     vocab = Vocabulary.load(vocab_path)
     dest.mkdir(parents=True, exist_ok=True)
-    _slim_checkpoint(checkpoint, dest / BEST_CHECKPOINT, vocab)
+    encoder = _slim_checkpoint(checkpoint, dest / BEST_CHECKPOINT, vocab)
     shutil.copy2(vocab_path, dest / VOCAB_FILE)
-    for name, path in sources.items():
-        shutil.copy2(path, dest / name)
+    shutil.copy2(sources[APP_FILE], dest / APP_FILE)
+    _write_requirements(sources[REQUIREMENTS_FILE], dest / REQUIREMENTS_FILE, encoder)
     shutil.copytree(PACKAGE_DIR, dest / PACKAGE_DIR.name, ignore=_IGNORED)
     (dest / "README.md").write_text(_space_readme(title, sdk_version), encoding="utf-8")
     size_mb = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 1e6

@@ -295,6 +295,10 @@ class EncoderSpec:
     needs_download: bool
     grid: tuple[int, int] = (7, 7)
     library: str = "torchvision"
+    #: pip requirements beyond the package's own dependencies (pyproject.toml's extra of the
+    #: same name lists them for a local install); a Space serving a run on this encoder gets
+    #: them in its requirements.txt (:mod:`storyteller.deploy`).
+    requirements: tuple[str, ...] = ()
 
     @property
     def positions(self) -> int:
@@ -328,7 +332,12 @@ ENCODERS: dict[str, EncoderSpec] = {
     "wide_resnet50_2": _torchvision("wide_resnet50_2", 2048),
     # timm's resnest50d.in1k: bilinear, crop_pct 0.875 (256 -> 224), ImageNet mean/std.
     "resnest50d": EncoderSpec(
-        "resnest50d", 2048, Preprocessing(), needs_download=True, library="timm"
+        "resnest50d",
+        2048,
+        Preprocessing(),
+        needs_download=True,
+        library="timm",
+        requirements=("timm>=0.9",),
     ),
     "densenet121": _torchvision("densenet121", 1024),
     "squeezenet1_1": _torchvision("squeezenet1_1", 512, grid=(13, 13)),

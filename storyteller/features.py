@@ -8,7 +8,9 @@ The cache is two files in the output folder:
   :mod:`storyteller.encoders`);
 * ``features.json`` - the index: image names (row order), the encoder, its dimension and
   preprocessing, the ``layout`` and for a grid its ``grid`` [h, w], how many rows are done,
-  and which images could not be read; for information only, which decoders made it
+  which images could not be read and which gave features float16 cannot hold
+  (``non_finite``: NaN, or beyond +-65504; the largest such |value| in ``non_finite_peak``),
+  both skipped and reported rather than trained on; for information only, which decoders made it
   (``decode``: ``"pil"``, ``"torchvision:cuda"``, ...) and how many images the device path
   handed to PIL (``pil_fallbacks``). Caches written before layouts existed (version 1) have
   no ``layout`` key and are pooled.
@@ -479,6 +481,9 @@ def read_cache_index(out_dir: str | Path) -> dict:
         raise fail(f"done must be 0..{len(images)}, got {meta['done']}")
     if not isinstance(unreadable, list) or not set(unreadable) <= set(images):
         raise fail("unreadable must list some of the images")
+    non_finite = meta.setdefault("non_finite", [])  # absent from caches made before the check
+    if not isinstance(non_finite, list) or not set(non_finite) <= set(images):
+        raise fail("non_finite must list some of the images")
     layout = meta.get("layout", "pooled")
     if layout not in LAYOUTS:
         raise fail(f"unknown layout {describe(layout)} (known: {', '.join(LAYOUTS)})")
@@ -582,6 +587,7 @@ def extract_features(
             "images": names,
             "done": 0,
             "unreadable": [],
+            "non_finite": [],
         }
         array = np.lib.format.open_memmap(
             array_path, mode="w+", dtype=np.float16, shape=(len(names), *spec.shape(layout))
@@ -630,7 +636,8 @@ def extract_features(
                     f" per image, the cache holds {array.shape[1:]}: was the encoder or its "
                     "preprocessing changed? Pass --overwrite to start again"
                 )
-            array[row : row + len(features)] = features.numpy().astype(np.float16)
+            block = _to_float16(features, names[row : row + len(features)], meta)
+            array[row : row + len(features)] = block  # (B, dim) or (B, h*w, dim)
             meta["unreadable"] += [names[row + i] for i in torch.nonzero(~ok).flatten().tolist()]
             row += len(features)
             array.flush()
@@ -648,7 +655,48 @@ def extract_features(
             f"(e.g. {meta['unreadable'][:3]}); their captions are left out of training",
             stacklevel=2,
         )
+    if meta["non_finite"]:
+        warnings.warn(non_finite_report(meta), stacklevel=2)
     return array_path
+
+
+#: The largest magnitude a float16 cache holds; beyond it a value is stored as inf.
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+def _to_float16(features: torch.Tensor, names: Sequence[str], meta: dict) -> np.ndarray:
+    """features: (B, ...) float32 -> the float16 rows to store. An image whose features hold
+    NaN or a value beyond +-65504 (stored as inf) is recorded in ``meta["non_finite"]`` and
+    stored as zeros, and left out like an unreadable image: a NaN or inf feature would make
+    every loss it touches NaN, and nothing in the float16 file could say which encoder did it.
+    ``meta["non_finite_peak"]`` keeps the largest |value| such a row held (beyond float16)."""
+    with np.errstate(over="ignore"):  # the overflow is counted and reported below instead
+        block = features.numpy().astype(np.float16)  # (B, dim) or (B, h*w, dim)
+    bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)  # (B,)
+    if bad.any():
+        magnitude = features[torch.from_numpy(bad)].abs().nan_to_num(nan=0.0)  # (k, ...)
+        peak = float(magnitude.max().clamp(max=torch.finfo(torch.float32).max))
+        meta["non_finite_peak"] = max(meta.get("non_finite_peak", 0.0), peak)
+        meta["non_finite"] += [names[i] for i in np.flatnonzero(bad).tolist()]
+        block[bad] = 0
+    return block
+
+
+def non_finite_report(meta: dict) -> str:
+    """One line for the images whose features float16 could not hold: how many, the largest
+    |value|, and what it means (the encoder, not the images, is at fault)."""
+    bad, peak = meta["non_finite"], meta.get("non_finite_peak", 0.0)
+    size = (
+        f"max |value| {peak:.3g}, beyond float16's {FLOAT16_MAX:.0f}"
+        if peak > FLOAT16_MAX
+        else "NaN values"
+    )
+    return (
+        f"{len(bad)} image(s) skipped whose {meta['encoder']} features float16 cannot hold "
+        f"({size}; e.g. {bad[:3]}); their captions are left out of training. The encoder is "
+        "broken (NaN) or its activations are out of the float16 cache's range (e.g. random "
+        "weights without batch-norm statistics): use trained weights or another encoder"
+    )
 
 
 def load_feature_cache(out_dir: str | Path) -> FeatureCache:
@@ -672,7 +720,7 @@ def load_feature_cache(out_dir: str | Path) -> FeatureCache:
         raise ArtefactError(array_path, f"missing, though {index_path.name} describes it")
     check_npy(array_path, np.float16, cache_shape(meta))  # header only: nothing mapped yet
     array = np.load(array_path, mmap_mode="r")  # (N, dim) or (N, h*w, dim)
-    bad = set(meta["unreadable"])
+    bad = set(meta["unreadable"]) | set(meta["non_finite"])  # both reported at extraction
     keep = [i for i, name in enumerate(meta["images"]) if name not in bad]
     names = [meta["images"][i] for i in keep]
     if layout == "grid":

@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING
 
 from .artefacts import read_splits
 from .attention_maps import ATTENTION_MAPS_DIR
-from .checkpoint import BEST_CHECKPOINT, load_model
+from .checkpoint import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    check_model_config,
+    load_model,
+    read_checkpoint,
+)
 from .config import ModelConfig, TrainConfig
 from .data import CaptionDataset, SkipReport, Split, load_dataset, read_caption_file, split_by_image
 from .distributed import SINGLE_PROCESS, DistContext
@@ -299,6 +305,19 @@ def load_splits(out: str | Path) -> dict[str, list[str]]:
     return read_splits(path)
 
 
+def _learned_embeddings(last: Path) -> tuple[dict, ModelConfig] | None:
+    """The pretrained-vector provenance and model config of the run's ``last.pth``, when it
+    exists and started from pretrained vectors: a resume then takes the learned vectors, their
+    width and freezing from it, so the GloVe file is never needed again."""
+    if not last.is_file():
+        return None
+    checkpoint = read_checkpoint(last)
+    provenance = checkpoint.get("embeddings")
+    if not isinstance(provenance, dict) or not isinstance(provenance.get("dim"), int):
+        return None
+    return provenance, check_model_config(checkpoint, last)
+
+
 def _load_run(data, out, log) -> tuple[CaptionDataset, dict, Vocabulary]:
     paths = RunPaths(Path(out))
     splits, vocab = load_splits(out), Vocabulary.load(paths.vocab)  # cheap checks first
@@ -323,14 +342,31 @@ def train_step(
     ``context``: this process's place under torchrun (:func:`storyteller.distributed.session`);
     every process calls this, rank 0 alone writes. ``embeddings``: a GloVe text file whose
     vectors start the word embedding (its dimension sets the embedding width; add
-    ``"freeze_embeddings": True`` to ``model_overrides`` to keep them fixed)."""
+    ``"freeze_embeddings": True`` to ``model_overrides`` to keep them fixed). A resumed run
+    that started from such a file takes the vectors, their width and freezing from
+    ``last.pth``: the file is not needed (nor read) again, and another file is refused."""
     train_config = train_config or TrainConfig()
     seed_everything(train_config.seed)
     paths = RunPaths(Path(out))
     dataset, splits, vocab = _load_run(data, out, log)
     cache = load_feature_cache(paths.features)
     overrides, vectors = dict(model_overrides or {}), None
-    if embeddings is not None:
+    learned = _learned_embeddings(paths.out / LAST_CHECKPOINT) if resume else None
+    if learned is not None:  # the checkpoint holds the vectors: the file is not read again
+        provenance, saved = learned
+        if embeddings is not None and Path(embeddings).name != provenance["file"]:
+            raise StorytellerError(
+                f"{paths.out / LAST_CHECKPOINT} was trained from embeddings "
+                f"{provenance['file']}, not {Path(embeddings).name}: leave --embeddings out to "
+                "resume (the checkpoint holds the learned vectors) or pass --no-resume"
+            )
+        log(f"resuming with the word vectors learned from {provenance['file']} (file not read)")
+        decoder = decoder_class(overrides.get("decoder", ModelConfig.decoder))
+        source = f"the checkpoint's {provenance['file']}"
+        overrides = decoder.with_embedding_width(overrides, provenance["dim"], source)
+        if embeddings is None:  # no file named: freezing is the checkpoint's too
+            overrides.setdefault("freeze_embeddings", saved.freeze_embeddings)
+    elif embeddings is not None:
         # Every process draws the same random rows (DDP starts from rank 0's weights anyway).
         vectors = read_word_vectors(embeddings, vocab, seed=train_config.seed)
         log(vectors.summary())
@@ -338,6 +374,9 @@ def train_step(
         overrides = decoder.with_embedding_width(overrides, vectors.dim, vectors.source)
     elif overrides.get("freeze_embeddings"):
         raise StorytellerError("--freeze-embeddings needs --embeddings FILE (pretrained vectors)")
+    if cache.layout == "grid":  # a decoder with a table per position sizes it from the grid
+        decoder = decoder_class(overrides.get("decoder", ModelConfig.decoder))
+        overrides = decoder.with_grid(overrides, cache.grid, f"the feature cache {paths.features}")
     model_config = ModelConfig(
         vocab_size=len(vocab),
         feature_dim=cache.dim,

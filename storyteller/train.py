@@ -625,6 +625,10 @@ def train_model(
             f"feature cache holds {cache.layout} vectors: extract features with --layout grid "
             "(one grid cache serves every decoder)"
         )
+    if layout == "grid":  # a grid too large for the model: one line now, not at the first batch
+        type(state.model).with_grid(
+            {"decoder_options": state.model.config.decoder_options}, cache.grid, "the cache"
+        )
     if context.enabled:  # the same weights everywhere (DDP copies rank 0's), own dropout draws
         torch.manual_seed(train_config.seed + context.rank)
     last_path, best_path = out_dir / LAST_CHECKPOINT, out_dir / BEST_CHECKPOINT

@@ -318,6 +318,7 @@ INDEX_CASES = {
     "done beyond the images": _index_edit(lambda m: m.update(done=999)),
     "done negative": _index_edit(lambda m: m.update(done=-1)),
     "unreadable an unknown image": _index_edit(lambda m: m.update(unreadable=["ghost.jpg"])),
+    "non_finite an unknown image": _index_edit(lambda m: m.update(non_finite=["ghost.jpg"])),
     "unknown layout": _index_edit(lambda m: m.update(layout="cube")),
     "grid without its size": _index_edit(lambda m: m.update(layout="grid")),
     "a newer version": _index_edit(lambda m: m.update(version=99)),

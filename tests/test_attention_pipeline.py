@@ -169,6 +169,83 @@ def test_transformer_captioner_captions_a_new_photo(transformer_run, tiny_data):
     assert isinstance(caption, str) and caption.split()
 
 
+# SqueezeNet's 13 x 13 grid: more positions than the transformer's default table of 64.
+
+
+@pytest.fixture(scope="module")
+def squeezenet_run(tiny_data, tmp_path_factory):
+    """A run folder with a 13 x 13 grid cache from random-weight SqueezeNet (no download)."""
+    from storyteller import features as features_module
+    from storyteller.data import load_dataset
+    from storyteller.encoders import build_encoder
+
+    out = tmp_path_factory.mktemp("squeezenet-run")
+    dataset = load_dataset(tiny_data)
+    encoder = build_encoder("squeezenet1_1", pretrained=False, grid=True)
+    features_module.extract_features(
+        dataset.image_dir, dataset.images, out / "features", "squeezenet1_1", 16, 0,
+        encoder=encoder, layout="grid",
+    )  # fmt: skip
+    pipeline.vocab_step(tiny_data, out, threshold=2, log=quiet)
+    return out
+
+
+def test_transformer_sizes_its_grid_table_from_a_13x13_cache(
+    squeezenet_run, tiny_data, monkeypatch
+):
+    out = squeezenet_run
+    assert json.loads((out / "features" / "features.json").read_text())["grid"] == [13, 13]
+    train = TrainConfig(num_epochs=1, batch_size=32)
+    pipeline.train_step(tiny_data, out, train, TRANSFORMER, resume=False, log=quiet)
+    options = read_checkpoint(out / "best_model.pth")["model_config"]["decoder_options"]
+    assert options["grid_positions"] == 169  # the table is as long as the grid, in the file
+    # A second epoch resumes: the fitted config matches the one the checkpoint stores.
+    logged = []
+    pipeline.train_step(
+        tiny_data, out, TrainConfig(num_epochs=2, batch_size=32), TRANSFORMER, log=logged.append
+    )
+    assert any(line.startswith("resuming from") for line in logged)
+    # caption (and the app) rebuild the 169-position model from the checkpoint alone
+    from storyteller import features as features_module
+    from storyteller.encoders import build_encoder
+
+    def random_weights(name, grid=False):  # no download: the weights are not the point
+        return build_encoder(name, pretrained=False, grid=grid)
+
+    monkeypatch.setattr(features_module, "build_encoder", random_weights)
+    captioner = Captioner.from_files(out / "best_model.pth", out / "vocab.pkl")
+    assert captioner.model.grid_positions.shape == (169, 32)
+    photo = sorted((tiny_data / "Images").iterdir())[0]
+    assert captioner([photo], beam_size=2)[0].split()
+
+
+def test_grid_positions_asked_below_the_cache_grid_is_a_one_line_error(
+    squeezenet_run, tiny_data, tmp_path
+):
+    small = {**TRANSFORMER, "decoder_options": {**TRANSFORMER["decoder_options"]}}
+    small["decoder_options"]["grid_positions"] = 100
+    train = TrainConfig(num_epochs=1, batch_size=32)
+    with pytest.raises(
+        StorytellerError, match=r"grid_positions=100 is less than the 13 x 13 = 169"
+    ):
+        pipeline.train_step(tiny_data, squeezenet_run, train, small, resume=False, log=quiet)
+    # train_model called with such a config directly: the same error, before any batch
+    from storyteller.config import ModelConfig
+    from storyteller.data import load_dataset
+    from storyteller.features import load_feature_cache
+    from storyteller.train import train_model
+    from storyteller.vocab import Vocabulary
+
+    cache = load_feature_cache(squeezenet_run / "features")
+    vocab = Vocabulary.load(squeezenet_run / "vocab.pkl")
+    config = ModelConfig(len(vocab), cache.dim, encoder=cache.encoder, **small)
+    splits = pipeline.load_splits(squeezenet_run)
+    with pytest.raises(StorytellerError, match="169 positions of the cache"):
+        train_model(
+            cache, load_dataset(tiny_data), splits, vocab, tmp_path, config, train, log=quiet
+        )
+
+
 def test_transformer_decoder_flags_round_trip_with_its_options():
     train = TrainConfig(num_epochs=2)
     for model in ({"decoder": "transformer"}, TRANSFORMER):

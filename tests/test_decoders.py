@@ -787,3 +787,21 @@ def test_old_import_path_still_works():
     from storyteller.models import LSTMState
 
     assert CaptionModel is LSTMDecoder and DecoderState is LSTMState
+
+
+def test_transformer_grid_table_is_fitted_to_the_cache_grid():
+    fit = TransformerDecoder.with_grid
+    # 7 x 7 and 8 x 8 keep the default 64: earlier runs' configs (and checkpoints) unchanged
+    for grid in ((7, 7), (8, 8)):
+        assert fit({}, grid, "c")["decoder_options"]["grid_positions"] == 64
+    fitted = fit({"decoder_options": {"d_model": 16}}, (13, 13), "c")
+    assert fitted["decoder_options"] == {"d_model": 16, "grid_positions": 169}
+    asked = {"decoder_options": {"grid_positions": 200}}
+    assert fit(asked, (13, 13), "c") == asked  # enough: kept as asked
+    with pytest.raises(StorytellerError, match="grid_positions=64 is less than .* 169 .* of c"):
+        fit({"decoder_options": {"grid_positions": 64}}, (13, 13), "c")
+    assert LSTMDecoder.with_grid({"hidden_size": 8}, (13, 13), "c") == {"hidden_size": 8}
+    # a 169-position model reads a 13 x 13 grid, and a checkpoint of it rebuilds the same size
+    config = ModelConfig(VOCAB, FEATURE_DIM, decoder="transformer", **fitted)
+    model = build_model(config)
+    assert model.init_state(torch.randn(2, 169, FEATURE_DIM)).memory.shape == (2, 169, 16)

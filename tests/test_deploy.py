@@ -121,6 +121,63 @@ def test_slim_checkpoint_rebuilds_the_same_captioner(dry_run, tiny_run, tiny_dat
     assert shipped([image], beam_size=3) == original([image], beam_size=3)
 
 
+def test_requirements_are_the_repositorys_for_an_encoder_needing_nothing_more(dry_run):
+    dest, _ = dry_run  # tiny_run: efficientnet_lite0, whose package is a core dependency
+    assert (dest / "requirements.txt").read_text() == (REPO / "requirements.txt").read_text()
+
+
+def test_every_encoders_extra_requirements_are_its_pyproject_extra():
+    """One list per encoder (the registry's), the same as pyproject's extra of that library."""
+    from storyteller.encoders import ENCODERS
+
+    declared = {r.split(";")[0].strip() for r in requires("storyteller") if "extra ==" in r}
+    for spec in ENCODERS.values():
+        assert set(spec.requirements) <= declared, spec.name
+    assert ENCODERS["resnest50d"].requirements == ("timm>=0.9",)
+
+
+@pytest.fixture(scope="module")
+def resnest_run(tiny_data, tmp_path_factory):
+    """A run on resnest50d features (random timm weights: no download) and a 1-epoch LSTM."""
+    from storyteller import pipeline
+    from storyteller.config import TrainConfig
+    from storyteller.data import load_dataset
+    from storyteller.encoders import build_encoder
+    from storyteller.features import extract_features
+
+    out = tmp_path_factory.mktemp("resnest-run")
+    dataset = load_dataset(tiny_data)
+    encoder = build_encoder("resnest50d", pretrained=False)
+    extract_features(
+        dataset.image_dir, dataset.images, out / "features", "resnest50d", 8, 0, encoder=encoder
+    )
+    pipeline.vocab_step(tiny_data, out, threshold=2, log=lambda _: None)
+    small = {"hidden_size": 32, "embed_size": 16}
+    pipeline.train_step(tiny_data, out, TrainConfig(num_epochs=1), small, log=lambda _: None)
+    return out
+
+
+def test_a_resnest_run_ships_timm_and_the_space_loads(
+    resnest_run, tiny_data, tmp_path, monkeypatch
+):
+    dest = deploy.build_space_folder(resnest_run, tmp_path / "space", log=lambda _: None)
+    names = requirement_names(dest / "requirements.txt")
+    assert "timm" in names and names - {"timm"} == requirement_names(REPO / "requirements.txt")
+    assert "timm>=0.9\n" in (dest / "requirements.txt").read_text()
+    # The Space's captioner builds resnest50d from the shipped checkpoint (random weights here).
+    from storyteller import features
+    from storyteller.encoders import build_encoder
+
+    def random_weights(name, grid=False):
+        return build_encoder(name, pretrained=False, grid=grid)
+
+    monkeypatch.setattr(features, "build_encoder", random_weights)
+    captioner = Captioner.from_files(dest / "best_model.pth", dest / "vocab.pkl")
+    assert captioner.model.config.encoder == "resnest50d"
+    image = sorted((tiny_data / "Images").glob("*.jpg"))[0]
+    assert isinstance(captioner([image])[0], str)
+
+
 @pytest.mark.parametrize(
     "space", ["no-slash", "a/b/c", "/name", "user/", "user/bad name", "user/a--b", "user/x.git"]
 )

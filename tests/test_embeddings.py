@@ -176,9 +176,9 @@ def test_cli_flags_and_their_inverse():
     assert model["freeze_embeddings"] is True and "embed_size" not in model  # the file says
     assert "--freeze-embeddings" in train_flags(train, model)
     _, plain = _configs(parser.parse_args(["train"]))
-    assert plain["embed_size"] == ModelConfig.embed_size and "freeze_embeddings" not in plain
-    with pytest.raises(StorytellerError, match="needs --embeddings"):
-        _configs(parser.parse_args(["train", "--freeze-embeddings"]))
+    assert "embed_size" not in plain and "freeze_embeddings" not in plain  # ModelConfig's 256
+    # --freeze-embeddings alone: train_step decides (a resumed checkpoint may hold vectors)
+    assert _configs(parser.parse_args(["train", "--freeze-embeddings"]))[1]["freeze_embeddings"]
 
 
 def test_train_with_frozen_glove_end_to_end_then_reload_without_the_file(
@@ -216,6 +216,49 @@ def test_train_with_frozen_glove_end_to_end_then_reload_without_the_file(
         table = model.word_embedding().weight
         for word in words:
             assert torch.allclose(table[vocab.stoi[word]], torch.tensor(vectors[word]), atol=1e-6)
+
+
+def test_resume_needs_only_the_checkpoint_not_the_file(tiny_data, tiny_run, tmp_path, capsys):
+    """A run started with `--embeddings F --freeze-embeddings` resumes (train, then run-all)
+    with the file gone and no embedding flags: width, vectors and freezing come from
+    last.pth. Another file named on resume is a one-line error; with no checkpoint to resume,
+    --freeze-embeddings still needs a file."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("*.pth", "history.json"))
+    vocab = Vocabulary.load(out / "vocab.pkl")
+    gen = torch.Generator().manual_seed(3)
+    vectors = {w: torch.randn(8, generator=gen).tolist() for w in vocab.itos[4:]}
+    glove = write_glove(tmp_path / "glove.8d.txt", vectors)
+    other = write_glove(tmp_path / "other.8d.txt", vectors)
+    flags = ["train", "--data", str(tiny_data), "--out", str(out), "--decoder", "lstm"]
+    flags += ["--hidden-size", "16", "--batch-size", "32"]
+    assert main([*flags, "--embeddings", str(glove), "--freeze-embeddings", "--epochs", "1"]) == 0
+    glove.unlink()
+    capsys.readouterr()
+    assert main([*flags, "--embeddings", str(other), "--epochs", "2"]) != 0
+    err = capsys.readouterr().err
+    assert "trained from embeddings glove.8d.txt, not other.8d.txt" in err
+    assert main([*flags, "--epochs", "2"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "learned from glove.8d.txt (file not read)" in printed
+    assert "1 epoch(s) done" in printed
+    run_all = ["run-all", "--data", str(tiny_data), "--out", str(out), "--decoder", "lstm"]
+    run_all += ["--encoder", "efficientnet_lite0", "--threshold", "2", "--epochs", "3"]
+    run_all += ["--hidden-size", "16", "--batch-size", "32", "--beam", "1", "--meteor", "none"]
+    assert main(run_all) == 0, capsys.readouterr().err
+    assert "2 epoch(s) done" in capsys.readouterr().out
+    last = read_checkpoint(out / "last.pth")
+    assert last["epoch"] == 3 and last["embeddings"]["file"] == glove.name
+    model, _ = load_model(out / "last.pth", vocab)
+    assert model.config.embed_size == 8 and model.config.freeze_embeddings
+    assert not model.word_embedding().weight.requires_grad
+    for word in vocab.itos[4:]:  # frozen through all three epochs
+        assert torch.allclose(model.word_embedding().weight[vocab.stoi[word]],
+                              torch.tensor(vectors[word]), atol=1e-6)  # fmt: skip
+    fresh = ["train", "--data", str(tiny_data), "--out", str(tmp_path / "fresh")]
+    shutil.copytree(tiny_run, tmp_path / "fresh", ignore=shutil.ignore_patterns("*.pth"))
+    assert main([*fresh, "--freeze-embeddings", "--epochs", "1"]) != 0
+    assert "--freeze-embeddings needs --embeddings FILE" in capsys.readouterr().err
 
 
 def test_config_round_trip_keeps_the_flag():

@@ -146,6 +146,60 @@ def test_unreadable_images_are_skipped_and_reported(tiny_data, tmp_path):
     assert cache.names == sorted(good)
 
 
+class _OutOfRange(torch.nn.Module):
+    """A fake encoder, batches of 4: the first image of every batch has one feature of 1e6
+    (beyond float16's 65504) and the second image of the second batch a NaN."""
+
+    def __init__(self, layout: str):
+        super().__init__()
+        self.layout, self.batches = layout, 0
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W)
+        shape = (len(pixels), 1280) if self.layout == "pooled" else (len(pixels), 49, 1280)
+        out = torch.full(shape, 0.5)  # (B, dim) or (B, 49, dim)
+        out[0].view(-1)[7] = 1e6
+        if self.batches == 1:
+            out[1].view(-1)[3] = float("nan")
+        self.batches += 1
+        return out
+
+
+@pytest.mark.parametrize("layout", ["pooled", "grid"])
+def test_features_float16_cannot_hold_are_skipped_counted_and_reported(tiny_data, tmp_path, layout):
+    dataset = load_dataset(tiny_data)
+    names = sorted(dataset.images)[:10]
+    encoder, out = _OutOfRange(layout), tmp_path / "f"
+
+    def stop_after_one_batch(rows_done):
+        if rows_done == 4:
+            raise _Interrupt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy "overflow in cast": the count says it
+        with pytest.raises(_Interrupt):  # resumed below: the count carries over
+            extract_features(
+                dataset.image_dir, names, out, "efficientnet_lite0", 4, 0, encoder=encoder,
+                layout=layout, on_batch=stop_after_one_batch,
+            )  # fmt: skip
+    with pytest.warns(UserWarning) as caught:
+        extract_features(
+            dataset.image_dir, names, out, "efficientnet_lite0", 4, 0, encoder=encoder,
+            layout=layout,
+        )  # fmt: skip
+    bad = [names[0], names[4], names[5], names[8]]
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith("4 image(s) skipped whose efficientnet_lite0 features float16")
+    assert "max |value| 1e+06, beyond float16's 65504" in message
+    assert "use trained weights or another encoder" in message
+    meta = json.loads((out / "features.json").read_text())
+    assert meta["non_finite"] == bad and meta["non_finite_peak"] == 1e6
+    on_disk = np.load(out / "features.npy")
+    assert np.isfinite(on_disk).all()  # the skipped rows are zeros, never inf or NaN
+    cache = load_feature_cache(out)
+    assert cache.names == [n for n in names if n not in bad]
+    assert bool(torch.isfinite(cache.features).all())
+
+
 # --------------------------------------------------------------------------------------------
 # The grid layout: (N, h*w, dim) per cache, memory-mapped, and pooled vectors from its means
 # --------------------------------------------------------------------------------------------

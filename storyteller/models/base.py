@@ -223,6 +223,15 @@ class CaptionDecoder(nn.Module, ABC):
             )
         return {**overrides, "embed_size": width}
 
+    @classmethod
+    def with_grid(cls, overrides: dict, grid: tuple[int, int], source: str) -> dict:
+        """``overrides`` (ModelConfig fields) fitted to a feature cache's (h, w) ``grid`` from
+        ``source``, before the config is resolved for a run (so the checkpoint stores the
+        fitted size and the app rebuilds it). Most decoders read any number of positions and
+        return ``overrides`` unchanged; one with a table per position (the transformer's
+        ``grid_positions``) sizes it here, and refuses a size asked for that is too small."""
+        return overrides
+
     def describe(self) -> str:
         """A few words for people (the app's status line), e.g. ``LSTM 512``."""
         return f"{self.name} decoder"

@@ -52,7 +52,9 @@ class TransformerOptions:
     dropout: float = 0.1  # transformer-sized, not the LSTM's 0.5
     positions: str = "learned"  # word positions: "learned" or "sinusoidal"
     max_positions: int = 64  # longest word prefix ("learned" positions are a table this long)
-    grid_positions: int = 64  # most grid positions (8 x 8: Inception's 299 px grid fits)
+    # Most grid positions: the learned table's length. 64 (8 x 8) holds every 224 px grid and
+    # Inception's; a run on a larger grid (SqueezeNet's 13 x 13) gets h * w (see with_grid).
+    grid_positions: int = 64
     warmup_steps: int = 500  # batches of linear warm-up, then inverse-square-root decay
 
 
@@ -291,6 +293,27 @@ class TransformerDecoder(CaptionDecoder):
                 f"{width}-d: leave d_model out (the file sets it)"
             )
         return {**overrides, "decoder_options": {**options, "d_model": width}}
+
+    @classmethod
+    def with_grid(cls, overrides: dict, grid: tuple[int, int], source: str) -> dict:
+        """The learned grid table must hold every position of the cache's grid: without
+        ``grid_positions`` asked for, it is ``h * w`` when that is more than the default 64,
+        else the default (so every run on a 7 x 7 or 8 x 8 grid keeps the config, and the
+        checkpoints, it always had and still resumes); a size asked for below ``h * w`` is a
+        one-line error before training, not a ValueError at the first batch."""
+        options = dict(overrides.get("decoder_options") or {})
+        cells = grid[0] * grid[1]
+        asked = options.get("grid_positions")
+        if asked is None:
+            size = max(TransformerOptions.grid_positions, cells)
+            return {**overrides, "decoder_options": {**options, "grid_positions": size}}
+        if asked < cells:
+            raise StorytellerError(
+                f"--decoder-option grid_positions={asked} is less than the {grid[0]} x {grid[1]} "
+                f"= {cells} positions of {source}: leave grid_positions out (the grid sets it) "
+                f"or give at least {cells}"
+            )
+        return overrides
 
     def configure_optimizer(
         self, train_config: TrainConfig
