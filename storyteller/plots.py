@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; notebooks display the saved PNGs
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .features import load_rgb  # noqa: E402
 
@@ -27,6 +28,8 @@ def plot_loss_curves(history: Sequence[dict], path: str | Path) -> Path:
             best["epoch"], color="grey", linestyle=":", label=f"best (epoch {best['epoch']})"
         )
     ax.set_xlabel("epoch")
+    # Epochs are whole numbers: a tick at 2.5 names an epoch that never ran.
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("cross-entropy loss")
     ax.set_title("Caption model loss")
     ax.grid(alpha=0.3)
