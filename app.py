@@ -22,6 +22,10 @@ characters and a steering line to 300 (the timings line says so), the prompt is 
 token budget, and a turn stops at its time limit. A local model writes one story at a time, so
 a visitor waits at most one bounded turn for each visitor ahead in the queue.
 
+A refused request (a file that is not a photo, an empty caption, beam 50 through the API, a
+story backend that is down) puts one line in the server log, ``user mistake: /caption: ...``
+or ``story failed: ...``, not a traceback; the client gets the message alone.
+
 API (``gradio_client``), documented in the README:
 
 * ``/caption``: image file, decoding ("greedy" or "beam"), beam width -> caption text;
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import sys
 import tempfile
@@ -93,6 +98,42 @@ if configured_threads():  # STORYTELLER_TORCH_THREADS; else torch's default (all
 MAX_BEAM = 10
 EXAMPLES_DIR = Path(tempfile.gettempdir()) / "storyteller-examples"
 
+# The server log: one line per refused request (Gradio's default is a traceback for each).
+LOG = logging.getLogger("storyteller.app")
+if not LOG.handlers:
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    LOG.addHandler(_handler)
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+
+
+def refuse(message: str, where: str = "", kind: str = "user mistake", **kwargs) -> gr.Error:
+    """The error to raise for a request the app will not serve, logged as one line.
+
+    Gradio prints a traceback into the server log for every ``gr.Error``; for a user's mistake
+    (a PDF for a photo, an empty caption, beam 50) it only points into this file and buries
+    real failures. The log gets ``kind: [where: ]message``; the client gets ``message`` alone.
+    """
+    LOG.warning("%s: %s%s", kind, f"{where}: " if where else "", message)
+    return gr.Error(message, print_exception=False, **kwargs)
+
+
+def checked_quietly(component):
+    """``component`` whose own value checks (a slider's range, a radio's choices) refuse a
+    bad API value through :func:`refuse` instead of Gradio's traceback. (Set on the instance,
+    as :func:`photo_input` does.)"""
+    check = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return check(payload)
+        except gr.Error as exc:
+            raise refuse(exc.message, where=component.label or "") from None
+
+    component.preprocess = preprocess
+    return component
+
 
 def _raw_upload(self, payload):
     """Replacement for ``gr.Image.preprocess``: the uploaded file's path, *undecoded*.
@@ -108,13 +149,13 @@ def _raw_upload(self, payload):
         try:
             data = base64.b64decode(payload.url.split(",", 1)[1], validate=False)
         except (IndexError, binascii.Error):
-            raise gr.Error("the image data sent by the browser is damaged: try again") from None
+            raise refuse("the image data sent by the browser is damaged: try again") from None
         path = Path(self.GRADIO_CACHE) / f"upload-{uuid.uuid4().hex}"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         return str(path)
     if payload.path is None:
-        raise gr.Error("no image was received: upload it again")
+        raise refuse("no image was received: upload it again")
     return str(payload.path)
 
 
@@ -206,19 +247,20 @@ if os.environ.get("STORYTELLER_PRELOAD_STORY", "1") == "1":
 def caption_image(image: str | None, decoding: str = "beam", beam_width: float = 5, info=None):
     """Caption one image. Returns the caption (and, for the page, the timings state)."""
     if CAPTIONER is None:
-        raise gr.Error(MODEL_STATUS.replace("**", ""), duration=None)
+        raise refuse(MODEL_STATUS.replace("**", ""), kind="not served", duration=None)
     if not image:
-        raise gr.Error("upload a photo (or take one with the webcam) first")
+        raise refuse("upload a photo (or take one with the webcam) first", "/caption")
     if decoding not in ("greedy", "beam"):
-        raise gr.Error(f"decoding must be 'greedy' or 'beam', not {decoding!r}")
+        raise refuse(f"decoding must be 'greedy' or 'beam', not {decoding!r}", "/caption")
     width = int(beam_width)
     if not 1 <= width <= MAX_BEAM:
-        raise gr.Error(f"beam width must be between 1 and {MAX_BEAM}, not {beam_width}")
+        message = f"beam width must be between 1 and {MAX_BEAM}, not {beam_width}"
+        raise refuse(message, "/caption")
     beam = width if decoding == "beam" else 1
     try:
         result = caption_upload(CAPTIONER, image, beam)
     except UnreadableImage as exc:
-        raise gr.Error(str(exc)) from None
+        raise refuse(str(exc), "/caption") from None
     label = f"beam {beam}" if beam > 1 else "greedy"
     info = {**(info or {}), "caption_ms": result.ms, "decoding": label}
     looked = (result.view, result.attention) if result.attention is not None else None
@@ -241,7 +283,7 @@ def _options(genre: str, tone: str, length: str) -> StoryOptions:
             genre=genre or "adventure", tone=tone or "warm", length=length, seed=seed
         )
     except (StorytellerError, ValueError) as exc:
-        raise gr.Error(str(exc)) from None
+        raise refuse(str(exc), "story options") from None
 
 
 def _stream(kind: str, text: str, genre, tone, length, session, info):
@@ -252,7 +294,7 @@ def _stream(kind: str, text: str, genre, tone, length, session, info):
         if session is None or kind == "start":
             session = StorySession(backend, options)
         if kind in ("continue", "steer") and not session.story:  # a new image may start one
-            raise gr.Error("start a story first (New story), then continue it")
+            raise refuse("start a story first (New story), then continue it", f"/{kind}")
         started = time.perf_counter()
         if kind == "start":
             chunks = session.start(text, options)
@@ -274,14 +316,15 @@ def _stream(kind: str, text: str, genre, tone, length, session, info):
         info.update(parts=len(session.turns), backend=backend.describe(), notes=session.notes)
         yield story, session, info
     except StoryError as exc:
-        raise gr.Error(f"{exc} (the caption is still shown above)", duration=None) from None
+        message = f"{exc} (the caption is still shown above)"
+        raise refuse(message, f"{kind} turn", kind="story failed", duration=None) from None
 
 
 def write_story(caption, genre="adventure", tone="warm", length="short", session=None, info=None):
     """A new story from a caption (streams)."""
     caption = (caption or "").strip()
     if not caption:
-        raise gr.Error("there is no caption yet: upload a photo first (or type a caption)")
+        raise refuse("there is no caption yet: upload a photo first (or type a caption)", "/story")
     yield from _stream("start", caption, genre, tone, length, session, info)
 
 
@@ -294,7 +337,7 @@ def add_image(caption, genre="adventure", tone="warm", length="short", session=N
     """Continue this user's story from a new photo's caption (streams)."""
     caption = (caption or "").strip()
     if not caption:
-        raise gr.Error("caption the new photo first, then press New image")
+        raise refuse("caption the new photo first, then press New image", "/add_image")
     yield from _stream("image", caption, genre, tone, length, session, info)
 
 
@@ -304,7 +347,7 @@ def steer_story(
     """Continue this user's story following a line of text (streams)."""
     instruction = (instruction or "").strip()
     if not instruction:
-        raise gr.Error("type a line saying where the story should go, then press Steer")
+        raise refuse("type a line saying where the story should go, then press Steer", "/steer")
     yield from _stream("steer", instruction, genre, tone, length, session, info)
 
 
@@ -367,8 +410,12 @@ with gr.Blocks(title="Neural Storyteller") as demo:
                 height=320,
             )
             with gr.Row():
-                decoding = gr.Radio(["greedy", "beam"], value="beam", label="Decoding")
-                beam_width = gr.Slider(1, MAX_BEAM, value=5, step=1, label="Beam width")
+                decoding = checked_quietly(
+                    gr.Radio(["greedy", "beam"], value="beam", label="Decoding")
+                )
+                beam_width = checked_quietly(
+                    gr.Slider(1, MAX_BEAM, value=5, step=1, label="Beam width")
+                )
             caption_button = gr.Button("Caption", elem_id="caption-button")
             if EXAMPLES:
                 gr.Examples(examples=[[p] for p in EXAMPLES], inputs=[image], label="Examples")
@@ -392,7 +439,7 @@ with gr.Blocks(title="Neural Storyteller") as demo:
                     list(GENRES), value="adventure", label="Genre", allow_custom_value=True
                 )
                 tone = gr.Dropdown(list(TONES), value="warm", label="Tone", allow_custom_value=True)
-                length = gr.Radio(list(LENGTHS), value="short", label="Length")
+                length = checked_quietly(gr.Radio(list(LENGTHS), value="short", label="Length"))
             story = gr.Textbox(label="Story", lines=12, elem_id="story", interactive=False)
             with gr.Row():
                 new_story_button = gr.Button("New story", variant="primary", elem_id="new-story")

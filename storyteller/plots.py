@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; notebooks display the saved PNGs
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .features import load_rgb  # noqa: E402
 
@@ -27,6 +28,8 @@ def plot_loss_curves(history: Sequence[dict], path: str | Path) -> Path:
             best["epoch"], color="grey", linestyle=":", label=f"best (epoch {best['epoch']})"
         )
     ax.set_xlabel("epoch")
+    # Epochs are whole numbers: a tick at 2.5 names an epoch that never ran.
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("cross-entropy loss")
     ax.set_title("Caption model loss")
     ax.grid(alpha=0.3)
@@ -45,22 +48,38 @@ def plot_caption_grid(
     columns: int = 3,
     title: str | None = None,
 ) -> Path:
-    """A grid of images, each with one reference and every decoding's caption beneath it."""
-    rows = (len(image_paths) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 5.2 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i, image_path in enumerate(image_paths):
-        ax = axes.flat[i]
-        ax.imshow(load_rgb(image_path))
-        lines = [f"ref: {references[i][0]}"] + [
-            f"{name}: {caps[i]}" for name, caps in generated.items()
-        ]
-        wrapped = "\n".join(textwrap.fill(line, 48) for line in lines)
-        ax.set_title(wrapped, fontsize=9, loc="left")
+    """A grid of images, each with one reference and every decoding's caption above it.
+
+    A bad model's caption runs to 50 words (7 wrapped lines): with a fixed-height figure and
+    ``tight_layout`` such captions grew up into the figure's title. So the layout is measured
+    here, in inches: each row gets room for its longest caption block, then its images.
+    """
+    line, image, width, margin = 0.16, 4.4, 5.0, 0.1  # inches; a 9-point line is 0.15 in
+    top = 0.5 if title else 0.1  # room for the figure's title
+    blocks = [
+        "\n".join(
+            textwrap.fill(text, 48)
+            for text in [f"ref: {references[i][0]}"]
+            + [f"{name}: {caps[i]}" for name, caps in generated.items()]
+        )
+        for i in range(len(image_paths))
+    ]
+    rows = [blocks[r : r + columns] for r in range(0, len(blocks), columns)]
+    texts = [line * max(block.count("\n") + 1 for block in row) + 0.15 for row in rows]
+    fig_w, fig_h = width * columns, top + sum(texts) + image * len(rows) + margin
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    y = fig_h - top  # inches from the bottom: the top of the next row's caption space
+    for r, text in enumerate(texts):
+        y -= text + image
+        for c in range(len(rows[r])):
+            i = r * columns + c
+            rect = [(c * width + margin) / fig_w, y / fig_h, (width - 2 * margin) / fig_w]
+            ax = fig.add_axes([*rect, image / fig_h], anchor="N")  # images flush under text
+            ax.axis("off")
+            ax.imshow(load_rgb(image_paths[i]))
+            ax.set_title(blocks[i], fontsize=9, loc="left")
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, y=1 - margin / fig_h)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return Path(path)

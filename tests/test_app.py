@@ -83,10 +83,38 @@ def test_bad_requests_get_clear_messages(client, images):
         client.predict("  ", "adventure", "warm", "short", api_name="/story")
 
 
+def test_user_mistakes_log_one_line_each_not_a_traceback(app, client, images, tmp_path):
+    """Issue 12.6: every user mistake printed a traceback into the server log. Now each gets
+    one log line naming the endpoint and the message, and the client's message is unchanged."""
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("my holiday notes, not a photo\n" * 20)
+    mistakes = [  # (endpoint, arguments, what the log line names, the message)
+        ("/caption", (handle_file(not_an_image), "greedy", 5), "/caption", "not an image"),
+        ("/story", ("  ", "adventure", "warm", "short"), "/story", "there is no caption yet"),
+        ("/caption", (handle_file(images[0]), "beam", 50), "Beam width", "greater than maximum"),
+    ]
+    before = len(app.log.read_text(errors="replace"))
+    for endpoint, arguments, _, message in mistakes:
+        with pytest.raises(AppError, match=message) as raised:
+            client.predict(*arguments, api_name=endpoint)
+        assert "Traceback" not in str(raised.value) and "\n" not in str(raised.value)
+    logged = app.log.read_text(errors="replace")[before:]
+    assert "Traceback" not in logged, logged
+    lines = logged.splitlines()
+    assert len(lines) == len(mistakes), logged
+    for line, (_, _, where, message) in zip(lines, mistakes, strict=True):
+        assert line.startswith(f"user mistake: {where}: ") and message in line, line
+    assert app.alive()
+
+
 def test_a_failing_story_backend_is_reported_and_captions_go_on(app, client, images):
     caption = client.predict(handle_file(images[0]), "greedy", 5, api_name="/caption")
+    before = len(app.log.read_text(errors="replace"))
     with pytest.raises(AppError, match="hosted: cannot connect to http://127.0.0.1.*offline"):
         client.predict(caption, "mystery", "dark", "short", api_name="/story")
+    logged = app.log.read_text(errors="replace")[before:]  # one line for the operator too
+    assert logged.startswith("story failed: start turn: hosted: cannot connect"), logged
+    assert "Traceback" not in logged and len(logged.splitlines()) == 1, logged
     with pytest.raises(AppError, match="start a story first"):
         client.predict("mystery", "dark", "short", api_name="/continue")
     assert client.predict(handle_file(images[0]), "greedy", 5, api_name="/caption") == caption
