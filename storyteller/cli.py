@@ -212,6 +212,26 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-resume", action="store_true", help="start training afresh even if last.pth exists"
     )
+    p.add_argument(
+        "--fine-tune-encoder",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train the encoder's last N blocks with the decoder, from the photos (slower: the "
+        "CNN runs every step); the checkpoint keeps the encoder (default 0: frozen encoder, "
+        "trained from the feature cache)",
+    )
+    p.add_argument(
+        "--encoder-lr",
+        type=float,
+        default=d.encoder_lr,
+        help=f"with --fine-tune-encoder: the encoder blocks' learning rate (default {d.encoder_lr:g})",
+    )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="with --fine-tune-encoder: random crops and horizontal flips of the training photos",
+    )
 
 
 def _options_help() -> str:
@@ -265,9 +285,18 @@ def _configs(args) -> tuple[TrainConfig, dict]:
         lr=args.lr,
         patience=args.patience,
         seed=args.seed,
+        encoder_lr=args.encoder_lr,
+        augment=args.augment,
     )
     # Without a file, the width (and --freeze-embeddings) may come from a checkpoint being
     # resumed, which only train_step reads: it refuses --freeze-embeddings with no vectors.
+    if args.fine_tune_encoder < 0:
+        raise StorytellerError("--fine-tune-encoder must be 0 (frozen) or a number of blocks")
+    if args.augment and not args.fine_tune_encoder:
+        raise StorytellerError(
+            "--augment needs --fine-tune-encoder N: cached features are computed once, so "
+            "there are no photos to augment"
+        )
     embed_size = args.embed_size
     model = {
         **({"embed_size": embed_size} if embed_size is not None else {}),
@@ -299,6 +328,7 @@ _TRAIN_FLAGS = {
     "lr": "--lr",
     "patience": "--patience",
     "seed": "--seed",
+    "encoder_lr": "--encoder-lr",
 }
 _MODEL_FLAGS = {
     "embed_size": "--embed-size",
@@ -313,7 +343,11 @@ def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = Tr
     """The ``train`` flags that give these configs back (the inverse of :func:`_configs`), so
     a notebook can start the same training as a command (e.g. under torchrun)."""
     defaults = TrainConfig().to_dict()
-    fixed = [k for k, v in train.to_dict().items() if k not in _TRAIN_FLAGS and v != defaults[k]]
+    fixed = [
+        k
+        for k, v in train.to_dict().items()
+        if k not in _TRAIN_FLAGS and k != "augment" and v != defaults[k]
+    ]
     special = ("feature_norm", "decoder", "decoder_options", "freeze_embeddings")
     unknown = [k for k in (model or {}) if k not in _MODEL_FLAGS and k not in special]
     options = dict((model or {}).get("decoder_options") or {})
@@ -323,6 +357,7 @@ def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = Tr
             "leave it at its default or call storyteller.pipeline.train_step"
         )
     flags = [str(part) for k, f in _TRAIN_FLAGS.items() for part in (f, getattr(train, k))]
+    flags += ["--augment"] if train.augment else []
     # A config that names no decoder is ModelConfig's (the seed lstm), whatever the CLI's
     # default is: say it.
     seed = ModelConfig.__dataclass_fields__["decoder"].default  # "lstm"
@@ -461,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the captioner on cached features (resumes)")
     _add_common(p)
     _add_train_args(p)
+    p.add_argument(
+        "--encoder",
+        choices=list(ENCODERS),
+        help="with --fine-tune-encoder: the encoder to fine-tune (default: the one the run's "
+        "feature cache was made with)",
+    )
 
     p = sub.add_parser(
         "evaluate", help="score the best checkpoint on the test split -> metrics.json"
@@ -612,6 +653,8 @@ def run(args: argparse.Namespace) -> int:
                 log=print if context.is_main else _quiet,
                 context=context,
                 embeddings=args.embeddings,
+                fine_tune_encoder=args.fine_tune_encoder,
+                encoder=args.encoder,
             )
         if context.is_main:
             print(f"best validation loss {result.best_val_loss:.4f} -> {result.best_checkpoint}")
@@ -652,6 +695,7 @@ def run(args: argparse.Namespace) -> int:
                 context=context,
                 layout=args.layout,
                 embeddings=args.embeddings,
+                fine_tune_encoder=args.fine_tune_encoder,
             )
     elif args.command == "deploy":
         from .deploy import deploy_space

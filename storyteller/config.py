@@ -135,6 +135,10 @@ class ModelConfig:
     # The word embedding is not trained (pretrained vectors kept as they are, `--embeddings
     # FILE --freeze-embeddings`); stored so that a resumed run keeps it frozen too.
     freeze_embeddings: bool = False
+    # The encoder's last N blocks were trained with the decoder from photos (`train
+    # --fine-tune-encoder N`); the checkpoint then holds the encoder's weights too. 0: frozen,
+    # the registry's ImageNet weights, trained from the feature cache.
+    fine_tuned_blocks: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,6 +168,8 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on the CPU)
     data_parallel: bool = True  # nn.DataParallel when more than one GPU is visible
     seed: int = 0
+    encoder_lr: float = 1e-4  # with --fine-tune-encoder: the encoder's blocks learn slower
+    augment: bool = False  # with --fine-tune-encoder: random crop + flip of the photos
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,6 +188,7 @@ MODEL_BOUNDS = {
     "hidden_size": Bound(1, MAX_WIDTH),
     "num_layers": Bound(1, MAX_LAYERS),
     "dropout": FRACTION,
+    "fine_tuned_blocks": Bound(0, 1000),
 }
 TRAIN_BOUNDS = {
     "num_epochs": Bound(1, MAX_COUNT),
@@ -196,4 +203,5 @@ TRAIN_BOUNDS = {
     "label_smoothing": FRACTION,
     "num_workers": Bound(0, 1024),
     "seed": Bound(0, 2**64 - 1),
+    "encoder_lr": Bound(0.0, 10.0),
 }

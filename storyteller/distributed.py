@@ -202,10 +202,13 @@ def launch_training(
     device: str | None = None,
     log: Callable[[str], None] = print,
     embeddings: str | Path | None = None,
+    fine_tune_encoder: int = 0,
+    encoder: str | None = None,
 ):
     """Train with ``nproc`` processes (DDP) from Python: ``python -m storyteller train`` under
     torchrun with the flags these configs map to; returns the :class:`TrainResult` read back
-    from the run folder (the same as :func:`storyteller.pipeline.train_step` returns)."""
+    from the run folder (the same as :func:`storyteller.pipeline.train_step` returns).
+    ``fine_tune_encoder``/``encoder``: as ``train --fine-tune-encoder N --encoder NAME``."""
     from .cli import train_flags
     from .train import TrainResult
 
@@ -213,5 +216,7 @@ def launch_training(
     args += train_flags(train_config, model_overrides, resume)
     args += ["--device", device] if device else []
     args += ["--embeddings", str(embeddings)] if embeddings else []
+    args += ["--fine-tune-encoder", str(fine_tune_encoder)] if fine_tune_encoder else []
+    args += ["--encoder", encoder] if encoder else []
     launch(nproc, args, log=log)
     return TrainResult.from_run(out)

@@ -423,3 +423,53 @@ def resolve_encoder(name: str | None, log: Callable[[str], None] = print) -> tup
     except StorytellerError as exc:
         log(f"note: {exc}\nnote: falling back to the offline encoder '{OFFLINE_ENCODER}'.")
         return OFFLINE_ENCODER, build_encoder(OFFLINE_ENCODER)
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks: the unit `train --fine-tune-encoder N` counts
+# --------------------------------------------------------------------------------------------
+
+_NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+
+
+def _body(trunk: nn.Module) -> nn.Module:
+    """The module whose children are the trunk's stages, in forward order."""
+    if isinstance(trunk, _DenseNetTrunk):
+        return trunk.features
+    if isinstance(trunk, (_LiteTrunk, _TimmTrunk)):
+        return trunk.net
+    return trunk
+
+
+def _norm_only(module: nn.Module) -> bool:
+    return all(
+        isinstance(m, _NORMS)
+        for m in module.modules()
+        if next(m.parameters(False), None) is not None
+    )
+
+
+def encoder_blocks(encoder: nn.Module) -> list[list[nn.Module]]:
+    """The trunk of ``encoder`` (built by :func:`build_encoder`) as blocks in forward order,
+    each a list of modules: its top-level stages that hold weights. A ResNet gives
+    ``[conv1 + bn1], layer1 .. layer4`` (so N=1 is ``layer4``, N=3 the Show-Attend-Tell
+    tutorial's choice of ``layer2 .. layer4``), EfficientNet and MobileNet their inverted
+    residual stages, DenseNet ``denseblock``/``transition`` pairs in turn, SqueezeNet its Fire
+    modules. Parameterless modules (ReLU, pooling) belong to no block; a normalisation that
+    stands alone (DenseNet's ``norm5``, a stem's BatchNorm) joins the block before it, so a
+    block is always something that computes; ``ModuleList`` containers (EfficientNet-Lite's
+    ``_blocks``) are opened up."""
+    blocks: list[list[nn.Module]] = []
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            if isinstance(child, nn.ModuleList):
+                visit(child)
+            elif next(child.parameters(), None) is not None:
+                if blocks and _norm_only(child):
+                    blocks[-1].append(child)
+                else:
+                    blocks.append([child])
+
+    visit(_body(encoder.trunk))
+    return blocks

@@ -1,7 +1,9 @@
 """Captioning new photos: the trained decoder plus the same encoder that made its features.
 
 The decoder is whichever one the checkpoint names (rebuilt through :mod:`storyteller.models`);
-only its decoding protocol is used here."""
+only its decoding protocol is used here. A run that fine-tuned its encoder
+(``train --fine-tune-encoder N``) carries the encoder's weights in the checkpoint, and those
+replace the registry's ImageNet weights: nothing is downloaded for it."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from .attention_maps import AttentionCaption, attends, caption_with_attention
 from .checkpoint import load_model
 from .decoding import beam_search, greedy_decode
 from .features import FeatureExtractor
+from .finetune import checkpoint_encoder
 from .models import CaptionDecoder
 from .runtime import get_device
 from .vocab import Vocabulary
@@ -42,7 +45,10 @@ class Captioner:
         device = device or get_device()
         vocabulary = Vocabulary.load(vocab)
         model, state = load_model(checkpoint, vocabulary, device)
-        extractor = FeatureExtractor(model.config.encoder, device, layout=model.feature_layout)
+        encoder = checkpoint_encoder(model.config, state, checkpoint)  # None: ImageNet's
+        extractor = FeatureExtractor(
+            model.config.encoder, device, encoder=encoder, layout=model.feature_layout
+        )
         return cls(model, vocabulary, extractor, state)
 
     @torch.inference_mode()

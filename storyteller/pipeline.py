@@ -43,9 +43,10 @@ from .config import ModelConfig, TrainConfig
 from .data import CaptionDataset, SkipReport, Split, load_dataset, read_caption_file, split_by_image
 from .distributed import SINGLE_PROCESS, DistContext
 from .embeddings import read_word_vectors
-from .encoders import resolve_encoder
+from .encoders import get_encoder_spec, resolve_encoder
 from .errors import StorytellerError
-from .features import extract_features, load_feature_cache, read_cache_index
+from .features import FeatureExtractor, extract_features, load_feature_cache, read_cache_index
+from .finetune import build_fine_tuned_encoder, checkpoint_encoder, encode_images
 from .models import decoder_class
 from .runlock import run_folder
 from .runtime import get_device, seed_everything, write_json
@@ -336,8 +337,13 @@ def train_step(
     log: Log = print,
     context: DistContext = SINGLE_PROCESS,
     embeddings: str | Path | None = None,
+    fine_tune_encoder: int = 0,
+    encoder: str | None = None,
 ) -> TrainResult:
     """Train on the cached features; writes ``best_model.pth`` and ``last.pth``.
+
+    ``fine_tune_encoder`` N > 0: train the last N blocks of ``encoder`` (default: the one the
+    cache was made with) with the decoder, from the photos (see :mod:`storyteller.finetune`).
 
     ``context``: this process's place under torchrun (:func:`storyteller.distributed.session`);
     every process calls this, rank 0 alone writes. ``embeddings``: a GloVe text file whose
@@ -374,13 +380,35 @@ def train_step(
         overrides = decoder.with_embedding_width(overrides, vectors.dim, vectors.source)
     elif overrides.get("freeze_embeddings"):
         raise StorytellerError("--freeze-embeddings needs --embeddings FILE (pretrained vectors)")
-    if cache.layout == "grid":  # a decoder with a table per position sizes it from the grid
+    encoder_name = encoder or cache.encoder
+    fine_tuned = None
+    if fine_tune_encoder:
+        layout = decoder_class(overrides.get("decoder", ModelConfig.decoder)).feature_layout
+        fine_tuned = build_fine_tuned_encoder(encoder_name, layout, fine_tune_encoder)
+        overrides["fine_tuned_blocks"] = fine_tune_encoder
+        log(
+            f"fine-tuning the last {fine_tune_encoder} block(s) of {encoder_name} from the "
+            f"photos (encoder lr {train_config.encoder_lr:g}, augment "
+            f"{'on' if train_config.augment else 'off'})"
+        )
+    elif encoder_name != cache.encoder:
+        raise StorytellerError(
+            f"--encoder {encoder_name}: the feature cache was made with {cache.encoder}; a "
+            "frozen encoder trains from its cache (extract again with --encoder "
+            f"{encoder_name}), another one needs --fine-tune-encoder N"
+        )
+    # A decoder with a table per grid position sizes it from the grid it will read.
+    if fine_tune_encoder:
+        grid, source = get_encoder_spec(encoder_name).grid, f"the {encoder_name} encoder"
+    else:
+        grid, source = cache.grid, f"the feature cache {paths.features}"
+    if grid is not None:
         decoder = decoder_class(overrides.get("decoder", ModelConfig.decoder))
-        overrides = decoder.with_grid(overrides, cache.grid, f"the feature cache {paths.features}")
+        overrides = decoder.with_grid(overrides, grid, source)
     model_config = ModelConfig(
         vocab_size=len(vocab),
-        feature_dim=cache.dim,
-        encoder=cache.encoder,
+        feature_dim=get_encoder_spec(encoder_name).dim,
+        encoder=encoder_name,
         **overrides,
     )
     return train_model(
@@ -397,6 +425,7 @@ def train_step(
         log=log,
         context=context,
         embeddings=vectors,
+        encoder=fine_tuned,
     )
 
 
@@ -417,8 +446,16 @@ def evaluate_step(
     paths = RunPaths(Path(out))
     dataset, splits, vocab = _load_run(data, out, log)
     cache = load_feature_cache(paths.features)
-    model, _ = load_model(checkpoint or paths.checkpoint, vocab, get_device(device))
-    if model.config.encoder != cache.encoder:
+    checkpoint_path = checkpoint or paths.checkpoint
+    model, state = load_model(checkpoint_path, vocab, get_device(device))
+    fine_tuned = checkpoint_encoder(model.config, state, checkpoint_path)
+    if fine_tuned is not None:  # the test photos through the encoder the decoder learned with
+        extractor = FeatureExtractor(
+            model.config.encoder, get_device(device), fine_tuned, model.feature_layout
+        )
+        test = [name for name in splits["test"] if name in cache]  # readable at extraction
+        cache = encode_images(extractor, dataset.image_dir, test)
+    elif model.config.encoder != cache.encoder:
         raise StorytellerError(
             f"the checkpoint was trained on {model.config.encoder} features, the cache holds {cache.encoder}"
         )
@@ -459,6 +496,7 @@ def run_all(
     context: DistContext = SINGLE_PROCESS,
     layout: str | None = None,
     embeddings: str | Path | None = None,
+    fine_tune_encoder: int = 0,
 ) -> dict[str, dict] | None:
     """Every step in order into one folder; safe to re-run (finished steps are reused).
     ``layout``: what the feature cache holds (see :func:`features_step`); by default the
@@ -490,6 +528,7 @@ def run_all(
         log=log,
         context=context,
         embeddings=embeddings,
+        fine_tune_encoder=fine_tune_encoder,
     )
     if not context.is_main:
         return None

@@ -16,6 +16,7 @@ or one process per GPU under torchrun (``DistributedDataParallel``, see
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,8 +48,18 @@ from .config import ModelConfig, TrainConfig
 from .data import CaptionDataset
 from .distributed import SINGLE_PROCESS, DistContext
 from .embeddings import WordVectors
+from .encoders import get_encoder_spec
 from .errors import StorytellerError
 from .features import FeatureCache
+from .finetune import (
+    ENCODER_WEIGHTS,
+    EncoderDecoder,
+    FineTunedEncoder,
+    ImageCaptions,
+    check_encoder_weights,
+    collate_images,
+    image_transform,
+)
 from .models import CaptionDecoder, build_model, resolve_config
 from .plots import plot_loss_curves
 from .progress import progress
@@ -253,19 +264,48 @@ class TrainingState:
     # Where the first word embedding came from (WordVectors.provenance()), kept in every
     # checkpoint of the run, resumed ones included; None when it started random.
     embeddings: dict | None = None
+    # With --fine-tune-encoder: the encoder whose last blocks train with the decoder (its
+    # weights are saved in every checkpoint beside the decoder's); None for cached features.
+    encoder: FineTunedEncoder | None = None
 
     @classmethod
     def create(
-        cls, model_config: ModelConfig, train_config: TrainConfig, device: torch.device
+        cls,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        device: torch.device,
+        encoder: FineTunedEncoder | None = None,
     ) -> TrainingState:
         """A fresh run: the decoder the config names, with the optimiser and schedule it asks
         for (the seed recipe's Adam, LR halved on plateau, unless it says otherwise), AMP on a
-        GPU."""
+        GPU. A fine-tuned ``encoder``'s trainable blocks join the optimiser as one more group
+        at ``train_config.encoder_lr``."""
         model = build_model(model_config).to(device)
-        optimizer, scheduler = model.configure_optimizer(train_config)
+        extra_groups = []
+        if encoder is not None:
+            encoder.to(device)
+            extra_groups.append(
+                {
+                    "params": encoder.trainable_parameters(),
+                    "lr": train_config.encoder_lr,
+                    "weight_decay": train_config.weight_decay,
+                }
+            )
+        # Only asked of a decoder when there is something to add: one registered with the
+        # older one-argument configure_optimizer keeps training from the cache.
+        optimizer, scheduler = (
+            model.configure_optimizer(train_config, extra_groups)
+            if extra_groups
+            else model.configure_optimizer(train_config)
+        )
         scaler = torch.amp.GradScaler("cuda", enabled=train_config.amp and device.type == "cuda")
         generator = torch.Generator().manual_seed(train_config.seed)
-        return cls(model, optimizer, scheduler, scaler, generator)
+        return cls(model, optimizer, scheduler, scaler, generator, encoder=encoder)
+
+    def network(self) -> nn.Module:
+        """What a training step runs: the decoder on features, or photos through the
+        fine-tuned encoder into the decoder."""
+        return self.model if self.encoder is None else EncoderDecoder(self.encoder, self.model)
 
     @property
     def schedule_per_batch(self) -> bool:
@@ -333,7 +373,15 @@ class TrainingState:
             "bad_epochs": self.bad_epochs,
             "stopped_early": self.stopped_early,
             **({"embeddings": self.embeddings} if self.embeddings else {}),
+            **self.encoder_checkpoint(),
         }
+
+    def encoder_checkpoint(self) -> dict:
+        """The fine-tuned encoder's weights for a checkpoint (``best_model.pth`` too: the
+        decoder is useless without the encoder it learned with); ``{}`` when it is frozen."""
+        if self.encoder is None:
+            return {}
+        return {ENCODER_WEIGHTS: self.encoder.backbone.state_dict()}
 
     def restore(
         self,
@@ -345,6 +393,8 @@ class TrainingState:
         """Continue from ``checkpoint`` (read onto the CPU; weights and optimiser moments are
         copied to this run's device by ``load_state_dict``)."""
         self.model.load_state_dict(strip_module_prefix(checkpoint["model"]))
+        if self.encoder is not None:
+            self.encoder.backbone.load_state_dict(checkpoint[ENCODER_WEIGHTS])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         restore_scaler(self.scaler, checkpoint.get("scaler") or {}, log)
@@ -388,6 +438,13 @@ def _check_resumable(checkpoint: dict, path: Path, state: TrainingState, vocab) 
     if checkpoint.get("vocab_fingerprint") != vocab.fingerprint:
         raise StorytellerError(f"{path} was trained with another vocabulary; use --no-resume")
     check_training_state(checkpoint, path, state.model, state.optimizer, state.scheduler)
+    if state.encoder is not None:
+        check_encoder_weights(
+            state.encoder.backbone,
+            checkpoint.get(ENCODER_WEIGHTS),
+            path,
+            state.model.config.encoder,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,30 +472,28 @@ def parallelize(
 
 
 def make_loaders(
-    train_set: CaptionPairs,
-    val_set: CaptionPairs,
-    cache: FeatureCache,
+    train_set: Dataset,
+    val_set: Dataset,
+    collate: Callable,
     train_config: TrainConfig,
     device: torch.device,
     generator: torch.Generator,
     context: DistContext = SINGLE_PROCESS,
-    layout: str = "pooled",
+    batch_size: int | None = None,
+    num_workers: int | None = None,
 ) -> tuple[DataLoader, DataLoader]:
     """Training batches (shuffled; under DDP each process gets its share of every global
-    batch of ``batch_size``) and validation batches (the one-process batches dealt out to the
-    processes in turn, so the summed loss equals the one-process loss), with the features in
-    the ``layout`` the decoder reads."""
-    collate = make_collate(cache, layout)
-    options = {
-        "collate_fn": collate,
-        "num_workers": train_config.num_workers,
-        "pin_memory": device.type == "cuda",
-    }
+    batch of ``batch_size`` items, by default ``train_config.batch_size``) and validation
+    batches (the one-process batches dealt out to the processes in turn, so the summed loss
+    equals the one-process loss), made by ``collate``."""
+    batch_size = batch_size or train_config.batch_size
+    workers = train_config.num_workers if num_workers is None else num_workers
+    options = {"collate_fn": collate, "num_workers": workers, "pin_memory": device.type == "cuda"}
     if context.enabled:
-        per_process = train_config.batch_size // context.world_size
+        per_process = batch_size // context.world_size
         if per_process < 1:
             raise StorytellerError(
-                f"batch size {train_config.batch_size} is smaller than the number of "
+                f"batch size {batch_size} is smaller than the number of "
                 f"processes ({context.world_size})"
             )
         sampler = DistributedSampler(
@@ -447,13 +502,11 @@ def make_loaders(
         train_loader = DataLoader(train_set, per_process, sampler=sampler, **options)
     else:
         train_loader = DataLoader(
-            train_set, train_config.batch_size, shuffle=True, generator=generator, **options
+            train_set, batch_size, shuffle=True, generator=generator, **options
         )
-    val_batches = list(
-        BatchSampler(SequentialSampler(val_set), train_config.batch_size * 2, drop_last=False)
-    )
+    val_batches = list(BatchSampler(SequentialSampler(val_set), batch_size * 2, drop_last=False))
     val_loader = DataLoader(
-        val_set, batch_sampler=val_batches[context.rank :: context.world_size], collate_fn=collate
+        val_set, batch_sampler=val_batches[context.rank :: context.world_size], **options
     )
     return train_loader, val_loader
 
@@ -489,11 +542,13 @@ def make_batch_loss(
     loss_fn = nn.CrossEntropyLoss(ignore_index=pad_id, label_smoothing=label_smoothing)
 
     def batch_loss(network: nn.Module, features: torch.Tensor, captions: torch.Tensor):
-        features = features.to(device, non_blocking=True)  # (B, ...) as the decoder reads them
-        captions = captions.to(device, non_blocking=True)  # (B, T)
-        inputs, targets = captions[:, :-1], captions[:, 1:]  # (B, T-1) each: the next word
+        # features: (B, ...) as the decoder reads them, or photos (B, 3, H, W) when the
+        # network is an EncoderDecoder; captions: (B, T), or (B, K, T) K per photo
+        features = features.to(device, non_blocking=True)
+        captions = captions.to(device, non_blocking=True)
+        inputs, targets = captions[..., :-1], captions[..., 1:]  # (..., T-1) each: next word
         with autocast(device, use_amp):
-            logits, extra = network(features, inputs)  # (B, T-1, V), {name: scalar}
+            logits, extra = network(features, inputs)  # (B*K, T-1, V), {name: scalar}
         cross_entropy = loss_fn(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
         extra = mean_extra_losses(extra)
         total = cross_entropy
@@ -533,9 +588,10 @@ def train_epoch(
         state.scaler.step(state.optimizer)
         state.scaler.update()
         state.end_batch()
-        total, count = total + loss.cross_entropy.item() * len(captions), count + len(captions)
+        size = captions[..., 0].numel()  # captions in the batch: B, or B*K with photos
+        total, count = total + loss.cross_entropy.item() * size, count + size
         for name, value in loss.extra.items():
-            extra_totals[name] = extra_totals.get(name, 0.0) + value.item() * len(captions)
+            extra_totals[name] = extra_totals.get(name, 0.0) + value.item() * size
         bar.set_postfix(loss=f"{total / count:.3f}")
     names = list(extra_totals)  # the same decoder, so the same names, in every process
     total, count, *extras = context.sum([total, count, *extra_totals.values()], device)
@@ -561,8 +617,9 @@ def validate(
     total, count = 0.0, 0
     with torch.inference_mode():
         for features, captions in loader:
-            total += batch_loss(network, features, captions).cross_entropy.item() * len(captions)
-            count += len(captions)
+            size = captions[..., 0].numel()  # B, or B*K with photos
+            total += batch_loss(network, features, captions).cross_entropy.item() * size
+            count += size
     total, count = context.sum([total, count], device)
     return total / count
 
@@ -585,6 +642,7 @@ def train_model(
     log: Callable[[str], None] = print,
     context: DistContext = SINGLE_PROCESS,
     embeddings: WordVectors | None = None,
+    encoder: FineTunedEncoder | None = None,
 ) -> TrainResult:
     """Train on ``splits["train"]``, select by loss on ``splits["val"]``, write checkpoints.
 
@@ -593,7 +651,9 @@ def train_model(
     that was interrupted continues from ``last.pth``; its architecture must match. Under
     torchrun (``context``) every process trains and rank 0 alone writes, logs and calls
     ``on_epoch``. ``embeddings``: pretrained word vectors the fresh model starts from (a
-    resumed run continues from its checkpoint's learned ones).
+    resumed run continues from its checkpoint's learned ones). ``encoder``: fine-tune it
+    (``ModelConfig.fine_tuned_blocks`` of its blocks) with the decoder from the photos in
+    ``dataset.image_dir``; the cache then only says which photos were readable.
     """
     out_dir = Path(out_dir)
     if context.is_main:
@@ -602,32 +662,64 @@ def train_model(
         log = _quiet
     train_config = train_config or TrainConfig()
     device = device or get_device()
+    feature_dim = cache.dim if encoder is None else encoder.backbone.dim
     model_config = model_config or ModelConfig(
-        vocab_size=len(vocab), feature_dim=cache.dim, encoder=cache.encoder
+        vocab_size=len(vocab), feature_dim=feature_dim, encoder=cache.encoder
     )
-    if model_config.vocab_size != len(vocab) or model_config.feature_dim != cache.dim:
+    if model_config.vocab_size != len(vocab) or model_config.feature_dim != feature_dim:
         raise StorytellerError(
             f"model config (vocab {model_config.vocab_size}, features {model_config.feature_dim}) "
-            f"does not match the data (vocab {len(vocab)}, features {cache.dim})"
+            f"does not match the data (vocab {len(vocab)}, features {feature_dim})"
         )
-    train_set = CaptionPairs(cache, dataset, splits["train"], vocab, train_config.max_length)
-    val_set = CaptionPairs(cache, dataset, splits["val"], vocab, train_config.max_length)
+    if encoder is not None and model_config.fine_tuned_blocks != encoder.num_blocks:
+        raise StorytellerError(
+            f"model config says {model_config.fine_tuned_blocks} fine-tuned encoder block(s), "
+            f"the encoder trains {encoder.num_blocks}"
+        )
+    if encoder is None:
+        train_set = CaptionPairs(cache, dataset, splits["train"], vocab, train_config.max_length)
+        val_set = CaptionPairs(cache, dataset, splits["val"], vocab, train_config.max_length)
+    else:
+        train_set, val_set = (
+            ImageCaptions(
+                dataset,
+                splits[split],
+                vocab,
+                train_config.max_length,
+                image_transform(
+                    get_encoder_spec(model_config.encoder).preprocessing,
+                    augment=train_config.augment and split == "train",
+                ),
+                keep=cache.__contains__,  # unreadable at extraction: left out, as cached
+            )
+            for split in ("train", "val")
+        )
     if not len(train_set) or not len(val_set):
         raise StorytellerError("the train and validation splits must both hold captioned images")
 
-    state = TrainingState.create(model_config, train_config, device)
+    state = TrainingState.create(model_config, train_config, device, encoder)
     if embeddings is not None:
         load_word_vectors(state, embeddings)
     layout = state.model.feature_layout
-    if layout == "grid" and cache.layout != "grid":
+    if encoder is not None and encoder.backbone.layout != layout:
+        raise StorytellerError(
+            f"the '{model_config.decoder}' decoder reads {layout} features, the encoder gives "
+            f"{encoder.backbone.layout} ones"
+        )
+    if encoder is None and layout == "grid" and cache.layout != "grid":
         raise StorytellerError(
             f"the '{model_config.decoder}' decoder reads the CNN's feature grid, but the "
             f"feature cache holds {cache.layout} vectors: extract features with --layout grid "
             "(one grid cache serves every decoder)"
         )
     if layout == "grid":  # a grid too large for the model: one line now, not at the first batch
+        grid, source = (
+            (cache.grid, "the cache")
+            if encoder is None
+            else (encoder.backbone.grid, f"the {model_config.encoder} encoder")
+        )
         type(state.model).with_grid(
-            {"decoder_options": state.model.config.decoder_options}, cache.grid, "the cache"
+            {"decoder_options": state.model.config.decoder_options}, grid, source
         )
     if context.enabled:  # the same weights everywhere (DDP copies rank 0's), own dropout draws
         torch.manual_seed(train_config.seed + context.rank)
@@ -642,10 +734,24 @@ def train_model(
             f"best val loss {state.best_val:.4f}"
         )
 
-    network = parallelize(state.model, train_config, device, context, log)
-    train_loader, val_loader = make_loaders(
-        train_set, val_set, cache, train_config, device, state.generator, context, layout
-    )
+    network = parallelize(state.network(), train_config, device, context, log)
+    if encoder is None:
+        train_loader, val_loader = make_loaders(
+            train_set, val_set, make_collate(cache, layout), train_config, device,
+            state.generator, context,
+        )  # fmt: skip
+    else:  # batch_size counts captions: as many per step as the cached path, K per photo
+        train_loader, val_loader = make_loaders(
+            train_set,
+            val_set,
+            collate_images,
+            train_config,
+            device,
+            state.generator,
+            context,
+            batch_size=max(1, train_config.batch_size // train_set.per_image),
+            num_workers=train_config.num_workers or min(4, os.cpu_count() or 1),
+        )
     batch_loss = make_batch_loss(
         device, state.scaler.is_enabled(), vocab.pad_id, train_config.label_smoothing
     )

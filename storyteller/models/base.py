@@ -20,7 +20,7 @@ knowing what is inside.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, TypeVar
 
@@ -176,7 +176,7 @@ class CaptionDecoder(nn.Module, ABC):
         real ones: the loss masks them out afterwards."""
 
     def configure_optimizer(
-        self, train_config: TrainConfig
+        self, train_config: TrainConfig, extra_groups: Sequence[dict] = ()
     ) -> tuple[
         torch.optim.Optimizer,
         torch.optim.lr_scheduler.ReduceLROnPlateau | torch.optim.lr_scheduler.LRScheduler,
@@ -186,9 +186,15 @@ class CaptionDecoder(nn.Module, ABC):
         validation loss stops improving. Training steps a ``ReduceLROnPlateau`` once per epoch
         with the validation loss and any other scheduler once per optimiser step (batch), so
         a decoder that needs another recipe (the transformer: AdamW with warm-up) overrides
-        this and returns, e.g., a ``LambdaLR`` over batches."""
+        this and returns, e.g., a ``LambdaLR`` over batches.
+
+        ``extra_groups``: parameter groups of other modules trained with the decoder (a
+        fine-tuned encoder's blocks at their own learning rate), in the optimiser before the
+        schedule is made, so the schedule moves them too."""
         optimizer = torch.optim.Adam(
-            self.trainable_parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
+            [{"params": self.trainable_parameters()}, *extra_groups],
+            lr=train_config.lr,
+            weight_decay=train_config.weight_decay,
         )
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=train_config.lr_factor, patience=train_config.lr_patience

@@ -26,6 +26,7 @@ per batch (see :meth:`TransformerDecoder.configure_optimizer`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -316,7 +317,7 @@ class TransformerDecoder(CaptionDecoder):
         return overrides
 
     def configure_optimizer(
-        self, train_config: TrainConfig
+        self, train_config: TrainConfig, extra_groups: Sequence[dict] = ()
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         """AdamW, peak learning rate ``train_config.lr`` after ``warmup_steps`` batches of
         linear warm-up, then inverse-square-root decay. The schedule is a per-batch
@@ -329,6 +330,7 @@ class TransformerDecoder(CaptionDecoder):
             [
                 {"params": matrices, "weight_decay": train_config.weight_decay},
                 {"params": vectors, "weight_decay": 0.0},
+                *extra_groups,  # a fine-tuned encoder's blocks: warmed up with the rest
             ],
             lr=train_config.lr,
         )
