@@ -232,3 +232,34 @@ def test_cli_flags(tiny_data, tiny_run, tmp_path, capsys):
     assert "efficientnet_lite0 has 18 blocks" in capsys.readouterr().err
     flags = train_flags(TrainConfig(encoder_lr=3e-5, augment=True))
     assert flags[flags.index("--encoder-lr") + 1] == "3e-05" and "--augment" in flags
+
+
+def test_ddp_fine_tunes_the_encoder_in_two_processes(tiny_data, tiny_run, tmp_path):
+    """Two CPU processes (gloo) via launch_training, as notebook 03 starts DDP with
+    FINE_TUNE: both share the photos, the trained blocks move, the frozen stem keeps
+    ImageNet's weights, and the checkpoint captions with its encoder."""
+    from storyteller.distributed import launch_training
+
+    run = _fresh_run(tiny_data, tiny_run, tmp_path / "ddp")
+    result = launch_training(
+        2,
+        tiny_data,
+        run,
+        TrainConfig(num_epochs=1, batch_size=20),
+        {**SMALL, "decoder": "lstm"},
+        device="cpu",
+        log=quiet,
+        fine_tune_encoder=1,
+    )
+    checkpoint = read_checkpoint(result.best_checkpoint)
+    assert checkpoint["world_size"] == 2 and checkpoint["model_config"]["fine_tuned_blocks"] == 1
+    imagenet = build_encoder("efficientnet_lite0").state_dict()
+    tuned = checkpoint[ENCODER_WEIGHTS]
+    assert torch.equal(
+        tuned["trunk.net._conv_stem.weight"], imagenet["trunk.net._conv_stem.weight"]
+    )
+    assert not torch.equal(
+        tuned["trunk.net._conv_head.weight"], imagenet["trunk.net._conv_head.weight"]
+    )
+    photo = sorted((tiny_data / "Images").iterdir())[0]
+    assert Captioner.from_files(result.best_checkpoint, run / "vocab.pkl")([photo])[0]
