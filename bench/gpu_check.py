@@ -208,8 +208,9 @@ def step_notebooks(check: Check) -> list[Row]:
         (check.out / "notebooks.log").write_text(result.stdout + result.stderr)
         if result.returncode:
             raise RuntimeError(_last_error(result.stdout + result.stderr))
-        metrics = json.loads((cwd / "outputs" / "metrics.json").read_text())
-        space = (cwd / "outputs" / "space" / "app.py").is_file()
+        run = cwd / "outputs" / ("smoke" if check.quick else "")  # --smoke has its own folder
+        metrics = json.loads((run / "metrics.json").read_text())
+        space = (run / "space" / "app.py").is_file()
         return (
             f"01-05 ran; BLEU-4 {metrics['greedy']['bleu4']:.4f} / {metrics['beam5']['bleu4']:.4f}"
             + ("; Space folder built" if space else "")

@@ -546,7 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cwd",
         default=".",
-        help="run: the notebooks' working folder; outputs go to CWD/outputs (default: .)",
+        help="run: the notebooks' working folder; outputs go to CWD/outputs, or "
+        "CWD/outputs/smoke with --smoke, so a smoke run never meets a real run's files "
+        "(default: .)",
     )
     p.add_argument("--save", help="run: also write the executed notebooks into this folder")
     p.add_argument(
@@ -771,6 +773,20 @@ def _caption(args) -> int:
     return 1 if failures else 0
 
 
+def _notebook_outputs(args, parameters: dict) -> str:
+    """Where ``notebooks run`` wrote: what ``storyteller.notebook.find_output_dir`` picks in
+    the notebooks' working folder (``-p OUT_DIR``, ``$STORYTELLER_OUT_DIR``, else the
+    default: ``outputs``, or ``outputs/smoke`` for a smoke run)."""
+    from .notebook import OUT_DIR_ENV, default_output_dir, kaggle_root, on_kaggle
+
+    named = parameters.get("OUT_DIR") or os.environ.get(OUT_DIR_ENV)
+    if named:
+        return os.path.join(args.cwd, os.path.expanduser(str(named)))
+    if on_kaggle():
+        return str(kaggle_root() / "working")
+    return os.path.join(args.cwd, default_output_dir(args.smoke))
+
+
 def _notebooks(args) -> int:
     from . import nbtools
 
@@ -780,7 +796,7 @@ def _notebooks(args) -> int:
             os.environ["STORYTELLER_SMOKE"] = "1"  # the kernels inherit it
         parameters = {name: nbtools.parameter_value(value) for name, value in args.parameter}
         nbtools.run_series(paths, args.cwd, save_to=args.save, parameters=parameters)
-        print(f"ran {len(paths)} notebook(s); outputs in {os.path.join(args.cwd, 'outputs')}")
+        print(f"ran {len(paths)} notebook(s); outputs in {_notebook_outputs(args, parameters)}")
         return 0
     if args.action == "clean":
         for path in paths:

