@@ -407,7 +407,8 @@ def train_step(
         overrides = decoder.with_grid(overrides, grid, source)
     model_config = ModelConfig(
         vocab_size=len(vocab),
-        feature_dim=get_encoder_spec(encoder_name).dim,
+        # A frozen encoder's width is what its cache holds; a fine-tuned one's is its own.
+        feature_dim=get_encoder_spec(encoder_name).dim if fine_tune_encoder else cache.dim,
         encoder=encoder_name,
         **overrides,
     )
