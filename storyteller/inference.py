@@ -16,6 +16,7 @@ from PIL import Image
 from .attention_maps import AttentionCaption, attends, caption_with_attention
 from .checkpoint import load_model
 from .decoding import beam_search, greedy_decode
+from .errors import StorytellerError
 from .features import FeatureExtractor
 from .finetune import checkpoint_encoder
 from .models import CaptionDecoder
@@ -24,7 +25,9 @@ from .vocab import Vocabulary
 
 
 class Captioner:
-    """Load once, caption many: ``Captioner.from_files(ckpt, vocab)([image, ...])``."""
+    """Load once, caption many: ``Captioner.from_files(ckpt, vocab)([image, ...])``, or
+    ``Captioner.from_pretrained("USER/NAME")`` for a model on the Hugging Face Hub (or a
+    local folder of that layout, :mod:`storyteller.hub`); :meth:`load` takes any of them."""
 
     def __init__(
         self,
@@ -34,8 +37,11 @@ class Captioner:
         checkpoint: dict | None = None,
     ):
         self.model, self.vocab, self.extractor = model, vocab, extractor
+        # What save_pretrained writes besides the weights; epoch and loss are shown by the app.
         self.checkpoint_info = {
-            k: v for k, v in (checkpoint or {}).items() if k in ("epoch", "best_val_loss")
+            k: v
+            for k, v in (checkpoint or {}).items()
+            if k in ("epoch", "best_val_loss", "train_config")
         }
 
     @classmethod
@@ -46,10 +52,83 @@ class Captioner:
         vocabulary = Vocabulary.load(vocab)
         model, state = load_model(checkpoint, vocabulary, device)
         encoder = checkpoint_encoder(model.config, state, checkpoint)  # None: ImageNet's
+        return cls._assemble(model, vocabulary, encoder, state, device)
+
+    @classmethod
+    def _assemble(cls, model, vocab, encoder, info: dict, device) -> Captioner:
         extractor = FeatureExtractor(
             model.config.encoder, device, encoder=encoder, layout=model.feature_layout
         )
-        return cls(model, vocabulary, extractor, state)
+        return cls(model, vocab, extractor, info)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str | Path,
+        revision: str | None = None,
+        device: torch.device | None = None,
+        token: str | None = None,
+    ) -> Captioner:
+        """A captioner from the Hub (``"USER/NAME"``, downloaded once through the
+        ``huggingface_hub`` cache; ``revision`` pins a branch, tag or commit) or from a local
+        folder that :meth:`save_pretrained` or ``python -m storyteller push --dry-run`` wrote.
+        Every file is checked before use; a problem is one line naming the file."""
+        from .hub import load_model_folder, resolve_model
+
+        device = device or get_device()
+        loaded = load_model_folder(resolve_model(model_id, revision, token), device)
+        return cls._assemble(loaded.model, loaded.vocab, loaded.encoder, loaded.info, device)
+
+    @classmethod
+    def load(
+        cls,
+        source: str | Path,
+        vocab: str | Path | None = None,
+        device: torch.device | None = None,
+        revision: str | None = None,
+    ) -> Captioner:
+        """Whatever names a trained captioner: a checkpoint file (``best_model.pth``, with
+        ``vocab``, default the ``vocab.pkl`` beside it), a run folder holding both, a model
+        folder, or a Hub model id. A model folder or Hub id carries its own vocabulary."""
+        from .checkpoint import BEST_CHECKPOINT
+        from .hub import is_checkpoint_file, is_model_folder
+        from .pipeline import VOCAB_FILE
+
+        path = Path(source).expanduser()
+        if path.is_dir() and not is_model_folder(path) and (path / BEST_CHECKPOINT).is_file():
+            path = path / BEST_CHECKPOINT  # a run folder
+        if is_checkpoint_file(path):
+            return cls.from_files(path, vocab or path.parent / VOCAB_FILE, device)
+        if vocab is not None:
+            raise StorytellerError(
+                f"{source} carries its own vocabulary (vocab.json): give no vocabulary with it"
+            )
+        return cls.from_pretrained(source, revision, device)
+
+    def save_pretrained(
+        self, folder: str | Path, repo: str | None = None, metrics: dict | None = None
+    ) -> Path:
+        """Write this captioner as a model folder (safetensors weights, JSON configs and
+        vocabulary, a model card; :mod:`storyteller.hub`) into ``folder``, absent or empty,
+        ready to upload; :meth:`from_pretrained` reads it back. ``repo`` and ``metrics`` (a
+        run's metrics.json) go into the card."""
+        from .checkpoint import train_config_of
+        from .hub import FORMAT_VERSION, write_model_folder
+        from .hub_card import model_card
+        from .hub_push import model_files
+
+        config = self.model.config
+        fine_tuned = bool(config.fine_tuned_blocks)
+        encoder = self.extractor.encoder.state_dict() if fine_tuned else None
+        repo = repo or f"USER/{Path(folder).name}"
+        info = dict(self.checkpoint_info)
+        info["train_config"] = train_config_of(info, "the captioner's training config").to_dict()
+        files = model_files(fine_tuned)
+        card = model_card(
+            repo, config, self.vocab, info["train_config"], metrics, FORMAT_VERSION, files
+        )
+        weights = self.model.state_dict()
+        return write_model_folder(folder, config, weights, self.vocab, info, encoder, card)
 
     @torch.inference_mode()
     def caption(

@@ -440,16 +440,25 @@ def evaluate_step(
     checkpoint: str | Path | None = None,
     device: str | torch.device | None = None,
     log: Log = print,
+    revision: str | None = None,
 ) -> dict[str, dict]:
-    """Score the best checkpoint on the test split (greedy and beam), plus the baseline."""
+    """Score the best checkpoint on the test split (greedy and beam), plus the baseline.
+
+    ``checkpoint`` may also be a model folder or a Hub model id (``revision`` pins it): that
+    model is scored with its own vocabulary on this run's test split and features."""
     from .evaluate import baseline_scores, evaluate_model
+    from .hub import is_checkpoint_file, load_model_folder, resolve_model
 
     paths = RunPaths(Path(out))
     dataset, splits, vocab = _load_run(data, out, log)
     cache = load_feature_cache(paths.features)
     checkpoint_path = checkpoint or paths.checkpoint
-    model, state = load_model(checkpoint_path, vocab, get_device(device))
-    fine_tuned = checkpoint_encoder(model.config, state, checkpoint_path)
+    if is_checkpoint_file(checkpoint_path):
+        model, state = load_model(checkpoint_path, vocab, get_device(device))
+        fine_tuned = checkpoint_encoder(model.config, state, checkpoint_path)
+    else:
+        loaded = load_model_folder(resolve_model(checkpoint_path, revision), get_device(device))
+        model, vocab, fine_tuned = loaded.model, loaded.vocab, loaded.encoder
     if fine_tuned is not None:  # the test photos through the encoder the decoder learned with
         extractor = FeatureExtractor(
             model.config.encoder, get_device(device), fine_tuned, model.feature_layout

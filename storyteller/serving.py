@@ -3,6 +3,8 @@
 ``app.py`` (the Gradio app and Space entry point) and ``bench/app_latency.py`` use these, so the
 rules live in one tested place:
 
+* :func:`find_pretrained` - a Hub model (or model folder) named by ``$STORYTELLER_MODEL`` or
+  by the ``hub_model.json`` of a Space built with ``deploy --model``; else
 * :func:`find_model_files` - ``$STORYTELLER_RUN_DIR``, else the files beside ``app.py`` (as on
   the Space), else ``./outputs``; a clear message naming the command that makes a model.
 * :func:`open_upload` - any file a stranger uploads becomes an upright 8-bit RGB image or an
@@ -90,6 +92,44 @@ def find_model_files(
         f"Make one with `{MAKE_MODEL_COMMAND}` (about 2 minutes on a CPU; writes ./outputs), "
         f"or set {RUN_DIR_ENV} to a run folder, then restart the app"
     )
+
+
+MODEL_ENV = "STORYTELLER_MODEL"
+MODEL_REVISION_ENV = "STORYTELLER_MODEL_REVISION"
+
+
+@dataclass(frozen=True)
+class PretrainedModel:
+    """A Hub model id or model folder for the app, its revision, and which rule named it."""
+
+    model: str
+    revision: str | None
+    source: str  # "STORYTELLER_MODEL" or "hub_model.json"
+
+
+def find_pretrained(
+    app_dir: str | Path, env: Mapping[str, str] | None = None
+) -> PretrainedModel | None:
+    """The Hub model (or model folder) the app should load, checked before
+    :func:`find_model_files`: ``$STORYTELLER_MODEL`` (``$STORYTELLER_MODEL_REVISION`` pins
+    it), else the ``hub_model.json`` that ``deploy --model`` writes beside ``app.py``. None
+    when neither names one."""
+    from .artefacts import ArtefactError, read_json
+    from .deploy import SPACE_MODEL_FILE
+
+    env = os.environ if env is None else env
+    explicit = env.get(MODEL_ENV, "").strip()
+    if explicit:
+        return PretrainedModel(explicit, env.get(MODEL_REVISION_ENV) or None, MODEL_ENV)
+    path = Path(app_dir) / SPACE_MODEL_FILE
+    if not path.is_file():
+        return None
+    named = read_json(path, "Space model reference")
+    model = named.get("model") if isinstance(named, dict) else None
+    revision = named.get("revision") if isinstance(named, dict) else None
+    if not isinstance(model, str) or not isinstance(revision, (str, type(None))):
+        raise ArtefactError(path, 'must be {"model": "USER/NAME", "revision": null or "..."}')
+    return PretrainedModel(model, revision, SPACE_MODEL_FILE)
 
 
 def open_upload(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
