@@ -304,7 +304,7 @@ def download(repo: str, revision: str | None = None, token: str | None = None) -
     through ``huggingface_hub``'s cache: downloaded once, then read from the cache (also with
     ``HF_HUB_OFFLINE=1``). Errors are one line saying what to do."""
     hub = require("huggingface_hub", f"loading the Hub model {repo}")
-    errors = hub.errors
+    errors = require("huggingface_hub.errors", f"loading the Hub model {repo}")
     try:
         return Path(hub.snapshot_download(repo, revision=revision, token=token))
     except errors.RevisionNotFoundError:
