@@ -764,14 +764,43 @@ def save_story(
     return record
 
 
+def publish_model(
+    run_dir: str | Path, model_id: str = "", token: str | None = None, log: Log = print
+) -> str | None:
+    """Push the run's captioner to the Hub model ``model_id`` (:func:`storyteller.hub_push.
+    push_model`) and return the id, or, without an id or a token, write the model folder to
+    ``run_dir/hub_model`` (rebuilt each time), say how to push it and return None."""
+    import shutil
+
+    from .hub import is_model_folder
+    from .hub_push import push_model
+
+    run_dir = Path(run_dir)
+    if model_id and token:
+        push_model(run_dir, model_id, token=token, log=log)
+        return model_id
+    dest = run_dir / "hub_model"
+    if is_model_folder(dest):
+        shutil.rmtree(dest)  # our own earlier dry run: rebuild it from the current run
+    push_model(run_dir, model_id or None, dry_run=dest, log=log)
+    reason = "no MODEL_ID set" if not model_id else "no Hugging Face token found"
+    log(f"not pushed ({reason}): set MODEL_ID and a write token (HF_TOKEN) to share the model")
+    return None
+
+
 def publish_space(
-    run_dir: str | Path, space_id: str = "", token: str | None = None, log: Log = print
+    run_dir: str | Path,
+    space_id: str = "",
+    token: str | None = None,
+    log: Log = print,
+    model: str | None = None,
 ) -> str:
     """Push the run to the Hugging Face Space ``space_id``, or build its folder (dry run).
 
     With a ``space_id`` and a ``token``: :func:`storyteller.deploy.deploy_space`, returns the
     Space's URL. Otherwise writes the Space folder to ``run_dir/space`` (rebuilt each time),
-    says how to push it, and returns the folder's path.
+    says how to push it, and returns the folder's path. With ``model`` (a pushed Hub model
+    id) the Space loads that model from the Hub instead of carrying the run's weights.
     """
     import shutil
 
@@ -779,11 +808,11 @@ def publish_space(
 
     run_dir = Path(run_dir)
     if space_id and token:
-        return deploy_space(space_id, run_dir, token=token, log=log)
+        return deploy_space(space_id, run_dir, token=token, log=log, model=model)
     dest = run_dir / "space"
     if dest.is_dir() and (dest / "app.py").is_file():
         shutil.rmtree(dest)  # our own earlier dry run: rebuild it from the current run
-    folder = build_space_folder(run_dir, dest, log=log)
+    folder = build_space_folder(run_dir, dest, log=log, model=model)
     reason = "no SPACE_ID set" if not space_id else "no Hugging Face token found"
     log(
         f"dry run ({reason}): the Space folder is in {folder}. To push it, set SPACE_ID in "

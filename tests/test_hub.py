@@ -337,3 +337,20 @@ def test_deploy_dry_run_with_model_says_how_to_push(model_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "deploy --space alice/demo --model alice/cap" in result.stdout
+
+
+def test_notebook_05_pushes_the_model_then_a_space_that_loads_it(tiny_run, tmp_path, monkeypatch):
+    from storyteller import notebook as nbmod
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    lines: list[str] = []
+    assert nbmod.publish_model(run, "", None, log=lines.append) is None  # no id: folder only
+    assert {p.name for p in (run / "hub_model").iterdir()} == FORMAT_1_FILES
+    assert nbmod.publish_model(run, "", None, log=lines.append) is None  # rebuilt, not refused
+    assert any("no MODEL_ID set" in line for line in lines)
+    FakeHfApi.instances = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    pushed = nbmod.publish_model(run, "alice/cap", FAKE_TOKEN, log=lines.append)
+    assert pushed == "alice/cap" and FakeHfApi.instances[0].calls[0][1] == "alice/cap"
+    space = Path(nbmod.publish_space(run, "", None, log=lines.append, model=pushed))
+    assert (space / "hub_model.json").is_file() and not (space / "best_model.pth").exists()

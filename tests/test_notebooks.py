@@ -47,7 +47,13 @@ ARTEFACTS = {
         "best_examples.png",
         "worst_examples.png",
     ],
-    "05": ["story.json", "space/app.py", "space/README.md", "space/best_model.pth"],
+    "05": [
+        "story.json",
+        "hub_model/config.json",
+        "space/app.py",
+        "space/README.md",
+        "space/best_model.pth",
+    ],
 }
 ENV_VARS = (
     nbmod.DATA_DIR_ENV,
