@@ -251,8 +251,10 @@ def test_notebook_opens_with_markdown_then_parameters_then_one_setup_cell(path):
         assert word in intro.source
     assert params.cell_type == "code" and params.metadata.get("tags") == ["parameters"]
     assert re.search(r"^SMOKE = None", params.source, re.M)
-    assert setup_cell.cell_type == "code" and "settings = nb.setup(" in setup_cell.source
-    assert not any("nb.setup(" in c.source for c in rest), "exactly one set-up cell"
+    assert setup_cell.cell_type == "code" and "nb.setup_notebook(globals())" in setup_cell.source
+    assert setup_cell.source == nbtools.setup_cell(path) == nbtools.setup_cell(NOTEBOOKS[0])
+    assert len(setup_cell.source.splitlines()) <= 16, "a few lines: the logic is in the package"
+    assert not any("nb.setup" in c.source for c in rest), "exactly one set-up cell"
     assert "sys.path.insert" not in setup_cell.source and "sys.path.append" not in setup_cell.source
     # every code cell after the set-up is explained by markdown right before it
     for before, cell in zip(nb.cells[2:], rest, strict=False):
@@ -313,6 +315,45 @@ def test_check_allows_kaggle_paths_and_short_definitions(tmp_path):
         ],
     )
     assert nbtools.check_notebook(path) == []
+
+
+def test_check_reports_a_drifted_setup_cell_by_notebook_name(tmp_path):
+    """The set-up cell is the same in every notebook: a copy whose set-up cell was edited is
+    reported by ``notebooks check`` with its name and the first line that differs; the
+    others stay clean."""
+    for path in NOTEBOOKS[:3]:
+        shutil.copy(path, tmp_path / path.name)
+    drifted = tmp_path / NOTEBOOKS[1].name
+    nb = nbformat.read(str(drifted), as_version=4)
+    nb.cells[2].source = nb.cells[2].source.replace(
+        "nb.setup_notebook(globals())", "nb.setup(data_dir=DATA_DIR)"
+    )
+    nbformat.write(nb, str(drifted))
+    copies = sorted(tmp_path.glob("*.ipynb"))
+    drift = nbtools.setup_cell_drift(copies)
+    assert list(drift) == [drifted]
+    others = f"{NOTEBOOKS[0].name}, {NOTEBOOKS[2].name}"
+    assert drift[drifted].startswith(f"set-up cell differs from the one in {others} at line")
+    assert "nb.setup(data_dir=DATA_DIR)" in drift[drifted]
+
+    result = _cli("notebooks", "check", *map(str, copies))
+    assert result.returncode == 1
+    assert f"{drifted}: set-up cell differs" in result.stdout
+    assert "2/3 notebook(s) clean" in result.stdout
+    assert nbtools.setup_cell_drift(NOTEBOOKS) == {}  # the committed series agrees
+
+
+def test_setup_notebook_reads_the_parameters_the_notebook_defines(clean_env, tiny_data):
+    """``nb.setup_notebook(globals())``: the names of the parameters cell that setup() knows
+    are passed on, the others ignored, and a name the notebook lacks keeps the default."""
+    namespace = {"DATA_DIR": str(tiny_data), "SMOKE": True, "DECODER": "lstm", "THRESHOLD": 5}
+    lines = []
+    settings = nbmod.setup_notebook(namespace, log=lines.append)
+    assert settings.data_dir == tiny_data and settings.smoke and settings.decoder == "lstm"
+    assert settings.num_epochs == nbmod.SMOKE_EPOCHS  # no EPOCHS: setup()'s default
+    assert "model:    lstm decoder on pooled features" in "\n".join(lines)
+    settings = nbmod.setup_notebook({**namespace, "EPOCHS": 3}, log=_quiet)
+    assert settings.num_epochs == 3
 
 
 def test_notebooks_check_command():
