@@ -105,11 +105,17 @@ def test_series_runs_top_to_bottom_in_smoke_mode_on_the_sample(notebook_env):
     work = notebook_env / "work"
     work.mkdir()
     out = work / "outputs" / "smoke"  # smoke mode keeps to its own folder
+    looked_inside = {}
     for number in ("01", "02", "03", "04", "05"):
         printed = _run(number, work)
         assert "SMOKE mode" in printed and "found via sample" in printed, printed[-2000:]
         for name in ARTEFACTS[number]:
             assert (out / name).is_file(), f"{BY_NUMBER[number].name} did not write {name}"
+        looked_inside[number] = printed
+    # the look-inside cells: 03's forward pass with its shapes, 04's beam-search steps
+    assert re.search(r"^embeddings +\(4, \d+, \d+\)", looked_inside["03"], re.M)
+    assert re.search(r"^logits +\(4, \d+, \d+\) +a score", looked_inside["03"], re.M)
+    assert "step 3: 3 hypothesis(es) x " in looked_inside["04"]
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]  # smoke mode: 2 epochs
     metrics = json.loads((out / "metrics.json").read_text())
