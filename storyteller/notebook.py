@@ -1,6 +1,7 @@
 """What the numbered notebooks share: one ``setup()`` that finds data, outputs and hardware.
 
-Every notebook's set-up cell calls :func:`setup`, which
+Every notebook's set-up cell calls :func:`setup_notebook` (:func:`setup` with the notebook's
+parameters), which
 
 1. seeds everything once (:func:`storyteller.runtime.seed_everything`);
 2. picks the device and prints the hardware found (GPU count and names);

@@ -349,6 +349,12 @@ def test_check_reports_a_drifted_setup_cell_by_notebook_name(tmp_path):
     assert nbtools.setup_cell_drift(NOTEBOOKS) == {}  # the committed series agrees
 
 
+def test_readme_shows_the_setup_cell_as_committed():
+    code = [line for line in nbtools.setup_cell(NOTEBOOKS[0]).splitlines() if line[:1] != "#"]
+    readme = (nbtools.NOTEBOOK_DIR.parent / "README.md").read_text(encoding="utf-8")
+    assert "\n".join(code).strip() in readme
+
+
 def test_setup_notebook_reads_the_parameters_the_notebook_defines(clean_env, tiny_data):
     """``nb.setup_notebook(globals())``: the names of the parameters cell that setup() knows
     are passed on, the others ignored, and a name the notebook lacks keeps the default."""
