@@ -828,7 +828,7 @@ def _notebook_outputs(args, parameters: dict) -> str:
 def _notebooks(args) -> int:
     from . import nbtools
 
-    paths = args.paths or nbtools.series()
+    paths = [Path(p) for p in args.paths] or nbtools.series()
     if args.action == "run":
         if args.smoke:
             os.environ["STORYTELLER_SMOKE"] = "1"  # the kernels inherit it
@@ -841,8 +841,9 @@ def _notebooks(args) -> int:
             print(f"{path}: {'cleaned' if nbtools.clean_notebook(path) else 'already clean'}")
         return 0
     failures = 0
+    drift = nbtools.setup_cell_drift(paths)  # the set-up cell is the same in every notebook
     for path in paths:
-        problems = nbtools.check_notebook(path)
+        problems = nbtools.check_notebook(path) + ([drift[path]] if path in drift else [])
         failures += bool(problems)
         for problem in problems:
             print(f"{path}: {problem}")

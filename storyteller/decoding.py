@@ -14,7 +14,7 @@ costs log-probability.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +33,17 @@ class Hypothesis:
     ids: list[int]  # generated word ids, <end> excluded
     score: float  # length-normalised log-probability (higher is better)
     log_prob: float  # raw sum of log-probabilities, <end> included
+
+
+@dataclass
+class BeamStep:
+    """What one beam-search step kept, for a caller that watches (``on_step``): the K
+    surviving hypotheses of every image, best ranked first."""
+
+    history: torch.Tensor  # (B, K, t) word ids so far, the newest last
+    word_log_probs: torch.Tensor  # (B, K) log-probability of each hypothesis's newest word
+    scores: torch.Tensor  # (B, K) raw sum of log-probabilities so far
+    finished: torch.Tensor  # (B, K) bool: the hypothesis has said <end>
 
 
 def _length_norm(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -91,10 +102,14 @@ def beam_search(
     length_penalty: float = 0.7,
     n_best: int = 1,
     min_length: int = 1,
+    on_step: Callable[[BeamStep], None] | None = None,
 ) -> list[list[Hypothesis]]:
     """Batched beam search. features: (B, ...) -> for each image, ``n_best``
-    hypotheses sorted best first."""
-    return _beam(model, features, beam_size, max_length, length_penalty, n_best, min_length)[0]
+    hypotheses sorted best first. ``on_step`` sees what every step kept (a lesson's view
+    of the search: :func:`storyteller.inside.beam_steps`)."""
+    return _beam(
+        model, features, beam_size, max_length, length_penalty, n_best, min_length, on_step
+    )[0]
 
 
 def _beam(
@@ -105,6 +120,7 @@ def _beam(
     length_penalty: float,
     n_best: int,
     min_length: int,
+    on_step: Callable[[BeamStep], None] | None = None,
 ) -> tuple[list[list[Hypothesis]], DecoderState, torch.Tensor]:
     """:func:`beam_search`, plus the final state (B*K rows, image-major, in line with the
     hypotheses) and the state row of each returned hypothesis (B, n_best)."""
@@ -154,6 +170,9 @@ def _beam(
             ],
             dim=2,
         )  # (B, K, t+1)
+        if on_step is not None:
+            chosen = log_probs.reshape(batch, beams * vocab).gather(1, flat)  # (B, K)
+            on_step(BeamStep(history, chosen, scores, finished))
         rows = (offsets + parent).view(-1)  # (B*K,) rows of the flat state to keep
         state = state.select(rows)
         tokens = word.view(-1)

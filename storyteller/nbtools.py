@@ -6,6 +6,8 @@
   widget state, absolute paths of a machine, a kernel other than ``python3``, and
   functions or classes defined in cells beyond a few lines (the logic belongs in the
   package, where it is tested and reused);
+* :func:`setup_cell_drift` lists the notebooks whose set-up cell differs from the others'
+  (it is the same in every notebook);
 * :func:`clean_notebook` strips outputs, execution counts and widget state in place.
 """
 
@@ -104,6 +106,49 @@ def check_notebook(path: str | Path) -> list[str]:
         match = _MACHINE_PATH.search(_source(cell))
         if match:
             problems.append(f"{where} contains a machine-specific path ({match.group(0)}...)")
+    return problems
+
+
+def setup_cell(path: str | Path) -> str | None:
+    """The source of a notebook's set-up cell: the first code cell after the one tagged
+    ``parameters`` (None when there is no such cell)."""
+    cells = _read(path).get("cells", [])
+    tagged = [
+        i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])
+    ]
+    after = cells[tagged[0] + 1 :] if tagged else []
+    return next((_source(c) for c in after if c.get("cell_type") == "code"), None)
+
+
+def setup_cell_drift(paths: Iterable[str | Path]) -> dict[Path, str]:
+    """Notebooks whose set-up cell differs from the others', each with what differs.
+
+    The set-up cell is the same in every notebook (the per-notebook choices live in the
+    parameters cell), so a student can copy it anywhere and a fix reaches every notebook. The
+    reference is the text most notebooks share (the first notebook's on a tie); each other
+    notebook is reported with its first differing line."""
+    sources = {Path(p): setup_cell(p) for p in paths}
+    found = [s for s in sources.values() if s is not None]
+    problems = {
+        p: "has no set-up cell (a code cell after the parameters cell)"
+        for p, s in sources.items()
+        if s is None
+    }
+    if not found:
+        return problems
+    reference = max(found, key=lambda s: (found.count(s), -found.index(s)))
+    owners = ", ".join(p.name for p, s in sources.items() if s == reference)
+    for path, source in sources.items():
+        if source is None or source == reference:
+            continue
+        mine, theirs = source.splitlines(), reference.splitlines()
+        pairs = zip(mine, theirs, strict=False)  # a shorter cell differs where it ends
+        line = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(mine), len(theirs)))
+        shown = mine[line] if line < len(mine) else "(the cell ends)"
+        problems[path] = (
+            f"set-up cell differs from the one in {owners} at line {line + 1}: {shown.strip()!r} "
+            "(it must be the same in every notebook; per-notebook choices go in the parameters cell)"
+        )
     return problems
 
 

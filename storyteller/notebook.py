@@ -1,6 +1,7 @@
 """What the numbered notebooks share: one ``setup()`` that finds data, outputs and hardware.
 
-Every notebook's set-up cell calls :func:`setup`, which
+Every notebook's set-up cell calls :func:`setup_notebook` (:func:`setup` with the notebook's
+parameters), which
 
 1. seeds everything once (:func:`storyteller.runtime.seed_everything`);
 2. picks the device and prints the hardware found (GPU count and names);
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -481,6 +482,30 @@ def setup(
         import_previous_outputs(kaggle_root() / "input", settings.out_dir, log=log)
     log(settings.describe())
     return settings
+
+
+#: The parameters-cell names :func:`setup` reads, and the argument each one is.
+SETUP_PARAMETERS = {
+    "DATA_DIR": "data_dir",
+    "OUT_DIR": "out_dir",
+    "SMOKE": "smoke",
+    "EPOCHS": "epochs",
+    "ENCODER": "encoder",
+    "DECODER": "decoder",
+    "EMBEDDINGS": "embeddings",
+    "FREEZE_EMBEDDINGS": "freeze_embeddings",
+}
+
+
+def setup_notebook(namespace: Mapping, log: Log = print) -> NotebookSettings:
+    """:func:`setup` with the parameters a notebook defines, read from its ``globals()``.
+
+    This keeps the set-up cell the same in every notebook (``notebooks check`` verifies it):
+    each notebook's own parameters cell says which of :data:`SETUP_PARAMETERS` it sets (02
+    has no ``DECODER``, 03 alone has ``EPOCHS``), and a name it does not define keeps
+    :func:`setup`'s default."""
+    chosen = {arg: namespace[name] for name, arg in SETUP_PARAMETERS.items() if name in namespace}
+    return setup(**chosen, log=log)
 
 
 def _with_embeddings(overrides: dict, embeddings: bool, freeze: bool) -> dict:

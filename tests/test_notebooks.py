@@ -111,11 +111,17 @@ def test_series_runs_top_to_bottom_in_smoke_mode_on_the_sample(notebook_env):
     work = notebook_env / "work"
     work.mkdir()
     out = work / "outputs" / "smoke"  # smoke mode keeps to its own folder
+    looked_inside = {}
     for number in ("01", "02", "03", "04", "05"):
         printed = _run(number, work)
         assert "SMOKE mode" in printed and "found via sample" in printed, printed[-2000:]
         for name in ARTEFACTS[number]:
             assert (out / name).is_file(), f"{BY_NUMBER[number].name} did not write {name}"
+        looked_inside[number] = printed
+    # the look-inside cells: 03's forward pass with its shapes, 04's beam-search steps
+    assert re.search(r"^embeddings +\(4, \d+, \d+\)", looked_inside["03"], re.M)
+    assert re.search(r"^logits +\(4, \d+, \d+\) +a score", looked_inside["03"], re.M)
+    assert "step 3: 3 hypothesis(es) x " in looked_inside["04"]
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]  # smoke mode: 2 epochs
     metrics = json.loads((out / "metrics.json").read_text())
@@ -257,8 +263,10 @@ def test_notebook_opens_with_markdown_then_parameters_then_one_setup_cell(path):
         assert word in intro.source
     assert params.cell_type == "code" and params.metadata.get("tags") == ["parameters"]
     assert re.search(r"^SMOKE = None", params.source, re.M)
-    assert setup_cell.cell_type == "code" and "settings = nb.setup(" in setup_cell.source
-    assert not any("nb.setup(" in c.source for c in rest), "exactly one set-up cell"
+    assert setup_cell.cell_type == "code" and "nb.setup_notebook(globals())" in setup_cell.source
+    assert setup_cell.source == nbtools.setup_cell(path) == nbtools.setup_cell(NOTEBOOKS[0])
+    assert len(setup_cell.source.splitlines()) <= 16, "a few lines: the logic is in the package"
+    assert not any("nb.setup" in c.source for c in rest), "exactly one set-up cell"
     assert "sys.path.insert" not in setup_cell.source and "sys.path.append" not in setup_cell.source
     # every code cell after the set-up is explained by markdown right before it
     for before, cell in zip(nb.cells[2:], rest, strict=False):
@@ -319,6 +327,51 @@ def test_check_allows_kaggle_paths_and_short_definitions(tmp_path):
         ],
     )
     assert nbtools.check_notebook(path) == []
+
+
+def test_check_reports_a_drifted_setup_cell_by_notebook_name(tmp_path):
+    """The set-up cell is the same in every notebook: a copy whose set-up cell was edited is
+    reported by ``notebooks check`` with its name and the first line that differs; the
+    others stay clean."""
+    for path in NOTEBOOKS[:3]:
+        shutil.copy(path, tmp_path / path.name)
+    drifted = tmp_path / NOTEBOOKS[1].name
+    nb = nbformat.read(str(drifted), as_version=4)
+    nb.cells[2].source = nb.cells[2].source.replace(
+        "nb.setup_notebook(globals())", "nb.setup(data_dir=DATA_DIR)"
+    )
+    nbformat.write(nb, str(drifted))
+    copies = sorted(tmp_path.glob("*.ipynb"))
+    drift = nbtools.setup_cell_drift(copies)
+    assert list(drift) == [drifted]
+    others = f"{NOTEBOOKS[0].name}, {NOTEBOOKS[2].name}"
+    assert drift[drifted].startswith(f"set-up cell differs from the one in {others} at line")
+    assert "nb.setup(data_dir=DATA_DIR)" in drift[drifted]
+
+    result = _cli("notebooks", "check", *map(str, copies))
+    assert result.returncode == 1
+    assert f"{drifted}: set-up cell differs" in result.stdout
+    assert "2/3 notebook(s) clean" in result.stdout
+    assert nbtools.setup_cell_drift(NOTEBOOKS) == {}  # the committed series agrees
+
+
+def test_readme_shows_the_setup_cell_as_committed():
+    code = [line for line in nbtools.setup_cell(NOTEBOOKS[0]).splitlines() if line[:1] != "#"]
+    readme = (nbtools.NOTEBOOK_DIR.parent / "README.md").read_text(encoding="utf-8")
+    assert "\n".join(code).strip() in readme
+
+
+def test_setup_notebook_reads_the_parameters_the_notebook_defines(clean_env, tiny_data):
+    """``nb.setup_notebook(globals())``: the names of the parameters cell that setup() knows
+    are passed on, the others ignored, and a name the notebook lacks keeps the default."""
+    namespace = {"DATA_DIR": str(tiny_data), "SMOKE": True, "DECODER": "lstm", "THRESHOLD": 5}
+    lines = []
+    settings = nbmod.setup_notebook(namespace, log=lines.append)
+    assert settings.data_dir == tiny_data and settings.smoke and settings.decoder == "lstm"
+    assert settings.num_epochs == nbmod.SMOKE_EPOCHS  # no EPOCHS: setup()'s default
+    assert "model:    lstm decoder on pooled features" in "\n".join(lines)
+    settings = nbmod.setup_notebook({**namespace, "EPOCHS": 3}, log=_quiet)
+    assert settings.num_epochs == 3
 
 
 def test_notebooks_check_command():
