@@ -443,9 +443,11 @@ def evaluate_step(
 ) -> dict[str, dict]:
     """Score the best checkpoint on the test split (greedy and beam), plus the baseline."""
     from .evaluate import baseline_scores, evaluate_model
+    from .provenance import evaluation_provenance
 
     paths = RunPaths(Path(out))
-    dataset, splits, vocab = _load_run(data, out, log)
+    data_dir = resolve_data(data, log=log)
+    dataset, splits, vocab = _load_run(data_dir, out, log)
     cache = load_feature_cache(paths.features)
     checkpoint_path = checkpoint or paths.checkpoint
     model, state = load_model(checkpoint_path, vocab, get_device(device))
@@ -471,6 +473,9 @@ def evaluate_step(
         length_penalty,
         meteor=meteor,
         log=log,
+        provenance=evaluation_provenance(
+            state, checkpoint_path, model.config, dataset, data_dir, splits.get("seed")
+        ),
     )
     baseline = baseline_scores(dataset, splits["train"], [n for n in splits["test"] if n in cache])
     write_json(paths.out / BASELINE_FILE, baseline)
