@@ -94,9 +94,11 @@ def write_attention_maps(
     preprocessing: Preprocessing,
     out_dir: str | Path,
     taken: set[str] | None = None,
+    smoke: bool = False,
 ) -> list[Path]:
     """One figure per (name, photo, caption) into ``out_dir`` (made if missing); ``taken``:
-    file names already written by this caller (see :func:`figure_name`)."""
+    file names already written by this caller (see :func:`figure_name`); ``smoke``: marked as
+    a smoke run's."""
     from .plots import plot_attention_map
 
     out_dir = Path(out_dir)
@@ -104,7 +106,7 @@ def write_attention_maps(
     taken = set() if taken is None else taken
     return [
         plot_attention_map(
-            encoder_view(image, preprocessing), result, out_dir / figure_name(name, taken)
+            encoder_view(image, preprocessing), result, out_dir / figure_name(name, taken), smoke
         )
         for name, image, result in result_images
     ]

@@ -232,6 +232,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --fine-tune-encoder: random crops and horizontal flips of the training photos",
     )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="mark the run as a smoke test (tiny, meaningless): its figures and metrics.json "
+        "say so (the notebooks set it in smoke mode)",
+    )
 
 
 def _options_help() -> str:
@@ -293,6 +299,7 @@ def _configs(args) -> tuple[TrainConfig, dict]:
         seed=args.seed,
         encoder_lr=args.encoder_lr,
         augment=args.augment,
+        smoke=args.smoke,
     )
     # Without a file, the width (and --freeze-embeddings) may come from a checkpoint being
     # resumed, which only train_step reads: it refuses --freeze-embeddings with no vectors.
@@ -336,6 +343,8 @@ _TRAIN_FLAGS = {
     "seed": "--seed",
     "encoder_lr": "--encoder-lr",
 }
+#: TrainConfig's true-or-false fields that `train` sets with a flag of their own.
+_SWITCHES = {"augment": "--augment", "smoke": "--smoke"}
 _MODEL_FLAGS = {
     "embed_size": "--embed-size",
     "hidden_size": "--hidden-size",
@@ -352,7 +361,7 @@ def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = Tr
     fixed = [
         k
         for k, v in train.to_dict().items()
-        if k not in _TRAIN_FLAGS and k != "augment" and v != defaults[k]
+        if k not in _TRAIN_FLAGS and k not in _SWITCHES and v != defaults[k]
     ]
     special = ("feature_norm", "decoder", "decoder_options", "freeze_embeddings")
     unknown = [k for k in (model or {}) if k not in _MODEL_FLAGS and k not in special]
@@ -363,7 +372,7 @@ def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = Tr
             "leave it at its default or call storyteller.pipeline.train_step"
         )
     flags = [str(part) for k, f in _TRAIN_FLAGS.items() for part in (f, getattr(train, k))]
-    flags += ["--augment"] if train.augment else []
+    flags += [flag for k, flag in _SWITCHES.items() if getattr(train, k)]
     # A config that names no decoder is ModelConfig's (the seed lstm), whatever the CLI's
     # default is: say it.
     seed = ModelConfig.__dataclass_fields__["decoder"].default  # "lstm"

@@ -170,6 +170,10 @@ class TrainConfig:
     seed: int = 0
     encoder_lr: float = 1e-4  # with --fine-tune-encoder: the encoder's blocks learn slower
     augment: bool = False  # with --fine-tune-encoder: random crop + flip of the photos
+    # A smoke run (the notebooks' SMOKE, `notebooks run --smoke`): tiny data, model and epochs
+    # to test the code, not the model. Stored in the checkpoint so that every figure and
+    # metrics.json made from it says so.
+    smoke: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

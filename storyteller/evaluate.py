@@ -3,10 +3,13 @@
 Writes ``metrics.json`` (one entry per decoding, e.g. ``greedy`` and ``beam5``, each with the
 keys ``bleu1 bleu2 bleu3 bleu4 meteor rouge1 rouge2 rougeL cider precision recall f1``,
 ``meteor_backend``, the specificity measures, which captioner made them (``decoder``, and
-``model``: its description) and its teacher-forced ``test_loss`` and ``test_perplexity``, the
-same for every decoding), ``test_captions.json`` (every test image's references and generated
-captions), ``caption_grid.png`` and, for a captioner that attends, ``attention_maps/``: where
-it looked for each word of a few test photos' captions.
+``model``: its description), its teacher-forced ``test_loss`` and ``test_perplexity``, the
+same for every decoding, and ``provenance``: what made the numbers (see
+:func:`storyteller.provenance.evaluation_provenance`, plus ``decoding``: that decoding's beam
+size, length penalty and maximum length, and ``num_test_images``; its ``smoke`` is true for a
+smoke run, whose figures are marked too), ``test_captions.json`` (every test image's
+references and generated captions), ``caption_grid.png`` and, for a captioner that attends,
+``attention_maps/``: where it looked for each word of a few test photos' captions.
 """
 
 from __future__ import annotations
@@ -105,10 +108,13 @@ def evaluate_model(
     grid_size: int = 9,
     log=print,
     attention_maps: int = 4,
+    provenance: dict | None = None,
 ) -> dict[str, dict]:
     """Caption every test image with each decoding, score, and write the result files
     (``attention_maps``: how many test photos get a figure of where the model looked, for a
-    captioner that attends; their caption is the widest beam's)."""
+    captioner that attends; their caption is the widest beam's). ``provenance``: what made
+    the model (:func:`storyteller.provenance.evaluation_provenance`), recorded with every
+    decoding's numbers; its ``smoke`` marks the figures as a smoke run's."""
     out_dir = Path(out_dir)
     images = [name for name in test_images if name in cache]
     if not images:
@@ -129,6 +135,8 @@ def evaluate_model(
         f"{network.name} ({about['model']}): test loss {loss:.4f}, "
         f"perplexity {about['test_perplexity']:.1f}"
     )
+    provenance = {**(provenance or {}), "num_test_images": len(images)}
+    smoke = bool(provenance.get("smoke"))
     results: dict[str, dict] = {}
     generated: dict[str, list[str]] = {}
     for beam_size in beam_sizes:
@@ -136,7 +144,16 @@ def evaluate_model(
         generated[name] = generate_captions(
             model, features, vocab, beam_size, max_length, length_penalty
         )
-        results[name] = {**score_captions(references, generated[name], meteor=meteor), **about}
+        decoding = {
+            "beam_size": beam_size,
+            "length_penalty": length_penalty,
+            "max_length": max_length,
+        }
+        results[name] = {
+            **score_captions(references, generated[name], meteor=meteor),
+            **about,
+            "provenance": {**provenance, "decoding": decoding},
+        }
         r = results[name]
         log(
             f"{name:>7}: BLEU-4 {r['bleu4']:.4f}  METEOR {r['meteor'] if r['meteor'] is None else round(r['meteor'], 4)}  "
@@ -158,6 +175,7 @@ def evaluate_model(
         {k: v[: len(shown)] for k, v in generated.items()},
         out_dir / GRID_FILE,
         title="Test images: a reference caption and the generated ones",
+        smoke=smoke,
     )
     if attends(model) and attention_maps:
         shown = images[:attention_maps]
@@ -180,6 +198,7 @@ def evaluate_model(
             ],
             get_encoder_spec(cache.encoder).preprocessing,
             out_dir / ATTENTION_MAPS_DIR,
+            smoke=smoke,
         )
         log(f"where the model looked, word by word: {len(figures)} figures in {figures[0].parent}")
     return results

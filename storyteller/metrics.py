@@ -19,9 +19,19 @@ rouge1/2/L     ``rouge_score`` F-measure, best reference per image, averaged ove
 cider          CIDEr-D from pycocoevalcap ``Cider`` (scaled by 10 as in coco-caption, so it
                can exceed 1; its IDF comes from the evaluated references, so it needs many
                images: with a single image it is always 0)
-precision,     clipped unigram overlap with the best-matching reference (small hand code,
-recall, f1     no library computes it; definition in :func:`token_prf`)
+precision,     bag-of-words match against *all* references of an image at once (small hand
+recall, f1     code, no library computes it; definition in :func:`bag_prf`), averaged over
+               images
 =============  ==============================================================================
+
+Token precision/recall/F1 are not ROUGE-1 again. ROUGE-1 scores a caption against its best
+*single* reference. The token scores pool the references: a word counts as matched up to the
+largest number of times any one reference uses it (BLEU's clipping). So ``precision`` is the
+share of the caption's words that some person used for the photo (``1 - precision``: words
+nobody said), and ``recall`` the share of everything people said that the caption covers,
+which stays below 1 even for a caption equal to one of the references unless the references
+agree. ``precision`` is also BLEU-1's clipped precision, but averaged per image (every photo
+weighs the same) and without the brevity penalty.
 
 :func:`specificity_metrics` measures what BLEU rewards but should not: beam search tends to
 produce the same safe, generic caption for many images. It reports how many distinct
@@ -142,36 +152,38 @@ def _prepare(
 # --------------------------------------------------------------------------------------------
 
 
-def token_prf(reference: Sequence[str], hypothesis: Sequence[str]) -> tuple[float, float, float]:
-    """Clipped unigram precision, recall and F1 of one hypothesis against one reference.
+def bag_prf(
+    references: Sequence[Sequence[str]], hypothesis: Sequence[str]
+) -> tuple[float, float, float]:
+    """Clipped unigram precision, recall and F1 of one hypothesis against all its references.
 
-    ``overlap = sum over words w of min(count_hyp(w), count_ref(w))`` (a word the hypothesis
-    repeats only counts as often as the reference has it, as in BLEU's clipping), then
-    ``precision = overlap / len(hypothesis)``, ``recall = overlap / len(reference)`` and F1
-    their harmonic mean. Empty sides give 0.
+    The references are pooled into one bag: ``bag(w) = max over references of count_ref(w)``
+    (a word two people said once each counts once; one person's "a ... a" counts twice).
+    ``overlap = sum over words w of min(count_hyp(w), bag(w))``, then
+    ``precision = overlap / len(hypothesis)``, ``recall = overlap / sum(bag.values())`` and
+    F1 their harmonic mean. An empty hypothesis or no overlap gives 0.
 
-    >>> token_prf(["a", "dog", "runs"], ["a", "dog", "dog"])
-    (0.6666666666666666, 0.6666666666666666, 0.6666666666666666)
+    >>> refs = [["a", "dog", "runs"], ["a", "brown", "dog", "jumps"]]  # bag of 5 words
+    >>> [round(score, 3) for score in bag_prf(refs, ["a", "brown", "dog", "dog"])]
+    [0.75, 0.6, 0.667]
     """
-    overlap = sum((Counter(hypothesis) & Counter(reference)).values())
+    bag: Counter[str] = Counter()
+    for reference in references:
+        bag |= Counter(reference)  # union of multisets: the max count of each word
+    overlap = sum((Counter(hypothesis) & bag).values())
     if overlap == 0:
         return 0.0, 0.0, 0.0
     precision = overlap / len(hypothesis)
-    recall = overlap / len(reference)
+    recall = overlap / sum(bag.values())
     return precision, recall, 2 * precision * recall / (precision + recall)
 
 
 def _corpus_prf(refs: list[list[list[str]]], hyps: list[list[str]]) -> tuple[float, float, float]:
-    """Per image: P/R/F1 against the reference with the highest F1; then the mean over images.
-
-    Taking all three numbers from the *same* best reference keeps them consistent. (The mean
-    F1 is therefore not the harmonic mean of the mean precision and mean recall.)
-    """
-    best = [
-        max((token_prf(r, hyp) for r in image_refs), key=lambda prf: prf[2])
-        for image_refs, hyp in zip(refs, hyps, strict=True)
-    ]
-    precision, recall, f1 = np.mean(np.array(best), axis=0)
+    """:func:`bag_prf` of every image, then the mean of each over images (every photo weighs
+    the same). The mean F1 is therefore not the harmonic mean of the mean precision and mean
+    recall."""
+    per_image = [bag_prf(image_refs, hyp) for image_refs, hyp in zip(refs, hyps, strict=True)]
+    precision, recall, f1 = np.mean(np.array(per_image), axis=0)
     return float(precision), float(recall), float(f1)
 
 

@@ -374,6 +374,7 @@ class NotebookSettings:
             "num_epochs": self.num_epochs,
             "batch_size": self.batch_size,
             "seed": self.seed,
+            "smoke": self.smoke,
             **changes,
         }
         return TrainConfig(**config)

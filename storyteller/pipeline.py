@@ -448,9 +448,11 @@ def evaluate_step(
     model is scored with its own vocabulary on this run's test split and features."""
     from .evaluate import baseline_scores, evaluate_model
     from .hub import is_checkpoint_file, load_model_folder, resolve_model
+    from .provenance import evaluation_provenance
 
     paths = RunPaths(Path(out))
-    dataset, splits, vocab = _load_run(data, out, log)
+    data_dir = resolve_data(data, log=log)
+    dataset, splits, vocab = _load_run(data_dir, out, log)
     cache = load_feature_cache(paths.features)
     checkpoint_path = checkpoint or paths.checkpoint
     if is_checkpoint_file(checkpoint_path):
@@ -459,6 +461,7 @@ def evaluate_step(
     else:
         loaded = load_model_folder(resolve_model(checkpoint_path, revision), get_device(device))
         model, vocab, fine_tuned = loaded.model, loaded.vocab, loaded.encoder
+        state = loaded.info  # epoch and training config, for the provenance
     if fine_tuned is not None:  # the test photos through the encoder the decoder learned with
         extractor = FeatureExtractor(
             model.config.encoder, get_device(device), fine_tuned, model.feature_layout
@@ -480,6 +483,9 @@ def evaluate_step(
         length_penalty,
         meteor=meteor,
         log=log,
+        provenance=evaluation_provenance(
+            state, checkpoint_path, model.config, dataset, data_dir, splits.get("seed")
+        ),
     )
     baseline = baseline_scores(dataset, splits["train"], [n for n in splits["test"] if n in cache])
     write_json(paths.out / BASELINE_FILE, baseline)

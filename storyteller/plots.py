@@ -15,9 +15,30 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .features import load_rgb  # noqa: E402
 
+#: What every figure of a smoke run says at its top (issue 12: a smoke run's 49-word "a a
+#: pair sky sky ..." captions were shown unmarked, as if a real model had written them).
+SMOKE_LABEL = "SMOKE RUN (tiny data and model: meaningless results)"
+SMOKE_COLOR = "#c00000"
 
-def plot_loss_curves(history: Sequence[dict], path: str | Path) -> Path:
-    """Train and validation loss per epoch (with the best validation epoch marked)."""
+
+def _save(fig, path: str | Path, dpi: int, smoke: bool) -> Path:
+    """Write ``fig`` as a PNG and close it. A smoke run's figure also gets a diagonal
+    "SMOKE RUN" watermark across it (it survives cropping the heading off) and
+    :data:`SMOKE_LABEL` as the PNG's ``Description``."""
+    if smoke:
+        width, height = fig.get_size_inches()
+        fig.text(
+            0.5, 0.5, "SMOKE RUN", ha="center", va="center", rotation=30, color=SMOKE_COLOR,
+            alpha=0.25, fontsize=10 * min(width, height), weight="bold", zorder=100,
+        )  # fmt: skip
+    fig.savefig(path, dpi=dpi, metadata={"Description": SMOKE_LABEL} if smoke else None)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_loss_curves(history: Sequence[dict], path: str | Path, smoke: bool = False) -> Path:
+    """Train and validation loss per epoch (with the best validation epoch marked); ``smoke``:
+    marked as a smoke run's (:data:`SMOKE_LABEL`)."""
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
@@ -34,10 +55,10 @@ def plot_loss_curves(history: Sequence[dict], path: str | Path) -> Path:
     ax.set_title("Caption model loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    if smoke:
+        fig.suptitle(SMOKE_LABEL, color=SMOKE_COLOR, fontsize=10, weight="bold")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, 110, smoke)
 
 
 def plot_caption_grid(
@@ -47,15 +68,19 @@ def plot_caption_grid(
     path: str | Path,
     columns: int = 3,
     title: str | None = None,
+    smoke: bool = False,
 ) -> Path:
-    """A grid of images, each with one reference and every decoding's caption above it.
+    """A grid of images, each with one reference and every decoding's caption above it;
+    ``smoke``: headed (in red, above ``title``) and watermarked as a smoke run's.
 
     A bad model's caption runs to 50 words (7 wrapped lines): with a fixed-height figure and
     ``tight_layout`` such captions grew up into the figure's title. So the layout is measured
     here, in inches: each row gets room for its longest caption block, then its images.
     """
     line, image, width, margin = 0.16, 4.4, 5.0, 0.1  # inches; a 9-point line is 0.15 in
-    top = 0.5 if title else 0.1  # room for the figure's title
+    heading = 0.3  # inches per heading line: the smoke label, the title
+    headings = int(smoke) + int(bool(title))
+    top = 0.1 + (heading * headings + 0.1 if headings else 0.0)  # room for the headings
     blocks = [
         "\n".join(
             textwrap.fill(text, 48)
@@ -78,11 +103,14 @@ def plot_caption_grid(
             ax.axis("off")
             ax.imshow(load_rgb(image_paths[i]))
             ax.set_title(blocks[i], fontsize=9, loc="left")
+    if smoke:
+        fig.text(
+            0.5, 1 - margin / fig_h, SMOKE_LABEL, ha="center", va="top", color=SMOKE_COLOR,
+            fontsize=13, weight="bold",
+        )  # fmt: skip
     if title:
-        fig.suptitle(title, y=1 - margin / fig_h)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return Path(path)
+        fig.suptitle(title, y=1 - (margin + heading * smoke) / fig_h)
+    return _save(fig, path, 90, smoke)
 
 
 def attention_figure(view, result, columns: int = 5):
@@ -132,10 +160,13 @@ def attention_figure(view, result, columns: int = 5):
     return fig
 
 
-def plot_attention_map(view, result, path: str | Path) -> Path:
-    """:func:`attention_figure` saved as a PNG at ``path``."""
-    attention_figure(view, result).savefig(path, dpi=90)
-    return Path(path)
+def plot_attention_map(view, result, path: str | Path, smoke: bool = False) -> Path:
+    """:func:`attention_figure` saved as a PNG at ``path`` (``smoke``: marked as a smoke
+    run's, the label above its heading)."""
+    fig = attention_figure(view, result)
+    if smoke:
+        fig.suptitle(f"{SMOKE_LABEL}\n{fig.get_suptitle()}", fontsize=9, color=SMOKE_COLOR)
+    return _save(fig, path, 90, smoke)
 
 
 def figure_pixels(fig):

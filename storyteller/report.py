@@ -252,6 +252,13 @@ def metrics_table(metrics: Mapping[str, Mapping], baseline: Mapping | None = Non
     return Table(columns, rows, title=title)
 
 
+def smoke_run(metrics: Mapping[str, Mapping]) -> bool:
+    """Whether ``metrics`` (``metrics.json``, or what ``evaluate_step`` returns) come from a
+    smoke run (tiny data and model): its figures are then marked as such. A file written
+    before runs recorded their provenance counts as a real run."""
+    return any(m.get("provenance", {}).get("smoke") is True for m in metrics.values())
+
+
 def per_image_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> list[float]:
     """CIDEr-D of each caption against its own references (consensus-weighted n-grams, the
     per-image score captioning papers use to pick examples); IDF from these references."""
@@ -295,9 +302,14 @@ def best_and_worst(
 
 
 def plot_examples(
-    examples: Sequence[Mapping], image_dir: str | Path, path: str | Path, title: str
+    examples: Sequence[Mapping],
+    image_dir: str | Path,
+    path: str | Path,
+    title: str,
+    smoke: bool = False,
 ) -> Path:
-    """A caption grid of chosen examples (from :func:`best_and_worst`)."""
+    """A caption grid of chosen examples (from :func:`best_and_worst`); ``smoke``: marked as
+    a smoke run's (see :func:`smoke_run`)."""
     return plot_caption_grid(
         [Path(image_dir) / e["image"] for e in examples],
         [e["references"] for e in examples],
@@ -308,6 +320,7 @@ def plot_examples(
         },
         path,
         title=title,
+        smoke=smoke,
     )
 
 

@@ -775,7 +775,7 @@ def train_model(
                 save_checkpoint(best_path, state.model, **extra)
             save_checkpoint(last_path, state.model, **extra)  # after best: resume never skips one
             write_json(out_dir / HISTORY_FILE, state.history)
-            plot_loss_curves(state.history, out_dir / LOSS_CURVE_FILE)
+            plot_loss_curves(state.history, out_dir / LOSS_CURVE_FILE, train_config.smoke)
             log(
                 f"epoch {record['epoch']:>3}/{train_config.num_epochs}  train {train_loss:.4f}  "
                 f"val {val_loss:.4f}  ppl {record['val_perplexity']:.1f}  lr {record['lr']:.2g}  "

@@ -156,6 +156,17 @@ def test_train_flags_name_the_seed_lstm_for_a_config_that_names_no_decoder():
     assert flags[flags.index("--decoder") + 1] == "lstm"  # not the CLI's default
 
 
+def test_smoke_mode_round_trips_through_the_train_flags():
+    """A smoke notebook under torchrun trains with `train` flags: the mark must survive them."""
+    from storyteller.cli import _configs, build_parser
+
+    smoke = TrainConfig(num_epochs=2, smoke=True)
+    flags = train_flags(smoke, {"hidden_size": 64})
+    assert "--smoke" in flags and "--smoke" not in train_flags(TrainConfig(), {})
+    parsed, _ = _configs(build_parser().parse_args(["train", *flags]))
+    assert parsed == smoke
+
+
 @pytest.mark.parametrize("command", ["caption", "evaluate", "run-all", "story"])
 def test_beam_zero_is_an_error_not_silent_greedy(command, capsys):
     """``--beam 0`` used to run greedy without a word; argparse now refuses it in one line."""

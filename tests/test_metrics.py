@@ -14,12 +14,12 @@ from storyteller.errors import StorytellerError
 from storyteller.metrics import (
     JAVA_METEOR_BACKEND,
     SCORE_KEYS,
+    bag_prf,
     caption_metrics,
     caption_tokens,
     java_meteor_available,
     most_frequent_caption,
     specificity_metrics,
-    token_prf,
     wordnet_available,
 )
 
@@ -93,12 +93,31 @@ def test_caption_tokens_removes_special_tokens_before_tokenising():
     assert caption_tokens("<unk> dog") == ["unk", "dog"]  # unknown words still cost precision
 
 
-def test_token_prf_clips_repeated_words():
-    assert token_prf(["a", "dog", "runs"], ["a", "dog", "runs"]) == (1.0, 1.0, 1.0)
-    precision, recall, f1 = token_prf(["a", "dog"], ["dog", "dog", "dog", "dog"])
+def test_bag_prf_clips_each_word_to_the_most_any_one_reference_used_it():
+    assert bag_prf([["a", "dog", "runs"]], ["a", "dog", "runs"]) == (1.0, 1.0, 1.0)
+    precision, recall, f1 = bag_prf([["a", "dog"]], ["dog", "dog", "dog", "dog"])
     assert (precision, recall) == (0.25, 0.5)  # "dog" counts once: the reference has it once
     assert f1 == pytest.approx(1 / 3)
-    assert token_prf(["a", "dog"], []) == (0.0, 0.0, 0.0)
+    # Bag: "a" twice (the first reference says it twice), "dog" once, "cat" once: 4 words.
+    # The hypothesis's three "a" count twice, its "dog" once: 3 of 4 words, 3 of the bag's 4.
+    assert bag_prf([["a", "dog", "a"], ["a", "cat"]], ["a", "a", "a", "dog"]) == (0.75, 0.75, 0.75)
+    assert bag_prf([["a", "dog"]], []) == (0.0, 0.0, 0.0)
+
+
+def test_token_f1_pools_the_references_where_rouge1_takes_the_best_one():
+    """Worked by hand. Image 1: references "a dog runs" and "a brown dog jumps", caption "a
+    brown dog runs". ROUGE-1 against each reference alone: 3 of 4 words match the first (P
+    3/4, R 3/3, F 6/7) and the second (P 3/4, R 3/4, F 3/4), so 6/7. Pooled, the bag is {a,
+    dog, runs, brown, jumps}: all 4 caption words match (P 1), 4 of the bag's 5 (R 4/5), F
+    8/9. Image 2: "a cat" against "a dog": P = R = F = 1/2 both ways. Means over the images:
+    ROUGE-1 (6/7 + 1/2) / 2 = 19/28, F1 (8/9 + 1/2) / 2 = 25/36."""
+    references = [["A dog runs.", "A brown dog jumps."], ["A dog."]]
+    result = scores(references, ["A brown dog runs.", "A cat."])
+    assert result["rouge1"] == pytest.approx(19 / 28)
+    assert result["precision"] == pytest.approx((1 + 1 / 2) / 2)
+    assert result["recall"] == pytest.approx((4 / 5 + 1 / 2) / 2)
+    assert result["f1"] == pytest.approx(25 / 36)
+    assert result["f1"] != pytest.approx(result["rouge1"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,8 +141,10 @@ def test_perfect_hypotheses_score_one():
     result = scores(REFERENCES, PERFECT)
     for key in ("bleu1", "bleu2", "bleu3", "bleu4"):
         assert result[key] == pytest.approx(1.0, abs=1e-6), key
-    for key in ("rouge1", "rouge2", "rougeL", "precision", "recall", "f1"):
+    for key in ("rouge1", "rouge2", "rougeL", "precision"):
         assert result[key] == pytest.approx(1.0), key
+    # One person's caption covers only part of what the three people said together.
+    assert 0.3 < result["recall"] < 1.0 and 0.5 < result["f1"] < 1.0
     assert result["cider"] > 2.0
 
 

@@ -127,6 +127,7 @@ def test_series_runs_top_to_bottom_in_smoke_mode_on_the_sample(notebook_env):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"greedy", "beam5"}
     assert metrics["greedy"]["decoder"] == DEFAULT_DECODER
+    assert metrics["greedy"]["provenance"]["smoke"] is True  # figures marked too
     if DEFAULT_DECODER == "attention":  # 04 drew and showed where it looked
         assert len(list((out / "attention_maps").glob("*.png"))) == 4
     assert (notebook_env / "sample-cache" / "sample-60" / "captions.txt").is_file()
@@ -497,6 +498,7 @@ def test_setup_with_two_faked_gpus(clean_env, tiny_data, monkeypatch):
     assert settings.gpu_names == ["Tesla T4", "Tesla T4"]
     assert settings.batch_size == 128 and settings.train_config().batch_size == 128
     assert settings.num_epochs == 15 and not settings.smoke
+    assert settings.train_config().smoke is False  # its figures and metrics.json unmarked
     assert settings.model_overrides == {"decoder": DEFAULT_DECODER}
     assert "2 GPU(s): Tesla T4, Tesla T4" in "\n".join(lines)
 
@@ -511,6 +513,7 @@ def test_decoder_parameter_sets_the_model_and_the_features_it_reads(
     settings = nbmod.setup(data_dir=tiny_data, smoke=True, decoder=decoder, log=lines.append)
     assert settings.decoder == decoder and settings.layout == layout and settings.decoder_chosen
     assert settings.model_overrides == {"decoder": decoder, **nbmod.smoke_model(decoder)}
+    assert settings.train_config().smoke is True  # stored in the checkpoint: outputs say so
     assert f"model:    {decoder} decoder on {layout} features" in "\n".join(lines)
     with pytest.raises(StorytellerError, match="unknown decoder 'lsmt'"):
         nbmod.setup(data_dir=tiny_data, smoke=True, decoder="lsmt", log=_quiet)

@@ -62,3 +62,61 @@ def test_caption_grid_titles_never_overlap(tmp_path, count):
         for other in panels:
             image = other.images[0].get_window_extent(renderer)
             assert not caption.overlaps(image), (caption, image)
+
+
+def _png_description(path) -> str | None:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.info.get("Description")
+
+
+def _red_pixels(path) -> int:
+    """Pixels in the smoke label's red (a saturated, dark red none of these figures has)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        rgb = np.asarray(image.convert("RGB")).astype(int)  # (H, W, 3)
+    return int(((rgb[..., 0] > 150) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum())
+
+
+def test_smoke_caption_grid_is_labelled_above_its_title_and_clear_of_captions(tmp_path):
+    """Issue 12.11: a smoke run's 49-word "a a pair sky sky ..." captions were shown as if
+    a real model had written them."""
+    from PIL import Image
+
+    images = []
+    for i in range(3):
+        images.append(tmp_path / f"image{i}.jpg")
+        Image.new("RGB", (224, 224), (40 * i, 90, 160)).save(images[-1])
+    long = " ".join(["a pair sky sky"] * 12)
+    arguments = (images, [["One circle."]] * 3, {"greedy": [long, "a dog", long]})
+    figures = []
+    with mock.patch.object(plots.plt, "close", figures.append):
+        smoke = plots.plot_caption_grid(
+            *arguments, tmp_path / "smoke.png", title="Worst test captions", smoke=True
+        )
+    real = plots.plot_caption_grid(*arguments, tmp_path / "real.png", title="Worst test captions")
+    fig = figures[0]
+    renderer = fig.canvas.get_renderer()
+    label = next(t for t in fig.texts if t.get_text() == plots.SMOKE_LABEL)
+    label_box = label.get_window_extent(renderer)
+    title_box = fig._suptitle.get_window_extent(renderer)
+    assert fig.bbox.y0 <= title_box.y1 <= label_box.y0 and label_box.y1 <= fig.bbox.y1
+    for ax in (ax for ax in fig.axes if ax.images):
+        assert not ax._left_title.get_window_extent(renderer).overlaps(label_box)
+    assert any(t.get_text() == "SMOKE RUN" and t.get_rotation() == 30 for t in fig.texts)
+    assert _png_description(smoke) == plots.SMOKE_LABEL and _png_description(real) is None
+    assert _red_pixels(smoke) > 1000 and _red_pixels(real) == 0
+
+
+def test_smoke_loss_curve_is_labelled(tmp_path):
+    history = [{"epoch": e, "train_loss": 5 - e, "val_loss": 5.5 - e} for e in (1, 2)]
+    figures = []
+    with mock.patch.object(plots.plt, "close", figures.append):
+        smoke = plots.plot_loss_curves(history, tmp_path / "smoke.png", smoke=True)
+    real = plots.plot_loss_curves(history, tmp_path / "real.png")
+    assert figures[0].get_suptitle() == plots.SMOKE_LABEL
+    assert _png_description(smoke) == plots.SMOKE_LABEL and _png_description(real) is None
+    assert _red_pixels(smoke) > 200 and _red_pixels(real) == 0

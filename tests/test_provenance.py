@@ -1,0 +1,103 @@
+"""metrics.json says what made it (issue 12, item 9) and a smoke run's outputs say they are
+one (item 11): checked on the tiny run of conftest, evaluated as the pipeline does."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import torch
+from PIL import Image
+
+import storyteller
+from storyteller import pipeline, report
+from storyteller.checkpoint import read_checkpoint
+from storyteller.config import TrainConfig
+from storyteller.plots import SMOKE_LABEL
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def _description(path) -> str | None:
+    with Image.open(path) as image:
+        return image.info.get("Description")
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """The session's tiny run, copied: evaluating or retraining writes into it."""
+    return shutil.copytree(tiny_run, tmp_path / "run")
+
+
+def test_metrics_json_records_what_made_it_beside_the_unchanged_scores(tiny_data, run_copy):
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    results = pipeline.evaluate_step(tiny_data, run_copy, (1, 3), meteor="none", log=quiet)
+    metrics = json.loads((run_copy / "metrics.json").read_text())
+    assert set(metrics) == {"greedy", "beam3"}  # the decodings stay the top-level keys
+    assert metrics["greedy"]["bleu4"] == results["greedy"]["bleu4"]  # m["greedy"]["bleu4"]
+    report.metrics_table(metrics)  # readers of the file still work
+
+    checkpoint = read_checkpoint(run_copy / "best_model.pth")
+    splits = json.loads((run_copy / "splits.json").read_text())
+    made = metrics["greedy"]["provenance"]
+    assert made["encoder"] == "efficientnet_lite0" and made["decoder"] == "lstm"
+    assert made["model_config"] == checkpoint["model_config"]  # sizes and options
+    assert made["model_config"]["hidden_size"] == 64
+    assert made["checkpoint"] == "best_model.pth" and made["epoch"] == checkpoint["epoch"]
+    assert made["epoch"] in (1, 2)  # the 2-epoch run's best
+    assert made["train_config"] == TrainConfig(num_epochs=2, batch_size=32).to_dict()
+    assert made["smoke"] is False
+    assert made["dataset"] == {
+        "folder": tiny_data.name,
+        "caption_file": "captions.txt",
+        "image_folder": "Images",
+    }
+    assert made["split_seed"] == splits["seed"] == 0
+    assert made["num_test_images"] == len(splits["test"]) == metrics["greedy"]["num_images"]
+    assert made["software"] == {
+        "storyteller": storyteller.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    date = datetime.fromisoformat(made["date"])
+    assert before <= date <= datetime.now(timezone.utc) + timedelta(seconds=1)
+    assert made["decoding"] == {"beam_size": 1, "length_penalty": 0.7, "max_length": 50}
+    beam = metrics["beam3"]["provenance"]
+    assert beam["decoding"]["beam_size"] == 3
+    assert {k: v for k, v in beam.items() if k != "decoding"} == {
+        k: v for k, v in made.items() if k != "decoding"
+    }
+    assert not report.smoke_run(metrics)
+    assert _description(run_copy / "caption_grid.png") is None
+
+
+def test_a_smoke_run_marks_its_metrics_and_every_figure(tiny_data, run_copy):
+    pipeline.train_step(
+        tiny_data,
+        run_copy,
+        TrainConfig(num_epochs=1, batch_size=32, smoke=True),
+        {"hidden_size": 64, "embed_size": 32},
+        resume=False,
+        log=quiet,
+    )
+    assert read_checkpoint(run_copy / "best_model.pth")["train_config"]["smoke"] is True
+    metrics = pipeline.evaluate_step(tiny_data, run_copy, (1,), meteor="none", log=quiet)
+    assert metrics["greedy"]["provenance"]["smoke"] is True
+    assert report.smoke_run(json.loads((run_copy / "metrics.json").read_text()))
+    for figure in ("loss_curve.png", "caption_grid.png"):
+        assert _description(run_copy / figure) == SMOKE_LABEL, figure
+    examples = report.best_and_worst(run_copy, k=1)
+    worst = report.plot_examples(
+        examples["worst"], tiny_data / "Images", run_copy / "worst.png", "Worst", smoke=True
+    )
+    assert _description(worst) == SMOKE_LABEL
+
+
+def test_metrics_written_before_provenance_count_as_a_real_run():
+    assert not report.smoke_run({"greedy": {"bleu4": 0.1}, "beam5": {"bleu4": 0.2}})
+    assert report.smoke_run({"greedy": {"provenance": {"smoke": True}}})
