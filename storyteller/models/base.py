@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, TrainConfig, checked_fields, option_bounds
+from ..decoder_options import NoOptions
 from ..errors import StorytellerError
 
 S = TypeVar("S", bound="DecoderState")
@@ -94,11 +95,6 @@ class DecoderState:
     def repeat_interleave(self: S, times: int) -> S:
         """Each row repeated ``times`` times in place: N rows -> N*times (one per beam)."""
         return self._map_rows(lambda tensor, dim: tensor.repeat_interleave(times, dim=dim))
-
-
-@dataclass
-class NoOptions:
-    """The options of a decoder whose sizes are all ModelConfig's own fields."""
 
 
 class CaptionDecoder(nn.Module, ABC):
