@@ -29,14 +29,14 @@ def register_decoder(name: str) -> Callable[[D], D]:
     config whose ``decoder`` is that name."""
 
     def register(cls: D) -> D:
-        if DECODERS.get(name, cls) is not cls:
-            raise ValueError(f"decoder {name!r} is already registered ({DECODERS[name].__name__})")
         listed = BUILTIN_DECODERS.get(name, cls.options_class)
         if cls.options_class is not listed:  # the CLI reads a built-in's options from the list
             raise ValueError(
                 f"decoder {name!r} is built in with {listed.__name__} "
                 f"(storyteller.decoder_options), not {cls.options_class.__name__}"
             )
+        if DECODERS.get(name, cls) is not cls:
+            raise ValueError(f"decoder {name!r} is already registered ({DECODERS[name].__name__})")
         cls.name = name
         DECODERS[name] = cls
         return cls
