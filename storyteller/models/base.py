@@ -15,6 +15,10 @@ anywhere else:
 The state is a :class:`DecoderState` dataclass that says which dimension of each tensor runs
 over the rows (images, or images x beams), so beam search can reorder and repeat it without
 knowing what is inside.
+
+A new built-in decoder also gets a line in :data:`storyteller.decoder_options.BUILTIN_DECODERS`
+with its options dataclass (defined there, free of torch), so ``--decoder`` lists it and
+``--help`` shows its options without importing the model code.
 """
 
 from __future__ import annotations
