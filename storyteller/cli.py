@@ -17,16 +17,14 @@ import sys
 from pathlib import Path
 
 from .config import ModelConfig, TrainConfig
-from .encoders import ENCODERS, LAYOUTS
-from .errors import StorytellerError
-from .features import DECODE_CHOICES
-from .models import (
-    DECODERS,
+from .decoder_options import (
+    BUILTIN_DECODERS,
     DEFAULT_DECODER,
-    decoder_class,
     option_defaults,
     parse_decoder_options,
 )
+from .encoder_specs import DECODE_CHOICES, ENCODERS, LAYOUTS
+from .errors import StorytellerError
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -116,6 +114,7 @@ def _add_layout(p: argparse.ArgumentParser) -> None:
 def _default_layout(out: str) -> str | None:
     """``features`` without ``--layout``: what an existing cache holds (None lets the step
     read it), else what the default captioner reads, so ``train`` with its defaults finds it."""
+    from .models import decoder_class
     from .pipeline import RunPaths
 
     if (RunPaths(Path(out)).features / "features.json").is_file():
@@ -191,7 +190,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--decoder",
-        choices=list(DECODERS),
+        choices=list(BUILTIN_DECODERS),
         default=DEFAULT_DECODER,
         help="lstm: the seed captioner on one pooled vector; attention: an LSTM with soft "
         "attention over the CNN's grid (Show, Attend and Tell); transformer: a transformer "
@@ -243,7 +242,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 def _options_help() -> str:
     """Every decoder's options with their defaults, from the options dataclasses."""
     parts = []
-    for name in DECODERS:
+    for name in BUILTIN_DECODERS:
         defaults = option_defaults(name)
         if defaults:
             parts.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
@@ -646,9 +645,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def _pipeline(data: str | None = None):
+    """:mod:`storyteller.pipeline`, imported here (torch, torchvision and the rest: seconds) and
+    only after a given ``--data`` folder is checked, so a mistyped one fails at once. For the
+    commands whose first input is the dataset, so the message is the one the step would give."""
+    if data is not None:
+        from .data import check_data_dir
+
+        check_data_dir(data)
     from . import pipeline
 
+    return pipeline
+
+
+def run(args: argparse.Namespace) -> int:
     if args.command == "sample":
         from .sample import DEFAULT_NUM_IMAGES, default_sample_dir, generate_sample_dataset
 
@@ -660,6 +670,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"sample dataset in {out}")
     elif args.command == "features":
+        pipeline = _pipeline(args.data)
         pipeline.features_step(
             args.data,
             args.out,
@@ -675,15 +686,16 @@ def run(args: argparse.Namespace) -> int:
         if args.captions and args.data:
             raise StorytellerError("give either --data (a dataset folder) or --captions FILE")
         if args.captions:
-            pipeline.vocab_from_captions(
+            _pipeline().vocab_from_captions(
                 args.captions, args.out, args.threshold, args.seed, args.dataset_name
             )
         else:
-            pipeline.vocab_step(args.data, args.out, args.threshold, args.seed)
+            _pipeline(args.data).vocab_step(args.data, args.out, args.threshold, args.seed)
     elif args.command == "train":
-        from .distributed import session
-
         train, model = _configs(args)
+        from .distributed import session  # torch: after the flags are checked
+
+        pipeline = _pipeline()  # it reads the run folder before --data
         with session(args.device) as (context, device):  # several processes under torchrun
             result = pipeline.train_step(
                 args.data,
@@ -701,7 +713,7 @@ def run(args: argparse.Namespace) -> int:
         if context.is_main:
             print(f"best validation loss {result.best_val_loss:.4f} -> {result.best_checkpoint}")
     elif args.command == "evaluate":
-        pipeline.evaluate_step(
+        _pipeline().evaluate_step(  # it reads the run folder before --data
             args.data,
             args.out,
             tuple(args.beam),
@@ -718,9 +730,10 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "story":
         return _story(args)
     elif args.command == "run-all":
-        from .distributed import session
-
         train, model = _configs(args)
+        from .distributed import session  # torch: after the flags are checked
+
+        pipeline = _pipeline(args.data)
         with session(args.device) as (context, device):  # several processes under torchrun
             pipeline.run_all(
                 args.data,

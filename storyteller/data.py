@@ -22,8 +22,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from .errors import StorytellerError
 from .text import tokenize
 
@@ -273,12 +271,10 @@ def find_image_dir(data_dir: Path) -> Path:
     )
 
 
-def load_dataset(data_dir: str | Path, check_images: bool = True) -> CaptionDataset:
-    """Load a dataset folder: find its caption file and image folder, group captions by image.
-
-    Captions whose image file is missing are skipped and counted (``check_images``). Unreadable
-    image files are caught later, at feature extraction, where they are actually decoded.
-    """
+def check_data_dir(data_dir: str | Path) -> Path:
+    """``data_dir`` if it can be a dataset folder; a file, a missing folder or the image folder
+    itself is a one-line error that says what to pass instead. Cheap and torch-free, so the
+    command line checks ``--data`` before it imports the pipeline."""
     data_dir = Path(data_dir).expanduser()
     if data_dir.is_file():
         raise StorytellerError(
@@ -292,6 +288,16 @@ def load_dataset(data_dir: str | Path, check_images: bool = True) -> CaptionData
             f"{data_dir} is the image folder; --data wants the dataset folder that holds it "
             f"and the caption file: try {data_dir.parent}"
         )
+    return data_dir
+
+
+def load_dataset(data_dir: str | Path, check_images: bool = True) -> CaptionDataset:
+    """Load a dataset folder: find its caption file and image folder, group captions by image.
+
+    Captions whose image file is missing are skipped and counted (``check_images``). Unreadable
+    image files are caught later, at feature extraction, where they are actually decoded.
+    """
+    data_dir = check_data_dir(data_dir)
     caption_file = find_caption_file(data_dir)
     image_dir = find_image_dir(data_dir)
     report = SkipReport()
@@ -335,6 +341,8 @@ def split_by_image(
     names = sorted(set(images))
     if len(names) < 3:
         raise StorytellerError(f"need at least 3 images to split, got {len(names)}")
+    import torch  # here: reading a dataset (and the CLI's --data check) needs no torch
+
     order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
     shuffled = [names[i] for i in order]
     n_val = max(1, round(fractions[1] * len(names))) if fractions[1] > 0 else 0

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .artefacts import ArtefactError, check_npy, describe, is_int, read_json, type_name
 from .config import MAX_WIDTH
+from .encoder_specs import DECODE_CHOICES
 from .encoders import LAYOUTS, build_encoder, check_layout, get_encoder_spec, with_layout
 from .errors import StorytellerError
 from .progress import progress
@@ -63,7 +64,6 @@ CPU_NUM_WORKERS = 1
 # since JPEGs are decoded on the GPU, workers that only read file bytes: a few are enough.
 GPU_BATCH_SIZE = 64
 GPU_NUM_WORKERS = 4
-DECODE_CHOICES = ("auto", "cpu", "device")
 EXIF_ORIENTATION = 0x0112
 
 

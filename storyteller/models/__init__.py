@@ -8,18 +8,15 @@ transformer decoder over the words). Every decoder is a :class:`CaptionDecoder`
 reorder; see :mod:`storyteller.models.base` for the protocol and how to add one.
 """
 
-from .base import CaptionDecoder, DecoderState, NoOptions, batch_field
-from .lstm import LSTMDecoder, LSTMState  # registers "lstm" first: the default
-from .registry import (
-    DECODERS,
+from ..decoder_options import (
     DEFAULT_DECODER,
-    build_model,
-    decoder_class,
+    NoOptions,
     option_defaults,
     parse_decoder_options,
-    register_decoder,
-    resolve_config,
 )
+from .base import CaptionDecoder, DecoderState, batch_field
+from .lstm import LSTMDecoder, LSTMState  # registers "lstm" first: the default
+from .registry import DECODERS, build_model, decoder_class, register_decoder, resolve_config
 
 # isort: split
 # Registered after the LSTM (DECODERS lists the default first), so kept out of the sorted block.

@@ -31,18 +31,10 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..decoder_options import AttentionOptions
 from ..vocab import Vocabulary
 from .base import CaptionDecoder, DecoderState, batch_field
 from .registry import register_decoder
-
-
-@dataclass
-class AttentionOptions:
-    """The attention captioner's own sizes and switches (the LSTM's are ModelConfig's)."""
-
-    attention: str = "bahdanau"  # "bahdanau" (additive) or "luong" (multiplicative, general)
-    attention_dim: int = 256  # Bahdanau's hidden size of the scoring MLP (Luong has none)
-    alpha_c: float = 1.0  # weight of the doubly stochastic penalty (Xu et al.: lambda = 1)
 
 
 @dataclass

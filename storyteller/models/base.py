@@ -15,6 +15,10 @@ anywhere else:
 The state is a :class:`DecoderState` dataclass that says which dimension of each tensor runs
 over the rows (images, or images x beams), so beam search can reorder and repeat it without
 knowing what is inside.
+
+A new built-in decoder also gets a line in :data:`storyteller.decoder_options.BUILTIN_DECODERS`
+with its options dataclass (defined there, free of torch), so ``--decoder`` lists it and
+``--help`` shows its options without importing the model code.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, TrainConfig, checked_fields, option_bounds
+from ..decoder_options import NoOptions
 from ..errors import StorytellerError
 
 S = TypeVar("S", bound="DecoderState")
@@ -94,11 +99,6 @@ class DecoderState:
     def repeat_interleave(self: S, times: int) -> S:
         """Each row repeated ``times`` times in place: N rows -> N*times (one per beam)."""
         return self._map_rows(lambda tensor, dim: tensor.repeat_interleave(times, dim=dim))
-
-
-@dataclass
-class NoOptions:
-    """The options of a decoder whose sizes are all ModelConfig's own fields."""
 
 
 class CaptionDecoder(nn.Module, ABC):

@@ -1,16 +1,18 @@
 """The registry of captioners: a name in ``ModelConfig.decoder`` -> the class that builds it.
 
 One place that knows every decoder, so a checkpoint names its decoder and is rebuilt from its
-own config (``build_model(config)``) by training, evaluation, the app and the CLI alike.
+own config (``build_model(config)``) by training, evaluation, the app and the CLI alike. The
+built-in names and their options are listed without torch in :mod:`storyteller.decoder_options`
+(what the CLI reads before any model code loads).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import MISSING, fields
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from ..config import ModelConfig
+from ..decoder_options import BUILTIN_DECODERS
 from ..errors import StorytellerError
 
 if TYPE_CHECKING:
@@ -18,11 +20,6 @@ if TYPE_CHECKING:
 
 #: Every registered decoder by name (``lstm`` first: the seed recipe).
 DECODERS: dict[str, type[CaptionDecoder]] = {}
-
-#: The captioner that ``train``/``run-all`` and the notebooks train when none is named (README,
-#: "Captioners compared", says why). A checkpoint whose config names no decoder is the seed
-#: ``lstm`` whatever this says: that is ``ModelConfig.decoder``'s default.
-DEFAULT_DECODER = "attention"
 
 D = TypeVar("D", bound="type[CaptionDecoder]")
 
@@ -32,6 +29,12 @@ def register_decoder(name: str) -> Callable[[D], D]:
     config whose ``decoder`` is that name."""
 
     def register(cls: D) -> D:
+        listed = BUILTIN_DECODERS.get(name, cls.options_class)
+        if cls.options_class is not listed:  # the CLI reads a built-in's options from the list
+            raise ValueError(
+                f"decoder {name!r} is built in with {listed.__name__} "
+                f"(storyteller.decoder_options), not {cls.options_class.__name__}"
+            )
         if DECODERS.get(name, cls) is not cls:
             raise ValueError(f"decoder {name!r} is already registered ({DECODERS[name].__name__})")
         cls.name = name
@@ -68,48 +71,3 @@ def build_model(config: ModelConfig) -> CaptionDecoder:
     if config.freeze_embeddings:  # here, so a fresh run, a resume and a reload agree
         model.word_embedding().weight.requires_grad_(False)
     return model
-
-
-def option_defaults(name: str) -> dict[str, Any]:
-    """The decoder's own options and their defaults (``{}`` for one that has none)."""
-    return {
-        f.name: f.default
-        for f in fields(decoder_class(name).options_class)
-        if f.default is not MISSING
-    }
-
-
-def _option_value(decoder: str, key: str, text: str, default: Any) -> Any:
-    """``text`` as the option's type, read from its default (bool, int, float or str)."""
-    kind = type(default)
-    try:
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        return kind(text)
-    except ValueError:
-        wanted = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
-        raise StorytellerError(
-            f"the {decoder!r} decoder's option {key} takes {wanted}, not {text!r}"
-        ) from None
-
-
-def parse_decoder_options(decoder: str, items: Iterable[str]) -> dict[str, Any]:
-    """``["d_model=128", "heads=2"]`` -> ``{"d_model": 128, "heads": 2}``, each value of its
-    option's type; an unknown name or a malformed item is a one-line error listing the
-    decoder's options (the CLI's ``--decoder-option``)."""
-    defaults = option_defaults(decoder)
-    listed = ", ".join(f"{k}={v}" for k, v in defaults.items()) or "none"
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise StorytellerError(f"a decoder option is NAME=VALUE, not {item!r}")
-        if key not in defaults:
-            raise StorytellerError(
-                f"the {decoder!r} decoder has no option {key!r} (its options: {listed})"
-            )
-        options[key] = _option_value(decoder, key, text.strip(), defaults[key])
-    return options

@@ -34,29 +34,11 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, TrainConfig
+from ..decoder_options import TransformerOptions
 from ..errors import StorytellerError
 from ..vocab import Vocabulary
 from .base import CaptionDecoder, DecoderState, batch_field
 from .registry import register_decoder
-
-
-@dataclass
-class TransformerOptions:
-    """The transformer captioner's own sizes (ModelConfig's ``embed_size``, ``hidden_size``,
-    ``num_layers``, ``dropout`` and ``inject`` describe the LSTMs and are not read here)."""
-
-    d_model: int = 256  # width of every token, word or grid position
-    heads: int = 4  # attention heads (d_model must divide by it)
-    encoder_layers: int = 1  # transformer encoder layers over the grid
-    decoder_layers: int = 2  # masked transformer decoder layers over the words
-    ff_dim: int = 1024  # hidden size of each layer's feed-forward block
-    dropout: float = 0.1  # transformer-sized, not the LSTM's 0.5
-    positions: str = "learned"  # word positions: "learned" or "sinusoidal"
-    max_positions: int = 64  # longest word prefix ("learned" positions are a table this long)
-    # Most grid positions: the learned table's length. 64 (8 x 8) holds every 224 px grid and
-    # Inception's; a run on a larger grid (SqueezeNet's 13 x 13) gets h * w (see with_grid).
-    grid_positions: int = 64
-    warmup_steps: int = 500  # batches of linear warm-up, then inverse-square-root decay
 
 
 @dataclass

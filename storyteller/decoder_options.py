@@ -1,0 +1,113 @@
+"""The built-in captioners' names and their own options, as data: no torch here.
+
+The command line lists ``--decoder`` choices, shows every decoder's option defaults in its help
+and checks ``--decoder-option NAME=VALUE`` before any model code loads, so ``--help`` and a
+mistyped option answer at once. The classes that build the decoders
+(:mod:`storyteller.models`) register under these names with these options dataclasses;
+:func:`storyteller.models.register_decoder` refuses a built-in whose class says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import MISSING, dataclass, fields
+from typing import Any
+
+from .errors import StorytellerError
+
+
+@dataclass
+class NoOptions:
+    """The options of a decoder whose sizes are all ModelConfig's own fields."""
+
+
+@dataclass
+class AttentionOptions:
+    """The attention captioner's own sizes and switches (the LSTM's are ModelConfig's)."""
+
+    attention: str = "bahdanau"  # "bahdanau" (additive) or "luong" (multiplicative, general)
+    attention_dim: int = 256  # Bahdanau's hidden size of the scoring MLP (Luong has none)
+    alpha_c: float = 1.0  # weight of the doubly stochastic penalty (Xu et al.: lambda = 1)
+
+
+@dataclass
+class TransformerOptions:
+    """The transformer captioner's own sizes (ModelConfig's ``embed_size``, ``hidden_size``,
+    ``num_layers``, ``dropout`` and ``inject`` describe the LSTMs and are not read here)."""
+
+    d_model: int = 256  # width of every token, word or grid position
+    heads: int = 4  # attention heads (d_model must divide by it)
+    encoder_layers: int = 1  # transformer encoder layers over the grid
+    decoder_layers: int = 2  # masked transformer decoder layers over the words
+    ff_dim: int = 1024  # hidden size of each layer's feed-forward block
+    dropout: float = 0.1  # transformer-sized, not the LSTM's 0.5
+    positions: str = "learned"  # word positions: "learned" or "sinusoidal"
+    max_positions: int = 64  # longest word prefix ("learned" positions are a table this long)
+    # Most grid positions: the learned table's length. 64 (8 x 8) holds every 224 px grid and
+    # Inception's; a run on a larger grid (SqueezeNet's 13 x 13) gets h * w (see with_grid).
+    grid_positions: int = 64
+    warmup_steps: int = 500  # batches of linear warm-up, then inverse-square-root decay
+
+
+#: The built-in decoders in the order ``--decoder`` lists them (``lstm`` first: the seed
+#: recipe), each with the dataclass ``config.decoder_options`` is read into.
+BUILTIN_DECODERS: dict[str, type] = {
+    "lstm": NoOptions,
+    "attention": AttentionOptions,
+    "transformer": TransformerOptions,
+}
+
+#: The captioner that ``train``/``run-all`` and the notebooks train when none is named (README,
+#: "Captioners compared", says why). A checkpoint whose config names no decoder is the seed
+#: ``lstm`` whatever this says: that is ``ModelConfig.decoder``'s default.
+DEFAULT_DECODER = "attention"
+
+
+def _options_class(name: str) -> type:
+    try:
+        return BUILTIN_DECODERS[name]
+    except KeyError:
+        raise StorytellerError(
+            f"unknown decoder {name!r}: choose one of {', '.join(BUILTIN_DECODERS)}"
+        ) from None
+
+
+def option_defaults(name: str) -> dict[str, Any]:
+    """The built-in decoder's own options and their defaults (``{}`` for one that has none)."""
+    return {f.name: f.default for f in fields(_options_class(name)) if f.default is not MISSING}
+
+
+def _option_value(decoder: str, key: str, text: str, default: Any) -> Any:
+    """``text`` as the option's type, read from its default (bool, int, float or str)."""
+    kind = type(default)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        return kind(text)
+    except ValueError:
+        wanted = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
+        raise StorytellerError(
+            f"the {decoder!r} decoder's option {key} takes {wanted}, not {text!r}"
+        ) from None
+
+
+def parse_decoder_options(decoder: str, items: Iterable[str]) -> dict[str, Any]:
+    """``["d_model=128", "heads=2"]`` -> ``{"d_model": 128, "heads": 2}``, each value of its
+    option's type; an unknown name or a malformed item is a one-line error listing the
+    decoder's options (the CLI's ``--decoder-option``)."""
+    defaults = option_defaults(decoder)
+    listed = ", ".join(f"{k}={v}" for k, v in defaults.items()) or "none"
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise StorytellerError(f"a decoder option is NAME=VALUE, not {item!r}")
+        if key not in defaults:
+            raise StorytellerError(
+                f"the {decoder!r} decoder has no option {key!r} (its options: {listed})"
+            )
+        options[key] = _option_value(decoder, key, text.strip(), defaults[key])
+    return options
