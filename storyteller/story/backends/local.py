@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ...runtime import get_device
-from ..cleaning import StreamCleaner, last_sentence
+from ..cleaning import turn_cleaner
 from ..errors import StoryError
 from ..limits import LOCAL_PROMPT_TOKENS, PREFILL_GRACE_SECONDS, fit_to_budget, turn_seconds
 from ..options import StoryOptions
@@ -368,13 +368,7 @@ class TransformersBackend(StoryBackend):
                 streamer.end()
 
         thread = threading.Thread(target=run, name="story-generate", daemon=True)
-        cleaner = StreamCleaner(
-            stop=completion.stop,
-            echo=last_sentence(prompt.story) if prompt.story and not opening else "",
-            after_opening=opening,
-            joins=completion.joins,
-            seen=prompt.story,
-        )
+        cleaner = turn_cleaner(prompt.story, opening, completion.stop, completion.joins)
         thread.start()
         try:
             if opening:
