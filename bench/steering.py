@@ -117,6 +117,7 @@ def measure(backend, seed: int, tokens: int) -> dict[str, dict[str, float]]:
                 row["mentions"] += bool(wanted & stems(own))
                 row["shown"] += bool(wanted & stems(shown))
                 row["mixed"] += bool(words & HE and words & SHE)
+                print(f"  seed {seed} {name}: {line!r} -> {own[:70]!r}", flush=True)
     return {
         name: {k: v / row["n"] for k, v in row.items() if k != "n"} for name, row in counts.items()
     }

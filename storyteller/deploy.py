@@ -10,6 +10,10 @@
     storyteller/       a copy of this package (no caches)
     best_model.pth     the run's best checkpoint, slimmed to what inference needs
     vocab.pkl          the run's vocabulary
+    examples/          example pictures that fit the model (storyteller.examples): the drawn
+                       scenes for a sample-trained run; a few of the run's test photos only
+                       when allowed (example_photos=True or STORYTELLER_EXAMPLE_PHOTOS=1:
+                       they are Flickr's, under their authors' licences); else none
 
 and uploads it with ``HfApi.create_repo(..., repo_type="space", space_sdk="gradio",
 exist_ok=True)`` + ``HfApi.upload_folder``. ``--dry-run DIR`` writes the folder and stops.
@@ -33,6 +37,7 @@ from pathlib import Path
 from .checkpoint import BEST_CHECKPOINT, load_model, read_checkpoint
 from .encoders import get_encoder_spec
 from .errors import StorytellerError
+from .examples import EXAMPLES_DIR, Examples, example_pictures, photos_allowed
 from .pipeline import VOCAB_FILE
 from .runtime import torch_save_atomic
 from .vocab import Vocabulary
@@ -120,6 +125,19 @@ continue, extend with another photo, or steer with a line of text.
 """
 
 
+def _examples_note(examples: Examples) -> str:
+    """What the Space's example pictures are, for its README (the photos' licence included)."""
+    if examples.kind == "test":
+        return (
+            f"* Examples: {len(examples.paths)} photos of the run's test split (`examples/`), "
+            "not seen in training. They keep their authors' licences (Flickr8k: for research "
+            "use); remove them if you may not publish them.\n"
+        )
+    if examples.kind == "sample":
+        return "* Examples: drawn scenes like the sample dataset the model was trained on.\n"
+    return ""
+
+
 def _slim_checkpoint(source: Path, dest: Path, vocab: Vocabulary) -> str:
     """Copy the checkpoint with only what inference needs, after checking it loads; returns
     the name of the encoder the model was trained on (the app builds that one)."""
@@ -141,7 +159,11 @@ def _write_requirements(source: Path, dest: Path, encoder: str) -> None:
 
 
 def build_space_folder(
-    run_dir: str | Path, dest: str | Path, title: str = DEFAULT_TITLE, log: Log = print
+    run_dir: str | Path,
+    dest: str | Path,
+    title: str = DEFAULT_TITLE,
+    log: Log = print,
+    example_photos: bool | None = None,
 ) -> Path:
     """Write the Space folder for the run in ``run_dir`` into ``dest`` (created; must be empty
     or absent) and return it. Nothing is uploaded.
@@ -151,6 +173,9 @@ def build_space_folder(
             ``vocab.pkl``).
         dest: where to write the Space folder.
         title: the Space's title in its README front matter.
+        example_photos: copy a few of the run's test photos into the Space as its examples
+            (``None``: ``$STORYTELLER_EXAMPLE_PHOTOS``, default no: a Space is public and the
+            photos have their own licences). A sample-trained run ships its drawn scenes.
     """
     run_dir, dest = Path(run_dir).expanduser(), Path(dest).expanduser()
     if not run_dir.is_dir():
@@ -175,6 +200,8 @@ def build_space_folder(
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise StorytellerError(f"{dest} already exists and is not empty: choose a new folder")
     sdk_version = gradio_version()  # checked before anything is written
+    if example_photos is None:
+        example_photos = photos_allowed(default=False)
 
     vocab = Vocabulary.load(vocab_path)
     dest.mkdir(parents=True, exist_ok=True)
@@ -183,7 +210,11 @@ def build_space_folder(
     shutil.copy2(sources[APP_FILE], dest / APP_FILE)
     _write_requirements(sources[REQUIREMENTS_FILE], dest / REQUIREMENTS_FILE, encoder)
     shutil.copytree(PACKAGE_DIR, dest / PACKAGE_DIR.name, ignore=_IGNORED)
-    (dest / "README.md").write_text(_space_readme(title, sdk_version), encoding="utf-8")
+    examples = example_pictures(run_dir, dest / EXAMPLES_DIR, example_photos)
+    why = f": {examples.why}" if examples.why else ""
+    log(f"examples: {len(examples.paths)} ({examples.kind}){why}")
+    readme = _space_readme(title, sdk_version) + _examples_note(examples)
+    (dest / "README.md").write_text(readme, encoding="utf-8")
     size_mb = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 1e6
     log(f"Space folder written to {dest} ({size_mb:.1f} MB)")
     return dest
@@ -243,6 +274,7 @@ def deploy_space(
     private: bool = False,
     dry_run: str | Path | None = None,
     log: Log = print,
+    example_photos: bool | None = None,
 ) -> str:
     """Assemble the Space folder for ``run_dir`` and upload it to ``space`` (``USER/NAME``).
 
@@ -253,12 +285,16 @@ def deploy_space(
         token: a Hugging Face token; default :func:`resolve_token` (never printed).
         private: create the Space as private.
         dry_run: write the folder here and upload nothing.
+        example_photos: ship a few of the run's test photos as examples (see
+            :func:`build_space_folder`).
 
     Returns the Space's URL (or, for a dry run, the folder's path).
     """
     if dry_run is not None:
         title = check_space_id(space).split("/")[1] if space is not None else DEFAULT_TITLE
-        folder = build_space_folder(run_dir, dry_run, title=title, log=log)
+        folder = build_space_folder(
+            run_dir, dry_run, title=title, log=log, example_photos=example_photos
+        )
         log(f"dry run: nothing uploaded; to deploy: {deploy_command(space, run_dir, private)}")
         return str(folder)
     if space is None:
@@ -279,7 +315,11 @@ def deploy_space(
     failures = (OSError, getattr(hub_errors, "HTTPError", OSError))
     with tempfile.TemporaryDirectory(prefix="storyteller-space-") as tmp:
         folder = build_space_folder(
-            run_dir, Path(tmp) / "space", title=space.split("/")[1], log=log
+            run_dir,
+            Path(tmp) / "space",
+            title=space.split("/")[1],
+            log=log,
+            example_photos=example_photos,
         )
         token = resolve_token(token)
         api = HfApi(token=token)
