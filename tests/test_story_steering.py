@@ -7,8 +7,10 @@ backend, streams scripted raw text through the same cleaner, and records every p
 from __future__ import annotations
 
 import pytest
+import torch
 
-from storyteller.story import StoryOptions, StoryPrompt, StorySession
+from storyteller.story import StoryError, StoryOptions, StoryPrompt, StorySession
+from storyteller.story.backends.local import _TurnClock
 from storyteller.story.characters import Hero, find_hero
 from storyteller.story.cleaning import turn_cleaner
 
@@ -23,10 +25,12 @@ class FakeBaseModel:
     def __init__(self, replies: list[list[str]]):
         self.replies = list(replies)
         self.prompts: list[str] = []
+        self.seeds: list[int | None] = []
 
     def stream(self, prompt: StoryPrompt, options: StoryOptions):
         completion = prompt.completion(options)
         self.prompts.append(completion.text)
+        self.seeds.append(options.seed)
         cleaner = turn_cleaner(prompt.story, completion.opening, completion.stop, completion.joins)
         if completion.opening:
             yield completion.opening
@@ -62,6 +66,51 @@ def test_a_copy_of_the_steering_line_is_dropped():
     list(session.start(CAPTION))
     list(session.steer("a big storm breaks now"))
     assert paragraphs(session)[-1] == "A big storm breaks now. The wind howls."
+
+
+# What Gemma 3 270M did on a busy CPU: the time limit ended the turn inside the model's first
+# sentence after our opening, the cleaner dropped that unfinished sentence, and the steered
+# part was our opening alone.
+CUT_SHORT = [" The snow is covered", " with clouds,"]
+
+
+def test_a_steered_part_that_is_only_our_opening_is_drawn_again():
+    replies = [[" It barks."], CUT_SHORT, [" Snow hides the path. The dog"]]
+    session, backend = session_for(replies)
+    list(session.start(CAPTION))
+    shown = list(session.steer("a storm breaks"))
+    assert paragraphs(session)[-1] == "A storm breaks. Snow hides the path."
+    assert shown[-1] == session.story
+    assert backend.seeds[1:] == [0, 1]  # the second draw used another seed
+
+
+def test_a_model_that_never_goes_on_after_the_steering_line_is_an_error():
+    session, backend = session_for([[" It barks."], CUT_SHORT, CUT_SHORT, CUT_SHORT])
+    list(session.start(CAPTION))
+    before = list(session.turns)
+    with pytest.raises(StoryError, match="wrote no story text in 3 tries"):
+        list(session.steer("a storm breaks"))
+    assert session.turns == before  # nothing recorded: no part that is only our opening
+
+
+def test_a_new_image_part_that_is_only_its_caption_is_drawn_again():
+    session, _ = session_for([[" It barks."], CUT_SHORT, [" The sea is cold."]])
+    list(session.start(CAPTION))
+    list(session.add_image("a girl swims in a lake"))
+    assert paragraphs(session)[-1] == "A girl swims in a lake. The sea is cold."
+
+
+def test_the_turn_clock_starts_when_the_prompt_has_been_read():
+    """The model's seconds count from its first new token: reading the prompt (30 s on a
+    busy CPU) no longer eats the turn."""
+    now = [100.0]
+    clock = _TurnClock(10.0, clock=lambda: now[0])
+    ids, scores = torch.zeros((2, 5), dtype=torch.long), torch.zeros((2, 7))
+    assert not clock(ids, scores).any()  # first token, after 30 s of reading: starts now
+    now[0] = 109.0
+    assert not clock(ids, scores).any()
+    now[0] = 110.0
+    assert clock(ids, scores).all() and clock.timed_out
 
 
 def test_a_missing_full_stop_before_a_join_becomes_a_sentence_break():
