@@ -63,6 +63,7 @@ except ModuleNotFoundError as exc:  # a base install: one line saying what to in
 import torch
 
 from storyteller.errors import StorytellerError
+from storyteller.examples import Examples, example_pictures, photos_allowed
 from storyteller.inference import Captioner
 from storyteller.plots import attention_figure, figure_pixels
 from storyteller.serving import (
@@ -72,7 +73,6 @@ from storyteller.serving import (
     configured_threads,
     find_model_files,
     find_pretrained,
-    render_examples,
 )
 from storyteller.story import (
     GENRES,
@@ -173,38 +173,57 @@ def photo_input(**kwargs) -> gr.Image:
 # ------------------------------------------------------------------------------------------
 
 
-def _load_captioner() -> tuple[Captioner | None, str]:
-    """The captioner and a one-line status for the page (or None and what to do)."""
+def _load_captioner() -> tuple[Captioner | None, str, Path | None]:
+    """The captioner, a one-line status for the page and the model's folder (or None, what
+    to do, None)."""
     try:
         pretrained = find_pretrained(APP_DIR)
         if pretrained is not None:  # a Hub model (or model folder), through the Hub's cache
-            captioner = Captioner.from_pretrained(pretrained.model, pretrained.revision)
+            from storyteller.hub import resolve_model
+
+            model_dir = resolve_model(pretrained.model, pretrained.revision)
+            captioner = Captioner.from_pretrained(model_dir)
             pinned = f" at {pretrained.revision}" if pretrained.revision else ""
             where = f"`{pretrained.model}`{pinned} ({pretrained.source})"
         else:
             files = find_model_files(APP_DIR)
             captioner = Captioner.from_files(files.checkpoint, files.vocab)
+            model_dir = files.checkpoint.parent
             place = (
                 files.source if files.source == "beside app.py" else f"in {files.checkpoint.parent}"
             )
             where = f"`{files.checkpoint.name}` {place}"
     except StorytellerError as exc:
-        return None, f"**No caption model.** {exc}"
+        return None, f"**No caption model.** {exc}", None
     config = captioner.model.config
     info = captioner.checkpoint_info
     epoch = f", epoch {info['epoch']}" if "epoch" in info else ""
-    return captioner, (
+    status = (
         f"Caption model: {config.encoder} features -> `{captioner.model.name}` decoder, "
         f"{captioner.model.describe()} "
         f"({len(captioner.vocab)} words{epoch}), {where}"
     )
+    return captioner, status, model_dir
 
 
-CAPTIONER, MODEL_STATUS = _load_captioner()
-try:
-    EXAMPLES = [str(p) for p in render_examples(EXAMPLES_DIR)]
-except OSError:  # a read-only temp folder: the app works without examples
-    EXAMPLES = []
+def _load_examples(model_dir: Path | None) -> Examples:
+    """Example pictures that fit the served model (:mod:`storyteller.examples`): the drawn
+    scenes for a sample-trained model, a few of its run's test photos (unless
+    ``STORYTELLER_EXAMPLE_PHOTOS=0``), the Space's own, or none (said in the log)."""
+    if model_dir is None:
+        return Examples("none", why="no model")
+    try:
+        found = example_pictures(model_dir, EXAMPLES_DIR, photos_allowed(default=True))
+    except (StorytellerError, OSError) as exc:  # a read-only temp folder, a damaged split
+        found = Examples("none", why=str(exc))
+    if found.kind == "none":
+        LOG.info("no example pictures: %s", found.why)
+    return found
+
+
+CAPTIONER, MODEL_STATUS, MODEL_DIR = _load_captioner()
+EXAMPLE_SET = _load_examples(MODEL_DIR)
+EXAMPLES = [str(p) for p in EXAMPLE_SET.paths]
 if CAPTIONER is not None and EXAMPLES:  # first calls pay one-off set-up costs: pay them now
     for beam in (1, 5):
         caption_upload(CAPTIONER, EXAMPLES[0], beam)
@@ -429,7 +448,9 @@ with gr.Blocks(title="Neural Storyteller") as demo:
                 )
             caption_button = gr.Button("Caption", elem_id="caption-button")
             if EXAMPLES:
-                gr.Examples(examples=[[p] for p in EXAMPLES], inputs=[image], label="Examples")
+                gr.Examples(
+                    examples=[[p] for p in EXAMPLES], inputs=[image], label=EXAMPLE_SET.label
+                )
         with gr.Column(scale=1):
             caption = gr.Textbox(
                 label="Caption (you may edit it)",

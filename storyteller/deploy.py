@@ -10,6 +10,10 @@
     storyteller/       a copy of this package (no caches)
     best_model.pth     the run's best checkpoint, slimmed to what inference needs
     vocab.pkl          the run's vocabulary
+    examples/          example pictures that fit the model (storyteller.examples): the drawn
+                       scenes for a sample-trained run; a few of the run's test photos only
+                       when allowed (example_photos=True or STORYTELLER_EXAMPLE_PHOTOS=1:
+                       they are Flickr's, under their authors' licences); else none
 
 With ``--model USER/NAME`` (a model pushed by ``python -m storyteller push``) the Space carries
 no weights: ``hub_model.json`` names the model, which the app downloads through the Hub's cache
@@ -36,6 +40,7 @@ from pathlib import Path
 from .checkpoint import BEST_CHECKPOINT, load_model, read_checkpoint
 from .encoders import ENCODERS, get_encoder_spec
 from .errors import StorytellerError
+from .examples import EXAMPLES_DIR, Examples, example_pictures, photos_allowed
 from .hub import check_repo_id
 from .pipeline import VOCAB_FILE
 from .runtime import torch_save_atomic, write_json
@@ -112,6 +117,19 @@ continue, extend with another photo, or steer with a line of text.
 """
 
 
+def _examples_note(examples: Examples) -> str:
+    """What the Space's example pictures are, for its README (the photos' licence included)."""
+    if examples.kind == "test":
+        return (
+            f"* Examples: {len(examples.paths)} photos of the run's test split (`examples/`), "
+            "not seen in training. They keep their authors' licences (Flickr8k: for research "
+            "use); remove them if you may not publish them.\n"
+        )
+    if examples.kind == "sample":
+        return "* Examples: drawn scenes like the sample dataset the model was trained on.\n"
+    return ""
+
+
 def _slim_checkpoint(source: Path, dest: Path, vocab: Vocabulary) -> str:
     """Copy the checkpoint with only what inference needs, after checking it loads; returns
     the name of the encoder the model was trained on (the app builds that one)."""
@@ -140,6 +158,7 @@ def build_space_folder(
     title: str = DEFAULT_TITLE,
     log: Log = print,
     model: str | None = None,
+    example_photos: bool | None = None,
 ) -> Path:
     """Write the Space folder into ``dest`` (created; must be empty or absent) and return it.
     Nothing is uploaded.
@@ -152,6 +171,10 @@ def build_space_folder(
         model: a Hub model id (``USER/NAME``, pushed by ``python -m storyteller push``): the
             Space loads it from the Hub at start (:data:`SPACE_MODEL_FILE`) and carries no
             weights.
+        example_photos: copy a few of the run's test photos into the Space as its examples
+            (``None``: ``$STORYTELLER_EXAMPLE_PHOTOS``, default no: a Space is public and the
+            photos have their own licences). A sample-trained run ships its drawn scenes; a
+            Space with ``model`` ships none.
     """
     dest = Path(dest).expanduser()
     if model is not None:
@@ -168,6 +191,8 @@ def build_space_folder(
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise StorytellerError(f"{dest} already exists and is not empty: choose a new folder")
     sdk_version = gradio_version()  # checked before anything is written
+    if example_photos is None:
+        example_photos = photos_allowed(default=False)
 
     dest.mkdir(parents=True, exist_ok=True)
     if model is None:
@@ -185,6 +210,11 @@ def build_space_folder(
     _write_requirements(sources[REQUIREMENTS_FILE], dest / REQUIREMENTS_FILE, encoders)
     shutil.copytree(PACKAGE_DIR, dest / PACKAGE_DIR.name, ignore=_IGNORED)
     readme = _space_readme(title, sdk_version, about, model)
+    if model is None:
+        examples = example_pictures(checkpoint.parent, dest / EXAMPLES_DIR, example_photos)
+        why = f": {examples.why}" if examples.why else ""
+        log(f"examples: {len(examples.paths)} ({examples.kind}){why}")
+        readme += _examples_note(examples)
     (dest / "README.md").write_text(readme, encoding="utf-8")
     size_mb = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 1e6
     log(f"Space folder written to {dest} ({size_mb:.1f} MB)")
@@ -301,6 +331,7 @@ def deploy_space(
     dry_run: str | Path | None = None,
     log: Log = print,
     model: str | None = None,
+    example_photos: bool | None = None,
 ) -> str:
     """Assemble the Space folder for ``run_dir`` and upload it to ``space`` (``USER/NAME``).
 
@@ -313,12 +344,21 @@ def deploy_space(
         dry_run: write the folder here and upload nothing.
         model: a Hub model id the Space loads at start instead of carrying ``run_dir``'s
             weights (push it first: ``python -m storyteller push``).
+        example_photos: ship a few of the run's test photos as examples (see
+            :func:`build_space_folder`).
 
     Returns the Space's URL (or, for a dry run, the folder's path).
     """
     if dry_run is not None:
         title = check_space_id(space).split("/")[1] if space is not None else DEFAULT_TITLE
-        folder = build_space_folder(run_dir, dry_run, title=title, log=log, model=model)
+        folder = build_space_folder(
+            run_dir,
+            dry_run,
+            title=title,
+            log=log,
+            model=model,
+            example_photos=example_photos,
+        )
         hint = deploy_command(space, run_dir, private, model)
         log(f"dry run: nothing uploaded; to deploy: {hint}")
         return str(folder)
@@ -335,7 +375,12 @@ def deploy_space(
         )
     with tempfile.TemporaryDirectory(prefix="storyteller-space-") as tmp:
         folder = build_space_folder(
-            run_dir, Path(tmp) / "space", title=space.split("/")[1], log=log, model=model
+            run_dir,
+            Path(tmp) / "space",
+            title=space.split("/")[1],
+            log=log,
+            model=model,
+            example_photos=example_photos,
         )
         token = resolve_token(token)
         message = "Deploy Neural Storyteller (python -m storyteller deploy)"

@@ -115,7 +115,8 @@ def test_every_text_input_is_cut_with_a_note(tiny_model):
     list(session.start(CAPTION))
     assert session.notes == []
     list(session.steer("a storm breaks " * 100))
-    assert session.notes == ["the steering line was cut to 300 characters (it had 1,499)"]
+    # (a tiny random model may add nothing after the steering line's opening: a second note)
+    assert session.notes[0] == "the steering line was cut to 300 characters (it had 1,499)"
     assert len(session.turns[-1]["input"]) <= limits.MAX_INSTRUCTION_CHARS
     list(session.add_image(BIG))
     assert session.notes[0].startswith("the caption was cut to 500 characters")

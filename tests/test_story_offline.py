@@ -83,8 +83,9 @@ def test_transformers_backend_on_a_local_folder_uses_the_plain_prompt(converted)
         StoryPrompt("steer", (CAPTION,), story, "the dog finds a red ball"), TINY, 1500
     )
     prompt_text = backend.tokenizer.decode(ids["input_ids"][0])
-    assert prompt_text.endswith(f"Story: {story}\nThen: the dog finds a red ball\nStory goes on:")
-    assert completion.opening == "" and "\n" in completion.stop
+    steer = "Then: the dog finds a red ball\nStory goes on: The dog finds a red ball."
+    assert prompt_text.endswith(f"Story: {story}\n{steer}")
+    assert completion.opening == "The dog finds a red ball." and "\n" in completion.stop
 
 
 CHAT_TEMPLATE = (

@@ -23,6 +23,7 @@ from storyteller.story import (
 )
 from storyteller.story import backends as backends_module
 from storyteller.story.backends import gemma_cache, resolve_auto
+from storyteller.story.characters import find_hero
 from storyteller.story.cleaning import StreamCleaner
 from storyteller.story.prompts import clean_caption, trim_story
 
@@ -99,14 +100,17 @@ def test_completion_prompts_for_base_models():
     options = StoryOptions(genre="mystery", tone="eerie")
     start = StoryPrompt("start", ("a dog runs on the beach",)).completion(options)
     assert start.opening == "A dog runs on the beach."
-    assert start.text.endswith("Genre: mystery. Tone: eerie.\nStory: A dog runs on the beach.")
+    hero = find_hero("a dog runs on the beach").line()
+    assert start.text.endswith(f"Tone: eerie. Hero: {hero}.\nStory: A dog runs on the beach.")
     assert "\n" in start.stop  # a base model's story is one paragraph
 
     story = "The dog ran.\n\nIt found a shell."
     cont = StoryPrompt("continue", ("a dog",), story).completion(options)
     assert cont.text.endswith("Story: The dog ran. It found a shell.\nStory goes on:")
-    steer = StoryPrompt("steer", ("a dog",), story, "a storm").completion(options)
-    assert steer.text.endswith("Then: a storm\nStory goes on:") and not steer.opening
+    steer = StoryPrompt("steer", ("a dog",), story, "a storm breaks").completion(options)
+    # issue 12, item 5: the steering line opens the next part, as the caption opens the first
+    assert steer.opening == "A storm breaks."
+    assert steer.text.endswith("Then: a storm breaks\nStory goes on: A storm breaks.")
     image = StoryPrompt("image", ("a dog", "a girl swims"), story).completion(options)
     assert image.opening == "A girl swims." and image.text.endswith("Story goes on: A girl swims.")
 

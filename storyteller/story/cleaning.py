@@ -14,6 +14,7 @@ import re
 
 #: a sentence ends at . ! ? or an ellipsis, maybe followed by closing quotes or brackets
 _SENTENCE_END = re.compile(r"(?:[.!?]|\u2026)['\"\u201d\u2019)\]]*(?=\s|$)")
+_ENDS_SENTENCE = re.compile(r"(?:[.!?:;]|\u2026)['\"\u201d\u2019)\]]*$")
 _LEADING_LABEL = re.compile(
     r"^\s*(?:"
     # "Story:", "**Continuation:**", "Part 2:" (the colon is required: "Story time..." stays)
@@ -94,9 +95,19 @@ class StreamCleaner:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _truncate_at_stop(self) -> None:
+    def _remove_joins(self) -> None:
+        """Drop each join label; a paragraph the model left without its full stop gets one
+        ("seen before\nStory goes on: Under" is "seen before. Under", not "before Under")."""
         for join in self.joins:
-            self.raw = self.raw[: self.emitted] + self.raw[self.emitted :].replace(join, "")
+            while (at := self.raw.find(join, self.emitted)) >= 0:
+                head = self.raw[:at]
+                body = head.rstrip()
+                if len(body) > self.emitted and not _ENDS_SENTENCE.search(body):
+                    head = body + "." + head[len(body) :]
+                self.raw = head + self.raw[at + len(join) :]
+
+    def _truncate_at_stop(self) -> None:
+        self._remove_joins()
         start = len(self.raw) - len(self.raw.lstrip())  # a marker only ends text, not begins it
         found = [self.raw.find(s, start) for s in self.stop]
         # a marker that may still grow into a join (the text ends in "\nStory go") waits
@@ -201,3 +212,17 @@ class StreamCleaner:
         if not self._any_output and rest.strip():  # one unfinished sentence is all there is
             return self._take(len(self.raw.rstrip()))
         return ""
+
+
+def turn_cleaner(story: str, opening: str, stop: tuple[str, ...], joins: tuple[str, ...]):
+    """The :class:`StreamCleaner` for one base-model turn: ``story`` is the story so far,
+    ``opening`` the turn's forced first sentence (a caption or steering line, "" for none),
+    ``stop`` and ``joins`` the completion prompt's markers. Neither the story nor the opening
+    may be copied back; with no opening, the story's last sentence is the echo to drop."""
+    return StreamCleaner(
+        stop=stop,
+        echo=last_sentence(story) if story and not opening else "",
+        after_opening=opening,
+        joins=joins,
+        seen=f"{story} {opening}",
+    )

@@ -15,8 +15,10 @@ minutes while every other visitor waited. So one turn of a story is bounded thre
   tokenizer never makes more tokens than bytes, so this is an upper bound);
 * **time**: one turn (all its retries) may take :data:`DEFAULT_TURN_SECONDS` (or
   ``$STORYTELLER_STORY_TIME_LIMIT``, or a backend's ``timeout``): a local model stops
-  generating there (``max_time``), a hosted stream is cut there. A request waiting for a
-  busy local model waits at most one such turn plus :data:`PREFILL_GRACE_SECONDS`.
+  generating that long after it has read the prompt (reading it may take
+  :data:`PREFILL_GRACE_SECONDS` more, the hard ``max_time``), a hosted stream is cut there. A
+  request waiting for a busy local model waits at most one such turn plus
+  :data:`PREFILL_GRACE_SECONDS`.
 """
 
 from __future__ import annotations

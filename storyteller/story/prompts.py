@@ -8,8 +8,13 @@
   stories, then the story to extend. A first turn *opens with the caption as its first
   sentence* (a trial showed a few-shot prompt alone lets stories drift off the caption, and
   the forced first sentence kept all of them on topic); a new image's turn opens with that
-  image's caption; a steering line is written as a ``Then:`` cue, and every later turn goes
-  on after a ``Story goes on:`` label, both demonstrated by the few-shot examples.
+  image's caption, and a steered turn *opens with the steering line* (written by us, as the
+  caption opens the first turn: given only a ``Then:`` cue the 270M model ignored it, see
+  ``bench/steering.py``); every later turn goes on after a ``Story goes on:`` label, as the
+  few-shot examples show.
+
+Both renderings name the story's hero (:mod:`.characters`), decided once from the first
+caption, so the name and pronoun stay the same in every turn.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .characters import Hero, find_hero
 from .errors import StoryError
 from .limits import MAX_CAPTION_CHARS, MAX_INSTRUCTION_CHARS, PROMPT_CAPTIONS
 from .options import StoryOptions
@@ -106,20 +112,20 @@ class Completion:
 
 FEW_SHOT = """Short stories for a picture book. Each story is about what its picture shows.
 
-Genre: adventure. Tone: warm.
+Genre: adventure. Tone: warm. Hero: Biscuit, the dog (he).
 Story: A brown dog runs through the tall grass. His name is Biscuit, and he has smelled \
 something wonderful at the far end of the field. He bounds past the old fence and the apple \
 tree, ears flying, until he finds a lost red ball in the weeds.
 Then: he meets a kitten
-Story goes on: Under the apple tree sits a tiny grey kitten, shivering and alone. Biscuit drops \
-the ball and nudges it toward her with his nose. The kitten pats it once, then twice, and soon \
-the two of them are chasing it home together through the grass.
+Story goes on: He meets a kitten. Under the apple tree sits a tiny grey kitten, shivering and \
+alone. Biscuit drops the ball and nudges it toward her with his nose. The kitten pats it once, \
+then twice, and soon the two of them are chasing it home together through the grass.
 
-Genre: mystery. Tone: eerie.
+Genre: mystery. Tone: eerie. Hero: Tom, the man (he).
 Story: A man in a red jacket stands on a snowy mountain. The wind has stopped, and the silence \
-feels wrong. Below him, a line of footprints leads across the snow toward the ridge, but he has \
+feels wrong. Below Tom, a line of footprints leads across the snow toward the ridge, but he has \
 been alone on this mountain for three days.
-Story goes on: He pulls his red jacket tighter and follows the footprints, one careful step at \
+Story goes on: Tom pulls his red jacket tighter and follows the footprints, one careful step at \
 a time. They end at a small wooden cabin with smoke curling from its chimney. On the table \
 inside, a cup of tea is still warm, and next to it lies a map with his own name on it.
 
@@ -174,6 +180,12 @@ class StoryPrompt:
         """The newest caption."""
         return self.captions[-1]
 
+    @property
+    def hero(self) -> Hero | None:
+        """The story's main character, from its first caption that has one (every turn of
+        a story has the same first caption, so the same hero)."""
+        return next(filter(None, map(find_hero, self.captions)), None)
+
     # --- chat / instruct models ----------------------------------------------------------
 
     def system_message(self, options: StoryOptions) -> str:
@@ -189,11 +201,17 @@ class StoryPrompt:
         words = options.words
         keep = ", ".join(content_words(self.caption))
         keep_line = f" Keep what it shows at the centre ({keep})." if keep else ""
+        hero = self.hero
+        hero_line = (
+            f" The main character is {hero.line()}: keep that name and pronoun."
+            if hero is not None
+            else ""
+        )
         if self.kind == "start":
             return (
                 f'A photo shows: "{as_sentence(self.caption)}"\n\n'
                 f"Write the opening of a {options.genre} story about exactly what this photo "
-                f"shows, about {words} words, in a {options.tone} tone.{keep_line}"
+                f"shows, about {words} words, in a {options.tone} tone.{keep_line}{hero_line}"
             )
         earlier = self.captions[:-1] if self.kind == "image" else self.captions
         photos = "; ".join(f'"{as_sentence(c)}"' for c in earlier[-PROMPT_CAPTIONS:])
@@ -222,6 +240,7 @@ class StoryPrompt:
             )
         lines.append(
             "Write only the new text, continuing naturally; do not repeat the story so far."
+            + hero_line
         )
         return "\n".join(lines)
 
@@ -240,16 +259,15 @@ class StoryPrompt:
         self, options: StoryOptions, max_story_chars: int = COMPLETION_STORY_CHARS
     ) -> Completion:
         """A few-shot completion prompt that a base model continues (see the module doc)."""
-        header = FEW_SHOT + f"Genre: {options.genre}. Tone: {options.tone}.\nStory:"
+        hero = self.hero
+        cast = f" Hero: {hero.line()}." if hero is not None else ""
+        header = FEW_SHOT + f"Genre: {options.genre}. Tone: {options.tone}.{cast}\nStory:"
         if self.kind == "start":
             opening = as_sentence(self.caption)
             return Completion(f"{header} {opening}", opening)
         story = flatten(trim_story(self.story, max_story_chars))
         if self.kind == "continue":
             return Completion(f"{header} {story}\nStory goes on:")
-        if self.kind == "image":
-            opening = as_sentence(self.caption)
-            return Completion(
-                f"{header} {story}\nThen: {self.caption}\nStory goes on: {opening}", opening
-            )
-        return Completion(f"{header} {story}\nThen: {self.instruction}\nStory goes on:")
+        cue = self.caption if self.kind == "image" else self.instruction
+        opening = as_sentence(cue)  # the new image's caption, or the reader's steering line
+        return Completion(f"{header} {story}\nThen: {cue}\nStory goes on: {opening}", opening)

@@ -14,6 +14,7 @@ backend's time limit.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Iterator
 
@@ -21,7 +22,7 @@ from .backends import StoryBackend, get_backend
 from .errors import StoryError
 from .limits import DEFAULT_TURN_SECONDS, MAX_CAPTION_CHARS, MAX_INSTRUCTION_CHARS, cap_text
 from .options import StoryOptions
-from .prompts import StoryPrompt, clean_caption
+from .prompts import StoryPrompt, as_sentence, clean_caption
 
 #: generations tried for one turn before "the model wrote no story text" is reported
 ATTEMPTS = 3
@@ -29,6 +30,22 @@ ATTEMPTS = 3
 RETRY_SECONDS = 1.0
 
 PARAGRAPH = "\n\n"  # each turn is a paragraph of the story
+#: turns that a base model opens with their input (the caption, the steering line) written by
+#: us, into a story that already has text
+OPENED_TURNS = ("image", "steer")
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def says_nothing_new(text: str, prompt: StoryPrompt, given: str) -> bool:
+    """True when a turn's ``text`` is empty, or is only its forced opening: the ``given``
+    caption or steering line as a sentence, with nothing the model wrote after it (a base
+    model stopped inside its first sentence, which the cleaner drops; issue 12, item 5)."""
+    if not text.strip():
+        return True
+    return prompt.kind in OPENED_TURNS and _words(text) == _words(as_sentence(given))
 
 
 class StorySession:
@@ -141,23 +158,33 @@ class StorySession:
         limit = options.turn_limit(getattr(self.backend, "time_limit", DEFAULT_TURN_SECONDS))
         deadline = time.monotonic() + limit  # the whole turn, every retry included
         tries = 0
+        opening_only = ""  # the last try that wrote only our opening, kept if no try does better
         for attempt in range(ATTEMPTS):
             left = deadline - time.monotonic()
             if attempt and left < RETRY_SECONDS:
                 break
             # A small model sometimes writes nothing new (only copies of the story so far,
-            # which the backends drop): draw again with another seed before giving up.
+            # which the backends drop, or no finished sentence after a forced opening): draw
+            # again with another seed before giving up.
             seed = None if options.seed is None else options.seed + attempt
             this_try = dataclasses.replace(options, seed=seed, time_limit=max(left, 0.01))
             tries += 1
+            text = ""
             for delta in self.backend.stream(prompt, this_try):
                 text += delta
                 if text.strip():
                     yield prefix + text.strip()
             text = text.strip()
-            if text:
+            if not says_nothing_new(text, prompt, given):
                 break
+            opening_only = text if text.strip() else opening_only
+            text = ""  # only our opening: the model wrote nothing, draw again
         out_of_time = time.monotonic() >= deadline
+        if not text and opening_only:
+            # The opening (the caption or steering line as a sentence) is still the user's
+            # part of the story: keep it rather than lose the turn, and say so.
+            text = opening_only
+            self.notes.append(f"the model added nothing after the opening line in {tries} tries")
         if not text:
             why = f"in the time limit of {limit:g} s" if out_of_time else f"in {tries} tries"
             raise StoryError(

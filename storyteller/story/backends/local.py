@@ -12,11 +12,12 @@ few-shot examples).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ...runtime import get_device
-from ..cleaning import StreamCleaner, last_sentence
+from ..cleaning import turn_cleaner
 from ..errors import StoryError
 from ..limits import LOCAL_PROMPT_TOKENS, PREFILL_GRACE_SECONDS, fit_to_budget, turn_seconds
 from ..options import StoryOptions
@@ -106,6 +107,33 @@ class _Stop:
         return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
 
 
+class _TurnClock:
+    """A ``StoppingCriteria`` that ends generation ``seconds`` after the prompt was read.
+
+    ``generate``'s own ``max_time`` counts from its start, the reading of the prompt
+    included. On a busy 2-core CPU (load average 10) reading the ~370-token few-shot prompt
+    took 15-45 s of a 60 s turn, and the model then wrote 7-20 tokens at 0.5-1.8 s each: a
+    steered turn stopped inside the model's first sentence, which the cleaner drops, so only
+    our opening was left (issue 12, item 5). Reading the prompt has its own bound
+    (:data:`~..limits.PREFILL_GRACE_SECONDS`, part of :attr:`TransformersBackend.lock_wait`,
+    and ``max_time`` set to both together), so the turn's seconds are all for writing.
+    """
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.seconds, self.clock = seconds, clock
+        self.started: float | None = None  # when the first new token was there
+        self.timed_out = False
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        now = self.clock()
+        if self.started is None:  # called after each new token: the prompt has been read
+            self.started = now
+        self.timed_out = self.timed_out or now - self.started >= self.seconds
+        return torch.full((input_ids.shape[0],), self.timed_out, device=input_ids.device)
+
+
 class _GeneratedRepetitionPenalty:
     """CTRL-style repetition penalty over the tokens generated so far (not the prompt)."""
 
@@ -141,9 +169,10 @@ class TransformersBackend(StoryBackend):
     """A ``transformers`` causal LM loaded once; generation is serialised by a lock.
 
     One turn is bounded (see :mod:`..limits`): its prompt is fitted to
-    :data:`~..limits.LOCAL_PROMPT_TOKENS` of this model's tokenizer, generation stops after
-    ``timeout`` seconds (``max_time``), and a request waits for the lock at most one such
-    turn (plus the time to read a full prompt) before it is told the model is busy.
+    :data:`~..limits.LOCAL_PROMPT_TOKENS` of this model's tokenizer, generation stops
+    ``timeout`` seconds after the prompt was read (:class:`_TurnClock`; ``max_time`` adds
+    :data:`~..limits.PREFILL_GRACE_SECONDS` for the reading), and a request waits for the
+    lock at most one such turn before it is told the model is busy.
 
     Parameters:
         model: a hub model id or a local folder.
@@ -289,10 +318,15 @@ class TransformersBackend(StoryBackend):
         ids = self.tokenizer(completion.text, return_tensors="pt")
         return ids, completion
 
+    @staticmethod
+    def _turn_seconds(writing: float) -> float:
+        """Seconds a turn that may write for ``writing`` seconds holds the model at most."""
+        return writing + PREFILL_GRACE_SECONDS
+
     @property
     def lock_wait(self) -> float:
         """Seconds a request waits for the model: one whole turn of another request."""
-        return self.time_limit + PREFILL_GRACE_SECONDS
+        return self._turn_seconds(self.time_limit)
 
     def stream(self, prompt: StoryPrompt, options: StoryOptions) -> Iterator[str]:
         # One story at a time per loaded model (the CPU or GPU is busy anyway); the one
@@ -336,17 +370,18 @@ class TransformersBackend(StoryBackend):
             self.tokenizer,
             skip_prompt=True,
             skip_special_tokens=True,
-            timeout=max_time + PREFILL_GRACE_SECONDS,
+            timeout=self._turn_seconds(max_time),
         )
         stopper = _Stop()
+        clock = _TurnClock(max_time)
         sampling = options.temperature > 0
         kwargs = dict(
             **inputs,
             streamer=streamer,
             max_new_tokens=options.token_budget,
-            max_time=max_time,  # the turn ends here, whatever the token budget says
+            max_time=self._turn_seconds(max_time),  # a hard cap, prompt reading included
             do_sample=sampling,
-            stopping_criteria=StoppingCriteriaList([stopper]),
+            stopping_criteria=StoppingCriteriaList([stopper, clock]),
             logits_processor=LogitsProcessorList(processors),
             pad_token_id=self.tokenizer.pad_token_id,
         )
@@ -368,13 +403,7 @@ class TransformersBackend(StoryBackend):
                 streamer.end()
 
         thread = threading.Thread(target=run, name="story-generate", daemon=True)
-        cleaner = StreamCleaner(
-            stop=completion.stop,
-            echo=last_sentence(prompt.story) if prompt.story and not opening else "",
-            after_opening=opening,
-            joins=completion.joins,
-            seen=prompt.story,
-        )
+        cleaner = turn_cleaner(prompt.story, opening, completion.stop, completion.joins)
         thread.start()
         try:
             if opening:
