@@ -63,10 +63,10 @@ except ModuleNotFoundError as exc:  # a base install: one line saying what to in
 import torch
 
 from storyteller.errors import StorytellerError
-from storyteller.examples import Examples, example_pictures, photos_allowed
+from storyteller.figures.plots import attention_figure, figure_pixels
 from storyteller.inference import Captioner
-from storyteller.plots import attention_figure, figure_pixels
-from storyteller.serving import (
+from storyteller.serving.examples import Examples, example_pictures, photos_allowed
+from storyteller.serving.server import (
     MAKE_MODEL_COMMAND,
     UnreadableImage,
     caption_upload,
@@ -141,7 +141,7 @@ def _raw_upload(self, payload):
     """Replacement for ``gr.Image.preprocess``: the uploaded file's path, *undecoded*.
 
     Gradio's own preprocessing opens the file with Pillow first and fails with a generic error
-    on a bad one; :func:`storyteller.serving.open_upload` decodes it instead, with clear
+    on a bad one; :func:`storyteller.serving.server.open_upload` decodes it instead, with clear
     messages. (Set on the instance: a ``gr.Image`` subclass would make Gradio write an
     ``app.pyi`` stub beside this file.)
     """
@@ -179,7 +179,7 @@ def _load_captioner() -> tuple[Captioner | None, str, Path | None]:
     try:
         pretrained = find_pretrained(APP_DIR)
         if pretrained is not None:  # a Hub model (or model folder), through the Hub's cache
-            from storyteller.hub import resolve_model
+            from storyteller.serving.hub import resolve_model
 
             model_dir = resolve_model(pretrained.model, pretrained.revision)
             captioner = Captioner.from_pretrained(model_dir)
@@ -207,7 +207,7 @@ def _load_captioner() -> tuple[Captioner | None, str, Path | None]:
 
 
 def _load_examples(model_dir: Path | None) -> Examples:
-    """Example pictures that fit the served model (:mod:`storyteller.examples`): the drawn
+    """Example pictures that fit the served model (:mod:`storyteller.serving.examples`): the drawn
     scenes for a sample-trained model, a few of its run's test photos (unless
     ``STORYTELLER_EXAMPLE_PHOTOS=0``), the Space's own, or none (said in the log)."""
     if model_dir is None:

@@ -104,7 +104,7 @@ def main() -> None:
     from gradio_client import Client, handle_file
 
     from storyteller.inference import Captioner
-    from storyteller.serving import caption_upload, configured_threads, find_model_files
+    from storyteller.serving.server import caption_upload, configured_threads, find_model_files
 
     photos = sorted(
         p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")

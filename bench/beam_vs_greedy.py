@@ -13,11 +13,11 @@ import time
 
 import torch
 
-from storyteller.checkpoint import load_model
+from storyteller.data.vocab import Vocabulary
 from storyteller.decoding import beam_search, greedy_decode
-from storyteller.features import load_feature_cache
+from storyteller.features.cache import load_feature_cache
+from storyteller.models.checkpoint import load_model
 from storyteller.pipeline import RunPaths, load_splits
-from storyteller.vocab import Vocabulary
 
 
 def best_of(repeats: int, fn) -> float:

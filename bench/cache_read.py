@@ -33,14 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from storyteller.encoders import ENCODERS, get_encoder_spec
-from storyteller.features import (
+from storyteller.features.cache import (
     CACHE_VERSION,
     FEATURES_FILE,
     INDEX_FILE,
     FeatureCache,
     load_feature_cache,
 )
+from storyteller.features.encoders import ENCODERS, get_encoder_spec
 from storyteller.pipeline import RunPaths
 
 

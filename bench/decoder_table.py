@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from storyteller.config import TrainConfig
-from storyteller.data import find_image_dir
-from storyteller.features import load_feature_cache
+from storyteller.data.captions import find_image_dir
+from storyteller.features.cache import load_feature_cache
 from storyteller.inference import Captioner
 from storyteller.pipeline import (
     RunPaths,

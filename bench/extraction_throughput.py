@@ -26,9 +26,8 @@ import time
 import torch
 from PIL import Image
 
-from storyteller.data import load_dataset
-from storyteller.encoders import build_encoder, get_encoder_spec
-from storyteller.features import (
+from storyteller.data.captions import load_dataset
+from storyteller.features.cache import (
     CPU_BATCH_SIZE,
     DECODE_CHOICES,
     GPU_BATCH_SIZE,
@@ -36,6 +35,7 @@ from storyteller.features import (
     extract_features,
     resolve_decode_on,
 )
+from storyteller.features.encoders import build_encoder, get_encoder_spec
 from storyteller.pipeline import resolve_data
 from storyteller.runtime import describe_hardware, get_device
 

@@ -5,7 +5,7 @@
 
 Writes a synthetic file the shape of ``glove.6B.300d.txt`` (random words and values, six
 decimals as GloVe writes them; about 1 GB at the defaults) into a temporary folder, deleted
-afterwards, then times :func:`storyteller.embeddings.read_word_vectors` with a vocabulary of
+afterwards, then times :func:`storyteller.data.embeddings.read_word_vectors` with a vocabulary of
 ``--vocab`` words drawn from the file's own words (plus 5% that are not in it), best of
 ``--repeat`` reads. The file is streamed and only the vocabulary's lines are parsed, so the
 time is mostly reading and splitting lines; no assertion, the number is printed.
@@ -13,7 +13,7 @@ time is mostly reading and splitting lines; no assertion, the number is printed.
 Measured on the 2-core development machine (shared with other jobs; noisy), defaults
 (400,000 lines x 300, 1.15 GB, 3,000 words, 95% found): best 2.97 s of 2 (135k lines/s,
 0.39 GB/s, page cache warm). The synthetic words are plain lower-case ASCII, the common case
-:func:`storyteller.embeddings._normalised` answers without the full normaliser; a real
+:func:`storyteller.data.embeddings._normalised` answers without the full normaliser; a real
 file's punctuation and accented words go through ``tokenize`` and cost a little more.
 """
 
@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from storyteller.embeddings import read_word_vectors
-from storyteller.vocab import Vocabulary
+from storyteller.data.embeddings import read_word_vectors
+from storyteller.data.vocab import Vocabulary
 
 
 def write_synthetic(path: Path, lines: int, dim: int, seed: int) -> list[str]:

@@ -221,7 +221,7 @@ def step_notebooks(check: Check) -> list[Row]:
 
 def step_train_speed(check: Check) -> list[Row]:
     from storyteller.config import ModelConfig, TrainConfig
-    from storyteller.train import train_model
+    from storyteller.training.train import train_model
 
     images = 400 if check.quick else 31_783
     cache, dataset, splits, vocab = flickr30k_sized(images)
@@ -245,9 +245,9 @@ def step_train_speed(check: Check) -> list[Row]:
 
 
 def step_extraction(check: Check) -> list[Row]:
-    from storyteller.data import load_dataset
-    from storyteller.encoders import build_encoder
-    from storyteller.features import FeatureExtractor, extract_features
+    from storyteller.data.captions import load_dataset
+    from storyteller.features.cache import FeatureExtractor, extract_features
+    from storyteller.features.encoders import build_encoder
 
     device = torch.device(check.device)
     encoder = build_encoder("resnet50", pretrained=False)
@@ -290,8 +290,8 @@ def step_extraction(check: Check) -> list[Row]:
 
 
 def step_decoding(check: Check) -> list[Row]:
-    from storyteller.checkpoint import load_model
     from storyteller.decoding import beam_search, greedy_decode
+    from storyteller.models.checkpoint import load_model
 
     device = torch.device(check.device)
     model, _ = load_model(check.run / "best_model.pth", device=device)

@@ -29,15 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_run import flickr30k_sized  # noqa: E402
 
 from storyteller.config import ModelConfig, TrainConfig  # noqa: E402
-from storyteller.distributed import session, torchrun_command  # noqa: E402
-from storyteller.train import train_model  # noqa: E402
+from storyteller.training.distributed import session, torchrun_command  # noqa: E402
+from storyteller.training.train import train_model  # noqa: E402
 
 RESULT_MARK = "RESULT "
 
 
 def train_once(args, device, data_parallel: bool, context=None) -> dict:
     """Train ``args.epochs`` epochs; the last epoch's seconds (the first warms cuDNN up)."""
-    from storyteller.distributed import SINGLE_PROCESS
+    from storyteller.training.distributed import SINGLE_PROCESS
 
     context = context or SINGLE_PROCESS
     cache, dataset, splits, vocab = flickr30k_sized(args.images, seed=0)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from storyteller.data import CaptionDataset
-from storyteller.features import FeatureCache
-from storyteller.vocab import Vocabulary
+from storyteller.data.captions import CaptionDataset
+from storyteller.data.vocab import Vocabulary
+from storyteller.features.cache import FeatureCache
 
 FEATURE_DIM = 2048  # ResNet50's pooled features
 VOCAB_WORDS = 5_152  # + 4 special tokens: Flickr30k's 5,156 at threshold 5

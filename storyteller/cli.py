@@ -23,8 +23,8 @@ from .decoder_options import (
     option_defaults,
     parse_decoder_options,
 )
-from .encoder_specs import DECODE_CHOICES, ENCODERS, LAYOUTS
 from .errors import StorytellerError
+from .features.encoder_specs import DECODE_CHOICES, ENCODERS, LAYOUTS
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    from .sample import DEFAULT_NUM_IMAGES
+    from .data.sample import DEFAULT_NUM_IMAGES
 
     p = sub.add_parser("sample", help="write the embedded sample dataset (Kaggle layout)")
     p.add_argument("--out", help="folder to write (default: the package's cache folder)")
@@ -650,7 +650,7 @@ def _pipeline(data: str | None = None):
     only after a given ``--data`` folder is checked, so a mistyped one fails at once. For the
     commands whose first input is the dataset, so the message is the one the step would give."""
     if data is not None:
-        from .data import check_data_dir
+        from .data.captions import check_data_dir
 
         check_data_dir(data)
     from . import pipeline
@@ -660,7 +660,7 @@ def _pipeline(data: str | None = None):
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "sample":
-        from .sample import DEFAULT_NUM_IMAGES, default_sample_dir, generate_sample_dataset
+        from .data.sample import DEFAULT_NUM_IMAGES, default_sample_dir, generate_sample_dataset
 
         out = generate_sample_dataset(
             args.out or default_sample_dir(),
@@ -693,7 +693,7 @@ def run(args: argparse.Namespace) -> int:
             _pipeline(args.data).vocab_step(args.data, args.out, args.threshold, args.seed)
     elif args.command == "train":
         train, model = _configs(args)
-        from .distributed import session  # torch: after the flags are checked
+        from .training.distributed import session  # torch: after the flags are checked
 
         pipeline = _pipeline()  # it reads the run folder before --data
         with session(args.device) as (context, device):  # several processes under torchrun
@@ -731,7 +731,7 @@ def run(args: argparse.Namespace) -> int:
         return _story(args)
     elif args.command == "run-all":
         train, model = _configs(args)
-        from .distributed import session  # torch: after the flags are checked
+        from .training.distributed import session  # torch: after the flags are checked
 
         pipeline = _pipeline(args.data)
         with session(args.device) as (context, device):  # several processes under torchrun
@@ -754,13 +754,13 @@ def run(args: argparse.Namespace) -> int:
                 fine_tune_encoder=args.fine_tune_encoder,
             )
     elif args.command == "deploy":
-        from .deploy import deploy_space
+        from .serving.deploy import deploy_space
 
         deploy_space(
             args.space, args.run, private=args.private, dry_run=args.dry_run, model=args.model
         )
     elif args.command == "push":
-        from .hub_push import push_model
+        from .serving.hub_push import push_model
 
         push_model(args.run, args.repo, private=args.private, dry_run=args.dry_run)
     elif args.command == "encoders":
@@ -771,7 +771,7 @@ def run(args: argparse.Namespace) -> int:
 def _encoders(args) -> int:
     import torch
 
-    from .encoder_table import encoder_rows, format_table
+    from .features.encoder_table import encoder_rows, format_table
 
     if args.batch_size < 1:
         raise StorytellerError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -799,8 +799,8 @@ def _quiet(_: str) -> None:
 def _caption(args) -> int:
     from PIL import Image
 
-    from .attention_maps import write_attention_maps
-    from .features import load_rgb
+    from .features.cache import load_rgb
+    from .figures.attention_maps import write_attention_maps
     from .inference import Captioner
     from .runtime import get_device
 
@@ -834,10 +834,10 @@ def _caption(args) -> int:
 
 
 def _notebook_outputs(args, parameters: dict) -> str:
-    """Where ``notebooks run`` wrote: what ``storyteller.notebook.find_output_dir`` picks in
+    """Where ``notebooks run`` wrote: what ``storyteller.notebook.settings.find_output_dir`` picks in
     the notebooks' working folder (``-p OUT_DIR``, ``$STORYTELLER_OUT_DIR``, else the
     default: ``outputs``, or ``outputs/smoke`` for a smoke run)."""
-    from .notebook import OUT_DIR_ENV, default_output_dir, kaggle_root, on_kaggle
+    from .notebook.settings import OUT_DIR_ENV, default_output_dir, kaggle_root, on_kaggle
 
     named = parameters.get("OUT_DIR") or os.environ.get(OUT_DIR_ENV)
     if named:
@@ -848,7 +848,7 @@ def _notebook_outputs(args, parameters: dict) -> str:
 
 
 def _notebooks(args) -> int:
-    from . import nbtools
+    from .notebook import tools as nbtools
 
     paths = [Path(p) for p in args.paths] or nbtools.series()
     if args.action == "run":
@@ -925,7 +925,7 @@ def _captions_for(args) -> list[str]:
     """Caption every image first, so a bad image fails before a language model loads."""
     from PIL import Image
 
-    from .features import load_rgb
+    from .features.cache import load_rgb
     from .inference import Captioner
     from .runtime import get_device
 

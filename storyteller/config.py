@@ -100,7 +100,7 @@ def option_bounds(cls: type) -> dict[str, Bound]:
     """Generic bounds for a decoder's options dataclass, read from each option's name and
     type: ``*layers`` at most :data:`MAX_LAYERS`, other integers at most :data:`MAX_COUNT`,
     ``*dropout`` a fraction, other numbers >= 0. Sizes the stored weights fix are checked
-    against the weights themselves (:mod:`storyteller.checkpoint`)."""
+    against the weights themselves (:mod:`storyteller.models.checkpoint`)."""
     bounds = {}
     for name, kind in typing.get_type_hints(cls).items():
         if kind is int:

@@ -13,21 +13,21 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .attention_maps import AttentionCaption, attends, caption_with_attention
-from .checkpoint import load_model
+from .data.vocab import Vocabulary
 from .decoding import beam_search, greedy_decode
 from .errors import StorytellerError
-from .features import FeatureExtractor
-from .finetune import checkpoint_encoder
+from .features.cache import FeatureExtractor
+from .features.finetune import checkpoint_encoder
+from .figures.attention_maps import AttentionCaption, attends, caption_with_attention
 from .models import CaptionDecoder
+from .models.checkpoint import load_model
 from .runtime import get_device
-from .vocab import Vocabulary
 
 
 class Captioner:
     """Load once, caption many: ``Captioner.from_files(ckpt, vocab)([image, ...])``, or
     ``Captioner.from_pretrained("USER/NAME")`` for a model on the Hugging Face Hub (or a
-    local folder of that layout, :mod:`storyteller.hub`); :meth:`load` takes any of them."""
+    local folder of that layout, :mod:`storyteller.serving.hub`); :meth:`load` takes any of them."""
 
     def __init__(
         self,
@@ -73,7 +73,7 @@ class Captioner:
         ``huggingface_hub`` cache; ``revision`` pins a branch, tag or commit) or from a local
         folder that :meth:`save_pretrained` or ``python -m storyteller push --dry-run`` wrote.
         Every file is checked before use; a problem is one line naming the file."""
-        from .hub import load_model_folder, resolve_model
+        from .serving.hub import load_model_folder, resolve_model
 
         device = device or get_device()
         loaded = load_model_folder(resolve_model(model_id, revision, token), device)
@@ -90,9 +90,9 @@ class Captioner:
         """Whatever names a trained captioner: a checkpoint file (``best_model.pth``, with
         ``vocab``, default the ``vocab.pkl`` beside it), a run folder holding both, a model
         folder, or a Hub model id. A model folder or Hub id carries its own vocabulary."""
-        from .checkpoint import BEST_CHECKPOINT
-        from .hub import is_checkpoint_file, is_model_folder
+        from .models.checkpoint import BEST_CHECKPOINT
         from .pipeline import VOCAB_FILE
+        from .serving.hub import is_checkpoint_file, is_model_folder
 
         path = Path(source).expanduser()
         if path.is_dir() and not is_model_folder(path) and (path / BEST_CHECKPOINT).is_file():
@@ -109,13 +109,13 @@ class Captioner:
         self, folder: str | Path, repo: str | None = None, metrics: dict | None = None
     ) -> Path:
         """Write this captioner as a model folder (safetensors weights, JSON configs and
-        vocabulary, a model card; :mod:`storyteller.hub`) into ``folder``, absent or empty,
+        vocabulary, a model card; :mod:`storyteller.serving.hub`) into ``folder``, absent or empty,
         ready to upload; :meth:`from_pretrained` reads it back. ``repo`` and ``metrics`` (a
         run's metrics.json) go into the card."""
-        from .checkpoint import train_config_of
-        from .hub import FORMAT_VERSION, write_model_folder
-        from .hub_card import model_card
-        from .hub_push import model_files
+        from .models.checkpoint import train_config_of
+        from .serving.hub import FORMAT_VERSION, write_model_folder
+        from .serving.hub_card import model_card
+        from .serving.hub_push import model_files
 
         config = self.model.config
         fine_tuned = bool(config.fine_tuned_blocks)
@@ -166,7 +166,7 @@ class Captioner:
         length_penalty: float = 0.7,
     ) -> list[AttentionCaption]:
         """Captions with each word's weights over the encoder's grid (attention decoders
-        only; draw them with :func:`storyteller.attention_maps.write_attention_maps`)."""
+        only; draw them with :func:`storyteller.figures.attention_maps.write_attention_maps`)."""
         pil = [im if isinstance(im, Image.Image) else Image.open(im) for im in images]
         features = self.extractor(pil).to(self.extractor.device)  # (B, h*w, feature_dim)
         return caption_with_attention(

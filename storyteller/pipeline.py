@@ -31,27 +31,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .artefacts import read_splits
-from .attention_maps import ATTENTION_MAPS_DIR
-from .checkpoint import (
+from .config import ModelConfig, TrainConfig
+from .data.captions import (
+    CaptionDataset,
+    SkipReport,
+    Split,
+    load_dataset,
+    read_caption_file,
+    split_by_image,
+)
+from .data.embeddings import read_word_vectors
+from .data.vocab import Vocabulary
+from .errors import StorytellerError
+from .features.cache import FeatureExtractor, extract_features, load_feature_cache, read_cache_index
+from .features.encoders import get_encoder_spec, resolve_encoder
+from .features.finetune import build_fine_tuned_encoder, checkpoint_encoder, encode_images
+from .figures.attention_maps import ATTENTION_MAPS_DIR
+from .models import decoder_class
+from .models.checkpoint import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     check_model_config,
     load_model,
     read_checkpoint,
 )
-from .config import ModelConfig, TrainConfig
-from .data import CaptionDataset, SkipReport, Split, load_dataset, read_caption_file, split_by_image
-from .distributed import SINGLE_PROCESS, DistContext
-from .embeddings import read_word_vectors
-from .encoders import get_encoder_spec, resolve_encoder
-from .errors import StorytellerError
-from .features import FeatureExtractor, extract_features, load_feature_cache, read_cache_index
-from .finetune import build_fine_tuned_encoder, checkpoint_encoder, encode_images
-from .models import decoder_class
 from .runlock import run_folder
 from .runtime import get_device, seed_everything, write_json
-from .train import TrainResult, train_model
-from .vocab import Vocabulary
+from .training.distributed import SINGLE_PROCESS, DistContext
+from .training.train import TrainResult, train_model
 
 DEFAULT_OUT = Path("outputs")
 SPLITS_FILE = "splits.json"
@@ -140,7 +147,7 @@ def resolve_data(
     """The dataset folder to use: ``data`` if given, else the embedded sample (generated once)."""
     if data is not None:
         return Path(data).expanduser()
-    from .sample import DEFAULT_NUM_IMAGES, ensure_sample_dataset
+    from .data.sample import DEFAULT_NUM_IMAGES, ensure_sample_dataset
 
     path = ensure_sample_dataset(num_images=sample_images or DEFAULT_NUM_IMAGES)
     log(f"no --data given: using the embedded sample dataset in {path}")
@@ -343,9 +350,9 @@ def train_step(
     """Train on the cached features; writes ``best_model.pth`` and ``last.pth``.
 
     ``fine_tune_encoder`` N > 0: train the last N blocks of ``encoder`` (default: the one the
-    cache was made with) with the decoder, from the photos (see :mod:`storyteller.finetune`).
+    cache was made with) with the decoder, from the photos (see :mod:`storyteller.features.finetune`).
 
-    ``context``: this process's place under torchrun (:func:`storyteller.distributed.session`);
+    ``context``: this process's place under torchrun (:func:`storyteller.training.distributed.session`);
     every process calls this, rank 0 alone writes. ``embeddings``: a GloVe text file whose
     vectors start the word embedding (its dimension sets the embedding width; add
     ``"freeze_embeddings": True`` to ``model_overrides`` to keep them fixed). A resumed run
@@ -446,9 +453,9 @@ def evaluate_step(
 
     ``checkpoint`` may also be a model folder or a Hub model id (``revision`` pins it): that
     model is scored with its own vocabulary on this run's test split and features."""
-    from .evaluate import baseline_scores, evaluate_model
-    from .hub import is_checkpoint_file, load_model_folder, resolve_model
-    from .provenance import evaluation_provenance
+    from .evaluation.evaluate import baseline_scores, evaluate_model
+    from .evaluation.provenance import evaluation_provenance
+    from .serving.hub import is_checkpoint_file, load_model_folder, resolve_model
 
     paths = RunPaths(Path(out))
     data_dir = resolve_data(data, log=log)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from storyteller.deploy import build_space_folder
+from storyteller.serving.deploy import build_space_folder
 
 
 def free_port() -> int:

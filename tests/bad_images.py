@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from storyteller.sample import make_example
+from storyteller.data.sample import make_example
 
 # EXIF orientation 6: "rotate 90 degrees clockwise to display".
 ORIENTATION = 0x0112

@@ -79,7 +79,7 @@ def _isolated_sample_dir(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """40 generated images (200 captions) in the Kaggle layout."""
-    from storyteller.sample import generate_sample_dataset
+    from storyteller.data.sample import generate_sample_dataset
 
     return generate_sample_dataset(tmp_path_factory.mktemp("tiny-data"), num_images=40, seed=1)
 

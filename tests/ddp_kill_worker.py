@@ -13,7 +13,7 @@ import sys
 
 from storyteller import pipeline
 from storyteller.config import TrainConfig
-from storyteller.distributed import session
+from storyteller.training.distributed import session
 
 # The test's training recipe (the same flags it passes to the `train` command).
 CONFIG = TrainConfig(num_epochs=3, batch_size=32, patience=10)

@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from storyteller.inference import Captioner
-from storyteller.serving import MAKE_MODEL_COMMAND
+from storyteller.serving.server import MAKE_MODEL_COMMAND
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,14 @@ import pytest
 import torch
 
 from storyteller import pipeline
-from storyteller.checkpoint import load_model, read_checkpoint
 from storyteller.cli import main
 from storyteller.config import ModelConfig
+from storyteller.data.sample import generate_sample_dataset
+from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
-from storyteller.features import load_feature_cache
+from storyteller.features.cache import load_feature_cache
+from storyteller.models.checkpoint import load_model, read_checkpoint
 from storyteller.runtime import write_json
-from storyteller.sample import generate_sample_dataset
-from storyteller.vocab import Vocabulary
 
 # A tiny LSTM, so the run folder is made in seconds and a resume of it trains one more epoch.
 TRAIN_ARGS = [
@@ -473,8 +473,8 @@ def test_the_good_run_folder_loads_everywhere(good_run):
 
 _PEAK_RSS = """
 import resource, sys, time
-import storyteller.encoders  # imports first: only the load is measured
-from storyteller.checkpoint import load_model
+import storyteller.features.encoders  # imports first: only the load is measured
+from storyteller.models.checkpoint import load_model
 from storyteller.errors import StorytellerError
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()
@@ -500,8 +500,8 @@ def test_crafted_model_config_is_refused_without_allocating(tmp_path, field, val
     """A real model's checkpoint (feature_dim 1280, as EfficientNet-Lite0 gives) with one
     field made huge: refused in one line naming the file and the field, in far under a
     second, and the process's peak memory does not grow by what that field would cost."""
-    from storyteller.checkpoint import save_checkpoint
     from storyteller.models import build_model
+    from storyteller.models.checkpoint import save_checkpoint
 
     config = ModelConfig(vocab_size=200, feature_dim=1280, encoder="efficientnet_lite0")
     path = tmp_path / "crafted.pth"

@@ -19,13 +19,13 @@ from PIL import Image
 from test_train import SMALL, _Interrupt
 
 from storyteller import pipeline
-from storyteller.attention_maps import ATTENTION_MAPS_DIR, AttentionCaption, figure_name
-from storyteller.checkpoint import read_checkpoint
 from storyteller.cli import _configs, build_parser, train_flags
 from storyteller.config import TrainConfig
 from storyteller.errors import StorytellerError
+from storyteller.figures.attention_maps import ATTENTION_MAPS_DIR, AttentionCaption, figure_name
+from storyteller.figures.plots import attention_figure, figure_pixels
 from storyteller.inference import Captioner
-from storyteller.plots import attention_figure, figure_pixels
+from storyteller.models.checkpoint import read_checkpoint
 
 ATTENTION = {**SMALL, "decoder": "attention", "decoder_options": {"attention": "luong"}}
 TRANSFORMER = {
@@ -175,9 +175,9 @@ def test_transformer_captioner_captions_a_new_photo(transformer_run, tiny_data):
 @pytest.fixture(scope="module")
 def squeezenet_run(tiny_data, tmp_path_factory):
     """A run folder with a 13 x 13 grid cache from random-weight SqueezeNet (no download)."""
-    from storyteller import features as features_module
-    from storyteller.data import load_dataset
-    from storyteller.encoders import build_encoder
+    from storyteller.data.captions import load_dataset
+    from storyteller.features import cache as features_module
+    from storyteller.features.encoders import build_encoder
 
     out = tmp_path_factory.mktemp("squeezenet-run")
     dataset = load_dataset(tiny_data)
@@ -206,8 +206,8 @@ def test_transformer_sizes_its_grid_table_from_a_13x13_cache(
     )
     assert any(line.startswith("resuming from") for line in logged)
     # caption (and the app) rebuild the 169-position model from the checkpoint alone
-    from storyteller import features as features_module
-    from storyteller.encoders import build_encoder
+    from storyteller.features import cache as features_module
+    from storyteller.features.encoders import build_encoder
 
     def random_weights(name, grid=False):  # no download: the weights are not the point
         return build_encoder(name, pretrained=False, grid=grid)
@@ -231,10 +231,10 @@ def test_grid_positions_asked_below_the_cache_grid_is_a_one_line_error(
         pipeline.train_step(tiny_data, squeezenet_run, train, small, resume=False, log=quiet)
     # train_model called with such a config directly: the same error, before any batch
     from storyteller.config import ModelConfig
-    from storyteller.data import load_dataset
-    from storyteller.features import load_feature_cache
-    from storyteller.train import train_model
-    from storyteller.vocab import Vocabulary
+    from storyteller.data.captions import load_dataset
+    from storyteller.data.vocab import Vocabulary
+    from storyteller.features.cache import load_feature_cache
+    from storyteller.training.train import train_model
 
     cache = load_feature_cache(squeezenet_run / "features")
     vocab = Vocabulary.load(squeezenet_run / "vocab.pkl")

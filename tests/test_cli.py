@@ -184,7 +184,7 @@ def test_swapped_checkpoint_and_vocabulary_say_which_file_is_what(tmp_path):
     is now one line that names the file for what it is."""
     import torch
 
-    from storyteller.vocab import Vocabulary
+    from storyteller.data.vocab import Vocabulary
 
     vocab = Vocabulary.build(["a dog runs on the grass"] * 3, threshold=1).save(
         tmp_path / "vocab.pkl"

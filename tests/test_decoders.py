@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields
 import pytest
 import torch
 
-from storyteller.checkpoint import load_model, save_checkpoint
 from storyteller.config import ModelConfig, TrainConfig
+from storyteller.data.vocab import Vocabulary
 from storyteller.decoding import (
     END_ID,
     PAD_ID,
@@ -37,8 +37,8 @@ from storyteller.models import (
     resolve_config,
 )
 from storyteller.models.attention import doubly_stochastic_penalty
-from storyteller.train import make_batch_loss
-from storyteller.vocab import Vocabulary
+from storyteller.models.checkpoint import load_model, save_checkpoint
+from storyteller.training.train import make_batch_loss
 
 VOCAB = 30
 FEATURE_DIM = 12

@@ -13,10 +13,10 @@ import pytest
 from conftest import cli
 from huggingface_hub.errors import HfHubHTTPError
 
-from storyteller import deploy
 from storyteller.cli import main
 from storyteller.errors import StorytellerError
 from storyteller.inference import Captioner
+from storyteller.serving import deploy
 
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,13 @@ def test_dry_run_writes_a_complete_space_folder(dry_run, tiny_run):
     for name in ("README.md", "app.py", "requirements.txt", "best_model.pth", "vocab.pkl"):
         assert (dest / name).is_file(), name
     assert (dest / "app.py").read_bytes() == (REPO / "app.py").read_bytes()
-    for module in ("__init__.py", "inference.py", "serving.py", "deploy.py", "features.py"):
+    for module in (
+        "__init__.py",
+        "inference.py",
+        "serving/server.py",
+        "serving/deploy.py",
+        "features/cache.py",
+    ):
         assert (dest / "storyteller" / module).is_file(), module
     assert (dest / "storyteller" / "story").is_dir()  # the story backends travel with the app
     assert not list(dest.rglob("__pycache__")) and not list(dest.rglob("*.pyc"))
@@ -128,7 +134,7 @@ def test_requirements_are_the_repositorys_for_an_encoder_needing_nothing_more(dr
 
 def test_every_encoders_extra_requirements_are_its_pyproject_extra():
     """One list per encoder (the registry's), the same as pyproject's extra of that library."""
-    from storyteller.encoders import ENCODERS
+    from storyteller.features.encoders import ENCODERS
 
     declared = {r.split(";")[0].strip() for r in requires("storyteller") if "extra ==" in r}
     for spec in ENCODERS.values():
@@ -141,9 +147,9 @@ def resnest_run(tiny_data, tmp_path_factory):
     """A run on resnest50d features (random timm weights: no download) and a 1-epoch LSTM."""
     from storyteller import pipeline
     from storyteller.config import TrainConfig
-    from storyteller.data import load_dataset
-    from storyteller.encoders import build_encoder
-    from storyteller.features import extract_features
+    from storyteller.data.captions import load_dataset
+    from storyteller.features.cache import extract_features
+    from storyteller.features.encoders import build_encoder
 
     out = tmp_path_factory.mktemp("resnest-run")
     dataset = load_dataset(tiny_data)
@@ -165,8 +171,8 @@ def test_a_resnest_run_ships_timm_and_the_space_loads(
     assert "timm" in names and names - {"timm"} == requirement_names(REPO / "requirements.txt")
     assert "timm>=0.9\n" in (dest / "requirements.txt").read_text()
     # The Space's captioner builds resnest50d from the shipped checkpoint (random weights here).
-    from storyteller import features
-    from storyteller.encoders import build_encoder
+    from storyteller.features import cache as features
+    from storyteller.features.encoders import build_encoder
 
     def random_weights(name, grid=False):
         return build_encoder(name, pretrained=False, grid=grid)

@@ -16,9 +16,10 @@ import torch
 from ddp_kill_worker import CONFIG, MODEL
 from test_train import _fresh_run
 
-from storyteller.checkpoint import read_checkpoint
 from storyteller.cli import train_flags
-from storyteller.distributed import (
+from storyteller.errors import StorytellerError
+from storyteller.models.checkpoint import read_checkpoint
+from storyteller.training.distributed import (
     DistContext,
     context_from_env,
     launch,
@@ -26,8 +27,7 @@ from storyteller.distributed import (
     process_device,
     session,
 )
-from storyteller.errors import StorytellerError
-from storyteller.train import restore_rng_states, save_rng_states
+from storyteller.training.train import restore_rng_states, save_rng_states
 
 KILL_WORKER = Path(__file__).with_name("ddp_kill_worker.py")
 # Two processes see the same global batch of 32 in a different order (DistributedSampler) and

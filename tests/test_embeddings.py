@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from storyteller.checkpoint import BEST_CHECKPOINT, load_model, read_checkpoint
 from storyteller.cli import _configs, build_parser, main, train_flags
 from storyteller.config import ModelConfig, TrainConfig
-from storyteller.embeddings import read_word_vectors
+from storyteller.data.embeddings import read_word_vectors
+from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
 from storyteller.models import build_model, decoder_class
-from storyteller.train import TrainingState, load_word_vectors
-from storyteller.vocab import Vocabulary
+from storyteller.models.checkpoint import BEST_CHECKPOINT, load_model, read_checkpoint
+from storyteller.training.train import TrainingState, load_word_vectors
 
 WORDS = ["dog", "runs", "grass", "ball", "red", "child", "water", "jumps"]
 MISSING = {"jumps"}  # vocabulary words the file lacks
@@ -290,7 +290,7 @@ def test_ddp_keeps_frozen_vectors_frozen(tiny_data, tiny_run, tmp_path):
     """Two CPU processes (gloo) via launch_training, as notebook 03 starts DDP: the frozen
     table reaches every process's optimiser untouched, and the checkpoint keeps the file's
     rows."""
-    from storyteller.distributed import launch_training
+    from storyteller.training.distributed import launch_training
 
     out = tmp_path / "ddp"
     shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("*.pth", "history.json"))

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from storyteller import encoders
 from storyteller.cli import main
-from storyteller.encoder_table import encoder_rows
-from storyteller.encoders import ENCODERS, build_encoder, with_layout
 from storyteller.errors import StorytellerError
+from storyteller.features import encoders
+from storyteller.features.encoder_table import encoder_rows
+from storyteller.features.encoders import ENCODERS, build_encoder, with_layout
 
 SEED_ENCODERS = (  # issue 11: every encoder the seeds used, plus the offline one
     "resnet50 resnet101 resnet18 wide_resnet50_2 resnest50d densenet121 squeezenet1_1 "
@@ -176,8 +176,8 @@ def test_encoders_command_rejects_a_bad_batch_size(capsys):
 # Random Inception weights (no BN statistics) grow activations past float16's 65504 by the
 # last block (about 5e11): both images are skipped and reported, the metadata still written.
 def test_inception_grid_and_299_px_preprocessing_land_in_the_cache_metadata(tiny_data, tmp_path):
-    from storyteller.data import load_dataset
-    from storyteller.features import extract_features, load_feature_cache
+    from storyteller.data.captions import load_dataset
+    from storyteller.features.cache import extract_features, load_feature_cache
 
     dataset = load_dataset(tiny_data)
     names = dataset.images[:2]

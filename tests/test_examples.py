@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from storyteller.deploy import build_space_folder
 from storyteller.errors import StorytellerError
-from storyteller.examples import (
+from storyteller.serving.deploy import build_space_folder
+from storyteller.serving.examples import (
     EXAMPLES_DIR,
     NUM_PHOTOS,
     PHOTOS_ENV,

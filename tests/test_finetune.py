@@ -10,15 +10,14 @@ from test_train import _fresh_run
 
 from storyteller import pipeline
 from storyteller.artefacts import ArtefactError
-from storyteller.checkpoint import read_checkpoint
 from storyteller.cli import main, train_flags
 from storyteller.config import ModelConfig, TrainConfig
-from storyteller.data import load_dataset
-from storyteller.encoders import ENCODERS, build_encoder, encoder_blocks
+from storyteller.data.captions import load_dataset
 from storyteller.errors import StorytellerError
-from storyteller.evaluate import teacher_forced_loss
-from storyteller.features import FeatureExtractor, load_feature_cache, load_rgb
-from storyteller.finetune import (
+from storyteller.evaluation.evaluate import teacher_forced_loss
+from storyteller.features.cache import FeatureExtractor, load_feature_cache, load_rgb
+from storyteller.features.encoders import ENCODERS, build_encoder, encoder_blocks
+from storyteller.features.finetune import (
     ENCODER_WEIGHTS,
     EncoderDecoder,
     FineTunedEncoder,
@@ -27,6 +26,7 @@ from storyteller.finetune import (
 )
 from storyteller.inference import Captioner
 from storyteller.models import build_model
+from storyteller.models.checkpoint import read_checkpoint
 from storyteller.runtime import torch_save_atomic
 
 quiet = lambda _: None  # noqa: E731
@@ -238,7 +238,7 @@ def test_ddp_fine_tunes_the_encoder_in_two_processes(tiny_data, tiny_run, tmp_pa
     """Two CPU processes (gloo) via launch_training, as notebook 03 starts DDP with
     FINE_TUNE: both share the photos, the trained blocks move, the frozen stem keeps
     ImageNet's weights, and the checkpoint captions with its encoder."""
-    from storyteller.distributed import launch_training
+    from storyteller.training.distributed import launch_training
 
     run = _fresh_run(tiny_data, tiny_run, tmp_path / "ddp")
     result = launch_training(

@@ -18,14 +18,15 @@ from conftest import cli
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
-from storyteller import deploy, hub, pipeline
-from storyteller.checkpoint import read_checkpoint
-from storyteller.encoders import build_encoder
+from storyteller import pipeline
 from storyteller.errors import StorytellerError
-from storyteller.finetune import ENCODER_WEIGHTS
-from storyteller.hub_push import export_run, push_model
+from storyteller.features.encoders import build_encoder
+from storyteller.features.finetune import ENCODER_WEIGHTS
 from storyteller.inference import Captioner
+from storyteller.models.checkpoint import read_checkpoint
 from storyteller.runtime import torch_save_atomic
+from storyteller.serving import deploy, hub
+from storyteller.serving.hub_push import export_run, push_model
 
 FAKE_TOKEN = "hf_FakeTokenForHubTests0123456789abcd"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # a snapshot's commit hash in the cache
@@ -340,7 +341,7 @@ def test_deploy_dry_run_with_model_says_how_to_push(model_dir, tmp_path):
 
 
 def test_notebook_05_pushes_the_model_then_a_space_that_loads_it(tiny_run, tmp_path, monkeypatch):
-    from storyteller import notebook as nbmod
+    from storyteller.notebook import settings as nbmod
 
     run = shutil.copytree(tiny_run, tmp_path / "run")
     lines: list[str] = []

@@ -1,4 +1,4 @@
-"""The notebooks' "look inside" views (``storyteller.inside``) tell the truth about the model:
+"""The notebooks' "look inside" views (``storyteller.notebook.inside``) tell the truth about the model:
 the shapes are those of the decoder's own forward pass and the loss is training's loss; the
 beam-search steps are those of ``beam_search`` itself."""
 
@@ -10,14 +10,14 @@ import re
 import pytest
 import torch
 
-from storyteller import inside
 from storyteller.config import ModelConfig
+from storyteller.data.vocab import Vocabulary
 from storyteller.decoding import END_ID, PAD_ID, START_ID, UNK_ID, beam_search
 from storyteller.inference import Captioner
 from storyteller.models import DECODERS, build_model, decoder_class
-from storyteller.notebook import smoke_model
-from storyteller.train import make_batch_loss
-from storyteller.vocab import Vocabulary
+from storyteller.notebook import inside
+from storyteller.notebook.settings import smoke_model
+from storyteller.training.train import make_batch_loss
 
 VOCAB = Vocabulary([f"w{i}" for i in range(26)], threshold=1)  # 30 ids with the specials
 FEATURE_DIM, GRID_CELLS, BATCH, LENGTH = 12, 6, 3, 7

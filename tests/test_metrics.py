@@ -1,4 +1,4 @@
-"""Tests for storyteller.metrics: caption scores, METEOR backends and specificity measures."""
+"""Tests for storyteller.evaluation.metrics: caption scores, METEOR backends and specificity measures."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import nltk
 import pytest
 
-from storyteller import metrics
 from storyteller.errors import StorytellerError
-from storyteller.metrics import (
+from storyteller.evaluation import metrics
+from storyteller.evaluation.metrics import (
     JAVA_METEOR_BACKEND,
     SCORE_KEYS,
     bag_prf,

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from storyteller.config import ModelConfig
+from storyteller.data.vocab import Vocabulary
 from storyteller.decoding import END_ID, beam_search, generate_captions, greedy_decode
 from storyteller.model import CaptionModel
-from storyteller.vocab import Vocabulary
 
 
 @pytest.fixture

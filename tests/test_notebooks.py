@@ -24,12 +24,12 @@ import pytest
 import torch
 from conftest import cli as _cli
 
-from storyteller import nbtools
-from storyteller import notebook as nbmod
+from storyteller.data.sample import generate_sample_dataset
 from storyteller.errors import StorytellerError
 from storyteller.models import DEFAULT_DECODER
+from storyteller.notebook import settings as nbmod
+from storyteller.notebook import tools as nbtools
 from storyteller.runtime import DEVICE_ENV
-from storyteller.sample import generate_sample_dataset
 
 NOTEBOOKS = nbtools.series()
 BY_NUMBER = {p.name[:2]: p for p in NOTEBOOKS}
@@ -662,7 +662,7 @@ def test_missing_requirements_of_extras(monkeypatch):
 
 
 def test_publish_space_dry_run_without_token_and_push_with_one(tiny_run, tmp_path, monkeypatch):
-    import storyteller.deploy as deploy
+    import storyteller.serving.deploy as deploy
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

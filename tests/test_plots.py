@@ -4,7 +4,7 @@ from unittest import mock
 
 import pytest
 
-from storyteller import plots
+from storyteller.figures import plots
 
 
 @pytest.mark.parametrize("epochs", [3, 20])

@@ -72,7 +72,7 @@ def test_bar_drawn_on_a_terminal(monkeypatch):
 def test_notebook_kernel_starts_without_tcp_warning(tmp_path, capfd):
     import nbformat
 
-    from storyteller.nbtools import execute_notebook
+    from storyteller.notebook.tools import execute_notebook
 
     path = tmp_path / "one.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), path)
@@ -83,10 +83,10 @@ def test_notebook_kernel_starts_without_tcp_warning(tmp_path, capfd):
 def test_importing_the_package_in_a_kernel_prints_no_iprogress_warning(tmp_path):
     import nbformat
 
-    from storyteller.nbtools import execute_notebook
+    from storyteller.notebook.tools import execute_notebook
 
     path = tmp_path / "imports.ipynb"
-    code = "import storyteller.train, storyteller.features, storyteller.sample"
+    code = "import storyteller.training.train, storyteller.features.cache, storyteller.data.sample"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), path)
     nb = execute_notebook(path, cwd=tmp_path, timeout=120)
     assert not any("IProgress" in str(out) for out in nb.cells[0].outputs)

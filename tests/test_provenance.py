@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 
 import storyteller
-from storyteller import pipeline, report
-from storyteller.checkpoint import read_checkpoint
+from storyteller import pipeline
 from storyteller.config import TrainConfig
-from storyteller.plots import SMOKE_LABEL
+from storyteller.figures.plots import SMOKE_LABEL
+from storyteller.models.checkpoint import read_checkpoint
+from storyteller.notebook import report
 
 
 def quiet(_line: str) -> None:

@@ -19,11 +19,11 @@ from conftest import cli
 
 from storyteller import pipeline, runlock, runtime
 from storyteller.config import TrainConfig
-from storyteller.distributed import DistContext
+from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
 from storyteller.runlock import LOCK_FILE, run_folder
 from storyteller.runtime import atomic_path, torch_save_atomic, write_json
-from storyteller.vocab import Vocabulary
+from storyteller.training.distributed import DistContext
 
 TINY_MODEL = {"hidden_size": 64, "embed_size": 32, "decoder": "lstm"}
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Tests for the embedded sample dataset (``storyteller.sample``)."""
+"""Tests for the embedded sample dataset (``storyteller.data.sample``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storyteller.errors import StorytellerError
-from storyteller.sample import (
+from storyteller.data.sample import (
     BACKGROUNDS,
     CAPTIONS_PER_IMAGE,
     COLOURS,
@@ -30,7 +29,8 @@ from storyteller.sample import (
     random_scene,
     scene_for,
 )
-from storyteller.text import tokenize
+from storyteller.data.text import tokenize
+from storyteller.errors import StorytellerError
 
 N = 20
 SIZE = 96  # small pictures keep the tests fast

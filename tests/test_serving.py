@@ -11,8 +11,8 @@ from bad_images import exif_rotated, make_bad_images, upright_picture
 from PIL import Image
 
 from storyteller.errors import StorytellerError
-from storyteller.features import FeatureExtractor
-from storyteller.serving import (
+from storyteller.features.cache import FeatureExtractor
+from storyteller.serving.server import (
     MAKE_MODEL_COMMAND,
     UnreadableImage,
     find_model_files,
@@ -106,7 +106,7 @@ def test_examples_are_drawn_once_and_reused(tmp_path):
 
 
 def test_torch_threads_from_the_environment():
-    from storyteller.serving import configured_threads
+    from storyteller.serving.server import configured_threads
 
     assert configured_threads(env={}) is None  # torch's default
     assert configured_threads(env={"STORYTELLER_TORCH_THREADS": "3"}) == 3

@@ -98,14 +98,15 @@ def test_answers_without_heavy_imports(case, tmp_path):
 
 def test_the_probe_sees_a_heavy_import(tmp_path):
     """The check above can fail: importing the module that builds networks shows torch."""
-    code = PROBE.replace("import json, sys", "import json, sys, storyteller.encoders")
+    code = PROBE.replace("import json, sys", "import json, sys, storyteller.features.encoders")
     result, output = _probe(["--help"], tmp_path, code)
     assert "torch" in result["heavy"], output
 
 
 def test_the_registries_behind_the_parser_are_the_models_own():
     """The torch-free lists the parser reads are the ones the model code uses, not copies."""
-    from storyteller import decoder_options, encoder_specs, encoders, models
+    from storyteller import decoder_options, models
+    from storyteller.features import encoder_specs, encoders
 
     assert encoders.ENCODERS is encoder_specs.ENCODERS
     assert encoders.get_encoder_spec is encoder_specs.get_encoder_spec

@@ -1,14 +1,14 @@
 import pytest
 
-from storyteller.data import (
+from storyteller.data.captions import (
     MAX_ROW_CHARS,
     SkipReport,
     load_dataset,
     read_caption_file,
     split_by_image,
 )
+from storyteller.data.text import normalize_caption, tokenize
 from storyteller.errors import StorytellerError
-from storyteller.text import normalize_caption, tokenize
 
 
 def test_tokenize_lowercases_and_strips_punctuation():

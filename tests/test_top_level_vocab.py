@@ -7,7 +7,7 @@ from conftest import SHARED_DATA
 from conftest import cli as _cli
 
 from storyteller import pipeline
-from storyteller.vocab import Vocabulary
+from storyteller.data.vocab import Vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 TOP_LEVEL_VOCAB = REPO / "vocab.pkl"

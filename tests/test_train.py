@@ -6,13 +6,19 @@ import pytest
 import torch
 
 from storyteller import pipeline
-from storyteller.checkpoint import load_model, read_checkpoint, save_checkpoint, strip_module_prefix
 from storyteller.config import ModelConfig, TrainConfig
+from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
 from storyteller.model import CaptionModel
 from storyteller.models import DECODERS, LSTMDecoder, build_model, register_decoder
+from storyteller.models.checkpoint import (
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+    strip_module_prefix,
+)
 from storyteller.runtime import torch_save_atomic
-from storyteller.train import (
+from storyteller.training.train import (
     TrainingState,
     make_batch_loss,
     mean_extra_losses,
@@ -21,7 +27,6 @@ from storyteller.train import (
     restore_scaler,
     train_epoch,
 )
-from storyteller.vocab import Vocabulary
 
 SMALL = {"hidden_size": 64, "embed_size": 32}
 quiet = lambda _: None  # noqa: E731

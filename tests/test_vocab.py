@@ -3,8 +3,8 @@ import pickle
 
 import pytest
 
+from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
-from storyteller.vocab import Vocabulary
 
 
 def test_threshold_and_fixed_special_ids():
@@ -73,7 +73,7 @@ def test_bad_threshold():
 def test_a_checkpoint_given_as_the_vocabulary_is_named(tmp_path):
     import torch
 
-    from storyteller.vocab import is_torch_file, is_vocabulary_file
+    from storyteller.data.vocab import is_torch_file, is_vocabulary_file
 
     torch.save({"model": {}}, tmp_path / "best_model.pth")
     with pytest.raises(StorytellerError, match="this is a model checkpoint .*not a vocabulary"):

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..data.vocab import Vocabulary
 from ..decoder_options import AttentionOptions
-from ..vocab import Vocabulary
 from .base import CaptionDecoder, DecoderState, batch_field
 from .registry import register_decoder
 

@@ -120,7 +120,7 @@ class CaptionDecoder(nn.Module, ABC):
     feature_layout: ClassVar[str] = "pooled"
     #: Whether ``step`` records where it looked: the state's ``attention`` field (N, t, P)
     #: gains one row of weights over the grid per word (see
-    #: :func:`storyteller.decoding.decode_with_attention` and :mod:`storyteller.attention_maps`).
+    #: :func:`storyteller.decoding.decode_with_attention` and :mod:`storyteller.figures.attention_maps`).
     attends: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig):
@@ -203,7 +203,7 @@ class CaptionDecoder(nn.Module, ABC):
 
     def word_embedding(self) -> nn.Embedding:
         """The table of word vectors (vocab_size, width) that pretrained vectors
-        (:mod:`storyteller.embeddings`) fill and ``freeze_embeddings`` keeps fixed. Every
+        (:mod:`storyteller.data.embeddings`) fill and ``freeze_embeddings`` keeps fixed. Every
         registered decoder keeps it as ``self.embed``; one that does not overrides this."""
         embed = getattr(self, "embed", None)
         if not isinstance(embed, nn.Embedding):

@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, TrainConfig
+from ..data.vocab import Vocabulary
 from ..decoder_options import TransformerOptions
 from ..errors import StorytellerError
-from ..vocab import Vocabulary
 from .base import CaptionDecoder, DecoderState, batch_field
 from .registry import register_decoder
 

@@ -1,0 +1,355 @@
+"""Reading caption datasets and splitting them by image.
+
+Accepted layouts (the folder is what users pass as ``--data``):
+
+* Kaggle ``adityajn105/flickr8k`` / ``flickr30k``: ``Images/`` + ``captions.txt`` (CSV with a
+  header ``image,caption``; captions that contain commas are quoted);
+* the original ``Flickr8k.token.txt``: ``image.jpg#N<TAB>caption``;
+* the Flickr30k ``results.csv``: ``image_name| comment_number| comment`` (pipe-separated).
+
+Bad rows never crash a run and are never dropped silently: every skip is counted by reason
+in a :class:`SkipReport`, which warns once with the totals. Files are read line by line (a
+Flickr caption never spans lines), so damage stays on its own line: one stray quote cannot
+swallow the rest of the file, as it does in a CSV reader, and one huge or undecodable row is
+skipped instead of failing the load. Every line is either a kept row or a counted skip.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import StorytellerError
+from .text import tokenize
+
+CAPTION_FILES = ("captions.txt", "results.csv", "Flickr8k.token.txt")
+IMAGE_DIRS = ("Images", "images", "flickr30k_images", "Flicker8k_Dataset", "Flickr8k_Dataset")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+@dataclass
+class SkipReport:
+    """Counts of skipped rows/images by reason, with a few examples of each."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    lines: int = 0  # physical lines of a file these skips took (a row may take several)
+
+    def add(self, reason: str, example: str) -> None:
+        self.counts[reason] += 1
+        self.lines += 1
+        if len(self.examples[reason]) < 3:
+            self.examples[reason].append(example[:80])
+
+    def add_lines(self, extra: int) -> None:
+        """``extra`` more lines taken by the last skipped row (a field spanning lines)."""
+        self.lines += extra
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        parts = [
+            f"{n} {reason} (e.g. {', '.join(repr(e) for e in self.examples[reason])})"
+            for reason, n in self.counts.most_common()
+        ]
+        return "skipped " + "; ".join(parts)
+
+    def warn(self, what: str) -> None:
+        """Emit one warning with the totals (nothing when nothing was skipped)."""
+        if self.total:
+            warnings.warn(f"{what}: {self.summary()}", stacklevel=2)
+
+
+@dataclass
+class CaptionDataset:
+    """Captions grouped by image: ``captions[image_name] = [caption, ...]`` in file order."""
+
+    image_dir: Path
+    captions: dict[str, list[str]]
+    source: Path
+    skipped: SkipReport = field(default_factory=SkipReport)
+
+    @property
+    def images(self) -> list[str]:
+        return list(self.captions)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    @property
+    def num_captions(self) -> int:
+        return sum(len(c) for c in self.captions.values())
+
+    def subset(self, images: list[str]) -> CaptionDataset:
+        return CaptionDataset(
+            self.image_dir, {name: self.captions[name] for name in images}, self.source
+        )
+
+
+#: The longest caption row kept, in characters: Flickr captions are under 200; a row longer
+#: than this is counted and skipped instead of being tokenised (a 1 MB "caption" once made the
+#: CSV reader give up on the whole file).
+MAX_ROW_CHARS = 2000
+
+
+@dataclass
+class _Line:
+    """One physical line of a caption file: its 1-based number and text."""
+
+    number: int
+    text: str
+
+
+def _lines(data: bytes, report: SkipReport) -> tuple[list[_Line], int]:
+    """The file's non-empty lines, each decoded on its own, and how many there were: a line
+    that is not UTF-8 is counted and skipped (never decoded with replacement characters), and
+    so is a line longer than :data:`MAX_ROW_CHARS`. A UTF-8 byte-order mark is dropped."""
+    lines, written = [], 0
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.rstrip(b"\r")
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            continue
+        written += 1
+        if len(raw) > 4 * MAX_ROW_CHARS:  # cheap check first: no decoding of a huge line
+            report.add(f"rows over {MAX_ROW_CHARS} characters", f"line {number}")
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            report.add("rows that are not UTF-8", f"line {number}: {raw[:40]!r}")
+            continue
+        if len(text) > MAX_ROW_CHARS:
+            report.add(f"rows over {MAX_ROW_CHARS} characters", f"line {number}")
+            continue
+        lines.append(_Line(number, text))
+    return lines, written
+
+
+def _looks_like_row_start(text: str) -> bool:
+    """Whether a Kaggle CSV line starts a row: an image file name, then a comma."""
+    name = text.split(",", 1)[0].strip().strip('"')
+    return "," in text and Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _read_kaggle_csv(lines: list[_Line], report: SkipReport) -> list[tuple[str, str]]:
+    """``image,caption`` rows, one per line (Flickr captions never span lines). A quote left
+    open skips only its own line ("unterminated quote"), or, when the next lines continue it
+    and one of them closes it, those lines together ("quoted field spanning lines"), instead of
+    swallowing the rest of the file into one field as a CSV reader would."""
+    header = next(csv.reader([lines[0].text])) if lines else None
+    if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
+        raise StorytellerError(
+            f"captions.txt should start with the header 'image,caption', found {header!r}"
+        )
+    rows = []
+    i = 1
+    while i < len(lines):
+        line = lines[i]
+        try:
+            fields = next(csv.reader([line.text], strict=True))
+        except csv.Error:
+            # An open quote: do the lines after it (not row starts) close it?
+            end = i + 1
+            while end < len(lines) and not _looks_like_row_start(lines[end].text):
+                end += 1
+            closes = any(lines[j].text.count('"') % 2 for j in range(i + 1, end))
+            if line.text.count('"') % 2 and closes:
+                span = f"lines {line.number}-{lines[end - 1].number}"
+                report.add("quoted fields spanning lines", span)
+                report.add_lines(end - i - 1)
+                i = end
+            else:
+                report.add("rows with an unterminated quote", f"line {line.number}: {line.text}")
+                i += 1
+            continue
+        i += 1
+        if len(fields) < 2 or not fields[0].strip():
+            report.add("malformed rows", f"line {line.number}: {line.text}")
+            continue
+        # A caption with an unquoted comma splits into extra fields: glue them back.
+        rows.append((fields[0].strip(), ",".join(fields[1:])))
+    return rows
+
+
+def _read_token_file(lines: list[_Line], report: SkipReport) -> list[tuple[str, str]]:
+    rows = []
+    for line in lines:
+        key, sep, caption = line.text.partition("\t")
+        image = key.split("#")[0].strip()
+        if not sep or not image:
+            report.add("malformed rows", f"line {line.number}: {line.text}")
+            continue
+        rows.append((image, caption))
+    return rows
+
+
+def _read_results_csv(lines: list[_Line], report: SkipReport) -> list[tuple[str, str]]:
+    rows = []
+    header = lines and lines[0].text.replace(" ", "").lower().startswith("image_name|")
+    for line in lines[1 if header else 0 :]:
+        parts = line.text.split("|")
+        if len(parts) < 3 or not parts[0].strip():
+            report.add("malformed rows", f"line {line.number}: {line.text}")
+            continue
+        rows.append((parts[0].strip(), "|".join(parts[2:])))
+    return rows
+
+
+def read_caption_file(path: str | Path, report: SkipReport | None = None) -> list[tuple[str, str]]:
+    """Parse any of the three caption formats into ``(image, caption)`` rows.
+
+    The format is detected from the content, not the name. Every line is either in a
+    returned row or counted in ``report`` by what was wrong with it: not UTF-8, over
+    :data:`MAX_ROW_CHARS`, an unterminated quote, a quoted field spanning lines, malformed, an
+    empty caption, or a duplicate of an earlier row (the same image and caption); the total
+    is checked against the file's lines. The returned captions are the raw text (normalise
+    with ``storyteller.data.text``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StorytellerError(f"caption file not found: {path}")
+    report = report if report is not None else SkipReport()
+    before = report.lines
+    lines, written = _lines(path.read_bytes(), report)
+    first = lines[0].text if lines else ""
+    if "\t" in first and "#" in first.split("\t")[0]:
+        rows = _read_token_file(lines, report)
+        header = 0
+    elif first.count("|") >= 2:
+        rows = _read_results_csv(lines, report)
+        header = int(first.replace(" ", "").lower().startswith("image_name|"))
+    else:
+        rows = _read_kaggle_csv(lines, report)
+        header = 1
+    kept, seen = [], set()
+    for image, caption in rows:
+        caption = caption.strip()
+        if not tokenize(caption):
+            report.add("empty captions", f"{image}: {caption!r}")
+        elif (image, caption) in seen:
+            report.add("duplicate rows", f"{image}: {caption[:40]!r}")
+        else:
+            seen.add((image, caption))
+            kept.append((image, caption))
+    accounted = header + len(kept) + report.lines - before
+    if accounted != written:  # a parser bug, never the data's fault: say so, lose nothing
+        raise StorytellerError(
+            f"{path}: {written} non-empty lines, but {accounted} read or skipped: please report "
+            "this file"
+        )
+    return kept
+
+
+def find_caption_file(data_dir: Path) -> Path:
+    for name in CAPTION_FILES:
+        for candidate in (data_dir / name, *data_dir.glob(f"*/{name}")):
+            if candidate.is_file():
+                return candidate
+    raise StorytellerError(
+        f"no caption file in {data_dir}: expected one of {', '.join(CAPTION_FILES)} "
+        "(Kaggle layout: Images/ + captions.txt)"
+    )
+
+
+def find_image_dir(data_dir: Path) -> Path:
+    for name in IMAGE_DIRS:
+        for candidate in (data_dir / name, *data_dir.glob(f"*/{name}")):
+            if candidate.is_dir():
+                # Kaggle's flickr30k nests flickr30k_images/flickr30k_images/
+                nested = candidate / candidate.name
+                return nested if nested.is_dir() else candidate
+    raise StorytellerError(
+        f"no image folder in {data_dir}: expected one of {', '.join(IMAGE_DIRS)}"
+    )
+
+
+def check_data_dir(data_dir: str | Path) -> Path:
+    """``data_dir`` if it can be a dataset folder; a file, a missing folder or the image folder
+    itself is a one-line error that says what to pass instead. Cheap and torch-free, so the
+    command line checks ``--data`` before it imports the pipeline."""
+    data_dir = Path(data_dir).expanduser()
+    if data_dir.is_file():
+        raise StorytellerError(
+            f"--data wants the dataset folder, not a file: try {data_dir.parent}"
+        )
+    if not data_dir.is_dir():
+        raise StorytellerError(f"dataset folder not found: {data_dir}")
+    if data_dir.name in IMAGE_DIRS and not any((data_dir / n).is_file() for n in CAPTION_FILES):
+        # The image folder alone has no captions; its parent is the dataset folder.
+        raise StorytellerError(
+            f"{data_dir} is the image folder; --data wants the dataset folder that holds it "
+            f"and the caption file: try {data_dir.parent}"
+        )
+    return data_dir
+
+
+def load_dataset(data_dir: str | Path, check_images: bool = True) -> CaptionDataset:
+    """Load a dataset folder: find its caption file and image folder, group captions by image.
+
+    Captions whose image file is missing are skipped and counted (``check_images``). Unreadable
+    image files are caught later, at feature extraction, where they are actually decoded.
+    """
+    data_dir = check_data_dir(data_dir)
+    caption_file = find_caption_file(data_dir)
+    image_dir = find_image_dir(data_dir)
+    report = SkipReport()
+    rows = read_caption_file(caption_file, report)
+    present = {p.name for p in image_dir.iterdir()} if check_images else None
+    captions: dict[str, list[str]] = defaultdict(list)
+    for image, caption in rows:
+        if present is not None and image not in present:
+            report.add("captions of missing images", image)
+            continue
+        captions[image].append(caption)
+    if not captions:
+        raise StorytellerError(
+            f"no usable captions in {caption_file} with images in {image_dir}"
+            + (f" ({report.summary()})" if report.total else "")
+        )
+    report.warn(f"reading {caption_file}")
+    return CaptionDataset(image_dir, dict(captions), caption_file, report)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[str]
+    val: list[str]
+    test: list[str]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def split_by_image(
+    images: list[str], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> Split:
+    """Shuffle *image names* with a seeded generator and cut them 80/10/10.
+
+    Splitting images, not caption rows, is what keeps the five captions of one photo in one
+    split (no train/test leakage). The result depends only on the seed and the set of names.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise StorytellerError(f"split fractions must be three numbers summing to 1: {fractions}")
+    names = sorted(set(images))
+    if len(names) < 3:
+        raise StorytellerError(f"need at least 3 images to split, got {len(names)}")
+    import torch  # here: reading a dataset (and the CLI's --data check) needs no torch
+
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = [names[i] for i in order]
+    n_val = max(1, round(fractions[1] * len(names))) if fractions[1] > 0 else 0
+    n_test = max(1, round(fractions[2] * len(names))) if fractions[2] > 0 else 0
+    n_train = len(names) - n_val - n_test
+    return Split(
+        train=shuffled[:n_train],
+        val=shuffled[n_train : n_train + n_val],
+        test=shuffled[n_train + n_val :],
+    )

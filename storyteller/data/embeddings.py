@@ -1,0 +1,172 @@
+"""Pretrained word vectors (GloVe text files) as the decoder's first word embedding.
+
+Img2Story initialised its decoder's words with GloVe 300-d vectors. A GloVe file is one word
+and its D values per line (``glove.6B.300d.txt``: 400,000 lines, ~1 GB), but a captioning
+vocabulary holds a few thousand words, so the file is streamed line by line, each word is
+passed through the vocabulary's own normaliser (:func:`storyteller.data.text.tokenize`, so "Dog"
+and "dog" meet the same entry) and the floats are parsed only for the words the vocabulary
+keeps. A malformed line (wrong number of values, not a number, not UTF-8, NaN or infinity)
+is counted and reported, never fatal; an unusable file or no word found is a one-line error.
+
+The vectors are copied into the model before training; the checkpoint then holds the learned
+embedding, so the file is never needed again (caption, evaluate and the app read the
+checkpoint alone). The run records the file's name, its dimension and the coverage, never
+its path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import StorytellerError
+from .text import SPECIAL_TOKENS, tokenize
+from .vocab import Vocabulary
+
+#: Lines read ahead to find the file's dimension (the most common number of values).
+DIMENSION_SAMPLE = 1000
+
+
+@dataclass
+class WordVectors:
+    """The rows a GloVe file gives a vocabulary, and what reading it found."""
+
+    matrix: torch.Tensor  # (vocab_size, dim): found rows from the file, the rest random
+    found: torch.Tensor  # (vocab_size,) bool: the row came from the file
+    source: str  # the file's name (never its path: runs move between machines)
+    dim: int
+    lines: int  # lines read (a word2vec header not counted)
+    malformed: int  # lines skipped as malformed
+    words: int  # vocabulary words looked for (special tokens excluded)
+
+    @property
+    def coverage(self) -> float:
+        """Found vocabulary words / vocabulary words (special tokens excluded)."""
+        return int(self.found.sum()) / self.words if self.words else 0.0
+
+    def summary(self) -> str:
+        """The one log line: file, dimension, coverage, and any malformed lines."""
+        text = (
+            f"embeddings {self.source}: {self.dim}-d, {int(self.found.sum()):,} of "
+            f"{self.words:,} vocabulary words found ({self.coverage:.1%}), the rest and the "
+            f"{len(SPECIAL_TOKENS)} special tokens initialised randomly"
+        )
+        if self.malformed:
+            text += f"; {self.malformed:,} malformed line(s) of {self.lines:,} skipped"
+        return text
+
+    def provenance(self) -> dict:
+        """What the run records about the file (a checkpoint key: plain values only)."""
+        return {
+            "file": self.source,
+            "dim": self.dim,
+            "found": int(self.found.sum()),
+            "words": self.words,
+            "coverage": round(self.coverage, 4),
+            "malformed_lines": self.malformed,
+        }
+
+
+def _vocab_index(vocab: Vocabulary) -> dict[str, int]:
+    """Vocabulary word -> id, special tokens left out (``<start>`` is not GloVe's "start")."""
+    return {word: i for i, word in enumerate(vocab.itos) if word not in SPECIAL_TOKENS}
+
+
+def _normalised(word: str, index: dict[str, int]) -> str | None:
+    """The vocabulary entry a file's word stands for, or None. The common cases (already a
+    vocabulary word; a lower-case ASCII word that is not one) skip the full normaliser."""
+    if word in index:
+        return word
+    if word.isascii() and word.isalnum() and word.islower():
+        return None  # tokenize() would give it back unchanged: not in the vocabulary
+    tokens = tokenize(word)
+    return tokens[0] if len(tokens) == 1 and tokens[0] in index else None
+
+
+def _numbers(values: bytes) -> list[float] | None:
+    """Space-separated finite numbers, or None (not a number, NaN, infinity)."""
+    try:
+        numbers = [float(v) for v in values.split(b" ")]
+    except ValueError:
+        return None
+    return numbers if all(math.isfinite(v) for v in numbers) else None
+
+
+def _common_width(lines: list[bytes]) -> int:
+    """The number of values most of ``lines`` carry after their word (0 if none does): the
+    file's dimension, which one malformed line near the top cannot change."""
+    widths = Counter(len(line.split()) - 1 for line in lines)
+    widths.pop(0, None)
+    widths.pop(-1, None)
+    return widths.most_common(1)[0][0] if widths else 0
+
+
+def _is_header(parts: list[bytes]) -> bool:
+    """A word2vec-style first line ``COUNT DIM``."""
+    return len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit()
+
+
+def read_word_vectors(path: str | Path, vocab: Vocabulary, seed: int = 0) -> WordVectors:
+    """Read the vectors of ``vocab``'s words from the GloVe text file ``path``.
+
+    The dimension is the number of values most of the first :data:`DIMENSION_SAMPLE` lines
+    carry (a word2vec ``COUNT DIM`` header is skipped). When several of the file's words normalise to the same vocabulary word ("Dog",
+    "dog") the first wins: GloVe files list words from the most frequent down. Rows not found
+    are drawn from a normal with the found vectors' standard deviation, so they start at the
+    same scale, drawn from ``seed`` alone; the ``<pad>`` row is zero."""
+    path = Path(path)
+    if not path.is_file():
+        raise StorytellerError(f"embeddings file not found: {path}")
+    index = _vocab_index(vocab)
+    if not index:
+        raise StorytellerError("the vocabulary holds no words to look up in the embeddings")
+    found: dict[int, list[float]] = {}
+    lines = malformed = 0
+    with path.open("rb") as handle:
+        head = list(itertools.islice(handle, DIMENSION_SAMPLE))
+        if head and _is_header(head[0].split()):
+            head = head[1:]
+        dim = _common_width(head)
+        for line in itertools.chain(head, handle):
+            lines += 1
+            word_bytes, _, rest = line.strip().partition(b" ")
+            rest = rest.strip()
+            if not word_bytes or not rest or rest.count(b" ") + 1 != dim:
+                malformed += 1
+                continue
+            try:
+                word = word_bytes.decode("utf-8")
+            except UnicodeDecodeError:
+                malformed += 1
+                continue
+            entry = _normalised(word, index)
+            if entry is None or index[entry] in found:
+                continue
+            values = _numbers(rest)
+            if values is None:
+                malformed += 1
+                continue
+            found[index[entry]] = values
+    if not lines or not dim:
+        raise StorytellerError(f"{path} holds no word vectors (empty, or no values on a line)")
+    if not found:
+        raise StorytellerError(
+            f"{path}: none of the vocabulary's {len(index):,} words is in the file "
+            f"({lines:,} lines, {malformed:,} malformed): is it a GloVe text file "
+            "(`word v1 ... vD` per line)?"
+        )
+    rows = torch.tensor(list(found.keys()))
+    vectors = torch.tensor(list(found.values()), dtype=torch.float32)  # (found, dim)
+    scale = float(vectors.std()) if vectors.numel() > 1 else 1.0
+    generator = torch.Generator().manual_seed(seed)
+    matrix = torch.randn(len(vocab), dim, generator=generator) * (scale or 1.0)  # (V, dim)
+    matrix[rows] = vectors
+    matrix[vocab.pad_id] = 0.0
+    mask = torch.zeros(len(vocab), dtype=torch.bool)
+    mask[rows] = True
+    return WordVectors(matrix, mask, path.name, dim, lines, malformed, len(index))

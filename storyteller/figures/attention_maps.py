@@ -1,0 +1,112 @@
+"""Where an attention captioner looked: for each photo, the photo as the encoder saw it and one
+heat map per generated word, as in Show, Attend and Tell's figures.
+
+The weights come from decoding (:func:`storyteller.decoding.decode_with_attention`): row t is
+the softmax over the CNN's h x w grid that the word t was chosen with. A figure shows them
+upsampled to the encoder's crop, over that crop, so a bright region is the part of the picture
+the word was read from. ``evaluate`` writes a few for test photos, ``caption --attention-maps
+DIR`` one per photo, the app one for the caption it just made, and notebook 04 shows them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from ..data.vocab import Vocabulary
+from ..decoding import decode_with_attention
+from ..features.encoders import Preprocessing
+from ..models import CaptionDecoder
+from ..runtime import unwrap
+
+#: Where ``evaluate`` writes its figures, inside the run folder.
+ATTENTION_MAPS_DIR = "attention_maps"
+
+
+@dataclass
+class AttentionCaption:
+    """One photo's caption and, for each of its words, the weights over the grid."""
+
+    caption: str
+    words: list[str]
+    weights: torch.Tensor  # (len(words), h * w), each row sums to 1
+    grid: tuple[int, int]  # (h, w) of the encoder's feature map
+
+
+def attends(model: CaptionDecoder) -> bool:
+    """Whether the captioner records attention weights (the ``attention`` decoder)."""
+    return bool(unwrap(model).attends)
+
+
+def caption_with_attention(
+    model: CaptionDecoder,
+    vocab: Vocabulary,
+    features: torch.Tensor,
+    grid: tuple[int, int],
+    beam_size: int = 1,
+    max_length: int = 50,
+    length_penalty: float = 0.7,
+) -> list[AttentionCaption]:
+    """features (B, h*w, D) -> each photo's caption with its per-word weights (greedy when
+    ``beam_size == 1``, else the best beam)."""
+    if features.size(1) != grid[0] * grid[1]:
+        raise ValueError(
+            f"features have {features.size(1)} positions, a {grid} grid has {grid[0] * grid[1]}"
+        )
+    decoded = decode_with_attention(model, features, beam_size, max_length, length_penalty)
+    results = []
+    for ids, weights in decoded:
+        words = vocab.words(ids)
+        results.append(AttentionCaption(" ".join(words), words, weights[: len(words)], grid))
+    return results
+
+
+def encoder_view(image: Image.Image, preprocessing: Preprocessing) -> Image.Image:
+    """The part of ``image`` the encoder saw, at its input size (short side resized, centre
+    crop), so the grid's cells line up with the picture under them."""
+    return transforms.CenterCrop(preprocessing.crop)(
+        transforms.Resize(preprocessing.resize)(image.convert("RGB"))
+    )
+
+
+def figure_name(image_name: str, taken: set[str] | None = None) -> str:
+    """A safe PNG file name for a photo's figure: its stem, odd characters replaced; with
+    ``taken`` (names already used, updated here), ``-2``, ``-3``... keep two photos of one
+    stem from different folders apart."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(image_name).stem)[:120] or "image"
+    name, n = f"{stem}.png", 1
+    while taken is not None and name in taken:
+        n += 1
+        name = f"{stem}-{n}.png"
+    if taken is not None:
+        taken.add(name)
+    return name
+
+
+def write_attention_maps(
+    result_images: Sequence[tuple[str, Image.Image, AttentionCaption]],
+    preprocessing: Preprocessing,
+    out_dir: str | Path,
+    taken: set[str] | None = None,
+    smoke: bool = False,
+) -> list[Path]:
+    """One figure per (name, photo, caption) into ``out_dir`` (made if missing); ``taken``:
+    file names already written by this caller (see :func:`figure_name`); ``smoke``: marked as
+    a smoke run's."""
+    from .plots import plot_attention_map
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    taken = set() if taken is None else taken
+    return [
+        plot_attention_map(
+            encoder_view(image, preprocessing), result, out_dir / figure_name(name, taken), smoke
+        )
+        for name, image, result in result_images
+    ]

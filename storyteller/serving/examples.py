@@ -1,0 +1,152 @@
+"""The app's example pictures, chosen to fit the model it serves (issue 12, item 4).
+
+A model trained on Flickr photos captioned the drawn sample shapes as "a man is playing with
+a large rope in his mouth": examples must come from the data the model knows. The rules, in
+order, for the folder that holds the served model:
+
+1. ``examples/`` in that folder (what ``deploy`` puts in a Space): those pictures.
+2. A model trained on the embedded sample (its split names ``sample_NNNNN.jpg`` images): the
+   drawn sample scenes (:func:`storyteller.serving.server.render_examples`).
+3. Otherwise, when the run's photos may be shown, a few photos of the run's *test* split
+   (``splits.json``; never seen in training), found in the dataset folder the run's feature
+   cache was made from.
+4. Otherwise no examples.
+
+Flickr photos belong to their authors, under their own licences: showing them is a choice.
+``STORYTELLER_EXAMPLE_PHOTOS=1`` allows it and ``0`` forbids it; unset, the local app shows
+them (the person running it already has them on disk, and it listens on loopback) and
+``deploy`` does not copy them into a Space, which is public.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..artefacts import read_json, read_splits
+from ..errors import StorytellerError
+
+EXAMPLES_DIR = "examples"  # in a Space folder, beside best_model.pth
+PHOTOS_ENV = "STORYTELLER_EXAMPLE_PHOTOS"
+NUM_PHOTOS = 4
+PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+_SAMPLE_NAME = re.compile(r"sample_\d+\.jpg")
+
+
+@dataclass(frozen=True)
+class Examples:
+    """The pictures to offer and what they are (``kind``: ``bundled``, ``sample``, ``test``
+    or ``none``); ``label`` is the page's heading for them, ``why`` says why there are none."""
+
+    kind: str
+    paths: list[Path] = field(default_factory=list)
+    why: str = ""
+
+    @property
+    def label(self) -> str:
+        return {
+            "bundled": "Examples",
+            "sample": "Examples: drawn scenes like the ones this model was trained on",
+            "test": "Examples: test photos of this model's run (not seen in training)",
+        }.get(self.kind, "")
+
+
+def photos_allowed(default: bool, env: Mapping[str, str] | None = None) -> bool:
+    """Whether the run's own photos may be shown: ``$STORYTELLER_EXAMPLE_PHOTOS`` (``1`` or
+    ``0``), else ``default`` (the app: yes; deploy: no). Another value is a clear error."""
+    env = os.environ if env is None else env
+    value = env.get(PHOTOS_ENV, "").strip()
+    if not value:
+        return default
+    if value not in ("0", "1"):
+        raise StorytellerError(
+            f"{PHOTOS_ENV} must be 1 (show the run's photos) or 0, not {value!r}"
+        )
+    return value == "1"
+
+
+def _test_split(run_dir: Path) -> list[str]:
+    path = run_dir / "splits.json"
+    return read_splits(path)["test"] if path.is_file() else []
+
+
+def _image_dir(run_dir: Path) -> Path | None:
+    """The image folder the run's feature cache was extracted from, if it is still there."""
+    index = run_dir / "features" / "features.json"
+    if not index.is_file():
+        return None
+    meta = read_json(index, "feature cache index")
+    recorded = meta.get("image_dir") if isinstance(meta, dict) else None
+    folder = Path(recorded) if isinstance(recorded, str) and recorded else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def trained_on_sample(run_dir: str | Path) -> bool:
+    """Whether the run's split is of the embedded sample's drawn scenes (by their names)."""
+    names = _test_split(Path(run_dir))
+    return bool(names) and all(_SAMPLE_NAME.fullmatch(name) for name in names)
+
+
+def test_photos(run_dir: str | Path, count: int = NUM_PHOTOS) -> tuple[list[Path], str]:
+    """The first ``count`` photos of the run's test split that are on disk, and, when there
+    are none, why (no split, or its dataset folder is not reachable from here)."""
+    run_dir = Path(run_dir)
+    names = _test_split(run_dir)
+    if not names:
+        return [], f"{run_dir} has no splits.json test split"
+    folder = _image_dir(run_dir)
+    if folder is None:
+        return [], f"the dataset folder of {run_dir} (its features/features.json) is not here"
+    found = [folder / name for name in names if (folder / name).is_file()]
+    return found[:count], "" if found else f"none of the test photos is in {folder}"
+
+
+def bundled(model_dir: str | Path) -> list[Path]:
+    """Pictures in ``examples/`` beside the model (a Space's), sorted by name."""
+    folder = Path(model_dir) / EXAMPLES_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in PICTURE_SUFFIXES)
+
+
+def choose_examples(model_dir: str | Path, allow_photos: bool) -> Examples:
+    """Which examples fit the model in ``model_dir`` (the rules in the module's docstring);
+    the drawn scenes (``sample``) have no paths until :func:`write_examples` draws them."""
+    model_dir = Path(model_dir)
+    found = bundled(model_dir)
+    if found:
+        return Examples("bundled", found)
+    if trained_on_sample(model_dir):
+        return Examples("sample")
+    if not allow_photos:
+        return Examples("none", why=f"the run's photos are not shown ({PHOTOS_ENV}=1 shows them)")
+    photos, why = test_photos(model_dir)
+    return Examples("test", photos) if photos else Examples("none", why=why)
+
+
+def write_examples(choice: Examples, folder: str | Path) -> Examples:
+    """``choice`` with its pictures in ``folder`` (created): the sample scenes drawn there,
+    photos copied there under their own names. A server serves them from there (Gradio serves
+    files from its temporary folder, not from a dataset elsewhere on disk); a Space folder
+    ships them."""
+    if choice.kind == "none":
+        return choice
+    folder = Path(folder)
+    if choice.kind == "sample":
+        from .server import render_examples
+
+        return Examples(choice.kind, render_examples(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for path in choice.paths:
+        copies.append(Path(shutil.copyfile(path, folder / path.name)))
+    return Examples(choice.kind, copies)
+
+
+def example_pictures(model_dir: str | Path, folder: str | Path, allow_photos: bool) -> Examples:
+    """:func:`choose_examples` then :func:`write_examples`: what the app and deploy call."""
+    return write_examples(choose_examples(model_dir, allow_photos), folder)

@@ -1,0 +1,354 @@
+"""A trained captioner as a Hugging Face Hub model: a folder of plain files that outlive the code.
+
+The captioning projects people learn from lose their models to dead links, pickled modules
+that break after a refactor and vocabularies that no longer match. A storyteller model folder
+(what ``python -m storyteller push`` uploads and :meth:`Captioner.save_pretrained
+<storyteller.inference.Captioner.save_pretrained>` writes) holds only data::
+
+    config.json           format marker + FORMAT_VERSION, model and training configs, the
+                          encoder's name, layout and preprocessing, the vocabulary fingerprint
+    model.safetensors     the decoder's weights (safetensors: tensors only, no code)
+    encoder.safetensors   the fine-tuned encoder's weights (only for `train --fine-tune-encoder`)
+    vocab.json            the vocabulary as plain JSON (Vocabulary.to_dict)
+    README.md             the model card (metadata with model-index results from metrics.json)
+
+Reading one back trusts nothing: each file goes through the same checks as a ``best_model.pth``
+(:mod:`storyteller.models.checkpoint`) and a problem is a one-line
+:class:`~storyteller.artefacts.ArtefactError` naming the file. A folder written by a newer
+format is refused with what to upgrade. Downloads go through ``huggingface_hub``'s cache, so
+``revision=`` pins a commit, branch or tag and ``HF_HUB_OFFLINE=1`` works once it is cached.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..artefacts import ArtefactError, is_int, is_number, read_json
+from ..config import ModelConfig
+from ..data.vocab import Vocabulary
+from ..errors import StorytellerError
+from ..models import CaptionDecoder
+from ..models.checkpoint import (
+    build_checked_model,
+    check_model_config,
+    check_vocab_matches,
+    train_config_of,
+)
+from ..runtime import atomic_path, write_json
+
+FORMAT_MARKER = "storyteller-captioner"
+#: Bumped when the layout changes in a way an older storyteller cannot read; a test pins it.
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+ENCODER_FILE = "encoder.safetensors"
+VOCAB_JSON = "vocab.json"
+CARD_FILE = "README.md"
+#: The files a model folder needs; ENCODER_FILE joins them for a fine-tuned encoder.
+REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_JSON)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def require(module: str, why: str) -> object:
+    """``import module``, or a one-line :class:`StorytellerError` naming the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise StorytellerError(
+            f"{why} needs {module.split('.')[0]}: pip install 'storyteller[hub]' (or "
+            "pip install huggingface_hub safetensors)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class TrainedCaptioner:
+    """What a model folder holds once checked: everything a :class:`Captioner` is built from,
+    and ``info`` (training config, epoch, best validation loss) to write it out again."""
+
+    model: CaptionDecoder
+    vocab: Vocabulary
+    encoder: torch.nn.Module | None  # the fine-tuned encoder, or None: the registry's weights
+    info: dict
+
+
+def check_repo_id(repo: str | None, kind: str = "model", flag: str = "--repo") -> str:
+    """``USER/NAME`` by the Hub's rules, or a one-line error showing a good one."""
+    name = (repo or "").strip()
+    if (
+        not _REPO_ID.match(name)
+        or any(len(part) > 96 for part in name.split("/"))
+        or "--" in name
+        or ".." in name
+        or name.endswith(".git")
+    ):
+        raise StorytellerError(
+            f"'{repo}' is not a {kind} id: use USER/NAME (your Hugging Face user or "
+            "organisation, a slash, and a name of letters, digits, '-', '_' or '.'), "
+            f"e.g. {flag} alice/neural-storyteller"
+        )
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def _preprocessing(encoder: str) -> dict:
+    from ..features.encoders import get_encoder_spec
+
+    prep = asdict(get_encoder_spec(encoder).preprocessing)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in prep.items()}
+
+
+def _package_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("storyteller")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _tensors(state: dict) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, unshared copies: what safetensors can write (a channels-last or tied
+    tensor is refused by it)."""
+    return {name: t.detach().to("cpu").contiguous().clone() for name, t in state.items()}
+
+
+def _public_vocab(vocab: Vocabulary) -> dict:
+    """The vocabulary's JSON, with a local dataset path cut to its folder name: a public
+    model must not publish the trainer's file system (the fingerprint depends on words only)."""
+    data = vocab.to_dict()
+    source = data["provenance"].get("source")
+    if isinstance(source, str):  # e.g. flickr8k/captions.txt
+        data["provenance"]["source"] = "/".join(Path(source).parts[-2:])
+    return data
+
+
+def write_model_folder(
+    dest: str | Path,
+    model_config: ModelConfig,
+    weights: dict,
+    vocab: Vocabulary,
+    info: dict | None = None,
+    encoder_weights: dict | None = None,
+    card: str | None = None,
+) -> Path:
+    """Write the model folder into ``dest`` (absent or empty) and return it.
+
+    Parameters:
+        model_config: the decoder's config (its ``encoder`` names the CNN).
+        weights: the decoder's state_dict.
+        vocab: the vocabulary it was trained with.
+        info: ``train_config`` (a dict), ``epoch``, ``best_val_loss``, where known.
+        encoder_weights: the fine-tuned encoder's state_dict (``fine_tuned_blocks > 0``).
+        card: the model card's text (README.md); see :mod:`storyteller.serving.hub_card`.
+    """
+    safetensors_torch = require("safetensors.torch", "writing a model folder")
+    dest = Path(dest).expanduser()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise StorytellerError(f"{dest} already exists and is not empty: choose a new folder")
+    if model_config.fine_tuned_blocks and encoder_weights is None:
+        raise StorytellerError(
+            "the model fine-tuned its encoder but no encoder weights were given to save"
+        )
+    info = info or {}
+    config = {
+        "format": FORMAT_MARKER,
+        "format_version": FORMAT_VERSION,
+        "storyteller_version": _package_version(),
+        "model_config": model_config.to_dict(),
+        "train_config": info.get("train_config") or {},
+        "encoder": {
+            "name": model_config.encoder,
+            "fine_tuned_blocks": model_config.fine_tuned_blocks,
+            "preprocessing": _preprocessing(model_config.encoder),
+        },
+        "vocab_fingerprint": vocab.fingerprint,
+        **{k: info[k] for k in ("epoch", "best_val_loss") if is_number(info.get(k))},
+    }
+    dest.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": "pt", "storyteller_format_version": str(FORMAT_VERSION)}
+    with atomic_path(dest / WEIGHTS_FILE) as tmp:
+        safetensors_torch.save_file(_tensors(weights), str(tmp), metadata=metadata)
+    if model_config.fine_tuned_blocks:
+        with atomic_path(dest / ENCODER_FILE) as tmp:
+            safetensors_torch.save_file(_tensors(encoder_weights), str(tmp), metadata=metadata)
+    write_json(dest / VOCAB_JSON, _public_vocab(vocab))
+    write_json(dest / CONFIG_FILE, config)  # last: a folder with a config is complete
+    if card is not None:
+        (dest / CARD_FILE).write_text(card, encoding="utf-8")
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding this layout (judged by its ``config.json``)."""
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def _read_config(path: Path) -> dict:
+    config = read_json(path, "model config")
+    if not isinstance(config, dict) or config.get("format") != FORMAT_MARKER:
+        raise ArtefactError(
+            path, f'not a storyteller model config (no "format": "{FORMAT_MARKER}")'
+        )
+    version = config.get("format_version")
+    if not is_int(version) or version < 1:
+        raise ArtefactError(
+            path, f"format_version must be a whole number >= 1, got {version!r:.40}"
+        )
+    if version > FORMAT_VERSION:
+        raise ArtefactError(
+            path,
+            f"written in model format {version}; this storyteller reads up to {FORMAT_VERSION}: "
+            "upgrade storyteller (pip install -U storyteller)",
+        )
+    for key in ("model_config", "train_config", "encoder"):
+        if not isinstance(config.get(key), dict):
+            raise ArtefactError(path, f"{key!r} must be a JSON object")
+    if not isinstance(config.get("vocab_fingerprint"), str):
+        raise ArtefactError(path, "'vocab_fingerprint' must be text")
+    return config
+
+
+def _check_encoder(config: dict, model_config: ModelConfig, path: Path) -> None:
+    """The encoder section must describe the encoder this storyteller would build for the
+    model: a changed preprocessing would feed the decoder pictures it never learned from."""
+    encoder = config["encoder"]
+    if encoder.get("name") != model_config.encoder:
+        raise ArtefactError(
+            path,
+            f"encoder name {encoder.get('name')!r:.40} differs from model_config's "
+            f"{model_config.encoder!r}",
+        )
+    expected = _preprocessing(model_config.encoder)
+    if encoder.get("preprocessing") != expected:
+        raise ArtefactError(
+            path,
+            f"the {model_config.encoder} preprocessing it records "
+            f"({encoder.get('preprocessing')!r:.80}) is not this storyteller's ({expected}): "
+            "the model would see other pictures than it was trained on",
+        )
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    safetensors_torch = require("safetensors.torch", "reading a model folder")
+    if not path.is_file():
+        raise ArtefactError(path, "missing: the model folder is incomplete (download it again)")
+    try:
+        return safetensors_torch.load_file(str(path), device="cpu")
+    except Exception as exc:  # a bad header, a truncated file, not safetensors at all
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise ArtefactError(path, f"not a readable safetensors file ({detail})") from None
+
+
+def _read_vocab(path: Path, fingerprint: str) -> Vocabulary:
+    if not path.is_file():
+        raise ArtefactError(path, "missing: the model folder is incomplete (download it again)")
+    try:
+        vocab = Vocabulary.from_dict(read_json(path, "vocabulary"))
+    except ArtefactError:
+        raise
+    except StorytellerError as exc:
+        raise ArtefactError(path, str(exc)) from None
+    if vocab.fingerprint != fingerprint:
+        raise ArtefactError(
+            path,
+            f"is not the vocabulary the model was trained with (fingerprint {vocab.fingerprint}, "
+            f"{CONFIG_FILE} says {fingerprint[:16]})",
+        )
+    return vocab
+
+
+def load_model_folder(folder: str | Path, device: torch.device | str = "cpu") -> TrainedCaptioner:
+    """Read and check a model folder: config, vocabulary, decoder weights and, for a
+    fine-tuned encoder, its weights. Nothing is built before its file has passed."""
+    from ..features.finetune import ENCODER_WEIGHTS, checkpoint_encoder
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise StorytellerError(f"model folder not found: {folder}")
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise ArtefactError(config_path, "missing: not a storyteller model folder")
+    config = _read_config(config_path)
+    model_config = check_model_config(config, config_path)
+    _check_encoder(config, model_config, config_path)
+    vocab = _read_vocab(folder / VOCAB_JSON, config["vocab_fingerprint"])
+    check_vocab_matches(config, model_config, vocab, config_path)
+    weights_path = folder / WEIGHTS_FILE
+    model = build_checked_model(_read_tensors(weights_path), model_config, weights_path, device)
+    encoder = None
+    if model_config.fine_tuned_blocks:
+        encoder_path = folder / ENCODER_FILE
+        held = {ENCODER_WEIGHTS: _read_tensors(encoder_path)}
+        encoder = checkpoint_encoder(model_config, held, encoder_path)
+    info = {k: config[k] for k in ("epoch", "best_val_loss") if is_number(config.get(k))}
+    info["train_config"] = train_config_of(config, config_path).to_dict()
+    return TrainedCaptioner(model, vocab, encoder, info)
+
+
+def download(repo: str, revision: str | None = None, token: str | None = None) -> Path:
+    """The local folder of Hub model ``repo`` at ``revision`` (a branch, tag or commit),
+    through ``huggingface_hub``'s cache: downloaded once, then read from the cache (also with
+    ``HF_HUB_OFFLINE=1``). Errors are one line saying what to do."""
+    hub = require("huggingface_hub", f"loading the Hub model {repo}")
+    errors = require("huggingface_hub.errors", f"loading the Hub model {repo}")
+    try:
+        return Path(hub.snapshot_download(repo, revision=revision, token=token))
+    except errors.RevisionNotFoundError:
+        raise StorytellerError(
+            f"the Hub model {repo} has no revision {revision!r}: give a branch, tag or commit "
+            "that exists"
+        ) from None
+    except errors.RepositoryNotFoundError:
+        raise StorytellerError(
+            f"no Hub model {repo} (or it is private: set HF_TOKEN or run `hf auth login`)"
+        ) from None
+    except errors.LocalEntryNotFoundError:
+        raise StorytellerError(
+            f"the Hub model {repo} is not in the local cache and the Hub cannot be reached "
+            "(offline, or HF_HUB_OFFLINE=1): download it once while online, or give a local "
+            "model folder"
+        ) from None
+    except (OSError, getattr(errors, "HfHubHTTPError", OSError)) as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise StorytellerError(f"could not download the Hub model {repo}: {detail}") from None
+
+
+def resolve_model(
+    source: str | Path, revision: str | None = None, token: str | None = None
+) -> Path:
+    """A model folder for ``source``: a local folder of this layout as it is, else a Hub id
+    (``USER/NAME``) downloaded through the cache. Anything else is a one-line error."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not is_model_folder(path):
+            raise ArtefactError(
+                path / CONFIG_FILE,
+                "missing: not a storyteller model folder (write one with `python -m "
+                "storyteller push --run RUN --repo USER/NAME --dry-run DIR`)",
+            )
+        return path
+    if path.exists() or not _REPO_ID.match(str(source)):
+        raise StorytellerError(f"{source} is neither a model folder nor a Hub model id (USER/NAME)")
+    return download(str(source), revision, token)
+
+
+def is_checkpoint_file(source: str | Path) -> bool:
+    """Whether ``source`` names a checkpoint file (``best_model.pth``), not a model folder or
+    a Hub id: an existing file, or a path ending in ``.pth``/``.pt`` (so a missing one gets
+    the checkpoint loader's "not found, train one" message)."""
+    path = Path(source).expanduser()
+    return path.is_file() or path.suffix in (".pth", ".pt")

@@ -1,0 +1,2 @@
+"""Training the captioner on cached features (:mod:`.train`), on one device or one process
+per GPU (:mod:`.distributed`)."""
