@@ -62,6 +62,7 @@ except ModuleNotFoundError as exc:  # a base install: one line saying what to in
     sys.exit(2)
 import torch
 
+from storyteller.config import SMOKE_LABEL
 from storyteller.errors import StorytellerError
 from storyteller.figures.plots import attention_figure, figure_pixels
 from storyteller.inference import Captioner
@@ -203,6 +204,8 @@ def _load_captioner() -> tuple[Captioner | None, str, Path | None]:
         f"{captioner.model.describe()} "
         f"({len(captioner.vocab)} words{epoch}), {where}"
     )
+    if captioner.smoke:  # its captions, and the stories opening with them, are meaningless
+        status = f"**{SMOKE_LABEL}.** {status}"
     return captioner, status, model_dir
 
 

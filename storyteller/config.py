@@ -10,6 +10,11 @@ from typing import Any, NamedTuple
 
 from .errors import StorytellerError
 
+#: What every output of a smoke run says (figures, captions, stories; issue 12, item 11: a
+#: smoke run's 49-word "a a pair sky sky ..." captions, and the story opening with one, were
+#: shown unmarked, as if a real model had written them).
+SMOKE_LABEL = "SMOKE RUN (tiny data and model: meaningless results)"
+
 #: Bounds on what a stored config may ask for, checked before anything is built from it (a
 #: crafted checkpoint once asked for ``hidden_size=12000`` and made the loader allocate 4 GB).
 #: Far above any captioner trained here (hidden 512, vocabulary ~8,000), far below harm.

@@ -44,6 +44,13 @@ class Captioner:
             if k in ("epoch", "best_val_loss", "train_config")
         }
 
+    @property
+    def smoke(self) -> bool:
+        """Whether the model comes from a smoke run (``TrainConfig.smoke``: tiny data and
+        model, meaningless captions): what it writes must then say so."""
+        train_config = self.checkpoint_info.get("train_config")
+        return isinstance(train_config, dict) and train_config.get("smoke") is True
+
     @classmethod
     def from_files(
         cls, checkpoint: str | Path, vocab: str | Path, device: torch.device | None = None

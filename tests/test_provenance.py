@@ -14,10 +14,12 @@ from PIL import Image
 
 import storyteller
 from storyteller import pipeline
-from storyteller.config import TrainConfig
-from storyteller.figures.plots import SMOKE_LABEL
+from storyteller.config import SMOKE_LABEL, TrainConfig
+from storyteller.inference import Captioner
 from storyteller.models.checkpoint import read_checkpoint
 from storyteller.notebook import report
+from storyteller.notebook import settings as nb
+from storyteller.story import StoryOptions
 
 
 def quiet(_line: str) -> None:
@@ -102,3 +104,47 @@ def test_a_smoke_run_marks_its_metrics_and_every_figure(tiny_data, run_copy):
 def test_metrics_written_before_provenance_count_as_a_real_run():
     assert not report.smoke_run({"greedy": {"bleu4": 0.1}, "beam5": {"bleu4": 0.2}})
     assert report.smoke_run({"greedy": {"provenance": {"smoke": True}}})
+
+
+class _FakeSession:
+    """What tell_story and save_story use of a StorySession."""
+
+    backend, options, turns, story = None, StoryOptions(), [], ""
+
+    def start(self, caption):
+        self.story = f"{caption}. Then it rained."
+        self.turns = [{"kind": "start", "input": caption, "text": self.story}]
+        yield self.story
+
+
+def test_a_smoke_models_caption_and_story_say_so(tiny_data, run_copy, tmp_path):
+    """Issue 12, item 11: the smoke run's caption, and the story that opens with it, were
+    shown unmarked; the figures already were."""
+    real = Captioner.load(run_copy)
+    assert real.smoke is False
+    assert SMOKE_LABEL not in report.caption_line(real, "a dog runs")
+    pipeline.train_step(
+        tiny_data,
+        run_copy,
+        TrainConfig(num_epochs=1, batch_size=32, smoke=True),
+        {"hidden_size": 64, "embed_size": 32},
+        resume=False,
+        log=quiet,
+    )
+    smoke = Captioner.load(run_copy)
+    assert smoke.smoke is True
+    line = report.caption_line(smoke, "a a pair sky sky")
+    assert line.splitlines() == [
+        SMOKE_LABEL,
+        f"caption ({smoke.model.describe()}): a a pair sky sky",
+    ]
+
+    said: list[str] = []
+    session = _FakeSession()
+    story, why = nb.tell_story(session, "a a pair sky sky", smoke=True, log=said.append)
+    assert story.startswith("a a pair sky sky") and why == ""
+    assert said[0].startswith(SMOKE_LABEL)
+    record = nb.save_story(tmp_path / "story.json", "p.jpg", "a", session, smoke=True, log=quiet)
+    assert record["smoke"] is True
+    assert json.loads((tmp_path / "story.json").read_text())["smoke"] is True
+    assert nb.save_story(tmp_path / "s2.json", "p.jpg", "a", session, log=quiet)["smoke"] is False

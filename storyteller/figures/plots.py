@@ -13,11 +13,9 @@ matplotlib.use("Agg")  # files only; notebooks display the saved PNGs
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ..config import SMOKE_LABEL  # noqa: E402  (every figure of a smoke run says it)
 from ..features.cache import load_rgb  # noqa: E402
 
-#: What every figure of a smoke run says at its top (issue 12: a smoke run's 49-word "a a
-#: pair sky sky ..." captions were shown unmarked, as if a real model had written them).
-SMOKE_LABEL = "SMOKE RUN (tiny data and model: meaningless results)"
 SMOKE_COLOR = "#c00000"
 
 

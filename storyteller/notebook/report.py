@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..config import SMOKE_LABEL
 from ..figures.plots import plot_caption_grid
 
 #: The scores shown in the metrics table, in order, with their display names.
@@ -340,6 +341,14 @@ class _Text:
 
     def __repr__(self) -> str:
         return self.text
+
+
+def caption_line(captioner, caption: str) -> str:
+    """``caption (<model>): <caption>``, with :data:`SMOKE_LABEL` ahead when the captioner's
+    model is a smoke run's (its caption is then meaningless, and so is a story opening with
+    it)."""
+    line = f"caption ({captioner.model.describe()}): {caption}"
+    return f"{SMOKE_LABEL}\n{line}" if captioner.smoke else line
 
 
 def stream(chunks) -> str:

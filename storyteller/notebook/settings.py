@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig
+from ..config import SMOKE_LABEL, TrainConfig
 from ..data.captions import CAPTION_FILES, find_caption_file, find_image_dir
 from ..errors import StorytellerError
 from ..features.cache import CPU_BATCH_SIZE, CPU_NUM_WORKERS, GPU_BATCH_SIZE, GPU_NUM_WORKERS
@@ -742,9 +742,10 @@ def find_story_backend(
     return backend, ""
 
 
-def tell_story(session, caption: str, log: Log = print) -> tuple[str, str]:
+def tell_story(session, caption: str, smoke: bool = False, log: Log = print) -> tuple[str, str]:
     """Start ``session``'s story from ``caption``, shown while it is written
-    (``report.stream(session.start(caption))``).
+    (``report.stream(session.start(caption))``); ``smoke``: the caption comes from a smoke
+    run's model, and the story, which opens with it, is headed :data:`SMOKE_LABEL`.
 
     Returns ``(story, "")``, or ``("", reason)`` when the model fails (a hosted model with
     no network, an empty caption, a model that writes nothing); the reason is printed once
@@ -753,6 +754,8 @@ def tell_story(session, caption: str, log: Log = print) -> tuple[str, str]:
     from ..story import StoryError
     from . import report
 
+    if smoke:
+        log(f"{SMOKE_LABEL}: the story opens with a smoke model's caption")
     try:
         return report.stream(session.start(caption)), ""
     except StoryError as exc:
@@ -765,10 +768,12 @@ def save_story(
     caption: str,
     session,
     why_no_story: str = "",
+    smoke: bool = False,
     log: Log = print,
 ) -> dict:
     """Write ``story.json``: the photo, its caption, the backend and options, the story turn
-    by turn, and ``why_no_story`` (``None`` when there is a story). Returns the record."""
+    by turn, ``why_no_story`` (``None`` when there is a story) and ``smoke`` (the caption
+    comes from a smoke run's model: caption and story are meaningless). Returns the record."""
     from ..runtime import write_json
 
     path = Path(path)
@@ -780,6 +785,7 @@ def save_story(
         "story": session.story,
         "turns": session.turns,
         "why_no_story": why_no_story or None,
+        "smoke": smoke,
     }
     write_json(path, record)
     if session.turns:
