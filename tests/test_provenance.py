@@ -79,15 +79,15 @@ def test_metrics_json_records_what_made_it_beside_the_unchanged_scores(tiny_data
     assert _description(run_copy / "caption_grid.png") is None
 
 
+def _train_smoke(data_dir, run_dir) -> None:
+    """Retrain the copied run as a smoke run (``TrainConfig.smoke``) of one epoch."""
+    config = TrainConfig(num_epochs=1, batch_size=32, smoke=True)
+    sizes = {"hidden_size": 64, "embed_size": 32}
+    pipeline.train_step(data_dir, run_dir, config, sizes, resume=False, log=quiet)
+
+
 def test_a_smoke_run_marks_its_metrics_and_every_figure(tiny_data, run_copy):
-    pipeline.train_step(
-        tiny_data,
-        run_copy,
-        TrainConfig(num_epochs=1, batch_size=32, smoke=True),
-        {"hidden_size": 64, "embed_size": 32},
-        resume=False,
-        log=quiet,
-    )
+    _train_smoke(tiny_data, run_copy)
     assert read_checkpoint(run_copy / "best_model.pth")["train_config"]["smoke"] is True
     metrics = pipeline.evaluate_step(tiny_data, run_copy, (1,), meteor="none", log=quiet)
     assert metrics["greedy"]["provenance"]["smoke"] is True
@@ -123,14 +123,7 @@ def test_a_smoke_models_caption_and_story_say_so(tiny_data, run_copy, tmp_path):
     real = Captioner.load(run_copy)
     assert real.smoke is False
     assert SMOKE_LABEL not in report.caption_line(real, "a dog runs")
-    pipeline.train_step(
-        tiny_data,
-        run_copy,
-        TrainConfig(num_epochs=1, batch_size=32, smoke=True),
-        {"hidden_size": 64, "embed_size": 32},
-        resume=False,
-        log=quiet,
-    )
+    _train_smoke(tiny_data, run_copy)
     smoke = Captioner.load(run_copy)
     assert smoke.smoke is True
     line = report.caption_line(smoke, "a a pair sky sky")
