@@ -37,16 +37,12 @@ API (``gradio_client``), documented in the README:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import sys
 import tempfile
 import threading
 import time
-import types
-import uuid
 from pathlib import Path
 
 try:
@@ -124,8 +120,8 @@ def refuse(message: str, where: str = "", kind: str = "user mistake", **kwargs) 
 
 def checked_quietly(component):
     """``component`` whose own value checks (a slider's range, a radio's choices) refuse a
-    bad API value through :func:`refuse` instead of Gradio's traceback. (Set on the instance,
-    as :func:`photo_input` does.)"""
+    bad API value through :func:`refuse` instead of Gradio's traceback. (It wraps the
+    instance's own ``preprocess`` and calls it: the checks themselves stay Gradio's.)"""
     check = component.preprocess
 
     def preprocess(payload):
@@ -138,35 +134,28 @@ def checked_quietly(component):
     return component
 
 
-def _raw_upload(self, payload):
-    """Replacement for ``gr.Image.preprocess``: the uploaded file's path, *undecoded*.
-
-    Gradio's own preprocessing opens the file with Pillow first and fails with a generic error
-    on a bad one; :func:`storyteller.serving.server.open_upload` decodes it instead, with clear
-    messages. (Set on the instance: a ``gr.Image`` subclass would make Gradio write an
-    ``app.pyi`` stub beside this file.)
-    """
-    if payload is None:
-        return None
-    if payload.url and payload.url.startswith("data:"):  # an image sent inline (base64)
-        try:
-            data = base64.b64decode(payload.url.split(",", 1)[1], validate=False)
-        except (IndexError, binascii.Error):
-            raise refuse("the image data sent by the browser is damaged: try again") from None
-        path = Path(self.GRADIO_CACHE) / f"upload-{uuid.uuid4().hex}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return str(path)
-    if payload.path is None:
-        raise refuse("no image was received: upload it again")
-    return str(payload.path)
+# Uploads reach the app through documented Gradio API only. ``gr.Image(type="filepath")`` is
+# not enough: its preprocess (gradio/image_utils.py, ``preprocess_image``) calls
+# ``PIL.Image.open`` on every upload before our code runs, so a PDF or a decompression bomb
+# ends in Gradio's generic error and a traceback in the log. ``gr.File(type="filepath")``
+# passes the uploaded file's path undecoded (gradio/components/file.py,
+# ``_process_single_file``), so that is the input every caption event takes, and
+# :func:`storyteller.serving.server.open_upload` is the only thing that decodes it.
+# The visible ``gr.Image`` (upload, webcam, clipboard, examples) is never an event's input,
+# so Gradio never decodes it on the server: each change of it is copied, in the browser
+# (an event with ``js`` and no ``fn``), into the hidden ``gr.File``; both hold Gradio's
+# ``FileData`` of the file the browser already uploaded. The browser shows the photo as it
+# was picked, as before; the server only ever sees the hidden file.
+COPY_TO_UPLOAD = "(picture) => [picture]"
 
 
-def photo_input(**kwargs) -> gr.Image:
-    """``gr.Image`` (upload, webcam, clipboard) whose uploads reach the app as file paths."""
-    image = gr.Image(type="filepath", **kwargs)
-    image.preprocess = types.MethodType(_raw_upload, image)
-    return image
+def photo_inputs(**kwargs) -> tuple[gr.Image, gr.File]:
+    """The page's photo picker (``gr.Image``: upload, webcam, clipboard) and the hidden
+    ``gr.File`` that carries its file, undecoded, to the caption events (see above)."""
+    picker = gr.Image(type="filepath", **kwargs)
+    upload = gr.File(type="filepath", file_count="single", visible="hidden", label="Photo file")
+    picker.change(None, picker, upload, js=COPY_TO_UPLOAD, queue=False, api_visibility="private")
+    return picker, upload
 
 
 # ------------------------------------------------------------------------------------------
@@ -436,7 +425,7 @@ with gr.Blocks(title="Neural Storyteller") as demo:
     looked = gr.State(None)  # (photo as the encoder saw it, AttentionCaption) or None
     with gr.Row():
         with gr.Column(scale=1):
-            image = photo_input(
+            picker, image = photo_inputs(
                 sources=["upload", "webcam", "clipboard"],
                 label="Photo",
                 elem_id="photo",
@@ -452,7 +441,7 @@ with gr.Blocks(title="Neural Storyteller") as demo:
             caption_button = gr.Button("Caption", elem_id="caption-button")
             if EXAMPLES:
                 gr.Examples(
-                    examples=[[p] for p in EXAMPLES], inputs=[image], label=EXAMPLE_SET.label
+                    examples=[[p] for p in EXAMPLES], inputs=[picker], label=EXAMPLE_SET.label
                 )
         with gr.Column(scale=1):
             caption = gr.Textbox(

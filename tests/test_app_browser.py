@@ -30,6 +30,9 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # A fake camera that needs no permission prompt (the webcam test in test_app_upload_browser).
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
 ]
 STORY_TIMEOUT_MS = 420_000  # first use converts the GGUF model once (about a minute here)
 
