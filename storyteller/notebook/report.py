@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..figures.plots import plot_caption_grid
+from ..run_folder import DATA_EXAMPLES_FILE, LOSS_CURVE_FILE, RunPaths
 
 #: The scores shown in the metrics table, in order, with their display names.
 METRIC_NAMES = {
@@ -133,7 +134,7 @@ def dataset_overview(data_dir: str | Path, out_dir: str | Path, num_examples: in
         [dataset.image_dir / name for name in shown],
         [dataset.captions[name] for name in shown],
         {},
-        Path(out_dir) / "data_examples.png",
+        Path(out_dir) / DATA_EXAMPLES_FILE,
         title="A few training photos and one of their reference captions",
     )
     return table, grid
@@ -195,7 +196,7 @@ def history_table(history: Sequence[Mapping]) -> Table:
 
 def read_history(out_dir: str | Path) -> list[dict]:
     """``history.json`` of a run (empty before the first finished epoch)."""
-    path = Path(out_dir) / "history.json"
+    path = RunPaths(Path(out_dir)).history
     return json.loads(path.read_text()) if path.is_file() else []
 
 
@@ -220,7 +221,7 @@ class TrainingMonitor:
         from IPython.display import Image, display
 
         table = history_table(self.history)
-        curve = self.out_dir / "loss_curve.png"  # the training loop redraws it every epoch
+        curve = self.out_dir / LOSS_CURVE_FILE  # the training loop redraws it every epoch
         image = Image(filename=str(curve)) if curve.is_file() else None
         if self._handles is None:
             self._handles = (display(table, display_id=True), display(image, display_id=True))
@@ -285,7 +286,7 @@ def best_and_worst(
         ``{"best": [...], "worst": [...]}``, each item ``{"image", "references", "caption",
         "score"}``, best first / worst first.
     """
-    items = json.loads((Path(out_dir) / "test_captions.json").read_text())
+    items = json.loads(RunPaths(Path(out_dir)).test_captions.read_text())
     if decoding is None:
         decoding = [key for key in items[0] if key not in ("image", "references")][-1]
     scores = per_image_scores([it["references"] for it in items], [it[decoding] for it in items])
