@@ -260,23 +260,11 @@ def smoke_run(metrics: Mapping[str, Mapping]) -> bool:
     return any(m.get("provenance", {}).get("smoke") is True for m in metrics.values())
 
 
-def per_image_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> list[float]:
-    """CIDEr-D of each caption against its own references (consensus-weighted n-grams, the
-    per-image score captioning papers use to pick examples); IDF from these references."""
-    from pycocoevalcap.cider.cider import Cider
-
-    from ..evaluation.metrics import caption_tokens
-
-    gts = {i: [" ".join(caption_tokens(r)) for r in refs] for i, refs in enumerate(references)}
-    res = {i: [" ".join(caption_tokens(h))] for i, h in enumerate(hypotheses)}
-    _, scores = Cider().compute_score(gts, res)
-    return [float(s) for s in scores]
-
-
 def best_and_worst(
     out_dir: str | Path, decoding: str | None = None, k: int = 3
 ) -> dict[str, list[dict]]:
-    """The ``k`` best and ``k`` worst test captions by per-image CIDEr-D.
+    """The ``k`` best and ``k`` worst test captions by per-image CIDEr-D
+    (:func:`storyteller.evaluation.metrics.per_image_cider`).
 
     Args:
         out_dir: the run folder holding ``test_captions.json`` (written by evaluation).
@@ -286,10 +274,12 @@ def best_and_worst(
         ``{"best": [...], "worst": [...]}``, each item ``{"image", "references", "caption",
         "score"}``, best first / worst first.
     """
+    from ..evaluation.metrics import per_image_cider  # nltk, pycocoevalcap: only when asked
+
     items = json.loads(RunPaths(Path(out_dir)).test_captions.read_text())
     if decoding is None:
         decoding = [key for key in items[0] if key not in ("image", "references")][-1]
-    scores = per_image_scores([it["references"] for it in items], [it[decoding] for it in items])
+    scores = per_image_cider([it["references"] for it in items], [it[decoding] for it in items])
     ranked = sorted(
         (
             {"image": it["image"], "references": it["references"], "caption": it[decoding]}
