@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import inspect
 import time
 from collections.abc import Callable, Iterator
@@ -23,16 +22,10 @@ from typing import TYPE_CHECKING
 
 from .artefacts import read_splits
 from .config import ModelConfig, TrainConfig
-from .data.captions import (
-    CaptionDataset,
-    SkipReport,
-    Split,
-    load_dataset,
-    read_caption_file,
-    split_by_image,
-)
+from .data.captions import CaptionDataset, load_dataset
 from .data.embeddings import read_word_vectors
 from .data.vocab import Vocabulary
+from .data.vocab_build import build_split_vocabulary, captions_of_file, save_split_vocabulary
 from .errors import StorytellerError
 from .features.cache import FeatureExtractor, extract_features, load_feature_cache, read_cache_index
 from .features.encoders import get_encoder_spec, resolve_encoder
@@ -150,49 +143,6 @@ def features_step(
     return paths.features
 
 
-def build_split_vocabulary(
-    captions: dict[str, list[str]],
-    threshold: int = 5,
-    seed: int = 0,
-    provenance: dict | None = None,
-) -> tuple[Vocabulary, Split]:
-    """Split the images 80/10/10 (seeded) and build the vocabulary from the *training* captions.
-
-    Args:
-        captions: ``captions[image_name] = [caption, ...]``.
-        threshold: minimum number of occurrences of a word in the training captions.
-        seed: the split's seed (the split depends only on it and the set of image names).
-        provenance: extra facts to record in the vocabulary (e.g. ``{"source": ...}``).
-
-    Returns:
-        The vocabulary (its provenance says source, threshold, size, split, images and seed)
-        and the split.
-    """
-    split = split_by_image(list(captions), seed=seed)
-    vocab = Vocabulary.build(
-        (c for name in split.train for c in captions[name]),
-        threshold,
-        provenance={
-            **(provenance or {}),
-            "split": "train",
-            "num_images": len(split.train),
-            "seed": seed,
-        },
-    )
-    vocab.provenance["size"] = len(vocab)
-    return vocab, split
-
-
-def _save_vocabulary(paths: RunPaths, vocab: Vocabulary, split: Split, seed: int, log: Log) -> None:
-    write_json(paths.splits, {"seed": seed, **split.to_dict()})
-    vocab.save(paths.vocab)
-    log(
-        f"vocabulary: {len(vocab)} words (threshold {vocab.threshold}, covers "
-        f"{vocab.provenance['coverage']:.1%} of training tokens) -> {paths.vocab}; "
-        f"split {len(split.train)}/{len(split.val)}/{len(split.test)} images -> {paths.splits}"
-    )
-
-
 @writes_run_folder
 def vocab_step(
     data: str | Path | None,
@@ -208,7 +158,7 @@ def vocab_step(
     vocab, split = build_split_vocabulary(
         dataset.captions, threshold, seed, provenance={"source": str(dataset.source)}
     )
-    _save_vocabulary(paths, vocab, split, seed, log)
+    save_split_vocabulary(paths, vocab, split, seed, log)
     return vocab
 
 
@@ -234,24 +184,11 @@ def vocab_from_captions(
         threshold, seed: as in :func:`vocab_step`.
         dataset_name: free text recorded as ``provenance["dataset"]`` (e.g. "Flickr8k").
     """
-    path = Path(captions_file).expanduser()
-    report = SkipReport()
-    rows = read_caption_file(path, report)
-    report.warn(f"reading {path}")
-    captions: dict[str, list[str]] = {}
-    for image, caption in rows:
-        captions.setdefault(image, []).append(caption)
-    if not captions:
-        raise StorytellerError(f"no usable captions in {path}")
-    provenance = {
-        "source": path.name,
-        "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
-        "images_checked": False,
-    }
+    captions, provenance = captions_of_file(captions_file)
     if dataset_name:
         provenance["dataset"] = dataset_name
     vocab, split = build_split_vocabulary(captions, threshold, seed, provenance)
-    _save_vocabulary(RunPaths(Path(out)), vocab, split, seed, log)
+    save_split_vocabulary(RunPaths(Path(out)), vocab, split, seed, log)
     return vocab
 
 
