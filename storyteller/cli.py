@@ -115,9 +115,9 @@ def _default_layout(out: str) -> str | None:
     """``features`` without ``--layout``: what an existing cache holds (None lets the step
     read it), else what the default captioner reads, so ``train`` with its defaults finds it."""
     from .models import decoder_class
-    from .pipeline import RunPaths
+    from .run_folder import RunPaths
 
-    if (RunPaths(Path(out)).features / "features.json").is_file():
+    if RunPaths(Path(out)).features_index.is_file():
         return None
     return decoder_class(DEFAULT_DECODER).feature_layout
 

@@ -97,8 +97,7 @@ class Captioner:
         """Whatever names a trained captioner: a checkpoint file (``best_model.pth``, with
         ``vocab``, default the ``vocab.pkl`` beside it), a run folder holding both, a model
         folder, or a Hub model id. A model folder or Hub id carries its own vocabulary."""
-        from .models.checkpoint import BEST_CHECKPOINT
-        from .pipeline import VOCAB_FILE
+        from .run_folder import BEST_CHECKPOINT, VOCAB_FILE
         from .serving.hub import is_checkpoint_file, is_model_folder
 
         path = Path(source).expanduser()

@@ -7,99 +7,43 @@ Each step reads what the previous steps wrote, so the command line, the notebook
 Each step holds its run folder while it writes (:func:`writes_run_folder`): a folder another
 process is writing, or one that cannot be written, is refused before any work.
 
-Output folder layout::
-
-    features/features.npy, features/features.json   cached image features + index
-    splits.json                                      train/val/test image names
-    vocab.pkl                                        the vocabulary (plain data)
-    best_model.pth, last.pth                         checkpoints (best by val loss; resume)
-    history.json, loss_curve.png                     training curves
-    metrics.json, test_captions.json, caption_grid.png   evaluation
-    baseline.json                                    most-frequent-caption baseline scores
+The output folder's files and folders are named in :mod:`storyteller.run_folder`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import inspect
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .artefacts import read_splits
 from .config import ModelConfig, TrainConfig
-from .data.captions import (
-    CaptionDataset,
-    SkipReport,
-    Split,
-    load_dataset,
-    read_caption_file,
-    split_by_image,
-)
+from .data.captions import CaptionDataset, load_dataset
 from .data.embeddings import read_word_vectors
 from .data.vocab import Vocabulary
+from .data.vocab_build import build_split_vocabulary, captions_of_file, save_split_vocabulary
 from .errors import StorytellerError
 from .features.cache import FeatureExtractor, extract_features, load_feature_cache, read_cache_index
 from .features.encoders import get_encoder_spec, resolve_encoder
 from .features.finetune import build_fine_tuned_encoder, checkpoint_encoder, encode_images
-from .figures.attention_maps import ATTENTION_MAPS_DIR
 from .models import decoder_class
-from .models.checkpoint import (
-    BEST_CHECKPOINT,
-    LAST_CHECKPOINT,
-    check_model_config,
-    load_model,
-    read_checkpoint,
-)
+from .models.checkpoint import check_model_config, load_model, read_checkpoint
+from .run_folder import ARTEFACT_SUBFOLDERS, SPLITS_FILE, RunPaths
 from .runlock import run_folder
 from .runtime import get_device, seed_everything, write_json
 from .training.distributed import SINGLE_PROCESS, DistContext
 from .training.train import TrainResult, train_model
 
 DEFAULT_OUT = Path("outputs")
-SPLITS_FILE = "splits.json"
-VOCAB_FILE = "vocab.pkl"
-FEATURES_DIR = "features"
-BASELINE_FILE = "baseline.json"
 
 if TYPE_CHECKING:
     import torch
 
 Log = Callable[[str], None]
-
-#: Artefact folders inside a run folder that hold atomically written files of their own.
-ARTEFACT_SUBFOLDERS = (FEATURES_DIR, ATTENTION_MAPS_DIR)
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where each artefact of a run lives inside its output folder."""
-
-    out: Path
-
-    @property
-    def features(self) -> Path:
-        return self.out / FEATURES_DIR
-
-    @property
-    def splits(self) -> Path:
-        return self.out / SPLITS_FILE
-
-    @property
-    def vocab(self) -> Path:
-        return self.out / VOCAB_FILE
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.out / BEST_CHECKPOINT
-
-    @property
-    def metrics(self) -> Path:
-        return self.out / "metrics.json"
 
 
 @contextlib.contextmanager
@@ -175,7 +119,7 @@ def features_step(
     existing cache holds, else pooled."""
     paths = RunPaths(Path(out))
     dataset = load_dataset(resolve_data(data, log=log))
-    existing = paths.features / "features.json"
+    existing = paths.features_index
     if existing.is_file() and not overwrite:  # resume with what it was made with
         meta = read_cache_index(paths.features)
         encoder = encoder or meta["encoder"]
@@ -199,49 +143,6 @@ def features_step(
     return paths.features
 
 
-def build_split_vocabulary(
-    captions: dict[str, list[str]],
-    threshold: int = 5,
-    seed: int = 0,
-    provenance: dict | None = None,
-) -> tuple[Vocabulary, Split]:
-    """Split the images 80/10/10 (seeded) and build the vocabulary from the *training* captions.
-
-    Args:
-        captions: ``captions[image_name] = [caption, ...]``.
-        threshold: minimum number of occurrences of a word in the training captions.
-        seed: the split's seed (the split depends only on it and the set of image names).
-        provenance: extra facts to record in the vocabulary (e.g. ``{"source": ...}``).
-
-    Returns:
-        The vocabulary (its provenance says source, threshold, size, split, images and seed)
-        and the split.
-    """
-    split = split_by_image(list(captions), seed=seed)
-    vocab = Vocabulary.build(
-        (c for name in split.train for c in captions[name]),
-        threshold,
-        provenance={
-            **(provenance or {}),
-            "split": "train",
-            "num_images": len(split.train),
-            "seed": seed,
-        },
-    )
-    vocab.provenance["size"] = len(vocab)
-    return vocab, split
-
-
-def _save_vocabulary(paths: RunPaths, vocab: Vocabulary, split: Split, seed: int, log: Log) -> None:
-    write_json(paths.splits, {"seed": seed, **split.to_dict()})
-    vocab.save(paths.vocab)
-    log(
-        f"vocabulary: {len(vocab)} words (threshold {vocab.threshold}, covers "
-        f"{vocab.provenance['coverage']:.1%} of training tokens) -> {paths.vocab}; "
-        f"split {len(split.train)}/{len(split.val)}/{len(split.test)} images -> {paths.splits}"
-    )
-
-
 @writes_run_folder
 def vocab_step(
     data: str | Path | None,
@@ -257,7 +158,7 @@ def vocab_step(
     vocab, split = build_split_vocabulary(
         dataset.captions, threshold, seed, provenance={"source": str(dataset.source)}
     )
-    _save_vocabulary(paths, vocab, split, seed, log)
+    save_split_vocabulary(paths, vocab, split, seed, log)
     return vocab
 
 
@@ -283,24 +184,11 @@ def vocab_from_captions(
         threshold, seed: as in :func:`vocab_step`.
         dataset_name: free text recorded as ``provenance["dataset"]`` (e.g. "Flickr8k").
     """
-    path = Path(captions_file).expanduser()
-    report = SkipReport()
-    rows = read_caption_file(path, report)
-    report.warn(f"reading {path}")
-    captions: dict[str, list[str]] = {}
-    for image, caption in rows:
-        captions.setdefault(image, []).append(caption)
-    if not captions:
-        raise StorytellerError(f"no usable captions in {path}")
-    provenance = {
-        "source": path.name,
-        "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
-        "images_checked": False,
-    }
+    captions, provenance = captions_of_file(captions_file)
     if dataset_name:
         provenance["dataset"] = dataset_name
     vocab, split = build_split_vocabulary(captions, threshold, seed, provenance)
-    _save_vocabulary(RunPaths(Path(out)), vocab, split, seed, log)
+    save_split_vocabulary(RunPaths(Path(out)), vocab, split, seed, log)
     return vocab
 
 
@@ -364,12 +252,12 @@ def train_step(
     dataset, splits, vocab = _load_run(data, out, log)
     cache = load_feature_cache(paths.features)
     overrides, vectors = dict(model_overrides or {}), None
-    learned = _learned_embeddings(paths.out / LAST_CHECKPOINT) if resume else None
+    learned = _learned_embeddings(paths.last_checkpoint) if resume else None
     if learned is not None:  # the checkpoint holds the vectors: the file is not read again
         provenance, saved = learned
         if embeddings is not None and Path(embeddings).name != provenance["file"]:
             raise StorytellerError(
-                f"{paths.out / LAST_CHECKPOINT} was trained from embeddings "
+                f"{paths.last_checkpoint} was trained from embeddings "
                 f"{provenance['file']}, not {Path(embeddings).name}: leave --embeddings out to "
                 "resume (the checkpoint holds the learned vectors) or pass --no-resume"
             )
@@ -495,7 +383,7 @@ def evaluate_step(
         ),
     )
     baseline = baseline_scores(dataset, splits["train"], [n for n in splits["test"] if n in cache])
-    write_json(paths.out / BASELINE_FILE, baseline)
+    write_json(paths.baseline, baseline)
     log(
         f"baseline (most frequent training caption '{baseline['caption']}'): BLEU-4 {baseline['bleu4']:.4f}"
     )

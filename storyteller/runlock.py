@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StorytellerError
+from .run_folder import LOCK_FILE
 from .runtime import ATOMIC_TEMP_NAME
 
 try:
@@ -43,8 +44,6 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-#: The lock file inside each run folder.
-LOCK_FILE = ".storyteller.lock"
 #: How much of the holder's command line a refusal shows.
 COMMAND_CHARS = 120
 

@@ -22,10 +22,11 @@ from storyteller import pipeline
 from storyteller.cli import _configs, build_parser, train_flags
 from storyteller.config import TrainConfig
 from storyteller.errors import StorytellerError
-from storyteller.figures.attention_maps import ATTENTION_MAPS_DIR, AttentionCaption, figure_name
+from storyteller.figures.attention_maps import AttentionCaption, figure_name
 from storyteller.figures.plots import attention_figure, figure_pixels
 from storyteller.inference import Captioner
 from storyteller.models.checkpoint import read_checkpoint
+from storyteller.run_folder import ATTENTION_MAPS_DIR
 
 ATTENTION = {**SMALL, "decoder": "attention", "decoder_options": {"attention": "luong"}}
 TRANSFORMER = {

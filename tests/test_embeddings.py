@@ -17,7 +17,8 @@ from storyteller.data.embeddings import read_word_vectors
 from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
 from storyteller.models import build_model, decoder_class
-from storyteller.models.checkpoint import BEST_CHECKPOINT, load_model, read_checkpoint
+from storyteller.models.checkpoint import load_model, read_checkpoint
+from storyteller.run_folder import BEST_CHECKPOINT
 from storyteller.training.train import TrainingState, load_word_vectors
 
 WORDS = ["dog", "runs", "grass", "ball", "red", "child", "water", "jumps"]

@@ -19,6 +19,7 @@ from storyteller.evaluation.metrics import (
     caption_tokens,
     java_meteor_available,
     most_frequent_caption,
+    per_image_cider,
     specificity_metrics,
     wordnet_available,
 )
@@ -135,6 +136,18 @@ def test_returns_exactly_the_documented_keys(capsys):
             assert isinstance(result[key], float), key
             assert 0.0 <= result[key] <= (10.0 if key == "cider" else 1.0), key
     assert capsys.readouterr().out == ""  # pycocoevalcap's BLEU prints are suppressed
+
+
+def test_per_image_cider_averages_to_the_corpus_score_and_ranks_the_better_caption_first():
+    """Per-image CIDEr-D (what the notebooks' best and worst examples rank by) lives with the
+    other metrics (issue 13, item 3): its mean is the corpus score, and an image whose
+    caption is one of its references outscores the same image with an off-topic one."""
+    per_image = per_image_cider(REFERENCES, BETTER)
+    assert len(per_image) == len(REFERENCES)
+    assert sum(per_image) / len(per_image) == pytest.approx(scores(REFERENCES, BETTER)["cider"])
+    mixed = [PERFECT[0], *BETTER[1:]]
+    off_topic = [BETTER[1], *BETTER[1:]]  # image 0 gets image 1's caption
+    assert per_image_cider(REFERENCES, mixed)[0] > per_image_cider(REFERENCES, off_topic)[0]
 
 
 def test_perfect_hypotheses_score_one():
@@ -350,3 +363,23 @@ def test_most_frequent_caption_needs_a_caption():
         most_frequent_caption(["<end>", "!!"])
     with pytest.raises(StorytellerError):
         most_frequent_caption([])
+
+
+def test_notebook_best_and_worst_rank_by_per_image_cider(tmp_path: Path):
+    """The notebooks' report ranks a run's test captions with the metrics' per-image CIDEr-D."""
+    import json
+
+    from storyteller.notebook.report import best_and_worst
+
+    captions = [PERFECT[0], *BETTER[1:5], WORSE[5]]
+    items = [
+        {"image": f"{i}.jpg", "references": refs, "greedy": caption}
+        for i, (refs, caption) in enumerate(zip(REFERENCES, captions, strict=True))
+    ]
+    (tmp_path / "test_captions.json").write_text(json.dumps(items))
+    ranked = best_and_worst(tmp_path, k=1)
+    expected = per_image_cider(REFERENCES, captions)
+    best, worst = max(range(6), key=expected.__getitem__), min(range(6), key=expected.__getitem__)
+    assert ranked["best"][0]["image"] == f"{best}.jpg" and ranked["best"][0]["decoding"] == "greedy"
+    assert ranked["worst"][0]["image"] == f"{worst}.jpg"
+    assert ranked["best"][0]["score"] == pytest.approx(expected[best])

@@ -281,3 +281,26 @@ def test_a_read_only_run_folder_is_refused_before_any_epoch(tiny_data, run_copy)
     finally:
         run_copy.chmod(0o755)
     assert epochs == []
+
+
+def test_every_file_a_run_writes_is_named_in_one_module(tiny_data, run_copy):
+    """The run folder's files and folders are named in one module (issue 13, item 1):
+    everything features, vocabulary, training and evaluation leave there is one of its names,
+    and ``RunPaths`` points inside the folder at those names."""
+    from storyteller import run_folder
+
+    pipeline.evaluate_step(tiny_data, run_copy, (1,), meteor="none", log=_quiet)
+    named = {
+        value for key, value in vars(run_folder).items() if key.isupper() and isinstance(value, str)
+    }
+    written = {
+        path.relative_to(run_copy).as_posix()
+        for path in run_copy.rglob("*")
+        if path.parent == run_copy or path.parent.name != run_folder.ATTENTION_MAPS_DIR
+    }
+    assert written - {run_folder.FEATURES_DIR} <= named
+    assert set(run_folder.RUN_ARTEFACTS) <= written  # every artefact the steps write is there
+    paths = run_folder.RunPaths(run_copy)
+    fields = ("features_index", "splits", "vocab", "checkpoint", "last_checkpoint", "history")
+    for field in (*fields, "metrics", "test_captions", "baseline"):
+        assert getattr(paths, field).is_file(), field

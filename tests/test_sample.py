@@ -306,6 +306,26 @@ def test_missing_manifest_regenerates(tmp_path: Path):
     assert len(list((out / "Images").iterdir())) == N
 
 
+def test_interrupted_atomic_writes_are_ours_and_cleaned(tmp_path: Path):
+    """The sample is written with ``runtime.atomic_path`` (issue 13, item 2): the temporary
+    files a kill leaves (``.<file>.<random>.tmp``) still mark the folder as a sample's, and
+    the next call removes them; a temporary file of anything else is not ours."""
+    out = generate_sample_dataset(tmp_path / "s", N, seed=1, image_size=64)
+    reference = (out / "captions.txt").read_bytes()
+    (out / "sample.json").unlink()
+    (out / ".captions.txt.k3x9q2mz.tmp").write_text("image,caption\n")
+    (out / "Images" / ".sample_00003.jpg.a1b2c3d4.tmp").write_bytes(b"half")
+    generate_sample_dataset(out, N, seed=1, image_size=64)
+    assert sorted(p.name for p in out.iterdir()) == ["Images", "captions.txt", "sample.json"]
+    assert (out / "captions.txt").read_bytes() == reference
+    assert len(list((out / "Images").iterdir())) == N
+
+    (out / "sample.json").unlink()
+    (out / ".notes.txt.k3x9q2mz.tmp").write_text("someone else's")
+    with pytest.raises(StorytellerError, match="overwrite"):
+        generate_sample_dataset(out, N, seed=1, image_size=64)
+
+
 def test_other_parameters_regenerate(tmp_path: Path):
     out = generate_sample_dataset(tmp_path / "s", N, seed=1, image_size=64)
     generate_sample_dataset(out, 10, seed=2, image_size=64)

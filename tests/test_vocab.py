@@ -83,3 +83,24 @@ def test_a_checkpoint_given_as_the_vocabulary_is_named(tmp_path):
     assert is_vocabulary_file(vocab) and not is_vocabulary_file(tmp_path / "best_model.pth")
     (tmp_path / "other.pkl").write_bytes(pickle.dumps({"itos": ["a"]}))
     assert not is_vocabulary_file(tmp_path / "other.pkl")  # a pickle, but not ours
+
+
+def test_captions_of_a_file_group_by_image_with_a_path_free_provenance(tmp_path):
+    """Building a run's vocabulary is its own module (issue 13, item 4): a caption file gives
+    each image's captions and a provenance of its name and content, never its folder; a file
+    with no usable caption is a one-line error."""
+    from storyteller.data.vocab_build import build_split_vocabulary, captions_of_file
+
+    path = tmp_path / "captions.txt"
+    rows = [f"{i}.jpg,a dog number {i} runs" for i in range(10)] + ["0.jpg,a dog sleeps"]
+    path.write_text("image,caption\n" + "\n".join(rows) + "\n")
+    captions, provenance = captions_of_file(path)
+    assert captions["0.jpg"] == ["a dog number 0 runs", "a dog sleeps"] and len(captions) == 10
+    assert provenance["source"] == "captions.txt" and str(tmp_path) not in str(provenance)
+    vocab, split = build_split_vocabulary(captions, threshold=1, seed=3, provenance=provenance)
+    assert vocab.provenance["source_sha256"] == provenance["source_sha256"]
+    assert vocab.provenance["num_images"] == len(split.train) == 8
+    empty = tmp_path / "empty.txt"
+    empty.write_text("image,caption\n")
+    with pytest.raises(StorytellerError, match="no usable captions in .*empty.txt"):
+        captions_of_file(empty)

@@ -54,7 +54,7 @@ JPEG_QUALITY = 90
 
 _SUPERSAMPLE = 2  # shapes are drawn at twice the size and shrunk, for smooth edges
 _NOISE_STD = 3.0  # pixel noise added to the final picture, in 0-255 units
-_IMAGE_NAME_RE = re.compile(r"sample_\d+\.jpg(\.tmp)?")
+_IMAGE_NAME_RE = re.compile(r"sample_\d+\.jpg")
 
 # ---------------------------------------------------------------------------------------------
 # The vocabulary of a scene
@@ -434,16 +434,29 @@ def _is_complete(out: Path, manifest: dict) -> bool:
     return all((images / image_name(i)).is_file() for i in range(manifest["num_images"]))
 
 
+def _written_as(name: str) -> str:
+    """The file ``name`` is, or is the unfinished write of: the temporary file of
+    :func:`storyteller.runtime.atomic_path` (``.<file>.<random>.tmp``) or the ``<file>.tmp``
+    that versions before it left, so an interrupted sample is still recognised as ours."""
+    from storyteller.runtime import ATOMIC_TEMP_NAME  # imports torch: only when writing
+
+    if ATOMIC_TEMP_NAME.fullmatch(name):
+        return name[1:].rsplit(".", 2)[0]  # .captions.txt.x1y2z3w4.tmp -> captions.txt
+    return name.removesuffix(".tmp")
+
+
 def _is_ours(out: Path) -> bool:
     """True if everything in ``out`` looks like (part of) a sample dataset, so it may be
     replaced without asking: a real Flickr folder has other image names and is never touched."""
     own_files = {CAPTIONS_FILENAME, MANIFEST_FILENAME}
-    own_files |= {name + ".tmp" for name in own_files}
     for entry in out.iterdir():
         if entry.name == IMAGES_DIRNAME and entry.is_dir():
-            if not all(_IMAGE_NAME_RE.fullmatch(p.name) and p.is_file() for p in entry.iterdir()):
+            if not all(
+                _IMAGE_NAME_RE.fullmatch(_written_as(p.name)) and p.is_file()
+                for p in entry.iterdir()
+            ):
                 return False
-        elif not (entry.name in own_files and entry.is_file()):
+        elif not (_written_as(entry.name) in own_files and entry.is_file()):
             return False
     return True
 
@@ -451,7 +464,11 @@ def _is_ours(out: Path) -> bool:
 def _remove_dataset_files(out: Path) -> None:
     """Delete what a sample dataset consists of (and nothing else) from ``out``."""
     for name in (MANIFEST_FILENAME, CAPTIONS_FILENAME):  # the manifest first: "incomplete"
-        for path in (out / name, out / (name + ".tmp")):
+        left = [
+            out / name,
+            *(p for p in out.iterdir() if p.name != name and _written_as(p.name) == name),
+        ]
+        for path in left:
             if path.is_file() or path.is_symlink():
                 path.unlink()
     images = out / IMAGES_DIRNAME
@@ -459,13 +476,6 @@ def _remove_dataset_files(out: Path) -> None:
         shutil.rmtree(images)
     elif images.exists() or images.is_symlink():
         images.unlink()
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def generate_sample_dataset(
@@ -503,6 +513,8 @@ def generate_sample_dataset(
             )
         _remove_dataset_files(out)
 
+    from storyteller.runtime import atomic_path  # imports torch: only when there is drawing
+
     images = out / IMAGES_DIRNAME
     images.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -512,17 +524,18 @@ def generate_sample_dataset(
     for index in progress_bar:
         _, captions, picture = make_example(seed, index, image_size)
         name = image_name(index)
-        tmp = images / (name + ".tmp")
-        picture.save(tmp, format="JPEG", quality=JPEG_QUALITY)
-        os.replace(tmp, images / name)
+        with atomic_path(images / name) as tmp:
+            picture.save(tmp, format="JPEG", quality=JPEG_QUALITY)
         rows.extend((name, caption) for caption in captions)
 
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")  # quotes captions that contain commas
     writer.writerow(["image", "caption"])
     writer.writerows(rows)
-    _write_text_atomically(out / CAPTIONS_FILENAME, table.getvalue())
-    _write_text_atomically(out / MANIFEST_FILENAME, json.dumps(manifest, indent=2) + "\n")
+    with atomic_path(out / CAPTIONS_FILENAME) as tmp:
+        tmp.write_text(table.getvalue(), encoding="utf-8", newline="")
+    with atomic_path(out / MANIFEST_FILENAME) as tmp:  # last: marks the sample complete
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8", newline="")
     return out
 
 

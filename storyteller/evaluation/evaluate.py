@@ -27,18 +27,10 @@ from ..decoding import generate_captions
 from ..errors import StorytellerError
 from ..features.cache import FeatureCache, load_rgb
 from ..features.encoders import get_encoder_spec
-from ..figures.attention_maps import (
-    ATTENTION_MAPS_DIR,
-    attends,
-    caption_with_attention,
-    write_attention_maps,
-)
+from ..figures.attention_maps import attends, caption_with_attention, write_attention_maps
 from ..figures.plots import plot_caption_grid
+from ..run_folder import ATTENTION_MAPS_DIR, GRID_FILE, METRICS_FILE, TEST_CAPTIONS_FILE
 from ..runtime import unwrap, write_json
-
-METRICS_FILE = "metrics.json"
-TEST_CAPTIONS_FILE = "test_captions.json"
-GRID_FILE = "caption_grid.png"
 
 
 def decoding_name(beam_size: int) -> str:

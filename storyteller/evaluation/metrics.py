@@ -356,6 +356,28 @@ def _meteor(
 # --------------------------------------------------------------------------------------------
 
 
+def _coco_inputs(
+    refs: Sequence[Sequence[list[str]]], hyps: Sequence[list[str]]
+) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """pycocoevalcap's input: ``{image id: [space-separated, already tokenised captions]}``
+    for the references and for the hypotheses."""
+    gts = {i: [" ".join(r) for r in image_refs] for i, image_refs in enumerate(refs)}
+    res = {i: [" ".join(hyp)] for i, hyp in enumerate(hyps)}
+    return gts, res
+
+
+def per_image_cider(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> list[float]:
+    """CIDEr-D of each caption against its own references (consensus-weighted n-grams, the
+    per-image score captioning papers use to pick examples); IDF from these references.
+    Their mean is the corpus CIDEr-D of :func:`caption_metrics` on the same captions."""
+    gts, res = _coco_inputs(
+        [[caption_tokens(r) for r in refs] for refs in references],
+        [caption_tokens(h) for h in hypotheses],
+    )
+    _, scores = Cider().compute_score(gts, res)
+    return [float(s) for s in scores]
+
+
 def caption_metrics(
     references: Sequence[Sequence[str]], hypotheses: Sequence[str], meteor: str = "auto"
 ) -> dict[str, float | int | str | None]:
@@ -390,10 +412,7 @@ def caption_metrics(
         raise StorytellerError(f"meteor must be one of {METEOR_BACKENDS}, got {meteor!r}")
     refs, hyps = _prepare(references, hypotheses)
 
-    # pycocoevalcap takes {image id: [space-separated, already tokenised captions]}.
-    gts = {i: [" ".join(r) for r in image_refs] for i, image_refs in enumerate(refs)}
-    res = {i: [" ".join(hyp)] for i, hyp in enumerate(hyps)}
-
+    gts, res = _coco_inputs(refs, hyps)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)  # verbose=0: no prints
     cider, _ = Cider().compute_score(gts, res)
 

@@ -48,12 +48,11 @@ from ..artefacts import ArtefactError, check_npy, describe, is_int, read_json, t
 from ..config import MAX_WIDTH
 from ..errors import StorytellerError
 from ..progress import progress
+from ..run_folder import FEATURES_FILE, INDEX_FILE
 from ..runtime import autocast, get_device, write_json
 from .encoder_specs import DECODE_CHOICES
 from .encoders import LAYOUTS, build_encoder, check_layout, get_encoder_spec, with_layout
 
-FEATURES_FILE = "features.npy"
-INDEX_FILE = "features.json"
 # 2: the index records its ``layout`` (version 1 had none and was always pooled).
 CACHE_VERSION = 2
 # On a CPU the network, not JPEG decoding, is the bottleneck: small batches, one worker

@@ -25,9 +25,6 @@ from ..features.encoders import Preprocessing
 from ..models import CaptionDecoder
 from ..runtime import unwrap
 
-#: Where ``evaluate`` writes its figures, inside the run folder.
-ATTENTION_MAPS_DIR = "attention_maps"
-
 
 @dataclass
 class AttentionCaption:

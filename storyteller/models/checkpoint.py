@@ -35,8 +35,6 @@ from ..errors import StorytellerError
 from ..runtime import torch_save_atomic, unwrap
 from . import CaptionDecoder, build_model, resolve_config
 
-BEST_CHECKPOINT = "best_model.pth"
-LAST_CHECKPOINT = "last.pth"
 #: Most numbers (parameters and buffers) a stored config may describe: 2 GB of float32, 20x
 #: the largest captioner here. Checked on the shapes alone, before any memory is taken.
 MAX_MODEL_ELEMENTS = 500_000_000

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config import SMOKE_LABEL
 from ..figures.plots import plot_caption_grid
+from ..run_folder import DATA_EXAMPLES_FILE, LOSS_CURVE_FILE, RunPaths
 
 #: The scores shown in the metrics table, in order, with their display names.
 METRIC_NAMES = {
@@ -134,7 +135,7 @@ def dataset_overview(data_dir: str | Path, out_dir: str | Path, num_examples: in
         [dataset.image_dir / name for name in shown],
         [dataset.captions[name] for name in shown],
         {},
-        Path(out_dir) / "data_examples.png",
+        Path(out_dir) / DATA_EXAMPLES_FILE,
         title="A few training photos and one of their reference captions",
     )
     return table, grid
@@ -196,7 +197,7 @@ def history_table(history: Sequence[Mapping]) -> Table:
 
 def read_history(out_dir: str | Path) -> list[dict]:
     """``history.json`` of a run (empty before the first finished epoch)."""
-    path = Path(out_dir) / "history.json"
+    path = RunPaths(Path(out_dir)).history
     return json.loads(path.read_text()) if path.is_file() else []
 
 
@@ -221,7 +222,7 @@ class TrainingMonitor:
         from IPython.display import Image, display
 
         table = history_table(self.history)
-        curve = self.out_dir / "loss_curve.png"  # the training loop redraws it every epoch
+        curve = self.out_dir / LOSS_CURVE_FILE  # the training loop redraws it every epoch
         image = Image(filename=str(curve)) if curve.is_file() else None
         if self._handles is None:
             self._handles = (display(table, display_id=True), display(image, display_id=True))
@@ -260,23 +261,11 @@ def smoke_run(metrics: Mapping[str, Mapping]) -> bool:
     return any(m.get("provenance", {}).get("smoke") is True for m in metrics.values())
 
 
-def per_image_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> list[float]:
-    """CIDEr-D of each caption against its own references (consensus-weighted n-grams, the
-    per-image score captioning papers use to pick examples); IDF from these references."""
-    from pycocoevalcap.cider.cider import Cider
-
-    from ..evaluation.metrics import caption_tokens
-
-    gts = {i: [" ".join(caption_tokens(r)) for r in refs] for i, refs in enumerate(references)}
-    res = {i: [" ".join(caption_tokens(h))] for i, h in enumerate(hypotheses)}
-    _, scores = Cider().compute_score(gts, res)
-    return [float(s) for s in scores]
-
-
 def best_and_worst(
     out_dir: str | Path, decoding: str | None = None, k: int = 3
 ) -> dict[str, list[dict]]:
-    """The ``k`` best and ``k`` worst test captions by per-image CIDEr-D.
+    """The ``k`` best and ``k`` worst test captions by per-image CIDEr-D
+    (:func:`storyteller.evaluation.metrics.per_image_cider`).
 
     Args:
         out_dir: the run folder holding ``test_captions.json`` (written by evaluation).
@@ -286,10 +275,12 @@ def best_and_worst(
         ``{"best": [...], "worst": [...]}``, each item ``{"image", "references", "caption",
         "score"}``, best first / worst first.
     """
-    items = json.loads((Path(out_dir) / "test_captions.json").read_text())
+    from ..evaluation.metrics import per_image_cider  # nltk, pycocoevalcap: only when asked
+
+    items = json.loads(RunPaths(Path(out_dir)).test_captions.read_text())
     if decoding is None:
         decoding = [key for key in items[0] if key not in ("image", "references")][-1]
-    scores = per_image_scores([it["references"] for it in items], [it[decoding] for it in items])
+    scores = per_image_cider([it["references"] for it in items], [it[decoding] for it in items])
     ranked = sorted(
         (
             {"image": it["image"], "references": it["references"], "caption": it[decoding]}

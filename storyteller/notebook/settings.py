@@ -39,6 +39,19 @@ from ..data.captions import CAPTION_FILES, find_caption_file, find_image_dir
 from ..errors import StorytellerError
 from ..features.cache import CPU_BATCH_SIZE, CPU_NUM_WORKERS, GPU_BATCH_SIZE, GPU_NUM_WORKERS
 from ..models import DEFAULT_DECODER, decoder_class
+from ..run_folder import (
+    BEST_CHECKPOINT,
+    FEATURES_INDEX,
+    HISTORY_FILE,
+    HUB_MODEL_DIR,
+    METRICS_FILE,
+    RUN_ARTEFACTS,
+    RUN_MARKERS,
+    SPACE_DIR,
+    SPLITS_FILE,
+    TEST_CAPTIONS_FILE,
+    VOCAB_FILE,
+)
 from ..runtime import describe_hardware, get_device, seed_everything
 
 KAGGLE_ROOT_ENV = "STORYTELLER_KAGGLE_ROOT"
@@ -59,13 +72,13 @@ SMOKE_ENCODER = "efficientnet_lite0"  # ships with its weights: no download in C
 
 #: Which notebook writes each artefact (for "run notebook N first" messages).
 PRODUCED_BY = {
-    "features/features.json": "01_extract_features.ipynb",
-    "vocab.pkl": "02_build_vocabulary.ipynb",
-    "splits.json": "02_build_vocabulary.ipynb",
-    "best_model.pth": "03_train.ipynb",
-    "history.json": "03_train.ipynb",
-    "metrics.json": "04_evaluate.ipynb",
-    "test_captions.json": "04_evaluate.ipynb",
+    FEATURES_INDEX: "01_extract_features.ipynb",
+    VOCAB_FILE: "02_build_vocabulary.ipynb",
+    SPLITS_FILE: "02_build_vocabulary.ipynb",
+    BEST_CHECKPOINT: "03_train.ipynb",
+    HISTORY_FILE: "03_train.ipynb",
+    METRICS_FILE: "04_evaluate.ipynb",
+    TEST_CAPTIONS_FILE: "04_evaluate.ipynb",
 }
 
 Log = Callable[[str], None]
@@ -225,24 +238,6 @@ def find_output_dir(out_dir: str | Path | None = None, smoke: bool = False) -> P
     return path
 
 
-#: What a run folder may hold, in the order the notebooks write it.
-RUN_ARTEFACTS = (
-    "features/features.json",
-    "features/features.npy",
-    "splits.json",
-    "vocab.pkl",
-    "last.pth",
-    "best_model.pth",
-    "history.json",
-    "loss_curve.png",
-    "metrics.json",
-    "test_captions.json",
-    "baseline.json",
-)
-#: Files only a run folder has (a repository checkout has a vocab.pkl, but none of these).
-_RUN_MARKERS = ("features/features.json", "splits.json", "last.pth", "best_model.pth")
-
-
 def find_previous_runs(input_root: str | Path, max_depth: int = 3) -> list[Path]:
     """Folders under ``input_root`` that hold a previous notebook's outputs.
 
@@ -255,7 +250,7 @@ def find_previous_runs(input_root: str | Path, max_depth: int = 3) -> list[Path]
     for _ in range(max_depth + 1):
         next_level = []
         for folder in level:
-            if any((folder / marker).is_file() for marker in _RUN_MARKERS):
+            if any((folder / marker).is_file() for marker in RUN_MARKERS):
                 found.append(folder)
                 continue
             if _is_dataset_folder(folder):
@@ -811,7 +806,7 @@ def publish_model(
     if model_id and token:
         push_model(run_dir, model_id, token=token, log=log)
         return model_id
-    dest = run_dir / "hub_model"
+    dest = run_dir / HUB_MODEL_DIR
     if is_model_folder(dest):
         shutil.rmtree(dest)  # our own earlier dry run: rebuild it from the current run
     push_model(run_dir, model_id or None, dry_run=dest, log=log)
@@ -841,7 +836,7 @@ def publish_space(
     run_dir = Path(run_dir)
     if space_id and token:
         return deploy_space(space_id, run_dir, token=token, log=log, model=model)
-    dest = run_dir / "space"
+    dest = run_dir / SPACE_DIR
     if dest.is_dir() and (dest / "app.py").is_file():
         shutil.rmtree(dest)  # our own earlier dry run: rebuild it from the current run
     folder = build_space_folder(run_dir, dest, log=log, model=model)

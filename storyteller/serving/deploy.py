@@ -40,8 +40,8 @@ from pathlib import Path
 from ..data.vocab import Vocabulary
 from ..errors import StorytellerError
 from ..features.encoders import ENCODERS, get_encoder_spec
-from ..models.checkpoint import BEST_CHECKPOINT, load_model, read_checkpoint
-from ..pipeline import VOCAB_FILE
+from ..models.checkpoint import load_model, read_checkpoint
+from ..run_folder import BEST_CHECKPOINT, VOCAB_FILE
 from ..runtime import torch_save_atomic, write_json
 from .examples import EXAMPLES_DIR, Examples, example_pictures, photos_allowed
 from .hub import check_repo_id

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ..artefacts import read_json, read_splits
 from ..errors import StorytellerError
+from ..run_folder import FEATURES_INDEX, SPLITS_FILE
 
 EXAMPLES_DIR = "examples"  # in a Space folder, beside best_model.pth
 PHOTOS_ENV = "STORYTELLER_EXAMPLE_PHOTOS"
@@ -70,13 +71,13 @@ def photos_allowed(default: bool, env: Mapping[str, str] | None = None) -> bool:
 
 
 def _test_split(run_dir: Path) -> list[str]:
-    path = run_dir / "splits.json"
+    path = run_dir / SPLITS_FILE
     return read_splits(path)["test"] if path.is_file() else []
 
 
 def _image_dir(run_dir: Path) -> Path | None:
     """The image folder the run's feature cache was extracted from, if it is still there."""
-    index = run_dir / "features" / "features.json"
+    index = run_dir / FEATURES_INDEX
     if not index.is_file():
         return None
     meta = read_json(index, "feature cache index")

@@ -19,6 +19,7 @@ from ..artefacts import ArtefactError, read_json
 from ..data.vocab import Vocabulary
 from ..errors import StorytellerError
 from ..models.checkpoint import load_model, train_config_of
+from ..run_folder import METRICS_FILE
 from .hub import (
     CARD_FILE,
     ENCODER_FILE,
@@ -30,7 +31,6 @@ from .hub import (
 )
 
 Log = Callable[[str], None]
-METRICS_FILE = "metrics.json"
 
 
 def model_files(fine_tuned: bool) -> list[str]:

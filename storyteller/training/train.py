@@ -53,8 +53,6 @@ from ..features.finetune import (
 from ..figures.plots import plot_loss_curves
 from ..models import CaptionDecoder, build_model, resolve_config
 from ..models.checkpoint import (
-    BEST_CHECKPOINT,
-    LAST_CHECKPOINT,
     check_model_config,
     check_progress,
     check_training_state,
@@ -63,11 +61,9 @@ from ..models.checkpoint import (
     strip_module_prefix,
 )
 from ..progress import progress
+from ..run_folder import BEST_CHECKPOINT, HISTORY_FILE, LAST_CHECKPOINT, LOSS_CURVE_FILE
 from ..runtime import autocast, get_device, write_json
 from .distributed import SINGLE_PROCESS, DistContext
-
-HISTORY_FILE = "history.json"
-LOSS_CURVE_FILE = "loss_curve.png"
 
 
 class CaptionPairs(Dataset):
