@@ -17,9 +17,18 @@ import sys
 from pathlib import Path
 
 from .config import ModelConfig, TrainConfig
+from .config_cli import (
+    add_config_flags,
+    config_flags,
+    config_flags_for,
+    config_from_args,
+    config_values,
+    option_choices,
+)
 from .decoder_options import (
     BUILTIN_DECODERS,
     DEFAULT_DECODER,
+    AttentionOptions,
     option_defaults,
     parse_decoder_options,
 )
@@ -136,29 +145,11 @@ def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=d.num_epochs,
-        help=f"number of epochs (default {d.num_epochs})",
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help="caption pairs per training step"
-    )
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
-    p.add_argument(
-        "--patience", type=int, default=d.patience, help="early-stopping patience in epochs"
-    )
-    p.add_argument(
-        "--seed", type=int, default=d.seed, help="random seed (initial weights, batch order)"
-    )
-    p.add_argument(
-        "--embed-size",
-        type=int,
-        help=f"word embedding width (default {ModelConfig.embed_size}; with --embeddings the "
-        "file's dimension)",
-    )
+    """The flags of TrainConfig's and ModelConfig's option() fields (:mod:`.config_cli`),
+    with the few that are not config fields placed beside the ones they go with. A new
+    option() field lands after the others of its dataclass."""
+    first = add_config_flags(p, TrainConfig, ["num_epochs", "batch_size", "lr", "patience", "seed"])
+    model = add_config_flags(p, ModelConfig, ["embed_size"])
     p.add_argument(
         "--embeddings",
         metavar="FILE",
@@ -166,39 +157,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "(`word v1 ... vD` per line, e.g. glove.6B.300d.txt); its dimension sets the width "
         "(the transformer's d_model); the checkpoint keeps the learned vectors",
     )
-    p.add_argument(
-        "--freeze-embeddings",
-        action="store_true",
-        help="with --embeddings: keep the pretrained vectors fixed (default: fine-tune them)",
-    )
-    lstm_only = "(lstm and attention; the transformer's are --decoder-option)"
-    p.add_argument("--hidden-size", type=int, default=512, help=f"LSTM state width {lstm_only}")
-    p.add_argument(
-        "--num-layers", type=int, default=1, help="stacked LSTM layers (--decoder lstm only)"
-    )
-    p.add_argument("--dropout", type=float, default=0.5, help=f"dropout probability {lstm_only}")
-    p.add_argument(
-        "--no-feature-norm",
-        action="store_true",
-        help="the seed's exact projection, without LayerNorm on the image features",
-    )
-    p.add_argument(
-        "--inject",
-        choices=["init", "init+input"],
-        default="init",
-        help="image only sets the LSTM's initial state (seed), or is also fed at every step",
-    )
-    p.add_argument(
-        "--decoder",
-        choices=list(BUILTIN_DECODERS),
-        default=DEFAULT_DECODER,
-        help="lstm: the seed captioner on one pooled vector; attention: an LSTM with soft "
-        "attention over the CNN's grid (Show, Attend and Tell); transformer: a transformer "
-        f"encoder over the grid and a masked transformer decoder (default: {DEFAULT_DECODER})",
-    )
+    model += add_config_flags(p, ModelConfig, ["freeze_embeddings"])
+    add_config_flags(p, ModelConfig, skip=model)
     p.add_argument(
         "--attention",
-        choices=["bahdanau", "luong"],
+        choices=list(option_choices(AttentionOptions, "attention")),
         help="with --decoder attention: additive (bahdanau, default) or multiplicative scoring",
     )
     p.add_argument(
@@ -211,32 +174,18 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-resume", action="store_true", help="start training afresh even if last.pth exists"
     )
+    # Not a model override: train_step trains the encoder's blocks and records the number in
+    # ModelConfig.fine_tuned_blocks itself.
     p.add_argument(
         "--fine-tune-encoder",
         type=int,
-        default=0,
+        default=ModelConfig.fine_tuned_blocks,
         metavar="N",
         help="train the encoder's last N blocks with the decoder, from the photos (slower: the "
         "CNN runs every step); the checkpoint keeps the encoder (default 0: frozen encoder, "
         "trained from the feature cache)",
     )
-    p.add_argument(
-        "--encoder-lr",
-        type=float,
-        default=d.encoder_lr,
-        help=f"with --fine-tune-encoder: the encoder blocks' learning rate (default {d.encoder_lr:g})",
-    )
-    p.add_argument(
-        "--augment",
-        action="store_true",
-        help="with --fine-tune-encoder: random crops and horizontal flips of the training photos",
-    )
-    p.add_argument(
-        "--smoke",
-        action="store_true",
-        help="mark the run as a smoke test (tiny, meaningless): its figures and metrics.json "
-        "say so (the notebooks set it in smoke mode)",
-    )
+    add_config_flags(p, TrainConfig, skip=first)
 
 
 def _options_help() -> str:
@@ -290,16 +239,7 @@ def _configs(args) -> tuple[TrainConfig, dict]:
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise StorytellerError(f"--{name.replace('_', '-')} must be at least 1")
-    train = TrainConfig(
-        num_epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        patience=args.patience,
-        seed=args.seed,
-        encoder_lr=args.encoder_lr,
-        augment=args.augment,
-        smoke=args.smoke,
-    )
+    train = config_from_args(TrainConfig, args)
     # Without a file, the width (and --freeze-embeddings) may come from a checkpoint being
     # resumed, which only train_step reads: it refuses --freeze-embeddings with no vectors.
     if args.fine_tune_encoder < 0:
@@ -309,16 +249,7 @@ def _configs(args) -> tuple[TrainConfig, dict]:
             "--augment needs --fine-tune-encoder N: cached features are computed once, so "
             "there are no photos to augment"
         )
-    embed_size = args.embed_size
-    model = {
-        **({"embed_size": embed_size} if embed_size is not None else {}),
-        "hidden_size": args.hidden_size,
-        "num_layers": args.num_layers,
-        "dropout": args.dropout,
-        "feature_norm": not args.no_feature_norm,
-        "inject": args.inject,
-    }
-    model["decoder"] = args.decoder
+    model = config_values(ModelConfig, args)  # overrides: vocab_size etc. come from the run
     options = parse_decoder_options(args.decoder, args.decoder_option)
     if args.attention:
         if args.decoder != "attention":
@@ -328,69 +259,40 @@ def _configs(args) -> tuple[TrainConfig, dict]:
         options["attention"] = args.attention
     if options:
         model["decoder_options"] = options
-    if args.freeze_embeddings:
-        model["freeze_embeddings"] = True
     return train, model
 
 
-#: TrainConfig fields that `train` sets from a flag (the others keep their defaults there).
-_TRAIN_FLAGS = {
-    "num_epochs": "--epochs",
-    "batch_size": "--batch-size",
-    "lr": "--lr",
-    "patience": "--patience",
-    "seed": "--seed",
-    "encoder_lr": "--encoder-lr",
-}
-#: TrainConfig's true-or-false fields that `train` sets with a flag of their own.
-_SWITCHES = {"augment": "--augment", "smoke": "--smoke"}
-_MODEL_FLAGS = {
-    "embed_size": "--embed-size",
-    "hidden_size": "--hidden-size",
-    "num_layers": "--num-layers",
-    "dropout": "--dropout",
-    "inject": "--inject",
-}
+#: ModelConfig fields that `train` sets from a flag, and the flag (the hub card reads it).
+_MODEL_FLAGS = {name: flag.name for name, flag in config_flags(ModelConfig).items()}
 
 
 def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = True) -> list[str]:
     """The ``train`` flags that give these configs back (the inverse of :func:`_configs`), so
     a notebook can start the same training as a command (e.g. under torchrun)."""
-    defaults = TrainConfig().to_dict()
-    fixed = [
-        k
-        for k, v in train.to_dict().items()
-        if k not in _TRAIN_FLAGS and k not in _SWITCHES and v != defaults[k]
-    ]
-    special = ("feature_norm", "decoder", "decoder_options", "freeze_embeddings")
-    unknown = [k for k in (model or {}) if k not in _MODEL_FLAGS and k not in special]
+    train_fields, defaults = config_flags(TrainConfig), TrainConfig().to_dict()
+    fixed = [k for k, v in train.to_dict().items() if k not in train_fields and v != defaults[k]]
+    model_fields = config_flags(ModelConfig)
+    unknown = [k for k in (model or {}) if k not in model_fields and k != "decoder_options"]
     options = dict((model or {}).get("decoder_options") or {})
     if fixed or unknown:
         raise StorytellerError(
             f"the train command has no flag for {', '.join(fixed + unknown)}: "
             "leave it at its default or call storyteller.pipeline.train_step"
         )
-    flags = [str(part) for k, f in _TRAIN_FLAGS.items() for part in (f, getattr(train, k))]
-    flags += [flag for k, flag in _SWITCHES.items() if getattr(train, k)]
+    flags = config_flags_for(TrainConfig, {k: getattr(train, k) for k in train_fields})
     # A config that names no decoder is ModelConfig's (the seed lstm), whatever the CLI's
     # default is: say it.
     seed = ModelConfig.__dataclass_fields__["decoder"].default  # "lstm"
     flags += [] if "decoder" in (model or {}) else ["--decoder", seed]
     for key, value in (model or {}).items():
-        if key == "feature_norm":
-            flags += [] if value else ["--no-feature-norm"]
-        elif key == "freeze_embeddings":
-            flags += ["--freeze-embeddings"] if value else []
-        elif key == "decoder":
-            flags += ["--decoder", value]
-        elif key == "decoder_options":
+        if key == "decoder_options":
             for name, option in options.items():
                 if name == "attention":
                     flags += ["--attention", str(option)]
                 else:
                     flags += ["--decoder-option", f"{name}={option}"]
         else:
-            flags += [_MODEL_FLAGS[key], str(value)]
+            flags += config_flags_for(ModelConfig, {key: value})
     return flags + ([] if resume else ["--no-resume"])
 
 

@@ -8,6 +8,8 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 
+from .config_cli import option
+from .decoder_options import BUILTIN_DECODERS, DEFAULT_DECODER
 from .errors import StorytellerError
 
 #: What every output of a smoke run says (figures, captions, stories; issue 12, item 11: a
@@ -40,6 +42,11 @@ class Bound(NamedTuple):
 
 
 FRACTION = Bound(0.0, 1.0, high_open=True)  # dropout, label smoothing
+
+#: How the image reaches the LSTM (``ModelConfig.inject``): it sets the initial state only
+#: (the seed), or it is also fed at every step.
+INJECT_MODES = ("init", "init+input")
+_LSTM_ONLY = "(lstm and attention; the transformer's are --decoder-option)"
 
 
 def _type_words(kind: type, bound: Bound | None) -> str:
@@ -101,6 +108,20 @@ def checked_fields(
     return kwargs
 
 
+def field_values(cls: type, **values: Any) -> dict[str, Any]:
+    """``values`` for some of the dataclass ``cls``'s fields (overrides for a config built
+    later), each name and type checked now: a field renamed in ``cls`` fails where the
+    values are written (e.g. at import), not in the run that uses them."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if name not in hints:
+            raise TypeError(f"{cls.__name__} has no field {name!r}")
+        if _checked_value(hints[name], value, None) is None:
+            wanted = _type_words(hints[name], None)
+            raise TypeError(f"{cls.__name__}.{name} must be {wanted}, got {value!r}")
+    return values
+
+
 def option_bounds(cls: type) -> dict[str, Bound]:
     """Generic bounds for a decoder's options dataclass, read from each option's name and
     type: ``*layers`` at most :data:`MAX_LAYERS`, other integers at most :data:`MAX_COUNT`,
@@ -121,25 +142,47 @@ class ModelConfig:
 
     vocab_size: int
     feature_dim: int = 2048  # 2048 for ResNet50, 1280 for EfficientNet-Lite0
-    embed_size: int = 256
-    hidden_size: int = 512
-    num_layers: int = 1
-    dropout: float = 0.5
-    feature_norm: bool = (
-        True  # LayerNorm on the CNN feature first (measured: stops "same caption for every image")
+    # The command line's flags (`train`, `run-all`) are the fields declared with option()
+    # (storyteller.config_cli): its help is the flag's. Not given, the width is the dataclass's,
+    # or a vectors file's or a resumed checkpoint's: the run decides.
+    embed_size: int = option(
+        256,
+        "word embedding width (default {default}; with --embeddings the file's dimension)",
+        flag_default=None,
     )
-    inject: str = "init"  # "init": image sets the LSTM's initial state (seed); "init+input": also fed every step
+    hidden_size: int = option(512, f"LSTM state width {_LSTM_ONLY}")
+    num_layers: int = option(1, "stacked LSTM layers (--decoder lstm only)")
+    dropout: float = option(0.5, f"dropout probability {_LSTM_ONLY}")
+    # LayerNorm on the CNN feature first (measured: stops "same caption for every image").
+    feature_norm: bool = option(
+        True, "the seed's exact projection, without LayerNorm on the image features"
+    )
+    inject: str = option(
+        "init",
+        "image only sets the LSTM's initial state (seed), or is also fed at every step",
+        choices=INJECT_MODES,
+    )
     encoder: str = "resnet50"  # which CNN made the features (the app needs the same one)
     # Which captioner reads the features (a name in storyteller.models.DECODERS). Checkpoints
-    # written before there was a choice have no such key and load as "lstm".
-    decoder: str = "lstm"
+    # written before there was a choice have no such key and load as "lstm"; the command line
+    # trains DEFAULT_DECODER when none is named.
+    decoder: str = option(
+        "lstm",
+        "lstm: the seed captioner on one pooled vector; attention: an LSTM with soft "
+        "attention over the CNN's grid (Show, Attend and Tell); transformer: a transformer "
+        f"encoder over the grid and a masked transformer decoder (default: {DEFAULT_DECODER})",
+        choices=BUILTIN_DECODERS,
+        flag_default=DEFAULT_DECODER,
+    )
     # Sizes and switches of that decoder alone (e.g. an attention decoder's attention size),
     # checked against its options dataclass and stored complete, defaults filled in, in every
     # checkpoint. The fields above are the LSTM's and stay where they were.
     decoder_options: dict = field(default_factory=dict)
     # The word embedding is not trained (pretrained vectors kept as they are, `--embeddings
     # FILE --freeze-embeddings`); stored so that a resumed run keeps it frozen too.
-    freeze_embeddings: bool = False
+    freeze_embeddings: bool = option(
+        False, "with --embeddings: keep the pretrained vectors fixed (default: fine-tune them)"
+    )
     # The encoder's last N blocks were trained with the decoder from photos (`train
     # --fine-tune-encoder N`); the checkpoint then holds the encoder's weights too. 0: frozen,
     # the registry's ImageNet weights, trained from the feature cache.
@@ -159,26 +202,37 @@ class ModelConfig:
 class TrainConfig:
     """How to train (defaults: the seed recipe plus early stopping and LR on plateau)."""
 
-    num_epochs: int = 15
-    batch_size: int = 64
-    lr: float = 1e-3
+    # The fields declared with option() are `train`'s and `run-all`'s flags
+    # (storyteller.config_cli); the others keep their defaults there.
+    num_epochs: int = option(15, "number of epochs (default {default})", flag="epochs")
+    batch_size: int = option(64, "caption pairs per training step")
+    lr: float = option(1e-3, "Adam learning rate")
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     max_length: int = 50  # tokens per caption, <start> and <end> included
-    patience: int = 3  # early stopping: epochs without a better validation loss
+    # Early stopping: epochs without a better validation loss.
+    patience: int = option(3, "early-stopping patience in epochs")
     lr_patience: int = 1  # ReduceLROnPlateau
     lr_factor: float = 0.5
     label_smoothing: float = 0.0
     num_workers: int = 0  # features are in memory: workers only add overhead
     amp: bool = True  # mixed precision on CUDA (ignored on the CPU)
     data_parallel: bool = True  # nn.DataParallel when more than one GPU is visible
-    seed: int = 0
-    encoder_lr: float = 1e-4  # with --fine-tune-encoder: the encoder's blocks learn slower
-    augment: bool = False  # with --fine-tune-encoder: random crop + flip of the photos
+    seed: int = option(0, "random seed (initial weights, batch order)")
+    encoder_lr: float = option(  # the encoder's blocks learn slower
+        1e-4, "with --fine-tune-encoder: the encoder blocks' learning rate (default {default})"
+    )
+    augment: bool = option(
+        False, "with --fine-tune-encoder: random crops and horizontal flips of the training photos"
+    )
     # A smoke run (the notebooks' SMOKE, `notebooks run --smoke`): tiny data, model and epochs
     # to test the code, not the model. Stored in the checkpoint so that every figure and
     # metrics.json made from it says so.
-    smoke: bool = False
+    smoke: bool = option(
+        False,
+        "mark the run as a smoke test (tiny, meaningless): its figures and metrics.json say so "
+        "(the notebooks set it in smoke mode)",
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
+from .config_cli import option
 from .errors import StorytellerError
 
 
@@ -25,9 +26,13 @@ class NoOptions:
 class AttentionOptions:
     """The attention captioner's own sizes and switches (the LSTM's are ModelConfig's)."""
 
-    attention: str = "bahdanau"  # "bahdanau" (additive) or "luong" (multiplicative, general)
-    attention_dim: int = 256  # Bahdanau's hidden size of the scoring MLP (Luong has none)
-    alpha_c: float = 1.0  # weight of the doubly stochastic penalty (Xu et al.: lambda = 1)
+    attention: str = option(
+        "bahdanau",
+        "bahdanau (additive) or luong (multiplicative, general) scoring",
+        choices=("bahdanau", "luong"),
+    )
+    attention_dim: int = option(256, "Bahdanau's hidden size of the scoring MLP (Luong has none)")
+    alpha_c: float = option(1.0, "weight of the doubly stochastic penalty (Xu et al.: lambda = 1)")
 
 
 @dataclass
@@ -35,18 +40,20 @@ class TransformerOptions:
     """The transformer captioner's own sizes (ModelConfig's ``embed_size``, ``hidden_size``,
     ``num_layers``, ``dropout`` and ``inject`` describe the LSTMs and are not read here)."""
 
-    d_model: int = 256  # width of every token, word or grid position
-    heads: int = 4  # attention heads (d_model must divide by it)
-    encoder_layers: int = 1  # transformer encoder layers over the grid
-    decoder_layers: int = 2  # masked transformer decoder layers over the words
-    ff_dim: int = 1024  # hidden size of each layer's feed-forward block
-    dropout: float = 0.1  # transformer-sized, not the LSTM's 0.5
-    positions: str = "learned"  # word positions: "learned" or "sinusoidal"
-    max_positions: int = 64  # longest word prefix ("learned" positions are a table this long)
-    # Most grid positions: the learned table's length. 64 (8 x 8) holds every 224 px grid and
-    # Inception's; a run on a larger grid (SqueezeNet's 13 x 13) gets h * w (see with_grid).
-    grid_positions: int = 64
-    warmup_steps: int = 500  # batches of linear warm-up, then inverse-square-root decay
+    d_model: int = option(256, "width of every token, word or grid position")
+    heads: int = option(4, "attention heads (d_model must divide by it)")
+    encoder_layers: int = option(1, "transformer encoder layers over the grid")
+    decoder_layers: int = option(2, "masked transformer decoder layers over the words")
+    ff_dim: int = option(1024, "hidden size of each layer's feed-forward block")
+    dropout: float = option(0.1, "dropout probability (transformer-sized, not the LSTM's 0.5)")
+    positions: str = option(
+        "learned", "word positions: learned or sinusoidal", choices=("learned", "sinusoidal")
+    )
+    max_positions: int = option(64, "longest word prefix (learned positions are a table this long)")
+    # 64 (8 x 8) holds every 224 px grid and Inception's; a run on a larger grid (SqueezeNet's
+    # 13 x 13) gets h * w (see with_grid).
+    grid_positions: int = option(64, "most grid positions: the learned table's length")
+    warmup_steps: int = option(500, "batches of linear warm-up, then inverse-square-root decay")
 
 
 #: The built-in decoders in the order ``--decoder`` lists them (``lstm`` first: the seed

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import torch
 
-from ..config import SMOKE_LABEL, TrainConfig
+from ..config import SMOKE_LABEL, ModelConfig, TrainConfig, field_values
 from ..data.captions import CAPTION_FILES, find_caption_file, find_image_dir
+from ..decoder_options import TransformerOptions
 from ..errors import StorytellerError
 from ..features.cache import CPU_BATCH_SIZE, CPU_NUM_WORKERS, GPU_BATCH_SIZE, GPU_NUM_WORKERS
 from ..models import DEFAULT_DECODER, decoder_class
@@ -65,9 +66,12 @@ _SEARCH_DEPTH = 4  # /kaggle/input/<a>/<b>/<c>/<d>/captions.txt at the deepest
 
 SMOKE_SAMPLE_IMAGES = 60
 SMOKE_EPOCHS = 2
-SMOKE_MODEL = {"embed_size": 32, "hidden_size": 64}  # the LSTMs' sizes in smoke mode
+#: The LSTMs' sizes in smoke mode, named and typed as ModelConfig's fields.
+SMOKE_MODEL = field_values(ModelConfig, embed_size=32, hidden_size=64)
 #: The transformer's smoke-mode sizes (its sizes are options of its own).
-SMOKE_TRANSFORMER = {"d_model": 32, "heads": 2, "ff_dim": 64, "warmup_steps": 10}
+SMOKE_TRANSFORMER = field_values(
+    TransformerOptions, d_model=32, heads=2, ff_dim=64, warmup_steps=10
+)
 SMOKE_ENCODER = "efficientnet_lite0"  # ships with its weights: no download in CI
 
 #: Which notebook writes each artefact (for "run notebook N first" messages).

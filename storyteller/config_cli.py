@@ -1,0 +1,159 @@
+"""Command-line flags read from config dataclasses, so a new setting is one line in one place.
+
+A field declared with :func:`option` (its default, its help, and any command-line details)
+becomes a flag: ``--hidden-size`` from ``hidden_size``, the type from the annotation, the
+default from the dataclass. :func:`add_config_flags` adds the flags to a parser,
+:func:`config_values` / :func:`config_from_args` read the parsed namespace back into the
+dataclass, and :func:`config_flags_for` writes the flags that give a config back (a notebook
+starting the same training as a command). Fields declared without :func:`option` have no flag.
+
+Only argparse and dataclasses here: the command line parses before torch loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, field, fields
+from typing import Any, NamedTuple
+
+#: The keys :func:`option` writes into a field's metadata.
+_HELP, _FLAG, _CHOICES, _METAVAR, _FLAG_DEFAULT = (
+    "help",
+    "flag",
+    "choices",
+    "metavar",
+    "flag_default",
+)
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: Iterable[Any] | None = None,
+    metavar: str | None = None,
+    flag_default: Any = MISSING,
+) -> Any:
+    """A dataclass field with a command-line flag: ``x: int = option(3, "what x is")``.
+
+    ``help`` may say ``{default}``, replaced by ``default``. A true-or-false field is a
+    switch: ``--x`` turns on a False-by-default field, ``--no-x`` turns off a True-by-default
+    one (``help`` then says what ``--no-x`` does). ``flag``: the flag's name without ``--``
+    when it is not the field's name with ``-`` (``epochs`` for ``num_epochs``).
+    ``flag_default``: the command line's default when it is not the dataclass's; ``None``
+    means "not given: the run decides" and leaves the field out of :func:`config_values`."""
+    metadata: dict[str, Any] = {_HELP: help.replace("{default}", str(default))}
+    if flag is not None:
+        metadata[_FLAG] = flag
+    if choices is not None:
+        metadata[_CHOICES] = tuple(choices)
+    if metavar is not None:
+        metadata[_METAVAR] = metavar
+    if flag_default is not MISSING:
+        metadata[_FLAG_DEFAULT] = flag_default
+    return field(default=default, metadata=metadata)
+
+
+class Flag(NamedTuple):
+    """One field's flag: ``name`` (``--epochs``), ``dest`` (argparse's attribute, ``epochs``),
+    the field's ``kind`` (int, float, str or bool) and, for a switch, whether it is the
+    ``--no-`` of a True-by-default field (``negated``)."""
+
+    name: str
+    dest: str
+    kind: type
+    negated: bool = False
+
+    @property
+    def switch(self) -> bool:
+        return self.kind is bool
+
+
+def config_flags(cls: type) -> dict[str, Flag]:
+    """``{field name: Flag}`` for every field of the dataclass ``cls`` declared with
+    :func:`option`, in field order."""
+    hints = typing.get_type_hints(cls)
+    flags = {}
+    for f in fields(cls):
+        if _HELP not in f.metadata:
+            continue
+        kind = hints[f.name]
+        negated = kind is bool and f.default is True
+        name = f.metadata.get(_FLAG, f.name.replace("_", "-"))
+        name = f"no-{name}" if negated else name
+        flags[f.name] = Flag(f"--{name}", name.replace("-", "_"), kind, negated)
+    return flags
+
+
+def option_choices(cls: type, name: str) -> tuple:
+    """The values ``cls``'s field ``name`` takes (its :func:`option`'s ``choices``)."""
+    return next(f for f in fields(cls) if f.name == name).metadata[_CHOICES]
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    only: Iterable[str] | None = None,
+    skip: Iterable[str] = (),
+) -> list[str]:
+    """Add the flags of ``cls``'s :func:`option` fields to ``parser`` (``only`` these, in this
+    order, when given; never those in ``skip``); returns the names of the fields added, so a
+    later call can add the rest with ``skip`` (a parser that places a few flags first)."""
+    flags, by_name = config_flags(cls), {f.name: f for f in fields(cls)}
+    names = list(flags) if only is None else list(only)
+    unknown = [name for name in names if name not in flags]
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field with a flag named {', '.join(unknown)}")
+    names = [name for name in names if name not in set(skip)]
+    for name in names:
+        flag, meta = flags[name], by_name[name].metadata
+        if flag.switch:
+            parser.add_argument(flag.name, action="store_true", help=meta[_HELP])
+            continue
+        kwargs: dict[str, Any] = {"help": meta[_HELP]}
+        kwargs["default"] = meta.get(_FLAG_DEFAULT, by_name[name].default)
+        if flag.kind is not str:
+            kwargs["type"] = flag.kind
+        for key in (_CHOICES, _METAVAR):
+            if key in meta:
+                kwargs[key] = list(meta[key]) if key == _CHOICES else meta[key]
+        parser.add_argument(flag.name, **kwargs)
+    return names
+
+
+def config_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The values of ``cls``'s flags in the parsed ``args``, by field name. A flag left at a
+    default that means "not asked" is left out, so a default the run decides stays the run's
+    (an embedding width from a vectors file, freezing from a resumed checkpoint): ``None``,
+    and an off ``--x`` switch."""
+    values = {}
+    for name, flag in config_flags(cls).items():
+        value = getattr(args, flag.dest)
+        if value is None or (flag.switch and not flag.negated and value is False):
+            continue
+        values[name] = not value if flag.negated else value
+    return values
+
+
+def config_from_args(cls: type, args: argparse.Namespace, **others: Any) -> Any:
+    """The dataclass ``cls`` from the parsed ``args`` (fields without a flag: ``others`` or
+    their defaults)."""
+    return cls(**{**config_values(cls, args), **others})
+
+
+def config_flags_for(cls: type, values: Mapping[str, Any]) -> list[str]:
+    """The flags that give ``values`` (field name -> value, each a field of ``cls`` with a
+    flag) back: the inverse of :func:`config_values`. A switch appears only when it differs
+    from its default, a value always."""
+    flags = config_flags(cls)
+    out: list[str] = []
+    for name, value in values.items():
+        flag = flags[name]
+        if flag.switch:
+            out += [flag.name] if bool(value) != flag.negated else []
+        else:
+            out += [flag.name, str(value)]
+    return out

@@ -1,0 +1,152 @@
+"""Flags read from the config dataclasses (issue 13): a new option() field is a `train` flag,
+with its default and help, and the parsed flags build an equal config back."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from storyteller import cli
+from storyteller.config import ModelConfig, TrainConfig, field_values
+from storyteller.config_cli import (
+    add_config_flags,
+    config_flags,
+    config_flags_for,
+    config_from_args,
+    config_values,
+    option,
+)
+
+
+@dataclass
+class _Settings:
+    """Every kind of flag option() makes."""
+
+    size: int = option(8, "how many")
+    rate: float = option(0.5, "how fast (default {default})")
+    mode: str = option("a", "which mode", choices=("a", "b"))
+    width: int = option(16, "how wide; not given: the run decides", flag_default=None)
+    num_steps: int = option(3, "how long", flag="steps", metavar="N")
+    loud: bool = option(False, "say more")
+    tidy: bool = option(True, "leave the mess")
+    hidden: int = 4  # no option(): no flag
+
+
+def _parser(cls: type) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t", formatter_class=cli._HelpFormatter)
+    add_config_flags(parser, cls)
+    return parser
+
+
+def test_each_option_field_is_a_flag_named_typed_and_defaulted_from_the_field(capsys):
+    assert {name: flag.name for name, flag in config_flags(_Settings).items()} == {
+        "size": "--size",
+        "rate": "--rate",
+        "mode": "--mode",
+        "width": "--width",
+        "num_steps": "--steps",
+        "loud": "--loud",
+        "tidy": "--no-tidy",
+    }
+    parser = _parser(_Settings)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for text in (
+        "--size SIZE how many (default: 8)",
+        "--rate RATE how fast (default 0.5)",
+        "--mode {a,b} which mode (default: a)",
+        "--width WIDTH how wide; not given: the run decides",
+        "--steps N how long (default: 3)",
+        "--loud say more",
+        "--no-tidy leave the mess",
+    ):
+        assert text in shown
+    assert "--hidden" not in shown
+    args = parser.parse_args([])
+    assert (args.size, args.rate, args.width, args.steps, args.loud, args.no_tidy) == (
+        8, 0.5, None, 3, False, False
+    )  # fmt: skip
+    for argv, message in ((["--size", "x"], "invalid int value"), (["--mode", "c"], "choice")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_parsed_flags_build_the_config_back_and_the_inverse_gives_them_again():
+    parser = _parser(_Settings)
+    argv = ["--size", "2", "--rate", "0.25", "--mode", "b", "--width", "32", "--steps", "9"]
+    argv += ["--loud", "--no-tidy"]
+    config = config_from_args(_Settings, parser.parse_args(argv), hidden=7)
+    assert config == _Settings(2, 0.25, "b", 32, 9, True, False, 7)
+    values = config_values(_Settings, parser.parse_args(argv))
+    assert config_from_args(_Settings, parser.parse_args(config_flags_for(_Settings, values)))
+    assert config_values(_Settings, parser.parse_args(config_flags_for(_Settings, values))) == (
+        values
+    )
+    # Defaults that mean "not asked" stay out, so the run decides them.
+    assert config_values(_Settings, parser.parse_args([])) == {
+        "size": 8,
+        "rate": 0.5,
+        "mode": "a",
+        "num_steps": 3,
+        "tidy": True,
+    }
+    assert config_from_args(_Settings, parser.parse_args([])) == _Settings()
+
+
+def test_a_misnamed_field_to_place_first_is_an_error():
+    with pytest.raises(ValueError, match="_Settings has no field with a flag named sizes"):
+        add_config_flags(argparse.ArgumentParser(), _Settings, ["sizes"])
+
+
+@dataclass
+class _NewTrainConfig(TrainConfig):
+    warmup_epochs: int = option(2, "epochs of learning-rate warm-up")
+
+
+@dataclass
+class _NewModelConfig(ModelConfig):
+    gate: str = option("sigmoid", "the gate's function", choices=("sigmoid", "tanh"))
+
+
+@pytest.mark.parametrize("command", ["train", "run-all"])
+def test_a_new_config_field_is_a_train_flag_with_its_default_and_help(command, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "TrainConfig", _NewTrainConfig)
+    monkeypatch.setattr(cli, "ModelConfig", _NewModelConfig)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([command, "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--warmup-epochs WARMUP_EPOCHS epochs of learning-rate warm-up (default: 2)" in shown
+    assert "--gate {sigmoid,tanh} the gate's function (default: sigmoid)" in shown
+
+    argv = [command, "--warmup-epochs", "5", "--epochs", "4", "--gate", "tanh"]
+    train, model = cli._configs(cli.build_parser().parse_args(argv))
+    assert train == _NewTrainConfig(warmup_epochs=5, num_epochs=4)
+    assert model["gate"] == "tanh"
+    again = cli._configs(cli.build_parser().parse_args(["train", *cli.train_flags(train, model)]))
+    assert again == (train, model)
+    default_train, _ = cli._configs(cli.build_parser().parse_args([command]))
+    assert default_train == _NewTrainConfig()
+
+
+def test_train_and_run_all_have_a_flag_for_every_option_field():
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("train", "run-all"):
+        flags = {f for a in commands.choices[command]._actions for f in a.option_strings}
+        for cls in (TrainConfig, ModelConfig):
+            assert {flag.name for flag in config_flags(cls).values()} <= flags
+
+
+def test_field_values_are_checked_against_the_dataclass():
+    assert field_values(ModelConfig, hidden_size=64, dropout=0.1) == {
+        "hidden_size": 64,
+        "dropout": 0.1,
+    }
+    with pytest.raises(TypeError, match="ModelConfig has no field 'hiden_size'"):
+        field_values(ModelConfig, hiden_size=64)
+    with pytest.raises(TypeError, match="ModelConfig.hidden_size must be an integer, got '64'"):
+        field_values(ModelConfig, hidden_size="64")
