@@ -736,10 +736,11 @@ def _caption(args) -> int:
 
 
 def _notebook_outputs(args, parameters: dict) -> str:
-    """Where ``notebooks run`` wrote: what ``storyteller.notebook.settings.find_output_dir`` picks in
+    """Where ``notebooks run`` wrote: what ``storyteller.notebook.runs.find_output_dir`` picks in
     the notebooks' working folder (``-p OUT_DIR``, ``$STORYTELLER_OUT_DIR``, else the
     default: ``outputs``, or ``outputs/smoke`` for a smoke run)."""
-    from .notebook.settings import OUT_DIR_ENV, default_output_dir, kaggle_root, on_kaggle
+    from .notebook.kaggle import kaggle_root, on_kaggle
+    from .notebook.runs import OUT_DIR_ENV, default_output_dir
 
     named = parameters.get("OUT_DIR") or os.environ.get(OUT_DIR_ENV)
     if named:

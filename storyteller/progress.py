@@ -13,10 +13,13 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
 from tqdm import tqdm
+
+#: Where a step's one-line messages go: ``print``, a logger, a test's ``list.append``.
+Log = Callable[[str], None]
 
 LINES_WITHOUT_TERMINAL = 10  # plain lines per run of known length (plus the final one)
 EVERY_WITHOUT_TOTAL = 100  # steps between plain lines when the length is unknown

@@ -12,9 +12,15 @@ from PIL import Image
 
 from storyteller.data.captions import load_dataset
 from storyteller.errors import StorytellerError
+from storyteller.features import cache as cache_module
 from storyteller.features.cache import (
+    CPU_BATCH_SIZE,
+    CPU_NUM_WORKERS,
+    GPU_BATCH_SIZE,
+    GPU_NUM_WORKERS,
     FeatureExtractor,
     extract_features,
+    extraction_sizes,
     load_feature_cache,
     load_rgb,
 )
@@ -616,3 +622,36 @@ def test_extraction_logs_a_few_plain_lines_without_a_terminal(tiny_data, tmp_pat
     lines = [line for line in err.splitlines() if line.startswith("features (")]
     assert "\r" not in err
     assert [line.split()[3] for line in lines] == [f"{n}/40" for n in range(4, 41, 4)]
+
+
+@pytest.mark.parametrize(
+    ("on_gpu", "cpus", "expected"),
+    [
+        (False, 2, (CPU_BATCH_SIZE, CPU_NUM_WORKERS)),
+        (False, 32, (CPU_BATCH_SIZE, CPU_NUM_WORKERS)),  # the network, not decoding, is slow
+        (True, 2, (GPU_BATCH_SIZE, 2)),  # never more workers than cores
+        (True, 32, (GPU_BATCH_SIZE, GPU_NUM_WORKERS)),  # byte readers: a few are enough
+    ],
+)
+def test_extraction_sizes_are_one_choice_for_cli_and_notebooks(on_gpu, cpus, expected):
+    sizes = extraction_sizes(on_gpu, cpus)
+    assert (sizes.batch_size, sizes.num_workers) == expected
+    from storyteller.notebook.hardware import adapted_sizes
+
+    notebook = adapted_sizes(gpu_count=2 if on_gpu else 0, cpu_count=cpus)
+    assert (notebook.feature_batch_size, notebook.num_workers) == expected
+
+
+def test_extraction_uses_those_sizes_when_none_are_given(tiny_data, tmp_path, monkeypatch):
+    seen = {}
+    real_loader = cache_module.DataLoader
+
+    def spy(*args, **kwargs):
+        seen.update(batch_size=kwargs["batch_size"], num_workers=kwargs["num_workers"])
+        return real_loader(*args, **{**kwargs, "num_workers": 0})
+
+    monkeypatch.setattr(cache_module, "DataLoader", spy)
+    dataset = load_dataset(tiny_data)
+    extract_features(dataset.image_dir, dataset.images[:3], tmp_path, "efficientnet_lite0")
+    chosen = extraction_sizes(on_gpu=False)
+    assert seen == {"batch_size": chosen.batch_size, "num_workers": chosen.num_workers}

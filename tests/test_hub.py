@@ -341,17 +341,17 @@ def test_deploy_dry_run_with_model_says_how_to_push(model_dir, tmp_path):
 
 
 def test_notebook_05_pushes_the_model_then_a_space_that_loads_it(tiny_run, tmp_path, monkeypatch):
-    from storyteller.notebook import settings as nbmod
+    from storyteller.notebook import publish as nbpublish
 
     run = shutil.copytree(tiny_run, tmp_path / "run")
     lines: list[str] = []
-    assert nbmod.publish_model(run, "", None, log=lines.append) is None  # no id: folder only
+    assert nbpublish.publish_model(run, "", None, log=lines.append) is None  # no id: folder only
     assert {p.name for p in (run / "hub_model").iterdir()} == FORMAT_1_FILES
-    assert nbmod.publish_model(run, "", None, log=lines.append) is None  # rebuilt, not refused
+    assert nbpublish.publish_model(run, "", None, log=lines.append) is None  # rebuilt, not refused
     assert any("no MODEL_ID set" in line for line in lines)
     FakeHfApi.instances = []
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
-    pushed = nbmod.publish_model(run, "alice/cap", FAKE_TOKEN, log=lines.append)
+    pushed = nbpublish.publish_model(run, "alice/cap", FAKE_TOKEN, log=lines.append)
     assert pushed == "alice/cap" and FakeHfApi.instances[0].calls[0][1] == "alice/cap"
-    space = Path(nbmod.publish_space(run, "", None, log=lines.append, model=pushed))
+    space = Path(nbpublish.publish_space(run, "", None, log=lines.append, model=pushed))
     assert (space / "hub_model.json").is_file() and not (space / "best_model.pth").exists()

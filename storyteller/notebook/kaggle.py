@@ -1,0 +1,177 @@
+"""What Kaggle gives a notebook: where it runs (``/kaggle``), the datasets and earlier runs
+attached under ``/kaggle/input``, and its secrets (the Hugging Face token).
+
+``STORYTELLER_KAGGLE_ROOT`` moves ``/kaggle`` (tests fake a Kaggle machine with it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..data.captions import CAPTION_FILES, find_image_dir
+from ..errors import StorytellerError
+from ..progress import Log
+from ..run_folder import RUN_ARTEFACTS, RUN_MARKERS
+
+KAGGLE_ROOT_ENV = "STORYTELLER_KAGGLE_ROOT"
+
+#: The Kaggle datasets the notebooks look for, best first, and the name that identifies each.
+KAGGLE_DATASETS = (("adityajn105/flickr30k", "30k"), ("adityajn105/flickr8k", "8k"))
+
+_SEARCH_DEPTH = 4  # /kaggle/input/<a>/<b>/<c>/<d>/captions.txt at the deepest
+
+
+def kaggle_root() -> Path:
+    """``/kaggle``, or the folder in ``$STORYTELLER_KAGGLE_ROOT`` (a fake Kaggle for tests)."""
+    return Path(os.environ.get(KAGGLE_ROOT_ENV) or "/kaggle")
+
+
+def on_kaggle() -> bool:
+    """True in a Kaggle notebook: Kaggle sets ``KAGGLE_KERNEL_RUN_TYPE`` and mounts
+    ``/kaggle/input`` (either is enough, so a faked root counts too)."""
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or (kaggle_root() / "input").is_dir()
+
+
+def _is_dataset_folder(folder: Path) -> bool:
+    """A folder holding a caption file and an image folder (a layout ``load_dataset`` reads)."""
+    if not any((folder / name).is_file() for name in CAPTION_FILES):
+        return False
+    try:
+        find_image_dir(folder)
+    except StorytellerError:
+        return False
+    return True
+
+
+def find_datasets(input_root: str | Path, max_depth: int = _SEARCH_DEPTH) -> list[Path]:
+    """Every dataset folder under ``input_root`` (Kaggle's ``/kaggle/input``), best first.
+
+    Kaggle mounts an attached dataset as ``/kaggle/input/<slug>`` (or deeper, e.g.
+    ``/kaggle/input/<owner>/<slug>``; some datasets nest their files once more), so the
+    search walks a few levels down and stops at the first folder that holds a dataset.
+    Flickr30k ranks before Flickr8k, both before anything else that looks like one.
+    """
+    input_root = Path(input_root)
+    found: list[Path] = []
+    level = [input_root] if input_root.is_dir() else []
+    for _ in range(max_depth + 1):
+        next_level = []
+        for folder in level:
+            if _is_dataset_folder(folder):
+                found.append(folder)
+                continue
+            try:
+                children = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            next_level += [Path(e.path) for e in children if e.is_dir() and e.name[0] != "."]
+        level = next_level
+
+    def rank(path: Path) -> tuple[int, str]:
+        text = str(path.relative_to(input_root)).lower()
+        marks = [i for i, (_, mark) in enumerate(KAGGLE_DATASETS) if mark in text]
+        return (marks[0] if marks else len(KAGGLE_DATASETS), text)
+
+    return sorted(found, key=rank)
+
+
+def no_dataset_error(input_root: Path) -> StorytellerError:
+    attached = sorted(p.name for p in input_root.iterdir()) if input_root.is_dir() else []
+    return StorytellerError(
+        f"running on Kaggle, but no Flickr dataset was found under {input_root} "
+        f"(attached: {', '.join(attached) or 'nothing'}). Attach one: in the notebook's right "
+        "panel, Input -> Add Input, search 'adityajn105/flickr30k' (or 'adityajn105/flickr8k') "
+        "and click +. Or set DATA_DIR in the parameters cell to a folder with Images/ + "
+        "captions.txt."
+    )
+
+
+def find_previous_runs(input_root: str | Path, max_depth: int = 3) -> list[Path]:
+    """Folders under ``input_root`` that hold a previous notebook's outputs.
+
+    On Kaggle each notebook is its own session with its own ``/kaggle/working``; the outputs
+    of a saved notebook version are attached to the next one as an input (Input -> Add Input
+    -> Your Work), where they appear under ``/kaggle/input``.
+    """
+    input_root = Path(input_root)
+    found, level = [], [input_root] if input_root.is_dir() else []
+    for _ in range(max_depth + 1):
+        next_level = []
+        for folder in level:
+            if any((folder / marker).is_file() for marker in RUN_MARKERS):
+                found.append(folder)
+                continue
+            if _is_dataset_folder(folder):
+                continue  # never walk into the photos
+            try:
+                next_level += sorted(
+                    Path(e.path) for e in os.scandir(folder) if e.is_dir() and e.name[0] != "."
+                )
+            except OSError:
+                continue
+        level = next_level
+    return found
+
+
+def import_previous_outputs(
+    input_root: str | Path, out_dir: str | Path, log: Log = print
+) -> list[str]:
+    """Copy earlier notebooks' outputs found under ``input_root`` into ``out_dir``.
+
+    Only files missing from ``out_dir`` are copied (nothing is ever overwritten), so a
+    re-run keeps its own newer files; copying a ``last.pth`` is what lets training resume
+    in a new Kaggle session. Returns the names copied.
+    """
+    import shutil
+
+    out_dir = Path(out_dir)
+    copied = []
+    for run in find_previous_runs(input_root):
+        from_run = []
+        for name in RUN_ARTEFACTS:
+            source, target = run / name, out_dir / name
+            if source.is_file() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+                from_run.append(name)
+        if from_run:
+            log(f"copied earlier outputs from {run}: {', '.join(from_run)}")
+        copied += from_run
+    return copied
+
+
+def hf_token(prompt: bool = False) -> str | None:
+    """A Hugging Face token, or None. Never printed, logged or written anywhere.
+
+    Looks in Kaggle Secrets (a secret named ``HF_TOKEN``), then the ``HF_TOKEN`` environment
+    variable and the ``hf auth login`` cache, then, with ``prompt``, asks with a hidden
+    prompt (``getpass``; skipped where there is no one to answer, e.g. a batch run).
+    """
+    import getpass
+
+    if on_kaggle():
+        try:
+            from kaggle_secrets import UserSecretsClient
+
+            token = UserSecretsClient().get_secret("HF_TOKEN")
+            if token and token.strip():
+                return token.strip()
+        except Exception:  # no kaggle_secrets module, secret not attached, service down
+            pass
+    token = os.environ.get("HF_TOKEN", "").strip()
+    if not token:
+        try:
+            from huggingface_hub import get_token
+
+            token = (get_token() or "").strip()
+        except ImportError:
+            token = ""
+    if token:
+        return token
+    if prompt:
+        try:
+            token = getpass.getpass("Hugging Face token with write access (hidden): ").strip()
+        except Exception:  # no stdin (batch run, CI): behave as if nothing was entered
+            token = ""
+    return token or None

@@ -1,0 +1,127 @@
+"""Notebook 05's story cells: pick the story backend, tell the story from the caption, save
+``story.json``; a missing model or a failed story is said once and the notebook goes on
+with the caption alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import SMOKE_LABEL
+from ..progress import Log
+
+#: New tokens per story turn in smoke mode (the offline model stays quick on a CPU).
+SMOKE_STORY_TOKENS = 40
+
+
+def _backend_choice(name: str, token: str | None, smoke: bool) -> tuple[str, str]:
+    """The backend :func:`story_backend` uses for ``name``, and why (for messages)."""
+    name = (name or "auto").strip().lower()
+    if name != "auto":
+        return name, f"STORY_BACKEND = {name!r}"
+    if smoke:
+        return "offline", "auto, smoke mode: the offline model only"
+    if not token:
+        return "offline", "auto, no Hugging Face token"
+    return "hosted", "auto, a Hugging Face token was found"
+
+
+def story_backend(name: str = "auto", token: str | None = None, smoke: bool = False):
+    """The story backend for a notebook: ``name`` as in :func:`storyteller.story.get_backend`.
+
+    ``"auto"`` means the hosted model when there is a token and the offline Gemma model
+    otherwise; in smoke mode ``"auto"`` is always the offline model (CI has no network).
+    The token is handed to the hosted backend only.
+
+    Raises:
+        StoryError: the backend cannot be loaded (see :func:`find_story_backend`, which
+            returns the reason instead).
+    """
+    from ..story import get_backend
+
+    name, _ = _backend_choice(name, token, smoke)
+    if name == "hosted" and token:
+        return get_backend("hosted", token=token)
+    return get_backend(name)
+
+
+def _no_story(reason: str, log: Log) -> str:
+    log(f"no story: {reason}. Going on with the caption alone (story.json records why).")
+    return reason
+
+
+def find_story_backend(
+    name: str = "auto", token: str | None = None, smoke: bool = False, log: Log = print
+):
+    """The story backend, or ``None`` and why there is none: ``(backend, "")`` or
+    ``(None, reason)``.
+
+    Like :func:`story_backend`, but a missing model (no token, the offline package not
+    installed, ...) is not an error: the reason names the backend that was tried and what
+    would make one available, it is printed once, and the notebook goes on with the caption
+    alone (and still builds the Space, whose own story model is installed on the Space).
+    """
+    from ..story import StoryError
+
+    chosen, why = _backend_choice(name, token, smoke)
+    try:
+        backend = story_backend(name, token, smoke=smoke)
+    except StoryError as exc:
+        detail = str(exc).removeprefix(f"{chosen}: ")
+        return None, _no_story(f"tried the {chosen} backend ({why}): {detail}", log)
+    log(f"story backend: {backend.describe()}")
+    return backend, ""
+
+
+def tell_story(session, caption: str, smoke: bool = False, log: Log = print) -> tuple[str, str]:
+    """Start ``session``'s story from ``caption``, shown while it is written
+    (``report.stream(session.start(caption))``); ``smoke``: the caption comes from a smoke
+    run's model, and the story, which opens with it, is headed :data:`SMOKE_LABEL`.
+
+    Returns ``(story, "")``, or ``("", reason)`` when the model fails (a hosted model with
+    no network, an empty caption, a model that writes nothing); the reason is printed once
+    and the notebook goes on with the caption alone.
+    """
+    from ..story import StoryError
+    from . import report
+
+    if smoke:
+        log(f"{SMOKE_LABEL}: the story opens with a smoke model's caption")
+    try:
+        return report.stream(session.start(caption)), ""
+    except StoryError as exc:
+        return "", _no_story(str(exc), log)
+
+
+def save_story(
+    path: str | Path,
+    photo: str | Path,
+    caption: str,
+    session,
+    why_no_story: str = "",
+    smoke: bool = False,
+    log: Log = print,
+) -> dict:
+    """Write ``story.json``: the photo, its caption, the backend and options, the story turn
+    by turn, ``why_no_story`` (``None`` when there is a story) and ``smoke`` (the caption
+    comes from a smoke run's model: caption and story are meaningless). Returns the record."""
+    from ..runtime import write_json
+
+    path = Path(path)
+    record = {
+        "photo": Path(photo).name,
+        "caption": caption,
+        "backend": session.backend.describe() if session.backend is not None else None,
+        "options": vars(session.options),
+        "story": session.story,
+        "turns": session.turns,
+        "why_no_story": why_no_story or None,
+        "smoke": smoke,
+    }
+    write_json(path, record)
+    if session.turns:
+        words = len(session.story.split())
+        log(f"{len(session.turns)} turn(s), {words} words -> {path.name}")
+    else:
+        log(f"the caption, no story (why_no_story says why) -> {path.name}")
+    return record
