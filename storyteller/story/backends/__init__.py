@@ -19,8 +19,9 @@ import importlib.util
 import os
 import threading
 
+from ...hf_token import HF_TOKEN_ENV, find_hf_token
 from ..errors import NoStoryBackend, StoryError
-from ..keys import API_KEY_ENV, HF_TOKEN_ENV, find_hf_token, is_hugging_face, key_for
+from ..keys import API_KEY_ENV, is_hugging_face, key_for
 from ..limits import TIME_LIMIT_ENV
 from . import gemma_cache
 from .base import StoryBackend
