@@ -13,6 +13,7 @@ import pytest
 from conftest import cli
 from huggingface_hub.errors import HfHubHTTPError
 
+from storyteller import hf_token
 from storyteller.cli import main
 from storyteller.errors import StorytellerError
 from storyteller.inference import Captioner
@@ -260,16 +261,18 @@ def test_dry_run_needs_no_space_and_an_upload_asks_for_one(tiny_run, tmp_path, c
 
 
 def test_no_token_anywhere_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     with pytest.raises(StorytellerError, match="no Hugging Face token: set HF_TOKEN"):
-        deploy.resolve_token(interactive=False)
+        hf_token.login_token(interactive=False)
 
 
 def test_token_prompt_is_hidden(monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     prompts = []
-    monkeypatch.setattr(deploy.getpass, "getpass", lambda p: prompts.append(p) or FAKE_TOKEN)
-    assert deploy.resolve_token(interactive=True) == FAKE_TOKEN
+    monkeypatch.setattr(hf_token.getpass, "getpass", lambda p: prompts.append(p) or FAKE_TOKEN)
+    assert hf_token.login_token(interactive=True) == FAKE_TOKEN
     assert prompts and FAKE_TOKEN not in prompts[0]
 
 

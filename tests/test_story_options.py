@@ -22,7 +22,7 @@ from storyteller.story import (
     get_backend,
 )
 from storyteller.story import backends as backends_module
-from storyteller.story.backends import gemma_cache, resolve_auto
+from storyteller.story.backends import choose_auto, gemma_cache, resolve_auto
 from storyteller.story.characters import find_hero
 from storyteller.story.cleaning import StreamCleaner
 from storyteller.story.prompts import clean_caption, trim_story
@@ -227,6 +227,12 @@ def test_cleaner_drops_sentences_the_story_already_has():
 
 
 # -- backend selection ----------------------------------------------------------------------
+
+
+def test_the_auto_rule_and_its_reasons():
+    assert choose_auto(None, None) == ("offline", "auto, no Hugging Face token")
+    assert choose_auto("hf_x", None) == ("hosted", "auto, a Hugging Face token was found")
+    assert choose_auto(None, "http://127.0.0.1:9")[0] == "hosted"
 
 
 def test_auto_prefers_hosted_when_a_token_is_set(monkeypatch):

@@ -144,34 +144,14 @@ def import_previous_outputs(
 def hf_token(prompt: bool = False) -> str | None:
     """A Hugging Face token, or None. Never printed, logged or written anywhere.
 
-    Looks in Kaggle Secrets (a secret named ``HF_TOKEN``), then the ``HF_TOKEN`` environment
-    variable and the ``hf auth login`` cache, then, with ``prompt``, asks with a hidden
+    Looks in Kaggle Secrets (a secret named ``HF_TOKEN``, on Kaggle only), then the
+    ``HF_TOKEN`` environment variable and the ``hf auth login`` cache
+    (:func:`storyteller.hf_token.find_hf_token`), then, with ``prompt``, asks with a hidden
     prompt (``getpass``; skipped where there is no one to answer, e.g. a batch run).
     """
-    import getpass
+    from ..hf_token import ask_hf_token, find_hf_token
 
-    if on_kaggle():
-        try:
-            from kaggle_secrets import UserSecretsClient
-
-            token = UserSecretsClient().get_secret("HF_TOKEN")
-            if token and token.strip():
-                return token.strip()
-        except Exception:  # no kaggle_secrets module, secret not attached, service down
-            pass
-    token = os.environ.get("HF_TOKEN", "").strip()
-    if not token:
-        try:
-            from huggingface_hub import get_token
-
-            token = (get_token() or "").strip()
-        except ImportError:
-            token = ""
-    if token:
-        return token
-    if prompt:
-        try:
-            token = getpass.getpass("Hugging Face token with write access (hidden): ").strip()
-        except Exception:  # no stdin (batch run, CI): behave as if nothing was entered
-            token = ""
-    return token or None
+    token = find_hf_token(kaggle=on_kaggle())
+    if token is None and prompt:
+        token = ask_hf_token()
+    return token

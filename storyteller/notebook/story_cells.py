@@ -16,14 +16,14 @@ SMOKE_STORY_TOKENS = 40
 
 def _backend_choice(name: str, token: str | None, smoke: bool) -> tuple[str, str]:
     """The backend :func:`story_backend` uses for ``name``, and why (for messages)."""
+    from ..story.backends import choose_auto
+
     name = (name or "auto").strip().lower()
     if name != "auto":
         return name, f"STORY_BACKEND = {name!r}"
     if smoke:
         return "offline", "auto, smoke mode: the offline model only"
-    if not token:
-        return "offline", "auto, no Hugging Face token"
-    return "hosted", "auto, a Hugging Face token was found"
+    return choose_auto(token, base_url=None)  # a notebook names no story server: the token decides
 
 
 def story_backend(name: str = "auto", token: str | None = None, smoke: bool = False):

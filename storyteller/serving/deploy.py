@@ -22,13 +22,13 @@ when it starts, and ``requirements.txt`` covers every encoder (a later push may 
 The folder is uploaded with ``HfApi.create_repo(..., repo_type="space", space_sdk="gradio",
 exist_ok=True)`` + ``HfApi.upload_folder``. ``--dry-run DIR`` writes the folder and stops.
 
-The token comes from ``HF_TOKEN``, the ``hf auth login`` cache or a hidden prompt; it is
-passed to ``HfApi`` only, never printed, logged or written into the folder.
+The token comes from ``HF_TOKEN``, the ``hf auth login`` cache or a hidden prompt
+(:func:`storyteller.hf_token.login_token`); it is passed to ``HfApi`` only, never printed,
+logged or written into the folder.
 """
 
 from __future__ import annotations
 
-import getpass
 import importlib.util
 import shlex
 import shutil
@@ -40,6 +40,7 @@ from pathlib import Path
 from ..data.vocab import Vocabulary
 from ..errors import StorytellerError
 from ..features.encoders import ENCODERS, get_encoder_spec
+from ..hf_token import login_token
 from ..models.checkpoint import load_model, read_checkpoint
 from ..run_folder import BEST_CHECKPOINT, VOCAB_FILE
 from ..runtime import torch_save_atomic, write_json
@@ -239,30 +240,6 @@ def run_files(run_dir: str | Path | None) -> tuple[Path, Path]:
     return checkpoint, vocab_path
 
 
-def resolve_token(token: str | None = None, interactive: bool | None = None) -> str:
-    """The Hugging Face token: ``token`` if given, else ``HF_TOKEN`` / the login cache, else a
-    hidden prompt when stdin is a terminal. Raises :class:`StorytellerError` when there is none.
-    """
-    if token:
-        return token
-    from huggingface_hub import get_token
-
-    found = get_token()
-    if found:
-        return found
-    if interactive is None:
-        interactive = sys.stdin is not None and sys.stdin.isatty()
-    if interactive:
-        entered = getpass.getpass("Hugging Face token with write access (hidden): ").strip()
-        if entered:
-            return entered
-    raise StorytellerError(
-        "no Hugging Face token: set HF_TOKEN, or run `hf auth login` once, or run this command "
-        "in a terminal to be asked for one (create a token with write access at "
-        "https://huggingface.co/settings/tokens)"
-    )
-
-
 def deploy_command(
     space: str | None, run_dir: str | Path, private: bool = False, model: str | None = None
 ) -> str:
@@ -339,7 +316,8 @@ def deploy_space(
         space: the Space id; created if missing (``exist_ok=True``). Only an upload needs
             it: a dry run without one titles the folder :data:`DEFAULT_TITLE`.
         run_dir: the run folder (``best_model.pth``, ``vocab.pkl``).
-        token: a Hugging Face token; default :func:`resolve_token` (never printed).
+        token: a Hugging Face token; default :func:`storyteller.hf_token.login_token` (never
+            printed).
         private: create the Space as private.
         dry_run: write the folder here and upload nothing.
         model: a Hub model id the Space loads at start instead of carrying ``run_dir``'s
@@ -382,7 +360,7 @@ def deploy_space(
             model=model,
             example_photos=example_photos,
         )
-        token = resolve_token(token)
+        token = login_token(token)
         message = "Deploy Neural Storyteller (python -m storyteller deploy)"
         upload_to_hub(folder, space, token, "space", private, message, log)
     page = f"https://huggingface.co/spaces/{space}"

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..artefacts import ArtefactError, read_json
 from ..data.vocab import Vocabulary
 from ..errors import StorytellerError
+from ..hf_token import login_token
 from ..models.checkpoint import load_model, train_config_of
 from ..run_folder import METRICS_FILE
 from .hub import (
@@ -114,7 +115,7 @@ def push_model(
     """Write the run's model folder and upload it to the Hub model ``repo`` (``USER/NAME``,
     created if missing). Returns the model's URL, or with ``dry_run`` the folder written
     there (no upload, no token needed)."""
-    from .deploy import resolve_token, upload_to_hub
+    from .deploy import upload_to_hub
 
     if repo is not None:
         repo = check_repo_id(repo)
@@ -129,7 +130,7 @@ def push_model(
         )
     with tempfile.TemporaryDirectory(prefix="storyteller-model-") as tmp:
         folder = export_run(run_dir, Path(tmp) / "model", repo, log)
-        token = resolve_token(token)
+        token = login_token(token)
         message = "Upload a storyteller captioner (python -m storyteller push)"
         upload_to_hub(folder, repo, token, "model", private, message, log)
     url = f"https://huggingface.co/{repo}"

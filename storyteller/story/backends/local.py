@@ -208,7 +208,7 @@ class TransformersBackend(StoryBackend):
         else:
             self.dtype = torch.float32
         self._lock = threading.Lock()
-        from ..keys import find_hf_token
+        from ...hf_token import find_hf_token
 
         token = find_hf_token(token)  # the Hub's own token: models download from the Hub
         self._check_memory(token)
