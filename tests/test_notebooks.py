@@ -730,6 +730,16 @@ def test_find_story_backend_with_a_token_is_the_hosted_model(clean_env, no_offli
     assert lines == [f"story backend: {backend.describe()}"] and "hf_secret" not in lines[0]
 
 
+def test_a_notebooks_hf_token_never_goes_to_a_self_hosted_server(
+    clean_env, no_offline_model, monkeypatch
+):
+    monkeypatch.setenv("STORYTELLER_STORY_BASE_URL", "https://llm.example.org/v1")
+    monkeypatch.delenv("STORYTELLER_STORY_API_KEY", raising=False)
+    backend = nbstory.story_backend("hosted", token="hf_kaggle_secret_token")
+    assert backend.base_url == "https://llm.example.org/v1"
+    assert backend._token is None  # its own key ($STORYTELLER_STORY_API_KEY): none set
+
+
 def test_tell_story_failing_and_save_story_record_why(clean_env):
     from storyteller.story import StoryError, StoryOptions, StorySession
 

@@ -5,6 +5,7 @@ with the caption alone.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..config import SMOKE_LABEL
@@ -31,16 +32,20 @@ def story_backend(name: str = "auto", token: str | None = None, smoke: bool = Fa
 
     ``"auto"`` means the hosted model when there is a token and the offline Gemma model
     otherwise; in smoke mode ``"auto"`` is always the offline model (CI has no network).
-    The token is handed to the hosted backend only.
+    The token is a Hugging Face token: it is handed to the hosted backend only, and only
+    when that talks to Hugging Face (not to a ``$STORYTELLER_STORY_BASE_URL`` server, which
+    gets its own key: :mod:`storyteller.story.keys`).
 
     Raises:
         StoryError: the backend cannot be loaded (see :func:`find_story_backend`, which
             returns the reason instead).
     """
     from ..story import get_backend
+    from ..story.backends.hosted import BASE_URL_ENV
+    from ..story.keys import is_hugging_face
 
     name, _ = _backend_choice(name, token, smoke)
-    if name == "hosted" and token:
+    if name == "hosted" and token and is_hugging_face(os.environ.get(BASE_URL_ENV)):
         return get_backend("hosted", token=token)
     return get_backend(name)
 

@@ -27,6 +27,7 @@ from ..keys import API_KEY_ENV, is_hugging_face, key_for
 from ..limits import TIME_LIMIT_ENV
 from . import gemma_cache
 from .base import StoryBackend
+from .hosted import BASE_URL_ENV, DEFAULT_MODEL, MODEL_ENV
 
 BACKENDS = ("auto", "hosted", "transformers", "offline")
 _KWARGS = {
@@ -39,8 +40,8 @@ _ENV = (  # a changed value means another backend
     HF_TOKEN_ENV,
     API_KEY_ENV,
     TIME_LIMIT_ENV,
-    "STORYTELLER_STORY_MODEL",
-    "STORYTELLER_STORY_BASE_URL",
+    MODEL_ENV,
+    BASE_URL_ENV,
     "STORYTELLER_CACHE",
 )
 _cache: dict[tuple, StoryBackend] = {}
@@ -70,7 +71,7 @@ def choose_auto(token: str | None, base_url: str | None) -> tuple[str, str]:
 def resolve_auto(**kwargs) -> str:
     """The backend ``auto`` stands for with these arguments (:func:`choose_auto`, counting
     only what is installed; ``NoStoryBackend`` if none)."""
-    base_url = kwargs.get("base_url") or os.environ.get("STORYTELLER_STORY_BASE_URL")
+    base_url = kwargs.get("base_url") or os.environ.get(BASE_URL_ENV)
     token = None  # with a base URL no token is looked for; Hugging Face's needs huggingface_hub
     if not base_url and importlib.util.find_spec("huggingface_hub") is not None:
         token = find_hf_token(kwargs.get("token"))
@@ -148,8 +149,8 @@ def describe_backends() -> dict[str, str]:
     """Backend name -> one line saying whether it can be used here (loads no model)."""
     hub = importlib.util.find_spec("huggingface_hub") is not None
     has_transformers = importlib.util.find_spec("transformers") is not None
-    model = os.environ.get("STORYTELLER_STORY_MODEL") or "meta-llama/Llama-3.1-8B-Instruct"
-    base_url = os.environ.get("STORYTELLER_STORY_BASE_URL")
+    model = os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    base_url = os.environ.get(BASE_URL_ENV)
     if base_url:
         try:
             key = key_for(base_url)
