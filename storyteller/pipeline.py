@@ -32,6 +32,7 @@ from .features.encoders import get_encoder_spec, resolve_encoder
 from .features.finetune import build_fine_tuned_encoder, checkpoint_encoder, encode_images
 from .models import decoder_class
 from .models.checkpoint import check_model_config, load_model, read_checkpoint
+from .progress import Log
 from .run_folder import ARTEFACT_SUBFOLDERS, SPLITS_FILE, RunPaths
 from .runlock import run_folder
 from .runtime import get_device, seed_everything, write_json
@@ -42,8 +43,6 @@ DEFAULT_OUT = Path("outputs")
 
 if TYPE_CHECKING:
     import torch
-
-Log = Callable[[str], None]
 
 
 @contextlib.contextmanager

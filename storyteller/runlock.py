@@ -31,11 +31,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StorytellerError
+from .progress import Log
 from .run_folder import LOCK_FILE
 from .runtime import ATOMIC_TEMP_NAME
 
@@ -46,8 +47,6 @@ except ImportError:  # Windows
 
 #: How much of the holder's command line a refusal shows.
 COMMAND_CHARS = 120
-
-Log = Callable[[str], None]
 
 
 @dataclass

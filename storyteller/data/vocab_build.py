@@ -11,16 +11,14 @@ and the seed, so a dataset folder and its caption file alone give the same resul
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import StorytellerError
+from ..progress import Log
 from ..run_folder import RunPaths
 from ..runtime import write_json
 from .captions import SkipReport, Split, read_caption_file, split_by_image
 from .vocab import Vocabulary
-
-Log = Callable[[str], None]
 
 
 def build_split_vocabulary(

