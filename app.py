@@ -58,7 +58,7 @@ except ModuleNotFoundError as exc:  # a base install: one line saying what to in
     sys.exit(2)
 import torch
 
-from storyteller.config import SMOKE_LABEL
+from storyteller.config import SMOKE_LABEL, Strategy
 from storyteller.errors import StorytellerError
 from storyteller.figures.plots import attention_figure, figure_pixels
 from storyteller.inference import Captioner
@@ -283,8 +283,7 @@ def caption_image(image: str | None, decoding: str = "beam", beam_width: float =
         result = caption_upload(CAPTIONER, image, beam)
     except UnreadableImage as exc:
         raise refuse(str(exc), "/caption") from None
-    label = f"beam {beam}" if beam > 1 else "greedy"
-    info = {**(info or {}), "caption_ms": result.ms, "decoding": label}
+    info = {**(info or {}), "caption_ms": result.ms, "decoding": Strategy(beam).describe()}
     looked = (result.view, result.attention) if result.attention is not None else None
     return result.caption, info, looked
 

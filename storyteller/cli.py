@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from .config import ModelConfig, TrainConfig
+from .config import SMOKE_LABEL, ModelConfig, Strategy, TrainConfig
 from .config_cli import (
     add_config_flags,
     config_flags,
@@ -97,16 +97,25 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
 
 
 def _beam_width(text: str) -> int:
-    """A beam width of at least 1: ``--beam 0`` used to run greedy silently."""
+    """A beam width that :class:`Strategy` accepts (at least 1: ``--beam 0`` used to run
+    greedy silently), refused by the parser in one line."""
     try:
-        width = int(text)
+        return Strategy(beam_size=int(text)).beam_size
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"beam width must be a whole number, got {text!r}"
         ) from None
-    if width < 1:
-        raise argparse.ArgumentTypeError(f"beam width must be 1 (greedy) or more, got {width}")
-    return width
+    except StorytellerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_length_penalty(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--length-penalty",
+        type=float,
+        default=Strategy.length_penalty,
+        help="beam length normalisation alpha",
+    )
 
 
 def _add_layout(p: argparse.ArgumentParser) -> None:
@@ -223,9 +232,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         default=[1, 5],
         help="decodings to score: 1 = greedy (default: 1 5)",
     )
-    p.add_argument(
-        "--length-penalty", type=float, default=0.7, help="beam length normalisation alpha"
-    )
+    _add_length_penalty(p)
     p.add_argument(
         "--meteor",
         choices=["auto", "java", "nltk", "none"],
@@ -315,11 +322,12 @@ def _add_story_parser(sub) -> None:
     )
     _add_model_files(p, model_flag=False)  # --model is the language model here
     p.add_argument(
-        "--beam", type=_beam_width, default=1, help="beam width for captions (1 = greedy)"
+        "--beam",
+        type=_beam_width,
+        default=Strategy.beam_size,
+        help="beam width for captions (1 = greedy)",
     )
-    p.add_argument(
-        "--length-penalty", type=float, default=0.7, help="beam length normalisation alpha"
-    )
+    _add_length_penalty(p)
     p.add_argument("--device", help="cpu or cuda, for the captioner and a local language model")
     p.add_argument(
         "--backend",
@@ -435,10 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("caption", help="caption images: one JSON line per image")
     p.add_argument("images", nargs="+", help="image files")
     _add_model_files(p)
-    p.add_argument("--beam", type=_beam_width, default=1, help="beam width (1 = greedy)")
     p.add_argument(
-        "--length-penalty", type=float, default=0.7, help="beam length normalisation alpha"
+        "--beam", type=_beam_width, default=Strategy.beam_size, help="beam width (1 = greedy)"
     )
+    _add_length_penalty(p)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument(
         "--attention-maps",
@@ -698,40 +706,63 @@ def _quiet(_: str) -> None:
     """The log of a process other than rank 0 under torchrun: rank 0 speaks for all."""
 
 
-def _caption(args) -> int:
+def _load_captioner(args):
+    """The captioner ``--checkpoint`` (and ``--vocab``, ``--revision``) name, on ``--device``."""
+    from .inference import Captioner
+    from .runtime import get_device
+
+    return Captioner.load(args.checkpoint, args.vocab, get_device(args.device), args.revision)
+
+
+def _caption_each(captioner, args, attention_maps: str | None = None):
+    """The caption loop of ``caption`` and ``story``: each of ``args.images`` in turn, decoded
+    with ``--beam`` and ``--length-penalty``. Yields the image's path and what came of it:
+    ``{"caption": ...}`` (plus ``"attention_map"``, the figure written into the folder
+    ``attention_maps``), or the exception that stopped an unreadable image (the caller says
+    so)."""
     from PIL import Image
 
     from .features.cache import load_rgb
     from .figures.attention_maps import write_attention_maps
-    from .inference import Captioner
-    from .runtime import get_device
 
-    captioner = Captioner.load(args.checkpoint, args.vocab, get_device(args.device), args.revision)
+    decoding = {"beam_size": args.beam, "length_penalty": args.length_penalty}
+    figures: set[str] = set()
+    for path in args.images:
+        try:
+            with Image.open(path) as image:
+                photo = load_rgb(image)
+            if attention_maps:
+                result = captioner.caption_with_attention([photo], **decoding)[0]
+                preprocessing = captioner.extractor.spec.preprocessing
+                written = write_attention_maps(
+                    [(path, photo, result)], preprocessing, attention_maps, figures
+                )
+                captioned = {"caption": result.caption, "attention_map": str(written[0])}
+            else:
+                captioned = {"caption": captioner([photo], **decoding)[0]}
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            yield path, exc
+        else:
+            yield path, captioned
+
+
+def _caption(args) -> int:
+    captioner = _load_captioner(args)
     if args.attention_maps and not captioner.attends:
         raise StorytellerError(
             f"--attention-maps: the {captioner.model.name!r} captioner in {args.checkpoint} does "
             "not attend; train one with --decoder attention"
         )
-    decoding = {"beam_size": args.beam, "length_penalty": args.length_penalty}
-    failures, figures = 0, set()
-    for path in args.images:
-        try:
-            with Image.open(path) as image:
-                photo = load_rgb(image)
-            line = {"image": path}
-            if args.attention_maps:
-                result = captioner.caption_with_attention([photo], **decoding)[0]
-                preprocessing = captioner.extractor.spec.preprocessing
-                written = write_attention_maps(
-                    [(path, photo, result)], preprocessing, args.attention_maps, figures
-                )
-                line.update(caption=result.caption, attention_map=str(written[0]))
-            else:
-                line["caption"] = captioner([photo], **decoding)[0]
-            print(json.dumps(line), flush=True)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    # A smoke run's captions are meaningless: each line says so, ahead of its caption.
+    warning = {"warning": SMOKE_LABEL} if captioner.smoke else {}
+    failures = 0
+    for path, captioned in _caption_each(captioner, args, args.attention_maps):
+        if isinstance(captioned, Exception):
             failures += 1
-            print(json.dumps({"image": path, "error": f"cannot read image: {exc}"}), flush=True)
+            line = {"image": path, "error": f"cannot read image: {captioned}"}
+        else:
+            line = {"image": path, **warning, **captioned}
+        print(json.dumps(line), flush=True)
     return 1 if failures else 0
 
 
@@ -791,8 +822,14 @@ def _story(args) -> int:
         raise StorytellerError("give images or --caption, not both")
     if not args.caption and not args.images:
         raise StorytellerError("give one or more images, or --caption 'a dog runs on a beach'")
-    captions = args.caption or _captions_for(args)
-    print(f"caption: {captions[0]}", flush=True)  # shown even when no story can follow
+    captioner = _load_captioner(args) if args.images else None
+    captions = _captions_for(captioner, args) if captioner is not None else args.caption
+
+    def caption_line(caption: str) -> str:
+        line = f"caption: {caption}"
+        return captioner.labelled(line) if captioner is not None else line
+
+    print(caption_line(captions[0]), flush=True)  # shown even when no story can follow
     backend = get_backend(
         args.backend,
         model=args.model,
@@ -804,7 +841,7 @@ def _story(args) -> int:
     session = StorySession(backend, options)
     for i, caption in enumerate(captions):
         if i:
-            print(f"\ncaption: {caption}", flush=True)
+            print(f"\n{caption_line(caption)}", flush=True)
         shown = session.story + "\n\n" if session.story else ""
         print(flush=True)
         turn = session.start(caption) if i == 0 else session.add_image(caption)
@@ -824,26 +861,13 @@ def _print_notes(notes: list[str]) -> None:
         print(f"note: {note}", file=sys.stderr, flush=True)
 
 
-def _captions_for(args) -> list[str]:
+def _captions_for(captioner, args) -> list[str]:
     """Caption every image first, so a bad image fails before a language model loads."""
-    from PIL import Image
-
-    from .features.cache import load_rgb
-    from .inference import Captioner
-    from .runtime import get_device
-
-    captioner = Captioner.load(args.checkpoint, args.vocab, get_device(args.device), args.revision)
     captions = []
-    for path in args.images:
-        try:
-            with Image.open(path) as image:
-                captions.append(
-                    captioner(
-                        [load_rgb(image)], beam_size=args.beam, length_penalty=args.length_penalty
-                    )[0]
-                )
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise StorytellerError(f"cannot read image {path}: {exc}") from exc
+    for path, captioned in _caption_each(captioner, args):
+        if isinstance(captioned, Exception):
+            raise StorytellerError(f"cannot read image {path}: {captioned}") from captioned
+        captions.append(captioned["caption"])
     return captions
 
 

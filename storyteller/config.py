@@ -1,5 +1,7 @@
-"""Dataclass configs. Both are stored in every checkpoint, so a model can be rebuilt from the
-checkpoint file alone (the app does exactly that)."""
+"""Dataclass configs. ``ModelConfig`` and ``TrainConfig`` are stored in every checkpoint, so a
+model can be rebuilt from the checkpoint file alone (the app does exactly that); ``Strategy``,
+how a caption is decoded, is recorded with every evaluation's numbers. No torch here: the CLI's
+parser reads them."""
 
 from __future__ import annotations
 
@@ -268,3 +270,51 @@ TRAIN_BOUNDS = {
     "seed": Bound(0, 2**64 - 1),
     "encoder_lr": Bound(0.0, 10.0),
 }
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How to decode a caption: greedy when ``beam_size`` is 1, else beam search keeping
+    ``beam_size`` hypotheses, at most ``max_length`` words, ranked with ``length_penalty``
+    (GNMT's alpha: 0 ranks by raw log-probability, higher favours longer captions).
+
+    A beam width below 1 is refused here, in one line, wherever it came from (``--beam 0``
+    used to run greedy without a word)."""
+
+    beam_size: int = 1
+    max_length: int = 50
+    length_penalty: float = 0.7
+
+    def __post_init__(self):
+        if isinstance(self.beam_size, bool) or not isinstance(self.beam_size, int):
+            raise StorytellerError(f"beam width must be a whole number, got {self.beam_size!r:.40}")
+        if self.beam_size < 1:
+            raise StorytellerError(f"beam width must be 1 (greedy) or more, got {self.beam_size}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int):
+            raise StorytellerError(
+                f"max_length must be a whole number, got {self.max_length!r:.40}"
+            )
+        if self.max_length < 1:
+            raise StorytellerError(f"max_length must be 1 or more, got {self.max_length}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.beam_size == 1
+
+    @property
+    def name(self) -> str:
+        """``greedy`` or ``beam5``: the decoding's key in ``metrics.json`` and the caption
+        files."""
+        return "greedy" if self.greedy else f"beam{self.beam_size}"
+
+    def describe(self) -> str:
+        """``greedy`` or ``beam 5``: the decoding as people read it (the app's timings)."""
+        return "greedy" if self.greedy else f"beam {self.beam_size}"
+
+    def to_dict(self) -> dict:
+        """The settings, as ``metrics.json`` records them under ``provenance.decoding``."""
+        return asdict(self)
+
+
+#: The default decoding: greedy, at most 50 words.
+GREEDY = Strategy()

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .config import SMOKE_LABEL
 from .data.vocab import Vocabulary
-from .decoding import beam_search, greedy_decode
+from .decoding import Strategy, decode
 from .errors import StorytellerError
 from .features.cache import FeatureExtractor
 from .features.finetune import checkpoint_encoder
@@ -50,6 +51,13 @@ class Captioner:
         model, meaningless captions): what it writes must then say so."""
         train_config = self.checkpoint_info.get("train_config")
         return isinstance(train_config, dict) and train_config.get("smoke") is True
+
+    def labelled(self, line: str) -> str:
+        """``line`` (a caption as shown to people) with :data:`SMOKE_LABEL` on a line ahead
+        of it when the model is a smoke run's: its caption is then meaningless, and so is a
+        story opening with it. The notebooks and the ``caption``/``story`` commands show
+        captions through it."""
+        return f"{SMOKE_LABEL}\n{line}" if self.smoke else line
 
     @classmethod
     def from_files(
@@ -140,21 +148,16 @@ class Captioner:
     def caption(
         self,
         images: Sequence[Image.Image | str | Path],
-        beam_size: int = 1,
-        max_length: int = 50,
-        length_penalty: float = 0.7,
+        beam_size: int = Strategy.beam_size,
+        max_length: int = Strategy.max_length,
+        length_penalty: float = Strategy.length_penalty,
     ) -> list[str]:
-        """Captions for PIL images or image paths (greedy when ``beam_size == 1``)."""
+        """Captions for PIL images or image paths, decoded as :class:`Strategy` says for
+        these settings (greedy when ``beam_size == 1``; a width below 1 is refused)."""
+        strategy = Strategy(beam_size, max_length, length_penalty)
         pil = [im if isinstance(im, Image.Image) else Image.open(im) for im in images]
         features = self.extractor(pil).to(self.extractor.device)  # (B, feature_dim)
-        if beam_size <= 1:
-            ids = greedy_decode(self.model, features, max_length)
-        else:
-            ids = [
-                h[0].ids
-                for h in beam_search(self.model, features, beam_size, max_length, length_penalty)
-            ]
-        return [self.vocab.decode(seq) for seq in ids]
+        return [self.vocab.decode(ids) for ids in decode(self.model, features, strategy)]
 
     __call__ = caption
 
@@ -167,12 +170,14 @@ class Captioner:
     def caption_with_attention(
         self,
         images: Sequence[Image.Image | str | Path],
-        beam_size: int = 1,
-        max_length: int = 50,
-        length_penalty: float = 0.7,
+        beam_size: int = Strategy.beam_size,
+        max_length: int = Strategy.max_length,
+        length_penalty: float = Strategy.length_penalty,
     ) -> list[AttentionCaption]:
         """Captions with each word's weights over the encoder's grid (attention decoders
-        only; draw them with :func:`storyteller.figures.attention_maps.write_attention_maps`)."""
+        only; draw them with :func:`storyteller.figures.attention_maps.write_attention_maps`),
+        decoded as :meth:`caption` decodes."""
+        strategy = Strategy(beam_size, max_length, length_penalty)
         pil = [im if isinstance(im, Image.Image) else Image.open(im) for im in images]
         features = self.extractor(pil).to(self.extractor.device)  # (B, h*w, feature_dim)
         return caption_with_attention(
@@ -180,7 +185,5 @@ class Captioner:
             self.vocab,
             features,
             self.extractor.spec.grid,
-            beam_size,
-            max_length,
-            length_penalty,
+            strategy,
         )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .artefacts import read_splits
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, Strategy, TrainConfig
 from .data.captions import CaptionDataset, load_dataset
 from .data.embeddings import read_word_vectors
 from .data.vocab import Vocabulary
@@ -329,7 +329,7 @@ def evaluate_step(
     data: str | Path | None,
     out: str | Path = DEFAULT_OUT,
     beam_sizes: tuple[int, ...] = (1, 5),
-    length_penalty: float = 0.7,
+    length_penalty: float = Strategy.length_penalty,
     meteor: str = "auto",
     checkpoint: str | Path | None = None,
     device: str | torch.device | None = None,
@@ -398,7 +398,7 @@ def run_all(
     model_overrides: dict | None = None,
     threshold: int = 5,
     beam_sizes: tuple[int, ...] = (1, 5),
-    length_penalty: float = 0.7,
+    length_penalty: float = Strategy.length_penalty,
     meteor: str = "auto",
     device: str | torch.device | None = None,
     resume: bool = True,

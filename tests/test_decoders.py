@@ -18,6 +18,7 @@ from storyteller.decoding import (
     END_ID,
     PAD_ID,
     START_ID,
+    Strategy,
     beam_search,
     decode_with_attention,
     greedy_decode,
@@ -404,7 +405,7 @@ def test_attention_penalty_leaves_out_padded_steps(attention_case, device):
 def test_decoding_returns_one_attention_row_per_word(attention_case, device, beam_size):
     model = attention_case.model(device)
     features = attention_case.features(4, device)
-    decoded = decode_with_attention(model, features, beam_size=beam_size, max_length=8)
+    decoded = decode_with_attention(model, features, Strategy(beam_size, max_length=8))
     if beam_size == 1:
         expected = greedy_decode(model, features, max_length=8)
     else:
@@ -426,7 +427,7 @@ def test_decoding_returns_one_attention_row_per_word(attention_case, device, bea
 def test_decode_with_attention_refuses_a_decoder_that_does_not_attend(device):
     model = CASES[0].model(device)
     with pytest.raises(StorytellerError, match="'lstm' decoder does not attend"):
-        decode_with_attention(model, CASES[0].features(2, device), max_length=4)
+        decode_with_attention(model, CASES[0].features(2, device), Strategy(max_length=4))
 
 
 def test_a_few_steps_lower_the_attention_decoders_loss(attention_case, device):

@@ -1,9 +1,19 @@
 import pytest
 import torch
+from PIL import Image
 
 from storyteller.config import ModelConfig
 from storyteller.data.vocab import Vocabulary
-from storyteller.decoding import END_ID, beam_search, generate_captions, greedy_decode
+from storyteller.decoding import (
+    END_ID,
+    Strategy,
+    beam_search,
+    decode,
+    generate_captions,
+    greedy_decode,
+)
+from storyteller.errors import StorytellerError
+from storyteller.inference import Captioner
 from storyteller.model import CaptionModel
 
 
@@ -59,6 +69,45 @@ def test_beam_width_one_equals_greedy(model, device):
         for h in beam_search(model, features, beam_size=1, max_length=12, length_penalty=0.0)
     ]
     assert beam == greedy
+
+
+def test_a_strategy_picks_greedy_for_width_one_and_beam_search_above(model, device):
+    features = torch.randn(6, 12, device=device)
+    greedy = Strategy(beam_size=1, max_length=12)
+    assert greedy.greedy and greedy.name == "greedy" and greedy.describe() == "greedy"
+    assert decode(model, features, greedy) == greedy_decode(model, features, max_length=12)
+    beam = Strategy(beam_size=3, max_length=12, length_penalty=0.5)
+    assert not beam.greedy and (beam.name, beam.describe()) == ("beam3", "beam 3")
+    expected = [
+        h[0].ids
+        for h in beam_search(model, features, beam_size=3, max_length=12, length_penalty=0.5)
+    ]
+    assert decode(model, features, beam) == expected
+    assert beam.to_dict() == {"beam_size": 3, "max_length": 12, "length_penalty": 0.5}
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"beam_size": 0}, "beam width must be 1 (greedy) or more, got 0"),
+        ({"beam_size": -2}, "beam width must be 1 (greedy) or more, got -2"),
+        ({"beam_size": 2.5}, "beam width must be a whole number, got 2.5"),
+        ({"beam_size": True}, "beam width must be a whole number, got True"),
+        ({"max_length": 0}, "max_length must be 1 or more, got 0"),
+    ],
+)
+def test_a_bad_strategy_is_a_one_line_error(settings, message):
+    with pytest.raises(StorytellerError) as error:
+        Strategy(**settings)
+    assert str(error.value) == message and "\n" not in message
+
+
+def test_the_captioner_refuses_a_beam_width_below_one_instead_of_going_greedy(tiny_run):
+    """``Captioner.caption(beam_size=0)`` used to run greedy without a word."""
+    captioner = Captioner.load(tiny_run)
+    photo = Image.new("RGB", (64, 64), (200, 30, 30))
+    with pytest.raises(StorytellerError, match="beam width must be 1 \\(greedy\\) or more"):
+        captioner([photo], beam_size=0)
 
 
 def test_batched_beam_equals_one_image_at_a_time(model, device):
@@ -123,8 +172,9 @@ def test_never_empty_and_no_special_tokens(model, device):
 def test_generate_captions_chunks(model, device):
     vocab = Vocabulary([f"w{i}" for i in range(26)], threshold=1)
     features = torch.randn(7, 12, device=device)
-    assert generate_captions(model, features, vocab, 3, batch_size=2) == generate_captions(
-        model, features, vocab, 3, batch_size=100
+    beam = Strategy(beam_size=3)
+    assert generate_captions(model, features, vocab, beam, batch_size=2) == generate_captions(
+        model, features, vocab, beam, batch_size=100
     )
 
 

@@ -10,10 +10,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import torch
+from fake_llm_server import FakeLLMServer
 from PIL import Image
 
 import storyteller
 from storyteller import pipeline
+from storyteller.cli import main
 from storyteller.config import SMOKE_LABEL, TrainConfig
 from storyteller.inference import Captioner
 from storyteller.models.checkpoint import read_checkpoint
@@ -141,3 +143,26 @@ def test_a_smoke_models_caption_and_story_say_so(tiny_data, run_copy, tmp_path):
     assert record["smoke"] is True
     assert json.loads((tmp_path / "story.json").read_text())["smoke"] is True
     assert nb.save_story(tmp_path / "s2.json", "p.jpg", "a", session, log=quiet)["smoke"] is False
+
+
+@pytest.mark.usefixtures("no_story_credentials")
+def test_the_cli_labels_a_smoke_models_caption_and_story(tiny_data, run_copy, capsys):
+    """The notebook labelled a smoke model's caption (above); the `caption` and `story`
+    commands printed it unmarked."""
+    photo = str(sorted((tiny_data / "Images").glob("*.jpg"))[0])
+    model = ["--checkpoint", str(run_copy)]
+    assert main(["caption", photo, *model]) == 0
+    assert "warning" not in json.loads(capsys.readouterr().out)
+    _train_smoke(tiny_data, run_copy)
+
+    assert main(["caption", photo, *model]) == 0
+    line = json.loads(capsys.readouterr().out)  # still one JSON line per image
+    assert list(line) == ["image", "warning", "caption"] and line["warning"] == SMOKE_LABEL
+
+    with FakeLLMServer() as server:
+        hosted = ["--backend", "hosted", "--base-url", server.url]
+        assert main(["story", photo, *model, *hosted]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[:2] == [SMOKE_LABEL, f"caption: {line['caption']}"]
+        assert main(["story", "--caption", "a dog runs", *hosted]) == 0
+        assert SMOKE_LABEL not in capsys.readouterr().out  # a typed caption: no model

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import StorytellerError
 from .text import SPECIAL_TOKENS, tokenize
-from .vocab import Vocabulary
+from .vocab import PAD_ID, Vocabulary
 
 #: Lines read ahead to find the file's dimension (the most common number of values).
 DIMENSION_SAMPLE = 1000
@@ -166,7 +166,7 @@ def read_word_vectors(path: str | Path, vocab: Vocabulary, seed: int = 0) -> Wor
     generator = torch.Generator().manual_seed(seed)
     matrix = torch.randn(len(vocab), dim, generator=generator) * (scale or 1.0)  # (V, dim)
     matrix[rows] = vectors
-    matrix[vocab.pad_id] = 0.0
+    matrix[PAD_ID] = 0.0
     mask = torch.zeros(len(vocab), dtype=torch.bool)
     mask[rows] = True
     return WordVectors(matrix, mask, path.name, dim, lines, malformed, len(index))

@@ -11,7 +11,8 @@ import unicodedata
 
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
 
-# Special tokens with fixed ids (see ``storyteller.data.vocab``).
+# Special tokens, in id order: their ids (``PAD_ID`` ...) are defined from this order in
+# ``storyteller.data.vocab``.
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)
 

@@ -26,12 +26,16 @@ FORMAT_VERSION = 1
 FORMAT_MARKER = "storyteller-vocab"
 #: Largest file read to tell whether it is a vocabulary (MAX_VOCAB short words fit in a few MB).
 MAX_VOCAB_FILE = 64 * 2**20
+#: The special tokens' ids, the one definition that models, training and decoding import: each
+#: is the token's place in ``SPECIAL_TOKENS``, which every vocabulary's word list starts with.
+PAD_ID, START_ID, END_ID, UNK_ID = (SPECIAL_TOKENS.index(t) for t in (PAD, START, END, UNK))
 
 
 class Vocabulary:
-    """Maps words to ids and back. Ids 0-3 are always ``<pad> <start> <end> <unk>``."""
+    """Maps words to ids and back. The first ids are always ``<pad> <start> <end> <unk>``
+    (:data:`PAD_ID` ... :data:`UNK_ID`)."""
 
-    pad_id, start_id, end_id, unk_id = 0, 1, 2, 3
+    pad_id, start_id, end_id, unk_id = PAD_ID, START_ID, END_ID, UNK_ID
 
     def __init__(self, words: Sequence[str], threshold: int = 5, provenance: dict | None = None):
         self.itos: list[str] = list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS]
@@ -133,8 +137,11 @@ class Vocabulary:
         bad = next((w for w in itos if not isinstance(w, str) or not w or "\n" in w), None)
         if bad is not None or any(not isinstance(w, str) for w in itos):
             raise StorytellerError(f"itos must hold non-empty one-line words, found {bad!r:.40}")
-        if itos[:4] != list(SPECIAL_TOKENS):
-            raise StorytellerError(f"vocabulary must start with {SPECIAL_TOKENS}, got {itos[:4]}")
+        specials = len(SPECIAL_TOKENS)
+        if itos[:specials] != list(SPECIAL_TOKENS):
+            raise StorytellerError(
+                f"vocabulary must start with {SPECIAL_TOKENS}, got {itos[:specials]}"
+            )
         if len(set(itos)) != len(itos):
             raise StorytellerError("itos lists a word twice")
         threshold = data.get("threshold", 5)
@@ -143,7 +150,7 @@ class Vocabulary:
         provenance = data.get("provenance") or {}
         if not isinstance(provenance, dict):
             raise StorytellerError(f"provenance must be a mapping, got {type_name(provenance)}")
-        return cls(itos[4:], threshold, provenance)
+        return cls(itos[specials:], threshold, provenance)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -237,4 +244,8 @@ __all__ = [
     "START",
     "END",
     "UNK",
+    "PAD_ID",
+    "START_ID",
+    "END_ID",
+    "UNK_ID",
 ]

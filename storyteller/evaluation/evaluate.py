@@ -22,8 +22,8 @@ import torch
 
 from ..config import TrainConfig
 from ..data.captions import CaptionDataset
-from ..data.vocab import Vocabulary
-from ..decoding import generate_captions
+from ..data.vocab import PAD_ID, Vocabulary
+from ..decoding import Strategy, generate_captions
 from ..errors import StorytellerError
 from ..features.cache import FeatureCache, load_rgb
 from ..features.encoders import get_encoder_spec
@@ -31,10 +31,6 @@ from ..figures.attention_maps import attends, caption_with_attention, write_atte
 from ..figures.plots import plot_caption_grid
 from ..run_folder import ATTENTION_MAPS_DIR, GRID_FILE, METRICS_FILE, TEST_CAPTIONS_FILE
 from ..runtime import unwrap, write_json
-
-
-def decoding_name(beam_size: int) -> str:
-    return "greedy" if beam_size == 1 else f"beam{beam_size}"
 
 
 def score_captions(
@@ -82,7 +78,7 @@ def teacher_forced_loss(
     loader = DataLoader(
         pairs, batch_size=batch_size, collate_fn=make_collate(cache, network.feature_layout)
     )
-    batch_loss = make_batch_loss(device, False, vocab.pad_id, label_smoothing=0.0)
+    batch_loss = make_batch_loss(device, False, PAD_ID, label_smoothing=0.0)
     return validate(network, loader, batch_loss, device)
 
 
@@ -94,8 +90,8 @@ def evaluate_model(
     test_images: list[str],
     out_dir: str | Path,
     beam_sizes: Sequence[int] = (1, 5),
-    length_penalty: float = 0.7,
-    max_length: int = 50,
+    length_penalty: float = Strategy.length_penalty,
+    max_length: int = Strategy.max_length,
     meteor: str = "auto",
     grid_size: int = 9,
     log=print,
@@ -108,6 +104,7 @@ def evaluate_model(
     the model (:func:`storyteller.evaluation.provenance.evaluation_provenance`), recorded with every
     decoding's numbers; its ``smoke`` marks the figures as a smoke run's."""
     out_dir = Path(out_dir)
+    strategies = [Strategy(beam_size, max_length, length_penalty) for beam_size in beam_sizes]
     images = [name for name in test_images if name in cache]
     if not images:
         raise StorytellerError("no test images with features to evaluate")
@@ -131,20 +128,13 @@ def evaluate_model(
     smoke = bool(provenance.get("smoke"))
     results: dict[str, dict] = {}
     generated: dict[str, list[str]] = {}
-    for beam_size in beam_sizes:
-        name = decoding_name(beam_size)
-        generated[name] = generate_captions(
-            model, features, vocab, beam_size, max_length, length_penalty
-        )
-        decoding = {
-            "beam_size": beam_size,
-            "length_penalty": length_penalty,
-            "max_length": max_length,
-        }
+    for strategy in strategies:
+        name = strategy.name
+        generated[name] = generate_captions(model, features, vocab, strategy)
         results[name] = {
             **score_captions(references, generated[name], meteor=meteor),
             **about,
-            "provenance": {**provenance, "decoding": decoding},
+            "provenance": {**provenance, "decoding": strategy.to_dict()},
         }
         r = results[name]
         log(
@@ -181,9 +171,7 @@ def evaluate_model(
                         vocab,
                         features[: len(shown)].to(next(network.parameters()).device),
                         cache.grid,
-                        max(beam_sizes),
-                        max_length,
-                        length_penalty,
+                        max(strategies, key=lambda strategy: strategy.beam_size),
                     ),
                     strict=True,
                 )

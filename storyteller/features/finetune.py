@@ -32,7 +32,7 @@ from torchvision import transforms
 
 from ..artefacts import ArtefactError
 from ..data.captions import CaptionDataset
-from ..data.vocab import Vocabulary
+from ..data.vocab import PAD_ID, Vocabulary
 from ..errors import StorytellerError
 from ..models import CaptionDecoder, decoder_class
 from .cache import FeatureCache, load_rgb
@@ -154,10 +154,10 @@ class ImageCaptions(Dataset):
 
 
 def collate_images(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """Photos (B, 3, crop, crop) and their captions (B, K, T), padded with 0 = <pad>."""
+    """Photos (B, 3, crop, crop) and their captions (B, K, T), padded with ``<pad>``."""
     images = torch.stack([pixels for pixels, _ in batch])  # (B, 3, crop, crop)
     flat = [ids for _, captions in batch for ids in captions]
-    padded = nn.utils.rnn.pad_sequence(flat, batch_first=True)  # (B*K, T)
+    padded = nn.utils.rnn.pad_sequence(flat, batch_first=True, padding_value=PAD_ID)  # (B*K, T)
     return images, padded.view(len(batch), -1, padded.size(-1))  # (B, K, T)
 
 

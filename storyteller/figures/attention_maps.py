@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from ..config import GREEDY, Strategy
 from ..data.vocab import Vocabulary
 from ..decoding import decode_with_attention
 from ..features.encoders import Preprocessing
@@ -46,17 +47,15 @@ def caption_with_attention(
     vocab: Vocabulary,
     features: torch.Tensor,
     grid: tuple[int, int],
-    beam_size: int = 1,
-    max_length: int = 50,
-    length_penalty: float = 0.7,
+    strategy: Strategy = GREEDY,
 ) -> list[AttentionCaption]:
-    """features (B, h*w, D) -> each photo's caption with its per-word weights (greedy when
-    ``beam_size == 1``, else the best beam)."""
+    """features (B, h*w, D) -> each photo's caption, decoded with ``strategy``, with its
+    per-word weights."""
     if features.size(1) != grid[0] * grid[1]:
         raise ValueError(
             f"features have {features.size(1)} positions, a {grid} grid has {grid[0] * grid[1]}"
         )
-    decoded = decode_with_attention(model, features, beam_size, max_length, length_penalty)
+    decoded = decode_with_attention(model, features, strategy)
     results = []
     for ids, weights in decoded:
         words = vocab.words(ids)

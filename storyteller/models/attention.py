@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..data.vocab import Vocabulary
+from ..data.vocab import END_ID, PAD_ID
 from ..decoder_options import AttentionOptions
 from .base import CaptionDecoder, DecoderState, batch_field
 from .registry import register_decoder
@@ -139,7 +139,7 @@ class AttentionDecoder(CaptionDecoder):
         self.init_h = nn.Linear(config.feature_dim, hidden)
         self.init_c = nn.Linear(config.feature_dim, hidden)
         self.f_beta = nn.Linear(hidden, 1)  # the gating scalar
-        self.embed = nn.Embedding(config.vocab_size, config.embed_size, padding_idx=0)
+        self.embed = nn.Embedding(config.vocab_size, config.embed_size, padding_idx=PAD_ID)
         self.cell = nn.LSTMCell(config.embed_size + config.feature_dim, hidden)
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(hidden, config.vocab_size)
@@ -216,7 +216,7 @@ class AttentionDecoder(CaptionDecoder):
         penalty ``{"attention_penalty": scalar}`` (mean over the batch, times alpha_c).
 
         A Python loop over the T steps: attention at step t needs h_{t-1}. Only the steps
-        whose input is ``<start>`` or a word predict something: inputs that are ``<pad>`` (0)
+        whose input is ``<start>`` or a word predict something: inputs that are ``<pad>``
         or ``<end>`` (a full caption's last token, whose target is padding) after a caption's
         last word are not computed at all (their logits are 0 and the loss ignores them) and
         add no coverage to the penalty. As in Show, Attend and Tell's reference code, the
@@ -224,7 +224,7 @@ class AttentionDecoder(CaptionDecoder):
         prefix that shrinks as captions end: on Flickr8k, about half the work of running
         every row to the batch's longest caption."""
         batch, length = captions.shape
-        real = (captions != Vocabulary.pad_id) & (captions != Vocabulary.end_id)  # (B, T)
+        real = (captions != PAD_ID) & (captions != END_ID)  # (B, T)
         steps_of = torch.arange(1, length + 1, device=captions.device)  # (T,)
         lengths = torch.where(real, steps_of, 0).amax(dim=1)  # (B,) steps to run per row
         lengths, order = lengths.sort(descending=True)

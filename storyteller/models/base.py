@@ -108,7 +108,7 @@ class CaptionDecoder(nn.Module, ABC):
 
     ``features`` are what the feature cache holds for one image, batched: (B, feature_dim)
     for a pooled vector, (B, P, feature_dim) for a grid (see :attr:`feature_layout`). ``captions`` and ``tokens``
-    are word ids (``<pad>`` = 0, ``<start>`` = 1).
+    are word ids (:data:`storyteller.data.vocab.PAD_ID`, ``START_ID``, ...).
     """
 
     name: ClassVar[str | None] = None  # set by register_decoder

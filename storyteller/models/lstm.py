@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..data.vocab import PAD_ID
 from .base import CaptionDecoder, DecoderState, batch_field
 from .registry import register_decoder
 
@@ -51,7 +52,7 @@ class LSTMDecoder(CaptionDecoder):
         lstm_input = config.embed_size + (hidden if self.feeds_image else 0)
         self.init_h = nn.Linear(hidden, hidden * layers)
         self.init_c = nn.Linear(hidden, hidden * layers)
-        self.embed = nn.Embedding(config.vocab_size, config.embed_size, padding_idx=0)
+        self.embed = nn.Embedding(config.vocab_size, config.embed_size, padding_idx=PAD_ID)
         self.lstm = nn.LSTM(
             lstm_input,
             hidden,

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, TrainConfig
-from ..data.vocab import Vocabulary
+from ..data.vocab import PAD_ID
 from ..decoder_options import TransformerOptions
 from ..errors import StorytellerError
 from .base import CaptionDecoder, DecoderState, batch_field
@@ -112,7 +112,7 @@ class TransformerDecoder(CaptionDecoder):
         self.feature_proj = nn.Linear(config.feature_dim, d_model)
         self.grid_positions = nn.Parameter(torch.zeros(options.grid_positions, d_model))
         nn.init.normal_(self.grid_positions, std=0.02)
-        self.embed = nn.Embedding(config.vocab_size, d_model, padding_idx=Vocabulary.pad_id)
+        self.embed = nn.Embedding(config.vocab_size, d_model, padding_idx=PAD_ID)
         if options.positions == "learned":
             self.word_positions = nn.Embedding(options.max_positions, d_model)
         else:  # a buffer, not saved: the formula gives it back
@@ -183,7 +183,7 @@ class TransformerDecoder(CaptionDecoder):
             self._embed_words(captions),
             memory,
             tgt_mask=self._causal_mask(captions.size(1), captions.device),
-            tgt_key_padding_mask=captions == Vocabulary.pad_id,  # (B, T) true: no word
+            tgt_key_padding_mask=captions == PAD_ID,  # (B, T) true: no word
         )  # (B, T, d_model)
         return self.head(hidden)  # (B, T, V)
 
@@ -227,7 +227,7 @@ class TransformerDecoder(CaptionDecoder):
                 self._embed_words(prefix),
                 state.memory,
                 tgt_mask=self._causal_mask(prefix.size(1), prefix.device),
-                tgt_key_padding_mask=prefix == Vocabulary.pad_id,
+                tgt_key_padding_mask=prefix == PAD_ID,
             )[:, -1:]  # (N, 1, d_model) the last position only
             layers = None
         else:
@@ -246,7 +246,7 @@ class TransformerDecoder(CaptionDecoder):
         prefix: (N, t+1) -> its last position's output (N, 1, d_model) and the caches, each
         (N, t+1, d_model)."""
         x = self._embed_words(prefix)[:, -1:]  # (N, 1, d_model) the new word only
-        padding = prefix == Vocabulary.pad_id  # (N, t+1) keys that are no word
+        padding = prefix == PAD_ID  # (N, t+1) keys that are no word
         caches = []
         for layer, cache in zip(self.decoder.layers, state.layers, strict=True):
             normed = layer.norm1(x)  # (N, 1, d_model)

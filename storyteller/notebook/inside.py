@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..data.captions import find_image_dir, load_dataset
-from ..data.vocab import Vocabulary
-from ..decoding import PAD_ID, BeamStep, beam_search
+from ..data.vocab import PAD_ID, Vocabulary
+from ..decoding import BeamStep, beam_search
 from ..inference import Captioner
 from ..models import CaptionDecoder
 from ..runtime import unwrap
@@ -39,7 +39,7 @@ def photo_batch(
     and each photo's first caption as word ids.
 
     Returns features (B, feature_dim) or (B, P, feature_dim) and captions (B, T), ``<start>``
-    first and ``<pad>`` (0) after ``<end>``, both on the model's device."""
+    first and ``<pad>`` after ``<end>``, both on the model's device."""
     dataset = load_dataset(data_dir, check_images=False)
     image_dir = find_image_dir(Path(data_dir))
     device = captioner.extractor.device
@@ -48,7 +48,7 @@ def photo_batch(
         torch.tensor(captioner.vocab.encode(dataset.captions[name][0], max_length))
         for name in photos
     ]
-    captions = nn.utils.rnn.pad_sequence(ids, batch_first=True)  # (B, T)
+    captions = nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=PAD_ID)  # (B, T)
     return features.to(device), captions.to(device)
 
 
@@ -78,7 +78,7 @@ def forward_shapes(
     layout = "one vector per photo" if features.dim() == 2 else "a grid of regions per photo"
     rows: list[Row] = [
         ("features", tuple(features.shape), f"the CNN's output: {layout}"),
-        ("captions", tuple(captions.shape), "word ids: <start> ... <end>, then <pad> = 0"),
+        ("captions", tuple(captions.shape), f"word ids: <start> ... <end>, then <pad> = {PAD_ID}"),
         ("inputs", tuple(inputs.shape), "captions without the last word: what it reads"),
         ("targets", tuple(targets.shape), "captions without <start>: what it must predict"),
     ]

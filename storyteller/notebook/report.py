@@ -12,7 +12,6 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..config import SMOKE_LABEL
 from ..figures.plots import plot_caption_grid
 from ..run_folder import DATA_EXAMPLES_FILE, LOSS_CURVE_FILE, RunPaths
 
@@ -335,11 +334,9 @@ class _Text:
 
 
 def caption_line(captioner, caption: str) -> str:
-    """``caption (<model>): <caption>``, with :data:`SMOKE_LABEL` ahead when the captioner's
-    model is a smoke run's (its caption is then meaningless, and so is a story opening with
-    it)."""
-    line = f"caption ({captioner.model.describe()}): {caption}"
-    return f"{SMOKE_LABEL}\n{line}" if captioner.smoke else line
+    """``caption (<model>): <caption>``, with the smoke-run label ahead when the captioner's
+    model is a smoke run's (:meth:`storyteller.inference.Captioner.labelled`)."""
+    return captioner.labelled(f"caption ({captioner.model.describe()}): {caption}")
 
 
 def stream(chunks) -> str:

@@ -37,7 +37,7 @@ from torch.utils.data import (
 from ..config import ModelConfig, TrainConfig
 from ..data.captions import CaptionDataset
 from ..data.embeddings import WordVectors
-from ..data.vocab import Vocabulary
+from ..data.vocab import PAD_ID, Vocabulary
 from ..errors import StorytellerError
 from ..features.cache import FeatureCache
 from ..features.encoders import get_encoder_spec
@@ -101,8 +101,8 @@ def make_collate(cache: FeatureCache, layout: str = "pooled") -> Callable:
         rows = torch.tensor([row for row, _ in batch])
         features = cache.batch(rows, layout)  # (B, feature_dim) or (B, h*w, feature_dim)
         captions = nn.utils.rnn.pad_sequence(
-            [ids for _, ids in batch], batch_first=True
-        )  # (B, T), 0 = <pad>
+            [ids for _, ids in batch], batch_first=True, padding_value=PAD_ID
+        )  # (B, T)
         return features, captions
 
     return collate
@@ -749,7 +749,7 @@ def train_model(
             num_workers=train_config.num_workers or min(4, os.cpu_count() or 1),
         )
     batch_loss = make_batch_loss(
-        device, state.scaler.is_enabled(), vocab.pad_id, train_config.label_smoothing
+        device, state.scaler.is_enabled(), PAD_ID, train_config.label_smoothing
     )
     for epoch in range(state.epoch, train_config.num_epochs):
         if state.stopped_early:
