@@ -34,6 +34,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..data.vocab import Vocabulary
@@ -298,6 +299,23 @@ def upload_to_hub(
         raise http_error("upload to", repo, exc, token, kind) from None
 
 
+def build_and_upload(
+    build: Callable[[Path], Path],
+    repo: str,
+    repo_type: str,
+    token: str | None,
+    private: bool,
+    message: str,
+    log: Log = print,
+) -> None:
+    """Build a folder in a temporary directory (``build(dest)`` returns it), then log in
+    (:func:`~storyteller.hf_token.login_token`) and :func:`upload_to_hub` it: what deploying a
+    Space and pushing a model share."""
+    with tempfile.TemporaryDirectory(prefix=f"storyteller-{repo_type}-") as tmp:
+        folder = build(Path(tmp) / repo_type)
+        upload_to_hub(folder, repo, login_token(token), repo_type, private, message, log)
+
+
 def deploy_space(
     space: str | None,
     run_dir: str | Path = "outputs",
@@ -349,18 +367,22 @@ def deploy_space(
             "pushing the Space needs huggingface_hub: pip install 'huggingface_hub>=0.30' (the "
             "package's app extra), or build the folder only (--dry-run DIR) and upload it by hand"
         )
-    with tempfile.TemporaryDirectory(prefix="storyteller-space-") as tmp:
-        folder = build_space_folder(
+    build_and_upload(
+        lambda dest: build_space_folder(
             run_dir,
-            Path(tmp) / "space",
+            dest,
             title=space.split("/")[1],
             log=log,
             model=model,
             example_photos=example_photos,
-        )
-        token = login_token(token)
-        message = "Deploy Neural Storyteller (python -m storyteller deploy)"
-        upload_to_hub(folder, space, token, "space", private, message, log)
+        ),
+        space,
+        "space",
+        token,
+        private,
+        "Deploy Neural Storyteller (python -m storyteller deploy)",
+        log,
+    )
     page = f"https://huggingface.co/spaces/{space}"
     log(f"deployed: {page} (the Space builds for a few minutes before it answers)")
     return page

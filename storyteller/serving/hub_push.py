@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import math
 import shlex
-import tempfile
 from pathlib import Path
 
 from ..artefacts import ArtefactError, read_json
 from ..data.vocab import Vocabulary
 from ..errors import StorytellerError
-from ..hf_token import login_token
 from ..models.checkpoint import load_model, train_config_of
 from ..progress import Log
 from ..run_folder import METRICS_FILE
@@ -113,7 +111,7 @@ def push_model(
     """Write the run's model folder and upload it to the Hub model ``repo`` (``USER/NAME``,
     created if missing). Returns the model's URL, or with ``dry_run`` the folder written
     there (no upload, no token needed)."""
-    from .deploy import upload_to_hub
+    from .deploy import build_and_upload
 
     if repo is not None:
         repo = check_repo_id(repo)
@@ -126,11 +124,15 @@ def push_model(
             "uploading needs the model id: --repo USER/NAME (or --dry-run DIR to only write "
             "the model folder)"
         )
-    with tempfile.TemporaryDirectory(prefix="storyteller-model-") as tmp:
-        folder = export_run(run_dir, Path(tmp) / "model", repo, log)
-        token = login_token(token)
-        message = "Upload a storyteller captioner (python -m storyteller push)"
-        upload_to_hub(folder, repo, token, "model", private, message, log)
+    build_and_upload(
+        lambda dest: export_run(run_dir, dest, repo, log),
+        repo,
+        "model",
+        token,
+        private,
+        "Upload a storyteller captioner (python -m storyteller push)",
+        log,
+    )
     url = f"https://huggingface.co/{repo}"
     log(f"pushed: {url} (load it with Captioner.from_pretrained({repo!r}))")
     return url
