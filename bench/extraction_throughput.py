@@ -28,14 +28,13 @@ from PIL import Image
 
 from storyteller.data.captions import load_dataset
 from storyteller.features.cache import (
-    CPU_BATCH_SIZE,
     DECODE_CHOICES,
-    GPU_BATCH_SIZE,
     FeatureExtractor,
     extract_features,
     resolve_decode_on,
 )
 from storyteller.features.encoders import build_encoder, get_encoder_spec
+from storyteller.features.extraction_sizes import CPU_BATCH_SIZE, GPU_BATCH_SIZE
 from storyteller.pipeline import resolve_data
 from storyteller.runtime import describe_hardware, get_device
 

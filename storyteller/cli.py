@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from .config import SMOKE_LABEL, ModelConfig, Strategy, TrainConfig
+from .config import MIN_WORD_COUNT, SMOKE_LABEL, ModelConfig, Strategy, TrainConfig
 from .config_cli import (
     add_config_flags,
     config_flags,
@@ -34,6 +34,13 @@ from .decoder_options import (
 )
 from .errors import StorytellerError
 from .features.encoder_specs import DECODE_CHOICES, ENCODERS, LAYOUTS
+from .features.extraction_sizes import (
+    CPU_BATCH_SIZE,
+    CPU_NUM_WORKERS,
+    GPU_BATCH_SIZE,
+    GPU_NUM_WORKERS,
+)
+from .run_folder import BEST_CHECKPOINT, DEFAULT_OUT
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -148,7 +155,9 @@ def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
             "results.csv); default: the embedded sample dataset",
         )
     p.add_argument(
-        "--out", default="outputs", help="run folder for every artefact (default: ./outputs)"
+        "--out",
+        default=DEFAULT_OUT,
+        help=f"run folder for every artefact (default: ./{DEFAULT_OUT})",
     )
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
@@ -212,7 +221,7 @@ def _add_model_files(p: argparse.ArgumentParser, model_flag: bool = True) -> Non
     p.add_argument(
         *flags,
         dest="checkpoint",
-        default="outputs/best_model.pth",
+        default=f"{DEFAULT_OUT}/{BEST_CHECKPOINT}",
         help="the trained captioner: a run's best_model.pth, a run folder, a model folder "
         "(push --dry-run) or a Hugging Face Hub model id USER/NAME",
     )
@@ -384,12 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--encoder", choices=list(ENCODERS), help="default: resnet50, or efficientnet_lite0 offline"
     )
-    p.add_argument("--batch-size", type=int, default=None, help="default: 64 on a GPU, 4 on a CPU")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"default: {GPU_BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on a CPU",
+    )
     p.add_argument(
         "--workers",
         type=int,
         default=None,
-        help="image-decoding workers (default: 4 on a GPU, 1 on a CPU)",
+        help=f"image-decoding workers (default: {GPU_NUM_WORKERS} on a GPU, {CPU_NUM_WORKERS} on a CPU)",
     )
     p.add_argument(
         "--decode-on",
@@ -405,7 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
         "vocab", help="split images 80/10/10 and build vocab.pkl from training captions"
     )
     _add_common(p)
-    p.add_argument("--threshold", type=int, default=5, help="minimum word count (default 5)")
+    p.add_argument(
+        "--threshold",
+        type=int,
+        default=MIN_WORD_COUNT,
+        help=f"minimum word count (default {MIN_WORD_COUNT})",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed of the 80/10/10 split")
     p.add_argument(
         "--captions",
@@ -498,7 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--encoder", choices=list(ENCODERS), help="default: resnet50, or efficientnet_lite0 offline"
     )
-    p.add_argument("--threshold", type=int, default=5, help="vocabulary: minimum word count")
+    p.add_argument(
+        "--threshold", type=int, default=MIN_WORD_COUNT, help="vocabulary: minimum word count"
+    )
     _add_layout(p)
     _add_train_args(p)
     _add_eval_args(p)
@@ -515,7 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Space id, USER/NAME (created if missing); needed to upload, not for --dry-run",
     )
     p.add_argument(
-        "--run", default="outputs", help="the run folder written by run-all (default: ./outputs)"
+        "--run",
+        default=DEFAULT_OUT,
+        help=f"the run folder written by run-all (default: ./{DEFAULT_OUT})",
     )
     p.add_argument(
         "--dry-run", metavar="DIR", help="write the Space folder into DIR and upload nothing"
@@ -534,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
         "README.md model card with metrics.json's results) and upload it. The token comes "
         "from HF_TOKEN, the `hf auth login` cache, or a hidden prompt; it is never shown.",
     )
-    p.add_argument("--run", default="outputs", help="the run folder (default: ./outputs)")
+    p.add_argument("--run", default=DEFAULT_OUT, help=f"the run folder (default: ./{DEFAULT_OUT})")
     p.add_argument("--repo", help="the model id, USER/NAME (created if missing)")
     p.add_argument("--private", action="store_true", help="create the model as private")
     p.add_argument(

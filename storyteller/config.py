@@ -17,6 +17,9 @@ from .errors import StorytellerError
 #: What every output of a smoke run says (figures, captions, stories; issue 12, item 11: a
 #: smoke run's 49-word "a a pair sky sky ..." captions, and the story opening with one, were
 #: shown unmarked, as if a real model had written them).
+#: A word enters the vocabulary when the training captions use it this often (the seed's 5).
+MIN_WORD_COUNT = 5
+
 SMOKE_LABEL = "SMOKE RUN (tiny data and model: meaningless results)"
 
 #: Bounds on what a stored config may ask for, checked before anything is built from it (a

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .artefacts import read_splits
-from .config import ModelConfig, Strategy, TrainConfig
+from .config import MIN_WORD_COUNT, ModelConfig, Strategy, TrainConfig
 from .data.captions import CaptionDataset, load_dataset
 from .data.embeddings import read_word_vectors
 from .data.vocab import Vocabulary
@@ -33,13 +33,11 @@ from .features.finetune import build_fine_tuned_encoder, checkpoint_encoder, enc
 from .models import decoder_class
 from .models.checkpoint import check_model_config, load_model, read_checkpoint
 from .progress import Log
-from .run_folder import ARTEFACT_SUBFOLDERS, SPLITS_FILE, RunPaths
+from .run_folder import ARTEFACT_SUBFOLDERS, DEFAULT_OUT, SPLITS_FILE, RunPaths
 from .runlock import run_folder
 from .runtime import get_device, seed_everything, write_json
 from .training.distributed import SINGLE_PROCESS, DistContext
 from .training.train import TrainResult, train_model
-
-DEFAULT_OUT = Path("outputs")
 
 if TYPE_CHECKING:
     import torch
@@ -146,7 +144,7 @@ def features_step(
 def vocab_step(
     data: str | Path | None,
     out: str | Path = DEFAULT_OUT,
-    threshold: int = 5,
+    threshold: int = MIN_WORD_COUNT,
     seed: int = 0,
     log: Log = print,
 ) -> Vocabulary:
@@ -165,7 +163,7 @@ def vocab_step(
 def vocab_from_captions(
     captions_file: str | Path,
     out: str | Path = DEFAULT_OUT,
-    threshold: int = 5,
+    threshold: int = MIN_WORD_COUNT,
     seed: int = 0,
     dataset_name: str | None = None,
     log: Log = print,
@@ -396,7 +394,7 @@ def run_all(
     encoder: str | None = None,
     train_config: TrainConfig | None = None,
     model_overrides: dict | None = None,
-    threshold: int = 5,
+    threshold: int = MIN_WORD_COUNT,
     beam_sizes: tuple[int, ...] = (1, 5),
     length_penalty: float = Strategy.length_penalty,
     meteor: str = "auto",

@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The run folder when none is named: ``--out`` / ``--run``'s default, ``./outputs``.
+DEFAULT_OUT = "outputs"
 #: Cached image features: ``features`` step (notebook 01); read by training and evaluation.
 FEATURES_DIR = "features"
 #: The features array inside ``features/``: ``features`` step; read by the feature cache.

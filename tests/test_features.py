@@ -14,17 +14,19 @@ from storyteller.data.captions import load_dataset
 from storyteller.errors import StorytellerError
 from storyteller.features import cache as cache_module
 from storyteller.features.cache import (
-    CPU_BATCH_SIZE,
-    CPU_NUM_WORKERS,
-    GPU_BATCH_SIZE,
-    GPU_NUM_WORKERS,
     FeatureExtractor,
     extract_features,
-    extraction_sizes,
     load_feature_cache,
     load_rgb,
 )
 from storyteller.features.encoders import ENCODERS, build_encoder, resolve_encoder
+from storyteller.features.extraction_sizes import (
+    CPU_BATCH_SIZE,
+    CPU_NUM_WORKERS,
+    GPU_BATCH_SIZE,
+    GPU_NUM_WORKERS,
+    extraction_sizes,
+)
 
 
 class _Interrupt(Exception):

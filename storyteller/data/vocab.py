@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..artefacts import ArtefactError, is_int, type_name
-from ..config import MAX_VOCAB
+from ..config import MAX_VOCAB, MIN_WORD_COUNT
 from ..errors import StorytellerError
 from ..runtime import atomic_path
 from .text import END, PAD, SPECIAL_TOKENS, START, UNK, tokenize
@@ -37,7 +37,9 @@ class Vocabulary:
 
     pad_id, start_id, end_id, unk_id = PAD_ID, START_ID, END_ID, UNK_ID
 
-    def __init__(self, words: Sequence[str], threshold: int = 5, provenance: dict | None = None):
+    def __init__(
+        self, words: Sequence[str], threshold: int = MIN_WORD_COUNT, provenance: dict | None = None
+    ):
         self.itos: list[str] = list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS]
         self.stoi: dict[str, int] = {w: i for i, w in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
@@ -47,7 +49,10 @@ class Vocabulary:
 
     @classmethod
     def build(
-        cls, captions: Iterable[str], threshold: int = 5, provenance: dict | None = None
+        cls,
+        captions: Iterable[str],
+        threshold: int = MIN_WORD_COUNT,
+        provenance: dict | None = None,
     ) -> Vocabulary:
         """Keep words seen at least ``threshold`` times, most frequent first (ties A-Z)."""
         if threshold < 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ..config import MIN_WORD_COUNT
 from ..errors import StorytellerError
 from ..progress import Log
 from ..run_folder import RunPaths
@@ -23,7 +24,7 @@ from .vocab import Vocabulary
 
 def build_split_vocabulary(
     captions: dict[str, list[str]],
-    threshold: int = 5,
+    threshold: int = MIN_WORD_COUNT,
     seed: int = 0,
     provenance: dict | None = None,
 ) -> tuple[Vocabulary, Split]:

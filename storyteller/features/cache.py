@@ -34,10 +34,8 @@ Two ways to turn files into pixels (``decode_on``):
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,36 +51,11 @@ from ..run_folder import FEATURES_FILE, INDEX_FILE
 from ..runtime import autocast, get_device, write_json
 from .encoder_specs import DECODE_CHOICES
 from .encoders import LAYOUTS, build_encoder, check_layout, get_encoder_spec, with_layout
+from .extraction_sizes import extraction_sizes
 
 # 2: the index records its ``layout`` (version 1 had none and was always pooled).
 CACHE_VERSION = 2
-# On a CPU the network, not JPEG decoding, is the bottleneck: small batches, one worker
-# measured fastest (bench/extraction_throughput.py).
-CPU_BATCH_SIZE = 4
-CPU_NUM_WORKERS = 1
-# On a GPU: big batches (the encoder alone does 11,040 img/s for ResNet50 at 64, fp16) and,
-# since JPEGs are decoded on the GPU, workers that only read file bytes: a few are enough.
-GPU_BATCH_SIZE = 64
-GPU_NUM_WORKERS = 4
 EXIF_ORIENTATION = 0x0112
-
-
-@dataclass(frozen=True)
-class ExtractionSizes:
-    """Images per batch and loader workers for one extraction device."""
-
-    batch_size: int
-    num_workers: int
-
-
-def extraction_sizes(on_gpu: bool, cpu_count: int | None = None) -> ExtractionSizes:
-    """The sizes that measured fastest (``bench/extraction_throughput.py``) on a GPU or a CPU
-    with ``cpu_count`` cores (default: this machine's). Extraction runs on one device, so
-    a second GPU changes nothing here."""
-    cpu_count = max(1, cpu_count or os.cpu_count() or 1)
-    if on_gpu:
-        return ExtractionSizes(GPU_BATCH_SIZE, min(GPU_NUM_WORKERS, cpu_count))
-    return ExtractionSizes(CPU_BATCH_SIZE, CPU_NUM_WORKERS)
 
 
 def load_rgb(source) -> Image.Image:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import TrainConfig
-from ..features.cache import extraction_sizes
+from ..features.extraction_sizes import extraction_sizes
 
 
 @dataclass(frozen=True)

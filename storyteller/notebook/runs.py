@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ..errors import StorytellerError
 from ..run_folder import (
     BEST_CHECKPOINT,
+    DEFAULT_OUT,
     FEATURES_INDEX,
     HISTORY_FILE,
     METRICS_FILE,
@@ -42,7 +43,7 @@ def default_output_dir(smoke: bool = False) -> Path:
     """The run folder off Kaggle when none is named: ``./outputs``, or ``./outputs/smoke`` in
     smoke mode, so a smoke run never meets a real run's cache (its features are of other
     images) and never leaves its sample's figures among the real run's."""
-    return Path("outputs", "smoke") if smoke else Path("outputs")
+    return Path(DEFAULT_OUT, "smoke") if smoke else Path(DEFAULT_OUT)
 
 
 def find_output_dir(out_dir: str | Path | None = None, smoke: bool = False) -> Path:

@@ -43,7 +43,7 @@ from ..features.encoders import ENCODERS, get_encoder_spec
 from ..hf_token import login_token
 from ..models.checkpoint import load_model, read_checkpoint
 from ..progress import Log
-from ..run_folder import BEST_CHECKPOINT, VOCAB_FILE
+from ..run_folder import BEST_CHECKPOINT, DEFAULT_OUT, VOCAB_FILE
 from ..runtime import torch_save_atomic, write_json
 from .examples import EXAMPLES_DIR, Examples, example_pictures, photos_allowed
 from .hub import check_repo_id
@@ -223,7 +223,7 @@ def build_space_folder(
 
 def run_files(run_dir: str | Path | None) -> tuple[Path, Path]:
     """The run's checkpoint and vocabulary, or a one-line error saying how to make them."""
-    run_dir = Path(run_dir or "outputs").expanduser()
+    run_dir = Path(run_dir or DEFAULT_OUT).expanduser()
     if not run_dir.is_dir():
         raise StorytellerError(
             f"run folder not found: {run_dir} (make one with `python -m storyteller run-all "
@@ -318,7 +318,7 @@ def build_and_upload(
 
 def deploy_space(
     space: str | None,
-    run_dir: str | Path = "outputs",
+    run_dir: str | Path = DEFAULT_OUT,
     token: str | None = None,
     private: bool = False,
     dry_run: str | Path | None = None,

@@ -27,8 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import StorytellerError
 from ..features.cache import load_rgb
 from ..figures.attention_maps import AttentionCaption, encoder_view
-from ..pipeline import DEFAULT_OUT
-from ..run_folder import BEST_CHECKPOINT, VOCAB_FILE
+from ..run_folder import BEST_CHECKPOINT, DEFAULT_OUT, VOCAB_FILE
 
 RUN_DIR_ENV = "STORYTELLER_RUN_DIR"
 MAKE_MODEL_COMMAND = "python -m storyteller run-all"

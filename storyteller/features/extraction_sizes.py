@@ -1,0 +1,38 @@
+"""How many images a batch and how many loader workers feature extraction uses on one device.
+
+Torch-free, so the command line can name the defaults in ``features --help`` before torch
+loads. :func:`storyteller.features.cache.extract_features` uses them when it is given none,
+and the notebooks' set-up (:mod:`storyteller.notebook.hardware`) shows and passes the same.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# On a CPU the network, not JPEG decoding, is the bottleneck: small batches, one worker
+# measured fastest (bench/extraction_throughput.py).
+CPU_BATCH_SIZE = 4
+CPU_NUM_WORKERS = 1
+# On a GPU: big batches (the encoder alone does 11,040 img/s for ResNet50 at 64, fp16) and,
+# since JPEGs are decoded on the GPU, workers that only read file bytes: a few are enough.
+GPU_BATCH_SIZE = 64
+GPU_NUM_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class ExtractionSizes:
+    """Images per batch and loader workers for one extraction device."""
+
+    batch_size: int
+    num_workers: int
+
+
+def extraction_sizes(on_gpu: bool, cpu_count: int | None = None) -> ExtractionSizes:
+    """The sizes that measured fastest (``bench/extraction_throughput.py``) on a GPU or a CPU
+    with ``cpu_count`` cores (default: this machine's). Extraction runs on one device, so
+    a second GPU changes nothing here."""
+    cpu_count = max(1, cpu_count or os.cpu_count() or 1)
+    if on_gpu:
+        return ExtractionSizes(GPU_BATCH_SIZE, min(GPU_NUM_WORKERS, cpu_count))
+    return ExtractionSizes(CPU_BATCH_SIZE, CPU_NUM_WORKERS)
