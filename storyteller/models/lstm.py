@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import INJECT_MODES, ModelConfig
 from ..data.vocab import PAD_ID
 from .base import CaptionDecoder, DecoderState, batch_field
 from .registry import register_decoder
@@ -40,8 +40,9 @@ class LSTMDecoder(CaptionDecoder):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         hidden, layers = config.hidden_size, config.num_layers
-        if config.inject not in ("init", "init+input"):
-            raise ValueError(f"inject must be 'init' or 'init+input', got {config.inject!r}")
+        if config.inject not in INJECT_MODES:
+            modes = " or ".join(repr(mode) for mode in INJECT_MODES)
+            raise ValueError(f"inject must be {modes}, got {config.inject!r}")
         self.image_proj = nn.Sequential(
             nn.LayerNorm(config.feature_dim) if config.feature_norm else nn.Identity(),
             nn.Linear(config.feature_dim, hidden),
