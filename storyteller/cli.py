@@ -314,9 +314,8 @@ def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = Tr
 
 def _add_story_parser(sub) -> None:
     from .story.backends import BACKENDS
-    from .story.options import GENRES, LENGTHS, TONES, StoryOptions
+    from .story.options import StoryOptions
 
-    d = StoryOptions()
     p = sub.add_parser(
         "story",
         help="caption images, then stream a story about them (or start from --caption)",
@@ -362,14 +361,7 @@ def _add_story_parser(sub) -> None:
         help="hosted: seconds to wait for the server (default 60); local models: seconds one "
         "turn may generate (default $STORYTELLER_STORY_TIME_LIMIT or 60)",
     )
-    p.add_argument("--genre", default=d.genre, help=f"e.g. {', '.join(GENRES)} (free text)")
-    p.add_argument("--tone", default=d.tone, help=f"e.g. {', '.join(TONES)} (free text)")
-    p.add_argument("--length", default=d.length, choices=LENGTHS, help="the token budget per turn")
-    p.add_argument(
-        "--temperature", type=float, default=d.temperature, help="sampling temperature (0: greedy)"
-    )
-    p.add_argument("--seed", type=int, help="repeatable sampling where the backend supports it")
-    p.add_argument("--max-new-tokens", type=int, help="override the token budget of --length")
+    add_config_flags(p, StoryOptions)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -833,14 +825,7 @@ def _notebooks(args) -> int:
 def _story(args) -> int:
     from .story import StoryOptions, StorySession, get_backend
 
-    options = StoryOptions(  # validate the controls before any model is loaded
-        genre=args.genre,
-        tone=args.tone,
-        length=args.length,
-        temperature=args.temperature,
-        seed=args.seed,
-        max_new_tokens=args.max_new_tokens,
-    )
+    options = config_from_args(StoryOptions, args)  # checked before any model is loaded
     if args.caption and args.images:
         raise StorytellerError("give images or --caption, not both")
     if not args.caption and not args.images:

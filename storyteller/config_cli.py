@@ -2,7 +2,8 @@
 
 A field declared with :func:`option` (its default, its help, and any command-line details)
 becomes a flag: ``--hidden-size`` from ``hidden_size``, the type from the annotation, the
-default from the dataclass. :func:`add_config_flags` adds the flags to a parser,
+default from the dataclass (a field typed ``X | None`` is an ``X`` flag whose
+absence leaves ``None``). :func:`add_config_flags` adds the flags to a parser,
 :func:`config_values` / :func:`config_from_args` read the parsed namespace back into the
 dataclass, and :func:`config_flags_for` writes the flags that give a config back (a notebook
 starting the same training as a command). Fields declared without :func:`option` have no flag.
@@ -13,6 +14,7 @@ Only argparse and dataclasses here: the command line parses before torch loads.
 from __future__ import annotations
 
 import argparse
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, field, fields
@@ -72,6 +74,14 @@ class Flag(NamedTuple):
         return self.kind is bool
 
 
+def _without_none(kind: Any) -> Any:
+    """``int`` for ``int | None`` (a field whose ``None`` means "not given"); ``kind`` itself
+    otherwise."""
+    kept = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    is_union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    return kept[0] if is_union and len(kept) == 1 else kind
+
+
 def config_flags(cls: type) -> dict[str, Flag]:
     """``{field name: Flag}`` for every field of the dataclass ``cls`` declared with
     :func:`option`, in field order."""
@@ -80,7 +90,7 @@ def config_flags(cls: type) -> dict[str, Flag]:
     for f in fields(cls):
         if _HELP not in f.metadata:
             continue
-        kind = hints[f.name]
+        kind = _without_none(hints[f.name])
         negated = kind is bool and f.default is True
         name = f.metadata.get(_FLAG, f.name.replace("_", "-"))
         name = f"no-{name}" if negated else name

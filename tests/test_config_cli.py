@@ -150,3 +150,37 @@ def test_field_values_are_checked_against_the_dataclass():
         field_values(ModelConfig, hiden_size=64)
     with pytest.raises(TypeError, match="ModelConfig.hidden_size must be an integer, got '64'"):
         field_values(ModelConfig, hidden_size="64")
+
+
+@dataclass
+class _Optional:
+    seed: int | None = option(None, "repeatable when given")
+    limit: float | None = option(None, "seconds")
+
+
+def test_an_optional_field_is_a_typed_flag_left_out_when_not_given():
+    parser = _parser(_Optional)
+    assert config_values(_Optional, parser.parse_args([])) == {}
+    given = parser.parse_args(["--seed", "7", "--limit", "2.5"])
+    assert config_from_args(_Optional, given) == _Optional(seed=7, limit=2.5)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seed", "seven"])  # typed as int, not passed on as text
+
+
+def test_the_story_commands_controls_are_story_options_fields():
+    from storyteller.story.options import StoryOptions
+
+    args = cli.build_parser().parse_args(
+        ["story", "--caption", "a dog", "--genre", "fable", "--seed", "3", "--length", "long"]
+    )
+    assert config_from_args(StoryOptions, args) == StoryOptions(
+        genre="fable", seed=3, length="long"
+    )
+    assert set(config_flags(StoryOptions)) == {
+        "genre",
+        "tone",
+        "length",
+        "temperature",
+        "seed",
+        "max_new_tokens",
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config_cli import option
 from .errors import StoryError
 from .limits import MAX_TURN_SECONDS
 
@@ -54,12 +55,13 @@ class StoryOptions:
             it to keep a turn's retries inside one turn's time.
     """
 
-    genre: str = "adventure"
-    tone: str = "warm"
-    length: str = "short"
-    temperature: float = 0.8
-    seed: int | None = None
-    max_new_tokens: int | None = None
+    # The `story` command's flags are the fields declared with option() (config_cli).
+    genre: str = option("adventure", f"e.g. {', '.join(GENRES)} (free text)")
+    tone: str = option("warm", f"e.g. {', '.join(TONES)} (free text)")
+    length: str = option("short", "the token budget per turn", choices=LENGTHS)
+    temperature: float = option(0.8, "sampling temperature (0: greedy)")
+    seed: int | None = option(None, "repeatable sampling where the backend supports it")
+    max_new_tokens: int | None = option(None, "override the token budget of --length")
     time_limit: float | None = None
 
     def __post_init__(self) -> None:
