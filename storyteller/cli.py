@@ -314,6 +314,7 @@ def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = Tr
 
 def _add_story_parser(sub) -> None:
     from .story.backends import BACKENDS
+    from .story.backends.hosted import DEFAULT_MODEL, MODEL_ENV
     from .story.options import StoryOptions
 
     p = sub.add_parser(
@@ -345,8 +346,8 @@ def _add_story_parser(sub) -> None:
     )
     p.add_argument(
         "--model",
-        help="language model: hosted model id (default $STORYTELLER_STORY_MODEL or "
-        "meta-llama/Llama-3.1-8B-Instruct), or a hub id / folder for --backend transformers",
+        help=f"language model: hosted model id (default ${MODEL_ENV} or "
+        f"{DEFAULT_MODEL}), or a hub id / folder for --backend transformers",
     )
     p.add_argument(
         "--base-url",
