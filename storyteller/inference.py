@@ -144,6 +144,12 @@ class Captioner:
         weights = self.model.state_dict()
         return write_model_folder(folder, config, weights, self.vocab, info, encoder, card)
 
+    def _encode(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
+        """PIL images or image paths -> their features on the model's device: (B,
+        feature_dim), or (B, h*w, feature_dim) for a captioner that reads the grid."""
+        pil = [im if isinstance(im, Image.Image) else Image.open(im) for im in images]
+        return self.extractor(pil).to(self.extractor.device)
+
     @torch.inference_mode()
     def caption(
         self,
@@ -155,8 +161,7 @@ class Captioner:
         """Captions for PIL images or image paths, decoded as :class:`Strategy` says for
         these settings (greedy when ``beam_size == 1``; a width below 1 is refused)."""
         strategy = Strategy(beam_size, max_length, length_penalty)
-        pil = [im if isinstance(im, Image.Image) else Image.open(im) for im in images]
-        features = self.extractor(pil).to(self.extractor.device)  # (B, feature_dim)
+        features = self._encode(images)  # (B, feature_dim)
         return [self.vocab.decode(ids) for ids in decode(self.model, features, strategy)]
 
     __call__ = caption
@@ -178,12 +183,6 @@ class Captioner:
         only; draw them with :func:`storyteller.figures.attention_maps.write_attention_maps`),
         decoded as :meth:`caption` decodes."""
         strategy = Strategy(beam_size, max_length, length_penalty)
-        pil = [im if isinstance(im, Image.Image) else Image.open(im) for im in images]
-        features = self.extractor(pil).to(self.extractor.device)  # (B, h*w, feature_dim)
-        return caption_with_attention(
-            self.model,
-            self.vocab,
-            features,
-            self.extractor.spec.grid,
-            strategy,
-        )
+        features = self._encode(images)  # (B, h*w, feature_dim)
+        grid = self.extractor.spec.grid
+        return caption_with_attention(self.model, self.vocab, features, grid, strategy)
