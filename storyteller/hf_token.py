@@ -2,7 +2,7 @@
 
 Story backends (:mod:`storyteller.story.keys`), uploads to the Hub
 (:mod:`storyteller.serving.deploy`, :mod:`storyteller.serving.hub_push`) and notebook 05
-(:func:`storyteller.notebook.settings.hf_token`) all ask here, so they agree on where a token
+(:func:`storyteller.notebook.kaggle.hf_token`) all ask here, so they agree on where a token
 comes from, in this order:
 
 1. an explicit ``token`` argument;

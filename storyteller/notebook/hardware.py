@@ -23,7 +23,7 @@ def adapted_sizes(gpu_count: int, cpu_count: int | None = None) -> Sizes:
     * training: the recipe's batch (``TrainConfig.batch_size``, 64) per GPU, so
       DataParallel gives each of Kaggle's two T4s a 64 share of a 128 batch; 64 on the CPU;
     * extraction: the package's own choice for one device
-      (:func:`storyteller.features.cache.extraction_sizes`, the same the CLI uses):
+      (:func:`storyteller.features.extraction_sizes.extraction_sizes`, the same the CLI uses):
       extraction runs on one GPU whatever the count.
     """
     per_device = TrainConfig().batch_size
