@@ -77,6 +77,14 @@ def find_hf_token(token: str | None = None, kaggle: bool = False) -> str | None:
     )
 
 
+def every_hf_token() -> list[str]:
+    """Every Hugging Face token this process could send, not only the one
+    :func:`find_hf_token` picks: ``HF_TOKEN`` *and* a saved login that differs from it (to
+    scrub from anything shown)."""
+    found = [_clean(os.environ.get(HF_TOKEN_ENV)), _login_cache()]
+    return list(dict.fromkeys(token for token in found if token))
+
+
 def ask_hf_token() -> str | None:
     """Ask for a token with a hidden prompt (``getpass``: the token is not echoed).
 

@@ -116,3 +116,15 @@ def test_no_token_is_one_clear_line(login, monkeypatch):
     message = str(caught.value)
     assert message.startswith("no Hugging Face token: set HF_TOKEN, or run `hf auth login`")
     assert "https://huggingface.co/settings/tokens" in message and "\n" not in message
+
+
+def test_every_token_that_could_be_sent_is_known_for_scrubbing(login, monkeypatch):
+    from storyteller.story.keys import known_secrets
+
+    login["token"] = LOGIN
+    monkeypatch.setenv("HF_TOKEN", ENV)
+    assert hf_token.find_hf_token() == ENV  # the environment wins for sending ...
+    assert hf_token.every_hf_token() == [ENV, LOGIN]  # ... but the saved login is known too
+    assert {ENV, LOGIN} <= set(known_secrets())
+    monkeypatch.setenv("HF_TOKEN", LOGIN + "\n")
+    assert hf_token.every_hf_token() == [LOGIN]  # the same token once, stripped

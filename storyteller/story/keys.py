@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from ..hf_token import find_hf_token
+from ..hf_token import every_hf_token, find_hf_token
 from .errors import StoryError
 
 API_KEY_ENV = "STORYTELLER_STORY_API_KEY"
@@ -85,8 +85,8 @@ def key_for(base_url: str | None, token: str | None = None) -> str | None:
 
 def known_secrets(*extra: str | None) -> list[str]:
     """Every credential this process could send: ``extra``, the Hugging Face token
-    (``HF_TOKEN`` or a saved login) and the story API key (to scrub from anything shown)."""
-    found = [*extra, find_hf_token(), os.environ.get(API_KEY_ENV)]
+    (``HF_TOKEN`` and a saved login, both when they differ) and the story API key (to scrub from anything shown)."""
+    found = [*extra, *every_hf_token(), os.environ.get(API_KEY_ENV)]
     return sorted({s for s in found if s and len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
 
 
