@@ -14,7 +14,7 @@ import huggingface_hub
 import pytest
 import torch
 from app_server import running_app
-from conftest import cli
+from conftest import add_huge_integer, cli
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
@@ -167,6 +167,16 @@ TAMPERED = {
         "config.json",
         _rewrite_json("config.json", lambda c: c["encoder"]["preprocessing"].update(crop=299)),
         "preprocessing",
+    ),
+    "a 5,001-digit integer in the config": (
+        "config.json",
+        lambda f: add_huge_integer(f / "config.json"),
+        "integer of 5,001 digits",
+    ),
+    "a 5,001-digit integer in the vocabulary": (
+        "vocab.json",
+        lambda f: add_huge_integer(f / "vocab.json"),
+        "integer of 5,001 digits",
     ),
     "other vocabulary": (
         "vocab.json",
