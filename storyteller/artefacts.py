@@ -23,6 +23,9 @@ from .errors import StorytellerError
 
 #: Largest ``.npy`` header read (NumPy itself refuses headers over 10,000 bytes by default).
 MAX_NPY_HEADER = 10_000
+#: Longest integer read from a JSON artefact, in digits: no count, size or seed the package
+#: writes comes near it, and parsing a long one takes time quadratic in its length.
+MAX_JSON_INT_DIGITS = 100
 
 
 class ArtefactError(StorytellerError):
@@ -56,9 +59,21 @@ def is_number(value: Any) -> bool:
     return (is_int(value) or isinstance(value, (float, np.floating))) and math.isfinite(value)
 
 
+class _LongInteger(ValueError):
+    """A JSON integer over :data:`MAX_JSON_INT_DIGITS` digits; ``args[0]`` is its length."""
+
+
+def _json_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_JSON_INT_DIGITS:
+        raise _LongInteger(digits)
+    return int(text)
+
+
 def read_json(path: str | Path, what: str) -> Any:
-    """The parsed JSON of ``path``; an empty, truncated or non-UTF-8 file is an
-    :class:`ArtefactError` naming the file (``what`` says which artefact it should be)."""
+    """The parsed JSON of ``path``; an empty, truncated or non-UTF-8 file, or one holding an
+    integer over :data:`MAX_JSON_INT_DIGITS` digits, is an :class:`ArtefactError` naming the
+    file (``what`` says which artefact it should be)."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -69,7 +84,13 @@ def read_json(path: str | Path, what: str) -> Any:
     if not text.strip():
         raise ArtefactError(path, f"the {what} is empty")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_json_int)
+    except _LongInteger as exc:
+        raise ArtefactError(
+            path,
+            f"not a valid {what}: it holds an integer of {exc.args[0]:,} digits (at most "
+            f"{MAX_JSON_INT_DIGITS} are read)",
+        ) from None
     except (json.JSONDecodeError, RecursionError) as exc:
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
         where = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""

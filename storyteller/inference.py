@@ -7,6 +7,7 @@ replace the registry's ImageNet weights: nothing is downloaded for it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -109,7 +110,8 @@ class Captioner:
         from .serving.hub import is_checkpoint_file, is_model_folder
 
         path = Path(source).expanduser()
-        if path.is_dir() and not is_model_folder(path) and (path / BEST_CHECKPOINT).is_file():
+        is_dir = os.path.isdir(path)  # False, not OSError, for a Hub id too long to be a path
+        if is_dir and not is_model_folder(path) and (path / BEST_CHECKPOINT).is_file():
             path = path / BEST_CHECKPOINT  # a run folder
         if is_checkpoint_file(path):
             return cls.from_files(path, vocab or path.parent / VOCAB_FILE, device)

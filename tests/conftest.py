@@ -117,6 +117,13 @@ def cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     )
 
 
+def add_huge_integer(path: Path) -> None:
+    """Add a 5,001-digit integer to the JSON object in ``path`` (Python's own parser refuses
+    integers over 4,300 digits with a ValueError that names no file)."""
+    text = path.read_text()
+    path.write_text(text[: text.rindex("}")] + ', "huge": ' + "9" * 5001 + "}")
+
+
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory):
     """`python -m storyteller run-all` with no arguments, in an empty working folder."""

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import add_huge_integer
 
 from storyteller import pipeline
 from storyteller.cli import main
@@ -323,6 +324,7 @@ INDEX_CASES = {
     "grid without its size": _index_edit(lambda m: m.update(layout="grid")),
     "a newer version": _index_edit(lambda m: m.update(version=99)),
     "dtype float32": _index_edit(lambda m: m.update(dtype="float32")),
+    "a 5,001-digit integer": add_huge_integer,
 }
 
 
@@ -373,6 +375,7 @@ SPLITS_CASES = {
     "test a string": _splits_edit(lambda s: s.update(test="a.jpg")),
     "names that are numbers": _splits_edit(lambda s: s.update(test=[1, 2])),
     "an image in train and test": _splits_edit(lambda s: s["test"].append(s["train"][0])),
+    "a 5,001-digit integer": add_huge_integer,
 }
 
 
@@ -560,3 +563,13 @@ def test_config_errors_name_the_field_and_range():
         ModelConfig.from_dict({})
     assert ModelConfig.from_dict({"vocab_size": 10, "future_field": 1}).vocab_size == 10
     assert ModelConfig.from_dict({"vocab_size": 10, "dropout": 0}).dropout == 0.0
+
+
+def test_the_notebook_report_reads_history_through_the_checked_reader(tmp_path):
+    """A huge integer in history.json is one line naming the file, whoever reads it."""
+    from storyteller.notebook.report import read_history
+
+    (tmp_path / "history.json").write_text('[{"epoch": ' + "9" * 5001 + "}]")
+    with pytest.raises(StorytellerError, match="integer of 5,001 digits") as error:
+        read_history(tmp_path)
+    assert_one_line_naming(str(error.value), tmp_path / "history.json")

@@ -14,8 +14,11 @@ import huggingface_hub
 import pytest
 import torch
 from app_server import running_app
-from conftest import cli
+from conftest import add_huge_integer, cli
 from huggingface_hub import ModelCard
+from huggingface_hub.utils import validate_repo_id
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from storyteller import pipeline
@@ -168,6 +171,16 @@ TAMPERED = {
         _rewrite_json("config.json", lambda c: c["encoder"]["preprocessing"].update(crop=299)),
         "preprocessing",
     ),
+    "a 5,001-digit integer in the config": (
+        "config.json",
+        lambda f: add_huge_integer(f / "config.json"),
+        "integer of 5,001 digits",
+    ),
+    "a 5,001-digit integer in the vocabulary": (
+        "vocab.json",
+        lambda f: add_huge_integer(f / "vocab.json"),
+        "integer of 5,001 digits",
+    ),
     "other vocabulary": (
         "vocab.json",
         _rewrite_json("vocab.json", lambda v: v["itos"].__setitem__(-1, "zebra")),
@@ -280,6 +293,40 @@ def test_push_creates_the_model_and_uploads_the_folder(tiny_run, tiny_data, tmp_
 def test_bad_model_ids_are_refused(repo, tiny_run):
     with pytest.raises(StorytellerError, match="not a model id"):
         push_model(tiny_run, repo, log=quiet)
+
+
+BAD_HUB_IDS = ["a/b..c", "a/b--c", "a/b.git", "a/" + "b" * 97, "a/b-", "a/.b", "a/b\nc", "a/b/c"]
+BAD_HUB_IDS += ["a/" + "b" * 5000]  # too long for a path: no OSError from the folder check
+
+
+@pytest.mark.parametrize("repo", BAD_HUB_IDS)
+def test_a_bad_hub_id_is_one_line_before_any_download(repo, monkeypatch):
+    """`a/b..c` and the like once reached huggingface_hub: `unexpected HFValidationError`."""
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a bad id reached snapshot_download")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_download)
+    with pytest.raises(StorytellerError, match="neither a model folder nor a Hub model id: ") as e:
+        hub.resolve_model(repo)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
+    with pytest.raises(StorytellerError, match="neither a model folder nor a Hub model id: "):
+        Captioner.load(repo)  # caption --model, story --checkpoint
+    with pytest.raises(StorytellerError, match="not a model id"):
+        hub.check_repo_id(repo)
+
+
+def test_caption_cli_refuses_a_bad_hub_id_in_one_line(images):
+    result = cli("caption", str(images[0]), "--model", "a/b..c")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "'--' and '..' are not allowed" in result.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(repo=st.from_regex(r"[aZ09_.-]{1,100}/[aZ09_.-]{1,100}(\.git)?\n?", fullmatch=True))
+def test_every_id_the_check_passes_huggingface_hub_accepts(repo):
+    if hub.repo_id_problem(repo) is None:
+        validate_repo_id(repo)  # raises HFValidationError on an id the Hub refuses
 
 
 def test_an_upload_needs_a_repo(tiny_run):

@@ -1,6 +1,11 @@
+import warnings
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from storyteller.data.captions import (
+    MAX_CAPTION_FILE_BYTES,
     MAX_ROW_CHARS,
     SkipReport,
     load_dataset,
@@ -34,6 +39,69 @@ def test_reads_kaggle_csv_with_quoted_commas(tmp_path):
         tmp_path / "captions.txt", 'image,caption\na.jpg,"A dog, brown, runs ."\nb.jpg,A cat sits\n'
     )
     assert read_caption_file(f) == [("a.jpg", "A dog, brown, runs ."), ("b.jpg", "A cat sits")]
+
+
+def test_unquoted_commas_stay_in_a_two_column_caption(tmp_path):
+    f = _write(tmp_path / "captions.txt", "image,caption\na.jpg,A dog , brown , runs .\n")
+    assert read_caption_file(f) == [("a.jpg", "A dog , brown , runs .")]
+
+
+def test_extra_csv_columns_are_ignored_not_glued_into_captions(tmp_path):
+    """``image,caption,source`` once gave captions ending in ",flickr-user-42"."""
+    f = _write(
+        tmp_path / "captions.txt",
+        "image,caption,source\nx.jpg,A dog runs,flickr-user-42\n"
+        "y.jpg,A cat , sits,flickr-user-7\n",  # an unquoted comma in a middle column
+    )
+    report = SkipReport()
+    with pytest.warns(UserWarning, match="ignoring 'source'"):
+        assert read_caption_file(f, report) == [("x.jpg", "A dog runs")]
+    assert report.counts == {"malformed rows": 1}
+    _write(f, "source,IMAGE,caption\nflickr,x.jpg,A dog , runs\n")  # caption last: glued
+    with pytest.warns(UserWarning, match="ignoring 'source'"):
+        assert read_caption_file(f) == [("x.jpg", "A dog , runs")]
+    _write(f, "caption,image\nA dog , runs,x.jpg\n")  # caption first: cannot be told apart
+    assert read_caption_file(f, report := SkipReport()) == []
+    assert report.counts == {"malformed rows": 1}
+
+
+def test_a_junk_first_line_names_the_file_not_captions_txt(tmp_path):
+    f = _write(tmp_path / "Flickr8k.token.txt", "junk\na.jpg#0\tA dog runs .\n")
+    with pytest.raises(
+        StorytellerError, match=r"Flickr8k\.token\.txt is not a caption file"
+    ) as err:
+        read_caption_file(f)
+    assert "captions.txt" not in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "named"),
+    [("utf-16", "UTF-16"), ("utf-16-be", "UTF-16"), ("utf-32", "UTF-32"), ("utf-16-le", "UTF-16")],
+)
+def test_a_caption_file_not_in_utf8_names_its_encoding(tmp_path, encoding, named):
+    """A UTF-16 file was refused with a 400-character dump of NUL characters."""
+    f = tmp_path / "captions.txt"
+    f.write_bytes("image,caption\na.jpg,A dog runs\n".encode(encoding))
+    with pytest.raises(StorytellerError, match=f"is {named}.* save it as UTF-8") as err:
+        read_caption_file(f)
+    assert "\x00" not in str(err.value) and len(str(err.value)) < 200
+
+
+def test_a_utf8_byte_order_mark_is_read(tmp_path):
+    f = tmp_path / "captions.txt"
+    f.write_bytes("image,caption\na.jpg,A dog runs\n".encode("utf-8-sig"))
+    assert read_caption_file(f) == [("a.jpg", "A dog runs")]
+
+
+def test_a_caption_file_over_the_bound_is_refused_unread(tmp_path):
+    """A 4 GB sparse captions.txt was read whole (killed for memory at 3 GB)."""
+    f = tmp_path / "captions.txt"
+    with f.open("wb") as out:
+        out.write(b"image,caption\n")
+        out.truncate(4 * 2**30)  # sparse: no disk used
+    bound = f"{MAX_CAPTION_FILE_BYTES // 2**20} MB"
+    with pytest.raises(StorytellerError, match=f"4,096 MB, over the {bound}"):
+        read_caption_file(f)
 
 
 def test_reads_flickr8k_token_file(tmp_path):
@@ -156,6 +224,56 @@ def test_every_line_is_read_or_counted(tmp_path):
         "rows that are not UTF-8": 1,
     }
     assert all(not caption.endswith("\r") for _, caption in rows)
+
+
+#: Pieces of caption files, good and bad, that random lines are made of.
+_PIECES = st.one_of(
+    st.binary(max_size=12),
+    st.sampled_from(
+        [
+            b"image,caption",
+            b"image,caption,source",
+            b"a.jpg,A dog runs",
+            b'a.jpg,"A dog, runs"',
+            b'b.jpg,"open',
+            b"a.jpg#0\tA dog",
+            b"1.jpg| 0| A man",
+            b"\xef\xbb\xbf",
+            b"\xff\xfe",
+            b'"',
+            b",",
+            b"\t",
+            b"|",
+            b"\r",
+            b"\0",
+            b"\xe9",
+        ]
+    ),
+)
+_FILES = st.lists(st.lists(_PIECES, max_size=4).map(b"".join), max_size=12).map(b"\n".join)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=_FILES)
+def test_any_bytes_give_rows_and_counted_skips_or_one_error_line(tmp_path, data):
+    """Whatever a caption file holds: every non-empty line is read, counted or (the first
+    line only) a header, or the file is refused in one line; never another exception."""
+    f = tmp_path / "captions.txt"
+    f.write_bytes(data)
+    report = SkipReport()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows = read_caption_file(f, report)
+    except StorytellerError as exc:
+        assert "\n" not in str(exc) and "please report" not in str(exc)
+        return
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    non_empty = sum(1 for line in data.split(b"\n") if line.strip())
+    assert non_empty - 1 <= len(rows) + report.lines <= non_empty
 
 
 def test_missing_dataset_and_wrong_header_give_clear_errors(tmp_path):

@@ -2,8 +2,9 @@
 
 Accepted layouts (the folder is what users pass as ``--data``):
 
-* Kaggle ``adityajn105/flickr8k`` / ``flickr30k``: ``Images/`` + ``captions.txt`` (CSV with a
-  header ``image,caption``; captions that contain commas are quoted);
+* Kaggle ``adityajn105/flickr8k`` / ``flickr30k``: ``Images/`` + ``captions.txt`` (CSV whose
+  header names the columns ``image`` and ``caption``, in any order, other columns ignored;
+  captions that contain commas are quoted, or unquoted when the caption is the last column);
 * the original ``Flickr8k.token.txt``: ``image.jpg#N<TAB>caption``;
 * the Flickr30k ``results.csv``: ``image_name| comment_number| comment`` (pipe-separated).
 
@@ -12,10 +13,13 @@ in a :class:`SkipReport`, which warns once with the totals. Files are read line 
 Flickr caption never spans lines), so damage stays on its own line: one stray quote cannot
 swallow the rest of the file, as it does in a CSV reader, and one huge or undecodable row is
 skipped instead of failing the load. Every line is either a kept row or a counted skip.
+A file that cannot be read line by line is refused in one line naming it: over
+:data:`MAX_CAPTION_FILE_BYTES`, UTF-16/32 rather than UTF-8, or in no known layout.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import warnings
 from collections import Counter, defaultdict
@@ -98,6 +102,39 @@ class CaptionDataset:
 MAX_ROW_CHARS = 2000
 
 
+#: The largest caption file read, in bytes: Flickr30k's 158,915 captions take 16 MB, COCO's
+#: 616,767 about 40 MB. Reading holds about 8 times the file's size in memory (0.5 GB here).
+MAX_CAPTION_FILE_BYTES = 64 * 2**20
+
+#: Byte-order marks of encodings that are not UTF-8, UTF-32's first (it starts like UTF-16's).
+_OTHER_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The caption file's bytes, refused in one line when it is over
+    :data:`MAX_CAPTION_FILE_BYTES` (checked before reading) or not UTF-8: a UTF-16/32
+    byte-order mark, or a NUL byte in the first line (UTF-16 without a mark)."""
+    size = path.stat().st_size
+    if size > MAX_CAPTION_FILE_BYTES:
+        raise StorytellerError(
+            f"{path} is {size / 2**20:,.0f} MB, over the {MAX_CAPTION_FILE_BYTES // 2**20} MB "
+            "a caption file may have: is it the right file?"
+        )
+    data = path.read_bytes()
+    found = next((name for bom, name in _OTHER_BOMS if data.startswith(bom)), None)
+    first_end = data.find(b"\n")
+    if found is None and b"\0" in data[: first_end if first_end >= 0 else len(data)]:
+        found = "UTF-16 (or other non-UTF-8)"
+    if found:
+        raise StorytellerError(f"{path} is {found} text: save it as UTF-8 and try again")
+    return data
+
+
 @dataclass
 class _Line:
     """One physical line of a caption file: its 1-based number and text."""
@@ -133,22 +170,49 @@ def _lines(data: bytes, report: SkipReport) -> tuple[list[_Line], int]:
     return lines, written
 
 
-def _looks_like_row_start(text: str) -> bool:
-    """Whether a Kaggle CSV line starts a row: an image file name, then a comma."""
-    name = text.split(",", 1)[0].strip().strip('"')
-    return "," in text and Path(name).suffix.lower() in IMAGE_SUFFIXES
+def _looks_like_row_start(text: str, image_column: int) -> bool:
+    """Whether a Kaggle CSV line starts a row: an image file name in its image column."""
+    fields = text.split(",")
+    name = fields[image_column].strip().strip('"') if len(fields) > max(1, image_column) else ""
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _read_kaggle_csv(lines: list[_Line], report: SkipReport) -> list[tuple[str, str]]:
+def _layout_error(path: Path, first: str) -> StorytellerError:
+    return StorytellerError(
+        f"{path} is not a caption file in a known layout: its first line {first[:60]!r} is "
+        "neither a Kaggle captions CSV header naming the columns 'image' and 'caption', nor a "
+        "Flickr8k.token.txt line 'image.jpg#0<TAB>caption', nor a Flickr30k results.csv line "
+        "'image_name| comment_number| comment'"
+    )
+
+
+def _csv_columns(path: Path, lines: list[_Line]) -> tuple[int, int, int]:
+    """The Kaggle CSV header's number of columns and the positions of 'image' and 'caption'
+    (found by name, in any order); other columns are ignored, with one warning."""
+    first = lines[0].text if lines else ""
+    try:
+        header = next(csv.reader([first]), [])
+    except csv.Error:  # e.g. a lone carriage return
+        header = []
+    names = [h.strip().lower() for h in header]
+    if "image" not in names or "caption" not in names:
+        raise _layout_error(path, first)
+    extra = [h for h in header if h.strip().lower() not in ("image", "caption")]
+    if extra:
+        warnings.warn(
+            f"{path}: reading the columns 'image' and 'caption', ignoring "
+            + ", ".join(repr(h) for h in extra),
+            stacklevel=2,
+        )
+    return len(names), names.index("image"), names.index("caption")
+
+
+def _read_kaggle_csv(path: Path, lines: list[_Line], report: SkipReport) -> list[tuple[str, str]]:
     """``image,caption`` rows, one per line (Flickr captions never span lines). A quote left
     open skips only its own line ("unterminated quote"), or, when the next lines continue it
     and one of them closes it, those lines together ("quoted field spanning lines"), instead of
     swallowing the rest of the file into one field as a CSV reader would."""
-    header = next(csv.reader([lines[0].text])) if lines else None
-    if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
-        raise StorytellerError(
-            f"captions.txt should start with the header 'image,caption', found {header!r}"
-        )
+    width, image_column, caption_column = _csv_columns(path, lines)
     rows = []
     i = 1
     while i < len(lines):
@@ -158,7 +222,7 @@ def _read_kaggle_csv(lines: list[_Line], report: SkipReport) -> list[tuple[str, 
         except csv.Error:
             # An open quote: do the lines after it (not row starts) close it?
             end = i + 1
-            while end < len(lines) and not _looks_like_row_start(lines[end].text):
+            while end < len(lines) and not _looks_like_row_start(lines[end].text, image_column):
                 end += 1
             closes = any(lines[j].text.count('"') % 2 for j in range(i + 1, end))
             if line.text.count('"') % 2 and closes:
@@ -171,11 +235,14 @@ def _read_kaggle_csv(lines: list[_Line], report: SkipReport) -> list[tuple[str, 
                 i += 1
             continue
         i += 1
-        if len(fields) < 2 or not fields[0].strip():
+        if caption_column == width - 1 and len(fields) > width:
+            # An unquoted comma splits the last column, the caption: glue it back. (In any
+            # other column it cannot be told from the next column: such rows are malformed.)
+            fields[caption_column:] = [",".join(fields[caption_column:])]
+        if len(fields) != width or not fields[image_column].strip():
             report.add("malformed rows", f"line {line.number}: {line.text}")
             continue
-        # A caption with an unquoted comma splits into extra fields: glue them back.
-        rows.append((fields[0].strip(), ",".join(fields[1:])))
+        rows.append((fields[image_column].strip(), fields[caption_column]))
     return rows
 
 
@@ -218,7 +285,7 @@ def read_caption_file(path: str | Path, report: SkipReport | None = None) -> lis
         raise StorytellerError(f"caption file not found: {path}")
     report = report if report is not None else SkipReport()
     before = report.lines
-    lines, written = _lines(path.read_bytes(), report)
+    lines, written = _lines(_read_bytes(path), report)
     first = lines[0].text if lines else ""
     if "\t" in first and "#" in first.split("\t")[0]:
         rows = _read_token_file(lines, report)
@@ -227,7 +294,7 @@ def read_caption_file(path: str | Path, report: SkipReport | None = None) -> lis
         rows = _read_results_csv(lines, report)
         header = int(first.replace(" ", "").lower().startswith("image_name|"))
     else:
-        rows = _read_kaggle_csv(lines, report)
+        rows = _read_kaggle_csv(path, lines, report)
         header = 1
     kept, seen = [], set()
     for image, caption in rows:

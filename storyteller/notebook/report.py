@@ -8,10 +8,10 @@ images; anywhere else they print as plain text and file paths.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..artefacts import read_json
 from ..figures.plots import plot_caption_grid
 from ..run_folder import DATA_EXAMPLES_FILE, LOSS_CURVE_FILE, RunPaths
 
@@ -197,7 +197,7 @@ def history_table(history: Sequence[Mapping]) -> Table:
 def read_history(out_dir: str | Path) -> list[dict]:
     """``history.json`` of a run (empty before the first finished epoch)."""
     path = RunPaths(Path(out_dir)).history
-    return json.loads(path.read_text()) if path.is_file() else []
+    return read_json(path, "training history") if path.is_file() else []
 
 
 class TrainingMonitor:
@@ -276,7 +276,7 @@ def best_and_worst(
     """
     from ..evaluation.metrics import per_image_cider  # nltk, pycocoevalcap: only when asked
 
-    items = json.loads(RunPaths(Path(out_dir)).test_captions.read_text())
+    items = read_json(RunPaths(Path(out_dir)).test_captions, "test captions file")
     if decoding is None:
         decoding = [key for key in items[0] if key not in ("image", "references")][-1]
     scores = per_image_cider([it["references"] for it in items], [it[decoding] for it in items])

@@ -22,13 +22,14 @@ format is refused with what to upgrade. Downloads go through ``huggingface_hub``
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ..artefacts import ArtefactError, is_int, is_number, read_json
+from ..artefacts import ArtefactError, describe, is_int, is_number, read_json
 from ..config import ModelConfig
 from ..data.vocab import Vocabulary
 from ..errors import StorytellerError
@@ -51,7 +52,11 @@ VOCAB_JSON = "vocab.json"
 CARD_FILE = "README.md"
 #: The files a model folder needs; ENCODER_FILE joins them for a fine-tuned encoder.
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_JSON)
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: A user or a name in a Hub id: letters, digits, '-', '_' and '.', starting with a letter or
+#: digit, ending with a letter, digit or '_', at most 96 characters (huggingface_hub's
+#: validate_repo_id, which also allows a leading '_' and non-ASCII letters, and a bare NAME).
+_ID_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
+_REPO_ID = re.compile(rf"{_ID_PART}/{_ID_PART}")
 
 
 def require(module: str, why: str) -> object:
@@ -76,20 +81,29 @@ class TrainedCaptioner:
     info: dict
 
 
+def repo_id_problem(repo: str) -> str | None:
+    """What makes ``repo`` no Hub id ``USER/NAME`` by the Hub's rules (one clause), or None:
+    an id that passes is one ``huggingface_hub`` accepts."""
+    if not _REPO_ID.fullmatch(repo):
+        return (
+            "use USER/NAME, your Hugging Face user or organisation, a slash and a name, each "
+            "of letters, digits, '-', '_' or '.', starting with a letter or digit, ending "
+            "with a letter, digit or '_', at most 96 characters"
+        )
+    if "--" in repo or ".." in repo:
+        return "'--' and '..' are not allowed in it"
+    if repo.endswith(".git"):
+        return "it must not end in '.git'"
+    return None
+
+
 def check_repo_id(repo: str | None, kind: str = "model", flag: str = "--repo") -> str:
-    """``USER/NAME`` by the Hub's rules, or a one-line error showing a good one."""
+    """``USER/NAME`` by the Hub's rules, or a one-line error saying why and showing a good one."""
     name = (repo or "").strip()
-    if (
-        not _REPO_ID.match(name)
-        or any(len(part) > 96 for part in name.split("/"))
-        or "--" in name
-        or ".." in name
-        or name.endswith(".git")
-    ):
+    problem = repo_id_problem(name)
+    if problem:
         raise StorytellerError(
-            f"'{repo}' is not a {kind} id: use USER/NAME (your Hugging Face user or "
-            "organisation, a slash, and a name of letters, digits, '-', '_' or '.'), "
-            f"e.g. {flag} alice/neural-storyteller"
+            f"{describe(repo)} is not a {kind} id: {problem}; e.g. {flag} alice/neural-storyteller"
         )
     return name
 
@@ -333,7 +347,8 @@ def resolve_model(
     """A model folder for ``source``: a local folder of this layout as it is, else a Hub id
     (``USER/NAME``) downloaded through the cache. Anything else is a one-line error."""
     path = Path(source).expanduser()
-    if path.is_dir():
+    # os.path's checks, unlike Path's, answer False for a name too long to be a path
+    if os.path.isdir(path):
         if not is_model_folder(path):
             raise ArtefactError(
                 path / CONFIG_FILE,
@@ -341,8 +356,11 @@ def resolve_model(
                 "storyteller push --run RUN --repo USER/NAME --dry-run DIR`)",
             )
         return path
-    if path.exists() or not _REPO_ID.match(str(source)):
-        raise StorytellerError(f"{source} is neither a model folder nor a Hub model id (USER/NAME)")
+    problem = "it is a file" if os.path.exists(path) else repo_id_problem(str(source))
+    if problem:
+        raise StorytellerError(
+            f"{describe(str(source))} is neither a model folder nor a Hub model id: {problem}"
+        )
     return download(str(source), revision, token)
 
 
@@ -351,4 +369,4 @@ def is_checkpoint_file(source: str | Path) -> bool:
     a Hub id: an existing file, or a path ending in ``.pth``/``.pt`` (so a missing one gets
     the checkpoint loader's "not found, train one" message)."""
     path = Path(source).expanduser()
-    return path.is_file() or path.suffix in (".pth", ".pt")
+    return os.path.isfile(path) or path.suffix in (".pth", ".pt")  # False for too long a name
