@@ -52,7 +52,8 @@ class _HelpFormatter(argparse.HelpFormatter):
     it, and never for a default that means "none" (None, False, an empty list)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
+        bound = getattr(action.type, "bound", None)  # a number's range (config_cli.number)
+        text = f"{action.help or ''}, {bound}" if bound else action.help or ""
         default = action.default
         if (
             "default" in text

@@ -79,6 +79,7 @@ def number(kind: type, bound: Bound | None = None) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"must be {type_words(kind, bound)}, not {text!r:.40}")
         return value
 
+    parse.bound = bound  # type: ignore[attr-defined]  # the help shows it
     return parse
 
 

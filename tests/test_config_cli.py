@@ -289,3 +289,16 @@ def test_what_train_accepts_at_every_edge_loads_back_and_nothing_beyond(capsys):
                 cls.from_dict({"vocab_size": 100, name: value})
         checked += 1
     assert checked == 11, checked
+
+
+def test_a_non_finite_decoder_option_is_refused_before_anything_runs(capsys):
+    assert cli.main(["train", "--decoder-option", "alpha_c=inf"]) == 2
+    assert "option alpha_c takes a finite number, not 'inf'" in capsys.readouterr().err
+
+
+def test_help_shows_each_numbers_range(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["caption", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--beam BEAM beam width (1 = greedy), in [1, 10] (default: 1)" in shown
+    assert "--length-penalty LENGTH_PENALTY beam length normalisation alpha, in [0, 5]" in shown
