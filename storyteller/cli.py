@@ -825,7 +825,7 @@ def _story(args) -> int:
     if args.base_url and args.backend in ("transformers", "offline"):
         raise StorytellerError(f"--base-url is a server for --backend hosted, not {args.backend}")
     if args.model and args.backend == "offline":
-        raise StorytellerError("--backend offline runs Gemma 3 270M: --model is for the others")
+        raise StorytellerError("--model is for hosted or transformers: offline runs Gemma 3 270M")
     if args.caption and args.images:
         raise StorytellerError("give images or --caption, not both")
     if not args.caption and not args.images:

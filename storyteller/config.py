@@ -10,7 +10,7 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from .config_cli import Bound, bounded, field_bounds, option, type_words
+from .config_cli import FINITE, Bound, bounded, field_bounds, option, type_words
 from .decoder_options import BUILTIN_DECODERS, DEFAULT_DECODER
 from .errors import StorytellerError
 
@@ -61,7 +61,7 @@ def _checked_value(kind: type, value: Any, bound: Bound | None) -> Any | None:
         return value if isinstance(value, str) else None
     elif kind is dict:
         return value if isinstance(value, dict) and all(isinstance(k, str) for k in value) else None
-    return value if (bound or Bound(-math.inf, math.inf)).holds(value) else None
+    return value if (bound or FINITE).holds(value) else None
 
 
 def checked_fields(

@@ -59,6 +59,10 @@ class Bound(NamedTuple):
         return f"in {low}{self.low:.12g}, {self.high:.12g}{high}"
 
 
+#: Any finite number: the range of a number with no bound of its own.
+FINITE = Bound(-math.inf, math.inf)
+
+
 def type_words(kind: type, bound: Bound | None = None) -> str:
     """What a value of ``kind`` within ``bound`` is, in words: ``a number in [0, 1)``."""
     words = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
@@ -75,7 +79,7 @@ def number(kind: type, bound: Bound | None = None) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:  # not a number, or an integer of more than 4,300 digits
             value = None
-        if value is None or not (bound or Bound(-math.inf, math.inf)).holds(value):
+        if value is None or not (bound or FINITE).holds(value):
             raise argparse.ArgumentTypeError(f"must be {type_words(kind, bound)}, not {text!r:.40}")
         return value
 

@@ -302,3 +302,16 @@ def test_help_shows_each_numbers_range(capsys):
     shown = " ".join(capsys.readouterr().out.split())
     assert "--beam BEAM beam width (1 = greedy), in [1, 10] (default: 1)" in shown
     assert "--length-penalty LENGTH_PENALTY beam length normalisation alpha, in [0, 5]" in shown
+
+
+@pytest.mark.parametrize(
+    "backend, flags, message",
+    [
+        ("offline", ["--base-url", "http://127.0.0.1:9"], "--base-url is a server for --backend"),
+        ("transformers", ["--base-url", "http://127.0.0.1:9"], "hosted, not transformers"),
+        ("offline", ["--model", "a/b"], "--model is for hosted or transformers"),
+    ],
+)
+def test_a_story_flag_the_chosen_backend_would_ignore_is_refused(backend, flags, message, capsys):
+    assert cli.main(["story", "--caption", "a dog", "--backend", backend, *flags]) == 2
+    assert message in capsys.readouterr().err
