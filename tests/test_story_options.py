@@ -55,6 +55,7 @@ def test_defaults_and_suggestions():
         ({"temperature": -0.1}, "temperature must be a number in"),
         ({"temperature": float("nan")}, "temperature must be a number in"),
         ({"temperature": "hot"}, "must be a number"),
+        ({"temperature": None}, "must be a number"),
         ({"seed": -1}, "seed must be"),
         ({"seed": 1.5}, "seed must be"),
         ({"genre": "   "}, "genre is empty"),

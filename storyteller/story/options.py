@@ -79,9 +79,12 @@ class StoryOptions:
             )
         self.length = length
         self.temperature = _checked("temperature", self.temperature, float)
-        self.seed = _checked("seed", self.seed, int)
-        self.max_new_tokens = _checked("max_new_tokens", self.max_new_tokens, int)
-        self.time_limit = _checked("time_limit", self.time_limit, float)
+        if self.seed is not None:
+            self.seed = _checked("seed", self.seed, int)
+        if self.max_new_tokens is not None:
+            self.max_new_tokens = _checked("max_new_tokens", self.max_new_tokens, int)
+        if self.time_limit is not None:
+            self.time_limit = _checked("time_limit", self.time_limit, float)
 
     def turn_limit(self, backend_limit: float) -> float:
         """Seconds this turn may take on a backend whose own limit is ``backend_limit``."""
@@ -103,10 +106,8 @@ class StoryOptions:
 
 
 def _checked(name: str, value: Any, kind: type) -> Any:
-    """``value`` (``None``: not set) as ``kind`` (a float may be given as text) within the
-    :class:`StoryOptions` field's bound; anything else is a one-line :class:`StoryError`."""
-    if value is None:
-        return None
+    """``value`` as ``kind`` (a float may be given as text) within the :class:`StoryOptions`
+    field's bound; anything else is a one-line :class:`StoryError`."""
     number = value
     if kind is float and not isinstance(value, bool):
         try:
