@@ -58,7 +58,7 @@ except ModuleNotFoundError as exc:  # a base install: one line saying what to in
     sys.exit(2)
 import torch
 
-from storyteller.config import SMOKE_LABEL, Strategy
+from storyteller.config import MAX_BEAM, SMOKE_LABEL, Strategy
 from storyteller.errors import StorytellerError
 from storyteller.figures.plots import attention_figure, figure_pixels
 from storyteller.inference import Captioner
@@ -94,7 +94,6 @@ STORY_SEED = os.environ.get("STORYTELLER_STORY_SEED")
 MAX_UPLOAD = "25mb"
 if configured_threads():  # STORYTELLER_TORCH_THREADS; else torch's default (all cores)
     torch.set_num_threads(configured_threads())
-MAX_BEAM = 10
 EXAMPLES_DIR = Path(tempfile.gettempdir()) / "storyteller-examples"
 
 # The server log: one line per refused request (Gradio's default is a traceback for each).

@@ -16,13 +16,15 @@ import re
 import sys
 from pathlib import Path
 
-from .config import MIN_WORD_COUNT, SMOKE_LABEL, ModelConfig, Strategy, TrainConfig
+from .config import COUNT, MIN_WORD_COUNT, SEED, SMOKE_LABEL, ModelConfig, Strategy, TrainConfig
 from .config_cli import (
     add_config_flags,
     config_flags,
     config_flags_for,
     config_from_args,
     config_values,
+    flag_type,
+    number,
     option_choices,
 )
 from .decoder_options import (
@@ -35,10 +37,12 @@ from .decoder_options import (
 from .errors import StorytellerError
 from .features.encoder_specs import DECODE_CHOICES, ENCODERS, LAYOUTS
 from .features.extraction_sizes import (
+    BATCH_SIZES,
     CPU_BATCH_SIZE,
     CPU_NUM_WORKERS,
     GPU_BATCH_SIZE,
     GPU_NUM_WORKERS,
+    WORKERS,
 )
 from .run_folder import BEST_CHECKPOINT, DEFAULT_OUT
 
@@ -48,7 +52,8 @@ class _HelpFormatter(argparse.HelpFormatter):
     it, and never for a default that means "none" (None, False, an empty list)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
+        bound = getattr(action.type, "bound", None)  # a number's range (config_cli.number)
+        text = f"{action.help or ''}, {bound}" if bound else action.help or ""
         default = action.default
         if (
             "default" in text
@@ -103,25 +108,21 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
-def _beam_width(text: str) -> int:
-    """A beam width that :class:`Strategy` accepts (at least 1: ``--beam 0`` used to run
-    greedy silently), refused by the parser in one line."""
-    try:
-        return Strategy(beam_size=int(text)).beam_size
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"beam width must be a whole number, got {text!r}"
-        ) from None
-    except StorytellerError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+_beam_width = flag_type(Strategy, "beam_size")  # 1 = greedy, at most the app's cap
 
 
 def _add_length_penalty(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--length-penalty",
-        type=float,
+        type=flag_type(Strategy, "length_penalty"),
         default=Strategy.length_penalty,
         help="beam length normalisation alpha",
+    )
+
+
+def _add_threshold(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threshold", type=number(int, COUNT), default=MIN_WORD_COUNT, help="minimum word count"
     )
 
 
@@ -196,7 +197,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     # ModelConfig.fine_tuned_blocks itself.
     p.add_argument(
         "--fine-tune-encoder",
-        type=int,
+        type=flag_type(ModelConfig, "fine_tuned_blocks"),
         default=ModelConfig.fine_tuned_blocks,
         metavar="N",
         help="train the encoder's last N blocks with the decoder, from the photos (slower: the "
@@ -252,14 +253,9 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def _configs(args) -> tuple[TrainConfig, dict]:
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            raise StorytellerError(f"--{name.replace('_', '-')} must be at least 1")
     train = config_from_args(TrainConfig, args)
     # Without a file, the width (and --freeze-embeddings) may come from a checkpoint being
     # resumed, which only train_step reads: it refuses --freeze-embeddings with no vectors.
-    if args.fine_tune_encoder < 0:
-        raise StorytellerError("--fine-tune-encoder must be 0 (frozen) or a number of blocks")
     if args.augment and not args.fine_tune_encoder:
         raise StorytellerError(
             "--augment needs --fine-tune-encoder N: cached features are computed once, so "
@@ -358,7 +354,7 @@ def _add_story_parser(sub) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=flag_type(StoryOptions, "time_limit"),
         help="hosted: seconds to wait for the server (default 60); local models: seconds one "
         "turn may generate (default $STORYTELLER_STORY_TIME_LIMIT or 60)",
     )
@@ -377,8 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="write the embedded sample dataset (Kaggle layout)")
     p.add_argument("--out", help="folder to write (default: the package's cache folder)")
-    p.add_argument("--num-images", type=int, help=f"images to draw (default {DEFAULT_NUM_IMAGES})")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the drawings")
+    p.add_argument(
+        "--num-images",
+        type=number(int, COUNT),
+        help=f"images to draw (default {DEFAULT_NUM_IMAGES})",
+    )
+    p.add_argument("--seed", type=number(int, SEED), default=0, help="random seed of the drawings")
     p.add_argument("--overwrite", action="store_true", help="replace an existing sample folder")
 
     p = sub.add_parser("features", help="extract and cache image features (resumable)")
@@ -388,13 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=number(int, BATCH_SIZES),
         default=None,
         help=f"default: {GPU_BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on a CPU",
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=number(int, WORKERS),
         default=None,
         help=f"image-decoding workers (default: {GPU_NUM_WORKERS} on a GPU, {CPU_NUM_WORKERS} on a CPU)",
     )
@@ -412,13 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
         "vocab", help="split images 80/10/10 and build vocab.pkl from training captions"
     )
     _add_common(p)
+    _add_threshold(p)
     p.add_argument(
-        "--threshold",
-        type=int,
-        default=MIN_WORD_COUNT,
-        help=f"minimum word count (default {MIN_WORD_COUNT})",
+        "--seed", type=number(int, SEED), default=0, help="random seed of the 80/10/10 split"
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed of the 80/10/10 split")
     p.add_argument(
         "--captions",
         metavar="FILE",
@@ -510,9 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--encoder", choices=list(ENCODERS), help="default: resnet50, or efficientnet_lite0 offline"
     )
-    p.add_argument(
-        "--threshold", type=int, default=MIN_WORD_COUNT, help="vocabulary: minimum word count"
-    )
+    _add_threshold(p)
     _add_layout(p)
     _add_train_args(p)
     _add_eval_args(p)
@@ -567,7 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--only", nargs="+", choices=list(ENCODERS), metavar="NAME", help="these encoders only"
     )
     p.add_argument("--no-speed", action="store_true", help="skip the CPU timing")
-    p.add_argument("--batch-size", type=int, default=4, help="images per timed batch")
+    p.add_argument(
+        "--batch-size", type=number(int, BATCH_SIZES), default=4, help="images per timed batch"
+    )
     return parser
 
 
@@ -699,8 +696,6 @@ def _encoders(args) -> int:
 
     from .features.encoder_table import encoder_rows, format_table
 
-    if args.batch_size < 1:
-        raise StorytellerError(f"--batch-size must be at least 1, got {args.batch_size}")
     rows = encoder_rows(args.only, speed=not args.no_speed, batch_size=args.batch_size, log=_stderr)
     print(format_table(rows))
     if not args.no_speed:
@@ -827,6 +822,10 @@ def _story(args) -> int:
     from .story import StoryOptions, StorySession, get_backend
 
     options = config_from_args(StoryOptions, args)  # checked before any model is loaded
+    if args.base_url and args.backend in ("transformers", "offline"):
+        raise StorytellerError(f"--base-url is a server for --backend hosted, not {args.backend}")
+    if args.model and args.backend == "offline":
+        raise StorytellerError("--model is for hosted or transformers: offline runs Gemma 3 270M")
     if args.caption and args.images:
         raise StorytellerError("give images or --caption, not both")
     if not args.caption and not args.images:

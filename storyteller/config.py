@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, NamedTuple
+from typing import Any
 
-from .config_cli import option
+from .config_cli import FINITE, Bound, bounded, field_bounds, option, type_words
 from .decoder_options import BUILTIN_DECODERS, DEFAULT_DECODER
 from .errors import StorytellerError
 
@@ -31,22 +31,13 @@ MAX_LAYERS = 64  # stacked layers of any kind
 MAX_COUNT = 1_000_000  # other counts: a decoder option's steps or positions, epochs, batch
 
 
-class Bound(NamedTuple):
-    """The range of a numeric config field: ``low <= value <= high`` (``< high`` when
-    ``high_open``)."""
-
-    low: float
-    high: float
-    high_open: bool = False
-
-    def holds(self, value: float) -> bool:
-        return self.low <= value and (value < self.high if self.high_open else value <= self.high)
-
-    def __str__(self) -> str:
-        return f"[{self.low:.12g}, {self.high:.12g}{')' if self.high_open else ']'}"
-
-
 FRACTION = Bound(0.0, 1.0, high_open=True)  # dropout, label smoothing
+COUNT = Bound(1, MAX_COUNT)  # epochs, batch, images, a word's occurrences
+#: Seeds: NumPy's are 32-bit (:func:`storyteller.runtime.seed_everything` seeds it too).
+SEED = Bound(0, 2**32 - 1)
+#: The widest beam (the app's slider too): memory and time grow with it (a beam of 100,000
+#: had the attention captioner killed for memory; 2,000 ran for minutes).
+MAX_BEAM = 10
 
 #: How the image reaches the LSTM (``ModelConfig.inject``): it sets the initial state only
 #: (the seed), or it is also fed at every step.
@@ -54,15 +45,9 @@ INJECT_MODES = ("init", "init+input")
 _LSTM_ONLY = "(lstm and attention; the transformer's are --decoder-option)"
 
 
-def _type_words(kind: type, bound: Bound | None) -> str:
-    words = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
-    text = words.get(kind, "a mapping" if kind is dict else kind.__name__)
-    return f"{text} in {bound}" if bound is not None else text
-
-
 def _checked_value(kind: type, value: Any, bound: Bound | None) -> Any | None:
     """``value`` as ``kind`` if it is one (an int is a float, a bool is not an int) and
-    within ``bound``, else ``None``."""
+    within ``bound`` (a float also finite), else ``None``."""
     if kind is bool:
         return value if isinstance(value, bool) else None
     if kind is int:
@@ -71,23 +56,20 @@ def _checked_value(kind: type, value: Any, bound: Bound | None) -> Any | None:
     elif kind is float:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return None
-        if not math.isfinite(value):
-            return None
         value = float(value)
     elif kind is str:
         return value if isinstance(value, str) else None
     elif kind is dict:
         return value if isinstance(value, dict) and all(isinstance(k, str) for k in value) else None
-    if bound is not None and not bound.holds(value):
-        return None
-    return value
+    return value if (bound or FINITE).holds(value) else None
 
 
 def checked_fields(
     cls: type, data: Any, where: str, bounds: dict[str, Bound] | None = None
 ) -> dict[str, Any]:
     """The keyword arguments for the dataclass ``cls`` read from ``data`` (a dict from a
-    checkpoint), every value checked against its field's type and ``bounds``; a missing
+    checkpoint), every value checked against its field's type and bound (its metadata's,
+    else ``bounds``'; :func:`~storyteller.config_cli.field_bounds`); a missing
     required field, a wrong type or an out-of-range value is a one-line
     :class:`StorytellerError` naming ``where.field``. Unknown keys are ignored (a newer
     file may know more fields) and missing optional ones take their defaults (an older file
@@ -95,7 +77,7 @@ def checked_fields(
     if not isinstance(data, dict):
         raise StorytellerError(f"{where} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    bounds = bounds or {}
+    bounds = {**(bounds or {}), **field_bounds(cls)}
     kwargs: dict[str, Any] = {}
     for f in fields(cls):
         if f.name not in data:
@@ -107,7 +89,7 @@ def checked_fields(
         if checked is None:
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
             raise StorytellerError(
-                f"{where}.{f.name} must be {_type_words(kind, bound)}, got {shown}"
+                f"{where}.{f.name} must be {type_words(kind, bound)}, got {shown}"
             )
         kwargs[f.name] = checked
     return kwargs
@@ -122,7 +104,7 @@ def field_values(cls: type, **values: Any) -> dict[str, Any]:
         if name not in hints:
             raise TypeError(f"{cls.__name__} has no field {name!r}")
         if _checked_value(hints[name], value, None) is None:
-            wanted = _type_words(hints[name], None)
+            wanted = type_words(hints[name], None)
             raise TypeError(f"{cls.__name__}.{name} must be {wanted}, got {value!r}")
     return values
 
@@ -145,8 +127,10 @@ def option_bounds(cls: type) -> dict[str, Bound]:
 class ModelConfig:
     """The captioner's shape (defaults: the Neural Storyteller seed architecture)."""
 
-    vocab_size: int
-    feature_dim: int = 2048  # 2048 for ResNet50, 1280 for EfficientNet-Lite0
+    # Each field's range is its Bound (storyteller.config_cli): the flag's, and the one a
+    # checkpoint's config is checked against.
+    vocab_size: int = bounded(Bound(4, MAX_VOCAB))  # the four special tokens at least
+    feature_dim: int = bounded(Bound(1, MAX_WIDTH), 2048)  # ResNet50's; EfficientNet-Lite0: 1280
     # The command line's flags (`train`, `run-all`) are the fields declared with option()
     # (storyteller.config_cli): its help is the flag's. Not given, the width is the dataclass's,
     # or a vectors file's or a resumed checkpoint's: the run decides.
@@ -154,10 +138,13 @@ class ModelConfig:
         256,
         "word embedding width (default {default}; with --embeddings the file's dimension)",
         flag_default=None,
+        bound=Bound(1, MAX_WIDTH),
     )
-    hidden_size: int = option(512, f"LSTM state width {_LSTM_ONLY}")
-    num_layers: int = option(1, "stacked LSTM layers (--decoder lstm only)")
-    dropout: float = option(0.5, f"dropout probability {_LSTM_ONLY}")
+    hidden_size: int = option(512, f"LSTM state width {_LSTM_ONLY}", bound=Bound(1, MAX_WIDTH))
+    num_layers: int = option(
+        1, "stacked LSTM layers (--decoder lstm only)", bound=Bound(1, MAX_LAYERS)
+    )
+    dropout: float = option(0.5, f"dropout probability {_LSTM_ONLY}", bound=FRACTION)
     # LayerNorm on the CNN feature first (measured: stops "same caption for every image").
     feature_norm: bool = option(
         True, "the seed's exact projection, without LayerNorm on the image features"
@@ -191,7 +178,7 @@ class ModelConfig:
     # The encoder's last N blocks were trained with the decoder from photos (`train
     # --fine-tune-encoder N`); the checkpoint then holds the encoder's weights too. 0: frozen,
     # the registry's ImageNet weights, trained from the feature cache.
-    fine_tuned_blocks: int = 0
+    fine_tuned_blocks: int = bounded(Bound(0, 1000), 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -199,8 +186,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict, where: str = "model_config") -> ModelConfig:
         """The config stored in a checkpoint, every field's type and range checked first
-        (:data:`MODEL_BOUNDS`); a one-line :class:`StorytellerError` naming the field."""
-        return cls(**checked_fields(cls, data, where, MODEL_BOUNDS))
+        (its field's bound); a one-line :class:`StorytellerError` naming the field."""
+        return cls(**checked_fields(cls, data, where))
 
 
 @dataclass
@@ -209,23 +196,28 @@ class TrainConfig:
 
     # The fields declared with option() are `train`'s and `run-all`'s flags
     # (storyteller.config_cli); the others keep their defaults there.
-    num_epochs: int = option(15, "number of epochs (default {default})", flag="epochs")
-    batch_size: int = option(64, "caption pairs per training step")
-    lr: float = option(1e-3, "Adam learning rate")
-    weight_decay: float = 0.0
-    grad_clip: float = 5.0
-    max_length: int = 50  # tokens per caption, <start> and <end> included
+    # Each field's range is its Bound, as in ModelConfig.
+    num_epochs: int = option(15, "number of epochs (default {default})", flag="epochs", bound=COUNT)
+    batch_size: int = option(64, "caption pairs per training step", bound=COUNT)
+    lr: float = option(1e-3, "Adam learning rate", bound=Bound(0.0, 10.0))
+    weight_decay: float = bounded(Bound(0.0, 10.0), 0.0)
+    grad_clip: float = bounded(Bound(0.0, math.inf), 5.0)
+    # Tokens per caption, <start> and <end> included: at least <start>, one word, <end>.
+    max_length: int = bounded(Bound(3, 10_000), 50)
     # Early stopping: epochs without a better validation loss.
-    patience: int = option(3, "early-stopping patience in epochs")
-    lr_patience: int = 1  # ReduceLROnPlateau
-    lr_factor: float = 0.5
-    label_smoothing: float = 0.0
-    num_workers: int = 0  # features are in memory: workers only add overhead
+    patience: int = option(3, "early-stopping patience in epochs", bound=Bound(0, MAX_COUNT))
+    lr_patience: int = bounded(Bound(0, MAX_COUNT), 1)  # ReduceLROnPlateau
+    lr_factor: float = bounded(Bound(0.0, 1.0), 0.5)
+    label_smoothing: float = bounded(FRACTION, 0.0)
+    # Features are in memory: workers only add overhead.
+    num_workers: int = bounded(Bound(0, 1024), 0)
     amp: bool = True  # mixed precision on CUDA (ignored on the CPU)
     data_parallel: bool = True  # nn.DataParallel when more than one GPU is visible
-    seed: int = option(0, "random seed (initial weights, batch order)")
+    seed: int = option(0, "random seed (initial weights, batch order)", bound=SEED)
     encoder_lr: float = option(  # the encoder's blocks learn slower
-        1e-4, "with --fine-tune-encoder: the encoder blocks' learning rate (default {default})"
+        1e-4,
+        "with --fine-tune-encoder: the encoder blocks' learning rate (default {default})",
+        bound=Bound(0.0, 10.0),
     )
     augment: bool = option(
         False, "with --fine-tune-encoder: random crops and horizontal flips of the training photos"
@@ -245,34 +237,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict, where: str = "train_config") -> TrainConfig:
         """The config stored in a checkpoint, every field's type and range checked first
-        (:data:`TRAIN_BOUNDS`); a one-line :class:`StorytellerError` naming the field."""
-        return cls(**checked_fields(cls, data, where, TRAIN_BOUNDS))
-
-
-MODEL_BOUNDS = {
-    "vocab_size": Bound(4, MAX_VOCAB),  # the four special tokens at least
-    "feature_dim": Bound(1, MAX_WIDTH),
-    "embed_size": Bound(1, MAX_WIDTH),
-    "hidden_size": Bound(1, MAX_WIDTH),
-    "num_layers": Bound(1, MAX_LAYERS),
-    "dropout": FRACTION,
-    "fine_tuned_blocks": Bound(0, 1000),
-}
-TRAIN_BOUNDS = {
-    "num_epochs": Bound(1, MAX_COUNT),
-    "batch_size": Bound(1, MAX_COUNT),
-    "lr": Bound(0.0, 10.0),
-    "weight_decay": Bound(0.0, 10.0),
-    "grad_clip": Bound(0.0, math.inf),
-    "max_length": Bound(3, 10_000),  # <start>, one word, <end>
-    "patience": Bound(0, MAX_COUNT),
-    "lr_patience": Bound(0, MAX_COUNT),
-    "lr_factor": Bound(0.0, 1.0),
-    "label_smoothing": FRACTION,
-    "num_workers": Bound(0, 1024),
-    "seed": Bound(0, 2**64 - 1),
-    "encoder_lr": Bound(0.0, 10.0),
-}
+        (its field's bound); a one-line :class:`StorytellerError` naming the field."""
+        return cls(**checked_fields(cls, data, where))
 
 
 @dataclass(frozen=True)
@@ -281,24 +247,15 @@ class Strategy:
     ``beam_size`` hypotheses, at most ``max_length`` words, ranked with ``length_penalty``
     (GNMT's alpha: 0 ranks by raw log-probability, higher favours longer captions).
 
-    A beam width below 1 is refused here, in one line, wherever it came from (``--beam 0``
-    used to run greedy without a word)."""
+    A setting of the wrong type or outside its field's bound (the ``--beam`` and
+    ``--length-penalty`` flags' too) is refused here, in one line, wherever it came from."""
 
-    beam_size: int = 1
-    max_length: int = 50
-    length_penalty: float = 0.7
+    beam_size: int = bounded(Bound(1, MAX_BEAM), 1)
+    max_length: int = bounded(Bound(1, 10_000), 50)
+    length_penalty: float = bounded(Bound(0.0, 5.0), 0.7)
 
     def __post_init__(self):
-        if isinstance(self.beam_size, bool) or not isinstance(self.beam_size, int):
-            raise StorytellerError(f"beam width must be a whole number, got {self.beam_size!r:.40}")
-        if self.beam_size < 1:
-            raise StorytellerError(f"beam width must be 1 (greedy) or more, got {self.beam_size}")
-        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int):
-            raise StorytellerError(
-                f"max_length must be a whole number, got {self.max_length!r:.40}"
-            )
-        if self.max_length < 1:
-            raise StorytellerError(f"max_length must be 1 or more, got {self.max_length}")
+        checked_fields(Strategy, asdict(self), "Strategy")
 
     @property
     def greedy(self) -> bool:

@@ -8,26 +8,83 @@ absence leaves ``None``). :func:`add_config_flags` adds the flags to a parser,
 dataclass, and :func:`config_flags_for` writes the flags that give a config back (a notebook
 starting the same training as a command). Fields declared without :func:`option` have no flag.
 
+A numeric field's range is a :class:`Bound` in its metadata (``option(..., bound=...)``, or
+:func:`bounded` for a field without a flag): the flag refuses a value outside it as it is
+parsed (:func:`number`), and a config read back from a checkpoint is checked against the same
+bound (:func:`storyteller.config.checked_fields`), so what ``train`` accepts is what loads.
+
 Only argparse and dataclasses here: the command line parses before torch loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, field, fields
 from typing import Any, NamedTuple
 
 #: The keys :func:`option` writes into a field's metadata.
-_HELP, _FLAG, _CHOICES, _METAVAR, _FLAG_DEFAULT = (
+_HELP, _FLAG, _CHOICES, _METAVAR, _FLAG_DEFAULT, _BOUND = (
     "help",
     "flag",
     "choices",
     "metavar",
     "flag_default",
+    "bound",
 )
+
+
+class Bound(NamedTuple):
+    """The range of a numeric value: finite, ``low <= value <= high`` (``<`` at an end that
+    is open)."""
+
+    low: float
+    high: float
+    high_open: bool = False
+    low_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = self.low < value if self.low_open else self.low <= value
+        return above and (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {self.low:.12g}"
+        low, high = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {low}{self.low:.12g}, {self.high:.12g}{high}"
+
+
+#: Any finite number: the range of a number with no bound of its own.
+FINITE = Bound(-math.inf, math.inf)
+
+
+def type_words(kind: type, bound: Bound | None = None) -> str:
+    """What a value of ``kind`` within ``bound`` is, in words: ``a number in [0, 1)``."""
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+    text = words.get(kind, "a mapping" if kind is dict else kind.__name__)
+    return f"{text} {bound}" if bound is not None else text
+
+
+def number(kind: type, bound: Bound | None = None) -> Callable[[str], Any]:
+    """An argparse ``type``: the flag's text as ``kind`` (int or float), finite and within
+    ``bound``; anything else is the flag's one-line error (``argument --lr: must be ...``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:  # not a number, or an integer of more than 4,300 digits
+            value = None
+        if value is None or not (bound or FINITE).holds(value):
+            raise argparse.ArgumentTypeError(f"must be {type_words(kind, bound)}, not {text!r:.40}")
+        return value
+
+    parse.bound = bound  # type: ignore[attr-defined]  # the help shows it
+    return parse
 
 
 def option(
@@ -38,6 +95,7 @@ def option(
     choices: Iterable[Any] | None = None,
     metavar: str | None = None,
     flag_default: Any = MISSING,
+    bound: Bound | None = None,
 ) -> Any:
     """A dataclass field with a command-line flag: ``x: int = option(3, "what x is")``.
 
@@ -46,7 +104,8 @@ def option(
     one (``help`` then says what ``--no-x`` does). ``flag``: the flag's name without ``--``
     when it is not the field's name with ``-`` (``epochs`` for ``num_epochs``).
     ``flag_default``: the command line's default when it is not the dataclass's; ``None``
-    means "not given: the run decides" and leaves the field out of :func:`config_values`."""
+    means "not given: the run decides" and leaves the field out of :func:`config_values`.
+    ``bound``: the numeric field's range, checked as the flag is parsed (see :class:`Bound`)."""
     metadata: dict[str, Any] = {_HELP: help.replace("{default}", str(default))}
     if flag is not None:
         metadata[_FLAG] = flag
@@ -56,7 +115,26 @@ def option(
         metadata[_METAVAR] = metavar
     if flag_default is not MISSING:
         metadata[_FLAG_DEFAULT] = flag_default
+    if bound is not None:
+        metadata[_BOUND] = bound
     return field(default=default, metadata=metadata)
+
+
+def bounded(bound: Bound, default: Any = MISSING) -> Any:
+    """A dataclass field with a range and no flag: ``grad_clip: float = bounded(Bound(0, 9), 5.0)``."""
+    return field(default=default, metadata={_BOUND: bound})
+
+
+def field_bounds(cls: type) -> dict[str, Bound]:
+    """``{field name: Bound}`` for the fields of the dataclass ``cls`` that have one."""
+    return {f.name: f.metadata[_BOUND] for f in fields(cls) if _BOUND in f.metadata}
+
+
+def flag_type(cls: type, name: str) -> Callable[[str], Any]:
+    """The argparse ``type`` of ``cls``'s numeric field ``name``: its kind and its bound
+    (a flag that sets the field without being made by :func:`option`, such as ``--beam``)."""
+    kind = _without_none(typing.get_type_hints(cls)[name])
+    return number(kind, field_bounds(cls).get(name))
 
 
 class Flag(NamedTuple):
@@ -125,7 +203,9 @@ def add_config_flags(
             continue
         kwargs: dict[str, Any] = {"help": meta[_HELP]}
         kwargs["default"] = meta.get(_FLAG_DEFAULT, by_name[name].default)
-        if flag.kind is not str:
+        if flag.kind in (int, float):
+            kwargs["type"] = number(flag.kind, meta.get(_BOUND))
+        elif flag.kind is not str:
             kwargs["type"] = flag.kind
         for key in (_CHOICES, _METAVAR):
             if key in meta:

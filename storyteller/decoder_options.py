@@ -9,6 +9,7 @@ mistyped option answer at once. The classes that build the decoders
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
@@ -92,9 +93,14 @@ def _option_value(decoder: str, key: str, text: str, default: Any) -> Any:
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(text)
             return text.lower() in ("true", "1", "yes")
-        return kind(text)
+        value = kind(text)
+        if kind is float and not math.isfinite(value):
+            raise ValueError(text)
+        return value
     except ValueError:
-        wanted = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
+        wanted = {bool: "true or false", int: "an integer", float: "a finite number"}.get(
+            kind, "text"
+        )
         raise StorytellerError(
             f"the {decoder!r} decoder's option {key} takes {wanted}, not {text!r}"
         ) from None

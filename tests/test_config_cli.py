@@ -4,6 +4,8 @@ with its default and help, and the parsed flags build an equal config back."""
 from __future__ import annotations
 
 import argparse
+import math
+import typing
 from dataclasses import dataclass
 
 import pytest
@@ -11,13 +13,16 @@ import pytest
 from storyteller import cli
 from storyteller.config import ModelConfig, TrainConfig, field_values
 from storyteller.config_cli import (
+    Bound,
     add_config_flags,
     config_flags,
     config_flags_for,
     config_from_args,
     config_values,
+    field_bounds,
     option,
 )
+from storyteller.errors import StorytellerError
 
 
 @dataclass
@@ -69,7 +74,10 @@ def test_each_option_field_is_a_flag_named_typed_and_defaulted_from_the_field(ca
     assert (args.size, args.rate, args.width, args.steps, args.loud, args.no_tidy) == (
         8, 0.5, None, 3, False, False
     )  # fmt: skip
-    for argv, message in ((["--size", "x"], "invalid int value"), (["--mode", "c"], "choice")):
+    for argv, message in (
+        (["--size", "x"], "--size: must be an integer"),
+        (["--mode", "c"], "choice"),
+    ):
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
         assert message in capsys.readouterr().err
@@ -184,3 +192,126 @@ def test_the_story_commands_controls_are_story_options_fields():
         "seed",
         "max_new_tokens",
     }
+
+
+def _command_parsers() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--dropout", "1"],  # each of these once wrote a checkpoint that never loaded
+        ["train", "--lr", "10.5"],
+        ["train", "--patience", "-1"],
+        ["train", "--lr", "nan"],  # these failed late, in torch
+        ["train", "--lr", "-1"],
+        ["train", "--seed", "-1"],
+        ["train", "--seed", str(2**32)],  # NumPy's seeds are 32-bit
+        ["train", "--fine-tune-encoder", "-1"],
+        ["run-all", "--epochs", "0"],
+        ["caption", "--beam", "100000"],  # killed for memory
+        ["caption", "--beam", "2000"],  # ran for minutes
+        ["evaluate", "--beam", "1", "11"],
+        ["story", "--beam", "11"],
+        ["caption", "--length-penalty", "nan"],  # captions "a"
+        ["evaluate", "--length-penalty", "inf"],  # NaN in metrics.json
+        ["story", "--length-penalty", "1e300"],
+        ["story", "--timeout", "nan"],  # failed inside the HTTP client
+        ["story", "--timeout", "-1"],
+        ["story", "--timeout", "1e308"],
+        ["story", "--timeout", "0"],  # silently meant 60
+        ["story", "--temperature", "nan"],
+        ["story", "--max-new-tokens", "0"],
+        ["sample", "--num-images", "0"],
+        ["vocab", "--threshold", "0"],
+        ["features", "--batch-size", "0"],
+        ["features", "--workers", "-1"],
+        ["encoders", "--batch-size", "0"],
+    ],
+    ids=" ".join,
+)
+def test_a_number_out_of_range_is_refused_as_the_flag_is_parsed(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2
+    assert f"error: argument {argv[1]}: must be " in err and repr(argv[-1]) in err, err
+
+
+def test_every_numeric_flag_of_every_command_is_finite_and_bounded():
+    """A new ``type=int`` or ``type=float`` flag fails here: give it ``number(kind, bound)``."""
+    for command, parser in _command_parsers().items():
+        for action in parser._actions:
+            if action.type is None:
+                continue
+            for text in ("nan", "inf", "-inf", str(10**30), str(-(10**30))):
+                with pytest.raises(argparse.ArgumentTypeError, match="must be"):
+                    action.type(text)
+            assert action.option_strings, f"{command} {action.dest}"
+
+
+def _edges(bound: Bound, kind: type) -> tuple[list, list]:
+    """The values at ``bound``'s two ends that it holds, and the nearest ones beyond them."""
+    step = (lambda x, to: x + (1 if to > x else -1)) if kind is int else math.nextafter
+    low = step(bound.low, math.inf) if bound.low_open else bound.low
+    high = step(bound.high, -math.inf) if bound.high_open else bound.high
+    return [low, high], [step(low, -math.inf), step(high, math.inf)]
+
+
+def test_what_train_accepts_at_every_edge_loads_back_and_nothing_beyond(capsys):
+    """The flags and the checkpoint loader read one bound per field, so a config `train`
+    writes always loads (once, --dropout 1 trained a model that `caption` refused)."""
+    cases = [(cls, name) for cls in (TrainConfig, ModelConfig) for name in config_flags(cls)]
+    cases += [(ModelConfig, "fine_tuned_blocks")]  # --fine-tune-encoder
+    parser = cli.build_parser()
+    checked = 0
+    for cls, name in cases:
+        bound = field_bounds(cls).get(name)
+        if bound is None:
+            continue
+        flag = config_flags(cls)[name].name if name in config_flags(cls) else "--fine-tune-encoder"
+        kind = typing.get_type_hints(cls)[name]
+        inside, outside = _edges(bound, kind)
+        for value in inside:
+            args = parser.parse_args(["train", f"{flag}={value!r}"])
+            train, model = cli._configs(args)
+            model = ModelConfig(vocab_size=100, fine_tuned_blocks=args.fine_tune_encoder, **model)
+            assert TrainConfig.from_dict(train.to_dict()) == train
+            assert ModelConfig.from_dict(model.to_dict()) == model
+            assert getattr(train if cls is TrainConfig else model, name) == value
+        for value in outside:
+            with pytest.raises(SystemExit):
+                parser.parse_args(["train", f"{flag}={value!r}"])
+            assert f"argument {flag}: must be" in capsys.readouterr().err
+            with pytest.raises(StorytellerError, match=f"{name} must be"):
+                cls.from_dict({"vocab_size": 100, name: value})
+        checked += 1
+    assert checked == 11, checked
+
+
+def test_a_non_finite_decoder_option_is_refused_before_anything_runs(capsys):
+    assert cli.main(["train", "--decoder-option", "alpha_c=inf"]) == 2
+    assert "option alpha_c takes a finite number, not 'inf'" in capsys.readouterr().err
+
+
+def test_help_shows_each_numbers_range(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["caption", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--beam BEAM beam width (1 = greedy), in [1, 10] (default: 1)" in shown
+    assert "--length-penalty LENGTH_PENALTY beam length normalisation alpha, in [0, 5]" in shown
+
+
+@pytest.mark.parametrize(
+    "backend, flags, message",
+    [
+        ("offline", ["--base-url", "http://127.0.0.1:9"], "--base-url is a server for --backend"),
+        ("transformers", ["--base-url", "http://127.0.0.1:9"], "hosted, not transformers"),
+        ("offline", ["--model", "a/b"], "--model is for hosted or transformers"),
+    ],
+)
+def test_a_story_flag_the_chosen_backend_would_ignore_is_refused(backend, flags, message, capsys):
+    assert cli.main(["story", "--caption", "a dog", "--backend", backend, *flags]) == 2
+    assert message in capsys.readouterr().err

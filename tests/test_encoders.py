@@ -169,8 +169,10 @@ def test_encoders_command_times_one_small_encoder(capsys):
 
 
 def test_encoders_command_rejects_a_bad_batch_size(capsys):
-    assert main(["encoders", "--batch-size", "0"]) == 2
-    assert "error: --batch-size must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["encoders", "--batch-size", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --batch-size: must be an integer in [1, 1024]" in capsys.readouterr().err
 
 
 # Random Inception weights (no BN statistics) grow activations past float16's 65504 by the

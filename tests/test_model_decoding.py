@@ -1,3 +1,5 @@
+from math import nan
+
 import pytest
 import torch
 from PIL import Image
@@ -89,11 +91,17 @@ def test_a_strategy_picks_greedy_for_width_one_and_beam_search_above(model, devi
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"beam_size": 0}, "beam width must be 1 (greedy) or more, got 0"),
-        ({"beam_size": -2}, "beam width must be 1 (greedy) or more, got -2"),
-        ({"beam_size": 2.5}, "beam width must be a whole number, got 2.5"),
-        ({"beam_size": True}, "beam width must be a whole number, got True"),
-        ({"max_length": 0}, "max_length must be 1 or more, got 0"),
+        ({"beam_size": 0}, "Strategy.beam_size must be an integer in [1, 10], got 0"),
+        ({"beam_size": -2}, "Strategy.beam_size must be an integer in [1, 10], got -2"),
+        ({"beam_size": 11}, "Strategy.beam_size must be an integer in [1, 10], got 11"),
+        ({"beam_size": 2.5}, "Strategy.beam_size must be an integer in [1, 10], got 2.5"),
+        ({"beam_size": True}, "Strategy.beam_size must be an integer in [1, 10], got True"),
+        ({"max_length": 0}, "Strategy.max_length must be an integer in [1, 10000], got 0"),
+        ({"length_penalty": nan}, "Strategy.length_penalty must be a number in [0, 5], got nan"),
+        (
+            {"length_penalty": 1e300},
+            "Strategy.length_penalty must be a number in [0, 5], got 1e+300",
+        ),
     ],
 )
 def test_a_bad_strategy_is_a_one_line_error(settings, message):
@@ -106,7 +114,7 @@ def test_the_captioner_refuses_a_beam_width_below_one_instead_of_going_greedy(ti
     """``Captioner.caption(beam_size=0)`` used to run greedy without a word."""
     captioner = Captioner.load(tiny_run)
     photo = Image.new("RGB", (64, 64), (200, 30, 30))
-    with pytest.raises(StorytellerError, match="beam width must be 1 \\(greedy\\) or more"):
+    with pytest.raises(StorytellerError, match=r"beam_size must be an integer in \[1, 10\]"):
         captioner([photo], beam_size=0)
 
 

@@ -63,6 +63,12 @@ CASES = {
         "the 'attention' decoder has no option 'depth'",
     ),
     "flags that disagree": (["train", "--augment"], 2, "--augment needs --fine-tune-encoder"),
+    "number out of range": (["train", "--dropout", "1"], 2, "--dropout: must be a number in"),
+    "backend ignoring a flag": (
+        ["story", "--caption", "a dog", "--backend", "offline", "--base-url", "http://x"],
+        2,
+        "--base-url is a server for --backend hosted, not offline",
+    ),
     "missing data folder": (
         ["vocab", "--data", "no-such-folder"],
         2,

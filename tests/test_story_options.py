@@ -51,9 +51,11 @@ def test_defaults_and_suggestions():
     "kwargs, message",
     [
         ({"length": "epic"}, "unknown story length 'epic'"),
-        ({"temperature": 2.5}, "out of range"),
-        ({"temperature": -0.1}, "out of range"),
+        ({"temperature": 2.5}, r"temperature must be a number in \[0, 2\], not 2.5"),
+        ({"temperature": -0.1}, "temperature must be a number in"),
+        ({"temperature": float("nan")}, "temperature must be a number in"),
         ({"temperature": "hot"}, "must be a number"),
+        ({"temperature": None}, "must be a number"),
         ({"seed": -1}, "seed must be"),
         ({"seed": 1.5}, "seed must be"),
         ({"genre": "   "}, "genre is empty"),

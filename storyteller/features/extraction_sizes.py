@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..config_cli import Bound
+
 # On a CPU the network, not JPEG decoding, is the bottleneck: small batches, one worker
 # measured fastest (bench/extraction_throughput.py).
 CPU_BATCH_SIZE = 4
@@ -18,6 +20,9 @@ CPU_NUM_WORKERS = 1
 # since JPEGs are decoded on the GPU, workers that only read file bytes: a few are enough.
 GPU_BATCH_SIZE = 64
 GPU_NUM_WORKERS = 4
+#: What ``features --batch-size`` and ``--workers`` accept: a batch is ~0.6 MB of pixels per
+#: image, all in memory at once.
+BATCH_SIZES, WORKERS = Bound(1, 1024), Bound(0, 64)
 
 
 @dataclass(frozen=True)

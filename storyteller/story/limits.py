@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
+from ..config_cli import Bound
 from .errors import StoryError
 
 MAX_CAPTION_CHARS = 500  # a captioner writes < 60 words; a typed caption a few sentences
@@ -38,6 +39,7 @@ HOSTED_PROMPT_TOKENS = 6144  # UTF-8 bytes; leaves room for the answer in an 8k 
 
 DEFAULT_TURN_SECONDS = 60.0
 MAX_TURN_SECONDS = 3600.0
+TURN_SECONDS = Bound(0.0, MAX_TURN_SECONDS, low_open=True)  # a turn's time limit, or a timeout
 TIME_LIMIT_ENV = "STORYTELLER_STORY_TIME_LIMIT"
 #: reading a full :data:`LOCAL_PROMPT_TOKENS` prompt happens before the first time check
 PREFILL_GRACE_SECONDS = 30.0
@@ -72,7 +74,7 @@ def turn_seconds(value: float | str | None = None) -> float:
         seconds = float(value)
     except (TypeError, ValueError):
         raise StoryError(f"{where} must be a number of seconds, not {value!r}") from None
-    if not 0 < seconds <= MAX_TURN_SECONDS:
+    if not TURN_SECONDS.holds(seconds):
         raise StoryError(f"{where} {value!r} is out of range: use 0 to {MAX_TURN_SECONDS:g} s")
     return seconds
 

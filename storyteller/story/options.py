@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from ..config_cli import option
+from ..config import SEED
+from ..config_cli import Bound, bounded, field_bounds, option, type_words
 from .errors import StoryError
-from .limits import MAX_TURN_SECONDS
+from .limits import TURN_SECONDS
 
 GENRES = (
     "adventure",
@@ -59,10 +61,13 @@ class StoryOptions:
     genre: str = option("adventure", f"e.g. {', '.join(GENRES)} (free text)")
     tone: str = option("warm", f"e.g. {', '.join(TONES)} (free text)")
     length: str = option("short", "the token budget per turn", choices=LENGTHS)
-    temperature: float = option(0.8, "sampling temperature (0: greedy)")
-    seed: int | None = option(None, "repeatable sampling where the backend supports it")
-    max_new_tokens: int | None = option(None, "override the token budget of --length")
-    time_limit: float | None = None
+    # Each number's range is its field's Bound: the flag's, and the one checked here.
+    temperature: float = option(0.8, "sampling temperature (0: greedy)", bound=Bound(0.0, 2.0))
+    seed: int | None = option(None, "repeatable sampling where the backend supports it", bound=SEED)
+    max_new_tokens: int | None = option(
+        None, "override the token budget of --length", bound=Bound(1, 4096)
+    )
+    time_limit: float | None = bounded(TURN_SECONDS, None)
 
     def __post_init__(self) -> None:
         self.genre = _label(self.genre, "genre")
@@ -73,28 +78,13 @@ class StoryOptions:
                 f"unknown story length '{self.length}': use one of {', '.join(LENGTHS)}"
             )
         self.length = length
-        try:
-            self.temperature = float(self.temperature)
-        except (TypeError, ValueError):
-            raise StoryError(f"temperature must be a number, not {self.temperature!r}") from None
-        if not 0.0 <= self.temperature <= 2.0:
-            raise StoryError(f"temperature {self.temperature} is out of range: use 0 to 2")
+        self.temperature = _checked("temperature", self.temperature, float)
         if self.seed is not None:
-            if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-                raise StoryError(f"seed must be a whole number >= 0 or None, not {self.seed!r}")
+            self.seed = _checked("seed", self.seed, int)
         if self.max_new_tokens is not None:
-            if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 4096:
-                raise StoryError("max_new_tokens must be a whole number from 1 to 4096")
+            self.max_new_tokens = _checked("max_new_tokens", self.max_new_tokens, int)
         if self.time_limit is not None:
-            try:
-                self.time_limit = float(self.time_limit)
-            except (TypeError, ValueError):
-                raise StoryError(f"time_limit must be seconds, not {self.time_limit!r}") from None
-            if not 0 < self.time_limit <= MAX_TURN_SECONDS:
-                raise StoryError(
-                    f"time_limit {self.time_limit:g} is out of range: use 0 to "
-                    f"{MAX_TURN_SECONDS:g} seconds"
-                )
+            self.time_limit = _checked("time_limit", self.time_limit, float)
 
     def turn_limit(self, backend_limit: float) -> float:
         """Seconds this turn may take on a backend whose own limit is ``backend_limit``."""
@@ -113,3 +103,18 @@ class StoryOptions:
         if self.max_new_tokens is not None:
             return self.max_new_tokens
         return round(self.words * 1.5) + 10
+
+
+def _checked(name: str, value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` (a float may be given as text) within the :class:`StoryOptions`
+    field's bound; anything else is a one-line :class:`StoryError`."""
+    number = value
+    if kind is float and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            pass
+    bound = field_bounds(StoryOptions)[name]
+    if not isinstance(number, kind) or isinstance(number, bool) or not bound.holds(number):
+        raise StoryError(f"story {name} must be {type_words(kind, bound)}, not {value!r:.40}")
+    return number
