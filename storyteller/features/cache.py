@@ -8,12 +8,13 @@ The cache is two files in the output folder:
   :mod:`storyteller.features.encoders`);
 * ``features.json`` - the index: image names (row order), the encoder, its dimension and
   preprocessing, the ``layout`` and for a grid its ``grid`` [h, w], how many rows are done,
-  which images could not be read and which gave features float16 cannot hold
-  (``non_finite``: NaN, or beyond +-65504; the largest such |value| in ``non_finite_peak``),
-  both skipped and reported rather than trained on; for information only, which decoders made it
-  (``decode``: ``"pil"``, ``"torchvision:cuda"``, ...) and how many images the device path
-  handed to PIL (``pil_fallbacks``). Caches written before layouts existed (version 1) have
-  no ``layout`` key and are pooled.
+  which images could not be read or were refused (:mod:`storyteller.features.images`: not a
+  regular file, too many pixels, too long and thin to resize) and which gave features float16
+  cannot hold (``non_finite``: NaN, or beyond +-65504; the largest such |value| in
+  ``non_finite_peak``), both skipped and reported rather than trained on; for information
+  only, which decoders made it (``decode``: ``"pil"``, ``"torchvision:cuda"``, ...) and how
+  many images the device path handed to PIL (``pil_fallbacks``). Caches written before
+  layouts existed (version 1) have no ``layout`` key and are pooled.
 
 An interrupted extraction continues from the last finished batch. A cache made by another
 encoder, for another list of images or in another layout is refused rather than mixed. One
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..artefacts import ArtefactError, check_npy, describe, is_int, read_json, type_name
@@ -52,29 +53,11 @@ from ..runtime import autocast, get_device, write_json
 from .encoder_specs import DECODE_CHOICES
 from .encoders import LAYOUTS, build_encoder, check_layout, get_encoder_spec, with_layout
 from .extraction_sizes import extraction_sizes
+from .images import check_size, load_rgb, open_image, open_regular
 
 # 2: the index records its ``layout`` (version 1 had none and was always pooled).
 CACHE_VERSION = 2
 EXIF_ORIENTATION = 0x0112
-
-
-def load_rgb(source) -> Image.Image:
-    """Open an image as upright 8-bit RGB: EXIF rotation applied; grey, RGBA, CMYK, 16-bit
-    and palette images converted. Raises ``OSError``/``ValueError`` for unreadable files."""
-    image = source if isinstance(source, Image.Image) else Image.open(source)
-    image.load()
-    image = ImageOps.exif_transpose(image) or image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale to 8 bits rather than clipping to white.
-        array = np.asarray(image, dtype=np.float32)
-        peak = float(array.max()) or 1.0
-        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8))
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        rgba = image.convert("RGBA")
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
 
 
 class FeatureExtractor:
@@ -127,9 +110,9 @@ class _ImageFolder(Dataset):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                pixels = self.transform(load_rgb(self.image_dir / self.names[i]))
+                pixels = self.transform(open_image(self.image_dir / self.names[i]))
             return pixels, True
-        except Exception:  # truncated, not an image, decompression bomb, ...
+        except Exception:  # truncated, not an image, too large, a FIFO, ...
             return torch.zeros(3, self.crop, self.crop), False
 
 
@@ -139,13 +122,15 @@ def _jpeg_orientation(data: bytes) -> int | None:
     Only the header is parsed (PIL reads no pixels here), so this is cheap enough for the
     workers. ``None`` sends the file down the PIL path: not a JPEG, CMYK (nvJPEG has no CMYK
     output), or no end-of-image marker at the end: a truncated file, which PIL refuses and a
-    GPU decoder might turn into a half-grey picture instead of an unreadable one.
+    GPU decoder might turn into a half-grey picture instead of an unreadable one. A size
+    :func:`~storyteller.features.images.check_size` refuses raises its error.
     """
     if data[:2] != b"\xff\xd8" or b"\xff\xd9" not in data[-32:]:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DecompressionBombWarning: PIL's path warns, not here
         with Image.open(io.BytesIO(data)) as image:
+            check_size(*image.size)
             if image.format not in ("JPEG", "MPO") or image.mode not in ("RGB", "L"):
                 return None
             return int(image.getexif().get(EXIF_ORIENTATION, 1))
@@ -181,9 +166,10 @@ class _ImageBytes(_ImageFolder):
 
     def __getitem__(self, i: int):
         try:
-            data = (self.image_dir / self.names[i]).read_bytes()
+            with open_regular(self.image_dir / self.names[i]) as file:
+                data = file.read()
             orientation = _jpeg_orientation(data)
-        except Exception:  # unreadable file, broken header: PIL decides and reports it
+        except Exception:  # not a regular file, broken header, too large: the PIL path reports it
             orientation = None
         if orientation is None:
             pixels, ok = super().__getitem__(i)
@@ -283,7 +269,7 @@ class _DeviceDecoder:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return self.transform(load_rgb(io.BytesIO(data.numpy().tobytes())))
+                return self.transform(open_image(io.BytesIO(data.numpy().tobytes())))
         except Exception:
             return None
 
