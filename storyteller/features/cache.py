@@ -2,7 +2,8 @@
 
 The cache is two files in the output folder:
 
-* ``features.npy``  - float16 array, memory-mapped while written, of shape (num_images, dim)
+* ``features.npy``  - float16 array, memory-mapped while written (its disk space allocated
+  first, so a full disk is an error, not a crash), of shape (num_images, dim)
   for the ``"pooled"`` layout (one vector per image) or (num_images, h*w, dim) for ``"grid"``
   (one vector per feature-map position, what attention captioners read; see
   :mod:`storyteller.features.encoders`);
@@ -34,7 +35,9 @@ Two ways to turn files into pixels (``decode_on``):
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,7 +52,7 @@ from ..config import MAX_WIDTH
 from ..errors import StorytellerError
 from ..progress import progress
 from ..run_folder import FEATURES_FILE, INDEX_FILE
-from ..runtime import autocast, get_device, write_json
+from ..runtime import autocast, disk_full_is_an_error, get_device, write_json
 from .encoder_specs import DECODE_CHOICES
 from .encoders import LAYOUTS, build_encoder, check_layout, get_encoder_spec, with_layout
 from .extraction_sizes import extraction_sizes
@@ -507,6 +510,69 @@ def _check_compatible(
         )
 
 
+CACHE_FILES = f"the feature cache ({FEATURES_FILE}, {INDEX_FILE})"
+
+
+def _open_cache(
+    image_dir: str | Path,
+    names: list[str],
+    out_dir: Path,
+    encoder_name: str,
+    layout: str,
+    overwrite: bool,
+) -> tuple[dict, np.memmap] | None:
+    """The index and the mapped array to fill: the unfinished cache in ``out_dir`` if it is
+    compatible, else a new one. Either way the array's disk space is allocated now
+    (:func:`_allocate`). ``None`` when the cache is already complete."""
+    array_path, index_path = out_dir / FEATURES_FILE, out_dir / INDEX_FILE
+    if index_path.is_file() and array_path.is_file() and not overwrite:
+        meta = read_cache_index(out_dir)
+        _check_compatible(meta, encoder_name, names, layout, out_dir)
+        meta.setdefault("layout", "pooled")  # a version-1 cache: pooled, now said explicitly
+        if meta["done"] >= len(names):
+            return None
+        check_npy(array_path, np.float16, cache_shape(meta))  # before mapping it
+        _allocate(array_path)
+        return meta, np.load(array_path, mmap_mode="r+")
+    spec = get_encoder_spec(encoder_name)
+    meta = {
+        "version": CACHE_VERSION,
+        "encoder": encoder_name,
+        "dim": spec.dim,
+        "layout": layout,
+        **({"grid": list(spec.grid)} if layout == "grid" else {}),
+        "dtype": "float16",
+        "preprocessing": spec.preprocessing.to_dict(),
+        "image_dir": str(image_dir),
+        "images": names,
+        "done": 0,
+        "unreadable": [],
+        "non_finite": [],
+    }
+    array = np.lib.format.open_memmap(
+        array_path, mode="w+", dtype=np.float16, shape=(len(names), *spec.shape(layout))
+    )  # (N, dim) or (N, h*w, dim)
+    _allocate(array_path)
+    write_json(index_path, meta)
+    return meta, array
+
+
+def _allocate(path: Path) -> None:
+    """Give ``path`` all its disk blocks now. A file written through a memory map gets them
+    page by page, and on a full disk a page that finds none kills the process with SIGBUS,
+    without a word; here a full disk is an ``OSError`` (ENOSPC), before any work is done.
+    Without ``posix_fallocate`` (macOS, Windows) or where the file system cannot allocate,
+    the file stays sparse."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+
+
 def extract_features(
     image_dir: str | Path,
     names: Sequence[str],
@@ -541,35 +607,11 @@ def extract_features(
         raise StorytellerError("no images to extract features from")
     spec = get_encoder_spec(encoder_name)
     array_path, index_path = out_dir / FEATURES_FILE, out_dir / INDEX_FILE
-
-    meta = None
-    if index_path.is_file() and array_path.is_file() and not overwrite:
-        meta = read_cache_index(out_dir)
-        _check_compatible(meta, encoder_name, names, layout, out_dir)
-        meta.setdefault("layout", "pooled")  # a version-1 cache: pooled, now said explicitly
-        if meta["done"] >= len(names):
-            return array_path
-        check_npy(array_path, np.float16, cache_shape(meta))  # before mapping it
-        array = np.load(array_path, mmap_mode="r+")
-    if meta is None:
-        meta = {
-            "version": CACHE_VERSION,
-            "encoder": encoder_name,
-            "dim": spec.dim,
-            "layout": layout,
-            **({"grid": list(spec.grid)} if layout == "grid" else {}),
-            "dtype": "float16",
-            "preprocessing": spec.preprocessing.to_dict(),
-            "image_dir": str(image_dir),
-            "images": names,
-            "done": 0,
-            "unreadable": [],
-            "non_finite": [],
-        }
-        array = np.lib.format.open_memmap(
-            array_path, mode="w+", dtype=np.float16, shape=(len(names), *spec.shape(layout))
-        )  # (N, dim) or (N, h*w, dim)
-        write_json(index_path, meta)
+    with disk_full_is_an_error(out_dir, CACHE_FILES):
+        opened = _open_cache(image_dir, names, out_dir, encoder_name, layout, overwrite)
+    if opened is None:  # complete
+        return array_path
+    meta, array = opened
 
     device = device or get_device()
     decode_on = resolve_decode_on(decode_on, device)
@@ -612,16 +654,18 @@ def extract_features(
                     f" per image, the cache holds {array.shape[1:]}: was the encoder or its "
                     "preprocessing changed? Pass --overwrite to start again"
                 )
-            block = _to_float16(features, names[row : row + len(features)], meta)
-            array[row : row + len(features)] = block  # (B, dim) or (B, h*w, dim)
+            rows = slice(row, row + len(features))
+            block = _to_float16(features, names[rows], meta)  # (B, dim) or (B, h*w, dim)
             meta["unreadable"] += [names[row + i] for i in torch.nonzero(~ok).flatten().tolist()]
             row += len(features)
-            array.flush()
             if decoder is not None:
                 meta["pil_fallbacks"] = meta.get("pil_fallbacks", 0) + decoder.pil_fallbacks
                 decoder.pil_fallbacks = 0
             meta["done"] = row  # written after the rows it counts: a kill loses one batch at most
-            write_json(index_path, meta)
+            with disk_full_is_an_error(out_dir, CACHE_FILES):
+                array[rows] = block
+                array.flush()
+                write_json(index_path, meta)
             bar.update(len(features))
             if on_batch is not None:
                 on_batch(row)
