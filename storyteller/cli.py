@@ -731,17 +731,14 @@ def _caption_each(captioner, args, attention_maps: str | None = None):
     ``{"caption": ...}`` (plus ``"attention_map"``, the figure written into the folder
     ``attention_maps``), or the exception that stopped an unreadable image (the caller says
     so)."""
-    from PIL import Image
-
-    from .features.cache import load_rgb
+    from .features.images import UnreadableImage, open_image
     from .figures.attention_maps import write_attention_maps
 
     decoding = {"beam_size": args.beam, "length_penalty": args.length_penalty}
     figures: set[str] = set()
     for path in args.images:
         try:
-            with Image.open(path) as image:
-                photo = load_rgb(image)
+            photo = open_image(path)
             if attention_maps:
                 result = captioner.caption_with_attention([photo], **decoding)[0]
                 preprocessing = captioner.extractor.spec.preprocessing
@@ -751,7 +748,7 @@ def _caption_each(captioner, args, attention_maps: str | None = None):
                 captioned = {"caption": result.caption, "attention_map": str(written[0])}
             else:
                 captioned = {"caption": captioner([photo], **decoding)[0]}
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except UnreadableImage as exc:
             yield path, exc
         else:
             yield path, captioned

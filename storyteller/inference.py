@@ -20,6 +20,7 @@ from .decoding import Strategy, decode
 from .errors import StorytellerError
 from .features.cache import FeatureExtractor
 from .features.finetune import checkpoint_encoder
+from .features.images import open_image
 from .figures.attention_maps import AttentionCaption, attends, caption_with_attention
 from .models import CaptionDecoder
 from .models.checkpoint import load_model
@@ -147,9 +148,11 @@ class Captioner:
         return write_model_folder(folder, config, weights, self.vocab, info, encoder, card)
 
     def _encode(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
-        """PIL images or image paths -> their features on the model's device: (B,
-        feature_dim), or (B, h*w, feature_dim) for a captioner that reads the grid."""
-        pil = [im if isinstance(im, Image.Image) else Image.open(im) for im in images]
+        """PIL images or image paths (opened with :func:`~storyteller.features.images.open_image`,
+        whose :class:`~storyteller.features.images.UnreadableImage` refuses what cannot be
+        captioned) -> their features on the model's device: (B, feature_dim), or (B, h*w,
+        feature_dim) for a captioner that reads the grid."""
+        pil = [im if isinstance(im, Image.Image) else open_image(im) for im in images]
         return self.extractor(pil).to(self.extractor.device)
 
     @torch.inference_mode()

@@ -7,6 +7,7 @@ with ``.to(device)``, so the same code runs on a CPU, one GPU or Kaggle's two T4
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -19,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .errors import StorytellerError
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -127,6 +130,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def disk_full_is_an_error(folder: str | Path, what: str) -> Iterator[None]:
+    """A full disk (or an exhausted quota) while the block writes ``what`` into ``folder``
+    becomes one :class:`~storyteller.errors.StorytellerError` naming both; other errors pass."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StorytellerError(
+            f"{folder}: the disk is full ({exc.strerror}), {what} could not be written: free "
+            "some space and run the same command again"
+        ) from None
 
 
 def write_json(path: str | Path, data: Any) -> None:

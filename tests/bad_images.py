@@ -2,15 +2,19 @@
 
 ``make_bad_images(folder)`` returns ``{kind: (path, expected)}`` where ``expected`` is a
 regular expression the app's error message must match, or ``None`` when the image must be
-captioned (it is unusual but valid).
+captioned (it is unusual but valid). ``make_fifo`` makes what no upload can carry, a named
+pipe; ``returns_within`` calls something that might block on it without hanging the tests.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from storyteller.data.sample import make_example
@@ -68,6 +72,38 @@ def make_bad_images(folder: str | Path) -> dict[str, tuple[Path, str | None]]:
     save("palette.gif", picture.convert("P"), format="GIF")
     save("huge.png", Image.new("1", (9000, 9000)), "too large .*9000 x 9000", format="PNG")
     save("bomb.png", Image.new("1", (20000, 20000)), "too large", format="PNG")
+    # 131 bytes, and 256 x 4,096,000 pixels once the encoder resizes its short side to 256.
+    save("wide.png", Image.new("RGB", (16000, 1)), "too long and thin .*16000 x 1", format="PNG")
     sideways, exif = exif_rotated(picture)
     save("exif_rotated.jpg", sideways, format="JPEG", quality=90, exif=exif)
     return out
+
+
+def make_fifo(folder: str | Path, name: str = "x.jpg") -> Path:
+    """A named pipe called ``name``, with no writer: opening it for reading blocks for ever."""
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this system")
+    path = Path(folder) / name
+    os.mkfifo(path)
+    return path
+
+
+def returns_within(seconds: float, function, *args, **kwargs):
+    """``function(*args, **kwargs)``'s result (or its exception, raised here), failing the test
+    instead of hanging it when the call is still blocked after ``seconds``."""
+    outcome: dict = {}
+
+    def call():
+        try:
+            outcome["result"] = function(*args, **kwargs)
+        except BaseException as exc:  # handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"{getattr(function, '__name__', function)} still blocked after {seconds} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")

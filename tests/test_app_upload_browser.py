@@ -74,7 +74,7 @@ def test_a_file_that_is_not_a_photo_gets_the_apps_message_and_one_log_line(page,
     logged = app.log.read_text(errors="replace")[before:]
     assert "Traceback" not in logged, logged
     assert logged.splitlines() == [
-        "user mistake: /caption: this file is not an image, or its header is damaged: upload a "
+        "user mistake: /caption: this file is not an image, or its header is damaged: use a "
         "JPEG, PNG, WebP, GIF, BMP or TIFF photo"
     ], logged
     assert app.alive()

@@ -3,11 +3,14 @@
 import json
 
 import pytest
+from bad_images import make_fifo, returns_within
 from conftest import cli as _cli
 from PIL import Image
 
 from storyteller.cli import main, train_flags
 from storyteller.config import TrainConfig
+from storyteller.features.images import UnreadableImage
+from storyteller.inference import Captioner
 from storyteller.models import DEFAULT_DECODER, decoder_class
 
 SCORE_KEYS = "bleu1 bleu2 bleu3 bleu4 meteor rouge1 rouge2 rougeL cider precision recall f1".split()
@@ -71,6 +74,28 @@ def test_caption_command_prints_one_json_line_per_image(sample_run, tmp_path):
     assert [line["image"] for line in lines] == [*map(str, images), str(broken)]
     assert all(len(line["caption"].split()) >= 2 for line in lines[:2])
     assert "cannot read image" in lines[2]["error"] and result.returncode == 1
+
+
+def test_caption_refuses_fifos_and_long_thin_images_in_one_line_each(
+    tiny_data, tiny_run, tmp_path, capsys
+):
+    """A FIFO named x.jpg kept `caption` waiting until it was killed; a 131-byte 8000 x 1 PNG
+    took 2.8 GB, resized to 256 x 2,048,000 pixels. Both are one line now, and so they are for
+    the library's Captioner given their paths."""
+    photo = sorted((tiny_data / "Images").iterdir())[0]
+    fifo, wide = make_fifo(tmp_path), tmp_path / "wide_8000.png"
+    Image.new("RGB", (8000, 1)).save(wide)
+    images = [str(photo), str(fifo), str(wide)]
+    checkpoint = str(tiny_run / "best_model.pth")
+    assert returns_within(60, main, ["caption", "--checkpoint", checkpoint, *images]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["image"] for line in lines] == images and lines[0]["caption"]
+    assert "this is a FIFO (named pipe), not a regular file" in lines[1]["error"]
+    assert "too long and thin to caption (8000 x 1 pixels" in lines[2]["error"]
+    captioner = Captioner.load(checkpoint)
+    for path, problem in ((fifo, "not a regular file"), (wide, "too long and thin")):
+        with pytest.raises(UnreadableImage, match=problem):
+            returns_within(30, captioner, [path])
 
 
 def test_rerunning_run_all_reuses_finished_steps(sample_run):

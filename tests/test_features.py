@@ -1,13 +1,16 @@
+import errno
 import io
 import json
+import os
 import shutil
+import subprocess
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from bad_images import make_bad_images
-from conftest import FLICKR8K_1K
+from bad_images import make_bad_images, make_fifo, returns_within
+from conftest import FLICKR8K_1K, cli
 from PIL import Image
 
 from storyteller.data.captions import load_dataset
@@ -17,7 +20,6 @@ from storyteller.features.cache import (
     FeatureExtractor,
     extract_features,
     load_feature_cache,
-    load_rgb,
 )
 from storyteller.features.encoders import ENCODERS, build_encoder, resolve_encoder
 from storyteller.features.extraction_sizes import (
@@ -27,6 +29,7 @@ from storyteller.features.extraction_sizes import (
     GPU_NUM_WORKERS,
     extraction_sizes,
 )
+from storyteller.features.images import load_rgb, open_image
 
 
 class _Interrupt(Exception):
@@ -157,6 +160,96 @@ def test_unreadable_images_are_skipped_and_reported(tiny_data, tmp_path):
         )
     cache = load_feature_cache(tmp_path / "f")
     assert cache.names == sorted(good)
+
+
+def test_fifos_and_long_thin_images_are_skipped_and_counted_on_both_paths(
+    tiny_data, tmp_path, device
+):
+    """A FIFO named x.jpg stalled `features` until it was killed, and one 4000 x 1 image took
+    1.5 GB: the encoder's resize makes its short side 256 and its long side 256,000."""
+    dataset = load_dataset(tiny_data)
+    folder = tmp_path / "Images"
+    folder.mkdir()
+    good = sorted(dataset.images)[:3]
+    for name in good:
+        (folder / name).write_bytes((dataset.image_dir / name).read_bytes())
+    Image.new("RGB", (16000, 8)).save(folder / "wide.jpg")  # a JPEG: the device path's own check
+    Image.new("RGB", (1, 4000)).save(folder / "strip.png")
+    Image.new("RGB", (1024, 256), (90, 120, 200)).save(folder / "panorama.jpg")
+    make_fifo(folder, "x.jpg")
+    names = [*good, "panorama.jpg", "strip.png", "wide.jpg", "x.jpg"]
+    refused = {"strip.png", "wide.jpg", "x.jpg"}
+    with pytest.warns(UserWarning, match=f"{len(refused)} unreadable image"):
+        pil, on_device = returns_within(
+            60, _extract_both_ways, folder, names, tmp_path, device, num_workers=0
+        )
+    assert set(pil.meta["unreadable"]) == set(on_device.meta["unreadable"]) == refused
+    assert pil.names == on_device.names == sorted(set(names) - refused)
+
+
+def _disk_full(*args):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_one_line_naming_the_folder(tiny_data, tmp_path, monkeypatch):
+    """`features` on a full 10 MB file system died of SIGBUS (exit 135) without a word: the
+    cache was written through a memory map of a sparse file. Its space is now allocated
+    first, and a full disk, then or in the middle, is one line naming the folder."""
+    dataset = load_dataset(tiny_data)
+    names = sorted(dataset.images)[:8]
+    out = tmp_path / "f"
+
+    def extract(folder=out):
+        extract_features(
+            dataset.image_dir, names, folder, "efficientnet_lite0", batch_size=4, num_workers=0
+        )
+
+    monkeypatch.setattr(os, "posix_fallocate", _disk_full, raising=False)
+    with pytest.raises(StorytellerError, match=f"{out}: the disk is full .*features.npy"):
+        extract()
+    monkeypatch.undo()
+    write_json = cache_module.write_json
+
+    def full_after_one_batch(path, meta):
+        if meta["done"] > 4:
+            _disk_full()
+        write_json(path, meta)
+
+    monkeypatch.setattr(cache_module, "write_json", full_after_one_batch)
+    with pytest.raises(StorytellerError, match=f"{out}: the disk is full .*features.json"):
+        extract()
+    monkeypatch.undo()
+    assert json.loads((out / "features.json").read_text())["done"] == 4
+    extract()  # space freed: it resumes
+    extract(tmp_path / "fresh")
+    resumed, fresh = load_feature_cache(out), load_feature_cache(tmp_path / "fresh")
+    assert resumed.names == names and torch.equal(resumed.features, fresh.features)
+
+
+def test_features_on_a_full_file_system_is_one_line(tiny_data, tmp_path):
+    """The issue's case itself, on a real 1 MB tmpfs (root only): exit 2 and one line, not
+    SIGBUS."""
+    if getattr(os, "geteuid", lambda: 1)() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        run = small / "run"
+        flags = ["--encoder", "efficientnet_lite0", "--layout", "grid", "--workers", "0"]
+        result = cli("features", "--data", str(tiny_data), "--out", str(run), *flags)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=True)
+    assert result.returncode == 2, result.stderr  # 40 grid rows: 5 MB
+    assert result.stderr.strip().splitlines() == [
+        f"error: {run / 'features'}: the disk is full (No space left on device), the feature "
+        "cache (features.npy, features.json) could not be written: free some space and run "
+        "the same command again"
+    ]
 
 
 class _OutOfRange(torch.nn.Module):
@@ -425,9 +518,9 @@ def test_tensor_preprocessing_matches_pil_within_one_grey_level(tiny_data, devic
     dataset = load_dataset(tiny_data)
     preprocessing = ENCODERS["efficientnet_lite0"].preprocessing
     paths = [dataset.image_dir / name for name in sorted(dataset.images)[:6]]
-    pil = torch.stack([preprocessing.transform()(load_rgb(path)) for path in paths])
+    pil = torch.stack([preprocessing.transform()(open_image(path)) for path in paths])
     decoded = [
-        torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1).to(device)  # (3, H, W)
+        torch.from_numpy(np.array(open_image(path))).permute(2, 0, 1).to(device)  # (3, H, W)
         for path in paths
     ]
     pixels = preprocessing.tensor_transform(decoded).cpu()  # (6, 3, 224, 224)
@@ -485,7 +578,7 @@ def _odd_files(tiny_data, folder) -> tuple[list[str], set[str]]:
     for name in good:
         (folder / name).write_bytes((dataset.image_dir / name).read_bytes())
     unreadable = {bad[kind][0].name for kind in ("corrupted", "truncated", "not_an_image")}
-    unreadable |= {bad["empty"][0].name, bad["bomb"][0].name}
+    unreadable |= {bad["empty"][0].name, bad["bomb"][0].name, bad["wide"][0].name}
     return good + sorted(path.name for path, _ in bad.values()), unreadable
 
 

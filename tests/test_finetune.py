@@ -2,10 +2,14 @@
 runs photos through the encoder into the decoder, checkpoints that carry the encoder, resume,
 and captioning and evaluation with the fine-tuned weights."""
 
+import dataclasses
 import json
+import os
 
 import pytest
 import torch
+from bad_images import make_fifo, returns_within
+from PIL import Image
 from test_train import _fresh_run
 
 from storyteller import pipeline
@@ -13,17 +17,21 @@ from storyteller.artefacts import ArtefactError
 from storyteller.cli import main, train_flags
 from storyteller.config import ModelConfig, TrainConfig
 from storyteller.data.captions import load_dataset
+from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
 from storyteller.evaluation.evaluate import teacher_forced_loss
-from storyteller.features.cache import FeatureExtractor, load_feature_cache, load_rgb
+from storyteller.features.cache import FeatureExtractor, extract_features, load_feature_cache
 from storyteller.features.encoders import ENCODERS, build_encoder, encoder_blocks
 from storyteller.features.finetune import (
     ENCODER_WEIGHTS,
     EncoderDecoder,
     FineTunedEncoder,
+    ImageCaptions,
     collate_images,
     encode_images,
+    image_transform,
 )
+from storyteller.features.images import open_image
 from storyteller.inference import Captioner
 from storyteller.models import build_model
 from storyteller.models.checkpoint import read_checkpoint
@@ -150,7 +158,7 @@ def test_fine_tuning_trains_resumes_exactly_and_captions_with_its_encoder(
     assert not any("_conv_stem" in k for k in changed)  # the frozen stem kept ImageNet's
 
     captioner = Captioner.from_files(whole / "best_model.pth", whole / "vocab.pkl")
-    photo = load_rgb(tiny_data / "Images" / sorted((tiny_data / "Images").iterdir())[0].name)
+    photo = open_image(tiny_data / "Images" / sorted((tiny_data / "Images").iterdir())[0].name)
     best = read_checkpoint(whole / "best_model.pth")
     reference = build_encoder("efficientnet_lite0", pretrained=False)
     reference.load_state_dict(best[ENCODER_WEIGHTS])
@@ -194,10 +202,37 @@ def test_encode_images_gives_the_extractors_features(tiny_data):
     )
     names = sorted(p.name for p in (tiny_data / "Images").iterdir())[:3]
     cache = encode_images(extractor, tiny_data / "Images", names, batch_size=2)
-    expected = extractor([load_rgb(tiny_data / "Images" / n) for n in names])  # (3, 49, 1280)
+    expected = extractor([open_image(tiny_data / "Images" / n) for n in names])  # (3, 49, 1280)
     assert cache.grid == (7, 7) and cache.encoder == "efficientnet_lite0"
     torch.testing.assert_close(cache.batch([0, 1, 2], "grid"), expected.half().float())
     torch.testing.assert_close(cache.batch([2], "pooled"), expected[2:].half().float().mean(1))
+
+
+def test_fine_tuning_leaves_out_what_extraction_refused(tiny_data, tiny_run, tmp_path):
+    """A FIFO and a long thin photo (8000 x 1: 2.8 GB once resized) are skipped and counted by
+    extraction, so fine-tuning leaves them out as it leaves out unreadable photos; read anyway,
+    each is one line naming it, with no hang and no 2.8 GB."""
+    dataset = load_dataset(tiny_data)
+    names = sorted(dataset.images)[:4]
+    folder = tmp_path / "Images"
+    folder.mkdir()
+    for name in names[2:]:
+        (folder / name).write_bytes((dataset.image_dir / name).read_bytes())
+    Image.new("RGB", (8000, 1)).save(folder / names[0], format="JPEG")
+    os.rename(make_fifo(tmp_path), folder / names[1])
+    photos = dataclasses.replace(dataset.subset(names), image_dir=folder)
+    with pytest.warns(UserWarning, match="2 unreadable image"):
+        returns_within(
+            60, extract_features, folder, names, tmp_path / "f", "efficientnet_lite0", num_workers=0
+        )
+    cache = load_feature_cache(tmp_path / "f")
+    vocab = Vocabulary.load(tiny_run / "vocab.pkl")
+    transform = image_transform(ENCODERS["efficientnet_lite0"].preprocessing, augment=False)
+    assert ImageCaptions(photos, names, vocab, 20, transform, cache.__contains__).names == names[2:]
+    every = ImageCaptions(photos, names, vocab, 20, transform)
+    for row, problem in enumerate(["too long and thin", "not a regular file"]):
+        with pytest.raises(StorytellerError, match=f"{names[row]} for fine-tuning: .*{problem}"):
+            returns_within(30, every.__getitem__, row)
 
 
 def test_tampered_encoder_weights_are_one_line_errors(tiny_data, tiny_run, tmp_path):

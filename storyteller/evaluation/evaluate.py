@@ -25,8 +25,9 @@ from ..data.captions import CaptionDataset
 from ..data.vocab import PAD_ID, Vocabulary
 from ..decoding import Strategy, generate_captions
 from ..errors import StorytellerError
-from ..features.cache import FeatureCache, load_rgb
+from ..features.cache import FeatureCache
 from ..features.encoders import get_encoder_spec
+from ..features.images import open_image
 from ..figures.attention_maps import attends, caption_with_attention, write_attention_maps
 from ..figures.plots import plot_caption_grid
 from ..run_folder import ATTENTION_MAPS_DIR, GRID_FILE, METRICS_FILE, TEST_CAPTIONS_FILE
@@ -163,7 +164,7 @@ def evaluate_model(
         shown = images[:attention_maps]
         figures = write_attention_maps(
             [
-                (name, load_rgb(dataset.image_dir / name), result)
+                (name, open_image(dataset.image_dir / name), result)
                 for name, result in zip(
                     shown,
                     caption_with_attention(

@@ -2,18 +2,20 @@
 
 The cache is two files in the output folder:
 
-* ``features.npy``  - float16 array, memory-mapped while written, of shape (num_images, dim)
+* ``features.npy``  - float16 array, memory-mapped while written (its disk space allocated
+  first, so a full disk is an error, not a crash), of shape (num_images, dim)
   for the ``"pooled"`` layout (one vector per image) or (num_images, h*w, dim) for ``"grid"``
   (one vector per feature-map position, what attention captioners read; see
   :mod:`storyteller.features.encoders`);
 * ``features.json`` - the index: image names (row order), the encoder, its dimension and
   preprocessing, the ``layout`` and for a grid its ``grid`` [h, w], how many rows are done,
-  which images could not be read and which gave features float16 cannot hold
-  (``non_finite``: NaN, or beyond +-65504; the largest such |value| in ``non_finite_peak``),
-  both skipped and reported rather than trained on; for information only, which decoders made it
-  (``decode``: ``"pil"``, ``"torchvision:cuda"``, ...) and how many images the device path
-  handed to PIL (``pil_fallbacks``). Caches written before layouts existed (version 1) have
-  no ``layout`` key and are pooled.
+  which images could not be read or were refused (:mod:`storyteller.features.images`: not a
+  regular file, too many pixels, too long and thin to resize) and which gave features float16
+  cannot hold (``non_finite``: NaN, or beyond +-65504; the largest such |value| in
+  ``non_finite_peak``), both skipped and reported rather than trained on; for information
+  only, which decoders made it (``decode``: ``"pil"``, ``"torchvision:cuda"``, ...) and how
+  many images the device path handed to PIL (``pil_fallbacks``). Caches written before
+  layouts existed (version 1) have no ``layout`` key and are pooled.
 
 An interrupted extraction continues from the last finished batch. A cache made by another
 encoder, for another list of images or in another layout is refused rather than mixed. One
@@ -33,14 +35,16 @@ Two ways to turn files into pixels (``decode_on``):
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..artefacts import ArtefactError, check_npy, describe, is_int, read_json, type_name
@@ -48,33 +52,15 @@ from ..config import MAX_WIDTH
 from ..errors import StorytellerError
 from ..progress import progress
 from ..run_folder import FEATURES_FILE, INDEX_FILE
-from ..runtime import autocast, get_device, write_json
+from ..runtime import autocast, disk_full_is_an_error, get_device, write_json
 from .encoder_specs import DECODE_CHOICES
 from .encoders import LAYOUTS, build_encoder, check_layout, get_encoder_spec, with_layout
 from .extraction_sizes import extraction_sizes
+from .images import check_size, load_rgb, open_image, open_regular
 
 # 2: the index records its ``layout`` (version 1 had none and was always pooled).
 CACHE_VERSION = 2
 EXIF_ORIENTATION = 0x0112
-
-
-def load_rgb(source) -> Image.Image:
-    """Open an image as upright 8-bit RGB: EXIF rotation applied; grey, RGBA, CMYK, 16-bit
-    and palette images converted. Raises ``OSError``/``ValueError`` for unreadable files."""
-    image = source if isinstance(source, Image.Image) else Image.open(source)
-    image.load()
-    image = ImageOps.exif_transpose(image) or image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale to 8 bits rather than clipping to white.
-        array = np.asarray(image, dtype=np.float32)
-        peak = float(array.max()) or 1.0
-        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8))
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        rgba = image.convert("RGBA")
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
 
 
 class FeatureExtractor:
@@ -127,9 +113,9 @@ class _ImageFolder(Dataset):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                pixels = self.transform(load_rgb(self.image_dir / self.names[i]))
+                pixels = self.transform(open_image(self.image_dir / self.names[i]))
             return pixels, True
-        except Exception:  # truncated, not an image, decompression bomb, ...
+        except Exception:  # truncated, not an image, too large, a FIFO, ...
             return torch.zeros(3, self.crop, self.crop), False
 
 
@@ -139,13 +125,15 @@ def _jpeg_orientation(data: bytes) -> int | None:
     Only the header is parsed (PIL reads no pixels here), so this is cheap enough for the
     workers. ``None`` sends the file down the PIL path: not a JPEG, CMYK (nvJPEG has no CMYK
     output), or no end-of-image marker at the end: a truncated file, which PIL refuses and a
-    GPU decoder might turn into a half-grey picture instead of an unreadable one.
+    GPU decoder might turn into a half-grey picture instead of an unreadable one. A size
+    :func:`~storyteller.features.images.check_size` refuses raises its error.
     """
     if data[:2] != b"\xff\xd8" or b"\xff\xd9" not in data[-32:]:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DecompressionBombWarning: PIL's path warns, not here
         with Image.open(io.BytesIO(data)) as image:
+            check_size(*image.size)
             if image.format not in ("JPEG", "MPO") or image.mode not in ("RGB", "L"):
                 return None
             return int(image.getexif().get(EXIF_ORIENTATION, 1))
@@ -181,9 +169,10 @@ class _ImageBytes(_ImageFolder):
 
     def __getitem__(self, i: int):
         try:
-            data = (self.image_dir / self.names[i]).read_bytes()
+            with open_regular(self.image_dir / self.names[i]) as file:
+                data = file.read()
             orientation = _jpeg_orientation(data)
-        except Exception:  # unreadable file, broken header: PIL decides and reports it
+        except Exception:  # not a regular file, broken header, too large: the PIL path reports it
             orientation = None
         if orientation is None:
             pixels, ok = super().__getitem__(i)
@@ -283,7 +272,7 @@ class _DeviceDecoder:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return self.transform(load_rgb(io.BytesIO(data.numpy().tobytes())))
+                return self.transform(open_image(io.BytesIO(data.numpy().tobytes())))
         except Exception:
             return None
 
@@ -521,6 +510,69 @@ def _check_compatible(
         )
 
 
+CACHE_FILES = f"the feature cache ({FEATURES_FILE}, {INDEX_FILE})"
+
+
+def _open_cache(
+    image_dir: str | Path,
+    names: list[str],
+    out_dir: Path,
+    encoder_name: str,
+    layout: str,
+    overwrite: bool,
+) -> tuple[dict, np.memmap] | None:
+    """The index and the mapped array to fill: the unfinished cache in ``out_dir`` if it is
+    compatible, else a new one. Either way the array's disk space is allocated now
+    (:func:`_allocate`). ``None`` when the cache is already complete."""
+    array_path, index_path = out_dir / FEATURES_FILE, out_dir / INDEX_FILE
+    if index_path.is_file() and array_path.is_file() and not overwrite:
+        meta = read_cache_index(out_dir)
+        _check_compatible(meta, encoder_name, names, layout, out_dir)
+        meta.setdefault("layout", "pooled")  # a version-1 cache: pooled, now said explicitly
+        if meta["done"] >= len(names):
+            return None
+        check_npy(array_path, np.float16, cache_shape(meta))  # before mapping it
+        _allocate(array_path)
+        return meta, np.load(array_path, mmap_mode="r+")
+    spec = get_encoder_spec(encoder_name)
+    meta = {
+        "version": CACHE_VERSION,
+        "encoder": encoder_name,
+        "dim": spec.dim,
+        "layout": layout,
+        **({"grid": list(spec.grid)} if layout == "grid" else {}),
+        "dtype": "float16",
+        "preprocessing": spec.preprocessing.to_dict(),
+        "image_dir": str(image_dir),
+        "images": names,
+        "done": 0,
+        "unreadable": [],
+        "non_finite": [],
+    }
+    array = np.lib.format.open_memmap(
+        array_path, mode="w+", dtype=np.float16, shape=(len(names), *spec.shape(layout))
+    )  # (N, dim) or (N, h*w, dim)
+    _allocate(array_path)
+    write_json(index_path, meta)
+    return meta, array
+
+
+def _allocate(path: Path) -> None:
+    """Give ``path`` all its disk blocks now. A file written through a memory map gets them
+    page by page, and on a full disk a page that finds none kills the process with SIGBUS,
+    without a word; here a full disk is an ``OSError`` (ENOSPC), before any work is done.
+    Without ``posix_fallocate`` (macOS, Windows) or where the file system cannot allocate,
+    the file stays sparse."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+
+
 def extract_features(
     image_dir: str | Path,
     names: Sequence[str],
@@ -555,35 +607,11 @@ def extract_features(
         raise StorytellerError("no images to extract features from")
     spec = get_encoder_spec(encoder_name)
     array_path, index_path = out_dir / FEATURES_FILE, out_dir / INDEX_FILE
-
-    meta = None
-    if index_path.is_file() and array_path.is_file() and not overwrite:
-        meta = read_cache_index(out_dir)
-        _check_compatible(meta, encoder_name, names, layout, out_dir)
-        meta.setdefault("layout", "pooled")  # a version-1 cache: pooled, now said explicitly
-        if meta["done"] >= len(names):
-            return array_path
-        check_npy(array_path, np.float16, cache_shape(meta))  # before mapping it
-        array = np.load(array_path, mmap_mode="r+")
-    if meta is None:
-        meta = {
-            "version": CACHE_VERSION,
-            "encoder": encoder_name,
-            "dim": spec.dim,
-            "layout": layout,
-            **({"grid": list(spec.grid)} if layout == "grid" else {}),
-            "dtype": "float16",
-            "preprocessing": spec.preprocessing.to_dict(),
-            "image_dir": str(image_dir),
-            "images": names,
-            "done": 0,
-            "unreadable": [],
-            "non_finite": [],
-        }
-        array = np.lib.format.open_memmap(
-            array_path, mode="w+", dtype=np.float16, shape=(len(names), *spec.shape(layout))
-        )  # (N, dim) or (N, h*w, dim)
-        write_json(index_path, meta)
+    with disk_full_is_an_error(out_dir, CACHE_FILES):
+        opened = _open_cache(image_dir, names, out_dir, encoder_name, layout, overwrite)
+    if opened is None:  # complete
+        return array_path
+    meta, array = opened
 
     device = device or get_device()
     decode_on = resolve_decode_on(decode_on, device)
@@ -626,16 +654,18 @@ def extract_features(
                     f" per image, the cache holds {array.shape[1:]}: was the encoder or its "
                     "preprocessing changed? Pass --overwrite to start again"
                 )
-            block = _to_float16(features, names[row : row + len(features)], meta)
-            array[row : row + len(features)] = block  # (B, dim) or (B, h*w, dim)
+            rows = slice(row, row + len(features))
+            block = _to_float16(features, names[rows], meta)  # (B, dim) or (B, h*w, dim)
             meta["unreadable"] += [names[row + i] for i in torch.nonzero(~ok).flatten().tolist()]
             row += len(features)
-            array.flush()
             if decoder is not None:
                 meta["pil_fallbacks"] = meta.get("pil_fallbacks", 0) + decoder.pil_fallbacks
                 decoder.pil_fallbacks = 0
             meta["done"] = row  # written after the rows it counts: a kill loses one batch at most
-            write_json(index_path, meta)
+            with disk_full_is_an_error(out_dir, CACHE_FILES):
+                array[rows] = block
+                array.flush()
+                write_json(index_path, meta)
             bar.update(len(features))
             if on_batch is not None:
                 on_batch(row)

@@ -35,8 +35,9 @@ from ..data.captions import CaptionDataset
 from ..data.vocab import PAD_ID, Vocabulary
 from ..errors import StorytellerError
 from ..models import CaptionDecoder, decoder_class
-from .cache import FeatureCache, load_rgb
+from .cache import FeatureCache
 from .encoders import Preprocessing, build_encoder, encoder_blocks
+from .images import open_image
 
 #: Checkpoint key of the fine-tuned encoder's state_dict (absent for a frozen encoder).
 ENCODER_WEIGHTS = "encoder_weights"
@@ -147,7 +148,7 @@ class ImageCaptions(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         path = self.image_dir / self.names[i]
         try:
-            pixels = self.transform(load_rgb(path))  # (3, crop, crop)
+            pixels = self.transform(open_image(path))  # (3, crop, crop)
         except Exception as exc:
             raise StorytellerError(f"cannot read {path} for fine-tuning: {exc}") from None
         return pixels, self.captions[i]
@@ -222,7 +223,7 @@ def encode_images(extractor, image_dir, names: list[str], batch_size: int = 32) 
     in-memory :class:`~storyteller.features.cache.FeatureCache`, so evaluation reads the features
     the decoder learned with rather than the frozen cache's."""
     blocks = [
-        extractor([load_rgb(image_dir / name) for name in names[start : start + batch_size]])
+        extractor([open_image(image_dir / name) for name in names[start : start + batch_size]])
         for start in range(0, len(names), batch_size)
     ]  # each (b, dim) or (b, h*w, dim)
     features = torch.cat(blocks)  # (N, dim) or (N, h*w, dim)

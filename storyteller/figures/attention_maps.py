@@ -23,6 +23,7 @@ from ..config import GREEDY, Strategy
 from ..data.vocab import Vocabulary
 from ..decoding import decode_with_attention
 from ..features.encoders import Preprocessing
+from ..features.images import load_rgb
 from ..models import CaptionDecoder
 from ..runtime import unwrap
 
@@ -65,9 +66,10 @@ def caption_with_attention(
 
 def encoder_view(image: Image.Image, preprocessing: Preprocessing) -> Image.Image:
     """The part of ``image`` the encoder saw, at its input size (short side resized, centre
-    crop), so the grid's cells line up with the picture under them."""
+    crop), so the grid's cells line up with the picture under them. Upright RGB, and a size
+    :func:`~storyteller.features.images.check_size` refuses is refused, as the encoder does."""
     return transforms.CenterCrop(preprocessing.crop)(
-        transforms.Resize(preprocessing.resize)(image.convert("RGB"))
+        transforms.Resize(preprocessing.resize)(load_rgb(image))
     )
 
 

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..config import SMOKE_LABEL  # noqa: E402  (every figure of a smoke run says it)
-from ..features.cache import load_rgb  # noqa: E402
+from ..features.images import open_image  # noqa: E402
 
 SMOKE_COLOR = "#c00000"
 
@@ -99,7 +99,7 @@ def plot_caption_grid(
             rect = [(c * width + margin) / fig_w, y / fig_h, (width - 2 * margin) / fig_w]
             ax = fig.add_axes([*rect, image / fig_h], anchor="N")  # images flush under text
             ax.axis("off")
-            ax.imshow(load_rgb(image_paths[i]))
+            ax.imshow(open_image(image_paths[i]))
             ax.set_title(blocks[i], fontsize=9, loc="left")
     if smoke:
         fig.text(

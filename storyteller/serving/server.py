@@ -9,7 +9,8 @@ rules live in one tested place:
   the Space), else ``./outputs``; a clear message naming the command that makes a model.
 * :func:`open_upload` - any file a stranger uploads becomes an upright 8-bit RGB image or an
   :class:`UnreadableImage` that says what is wrong: not an image, damaged or truncated,
-  too many pixels (decompression bombs), ... The server never crashes on a bad file.
+  too many pixels (decompression bombs), too long and thin to resize, not a regular file, ...
+  The server never crashes on a bad file, and the work a picture costs is bounded.
 * :func:`render_examples` - example pictures the project draws itself (the sample scenes).
 """
 
@@ -17,31 +18,24 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import StorytellerError
-from ..features.cache import load_rgb
+from ..features.images import UnreadableImage as UnreadableImage  # what open_upload raises
+from ..features.images import open_image
 from ..figures.attention_maps import AttentionCaption, encoder_view
 from ..run_folder import BEST_CHECKPOINT, DEFAULT_OUT, VOCAB_FILE
 
 RUN_DIR_ENV = "STORYTELLER_RUN_DIR"
 MAKE_MODEL_COMMAND = "python -m storyteller run-all"
-# 40 megapixels: above every phone camera, far below what would exhaust a small server's memory
-# (decoded as RGB: 120 MB). Larger pictures are refused before any pixel is decoded.
-MAX_PIXELS = 40_000_000
 # A JPEG much larger than the encoder's input is decoded at 1/2, 1/4 or 1/8 scale directly
 # (libjpeg's DCT scaling), keeping at least this many pixels on each side; the encoder's own
 # resize (short side 256) follows, so the caption is the same and decoding is several times faster.
 DRAFT_MIN_SIDE = 512
-
-
-class UnreadableImage(StorytellerError):
-    """An upload that cannot be captioned; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -131,54 +125,11 @@ def find_pretrained(
     return PretrainedModel(model, revision, SPACE_MODEL_FILE)
 
 
-def open_upload(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode an uploaded file into an upright 8-bit RGB image, or raise :class:`UnreadableImage`.
-
-    Handles grey, RGBA, palette, CMYK and 16-bit images and EXIF rotation
-    (:func:`storyteller.features.cache.load_rgb`); refuses files that are not images, damaged or
-    truncated images, and images over ``max_pixels`` (checked from the header, before decoding).
-    """
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns between its own limit and twice that: refuse both the same way.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except FileNotFoundError:
-        raise UnreadableImage("the uploaded file is gone: upload it again") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UnreadableImage(_too_large_message(None, max_pixels)) from None
-    except UnidentifiedImageError:
-        raise UnreadableImage(
-            "this file is not an image, or its header is damaged: upload a JPEG, PNG, WebP, "
-            "GIF, BMP or TIFF photo"
-        ) from None
-    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's plugins raise all three
-        raise UnreadableImage(f"the image could not be opened ({exc}): try another file") from None
-    with image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise UnreadableImage(_too_large_message((width, height), max_pixels))
-        if width < 1 or height < 1:
-            raise UnreadableImage("the image is empty (0 pixels): upload another photo")
-        if image.format == "JPEG" and min(width, height) >= 2 * DRAFT_MIN_SIDE:
-            image.draft(None, (DRAFT_MIN_SIDE, DRAFT_MIN_SIDE))
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # e.g. Pillow's "palette with transparency"
-                return load_rgb(image)
-        except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
-            raise UnreadableImage(
-                f"the image file is damaged or truncated ({exc}): upload the complete file"
-            ) from None
-
-
-def _too_large_message(size: tuple[int, int] | None, max_pixels: int) -> str:
-    what = f"{size[0]} x {size[1]} pixels" if size else "too many pixels"
-    return (
-        f"the image is too large to caption ({what}; the limit is {max_pixels / 1e6:.0f} "
-        "megapixels): resize it and upload it again"
-    )
+def open_upload(path: str | Path) -> Image.Image:
+    """An uploaded file as an upright 8-bit RGB image, or :class:`UnreadableImage` saying what
+    is wrong (:func:`storyteller.features.images.open_image`: not a regular file, not an image,
+    damaged, too large, too long and thin); a large JPEG is decoded at a reduced scale."""
+    return open_image(path, draft_side=DRAFT_MIN_SIDE)
 
 
 def configured_threads(env: Mapping[str, str] | None = None) -> int | None:
