@@ -122,8 +122,10 @@ def refuse(message: str, where: str = "", kind: str = "user mistake", **kwargs) 
 
     Gradio prints a traceback into the server log for every ``gr.Error``; for a user's mistake
     (a PDF for a photo, an empty caption, beam 50) it only points into this file and buries
-    real failures. The log gets ``kind: [where: ]message``; the client gets ``message`` alone.
+    real failures. The log gets ``kind: [where: ]message``; the client gets ``message`` alone,
+    on one line whatever value it quotes (a length of ``"\\n"``).
     """
+    message = " ".join(message.split())
     LOG.warning("%s: %s%s", kind, f"{where}: " if where else "", message)
     return gr.Error(message, print_exception=False, **kwargs)
 
