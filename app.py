@@ -163,6 +163,7 @@ def refusing_malformed(blocks: gr.Blocks) -> gr.Blocks:
     default is a traceback in the log and ``{"error": null}`` for the client. (It wraps the
     instance's ``preprocess_data``, as :func:`checked_quietly` wraps a component's.)"""
     prepare = blocks.preprocess_data
+    how = " (gradio_client: handle_file(path))"  # how a client sends a photo
 
     async def preprocess_data(block_fn, *args, **kwargs):
         try:
@@ -170,18 +171,17 @@ def refusing_malformed(blocks: gr.Blocks) -> gr.Blocks:
         except gr.Error:
             raise
         except InvalidPathError:
-            message = "the photo must be uploaded with the request, not a path on the server"
+            message = f"the photo must be uploaded with the request, not a path on the server{how}"
         except ValidationError as exc:
             given = exc.errors()[0].get("input")
             message = (
-                'the photo\'s file data must hold "meta": {"_type": "gradio.FileData"}'
+                f'the photo\'s file data must hold "meta": {{"_type": "gradio.FileData"}}{how}'
                 if isinstance(given, dict)
-                else f"the photo must be an uploaded file, not {given!r:.60}"
+                else f"the photo must be an uploaded file, not {given!r:.60}{how}"
             )
         except Exception as exc:
             message = f"malformed request ({described(exc)})"
-        hint = " (gradio_client: handle_file(path))" if "photo" in message else ""
-        raise refuse(message + hint, f"/{block_fn.api_name or block_fn.name}") from None
+        raise refuse(message, f"/{block_fn.api_name or block_fn.name}") from None
 
     blocks.preprocess_data = preprocess_data
     return blocks
@@ -236,13 +236,12 @@ def _load_captioner() -> tuple[Captioner | None, str, Path | None]:
                 files.source if files.source == "beside app.py" else f"in {files.checkpoint.parent}"
             )
             where = f"`{files.checkpoint.name}` {place}"
-    except StorytellerError as exc:
-        reason = str(exc)
     except Exception as exc:  # a damaged file can fail in ways no check names: serve on, say it
-        reason = f"the model could not be loaded ({described(exc)})"
-    else:
-        reason = None
-    if reason is not None:
+        reason = (
+            str(exc)
+            if isinstance(exc, StorytellerError)
+            else f"the model could not be loaded ({described(exc)})"
+        )
         LOG.warning("no caption model: %s", reason)
         return None, f"**No caption model.** {reason}", None
     config = captioner.model.config
