@@ -14,7 +14,8 @@ Environment: ``STORYTELLER_STORY_BACKEND`` (``auto``, ``hosted``, ``transformers
 ``offline``; default ``auto``) picks the story model, loaded in the background at start
 (``STORYTELLER_PRELOAD_STORY=0``: on the first story instead); ``STORYTELLER_STORY_SEED``
 makes stories repeatable; ``STORYTELLER_CONCURRENCY`` (default 2) is how many captions run at
-once; ``STORYTELLER_STORY_TIME_LIMIT`` (default 60) is how many seconds one story turn may take;
+once; ``STORYTELLER_UPLOAD_LIFETIME`` (default 300) is how many seconds an upload is kept;
+``STORYTELLER_STORY_TIME_LIMIT`` (default 60) is how many seconds one story turn may take;
 ``STORYTELLER_STORY_API_KEY`` is the key for a self-hosted ``STORYTELLER_STORY_BASE_URL``
 (``HF_TOKEN`` goes only to Hugging Face).
 
@@ -23,9 +24,10 @@ characters and a steering line to 300 (the timings line says so), the prompt is 
 token budget, and a turn stops at its time limit. A local model writes one story at a time, so
 a visitor waits at most one bounded turn for each visitor ahead in the queue.
 
-A refused request (a file that is not a photo, an empty caption, beam 50 through the API, a
-story backend that is down) puts one line in the server log, ``user mistake: /caption: ...``
-or ``story failed: ...``, not a traceback; the client gets the message alone.
+A refused request (a file that is not a photo, an empty caption, beam 50 or a malformed
+payload through the API, a story backend that is down) puts one line in the server log,
+``user mistake: /caption: ...`` or ``story failed: ...``, not a traceback; the client gets the
+message alone. A model that cannot be loaded is one line too, ``no caption model: ...``.
 
 API (``gradio_client``), documented in the README:
 
@@ -38,6 +40,7 @@ API (``gradio_client``), documented in the README:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -57,6 +60,8 @@ except ModuleNotFoundError as exc:  # a base install: one line saying what to in
     )
     sys.exit(2)
 import torch
+from gradio.exceptions import InvalidPathError
+from pydantic import ValidationError
 
 from storyteller.config import MAX_BEAM, SMOKE_LABEL, Strategy
 from storyteller.errors import StorytellerError
@@ -68,6 +73,7 @@ from storyteller.serving.server import (
     UnreadableImage,
     caption_upload,
     configured_threads,
+    env_count,
     find_model_files,
     find_pretrained,
 )
@@ -88,7 +94,11 @@ APP_DIR = Path(__file__).resolve().parent
 STORY_BACKEND = os.environ.get("STORYTELLER_STORY_BACKEND", "auto").strip() or "auto"
 # Caption requests run two at a time (a 2-core CPU is busy with two); stories one at a time
 # on a local model, a few at a time when a hosted service does the work.
-CAPTION_CONCURRENCY = int(os.environ.get("STORYTELLER_CONCURRENCY", "2"))
+CAPTION_CONCURRENCY = env_count("STORYTELLER_CONCURRENCY", 2)
+# Anyone may upload, so uploads are deleted this many seconds after they arrive (Gradio's
+# cache cleaning, run every fifth of it): the disk holds at most what arrives in that time.
+# A photo captioned again after that is refused with "upload it again".
+UPLOAD_LIFETIME = env_count("STORYTELLER_UPLOAD_LIFETIME", 300)
 # A fixed seed makes every story repeatable (tests, demos); unset, each story is new.
 STORY_SEED = os.environ.get("STORYTELLER_STORY_SEED")
 MAX_UPLOAD = "25mb"
@@ -111,26 +121,69 @@ def refuse(message: str, where: str = "", kind: str = "user mistake", **kwargs) 
 
     Gradio prints a traceback into the server log for every ``gr.Error``; for a user's mistake
     (a PDF for a photo, an empty caption, beam 50) it only points into this file and buries
-    real failures. The log gets ``kind: [where: ]message``; the client gets ``message`` alone.
+    real failures. The log gets ``kind: [where: ]message``; the client gets ``message`` alone,
+    on one line whatever value it quotes (a length of ``"\\n"``).
     """
+    message = " ".join(message.split())
     LOG.warning("%s: %s%s", kind, f"{where}: " if where else "", message)
     return gr.Error(message, print_exception=False, **kwargs)
 
 
+def described(exc: Exception) -> str:
+    """An unexpected exception as one line: its type and the first line of its message."""
+    detail = (str(exc).splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
 def checked_quietly(component):
     """``component`` whose own value checks (a slider's range, a radio's choices) refuse a
-    bad API value through :func:`refuse` instead of Gradio's traceback. (It wraps the
+    bad API value through :func:`refuse` instead of Gradio's traceback; a value they cannot
+    even compare (``"abc"`` or ``None`` for a slider) is refused the same way. (It wraps the
     instance's own ``preprocess`` and calls it: the checks themselves stay Gradio's.)"""
     check = component.preprocess
+    label = component.label or ""
 
     def preprocess(payload):
         try:
             return check(payload)
         except gr.Error as exc:
-            raise refuse(exc.message, where=component.label or "") from None
+            raise refuse(exc.message, where=label) from None
+        except Exception:
+            raise refuse(f"{payload!r:.60} is not a valid {label.lower()}", where=label) from None
 
     component.preprocess = preprocess
     return component
+
+
+def refusing_malformed(blocks: gr.Blocks) -> gr.Blocks:
+    """``blocks`` whose requests are refused through :func:`refuse` when Gradio cannot prepare
+    their values, before any component sees them: too few values, a photo that is not file
+    data (a string, a number, no ``meta``), a server path that was not uploaded. Gradio's
+    default is a traceback in the log and ``{"error": null}`` for the client. (It wraps the
+    instance's ``preprocess_data``, as :func:`checked_quietly` wraps a component's.)"""
+    prepare = blocks.preprocess_data
+    how = " (gradio_client: handle_file(path))"  # how a client sends a photo
+
+    async def preprocess_data(block_fn, *args, **kwargs):
+        try:
+            return await prepare(block_fn, *args, **kwargs)
+        except gr.Error:
+            raise
+        except InvalidPathError:
+            message = f"the photo must be uploaded with the request, not a path on the server{how}"
+        except ValidationError as exc:
+            given = exc.errors()[0].get("input")
+            message = (
+                f'the photo\'s file data must hold "meta": {{"_type": "gradio.FileData"}}{how}'
+                if isinstance(given, dict)
+                else f"the photo must be an uploaded file, not {given!r:.60}{how}"
+            )
+        except Exception as exc:
+            message = f"malformed request ({described(exc)})"
+        raise refuse(message, f"/{block_fn.api_name or block_fn.name}") from None
+
+    blocks.preprocess_data = preprocess_data
+    return blocks
 
 
 # Uploads reach the app through documented Gradio API only. ``gr.Image(type="filepath")`` is
@@ -182,8 +235,14 @@ def _load_captioner() -> tuple[Captioner | None, str, Path | None]:
                 files.source if files.source == "beside app.py" else f"in {files.checkpoint.parent}"
             )
             where = f"`{files.checkpoint.name}` {place}"
-    except StorytellerError as exc:
-        return None, f"**No caption model.** {exc}", None
+    except Exception as exc:  # a damaged file can fail in ways no check names: serve on, say it
+        reason = (
+            str(exc)
+            if isinstance(exc, StorytellerError)
+            else f"the model could not be loaded ({described(exc)})"
+        )
+        LOG.warning("no caption model: %s", reason)
+        return None, f"**No caption model.** {reason}", None
     config = captioner.model.config
     info = captioner.checkpoint_info
     epoch = f", epoch {info['epoch']}" if "epoch" in info else ""
@@ -265,19 +324,25 @@ if os.environ.get("STORYTELLER_PRELOAD_STORY", "1") == "1":
 # ------------------------------------------------------------------------------------------
 
 
+def _beam_width(beam_width) -> int:
+    """The beam width an API call asked for, or a refusal (text, ``NaN``, 2.5, 50)."""
+    number = isinstance(beam_width, (int, float)) and not isinstance(beam_width, bool)
+    if number and math.isfinite(beam_width) and beam_width == int(beam_width):
+        if 1 <= beam_width <= MAX_BEAM:
+            return int(beam_width)
+    message = f"beam width must be a whole number from 1 to {MAX_BEAM}, not {beam_width!r:.40}"
+    raise refuse(message, "/caption")
+
+
 def caption_image(image: str | None, decoding: str = "beam", beam_width: float = 5, info=None):
     """Caption one image. Returns the caption (and, for the page, the timings state)."""
     if CAPTIONER is None:
         raise refuse(MODEL_STATUS.replace("**", ""), kind="not served", duration=None)
-    if not image:
+    if not image or not isinstance(image, str):
         raise refuse("upload a photo (or take one with the webcam) first", "/caption")
     if decoding not in ("greedy", "beam"):
-        raise refuse(f"decoding must be 'greedy' or 'beam', not {decoding!r}", "/caption")
-    width = int(beam_width)
-    if not 1 <= width <= MAX_BEAM:
-        message = f"beam width must be between 1 and {MAX_BEAM}, not {beam_width}"
-        raise refuse(message, "/caption")
-    beam = width if decoding == "beam" else 1
+        raise refuse(f"decoding must be 'greedy' or 'beam', not {decoding!r:.40}", "/caption")
+    beam = _beam_width(beam_width) if decoding == "beam" else 1
     try:
         result = caption_upload(CAPTIONER, image, beam)
     except UnreadableImage as exc:
@@ -406,7 +471,9 @@ def render_info(info) -> str:
 # The page
 # ------------------------------------------------------------------------------------------
 
-with gr.Blocks(title="Neural Storyteller") as demo:
+with gr.Blocks(
+    title="Neural Storyteller", delete_cache=(max(1, UPLOAD_LIFETIME // 5), UPLOAD_LIFETIME)
+) as demo:
     gr.Markdown(
         "# Neural Storyteller\nUpload a photo: a CNN and a caption decoder describe it, then a "
         "language model turns the caption into a story you can continue, extend with another "
@@ -526,6 +593,7 @@ with gr.Blocks(title="Neural Storyteller") as demo:
         **story_events,
     ).then(render_info, info, timings, **private)
 
+refusing_malformed(demo)
 demo.queue(default_concurrency_limit=CAPTION_CONCURRENCY, max_size=64)
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ import shutil
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import httpx
 import pytest
 from app_server import free_port, running_app, space_folder
 from bad_images import exif_rotated, make_bad_images, upright_picture
@@ -156,6 +158,102 @@ def test_twenty_concurrent_caption_requests(app, client, images):
         answers = list(pool.map(one_user, requests))
     assert len(answers) == 20
     assert answers == [expected[p] for p in requests]  # concurrency changes no caption
+    assert app.alive()
+
+
+def upload(app, path) -> str:
+    """Post ``path`` to Gradio's upload route, as a browser or any HTTP client may; its
+    path on the server."""
+    with open(path, "rb") as file:
+        response = httpx.post(app.url + "gradio_api/upload", files={"files": file}, timeout=60)
+    response.raise_for_status()
+    return response.json()[0]
+
+
+def call(app, endpoint: str, data: str) -> dict:
+    """POST ``{"data": <data>}`` (raw JSON text) to ``endpoint``; the event's last message."""
+    url = f"{app.url}gradio_api/call/{endpoint}"
+    body = f'{{"data": {data}}}'.encode()
+    headers = {"Content-Type": "application/json"}
+    event = httpx.post(url, content=body, headers=headers, timeout=30).json()["event_id"]
+    text = httpx.get(f"{url}/{event}", timeout=120).text
+    return json.loads([line for line in text.splitlines() if line.startswith("data:")][-1][5:])
+
+
+def test_malformed_payloads_are_one_log_line_and_a_clear_error(app, images):
+    """Each of these put a traceback in the log and gave the client {"error": null}."""
+    path = upload(app, images[0])
+    photo = json.dumps({"path": path, "meta": {"_type": "gradio.FileData"}})
+    cases = [  # (the request's data, the client's message)
+        (f'[{photo}, "beam", "abc"]', "'abc' is not a valid beam width"),
+        (f'[{photo}, "beam", null]', "None is not a valid beam width"),
+        (f'[{photo}, "beam", NaN]', "beam width must be a whole number from 1 to 10, not nan"),
+        ('["hello", "beam", 5]', "the photo must be an uploaded file, not 'hello'"),
+        ('[42, "beam", 5]', "the photo must be an uploaded file, not 42"),
+        (json.dumps([{"path": path}, "beam", 5]), 'file data must hold "meta"'),
+        (f'[{photo.replace(path, "/etc/passwd")}, "beam", 5]', "not a path on the server"),
+        (f"[{photo}]", "malformed request (ValueError: An event handler (caption_image) did"),
+    ]
+    before = len(app.log.read_text(errors="replace"))
+    for data, message in cases:
+        answer = call(app, "caption", data)
+        assert message in (answer["error"] or ""), (data, answer)
+    logged = app.log.read_text(errors="replace")[before:]
+    assert "Traceback" not in logged, logged
+    lines = logged.splitlines()
+    assert len(lines) == len(cases) and all(line.startswith("user mistake: ") for line in lines)
+    assert app.alive()
+
+
+@pytest.fixture(scope="module")
+def unreadable_model_app(space, tmp_path_factory):
+    """The app started on a model folder whose config.json holds a 5,001-digit integer, with
+    its own temporary folder and uploads kept for 2 seconds."""
+    tmp = tmp_path_factory.mktemp("unreadable-model")
+    model = tmp / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"epoch": ' + "9" * 5001 + "}")
+    (tmp / "tmp").mkdir()
+    env = {
+        "STORYTELLER_MODEL": str(model),
+        "TMPDIR": str(tmp / "tmp"),
+        "GRADIO_TEMP_DIR": str(tmp / "tmp" / "gradio"),
+        "STORYTELLER_UPLOAD_LIFETIME": "2",
+    }
+    with running_app(space, env=env) as running:
+        yield running, tmp / "tmp"
+
+
+def test_an_unreadable_model_leaves_the_app_serving_with_the_reason(unreadable_model_app):
+    """The app died at start with a traceback; now it serves "No caption model" and why."""
+    app, _ = unreadable_model_app
+    page = httpx.get(app.url + "config", timeout=30).text
+    assert "No caption model." in page
+    logged = app.log.read_text(errors="replace")
+    assert "Traceback" not in logged
+    assert [line for line in logged.splitlines() if line.startswith("no caption model: ")]
+
+
+def test_uploads_are_deleted_after_their_lifetime(unreadable_model_app, tmp_path):
+    """Ten 2 MB uploads stayed in the temporary folder for good: anyone could fill the disk."""
+    app, temporary = unreadable_model_app
+
+    def size() -> int:
+        return sum(f.stat().st_size for f in temporary.rglob("*") if f.is_file())
+
+    before = size()
+    photo = tmp_path / "noise.png"
+    photo.write_bytes(b"\x89PNG" + bytes(200_000))
+    paths = []
+    for i in range(10):
+        photo.write_bytes(photo.read_bytes()[:-4] + i.to_bytes(4, "big"))  # ten different files
+        paths.append(Path(upload(app, photo)))
+    assert all(path.is_file() and temporary in path.parents for path in paths)
+    deadline = time.monotonic() + 30
+    while any(path.exists() for path in paths) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [path for path in paths if path.exists()]
+    assert size() - before < 200_000, f"{size() - before} bytes more in {temporary}"
     assert app.alive()
 
 

@@ -15,6 +15,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from storyteller import hf_token
 from storyteller.cli import main
+from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
 from storyteller.inference import Captioner
 from storyteller.serving import deploy
@@ -80,12 +81,25 @@ def test_dry_run_writes_a_complete_space_folder(dry_run, tiny_run):
         assert (dest / "storyteller" / module).is_file(), module
     assert (dest / "storyteller" / "story").is_dir()  # the story backends travel with the app
     assert not list(dest.rglob("__pycache__")) and not list(dest.rglob("*.pyc"))
-    assert (dest / "vocab.pkl").read_bytes() == (tiny_run / "vocab.pkl").read_bytes()
+    shipped, trained = (Vocabulary.load(folder / "vocab.pkl") for folder in (dest, tiny_run))
+    assert shipped.itos == trained.itos and shipped.fingerprint == trained.fingerprint
     assert "dry run: nothing uploaded" in result.stdout
     hint = f"deploy --space alice/neural-storyteller --run {tiny_run}"  # the same run folder
     assert hint in result.stdout
     assert FAKE_TOKEN not in result.stdout + result.stderr
     assert_no_token(dest)
+
+
+def test_the_space_folder_holds_no_local_path(dry_run, tiny_run, tmp_path_factory):
+    """The run's vocab.pkl records its dataset's absolute path; the public Space keeps only
+    the folder and file name, as a pushed model does."""
+    assert str(tiny_run.parent) in str(Vocabulary.load(tiny_run / "vocab.pkl").provenance)
+    dest, _ = dry_run
+    local = str(tmp_path_factory.getbasetemp()).encode()
+    for path in dest.rglob("*"):
+        assert not path.is_file() or local not in path.read_bytes(), f"local path in {path}"
+    source = Vocabulary.load(dest / "vocab.pkl").provenance["source"]
+    assert source == "tiny-data0/captions.txt"
 
 
 def test_front_matter_names_the_installed_gradio_and_the_app(dry_run):

@@ -9,7 +9,7 @@
                        and what the run's encoder needs beyond them (resnest50d: timm)
     storyteller/       a copy of this package (no caches)
     best_model.pth     the run's best checkpoint, slimmed to what inference needs
-    vocab.pkl          the run's vocabulary
+    vocab.pkl          the run's vocabulary (its dataset's local path cut to folder/file)
     examples/          example pictures that fit the model (storyteller.serving.examples): the drawn
                        scenes for a sample-trained run; a few of the run's test photos only
                        when allowed (example_photos=True or STORYTELLER_EXAMPLE_PHOTOS=1:
@@ -46,7 +46,7 @@ from ..progress import Log
 from ..run_folder import BEST_CHECKPOINT, DEFAULT_OUT, VOCAB_FILE
 from ..runtime import torch_save_atomic, write_json
 from .examples import EXAMPLES_DIR, Examples, example_pictures, photos_allowed
-from .hub import check_repo_id
+from .hub import check_repo_id, public_vocab
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # storyteller/
 REPO_DIR = PACKAGE_DIR.parent
@@ -196,10 +196,9 @@ def build_space_folder(
 
     dest.mkdir(parents=True, exist_ok=True)
     if model is None:
-        encoders = [
-            _slim_checkpoint(checkpoint, dest / BEST_CHECKPOINT, Vocabulary.load(vocab_path))
-        ]
-        shutil.copy2(vocab_path, dest / VOCAB_FILE)
+        vocab = Vocabulary.load(vocab_path)
+        encoders = [_slim_checkpoint(checkpoint, dest / BEST_CHECKPOINT, vocab)]
+        public_vocab(vocab).save(dest / VOCAB_FILE)  # no local path in a public Space
         about = f"`{BEST_CHECKPOINT}` + `{VOCAB_FILE}` in this Space"
     else:
         # A later push may change the model's encoder: the Space can build every one.

@@ -135,14 +135,15 @@ def _tensors(state: dict) -> dict[str, torch.Tensor]:
     return {name: t.detach().to("cpu").contiguous().clone() for name, t in state.items()}
 
 
-def _public_vocab(vocab: Vocabulary) -> dict:
-    """The vocabulary's JSON, with a local dataset path cut to its folder name: a public
-    model must not publish the trainer's file system (the fingerprint depends on words only)."""
+def public_vocab(vocab: Vocabulary) -> Vocabulary:
+    """The vocabulary to publish (a Hub model, a Space), with a local dataset path cut to its
+    folder and file name: nothing public shows the trainer's file system (the fingerprint
+    depends on words only)."""
     data = vocab.to_dict()
     source = data["provenance"].get("source")
     if isinstance(source, str):  # e.g. flickr8k/captions.txt
         data["provenance"]["source"] = "/".join(Path(source).parts[-2:])
-    return data
+    return Vocabulary.from_dict(data)
 
 
 def write_model_folder(
@@ -194,7 +195,7 @@ def write_model_folder(
     if model_config.fine_tuned_blocks:
         with atomic_path(dest / ENCODER_FILE) as tmp:
             safetensors_torch.save_file(_tensors(encoder_weights), str(tmp), metadata=metadata)
-    write_json(dest / VOCAB_JSON, _public_vocab(vocab))
+    write_json(dest / VOCAB_JSON, public_vocab(vocab).to_dict())
     write_json(dest / CONFIG_FILE, config)  # last: a folder with a config is complete
     if card is not None:
         (dest / CARD_FILE).write_text(card, encoding="utf-8")

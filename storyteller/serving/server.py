@@ -137,19 +137,23 @@ def configured_threads(env: Mapping[str, str] | None = None) -> int | None:
     cores for every request). Measured on 2 shared cores with two captions at once, torch's
     default gave 11-14 images/s and one thread per request 8.5-12 (README), so the default
     stays; the variable is for machines where it measures otherwise."""
+    return env_count("STORYTELLER_TORCH_THREADS", None, env)
+
+
+def env_count(name: str, default: int | None, env: Mapping[str, str] | None = None) -> int | None:
+    """The whole number >= 1 that ``$name`` holds (``default`` when unset or empty), or a
+    one-line :class:`StorytellerError` naming the variable."""
     env = os.environ if env is None else env
-    explicit = env.get("STORYTELLER_TORCH_THREADS")
+    explicit = env.get(name, "").strip()
     if not explicit:
-        return None
+        return default
     try:
-        threads = int(explicit)
+        count = int(explicit)
     except ValueError:
-        threads = 0
-    if threads < 1:
-        raise StorytellerError(
-            f"STORYTELLER_TORCH_THREADS must be a whole number >= 1, not {explicit!r}"
-        )
-    return threads
+        count = 0
+    if count < 1:
+        raise StorytellerError(f"{name} must be a whole number >= 1, not {explicit!r:.40}")
+    return count
 
 
 @dataclass
