@@ -1,4 +1,13 @@
-"""The one exception type the command line turns into a clear one-line message."""
+"""The one exception type the command line turns into a clear one-line message, and the
+one line a full disk becomes."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+#: The ``OSError`` numbers that mean the disk, or the user's share of it, is full.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class StorytellerError(Exception):
@@ -7,3 +16,13 @@ class StorytellerError(Exception):
     The CLI prints ``error: <message>`` and exits with status 2 instead of a traceback,
     so the message must say what went wrong *and* what to do about it.
     """
+
+
+def disk_full_error(exc: OSError, what: str | os.PathLike) -> StorytellerError:
+    """The one line for a write that failed on a full disk (``exc.errno`` in
+    :data:`DISK_FULL`): what could not be written, where, and that a re-run continues."""
+    reason = os.strerror(exc.errno).lower()
+    return StorytellerError(
+        f"could not write {what}: {reason}; free some space there and run the same command "
+        "again (finished files are kept)"
+    )
