@@ -171,7 +171,7 @@ def features_step(
     name, module = resolve_encoder(encoder, log=log)
     log(f"extracting {name} {layout} features for {len(dataset)} images into {paths.features}")
     extract_features(
-        dataset.image_dir,
+        dataset.image_dir.absolute(),  # recorded: later steps find the data from any folder
         dataset.images,
         paths.features,
         name,

@@ -105,6 +105,17 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture
+def full_disk(monkeypatch) -> None:
+    """Every ``torch.save`` of the package writes to /dev/full: torch's own error for a full
+    disk (ENOSPC), with no disk filled."""
+    from storyteller import runtime
+
+    if not Path("/dev/full").exists():
+        pytest.skip("/dev/full is Linux's full disk")
+    monkeypatch.setattr(runtime, "open", lambda _, mode: open("/dev/full", mode), raising=False)
+
+
 def cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     """Run ``python -m storyteller ARGS`` as a user would, capturing its output."""
     return subprocess.run(

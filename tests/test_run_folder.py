@@ -307,13 +307,14 @@ def test_every_file_a_run_writes_is_named_in_one_module(tiny_data, run_copy):
         assert getattr(paths, field).is_file(), field
 
 
-def test_a_full_disk_is_one_line_naming_what_could_not_be_written(run_copy, monkeypatch, capsys):
+def test_a_full_disk_is_one_line_naming_what_could_not_be_written(
+    run_copy, full_disk, monkeypatch, capsys
+):
     """Not ``unexpected RuntimeError: [enforce fail at inline_container.cc:672]``: torch.save
     writes to /dev/full here, as on a full disk; a write outside the atomic ones is named by
     the run folder."""
     from storyteller.cli import main
 
-    monkeypatch.setattr(runtime, "open", lambda _, mode: open("/dev/full", mode), raising=False)
     model = ["--decoder", "lstm", "--hidden-size", "64", "--embed-size", "32"]
     argv = ["train", "--out", str(run_copy), "--epochs", "3", *model, "--batch-size", "32"]
     assert main(argv) == 2

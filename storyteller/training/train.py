@@ -676,7 +676,9 @@ def train_model(
 
     ``out_dir/last.pth`` is written after every epoch (everything needed to resume);
     ``out_dir/best_model.pth`` whenever the validation loss improves. With ``resume`` a run
-    that was interrupted continues from ``last.pth``; its architecture must match. Under
+    that was interrupted continues from ``last.pth``; its architecture must match. Without it,
+    an earlier run's files are removed first (:func:`discard_earlier_run`). A NaN or infinite
+    loss ends the run before that epoch is saved (:func:`check_finite`). Under
     torchrun (``context``) every process trains and rank 0 alone writes, logs and calls
     ``on_epoch``. ``embeddings``: pretrained word vectors the fresh model starts from (a
     resumed run continues from its checkpoint's learned ones). ``encoder``: fine-tune it
