@@ -32,7 +32,7 @@ from .decoder_options import (
     option_defaults,
     parse_decoder_options,
 )
-from .errors import DISK_FULL, StorytellerError, disk_full_error
+from .errors import StorytellerError, disk_full_cause, disk_full_error
 from .features.encoder_specs import DECODE_CHOICES, ENCODERS, LAYOUTS
 from .features.extraction_sizes import (
     CPU_BATCH_SIZE,
@@ -891,9 +891,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as exc:
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL:  # not through an atomic write
-            where = exc.filename or f"into {getattr(args, 'out', None) or 'the output folder'}"
-            print(f"error: {disk_full_error(exc, where)}", file=sys.stderr)
+        full = disk_full_cause(exc)
+        if full is not None:  # a write outside the atomic ones, which name their file
+            where = full.filename or f"into {getattr(args, 'out', None) or 'the output folder'}"
+            print(f"error: {disk_full_error(full, where)}", file=sys.stderr)
             return 2
         if os.environ.get("STORYTELLER_DEBUG"):
             raise

@@ -18,9 +18,21 @@ class StorytellerError(Exception):
     """
 
 
+def disk_full_cause(exc: BaseException | None) -> OSError | None:
+    """The full-disk ``OSError`` behind ``exc``, if any: ``exc`` itself or one it was raised
+    from or while handling (``torch.save`` raises its own bare ``RuntimeError`` over it)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def disk_full_error(exc: OSError, what: str | os.PathLike) -> StorytellerError:
-    """The one line for a write that failed on a full disk (``exc.errno`` in
-    :data:`DISK_FULL`): what could not be written, where, and that a re-run continues."""
+    """The one line for a write that failed on a full disk (``exc`` from
+    :func:`disk_full_cause`): what could not be written, where, and that a re-run continues."""
     reason = os.strerror(exc.errno).lower()
     return StorytellerError(
         f"could not write {what}: {reason}; free some space there and run the same command "

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DISK_FULL, StorytellerError, disk_full_error
+from .errors import StorytellerError, disk_full_cause, disk_full_error
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -126,10 +126,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except OSError as exc:
-        if exc.errno not in DISK_FULL:
+    except Exception as exc:
+        full = disk_full_cause(exc)
+        if full is None:
             raise
-        raise disk_full_error(exc, path) from exc
+        raise disk_full_error(full, path) from exc
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -149,7 +150,7 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def torch_save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` that never leaves a truncated file behind. It writes through a Python
-    file, so a full disk raises ``OSError`` (ENOSPC) rather than torch's bare
-    ``RuntimeError`` from ``inline_container.cc``."""
+    file, so a full disk leaves its ``OSError`` (ENOSPC) in the exception chain: saving to a
+    path raises torch's bare ``RuntimeError`` from ``inline_container.cc`` alone."""
     with atomic_path(path) as tmp, open(tmp, "wb") as file:
         torch.save(obj, file)

@@ -310,9 +310,8 @@ def test_every_file_a_run_writes_is_named_in_one_module(tiny_data, run_copy):
 def test_a_full_disk_is_one_line_naming_what_could_not_be_written(
     run_copy, full_disk, monkeypatch, capsys
 ):
-    """Not ``unexpected RuntimeError: [enforce fail at inline_container.cc:672]``: torch.save
-    writes to /dev/full here, as on a full disk; a write outside the atomic ones is named by
-    the run folder."""
+    """Not ``unexpected RuntimeError: [enforce fail at inline_container.cc:672]``; a write
+    outside the atomic ones is named by the run folder."""
     from storyteller.cli import main
 
     model = ["--decoder", "lstm", "--hidden-size", "64", "--embed-size", "32"]

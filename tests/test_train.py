@@ -113,6 +113,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["best_model.pth"]
 
 
+@pytest.mark.parametrize("full_disk", [0, 1024], indirect=True, ids=["no room", "1 KB left"])
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path, full_disk, monkeypatch):
     path = tmp_path / "best_model.pth"
     torch.save({"version": 1}, path)
