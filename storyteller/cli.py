@@ -34,7 +34,7 @@ from .decoder_options import (
     option_defaults,
     parse_decoder_options,
 )
-from .errors import StorytellerError
+from .errors import StorytellerError, disk_full_cause, disk_full_error
 from .features.encoder_specs import DECODE_CHOICES, ENCODERS, LAYOUTS
 from .features.extraction_sizes import (
     BATCH_SIZES,
@@ -887,6 +887,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as exc:
+        full = disk_full_cause(exc)
+        if full is not None:  # a write outside the atomic ones, which name their file
+            where = full.filename or f"into {getattr(args, 'out', None) or 'the output folder'}"
+            print(f"error: {disk_full_error(full, where)}", file=sys.stderr)
+            return 2
         if os.environ.get("STORYTELLER_DEBUG"):
             raise
         print(

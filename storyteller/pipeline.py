@@ -18,7 +18,7 @@ import inspect
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .artefacts import read_splits
 from .config import MIN_WORD_COUNT, ModelConfig, Strategy, TrainConfig
@@ -27,7 +27,13 @@ from .data.embeddings import read_word_vectors
 from .data.vocab import Vocabulary
 from .data.vocab_build import build_split_vocabulary, captions_of_file, save_split_vocabulary
 from .errors import StorytellerError
-from .features.cache import FeatureExtractor, extract_features, load_feature_cache, read_cache_index
+from .features.cache import (
+    FeatureCache,
+    FeatureExtractor,
+    extract_features,
+    load_feature_cache,
+    read_cache_index,
+)
 from .features.encoders import get_encoder_spec, resolve_encoder
 from .features.finetune import build_fine_tuned_encoder, checkpoint_encoder, encode_images
 from .models import decoder_class
@@ -83,16 +89,56 @@ def writes_run_folder(step: Callable) -> Callable:
 
 
 def resolve_data(
-    data: str | Path | None, sample_images: int | None = None, log: Log = print
+    data: str | Path | None,
+    sample_images: int | None = None,
+    log: Log = print,
+    out: str | Path | None = None,
 ) -> Path:
-    """The dataset folder to use: ``data`` if given, else the embedded sample (generated once)."""
+    """The dataset folder to use: ``data`` if given; else the one the run folder ``out`` was
+    made from (:func:`recorded_data`); else the embedded sample (generated once). Said in one
+    line when ``data`` is not given."""
     if data is not None:
         return Path(data).expanduser()
+    made_from = None if out is None else recorded_data(out)
+    if made_from is not None:
+        log(f"no --data given: using {made_from}, the dataset the run folder {out} was made from")
+        return made_from
     from .data.sample import DEFAULT_NUM_IMAGES, ensure_sample_dataset
 
     path = ensure_sample_dataset(num_images=sample_images or DEFAULT_NUM_IMAGES)
     log(f"no --data given: using the embedded sample dataset in {path}")
     return path
+
+
+def recorded_data(out: str | Path) -> Path | None:
+    """The dataset folder whose photos the feature cache in ``out`` was made from (its index
+    records their folder, which sits in the dataset folder or one or two folders down).
+
+    None without a readable index (a damaged one is reported by the step that reads it) or
+    for the embedded sample when it is gone (it is made again); another folder that is gone
+    is one line."""
+    from .data.captions import find_caption_file, find_image_dir
+    from .data.sample import default_sample_dir
+
+    index = RunPaths(Path(out)).features_index
+    try:
+        image_dir = read_cache_index(index.parent).get("image_dir") if index.is_file() else None
+    except StorytellerError:
+        return None
+    if not isinstance(image_dir, str) or not image_dir:
+        return None
+    image_dir = Path(image_dir)
+    for folder in list(image_dir.parents)[:3]:
+        with contextlib.suppress(StorytellerError):
+            find_caption_file(folder)
+            if find_image_dir(folder) == image_dir:
+                return folder
+    if image_dir.parent == default_sample_dir():
+        return None
+    raise StorytellerError(
+        f"{index} says this run's photos are in {image_dir}, which is no dataset folder now: "
+        "pass --data with the dataset the run was made from"
+    )
 
 
 @writes_run_folder
@@ -115,7 +161,7 @@ def features_step(
     position, for attention; its means serve the pooled captioner too); ``None``: what an
     existing cache holds, else pooled."""
     paths = RunPaths(Path(out))
-    dataset = load_dataset(resolve_data(data, log=log))
+    dataset = load_dataset(resolve_data(data, log=log, out=out))
     existing = paths.features_index
     if existing.is_file() and not overwrite:  # resume with what it was made with
         meta = read_cache_index(paths.features)
@@ -125,7 +171,7 @@ def features_step(
     name, module = resolve_encoder(encoder, log=log)
     log(f"extracting {name} {layout} features for {len(dataset)} images into {paths.features}")
     extract_features(
-        dataset.image_dir,
+        dataset.image_dir.absolute(),  # recorded: later steps find the data from any folder
         dataset.images,
         paths.features,
         name,
@@ -150,7 +196,7 @@ def vocab_step(
 ) -> Vocabulary:
     """Split images 80/10/10 (seeded) and build the vocabulary from the *training* captions."""
     paths = RunPaths(Path(out))
-    data_dir = resolve_data(data, log=log)
+    data_dir = resolve_data(data, log=log, out=out)
     dataset = load_dataset(data_dir)
     vocab, split = build_split_vocabulary(
         dataset.captions, threshold, seed, provenance={"source": str(dataset.source)}
@@ -211,10 +257,50 @@ def _learned_embeddings(last: Path) -> tuple[dict, ModelConfig] | None:
     return provenance, check_model_config(checkpoint, last)
 
 
-def _load_run(data, out, log) -> tuple[CaptionDataset, dict, Vocabulary]:
+class Run(NamedTuple):
+    """What training and evaluation read from a run folder, checked against each other."""
+
+    data_dir: Path
+    dataset: CaptionDataset
+    splits: dict
+    vocab: Vocabulary
+    cache: FeatureCache
+
+
+def _load_run(data, out, log) -> Run:
     paths = RunPaths(Path(out))
     splits, vocab = load_splits(out), Vocabulary.load(paths.vocab)  # cheap checks first
-    return load_dataset(resolve_data(data, log=log)), splits, vocab
+    cache = load_feature_cache(paths.features)
+    data_dir = resolve_data(data, log=log, out=out)
+    dataset = load_dataset(data_dir)
+    check_splits(splits, paths, cache, dataset)
+    return Run(data_dir, dataset, splits, vocab, cache)
+
+
+def check_splits(
+    splits: dict, paths: RunPaths, cache: FeatureCache, dataset: CaptionDataset
+) -> None:
+    """Every image ``splits.json`` names is in the feature cache, and every cached one has
+    captions and a photo in ``dataset``: otherwise one line naming the files, how many are
+    missing and one of them. Images unreadable at extraction are left out, as reported then.
+    """
+    named = [name for split in ("train", "val", "test") for name in splits[split]]
+    extracted = set(cache.meta["images"])
+    missing = [name for name in named if name not in extracted]
+    if missing:
+        raise StorytellerError(
+            f"{paths.splits} names {len(missing)} image(s) the feature cache "
+            f"{paths.features_index} does not hold (e.g. {missing[0]}): extract the features "
+            "of the same --data again (features --overwrite), or make the splits from the "
+            "data the features came from (vocab)"
+        )
+    uncaptioned = [name for name in named if name in cache and name not in dataset.captions]
+    if uncaptioned:
+        raise StorytellerError(
+            f"{len(uncaptioned)} image(s) of {paths.splits} have no captions in "
+            f"{dataset.source} or no photo in {dataset.image_dir} (e.g. {uncaptioned[0]}): "
+            "pass the --data this run was made from"
+        )
 
 
 @writes_run_folder
@@ -246,8 +332,7 @@ def train_step(
     train_config = train_config or TrainConfig()
     seed_everything(train_config.seed)
     paths = RunPaths(Path(out))
-    dataset, splits, vocab = _load_run(data, out, log)
-    cache = load_feature_cache(paths.features)
+    _, dataset, splits, vocab, cache = _load_run(data, out, log)
     overrides, vectors = dict(model_overrides or {}), None
     learned = _learned_embeddings(paths.last_checkpoint) if resume else None
     if learned is not None:  # the checkpoint holds the vectors: the file is not read again
@@ -343,9 +428,9 @@ def evaluate_step(
     from .serving.hub import is_checkpoint_file, load_model_folder, resolve_model
 
     paths = RunPaths(Path(out))
-    data_dir = resolve_data(data, log=log)
-    dataset, splits, vocab = _load_run(data_dir, out, log)
-    cache = load_feature_cache(paths.features)
+    data_dir, dataset, splits, vocab, cache = _load_run(data, out, log)
+    # the images training used and evaluation scores: those readable at extraction
+    trained, tested = ([n for n in splits[split] if n in cache] for split in ("train", "test"))
     checkpoint_path = checkpoint or paths.checkpoint
     if is_checkpoint_file(checkpoint_path):
         model, state = load_model(checkpoint_path, vocab, get_device(device))
@@ -358,8 +443,7 @@ def evaluate_step(
         extractor = FeatureExtractor(
             model.config.encoder, get_device(device), fine_tuned, model.feature_layout
         )
-        test = [name for name in splits["test"] if name in cache]  # readable at extraction
-        cache = encode_images(extractor, dataset.image_dir, test)
+        cache = encode_images(extractor, dataset.image_dir, tested)
     elif model.config.encoder != cache.encoder:
         raise StorytellerError(
             f"the checkpoint was trained on {model.config.encoder} features, the cache holds {cache.encoder}"
@@ -379,7 +463,7 @@ def evaluate_step(
             state, checkpoint_path, model.config, dataset, data_dir, splits.get("seed")
         ),
     )
-    baseline = baseline_scores(dataset, splits["train"], [n for n in splits["test"] if n in cache])
+    baseline = baseline_scores(dataset, trained, tested)
     write_json(paths.baseline, baseline)
     log(
         f"baseline (most frequent training caption '{baseline['caption']}'): BLEU-4 {baseline['bleu4']:.4f}"
@@ -420,12 +504,12 @@ def run_all(
         decoder = decoder_class((model_overrides or {}).get("decoder", "lstm"))
         layout = "grid" if decoder.feature_layout == "grid" else None
     if context.is_main:
-        data_dir = resolve_data(data, log=log)
+        data_dir = resolve_data(data, log=log, out=out)
         features_step(data_dir, out, encoder, device=device, log=log, layout=layout)
         vocab_step(data_dir, out, threshold, seed=train_config.seed, log=log)
     context.barrier()
     if not context.is_main:
-        data_dir = resolve_data(data, log=lambda _: None)  # ready: rank 0 drew any sample
+        data_dir = resolve_data(data, log=lambda _: None, out=out)  # ready: rank 0 drew any
     train_step(
         data_dir,
         out,

@@ -34,7 +34,8 @@ FEATURES_DIR = "features"
 #: The features array inside ``features/``: ``features`` step; read by the feature cache.
 FEATURES_FILE = "features.npy"
 #: The cache index inside ``features/`` (encoder, layout, image names, image folder):
-#: ``features`` step; read by the cache, ``features`` resume and the app's example photos.
+#: ``features`` step; read by the cache, ``features`` resume, the app's example photos and
+#: every step run without ``--data`` (the dataset the run was made from).
 INDEX_FILE = "features.json"
 #: The train/val/test image names: ``vocab`` step (notebook 02); read by training,
 #: evaluation, the app's example photos and notebook 05.
@@ -98,6 +99,9 @@ RUN_ARTEFACTS = (
     TEST_CAPTIONS_FILE,
     BASELINE_FILE,
 )
+#: What ``train`` writes, ``last.pth`` first: the order a fresh run (``--no-resume``) removes
+#: an earlier run's in, so a stop halfway leaves nothing to resume from.
+TRAINING_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, HISTORY_FILE, LOSS_CURVE_FILE)
 #: Files only a run folder has (a repository checkout has a vocab.pkl, but none of these).
 RUN_MARKERS = (FEATURES_INDEX, SPLITS_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT)
 

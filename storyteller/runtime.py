@@ -7,7 +7,6 @@ with ``.to(device)``, so the same code runs on a CPU, one GPU or Kaggle's two T4
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import random
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import StorytellerError
+from .errors import StorytellerError, disk_full_cause, disk_full_error
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -49,8 +48,6 @@ def get_device(preferred: str | None = None) -> torch.device:
     if preferred:
         device = torch.device(preferred)
         if device.type == "cuda" and not torch.cuda.is_available():
-            from .errors import StorytellerError
-
             raise StorytellerError(
                 f"the device '{preferred}' was asked for (--device or ${DEVICE_ENV}), "
                 "but no CUDA GPU is visible"
@@ -117,43 +114,56 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     A crash or a kill mid-write leaves the previous file untouched, never a half-written one.
     The file gets the mode a plain ``open`` would give it (``0o666`` less the umask), not the
-    ``0o600`` of ``mkstemp``, so other users can read artefacts when the umask lets them.
+    ``0o600`` of ``mkstemp``, so other users can read artefacts when the umask lets them. A
+    full disk is one :class:`StorytellerError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except Exception as exc:
+        full = disk_full_cause(exc)
+        if full is None:
+            raise
+        raise disk_full_error(full, path) from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
 @contextlib.contextmanager
 def disk_full_is_an_error(folder: str | Path, what: str) -> Iterator[None]:
     """A full disk (or an exhausted quota) while the block writes ``what`` into ``folder``
-    becomes one :class:`~storyteller.errors.StorytellerError` naming both; other errors pass."""
+    becomes the one full-disk line naming both; other errors pass."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as exc:
+        full = disk_full_cause(exc)
+        if full is None:
             raise
-        raise StorytellerError(
-            f"{folder}: the disk is full ({exc.strerror}), {what} could not be written: free "
-            "some space and run the same command again"
-        ) from None
+        raise disk_full_error(full, f"{what} in {folder}") from None
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically, pretty-printed."""
+    """Write JSON atomically, pretty-printed. NaN and infinities are refused in one line
+    naming the file: JSON has no such numbers, and strict readers (browsers, ``jq``) reject
+    them."""
+    try:
+        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError as exc:
+        raise StorytellerError(f"{path} not written: {exc}") from exc
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text + "\n")
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` that never leaves a truncated file behind."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` that never leaves a truncated file behind. It writes through a Python
+    file, so a full disk leaves its ``OSError`` (ENOSPC) in the exception chain: saving to a
+    path raises torch's bare ``RuntimeError`` from ``inline_container.cc`` alone."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        torch.save(obj, file)

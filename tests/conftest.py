@@ -10,6 +10,8 @@ when none is visible.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import subprocess
 import sys
@@ -103,6 +105,30 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
         log=lambda _: None,
     )
     return out
+
+
+@pytest.fixture
+def full_disk(request, monkeypatch) -> None:
+    """Every ``torch.save`` of the package writes to a disk with ``request.param`` bytes left
+    (1 KB unless a test says), then fails with ENOSPC, as a real full disk does: with room
+    left torch raises its bare ``RuntimeError`` over the ``OSError``, with none the reverse."""
+    from storyteller import runtime
+
+    class AlmostFull(io.RawIOBase):
+        room = getattr(request, "param", 1024)
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:
+            if self.room <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            written = min(len(data), self.room)
+            self.room -= written
+            return written
+
+    disk = lambda _, mode: io.BufferedWriter(AlmostFull())  # noqa: E731
+    monkeypatch.setattr(runtime, "open", disk, raising=False)
 
 
 def cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:

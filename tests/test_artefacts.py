@@ -460,6 +460,58 @@ def test_malformed_splits_are_one_line_naming_the_file(run, break_it, capsys):
     assert_cli_error(argv, path, capsys)
 
 
+def test_splits_naming_images_the_cache_lacks_are_one_line_naming_both(run, capsys):
+    """``splits.json`` naming a photo the feature cache never saw is refused before training
+    or evaluation starts (before, ``train`` skipped it silently and ``evaluate`` ended in
+    ``unexpected KeyError: 'ghost_0.jpg'`` after writing metrics.json)."""
+    data, out = run
+    splits = json.loads((out / "splits.json").read_text())
+    splits["train"].append("ghost_0.jpg")
+    splits["test"].append("ghost_1.jpg")
+    write_json(out / "splits.json", splits)
+    for argv in (
+        ["train", "--data", str(data), "--out", str(out), "--epochs", "2", *TRAIN_ARGS],
+        ["evaluate", "--data", str(data), "--out", str(out), "--meteor", "none"],
+    ):
+        err = assert_cli_error(argv, out / "splits.json", capsys)
+        assert f"{out / 'features' / 'features.json'} does not hold (e.g. ghost_0.jpg)" in err
+        assert "names 2 image(s)" in err
+    assert not (out / "metrics.json").exists() and not (out / "baseline.json").exists()
+    assert read_checkpoint(out / "last.pth")["epoch"] == 1
+
+
+def test_images_without_captions_in_the_data_are_one_line(run, tmp_path, capsys):
+    data, out = run
+    other = Path(shutil.copytree(data, tmp_path / "other"))
+    lines = (other / "captions.txt").read_text().splitlines()
+    gone = lines[1].split(",")[0]
+    (other / "captions.txt").write_text(
+        "\n".join(line for line in lines if not line.startswith(gone))
+    )
+    argv = ["evaluate", "--data", str(other), "--out", str(out), "--meteor", "none"]
+    err = assert_cli_error(argv, out / "splits.json", capsys)
+    assert f"1 image(s) of {out / 'splits.json'} have no captions" in err and gone in err
+
+
+def _record_data(out: Path, image_dir: Path) -> None:
+    index = json.loads((out / "features" / "features.json").read_text())
+    write_json(out / "features" / "features.json", {**index, "image_dir": str(image_dir)})
+
+
+def test_a_step_without_data_uses_the_dataset_the_run_was_made_from(run, tmp_path, capsys):
+    """Not the embedded sample: that ended in ``unexpected KeyError`` on a Flickr8k run."""
+    data, out = run
+    _record_data(out, data / "Images")
+    assert main(["train", "--out", str(out), "--epochs", "2", *TRAIN_ARGS]) == 0
+    said = capsys.readouterr().out
+    assert f"no --data given: using {data}, the dataset the run folder {out} was made from" in said
+    assert read_checkpoint(out / "last.pth")["epoch"] == 2
+    _record_data(out, tmp_path / "gone" / "Images")
+    argv = ["evaluate", "--out", str(out), "--meteor", "none"]
+    err = assert_cli_error(argv, out / "features" / "features.json", capsys)
+    assert f"photos are in {tmp_path / 'gone' / 'Images'}, which is no dataset folder" in err
+
+
 def test_the_good_run_folder_loads_everywhere(good_run):
     """The catalogue's starting point is valid: every failure above is the break's doing."""
     _, out = good_run

@@ -205,7 +205,10 @@ def test_a_full_disk_is_one_line_naming_the_folder(tiny_data, tmp_path, monkeypa
         )
 
     monkeypatch.setattr(os, "posix_fallocate", _disk_full, raising=False)
-    with pytest.raises(StorytellerError, match=f"{out}: the disk is full .*features.npy"):
+    with pytest.raises(
+        StorytellerError,
+        match=f"could not write the feature cache .*features.npy.* in {out}: no space",
+    ):
         extract()
     monkeypatch.undo()
     write_json = cache_module.write_json
@@ -216,7 +219,10 @@ def test_a_full_disk_is_one_line_naming_the_folder(tiny_data, tmp_path, monkeypa
         write_json(path, meta)
 
     monkeypatch.setattr(cache_module, "write_json", full_after_one_batch)
-    with pytest.raises(StorytellerError, match=f"{out}: the disk is full .*features.json"):
+    with pytest.raises(
+        StorytellerError,
+        match=f"could not write the feature cache .*features.json.* in {out}: no space",
+    ):
         extract()
     monkeypatch.undo()
     assert json.loads((out / "features.json").read_text())["done"] == 4
@@ -246,9 +252,9 @@ def test_features_on_a_full_file_system_is_one_line(tiny_data, tmp_path):
         subprocess.run(["umount", "-l", str(small)], check=True)
     assert result.returncode == 2, result.stderr  # 40 grid rows: 5 MB
     assert result.stderr.strip().splitlines() == [
-        f"error: {run / 'features'}: the disk is full (No space left on device), the feature "
-        "cache (features.npy, features.json) could not be written: free some space and run "
-        "the same command again"
+        f"error: could not write the feature cache (features.npy, features.json) in "
+        f"{run / 'features'}: no space left on device; free some space there and run the same "
+        "command again (finished files are kept)"
     ]
 
 

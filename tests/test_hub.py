@@ -5,7 +5,9 @@ resolve through a hand-built ``huggingface_hub`` cache with ``HF_HUB_OFFLINE=1``
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -116,6 +118,16 @@ def test_save_pretrained_round_trips(original, images, tmp_path):
     assert again.checkpoint_info["epoch"] == original.checkpoint_info["epoch"]
     with pytest.raises(StorytellerError, match="not empty"):
         original.save_pretrained(folder)
+
+
+def test_a_full_disk_while_saving_a_model_folder_is_one_line(original, tmp_path, monkeypatch):
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", full)  # what a full disk makes Python raise
+    weights = tmp_path / "saved" / hub.WEIGHTS_FILE
+    with pytest.raises(StorytellerError, match=f"^could not write {weights}: no space left on"):
+        original.save_pretrained(tmp_path / "saved")
 
 
 def test_load_takes_a_checkpoint_a_run_folder_or_a_model_folder(tiny_run, model_dir, images):

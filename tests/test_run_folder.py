@@ -4,6 +4,7 @@ and 8)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -304,3 +305,27 @@ def test_every_file_a_run_writes_is_named_in_one_module(tiny_data, run_copy):
     fields = ("features_index", "splits", "vocab", "checkpoint", "last_checkpoint", "history")
     for field in (*fields, "metrics", "test_captions", "baseline"):
         assert getattr(paths, field).is_file(), field
+
+
+def test_a_full_disk_is_one_line_naming_what_could_not_be_written(
+    run_copy, full_disk, monkeypatch, capsys
+):
+    """Not ``unexpected RuntimeError: [enforce fail at inline_container.cc:672]``; a write
+    outside the atomic ones is named by the run folder."""
+    from storyteller.cli import main
+
+    model = ["--decoder", "lstm", "--hidden-size", "64", "--embed-size", "32"]
+    argv = ["train", "--out", str(run_copy), "--epochs", "3", *model, "--batch-size", "32"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: could not write {run_copy}{os.sep}"), err
+    assert ".pth: no space left on device; free some space there" in err
+    assert pipeline.TrainResult.from_run(run_copy).epochs_run == 2  # the last good epoch
+
+    def over_quota(*_, **__):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(pipeline, "vocab_step", over_quota)
+    assert main(["vocab", "--out", str(run_copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: could not write into {run_copy}: disk quota exceeded;"), err

@@ -1,6 +1,8 @@
 import contextlib
+import errno
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +19,8 @@ from storyteller.models.checkpoint import (
     save_checkpoint,
     strip_module_prefix,
 )
-from storyteller.runtime import torch_save_atomic
+from storyteller.runtime import torch_save_atomic, write_json
+from storyteller.training import train as train_module
 from storyteller.training.train import (
     TrainingState,
     make_batch_loss,
@@ -98,8 +101,8 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     path = tmp_path / "best_model.pth"
     torch_save_atomic({"version": 1}, path)
 
-    def crash(obj, f):
-        open(f, "wb").write(b"half")
+    def crash(obj, file):
+        file.write(b"half")
         raise RuntimeError("killed mid-write")
 
     monkeypatch.setattr(torch, "save", crash)
@@ -108,6 +111,92 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"version": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["best_model.pth"]
+
+
+@pytest.mark.parametrize("full_disk", [0, 1024], indirect=True, ids=["no room", "1 KB left"])
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, full_disk, monkeypatch):
+    path = tmp_path / "best_model.pth"
+    torch.save({"version": 1}, path)
+    with pytest.raises(StorytellerError) as error:
+        torch_save_atomic({"version": 2, "weights": torch.zeros(10_000)}, path)
+    assert str(error.value).startswith(f"could not write {path}: no space left on device;")
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["best_model.pth"]
+
+    def over_quota(*_, **__):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(Path, "write_text", over_quota)
+    with pytest.raises(StorytellerError, match=r"write .*history.json: disk quota exceeded"):
+        write_json(tmp_path / "history.json", [])
+
+
+def test_json_with_nan_is_refused_naming_the_file(tmp_path):
+    with pytest.raises(StorytellerError, match=r"metrics.json not written: .*nan"):
+        write_json(tmp_path / "metrics.json", {"greedy": {"test_loss": float("nan")}})
+    assert not list(tmp_path.iterdir())
+
+
+def _diverge_in_epoch(monkeypatch, diverging: int) -> None:
+    """Make training blow up in epoch ``diverging``: its weights turn NaN, as a learning rate
+    far too large does, and so do its training and validation losses."""
+    real = train_module.train_epoch
+
+    def train_epoch(network, state, *args, **kwargs):
+        loss, extra = real(network, state, *args, **kwargs)
+        if state.epoch + 1 == diverging:
+            with torch.no_grad():
+                for parameter in state.model.parameters():
+                    parameter.fill_(float("nan"))
+            loss = float("nan")
+        return loss, extra
+
+    monkeypatch.setattr(train_module, "train_epoch", train_epoch)
+
+
+def _strict_json(path):
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_diverging_run_stops_naming_the_epoch_and_saves_nothing_of_it(
+    tiny_data, tiny_run, tmp_path, monkeypatch
+):
+    run = _fresh_run(tiny_data, tiny_run, tmp_path)
+    _diverge_in_epoch(monkeypatch, 2)
+    config = TrainConfig(num_epochs=3, batch_size=32)
+    with pytest.raises(
+        StorytellerError, match="training diverged at epoch 2: train loss nan"
+    ) as error:
+        pipeline.train_step(tiny_data, run, config, SMALL, log=quiet)
+    assert f"{run / 'last.pth'} still holds epoch 1" in str(error.value)
+    assert "\n" not in str(error.value) and "--lr" in str(error.value)
+    for name in ("last.pth", "best_model.pth"):
+        checkpoint = read_checkpoint(run / name)
+        assert checkpoint["epoch"] == 1
+        assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+    assert [h["epoch"] for h in _strict_json(run / "history.json")] == [1]
+
+
+def test_no_resume_removes_the_earlier_runs_model_before_it_trains(
+    tiny_data, tiny_run, tmp_path, monkeypatch
+):
+    run = _fresh_run(tiny_data, tiny_run, tmp_path)
+    earlier = ("last.pth", "best_model.pth", "history.json", "loss_curve.png")
+    for name in earlier:
+        (run / name).write_bytes((tiny_run / name).read_bytes())
+    _diverge_in_epoch(monkeypatch, 1)
+    messages = []
+    with pytest.raises(StorytellerError, match="diverged at epoch 1: .*no checkpoint written"):
+        pipeline.train_step(
+            tiny_data, run, TrainConfig(num_epochs=2, batch_size=32), SMALL, resume=False,
+            log=messages.append,
+        )  # fmt: skip
+    assert f"--no-resume: removed the earlier run's {', '.join(earlier)} from {run}" in messages
+    assert not any((run / name).exists() for name in earlier)
 
 
 def _straight_and_interrupted(tiny_data, tiny_run, tmp_path, config: TrainConfig):

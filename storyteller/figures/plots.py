@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..config import SMOKE_LABEL  # noqa: E402  (every figure of a smoke run says it)
 from ..features.images import open_image  # noqa: E402
+from ..runtime import atomic_path  # noqa: E402
 
 SMOKE_COLOR = "#c00000"
 
@@ -29,8 +30,12 @@ def _save(fig, path: str | Path, dpi: int, smoke: bool) -> Path:
             0.5, 0.5, "SMOKE RUN", ha="center", va="center", rotation=30, color=SMOKE_COLOR,
             alpha=0.25, fontsize=10 * min(width, height), weight="bold", zorder=100,
         )  # fmt: skip
-    fig.savefig(path, dpi=dpi, metadata={"Description": SMOKE_LABEL} if smoke else None)
-    plt.close(fig)
+    try:  # atomic: a kill or a full disk leaves the previous figure, never half of one
+        with atomic_path(path) as tmp:
+            metadata = {"Description": SMOKE_LABEL} if smoke else None
+            fig.savefig(tmp, format="png", dpi=dpi, metadata=metadata)
+    finally:
+        plt.close(fig)
     return Path(path)
 
 

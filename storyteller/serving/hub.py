@@ -190,11 +190,13 @@ def write_model_folder(
     }
     dest.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "storyteller_format_version": str(FORMAT_VERSION)}
+    # Written by Python, not save_file (its SafetensorError hides the errno): a full disk is
+    # then an OSError, which atomic_path names.
     with atomic_path(dest / WEIGHTS_FILE) as tmp:
-        safetensors_torch.save_file(_tensors(weights), str(tmp), metadata=metadata)
+        tmp.write_bytes(safetensors_torch.save(_tensors(weights), metadata=metadata))
     if model_config.fine_tuned_blocks:
         with atomic_path(dest / ENCODER_FILE) as tmp:
-            safetensors_torch.save_file(_tensors(encoder_weights), str(tmp), metadata=metadata)
+            tmp.write_bytes(safetensors_torch.save(_tensors(encoder_weights), metadata=metadata))
     write_json(dest / VOCAB_JSON, public_vocab(vocab).to_dict())
     write_json(dest / CONFIG_FILE, config)  # last: a folder with a config is complete
     if card is not None:

@@ -61,7 +61,13 @@ from ..models.checkpoint import (
     strip_module_prefix,
 )
 from ..progress import progress
-from ..run_folder import BEST_CHECKPOINT, HISTORY_FILE, LAST_CHECKPOINT, LOSS_CURVE_FILE
+from ..run_folder import (
+    BEST_CHECKPOINT,
+    HISTORY_FILE,
+    LAST_CHECKPOINT,
+    LOSS_CURVE_FILE,
+    TRAINING_FILES,
+)
 from ..runtime import autocast, get_device, write_json
 from .distributed import SINGLE_PROCESS, DistContext
 
@@ -620,6 +626,32 @@ def validate(
     return total / count
 
 
+def discard_earlier_run(out_dir: Path, log: Callable[[str], None] = print) -> None:
+    """Remove an earlier run's checkpoints and curves before a fresh run trains, so none of
+    them passes for this run's if it fails before writing its own; said in one line."""
+    found = [name for name in TRAINING_FILES if (out_dir / name).is_file()]
+    for name in found:
+        (out_dir / name).unlink()
+    if found:
+        log(f"--no-resume: removed the earlier run's {', '.join(found)} from {out_dir}")
+
+
+def check_finite(
+    train_loss: float, val_loss: float, epoch: int, last_path: Path, train_config: TrainConfig
+) -> None:
+    """Stop a run whose loss is NaN or infinite, before the epoch is saved: its weights are
+    lost, and a best checkpoint could never be chosen after it (every process sees the same
+    summed losses, so all stop together)."""
+    if math.isfinite(train_loss) and math.isfinite(val_loss):
+        return
+    kept = f"{last_path} still holds epoch {epoch - 1}" if epoch > 1 else "no checkpoint written"
+    raise StorytellerError(
+        f"training diverged at epoch {epoch}: train loss {train_loss:.4g}, validation loss "
+        f"{val_loss:.4g}; this epoch was not saved ({kept}): train again with --no-resume "
+        f"and a lower --lr (it was {train_config.lr:g})"
+    )
+
+
 def _quiet(_: str) -> None:
     pass
 
@@ -644,7 +676,9 @@ def train_model(
 
     ``out_dir/last.pth`` is written after every epoch (everything needed to resume);
     ``out_dir/best_model.pth`` whenever the validation loss improves. With ``resume`` a run
-    that was interrupted continues from ``last.pth``; its architecture must match. Under
+    that was interrupted continues from ``last.pth``; its architecture must match. Without it,
+    an earlier run's files are removed first (:func:`discard_earlier_run`). A NaN or infinite
+    loss ends the run before that epoch is saved (:func:`check_finite`). Under
     torchrun (``context``) every process trains and rank 0 alone writes, logs and calls
     ``on_epoch``. ``embeddings``: pretrained word vectors the fresh model starts from (a
     resumed run continues from its checkpoint's learned ones). ``encoder``: fine-tune it
@@ -729,6 +763,8 @@ def train_model(
             f"resuming from {last_path}: {state.epoch} epoch(s) done, "
             f"best val loss {state.best_val:.4f}"
         )
+    elif not resume and context.is_main:
+        discard_earlier_run(out_dir, log)
 
     network = parallelize(state.network(), train_config, device, context, log)
     if encoder is None:
@@ -762,6 +798,7 @@ def train_model(
             network, state, train_loader, batch_loss, train_config, device, context, desc
         )
         val_loss = validate(network, val_loader, batch_loss, device, context)
+        check_finite(train_loss, val_loss, epoch + 1, last_path, train_config)
         record = state.end_epoch(
             train_loss, val_loss, time.perf_counter() - started, train_config.patience, train_extra
         )
