@@ -95,7 +95,7 @@ def stream_chat(
         if cut.is_set():
             return  # the time ran out while connecting
         path = urlsplit(url)._replace(scheme="", netloc="").geturl()
-        connection.request("POST", path, json.dumps({**body, "stream": True}), headers)
+        connection.request("POST", path, json.dumps({**body, "stream": True}).encode(), headers)
         response = connection.getresponse()
         if 300 <= response.status < 400:  # not followed: the key must not go elsewhere
             raise HTTPStatusError(response.status, f"redirect to {response.getheader('Location')}")
