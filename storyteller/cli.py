@@ -831,7 +831,7 @@ def _story(args) -> int:
     captions = _captions_for(captioner, args) if captioner is not None else args.caption
 
     def caption_line(caption: str) -> str:
-        line = f"caption: {caption}"
+        line = f"caption: {terminal_text(caption)}"
         return captioner.labelled(line) if captioner is not None else line
 
     print(caption_line(captions[0]), flush=True)  # shown even when no story can follow
@@ -853,7 +853,7 @@ def _story(args) -> int:
         _print_notes(session.notes)  # a caption cut to its limit: said before the story
         said = len(session.notes)
         for text in turn:
-            sys.stdout.write(text[len(shown) :])
+            sys.stdout.write(terminal_text(text[len(shown) :]))
             sys.stdout.flush()
             shown = text
         print(flush=True)
@@ -861,9 +861,24 @@ def _story(args) -> int:
     return 0
 
 
+#: what a terminal would obey rather than show: escape sequences (CSI: colours, clearing the
+#: screen; OSC: the window title, links; two-character ones) and control characters other
+#: than newline and tab
+_TERMINAL_CONTROLS = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|(?:\x1b\]|\x9d)[^\x07\x1b\n]*(?:\x07|\x1b\\)?"
+    r"|\x1b[@-_]?|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+)
+
+
+def terminal_text(text: str) -> str:
+    """``text`` safe to print to a terminal: a caption word from a Hub vocabulary or a story
+    server's reply cannot set the title, clear the screen or move the cursor."""
+    return _TERMINAL_CONTROLS.sub("", text)
+
+
 def _print_notes(notes: list[str]) -> None:
     for note in notes:
-        print(f"note: {note}", file=sys.stderr, flush=True)
+        print(f"note: {terminal_text(note)}", file=sys.stderr, flush=True)
 
 
 def _captions_for(captioner, args) -> list[str]:
@@ -881,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except StorytellerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {terminal_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
@@ -895,7 +910,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("STORYTELLER_DEBUG"):
             raise
         print(
-            f"error: unexpected {type(exc).__name__}: {exc} (set STORYTELLER_DEBUG=1 for the traceback)",
+            f"error: unexpected {type(exc).__name__}: {terminal_text(str(exc))} (set "
+            "STORYTELLER_DEBUG=1 for the traceback)",
             file=sys.stderr,
         )
         return 1

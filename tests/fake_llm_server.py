@@ -4,15 +4,24 @@ It answers ``POST /v1/chat/completions`` with server-sent events, one chunk per 
 ``chunks``, records every request (path, headers, JSON body), and can misbehave on demand:
 an HTTP error status (whose body echoes the caller's Authorization header, to prove the
 client never leaks it), a delay before answering or before every chunk, a pause between chunks
-that waits for the test, or an error part-way through the stream.
+that waits for the test, an error part-way through the stream, a redirect, or a stream that
+never ends (keep-alive comments, empty deltas or text without end: :attr:`forever`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def sse(content: str) -> bytes:
+    """One server-sent event carrying the text delta ``content``."""
+    choice = {"index": 0, "delta": {"content": content}, "finish_reason": None}
+    return b"data: " + json.dumps({"object": "chat.completion.chunk", "choices": [choice]}).encode()
 
 
 class FakeLLMServer:
@@ -27,6 +36,10 @@ class FakeLLMServer:
         self.fail_after: int | None = None  # chunks to send before an error event
         self.fail_message = "the fake model crashed"  # what that error event says
         self.hold_before_last: threading.Event | None = None  # wait for this before the last
+        self.location: str | None = None  # with a 3xx status: where the redirect points
+        #: after the chunks, send the line ``forever(i)`` for i = 0, 1, ... (every chunk_delay
+        #: seconds) until the client leaves, instead of ``[DONE]``
+        self.forever: Callable[[int], bytes] | None = None
         self.requests: list[dict] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -60,15 +73,17 @@ class FakeLLMServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
                     pass
 
+            def do_GET(self):  # recorded (a redirected POST may arrive as a GET), then refused
+                self._record(None)
+                self.send_error(405)
+
+            def _record(self, body: dict | None) -> None:
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                fake.requests.append({"path": self.path, "headers": headers, "json": body})
+
             def _answer(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append(
-                    {
-                        "path": self.path,
-                        "headers": {k.lower(): v for k, v in self.headers.items()},
-                        "json": body,
-                    }
-                )
+                self._record(body)
                 if fake.delay:
                     time.sleep(fake.delay)
                 if fake.status != 200:
@@ -78,6 +93,8 @@ class FakeLLMServer:
                     self.send_response(fake.status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(error)))
+                    if fake.location:
+                        self.send_header("Location", fake.location)
                     self.end_headers()
                     self.wfile.write(error)
                     return
@@ -96,22 +113,17 @@ class FakeLLMServer:
                         fake.hold_before_last.wait(10)
                     if fake.chunk_delay:
                         time.sleep(fake.chunk_delay)
-                    self._event(
-                        {
-                            "id": "fake",
-                            "object": "chat.completion.chunk",
-                            "created": 0,
-                            "model": body.get("model"),
-                            "choices": [
-                                {"index": 0, "delta": {"content": text}, "finish_reason": None}
-                            ],
-                        }
-                    )
-                self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
+                    self._send(sse(text))
+                for i in itertools.count() if fake.forever else ():
+                    time.sleep(fake.chunk_delay)
+                    self._send(fake.forever(i))
+                self._send(b"data: [DONE]")
 
             def _event(self, data: dict) -> None:
-                self.wfile.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+                self._send(b"data: " + json.dumps(data).encode())
+
+            def _send(self, line: bytes) -> None:
+                self.wfile.write(line + b"\n\n")
                 self.wfile.flush()
 
         return Handler

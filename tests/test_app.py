@@ -302,6 +302,34 @@ def test_a_100kb_caption_to_story_is_cut_and_no_hf_token_leaves(space):
             assert token not in app.log_tail(100_000) and app.alive()
 
 
+def test_a_keep_alive_story_server_holds_no_visitor_past_the_turn_limit(space):
+    """A server that sends one sentence, then keep-alive comments for ever: four visitors
+    (the hosted concurrency) end at the 2 s turn limit, a fifth after one more turn."""
+    limit = 2.0
+    with FakeLLMServer(["The dog ran. "]) as server:
+        server.forever, server.chunk_delay = (lambda i: b": keepalive"), 0.05
+        env = {
+            "STORYTELLER_STORY_BACKEND": "hosted",
+            "STORYTELLER_STORY_BASE_URL": server.url,
+            "STORYTELLER_STORY_TIME_LIMIT": str(limit),
+        }
+        with running_app(space, env=env) as app:
+
+            def visit(i: int) -> tuple[str, float]:
+                client = Client(app.url, verbose=False)
+                started = time.monotonic()
+                story = client.predict(
+                    f"a dog {i}", "adventure", "warm", "short", api_name="/story"
+                )
+                return story, time.monotonic() - started
+
+            with ThreadPoolExecutor(5) as pool:
+                results = list(pool.map(visit, range(5)))
+    assert all(story == "The dog ran." for story, _ in results)
+    took = sorted(seconds for _, seconds in results)
+    assert took[3] < limit + 3 and took[4] < 2 * limit + 4, took  # it was 60 s and 119 s
+
+
 _WITHOUT_GRADIO = """
 import runpy, sys
 

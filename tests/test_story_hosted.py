@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import traceback
+import tracemalloc
 
 import pytest
 from conftest import cli
-from fake_llm_server import FakeLLMServer
+from fake_llm_server import FakeLLMServer, sse
 
 from storyteller.cli import main
 from storyteller.story import StoryError, StoryOptions, StoryPrompt, StorySession, get_backend
+from storyteller.story.backends import hosted
 from storyteller.story.backends.hosted import HostedBackend
 from storyteller.story.keys import Scrubber, is_loopback, key_for
 
@@ -354,3 +357,112 @@ def test_scrubber_masks_a_secret_split_at_any_point(secret):
             pieces = [text[:cut], text[cut:second], text[second:]]
             out = "".join(scrubber.feed(p) for p in pieces) + scrubber.finish()
             assert out == expected, (cut, second)
+
+
+# -- a turn bounded by the clock and by size, whatever the server does ------------------------
+
+KEEP_ALIVE = b": keepalive"
+EMPTY_DELTA = sse("")
+LIMIT = 1.0  # seconds a turn may take in these tests
+MARGIN = 1.5  # seconds past the limit a turn may end (the watchdog, a slow test machine)
+
+
+def timed_turn(server, timeout=30.0) -> tuple[StorySession, float]:
+    """A story turn on ``server`` with the turn limit :data:`LIMIT` and a much longer per-read
+    ``timeout``: how long it took (it must not wait for the server)."""
+    backend = HostedBackend(model="fake-model", base_url=server.url, timeout=timeout)
+    session = StorySession(backend, StoryOptions(seed=0, time_limit=LIMIT))
+    started = time.monotonic()
+    try:
+        list(session.start(CAPTION))
+    finally:
+        took = time.monotonic() - started
+    return session, took
+
+
+@pytest.mark.parametrize("filler", [KEEP_ALIVE, EMPTY_DELTA], ids=["keep-alive", "empty-delta"])
+def test_keep_alives_and_empty_deltas_do_not_hold_a_turn_past_its_limit(server, filler):
+    server.chunks = ["The dog ran. ", "It barked at the sea. "]
+    server.forever, server.chunk_delay = (lambda i: filler), 0.02
+    session, took = timed_turn(server)
+    assert took < LIMIT + MARGIN
+    assert session.story == "The dog ran. It barked at the sea."
+    assert session.notes == [f"the story stopped at its time limit of {LIMIT:g} s per turn"]
+
+
+@pytest.mark.parametrize("stall", ["before the headers", "before any text", "mid-stream"])
+def test_a_server_that_never_ends_is_cut_at_the_limit(server, stall):
+    server.hold_before_last = threading.Event()  # never set while the client waits
+    if stall == "before the headers":
+        server.delay = 20.0
+    elif stall == "before any text":
+        server.chunks, server.forever, server.chunk_delay = [], (lambda i: KEEP_ALIVE), 0.05
+    else:
+        server.chunks = ["The dog ran. ", "It barked at the sea. ", "never sent"]
+    started = time.monotonic()
+    if stall == "mid-stream":
+        session, took = timed_turn(server)
+        assert session.story == "The dog ran. It barked at the sea."
+    else:
+        with pytest.raises(StoryError, match=r"sent no story text within .* limit of 1 s"):
+            timed_turn(server)
+        took = time.monotonic() - started
+    assert took < LIMIT + MARGIN
+
+
+@pytest.mark.parametrize("sentences", [True, False], ids=["sentences", "one-endless-word"])
+def test_a_server_ignoring_max_tokens_is_cut_with_bounded_memory(server, sentences):
+    """A server that streams 16 KB chunks as fast as it can, for ever."""
+    from storyteller.story.limits import MAX_TURN_CHARS
+
+    def chunk(i: int) -> bytes:
+        return sse("".join(f"Part {i}-{j} of the tale goes on. " for j in range(500))[:16_000])
+
+    server.chunks, server.forever = [], chunk if sentences else (lambda i: sse("a" * 16_000))
+    tracemalloc.start()
+    try:
+        session, took = timed_turn(server)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 0.8 * MAX_TURN_CHARS < len(session.story) <= MAX_TURN_CHARS
+    assert f"the story turn was cut at {MAX_TURN_CHARS:,} characters" in session.notes
+    assert peak < 16 * 2**20 and took < LIMIT + MARGIN  # a few MB, not hundreds
+
+
+def test_a_redirect_is_not_followed_and_the_key_stays_home(server, monkeypatch):
+    monkeypatch.setenv("STORYTELLER_STORY_API_KEY", TOKEN)
+    with FakeLLMServer() as elsewhere:
+        server.status, server.location = 302, f"{elsewhere.url}/v1/chat/completions"
+        backend = get_backend("hosted", base_url=server.url)
+        with pytest.raises(StoryError, match=r"redirect \(HTTP 302\).* not followed") as info:
+            list(backend.stream(StoryPrompt("start", (CAPTION,)), QUICK))
+        assert elsewhere.requests == []  # the other host heard nothing, so no key
+    assert server.requests[0]["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert_no_token(info.value)
+
+
+def test_hugging_face_goes_through_the_same_bounded_client(server, monkeypatch):
+    """No base URL: the router gets the Hugging Face token, the model id and the same
+    deadline as any server."""
+    monkeypatch.setenv("HF_TOKEN", HF)
+    monkeypatch.setattr(hosted, "HF_ROUTER", server.url + "/v1")
+    backend = get_backend("hosted", model="meta-llama/Llama-3.1-8B-Instruct")
+    assert "".join(backend.stream(StoryPrompt("start", (CAPTION,)), QUICK)).startswith("The dog")
+    (request,) = server.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["authorization"] == f"Bearer {HF}"
+    assert request["json"]["model"] == "meta-llama/Llama-3.1-8B-Instruct"
+
+
+# -- text shown in a terminal ----------------------------------------------------------------
+
+
+def test_escape_sequences_never_reach_the_terminal(server, capsys):
+    server.chunks = ["\x1b]0;pwned\x07The dog ran. \x1b[2J", "It barked\x07 at\r the \x9b2Jsea. "]
+    caption = "a dog \x1b[31mred\x1b[0m\tand\x1b]8;;http://x\x1b\\ white"
+    assert main(["story", "--caption", caption, "--base-url", server.url]) == 0
+    out, err = capsys.readouterr()
+    assert not any(c in out + err for c in "\x1b\x07\r\x9b"), repr(out + err)
+    assert "pwned" not in out and "The dog ran. It barked at the sea." in out
+    assert out.startswith("caption: a dog red\tand white\n")

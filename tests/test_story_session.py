@@ -151,3 +151,22 @@ def test_a_copied_session_shares_its_backend(session, server):
 def test_write_story_one_shot(server):
     backend = HostedBackend(model="fake-model", base_url=server.url, token="t", timeout=5)
     assert write_story(CAPTION, backend) == "The dog ran. It barked at the sea. Then it slept."
+
+
+def test_any_backend_that_never_stops_is_cut_at_the_character_cap():
+    """The cap is the session's: a backend of any kind (here one of the caller's own) that
+    writes for ever ends at :data:`MAX_TURN_CHARS` characters, with a note."""
+    from storyteller.story.limits import MAX_TURN_CHARS
+
+    class Endless:
+        name = "endless"
+
+        def stream(self, prompt, options):
+            while True:
+                yield "on and on we go. "
+
+    session = StorySession(Endless(), StoryOptions())
+    shown = run(session.start(CAPTION))
+    assert MAX_TURN_CHARS - 20 < len(session.story) <= MAX_TURN_CHARS
+    assert shown[-1] == session.story
+    assert session.notes == [f"the story turn was cut at {MAX_TURN_CHARS:,} characters"]

@@ -3,7 +3,7 @@ Python API (:class:`~storyteller.story.StorySession`) all use these.
 
 A request must not be able to hold the language model for long, whatever a visitor sends: a
 100 KB caption once became a 25,000-token prompt that held the offline model for over ten
-minutes while every other visitor waited. So one turn of a story is bounded three ways:
+minutes while every other visitor waited. So one turn of a story is bounded four ways:
 
 * **text in**: a caption is cut to :data:`MAX_CAPTION_CHARS`, a steering line to
   :data:`MAX_INSTRUCTION_CHARS` (the session says so in :attr:`StorySession.notes`); a
@@ -18,7 +18,12 @@ minutes while every other visitor waited. So one turn of a story is bounded thre
   generating that long after it has read the prompt (reading it may take
   :data:`PREFILL_GRACE_SECONDS` more, the hard ``max_time``), a hosted stream is cut there. A
   request waiting for a busy local model waits at most one such turn plus
-  :data:`PREFILL_GRACE_SECONDS`.
+  :data:`PREFILL_GRACE_SECONDS`. A hosted turn's deadline covers connecting, the headers and
+  every read, keep-alives included (:mod:`.backends.openai_http`);
+* **text out**: a turn keeps (and a front end shows) at most :data:`MAX_TURN_CHARS`
+  characters, and a hosted backend reads at most :data:`MAX_RECEIVED_CHARS` from its server
+  for one turn, whatever ``max_tokens`` it was asked for (memory does not grow with what a
+  server sends).
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ DEFAULT_TURN_SECONDS = 60.0
 MAX_TURN_SECONDS = 3600.0
 TURN_SECONDS = Bound(0.0, MAX_TURN_SECONDS, low_open=True)  # a turn's time limit, or a timeout
 TIME_LIMIT_ENV = "STORYTELLER_STORY_TIME_LIMIT"
+#: 8 characters per token of the largest token budget (4,096): far above any real turn
+MAX_TURN_CHARS = 32_768
+#: the cleaner drops copies, labels and a last unfinished sentence: room for them
+MAX_RECEIVED_CHARS = 2 * MAX_TURN_CHARS
 #: reading a full :data:`LOCAL_PROMPT_TOKENS` prompt happens before the first time check
 PREFILL_GRACE_SECONDS = 30.0
 

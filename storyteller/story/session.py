@@ -20,7 +20,13 @@ from collections.abc import Iterator
 
 from .backends import StoryBackend, get_backend
 from .errors import StoryError
-from .limits import DEFAULT_TURN_SECONDS, MAX_CAPTION_CHARS, MAX_INSTRUCTION_CHARS, cap_text
+from .limits import (
+    DEFAULT_TURN_SECONDS,
+    MAX_CAPTION_CHARS,
+    MAX_INSTRUCTION_CHARS,
+    MAX_TURN_CHARS,
+    cap_text,
+)
 from .options import StoryOptions
 from .prompts import StoryPrompt, as_sentence, clean_caption
 
@@ -145,6 +151,23 @@ class StorySession:
             self.options = options
         return self._generate(prompt, given, self.options, keep_history)
 
+    def _draw(self, prompt: StoryPrompt, options: StoryOptions, prefix: str) -> Iterator[str]:
+        """One generation: yields ``prefix`` + its text so far after each chunk, returns the
+        text; a text that reaches :data:`MAX_TURN_CHARS` is cut there (at a word break) and
+        the generation stopped, with a note."""
+        text = ""
+        for delta in self.backend.stream(prompt, options):
+            text += delta
+            full = len(text) >= MAX_TURN_CHARS
+            if full:
+                text = cap_text(text, MAX_TURN_CHARS, "story turn")[0]
+                self.notes.append(f"the story turn was cut at {MAX_TURN_CHARS:,} characters")
+            if text.strip():
+                yield prefix + text.strip()
+            if full:
+                break
+        return text.strip()
+
     def _generate(
         self, prompt: StoryPrompt, given: str, options: StoryOptions, keep_history: bool
     ) -> Iterator[str]:
@@ -169,12 +192,7 @@ class StorySession:
             seed = None if options.seed is None else options.seed + attempt
             this_try = dataclasses.replace(options, seed=seed, time_limit=max(left, 0.01))
             tries += 1
-            text = ""
-            for delta in self.backend.stream(prompt, this_try):
-                text += delta
-                if text.strip():
-                    yield prefix + text.strip()
-            text = text.strip()
+            text = yield from self._draw(prompt, this_try, prefix)
             if not says_nothing_new(text, prompt, given):
                 break
             opening_only = text if text.strip() else opening_only

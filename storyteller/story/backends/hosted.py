@@ -1,11 +1,12 @@
 """Hosted story backend: a streamed chat completion from Hugging Face or any
 OpenAI-compatible server.
 
-With no ``base_url`` it calls Hugging Face Inference Providers through
-``huggingface_hub.InferenceClient`` (token from ``HF_TOKEN`` or a saved login); with a
-``base_url`` it talks to any OpenAI-compatible server (``/v1/chat/completions``):
-text-generation-inference, vLLM, a llama.cpp server, Ollama (``http://localhost:11434``),
-through :mod:`.openai_http`. Which key goes where is decided in :mod:`..keys`: ``HF_TOKEN``
+With no ``base_url`` it calls Hugging Face Inference Providers' router (the endpoint
+``huggingface_hub.InferenceClient`` uses for chat; token from ``HF_TOKEN`` or a saved
+login); with a ``base_url`` it talks to any OpenAI-compatible server (``/v1/chat/completions``):
+text-generation-inference, vLLM, a llama.cpp server, Ollama (``http://localhost:11434``).
+Both go through :mod:`.openai_http`, one small client whose deadline covers the whole request
+and which follows no redirect. Which key goes where is decided in :mod:`..keys`: ``HF_TOKEN``
 only to Hugging Face, ``STORYTELLER_STORY_API_KEY`` to a self-hosted server, never a key over
 plain http to another machine. A key is sent only in the ``Authorization`` header; it is
 never part of a message, a log line or :meth:`HostedBackend.describe`, and it is replaced by
@@ -13,8 +14,9 @@ never part of a message, a log line or :meth:`HostedBackend.describe`, and it is
 
 One turn is bounded (see :mod:`..limits`): the prompt is fitted to
 :data:`~..limits.HOSTED_PROMPT_TOKENS` (counted as UTF-8 bytes, an upper bound on tokens);
-``timeout`` is how long the server may take to answer and between chunks, and the stream is
-cut at the turn's time limit.
+``timeout`` is how long the server may take to answer and between chunks; the whole stream,
+keep-alives included, ends at the turn's time limit, and after
+:data:`~..limits.MAX_RECEIVED_CHARS` characters.
 """
 
 from __future__ import annotations
@@ -26,11 +28,18 @@ from collections.abc import Iterator
 from ..cleaning import StreamCleaner, last_sentence
 from ..errors import StoryError
 from ..keys import API_KEY_ENV, Scrubber, is_hugging_face, key_for, known_secrets, scrub
-from ..limits import HOSTED_PROMPT_TOKENS, bytes_as_tokens, fit_to_budget, turn_seconds
+from ..limits import (
+    HOSTED_PROMPT_TOKENS,
+    MAX_RECEIVED_CHARS,
+    TIME_LIMIT_ENV,
+    bytes_as_tokens,
+    fit_to_budget,
+    turn_seconds,
+)
 from ..options import StoryOptions
 from ..prompts import CHAT_STORY_CHARS, StoryPrompt
 from .base import StoryBackend
-from .openai_http import HTTPStatusError, stream_chat
+from .openai_http import HF_ROUTER, HTTPStatusError, stream_chat
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 DEFAULT_TIMEOUT = 60.0
@@ -69,6 +78,7 @@ class HostedBackend(StoryBackend):
         self.timeout = float(timeout or DEFAULT_TIMEOUT)
         self.time_limit = turn_seconds()
         self.hugging_face = is_hugging_face(self.base_url)
+        self.where = self.base_url or "Hugging Face Inference Providers"
         self._token = key_for(self.base_url, token)
         self._secrets = known_secrets(self._token)
         if self.base_url is None and not self._token:
@@ -77,46 +87,21 @@ class HostedBackend(StoryBackend):
                 "and set it in the HF_TOKEN environment variable (on a Space: a secret named "
                 "HF_TOKEN), or give --base-url for a self-hosted server"
             )
-        self._client = None
-        if self.base_url is None:
-            try:
-                from huggingface_hub import InferenceClient
-            except ImportError:
-                raise StoryError(
-                    "hosted: huggingface_hub is not installed: pip install 'storyteller[story]'"
-                ) from None
-            self._client = InferenceClient(
-                model=self.model, token=self._token, timeout=self.timeout
-            )
 
     def describe(self) -> str:
-        where = self.base_url or "Hugging Face Inference Providers"
-        return f"hosted: {self.model} via {where}"
+        return f"hosted: {self.model} via {self.where}"
 
-    def _chunks(self, messages: list[dict], options: StoryOptions) -> Iterator[str]:
-        """The raw text deltas of one chat completion."""
-        if self._client is None:
-            body = {
-                "model": self.model,
-                "messages": messages,
-                "max_tokens": options.token_budget,
-                "temperature": options.temperature,
-            }
-            if options.seed is not None:
-                body["seed"] = options.seed
-            yield from stream_chat(self.base_url, self._token, body, self.timeout)
-            return
-        chunks = self._client.chat_completion(
-            messages,
-            model=self.model,
-            stream=True,
-            max_tokens=options.token_budget,
-            temperature=options.temperature,
-            seed=options.seed,
-        )
-        for chunk in chunks:
-            if chunk.choices:
-                yield chunk.choices[0].delta.content or ""
+    def _body(self, messages: list[dict], options: StoryOptions) -> dict:
+        """The chat completion request for ``messages``."""
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": options.token_budget,
+            "temperature": options.temperature,
+        }
+        if options.seed is not None:
+            body["seed"] = options.seed
+        return body
 
     def stream(self, prompt: StoryPrompt, options: StoryOptions) -> Iterator[str]:
         messages = fit_to_budget(  # no tokenizer here: bytes bound the tokens from above
@@ -126,18 +111,21 @@ class HostedBackend(StoryBackend):
             CHAT_STORY_CHARS,
             "hosted: the prompt",
         )
-        deadline = time.monotonic() + options.turn_limit(self.time_limit)
+        limit = options.turn_limit(self.time_limit)
+        deadline = time.monotonic() + limit
+        body, url, received = self._body(messages, options), self.base_url or HF_ROUTER, 0
         cleaner = StreamCleaner(
             echo=last_sentence(prompt.story) if prompt.story else "", seen=prompt.story
         )
         scrubber = Scrubber(self._secrets)  # a server may write a key into its reply
         try:
-            for delta in self._chunks(messages, options):
+            for delta in stream_chat(url, self._token, body, self.timeout, deadline):
                 piece = cleaner.feed(scrubber.feed(delta))
                 if piece:
                     yield piece
-                if cleaner.done or time.monotonic() > deadline:
-                    break  # a stop marker, or the turn's time is up: keep what was written
+                received += len(delta)
+                if cleaner.done or received > MAX_RECEIVED_CHARS:
+                    break  # a stop marker, or a server ignoring max_tokens: keep what was written
         except StoryError as exc:
             raise StoryError(self._scrub(exc)) from None
         except Exception as exc:  # every client/transport failure becomes one clear line
@@ -147,6 +135,11 @@ class HostedBackend(StoryBackend):
         if rest:
             yield rest
         if not cleaner.emitted and not cleaner.raw.strip():
+            if time.monotonic() >= deadline:
+                raise StoryError(
+                    f"hosted: {self.where} sent no story text within the turn's time limit of "
+                    f"{round(limit, 1):g} s: try again, or raise {TIME_LIMIT_ENV}"
+                )
             raise StoryError(f"hosted: {self.model} returned no text; try again or another model")
 
     # -- errors ----------------------------------------------------------------------------
@@ -158,23 +151,13 @@ class HostedBackend(StoryBackend):
         return scrub(" ".join(str(text).split()), secrets)[:300]
 
     def _server_detail(self, exc: Exception) -> str:
-        if isinstance(exc, HTTPStatusError):
-            body = exc.body
-        else:
-            response = getattr(exc, "response", None)
-            try:
-                body = response.text if response is not None else ""
-            except Exception:  # a streamed body that was not read
-                body = ""
+        body = exc.body if isinstance(exc, HTTPStatusError) else ""
         return self._scrub(body) if body else ""
 
     def _error(self, exc: Exception) -> StoryError:
         """Map a client failure to a StoryError that says what to do."""
-        where = self.base_url or "Hugging Face Inference Providers"
-        response = getattr(exc, "response", None)
-        status = getattr(response, "status_code", None)
-        if isinstance(exc, HTTPStatusError):
-            status = exc.status
+        where = self.where
+        status = exc.status if isinstance(exc, HTTPStatusError) else None
         detail = self._server_detail(exc)
         suffix = f" (server said: {detail})" if detail else ""
         kind = type(exc).__name__.lower()
@@ -199,6 +182,11 @@ class HostedBackend(StoryBackend):
                 f"hosted: {where} is rate-limiting requests (HTTP 429): wait a minute and try "
                 f"again, or use another backend{suffix}"
             )
+        if status is not None and 300 <= status < 400:
+            return StoryError(
+                f"hosted: {where} answered with a redirect (HTTP {status}), which is not followed "
+                f"so that the key stays with its server: use the final URL as --base-url{suffix}"
+            )
         if status is not None and status >= 500:
             return StoryError(
                 f"hosted: {where} failed with HTTP {status} (a server-side problem, or the model "
@@ -206,9 +194,6 @@ class HostedBackend(StoryBackend):
             )
         if status is not None:
             return StoryError(f"hosted: {where} rejected the request (HTTP {status}){suffix}")
-        reason = getattr(exc, "reason", None)  # urllib wraps socket errors in URLError
-        if isinstance(reason, Exception):
-            exc, kind = reason, type(reason).__name__.lower()
         if isinstance(exc, TimeoutError) or "timeout" in kind or "timed out" in str(exc):
             return StoryError(
                 f"hosted: {where} did not answer within {self.timeout:g} s: try again, or raise "

@@ -1,23 +1,34 @@
 """A streamed chat completion from an OpenAI-compatible server, with the standard library.
 
-Used for a ``--base-url`` server instead of ``huggingface_hub.InferenceClient``, because that
-client adds the Hugging Face token (``HF_TOKEN`` or a saved login) to every request that has
-no key of its own, so a self-hosted server would receive it (see :mod:`..keys`). Here the
-``Authorization`` header is exactly the key given, or absent.
+Every hosted story goes through here: Hugging Face's router (:data:`HF_ROUTER`, the endpoint
+``huggingface_hub.InferenceClient`` calls for a chat model) and any ``--base-url`` server.
+The ``Authorization`` header is exactly the key given, or absent (see :mod:`..keys`).
 
-The work is bounded: ``timeout`` seconds for the server to answer and between lines, events
-of at most :data:`MAX_LINE_BYTES`, and error bodies read up to :data:`MAX_ERROR_BYTES`.
+The work is bounded whatever the server does:
+
+* **time**: one ``deadline`` covers connecting, the headers and every read (keep-alive
+  comments and empty deltas included): at the deadline a watchdog shuts the socket and the
+  stream ends as if complete; ``timeout`` bounds each wait for the server on its own;
+* **size**: events of at most :data:`MAX_LINE_BYTES`, error bodies read up to
+  :data:`MAX_ERROR_BYTES` (the caller bounds the text it keeps);
+* **credentials**: redirects are not followed (a 3xx is an error), so the key never goes to
+  another host.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
-import urllib.error
-import urllib.request
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 from ..errors import StoryError
 
+HF_ROUTER = "https://router.huggingface.co/v1"
 MAX_LINE_BYTES = 1 << 20  # one server-sent event line
 MAX_ERROR_BYTES = 4096
 
@@ -41,50 +52,94 @@ def chat_url(base_url: str) -> str:
     return base + "/v1/chat/completions"
 
 
-def stream_chat(base_url: str, key: str | None, body: dict, timeout: float) -> Iterator[str]:
-    """Yield the text deltas of a streamed chat completion (``body`` gets ``stream: true``).
+def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    kinds = {"http": http.client.HTTPConnection, "https": http.client.HTTPSConnection}
+    if parts.scheme.lower() not in kinds or not parts.hostname:
+        raise StoryError(f"hosted: {url} is not an http:// or https:// URL")
+    return kinds[parts.scheme.lower()](parts.hostname, parts.port, timeout=timeout)
+
+
+def stream_chat(
+    base_url: str, key: str | None, body: dict, timeout: float, deadline: float
+) -> Iterator[str]:
+    """Yield the text deltas of a streamed chat completion (``body`` gets ``stream: true``)
+    until the server ends it or ``time.monotonic()`` reaches ``deadline``.
 
     Raises:
-        HTTPStatusError: an HTTP error status.
+        HTTPStatusError: an HTTP status other than 200 (a redirect included).
         StoryError: the server sent an error event or an over-long line.
-        OSError: connection failures and timeouts (``urllib.error.URLError``, ``TimeoutError``).
+        OSError: connection failures and ``timeout`` (``TimeoutError``) before the deadline.
     """
+    url = chat_url(base_url)
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    data = json.dumps({**body, "stream": True}).encode()
-    request = urllib.request.Request(chat_url(base_url), data=data, headers=headers)
+    left = max(deadline - time.monotonic(), 0.0)
+    connection = _connection(url, min(timeout, left) or 0.001)
+    cut, opened, response = threading.Event(), [], None
+
+    def shut() -> None:  # wakes a blocked connect or read (socket.socket's shutdown: TLS too)
+        cut.set()
+        for sock in (connection.sock, *opened):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(left, shut)
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s) only
-    except urllib.error.HTTPError as exc:
-        text = exc.read(MAX_ERROR_BYTES).decode("utf-8", "replace")
-        raise HTTPStatusError(exc.code, text) from None
-    with response:
-        while True:
-            line = response.readline(MAX_LINE_BYTES)
-            if not line:
-                return
-            if len(line) >= MAX_LINE_BYTES and not line.endswith(b"\n"):
-                raise StoryError(f"hosted: {base_url} sent an event over {MAX_LINE_BYTES} bytes")
-            text = line.decode("utf-8", "replace").strip()
-            if not text.startswith("data:"):
-                continue  # blank lines, comments, "event:" fields
-            payload = text[len("data:") :].strip()
-            if payload == "[DONE]":
-                return
-            try:
-                event = json.loads(payload)
-            except ValueError:
-                raise StoryError(f"hosted: {base_url} sent an event that is not JSON") from None
-            if not isinstance(event, dict):
-                continue
-            if event.get("error"):
-                error = event["error"]
-                message = error.get("message", error) if isinstance(error, dict) else error
-                raise StoryError(f"hosted: {base_url} failed mid-story: {message}")
-            choices = event.get("choices") or []
-            if choices and isinstance(choices[0], dict):
-                delta = choices[0].get("delta") or {}
-                content = delta.get("content") if isinstance(delta, dict) else None
-                if isinstance(content, str) and content:
-                    yield content
+        connection.connect()
+        opened.append(connection.sock)  # the response reads it after the connection lets go
+        if cut.is_set():
+            return  # the time ran out while connecting
+        path = urlsplit(url)._replace(scheme="", netloc="").geturl()
+        connection.request("POST", path, json.dumps({**body, "stream": True}).encode(), headers)
+        response = connection.getresponse()
+        if 300 <= response.status < 400:  # not followed: the key must not go elsewhere
+            raise HTTPStatusError(response.status, f"redirect to {response.getheader('Location')}")
+        if response.status != 200:
+            text = response.read(MAX_ERROR_BYTES).decode("utf-8", "replace")
+            raise HTTPStatusError(response.status, text)
+        yield from _deltas(response, base_url)
+    except Exception:
+        if not cut.is_set():
+            raise  # at the deadline any failure is the cut: the turn ends with what it has
+    finally:
+        watchdog.cancel()
+        if response is not None:
+            response.close()
+        connection.close()
+
+
+def _deltas(response: http.client.HTTPResponse, base_url: str) -> Iterator[str]:
+    """The text deltas of a server-sent event stream."""
+    while True:
+        line = response.readline(MAX_LINE_BYTES)
+        if not line:
+            return
+        if len(line) >= MAX_LINE_BYTES and not line.endswith(b"\n"):
+            raise StoryError(f"hosted: {base_url} sent an event over {MAX_LINE_BYTES} bytes")
+        text = line.decode("utf-8", "replace").strip()
+        if not text.startswith("data:"):
+            continue  # blank lines, comments, "event:" fields
+        payload = text[len("data:") :].strip()
+        if payload == "[DONE]":
+            return
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            raise StoryError(f"hosted: {base_url} sent an event that is not JSON") from None
+        if not isinstance(event, dict):
+            continue
+        if event.get("error"):
+            error = event["error"]
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise StoryError(f"hosted: {base_url} failed mid-story: {message}")
+        choices = event.get("choices") or []
+        if choices and isinstance(choices[0], dict):
+            delta = choices[0].get("delta") or {}
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(content, str) and content:
+                yield content
