@@ -3,6 +3,7 @@ errors), and the CLI ``story`` command through it. No internet needed."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -440,6 +441,58 @@ def test_a_redirect_is_not_followed_and_the_key_stays_home(server, monkeypatch):
         assert elsewhere.requests == []  # the other host heard nothing, so no key
     assert server.requests[0]["headers"]["authorization"] == f"Bearer {TOKEN}"
     assert_no_token(info.value)
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+class TunnelProxy:
+    """A CONNECT-only proxy on 127.0.0.1 that records the targets it was asked for."""
+
+    def __init__(self):
+        self.targets: list[str] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += client.recv(4096)
+        target = request.split()[1].decode()
+        self.targets.append(target)
+        host, port = target.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+        _pipe(client, upstream)
+
+
+def test_a_proxy_relays_a_tunnel_and_no_proxy_is_honoured(server, monkeypatch):
+    proxy = TunnelProxy()
+    monkeypatch.setenv("STORYTELLER_STORY_API_KEY", TOKEN)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    backend = get_backend("hosted", base_url=server.url)
+    assert "".join(backend.stream(StoryPrompt("start", (CAPTION,)), QUICK)).startswith("The dog")
+    assert proxy.targets == [server.url.removeprefix("http://")]
+    assert server.requests[0]["headers"]["authorization"] == f"Bearer {TOKEN}"
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert "".join(backend.stream(StoryPrompt("start", (CAPTION,)), QUICK)).startswith("The dog")
+    assert len(proxy.targets) == 1 and len(server.requests) == 2
+    proxy.listener.close()
 
 
 def test_hugging_face_goes_through_the_same_bounded_client(server, monkeypatch):

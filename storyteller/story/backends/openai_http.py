@@ -12,7 +12,7 @@ The work is bounded whatever the server does:
 * **size**: events of at most :data:`MAX_LINE_BYTES`, error bodies read up to
   :data:`MAX_ERROR_BYTES` (the caller bounds the text it keeps);
 * **credentials**: redirects are not followed (a 3xx is an error), so the key never goes to
-  another host.
+  another host; a proxy (``HTTPS_PROXY``/``HTTP_PROXY``, ``NO_PROXY``) only relays a tunnel.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import json
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -53,11 +54,20 @@ def chat_url(base_url: str) -> str:
 
 
 def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
+    """A connection to ``url``'s server, through a tunnel (``CONNECT``) when ``HTTPS_PROXY``
+    or ``HTTP_PROXY`` names a proxy for it: the proxy sees the host name, never the key."""
     parts = urlsplit(url)
+    scheme = parts.scheme.lower()
     kinds = {"http": http.client.HTTPConnection, "https": http.client.HTTPSConnection}
-    if parts.scheme.lower() not in kinds or not parts.hostname:
+    if scheme not in kinds or not parts.hostname:
         raise StoryError(f"hosted: {url} is not an http:// or https:// URL")
-    return kinds[parts.scheme.lower()](parts.hostname, parts.port, timeout=timeout)
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.hostname):
+        return kinds[scheme](parts.hostname, parts.port, timeout=timeout)
+    via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    connection = kinds[scheme](via.hostname, via.port or 8080, timeout=timeout)
+    connection.set_tunnel(parts.hostname, parts.port)
+    return connection
 
 
 def stream_chat(
