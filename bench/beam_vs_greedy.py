@@ -15,7 +15,7 @@ import torch
 
 from storyteller.data.vocab import Vocabulary
 from storyteller.decoding import beam_search, greedy_decode
-from storyteller.features.cache import load_feature_cache
+from storyteller.features.cache_format import load_feature_cache
 from storyteller.models.checkpoint import load_model
 from storyteller.pipeline import RunPaths, load_splits
 

@@ -31,7 +31,7 @@ import torch
 
 from storyteller.config import TrainConfig
 from storyteller.data.captions import find_image_dir
-from storyteller.features.cache import load_feature_cache
+from storyteller.features.cache_format import load_feature_cache
 from storyteller.inference import Captioner
 from storyteller.pipeline import (
     RunPaths,

@@ -27,12 +27,9 @@ import torch
 from PIL import Image
 
 from storyteller.data.captions import load_dataset
-from storyteller.features.cache import (
-    DECODE_CHOICES,
-    FeatureExtractor,
-    extract_features,
-    resolve_decode_on,
-)
+from storyteller.features.batch_decoding import resolve_decode_on
+from storyteller.features.cache import FeatureExtractor, extract_features
+from storyteller.features.encoder_specs import DECODE_CHOICES
 from storyteller.features.encoders import build_encoder, get_encoder_spec
 from storyteller.features.extraction_sizes import CPU_BATCH_SIZE, GPU_BATCH_SIZE
 from storyteller.pipeline import resolve_data

@@ -11,7 +11,7 @@ import torch
 
 from storyteller.data.captions import CaptionDataset
 from storyteller.data.vocab import Vocabulary
-from storyteller.features.cache import FeatureCache
+from storyteller.features.cache_format import FeatureCache
 
 FEATURE_DIM = 2048  # ResNet50's pooled features
 VOCAB_WORDS = 5_152  # + 4 special tokens: Flickr30k's 5,156 at threshold 5

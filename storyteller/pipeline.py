@@ -27,13 +27,8 @@ from .data.embeddings import read_word_vectors
 from .data.vocab import Vocabulary
 from .data.vocab_build import build_split_vocabulary, captions_of_file, save_split_vocabulary
 from .errors import StorytellerError
-from .features.cache import (
-    FeatureCache,
-    FeatureExtractor,
-    extract_features,
-    load_feature_cache,
-    read_cache_index,
-)
+from .features.cache import FeatureExtractor, extract_features
+from .features.cache_format import FeatureCache, load_feature_cache, read_cache_index
 from .features.encoders import get_encoder_spec, resolve_encoder
 from .features.finetune import build_fine_tuned_encoder, checkpoint_encoder, encode_images
 from .models import decoder_class

@@ -31,7 +31,7 @@ from storyteller.config import ModelConfig
 from storyteller.data.sample import generate_sample_dataset
 from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
-from storyteller.features.cache import load_feature_cache
+from storyteller.features.cache_format import load_feature_cache
 from storyteller.models.checkpoint import load_model, read_checkpoint
 from storyteller.runtime import write_json
 

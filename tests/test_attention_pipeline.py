@@ -234,7 +234,7 @@ def test_grid_positions_asked_below_the_cache_grid_is_a_one_line_error(
     from storyteller.config import ModelConfig
     from storyteller.data.captions import load_dataset
     from storyteller.data.vocab import Vocabulary
-    from storyteller.features.cache import load_feature_cache
+    from storyteller.features.cache_format import load_feature_cache
     from storyteller.training.train import train_model
 
     cache = load_feature_cache(squeezenet_run / "features")

@@ -179,7 +179,8 @@ def test_encoders_command_rejects_a_bad_batch_size(capsys):
 # last block (about 5e11): both images are skipped and reported, the metadata still written.
 def test_inception_grid_and_299_px_preprocessing_land_in_the_cache_metadata(tiny_data, tmp_path):
     from storyteller.data.captions import load_dataset
-    from storyteller.features.cache import extract_features, load_feature_cache
+    from storyteller.features.cache import extract_features
+    from storyteller.features.cache_format import load_feature_cache
 
     dataset = load_dataset(tiny_data)
     names = dataset.images[:2]

@@ -16,11 +16,8 @@ from PIL import Image
 from storyteller.data.captions import load_dataset
 from storyteller.errors import StorytellerError
 from storyteller.features import cache as cache_module
-from storyteller.features.cache import (
-    FeatureExtractor,
-    extract_features,
-    load_feature_cache,
-)
+from storyteller.features.cache import FeatureExtractor, extract_features
+from storyteller.features.cache_format import load_feature_cache
 from storyteller.features.encoders import ENCODERS, build_encoder, resolve_encoder
 from storyteller.features.extraction_sizes import (
     CPU_BATCH_SIZE,
@@ -539,7 +536,7 @@ def test_tensor_preprocessing_matches_pil_within_one_grey_level(tiny_data, devic
 def test_exif_orientation_on_tensors_matches_pil(orientation, device):
     from PIL import ImageOps
 
-    from storyteller.features.cache import apply_exif_orientation
+    from storyteller.features.batch_decoding import apply_exif_orientation
 
     array = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     image = Image.fromarray(array)
@@ -622,7 +619,7 @@ def test_device_decoding_one_image_at_a_time_on_older_torchvision(
     tiny_data, tmp_path, device, monkeypatch
 ):
     """torchvision < 0.19 decodes no lists: the same features, image by image."""
-    import storyteller.features.cache as features
+    import storyteller.features.batch_decoding as features
 
     dataset = load_dataset(tiny_data)
     names = sorted(dataset.images)[:8]
@@ -697,7 +694,7 @@ def test_device_decoding_resumes_and_records_both_decoders(tiny_data, tmp_path, 
 
 
 def test_decode_on_choices():
-    from storyteller.features.cache import resolve_decode_on
+    from storyteller.features.batch_decoding import resolve_decode_on
 
     assert resolve_decode_on("auto", torch.device("cpu")) == "cpu"
     assert resolve_decode_on("auto", torch.device("cuda")) == "device"

@@ -20,7 +20,8 @@ from storyteller.data.captions import load_dataset
 from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
 from storyteller.evaluation.evaluate import teacher_forced_loss
-from storyteller.features.cache import FeatureExtractor, extract_features, load_feature_cache
+from storyteller.features.cache import FeatureExtractor, extract_features
+from storyteller.features.cache_format import load_feature_cache
 from storyteller.features.encoders import ENCODERS, build_encoder, encoder_blocks
 from storyteller.features.finetune import (
     ENCODER_WEIGHTS,

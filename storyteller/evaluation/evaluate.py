@@ -25,7 +25,7 @@ from ..data.captions import CaptionDataset
 from ..data.vocab import PAD_ID, Vocabulary
 from ..decoding import Strategy, generate_captions
 from ..errors import StorytellerError
-from ..features.cache import FeatureCache
+from ..features.cache_format import FeatureCache
 from ..features.encoders import get_encoder_spec
 from ..features.images import open_image
 from ..figures.attention_maps import attends, caption_with_attention, write_attention_maps

@@ -35,7 +35,7 @@ from ..data.captions import CaptionDataset
 from ..data.vocab import PAD_ID, Vocabulary
 from ..errors import StorytellerError
 from ..models import CaptionDecoder, decoder_class
-from .cache import FeatureCache
+from .cache_format import FeatureCache
 from .encoders import Preprocessing, build_encoder, encoder_blocks
 from .images import open_image
 
@@ -220,7 +220,7 @@ def checkpoint_encoder(config, checkpoint: dict, path: object) -> nn.Module | No
 @torch.inference_mode()
 def encode_images(extractor, image_dir, names: list[str], batch_size: int = 32) -> FeatureCache:
     """``names`` in ``image_dir`` through ``extractor`` (a fine-tuned encoder's), as an
-    in-memory :class:`~storyteller.features.cache.FeatureCache`, so evaluation reads the features
+    in-memory :class:`~storyteller.features.cache_format.FeatureCache`, so evaluation reads the features
     the decoder learned with rather than the frozen cache's."""
     blocks = [
         extractor([open_image(image_dir / name) for name in names[start : start + batch_size]])

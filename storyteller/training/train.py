@@ -39,7 +39,7 @@ from ..data.captions import CaptionDataset
 from ..data.embeddings import WordVectors
 from ..data.vocab import PAD_ID, Vocabulary
 from ..errors import StorytellerError
-from ..features.cache import FeatureCache
+from ..features.cache_format import FeatureCache
 from ..features.encoders import get_encoder_spec
 from ..features.finetune import (
     ENCODER_WEIGHTS,
