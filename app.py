@@ -65,12 +65,12 @@ from pydantic import ValidationError
 
 from storyteller.config import MAX_BEAM, SMOKE_LABEL, Strategy
 from storyteller.errors import StorytellerError
+from storyteller.features.images import UnreadableImage
 from storyteller.figures.plots import attention_figure, figure_pixels
 from storyteller.inference import Captioner
 from storyteller.serving.examples import Examples, example_pictures, photos_allowed
 from storyteller.serving.server import (
     MAKE_MODEL_COMMAND,
-    UnreadableImage,
     caption_upload,
     configured_threads,
     env_count,

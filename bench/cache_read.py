@@ -41,7 +41,7 @@ from storyteller.features.cache import (
     load_feature_cache,
 )
 from storyteller.features.encoders import ENCODERS, get_encoder_spec
-from storyteller.pipeline import RunPaths
+from storyteller.run_folder import RunPaths
 
 
 def write_synthetic_grid_cache(folder: Path, num_images: int, encoder: str) -> Path:

@@ -34,7 +34,6 @@ from storyteller.data.captions import find_image_dir
 from storyteller.features.cache import load_feature_cache
 from storyteller.inference import Captioner
 from storyteller.pipeline import (
-    RunPaths,
     evaluate_step,
     features_step,
     load_splits,
@@ -42,6 +41,7 @@ from storyteller.pipeline import (
     train_step,
     vocab_step,
 )
+from storyteller.run_folder import RunPaths
 from storyteller.runtime import write_json
 
 #: name -> the model overrides ``train``/``run-all`` would get from the CLI flags.
