@@ -197,7 +197,7 @@ def refusing_malformed(blocks: gr.Blocks) -> gr.Blocks:
 # so Gradio never decodes it on the server: each change of it is copied, in the browser
 # (an event with ``js`` and no ``fn``), into the hidden ``gr.File``; both hold Gradio's
 # ``FileData`` of the file the browser already uploaded. The browser shows the photo as it
-# was picked, as before; the server only ever sees the hidden file.
+# was picked; the server only ever sees the hidden file.
 COPY_TO_UPLOAD = "(picture) => [picture]"
 
 

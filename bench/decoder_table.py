@@ -1,5 +1,5 @@
 """Every captioner on the same data, several seeds each: quality, training time and caption
-latency, as one table with the mean and spread over seeds (issue 9's comparison).
+latency, as one table with the mean and spread over seeds.
 
     python bench/decoder_table.py --data ../shared/data/flickr8k-1k --out outputs/decoders \
         [--seeds 0 1 2] [--epochs 30] [--variants lstm attention-bahdanau ...]
