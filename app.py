@@ -65,12 +65,12 @@ from pydantic import ValidationError
 
 from storyteller.config import MAX_BEAM, SMOKE_LABEL, Strategy
 from storyteller.errors import StorytellerError
+from storyteller.features.images import UnreadableImage
 from storyteller.figures.plots import attention_figure, figure_pixels
 from storyteller.inference import Captioner
 from storyteller.serving.examples import Examples, example_pictures, photos_allowed
 from storyteller.serving.server import (
     MAKE_MODEL_COMMAND,
-    UnreadableImage,
     caption_upload,
     configured_threads,
     env_count,
@@ -197,7 +197,7 @@ def refusing_malformed(blocks: gr.Blocks) -> gr.Blocks:
 # so Gradio never decodes it on the server: each change of it is copied, in the browser
 # (an event with ``js`` and no ``fn``), into the hidden ``gr.File``; both hold Gradio's
 # ``FileData`` of the file the browser already uploaded. The browser shows the photo as it
-# was picked, as before; the server only ever sees the hidden file.
+# was picked; the server only ever sees the hidden file.
 COPY_TO_UPLOAD = "(picture) => [picture]"
 
 

@@ -17,7 +17,8 @@ from storyteller.data.vocab import Vocabulary
 from storyteller.decoding import beam_search, greedy_decode
 from storyteller.features.cache_format import load_feature_cache
 from storyteller.models.checkpoint import load_model
-from storyteller.pipeline import RunPaths, load_splits
+from storyteller.pipeline import load_splits
+from storyteller.run_folder import RunPaths
 
 
 def best_of(repeats: int, fn) -> float:

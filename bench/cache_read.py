@@ -35,8 +35,7 @@ import torch
 
 from storyteller.features.cache_format import CACHE_VERSION, FeatureCache, load_feature_cache
 from storyteller.features.encoders import ENCODERS, get_encoder_spec
-from storyteller.pipeline import RunPaths
-from storyteller.run_folder import FEATURES_FILE, INDEX_FILE
+from storyteller.run_folder import FEATURES_FILE, INDEX_FILE, RunPaths
 
 
 def write_synthetic_grid_cache(folder: Path, num_images: int, encoder: str) -> Path:

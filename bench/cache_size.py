@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storyteller.pipeline import RunPaths
+from storyteller.run_folder import RunPaths
 
 
 def main() -> None:

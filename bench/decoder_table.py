@@ -1,5 +1,5 @@
 """Every captioner on the same data, several seeds each: quality, training time and caption
-latency, as one table with the mean and spread over seeds (issue 9's comparison).
+latency, as one table with the mean and spread over seeds.
 
     python bench/decoder_table.py --data ../shared/data/flickr8k-1k --out outputs/decoders \
         [--seeds 0 1 2] [--epochs 30] [--variants lstm attention-bahdanau ...]
@@ -34,7 +34,6 @@ from storyteller.data.captions import find_image_dir
 from storyteller.features.cache_format import load_feature_cache
 from storyteller.inference import Captioner
 from storyteller.pipeline import (
-    RunPaths,
     evaluate_step,
     features_step,
     load_splits,
@@ -42,6 +41,7 @@ from storyteller.pipeline import (
     train_step,
     vocab_step,
 )
+from storyteller.run_folder import RunPaths
 from storyteller.runtime import write_json
 
 #: name -> the model overrides ``train``/``run-all`` would get from the CLI flags.

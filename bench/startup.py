@@ -1,6 +1,6 @@
 """How long the command line takes to answer before any work: ``--help``, a command that fails
 on a missing dataset folder, and one that fails for want of a story backend, side by side with
-``python -c "import torch"`` (what every command paid before issue 12, item 12).
+``python -c "import torch"`` (what every command would pay if it imported torch up front).
 
     python bench/startup.py [--repeat 7]
 

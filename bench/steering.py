@@ -1,11 +1,11 @@
 """Does a steering line change the next part? The offline model (Gemma 3 270M, a base model),
-the prompt before and after issue 12, item 5, side by side in one run.
+a plain ``Then:`` cue beside the backend's prompt, side by side in one run.
 
     python bench/steering.py [--draws 3] [--tokens 60] [--stories 1] [--threads N]
 
 Each of :data:`STEERS` steers each story of :data:`STORIES` (a caption and a fixed first
-paragraph, so only the steered turn is generated), with the old prompt (the line as a
-``Then:`` cue, no hero) and with the new one (the line opens the next part, the hero is
+paragraph, so only the steered turn is generated), with the plain "old" prompt (the line as a
+``Then:`` cue, no hero) and with the backend's "new" one (the line opens the next part, the hero is
 named). The model's raw text goes through the backend's own cleaner. Per draw it reports, for
 each prompt:
 
@@ -68,7 +68,7 @@ STORIES = (
     ),
 )
 
-#: The few-shot text of the prompt before the change: no Hero lines, no forced opening after
+#: The few-shot text of the plain-cue prompt: no Hero lines, no forced opening after
 #: the ``Then:`` cue, the man unnamed.
 BEFORE_FEW_SHOT = re.sub(r" Hero: [^\n]*\)\.", "", FEW_SHOT)
 for new_text, old_text in (
@@ -82,7 +82,7 @@ for new_text, old_text in (
 
 @dataclass(frozen=True)
 class BeforePrompt(StoryPrompt):
-    """A steered turn as the offline model was asked before: a ``Then:`` cue, nothing forced."""
+    """A steered turn asked with a plain ``Then:`` cue, nothing forced."""
 
     def completion(self, options: StoryOptions, max_story_chars: int = 1500) -> Completion:
         story = flatten(trim_story(self.story, max_story_chars))

@@ -364,8 +364,10 @@ def _add_story_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m storyteller",
-        description="Neural Storyteller: cache CNN features, build a vocabulary, train an LSTM captioner, "
-        "decode (greedy / beam search) and evaluate. Run `run-all` for the whole chain.",
+        description="Neural Storyteller: cache CNN features, build a vocabulary, train a "
+        "captioner (lstm, attention or transformer; attention by default), caption photos "
+        "(greedy / beam search), evaluate, and write a story from a caption. Run `run-all` "
+        "for the whole chain.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 

@@ -14,16 +14,15 @@ from .config_cli import FINITE, Bound, bounded, field_bounds, option, type_words
 from .decoder_options import BUILTIN_DECODERS, DEFAULT_DECODER
 from .errors import StorytellerError
 
-#: What every output of a smoke run says (figures, captions, stories; issue 12, item 11: a
-#: smoke run's 49-word "a a pair sky sky ..." captions, and the story opening with one, were
-#: shown unmarked, as if a real model had written them).
 #: A word enters the vocabulary when the training captions use it this often (the seed's 5).
 MIN_WORD_COUNT = 5
 
+#: What every output of a smoke run says (figures, captions, stories), so that its
+#: meaningless captions ("a a pair sky sky ...") are never taken for a real model's.
 SMOKE_LABEL = "SMOKE RUN (tiny data and model: meaningless results)"
 
 #: Bounds on what a stored config may ask for, checked before anything is built from it (a
-#: crafted checkpoint once asked for ``hidden_size=12000`` and made the loader allocate 4 GB).
+#: crafted checkpoint asking for ``hidden_size=12000`` would make the loader allocate 4 GB).
 #: Far above any captioner trained here (hidden 512, vocabulary ~8,000), far below harm.
 MAX_WIDTH = 65_536  # feature, embedding and hidden sizes
 MAX_VOCAB = 1_000_000  # words
@@ -36,7 +35,7 @@ COUNT = Bound(1, MAX_COUNT)  # epochs, batch, images, a word's occurrences
 #: Seeds: NumPy's are 32-bit (:func:`storyteller.runtime.seed_everything` seeds it too).
 SEED = Bound(0, 2**32 - 1)
 #: The widest beam (the app's slider too): memory and time grow with it (a beam of 100,000
-#: had the attention captioner killed for memory; 2,000 ran for minutes).
+#: gets the attention captioner killed for memory; 2,000 runs for minutes).
 MAX_BEAM = 10
 
 #: How the image reaches the LSTM (``ModelConfig.inject``): it sets the initial state only
@@ -155,9 +154,9 @@ class ModelConfig:
         choices=INJECT_MODES,
     )
     encoder: str = "resnet50"  # which CNN made the features (the app needs the same one)
-    # Which captioner reads the features (a name in storyteller.models.DECODERS). Checkpoints
-    # written before there was a choice have no such key and load as "lstm"; the command line
-    # trains DEFAULT_DECODER when none is named.
+    # Which captioner reads the features (a name in storyteller.models.DECODERS). A checkpoint
+    # without this key loads as "lstm"; the command line trains DEFAULT_DECODER when none is
+    # named.
     decoder: str = option(
         "lstm",
         "lstm: the seed captioner on one pooled vector; attention: an LSTM with soft "

@@ -24,10 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-# Strategy lives in the torch-free config, so the CLI's parser checks --beam with it.
 from .config import GREEDY, Strategy
-
-# The special ids are defined in data/vocab.py; code that imports them from here still may.
 from .data.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocabulary
 from .errors import StorytellerError
 from .models import CaptionDecoder, DecoderState

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .config import SMOKE_LABEL
+from .config import SMOKE_LABEL, Strategy
 from .data.vocab import Vocabulary
-from .decoding import Strategy, decode
+from .decoding import decode
 from .errors import StorytellerError
 from .features.cache import FeatureExtractor
 from .features.finetune import checkpoint_encoder

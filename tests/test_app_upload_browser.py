@@ -1,4 +1,4 @@
-"""The page's photo picker in a real browser (issue 13: uploads without patching Gradio).
+"""The page's photo picker in a real browser: uploads without patching Gradio.
 
 Every way a photo reaches the page (a file, an example, a webcam shot) must end in the app's
 own checks, undecoded by Gradio, and give the same caption as the API; a file that is not a

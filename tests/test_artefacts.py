@@ -1,4 +1,4 @@
-"""Every artefact the package reads back, malformed in every way we could think of (issue 10).
+"""Every artefact the package reads back, malformed in every way we could think of.
 
 For each kind (``best_model.pth``, ``last.pth``, ``vocab.pkl``, ``features.json``,
 ``features.npy``, ``splits.json``) a catalogue of broken variants is loaded through the public

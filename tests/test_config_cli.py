@@ -1,4 +1,4 @@
-"""Flags read from the config dataclasses (issue 13): a new option() field is a `train` flag,
+"""Flags read from the config dataclasses: a new option() field is a `train` flag,
 with its default and help, and the parsed flags build an equal config back."""
 
 from __future__ import annotations

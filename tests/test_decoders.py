@@ -12,17 +12,9 @@ from dataclasses import dataclass, field, fields
 import pytest
 import torch
 
-from storyteller.config import ModelConfig, TrainConfig
-from storyteller.data.vocab import Vocabulary
-from storyteller.decoding import (
-    END_ID,
-    PAD_ID,
-    START_ID,
-    Strategy,
-    beam_search,
-    decode_with_attention,
-    greedy_decode,
-)
+from storyteller.config import ModelConfig, Strategy, TrainConfig
+from storyteller.data.vocab import END_ID, PAD_ID, START_ID, Vocabulary
+from storyteller.decoding import beam_search, decode_with_attention, greedy_decode
 from storyteller.errors import StorytellerError
 from storyteller.models import (
     DECODERS,
@@ -781,13 +773,6 @@ def test_checkpoint_with_an_unknown_decoder_names_the_file_and_the_choices(tmp_p
         StorytellerError, match=r"future\.pth: cannot be rebuilt.*'diffusion'.*lstm"
     ):
         load_model(path, vocab)
-
-
-def test_old_import_path_still_works():
-    from storyteller.model import CaptionModel, DecoderState
-    from storyteller.models import LSTMState
-
-    assert CaptionModel is LSTMDecoder and DecoderState is LSTMState
 
 
 def test_transformer_grid_table_is_fitted_to_the_cache_grid():

@@ -15,7 +15,7 @@ from storyteller.features import encoders
 from storyteller.features.encoder_table import encoder_rows
 from storyteller.features.encoders import ENCODERS, build_encoder, with_layout
 
-SEED_ENCODERS = (  # issue 11: every encoder the seeds used, plus the offline one
+SEED_ENCODERS = (  # every encoder the seeds used, plus the offline one
     "resnet50 resnet101 resnet18 wide_resnet50_2 resnest50d densenet121 squeezenet1_1 "
     "mobilenet_v3_large mobilenet_v3_small shufflenet_v2_x1_0 inception_v3 efficientnet_b0 "
     "efficientnet_lite0"

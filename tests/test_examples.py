@@ -1,4 +1,4 @@
-"""Issue 12, item 4: the app's examples fit the model it serves, and a Space ships them only
+"""The app's examples fit the model it serves, and a Space ships them only
 when allowed: drawn scenes for a sample-trained model, a few of its run's test photos for a
 Flickr-like run whose data is here, none otherwise."""
 

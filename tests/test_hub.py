@@ -1,4 +1,4 @@
-"""Trained captioners as Hugging Face Hub models (issue 14): the saved layout and its format
+"""Trained captioners as Hugging Face Hub models: the saved layout and its format
 version, save/load round trips, push against a fake HfApi, tampered folders, loading by Hub id
 through the cache offline, and a Space that loads its model from the Hub. No network: Hub ids
 resolve through a hand-built ``huggingface_hub`` cache with ``HF_HUB_OFFLINE=1``."""

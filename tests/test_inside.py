@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from storyteller.config import ModelConfig
-from storyteller.data.vocab import Vocabulary
-from storyteller.decoding import END_ID, PAD_ID, START_ID, UNK_ID, beam_search
+from storyteller.data.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocabulary
+from storyteller.decoding import beam_search
 from storyteller.inference import Captioner
 from storyteller.models import DECODERS, build_model, decoder_class
 from storyteller.notebook import inside

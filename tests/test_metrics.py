@@ -140,7 +140,7 @@ def test_returns_exactly_the_documented_keys(capsys):
 
 def test_per_image_cider_averages_to_the_corpus_score_and_ranks_the_better_caption_first():
     """Per-image CIDEr-D (what the notebooks' best and worst examples rank by) lives with the
-    other metrics (issue 13, item 3): its mean is the corpus score, and an image whose
+    other metrics: its mean is the corpus score, and an image whose
     caption is one of its references outscores the same image with an off-topic one."""
     per_image = per_image_cider(REFERENCES, BETTER)
     assert len(per_image) == len(REFERENCES)

@@ -4,11 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from storyteller.config import ModelConfig
-from storyteller.data.vocab import Vocabulary
+from storyteller.config import ModelConfig, Strategy
+from storyteller.data.vocab import END_ID, Vocabulary
 from storyteller.decoding import (
-    END_ID,
-    Strategy,
     beam_search,
     decode,
     generate_captions,
@@ -16,20 +14,20 @@ from storyteller.decoding import (
 )
 from storyteller.errors import StorytellerError
 from storyteller.inference import Captioner
-from storyteller.model import CaptionModel
+from storyteller.models import LSTMDecoder
 
 
 @pytest.fixture
 def model(device):
     """A small seeded model on the test lane's device (``pytest --device``)."""
     torch.manual_seed(0)
-    net = CaptionModel(ModelConfig(vocab_size=30, feature_dim=12, embed_size=16, hidden_size=24))
+    net = LSTMDecoder(ModelConfig(vocab_size=30, feature_dim=12, embed_size=16, hidden_size=24))
     return net.to(device).eval()
 
 
 def test_seed_architecture_defaults():
     config = ModelConfig(vocab_size=100)
-    net = CaptionModel(config)
+    net = LSTMDecoder(config)
     assert (
         config.feature_dim,
         config.embed_size,
@@ -45,7 +43,7 @@ def test_forward_shapes_and_multilayer(model, device):
         torch.randn(3, 12, device=device), torch.randint(0, 30, (3, 7), device=device)
     )
     assert logits.shape == (3, 7, 30)
-    deep = CaptionModel(
+    deep = LSTMDecoder(
         ModelConfig(vocab_size=30, feature_dim=12, embed_size=8, hidden_size=16, num_layers=2)
     ).to(device)
     state = deep.init_state(torch.randn(4, 12, device=device))
@@ -202,10 +200,10 @@ def test_variants_decode_consistently(inject, device):
         feature_norm=True,
         inject=inject,
     )
-    net = CaptionModel(config).to(device).eval()
+    net = LSTMDecoder(config).to(device).eval()
     features = torch.randn(3, 12, device=device)
     assert net(features, torch.randint(0, 30, (3, 5), device=device))[0].shape == (3, 5, 30)
     greedy = greedy_decode(net, features, max_length=8)
     assert [h[0].ids for h in beam_search(net, features, 1, 8, length_penalty=0.0)] == greedy
     with pytest.raises(ValueError, match="inject"):
-        CaptionModel(ModelConfig(vocab_size=5, inject="everywhere"))
+        LSTMDecoder(ModelConfig(vocab_size=5, inject="everywhere"))

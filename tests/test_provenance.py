@@ -1,5 +1,4 @@
-"""metrics.json says what made it (issue 12, item 9) and a smoke run's outputs say they are
-one (item 11): checked on the tiny run of conftest, evaluated as the pipeline does."""
+"""metrics.json says what made it and a smoke run's outputs say they are one: checked on the tiny run of conftest, evaluated as the pipeline does."""
 
 from __future__ import annotations
 
@@ -120,8 +119,8 @@ class _FakeSession:
 
 
 def test_a_smoke_models_caption_and_story_say_so(tiny_data, run_copy, tmp_path):
-    """Issue 12, item 11: the smoke run's caption, and the story that opens with it, were
-    shown unmarked; the figures already were."""
+    """The smoke run's caption, and the story that opens with it, are marked as the figures
+    are, so a meaningless caption is never taken for a real model's."""
     real = Captioner.load(run_copy)
     assert real.smoke is False
     assert SMOKE_LABEL not in report.caption_line(real, "a dog runs")

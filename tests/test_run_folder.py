@@ -1,6 +1,5 @@
 """Run folders in shared use: one writer at a time, no stale temporary files, the umask's
-permissions, and a folder that cannot be written refused before any work (issue 10, items 5
-and 8)."""
+permissions, and a folder that cannot be written refused before any work."""
 
 from __future__ import annotations
 
@@ -22,7 +21,8 @@ from storyteller import pipeline, runlock, runtime
 from storyteller.config import TrainConfig
 from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
-from storyteller.runlock import LOCK_FILE, run_folder
+from storyteller.run_folder import LOCK_FILE
+from storyteller.runlock import run_folder
 from storyteller.runtime import atomic_path, torch_save_atomic, write_json
 from storyteller.training.distributed import DistContext
 
@@ -285,7 +285,7 @@ def test_a_read_only_run_folder_is_refused_before_any_epoch(tiny_data, run_copy)
 
 
 def test_every_file_a_run_writes_is_named_in_one_module(tiny_data, run_copy):
-    """The run folder's files and folders are named in one module (issue 13, item 1):
+    """The run folder's files and folders are named in one module:
     everything features, vocabulary, training and evaluation leave there is one of its names,
     and ``RunPaths`` points inside the folder at those names."""
     from storyteller import run_folder

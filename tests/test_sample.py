@@ -307,7 +307,7 @@ def test_missing_manifest_regenerates(tmp_path: Path):
 
 
 def test_interrupted_atomic_writes_are_ours_and_cleaned(tmp_path: Path):
-    """The sample is written with ``runtime.atomic_path`` (issue 13, item 2): the temporary
+    """The sample is written with ``runtime.atomic_path``: the temporary
     files a kill leaves (``.<file>.<random>.tmp``) still mark the folder as a sample's, and
     the next call removes them; a temporary file of anything else is not ours."""
     out = generate_sample_dataset(tmp_path / "s", N, seed=1, image_size=64)

@@ -1,5 +1,5 @@
 """The command line answers help, argument mistakes and early failures without the heavy
-imports (issue 12, item 12): torch alone costs seconds, so a command that only parses its
+imports: torch alone costs seconds, so a command that only parses its
 arguments, or fails on a missing folder or story backend, must not import it.
 
 Each case runs ``storyteller.cli.main`` in a fresh interpreter and reads back which heavy

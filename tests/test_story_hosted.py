@@ -226,7 +226,7 @@ def test_cli_story_from_images(server, tiny_run, tiny_data, tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
 
 
-# -- which key goes where (issue 10, item 4) --------------------------------------------------
+# -- which key goes where ---------------------------------------------------------------------
 
 
 def test_hf_token_is_never_sent_to_a_self_hosted_server(server, monkeypatch):

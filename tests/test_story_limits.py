@@ -1,4 +1,4 @@
-"""The bounds on one story request (issue 10, item 3): a 100 KB caption, a prompt over its
+"""The bounds on one story request: a 100 KB caption, a prompt over its
 token budget, a model that would generate for minutes, two visitors at once.
 
 A tiny random ``transformers`` model (built here in seconds, with its own small tokenizer)

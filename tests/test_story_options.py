@@ -110,7 +110,7 @@ def test_completion_prompts_for_base_models():
     cont = StoryPrompt("continue", ("a dog",), story).completion(options)
     assert cont.text.endswith("Story: The dog ran. It found a shell.\nStory goes on:")
     steer = StoryPrompt("steer", ("a dog",), story, "a storm breaks").completion(options)
-    # issue 12, item 5: the steering line opens the next part, as the caption opens the first
+    # the steering line opens the next part, as the caption opens the first
     assert steer.opening == "A storm breaks."
     assert steer.text.endswith("Then: a storm breaks\nStory goes on: A storm breaks.")
     image = StoryPrompt("image", ("a dog", "a girl swims"), story).completion(options)

@@ -1,4 +1,4 @@
-"""Issue 12, item 5: a steering line opens the next part, one hero keeps one name and pronoun,
+"""A steering line opens the next part, one hero keeps one name and pronoun,
 and a paragraph the model leaves without its full stop keeps a sentence break when joined.
 
 A fake *base* model stands in for Gemma: it renders the completion prompt like the offline

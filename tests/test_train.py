@@ -11,7 +11,6 @@ from storyteller import pipeline
 from storyteller.config import ModelConfig, TrainConfig
 from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
-from storyteller.model import CaptionModel
 from storyteller.models import DECODERS, LSTMDecoder, build_model, register_decoder
 from storyteller.models.checkpoint import (
     load_model,
@@ -63,14 +62,14 @@ def test_checkpoint_is_a_plain_state_dict_with_configs(tiny_run):
     assert checkpoint["vocab_fingerprint"] == vocab.fingerprint
     assert {"optimizer", "epoch", "history", "best_val_loss"} <= set(checkpoint)
     model, _ = load_model(tiny_run / "best_model.pth", vocab)  # rebuilt from the file alone
-    assert isinstance(model, CaptionModel) and not model.training
+    assert isinstance(model, LSTMDecoder) and not model.training
     history = json.loads((tiny_run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert (tiny_run / "loss_curve.png").stat().st_size > 1000
 
 
 def test_dataparallel_prefix_never_saved_and_stripped_on_load(tmp_path):
-    model = CaptionModel(ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4))
+    model = LSTMDecoder(ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4))
     save_checkpoint(tmp_path / "a.pth", torch.nn.DataParallel(model))
     assert not any(k.startswith("module.") for k in read_checkpoint(tmp_path / "a.pth")["model"])
     prefixed = {f"module.{k}": v for k, v in model.state_dict().items()}
@@ -91,7 +90,7 @@ def test_wrong_vocab_and_broken_files_are_refused(tiny_run, tmp_path):
 
 
 def test_pickled_module_checkpoints_are_refused(tmp_path):
-    model = CaptionModel(ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4))
+    model = LSTMDecoder(ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4))
     torch.save(model, tmp_path / "module.pth")  # the counter-example: a whole pickled module
     with pytest.raises(StorytellerError, match="not a loadable"):
         read_checkpoint(tmp_path / "module.pth")
@@ -376,7 +375,7 @@ def test_gradient_scaler_resumes_only_what_it_has():
 
 
 def test_one_process_with_several_gpus_wraps_in_dataparallel(monkeypatch):
-    model = CaptionModel(ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4))
+    model = LSTMDecoder(ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4))
     cuda = torch.device("cuda")
     messages = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -406,8 +405,10 @@ class _Penalised(LSTMDecoder):
 class _SGD(LSTMDecoder):
     """The LSTM with another recipe (as a transformer will bring AdamW and warm-up)."""
 
-    def configure_optimizer(self, train_config):
-        optimizer = torch.optim.SGD(self.parameters(), lr=train_config.lr)
+    def configure_optimizer(self, train_config, extra_groups=()):
+        optimizer = torch.optim.SGD(
+            [{"params": self.parameters()}, *extra_groups], lr=train_config.lr
+        )
         return optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
 
 

@@ -86,7 +86,7 @@ def test_a_checkpoint_given_as_the_vocabulary_is_named(tmp_path):
 
 
 def test_captions_of_a_file_group_by_image_with_a_path_free_provenance(tmp_path):
-    """Building a run's vocabulary is its own module (issue 13, item 4): a caption file gives
+    """Building a run's vocabulary is its own module: a caption file gives
     each image's captions and a provenance of its name and content, never its folder; a file
     with no usable caption is a one-line error."""
     from storyteller.data.vocab_build import build_split_vocabulary, captions_of_file

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig
+from ..config import Strategy, TrainConfig
 from ..data.captions import CaptionDataset
 from ..data.vocab import PAD_ID, Vocabulary
-from ..decoding import Strategy, generate_captions
+from ..decoding import generate_captions
 from ..errors import StorytellerError
 from ..features.cache_format import FeatureCache
 from ..features.encoders import get_encoder_spec

@@ -10,7 +10,9 @@ reorder; see :mod:`storyteller.models.base` for the protocol and how to add one.
 
 from ..decoder_options import (
     DEFAULT_DECODER,
+    AttentionOptions,
     NoOptions,
+    TransformerOptions,
     option_defaults,
     parse_decoder_options,
 )
@@ -20,12 +22,8 @@ from .registry import DECODERS, build_model, decoder_class, register_decoder, re
 
 # isort: split
 # Registered after the LSTM (DECODERS lists the default first), so kept out of the sorted block.
-from .attention import AttentionDecoder, AttentionOptions, AttentionState  # "attention"
-from .transformer import (  # "transformer", after the LSTMs
-    TransformerDecoder,
-    TransformerOptions,
-    TransformerState,
-)
+from .attention import AttentionDecoder, AttentionState  # "attention"
+from .transformer import TransformerDecoder, TransformerState  # "transformer"
 
 __all__ = [
     "DECODERS",

@@ -153,8 +153,8 @@ class AttentionDecoder(CaptionDecoder):
         initial state, the attention-weighted context) or directly (the scoring keys), so the
         affine ``gamma * x + beta`` is applied after pooling instead of to all P positions
         (:meth:`_affine`): the same numbers, since the weights sum to 1, but the grid then
-        needs no gradient, and the backward pass of every step no longer writes a
-        (B, P, D) gradient into it (a third of a training step's time on the CPU)."""
+        needs no gradient, and the backward pass of every step writes no (B, P, D)
+        gradient into it (that would be a third of a training step's time on the CPU)."""
         if features.dim() != 3 or features.size(-1) != self.config.feature_dim:
             raise ValueError(
                 "the attention decoder reads the CNN grid, (batch, positions, "

@@ -4,15 +4,14 @@ Never a pickled module: a file written today still loads after the code is refac
 loads with ``torch.load(..., weights_only=True)``, which executes nothing. DataParallel's
 ``module.`` prefix is never saved (the bare model is unwrapped first) and is stripped if an
 older file has it. The model config names the decoder (``ModelConfig.decoder``) and the
-registry rebuilds it; files written before there was a choice have no ``decoder`` key and
-load as the ``lstm`` they are.
+registry rebuilds it; a file with no ``decoder`` key loads as ``lstm``.
 
 Nothing in a checkpoint is trusted before it is checked, and nothing is allocated before the
 checks: the config's types and ranges (:meth:`ModelConfig.from_dict`), then the tensors'
 names, shapes and dtypes against a model built on PyTorch's ``meta`` device (shapes only, no
-memory), then that the weights are finite. A crafted 1.5 MB file asking for
-``hidden_size=12000`` used to make the loader allocate 4 GB for 11-24 s before failing on
-shapes; now it is a one-line :class:`~storyteller.artefacts.ArtefactError` in milliseconds.
+memory), then that the weights are finite: a crafted 1.5 MB file asking for
+``hidden_size=12000`` is a one-line :class:`~storyteller.artefacts.ArtefactError` in
+milliseconds, not 4 GB allocated for 11-24 s before failing on shapes.
 ``last.pth``'s training state (optimiser, schedule, random states, progress) is checked the
 same way before a run resumes from it (:func:`check_training_state`).
 """

@@ -1,4 +1,4 @@
-"""The app's example pictures, chosen to fit the model it serves (issue 12, item 4).
+"""The app's example pictures, chosen to fit the model it serves.
 
 A model trained on Flickr photos captioned the drawn sample shapes as "a man is playing with
 a large rope in his mouth": examples must come from the data the model knows. The rules, in

@@ -25,7 +25,6 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import StorytellerError
-from ..features.images import UnreadableImage as UnreadableImage  # what open_upload raises
 from ..features.images import open_image
 from ..figures.attention_maps import AttentionCaption, encoder_view
 from ..run_folder import BEST_CHECKPOINT, DEFAULT_OUT, VOCAB_FILE

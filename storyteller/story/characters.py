@@ -2,7 +2,7 @@
 name and one pronoun.
 
 A small base model given only "A dog runs through the snow." calls the dog "he" in one
-sentence and "she" in the next, and a new turn picks again (issue 12, item 5). The prompt
+sentence and "she" in the next, and a new turn picks again. The prompt
 therefore says who the hero is (``Hero: Max, the dog (he).``), decided once from the story's
 first caption: a word for a man or a woman decides the pronoun; any other person or animal
 gets one from a stable hash of the caption (the same caption always gives the same hero); a

@@ -48,7 +48,7 @@ def _words(text: str) -> list[str]:
 def says_nothing_new(text: str, prompt: StoryPrompt, given: str) -> bool:
     """True when a turn's ``text`` is empty, or is only its forced opening: the ``given``
     caption or steering line as a sentence, with nothing the model wrote after it (a base
-    model stopped inside its first sentence, which the cleaner drops; issue 12, item 5)."""
+    model stopped inside its first sentence, which the cleaner drops)."""
     if not text.strip():
         return True
     return prompt.kind in OPENED_TURNS and _words(text) == _words(as_sentence(given))

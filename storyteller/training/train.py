@@ -293,13 +293,7 @@ class TrainingState:
                     "weight_decay": train_config.weight_decay,
                 }
             )
-        # Only asked of a decoder when there is something to add: one registered with the
-        # older one-argument configure_optimizer keeps training from the cache.
-        optimizer, scheduler = (
-            model.configure_optimizer(train_config, extra_groups)
-            if extra_groups
-            else model.configure_optimizer(train_config)
-        )
+        optimizer, scheduler = model.configure_optimizer(train_config, extra_groups)
         scaler = torch.amp.GradScaler("cuda", enabled=train_config.amp and device.type == "cuda")
         generator = torch.Generator().manual_seed(train_config.seed)
         return cls(model, optimizer, scheduler, scaler, generator, encoder=encoder)

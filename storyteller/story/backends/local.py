@@ -112,9 +112,9 @@ class _TurnClock:
 
     ``generate``'s own ``max_time`` counts from its start, the reading of the prompt
     included. On a busy 2-core CPU (load average 10) reading the ~370-token few-shot prompt
-    took 15-45 s of a 60 s turn, and the model then wrote 7-20 tokens at 0.5-1.8 s each: a
-    steered turn stopped inside the model's first sentence, which the cleaner drops, so only
-    our opening was left (issue 12, item 5). Reading the prompt has its own bound
+    takes 15-45 s of a 60 s turn, and the model then writes 7-20 tokens at 0.5-1.8 s each: a
+    steered turn would stop inside the model's first sentence, which the cleaner drops,
+    leaving only our opening. So reading the prompt has its own bound
     (:data:`~..limits.PREFILL_GRACE_SECONDS`, part of :attr:`TransformersBackend.lock_wait`,
     and ``max_time`` set to both together), so the turn's seconds are all for writing.
     """

@@ -10,8 +10,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ...progress import Log
 from ..errors import StoryError
-from .gemma_cache import DISPLAY_NAME, Log, ensure_offline_model, log_to_stderr
+from .gemma_cache import DISPLAY_NAME, ensure_offline_model, log_to_stderr
 from .local import TransformersBackend
 
 
