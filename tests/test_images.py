@@ -37,6 +37,18 @@ def test_a_long_thin_image_is_refused_before_it_is_resized(tmp_path, size):
     for refuse in (load_rgb, extractor, lambda im: encoder_view(im, extractor.spec.preprocessing)):
         with pytest.raises(UnreadableImage, match=pattern):
             returns_within(10, refuse, [in_memory] if refuse is extractor else in_memory)
+    with pytest.raises(UnreadableImage, match=pattern):  # given as a file, as notebooks do
+        returns_within(10, extractor, [path])
+
+
+def test_the_extractor_takes_files_and_pictures_alike(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (320, 240), (200, 40, 90)).save(path)
+    extractor = FeatureExtractor(
+        "efficientnet_lite0", torch.device("cpu"), build_encoder("efficientnet_lite0", False)
+    )
+    with Image.open(path) as picture:
+        assert torch.equal(extractor([path, str(path)]), extractor([picture, picture]))
 
 
 @pytest.mark.parametrize("size", [(1024, 256), (MAX_ASPECT_RATIO * 10, 10), (90, 1800)])

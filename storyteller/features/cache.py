@@ -25,7 +25,7 @@ from .batch_decoding import image_dataset, resolve_decode_on
 from .cache_format import CACHE_FILES, non_finite_report, open_cache, to_float16
 from .encoders import build_encoder, check_layout, get_encoder_spec, with_layout
 from .extraction_sizes import extraction_sizes
-from .images import load_rgb
+from .images import load_rgb, open_image
 
 
 class FeatureExtractor:
@@ -58,10 +58,13 @@ class FeatureExtractor:
             features = self.encoder(pixels)  # (B, dim) or (B, h*w, dim)
         return features.float().cpu()
 
-    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Encode PIL images (any mode; converted with :func:`load_rgb`) -> (B, dim) or
-        (B, h*w, dim)."""
-        pixels = torch.stack([self.transform(load_rgb(im)) for im in images])  # (B, 3, H, W)
+    def __call__(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
+        """Encode PIL images (any mode; converted with :func:`load_rgb`) or image files
+        (opened with :func:`open_image`) -> (B, dim) or (B, h*w, dim)."""
+        pictures = [
+            load_rgb(im) if isinstance(im, Image.Image) else open_image(im) for im in images
+        ]
+        pixels = torch.stack([self.transform(picture) for picture in pictures])  # (B, 3, H, W)
         return self.encode_batch(pixels)
 
 

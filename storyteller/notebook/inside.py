@@ -23,7 +23,6 @@ from torch import nn
 from ..data.captions import find_image_dir, load_dataset
 from ..data.vocab import PAD_ID, Vocabulary
 from ..decoding import BeamStep, beam_search
-from ..features.images import open_image
 from ..inference import Captioner
 from ..models import CaptionDecoder
 from ..runtime import unwrap
@@ -44,7 +43,7 @@ def photo_batch(
     dataset = load_dataset(data_dir, check_images=False)
     image_dir = find_image_dir(Path(data_dir))
     device = captioner.extractor.device
-    features = captioner.extractor([open_image(image_dir / name) for name in photos])  # (B, ...)
+    features = captioner.extractor([image_dir / name for name in photos])  # (B, ...)
     ids = [
         torch.tensor(captioner.vocab.encode(dataset.captions[name][0], max_length))
         for name in photos
