@@ -40,7 +40,6 @@ API (``gradio_client``), documented in the README:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -325,13 +324,14 @@ if os.environ.get("STORYTELLER_PRELOAD_STORY", "1") == "1":
 
 
 def _beam_width(beam_width) -> int:
-    """The beam width an API call asked for, or a refusal (text, ``NaN``, 2.5, 50)."""
-    number = isinstance(beam_width, (int, float)) and not isinstance(beam_width, bool)
-    if number and math.isfinite(beam_width) and beam_width == int(beam_width):
-        if 1 <= beam_width <= MAX_BEAM:
-            return int(beam_width)
-    message = f"beam width must be a whole number from 1 to {MAX_BEAM}, not {beam_width!r:.40}"
-    raise refuse(message, "/caption")
+    """The beam width an API call asked for (the slider sends 5.0), checked by
+    :class:`Strategy`, or a refusal (text, ``NaN``, 2.5, 50)."""
+    whole = isinstance(beam_width, float) and beam_width.is_integer()
+    try:
+        return Strategy(beam_size=int(beam_width) if whole else beam_width).beam_size
+    except StorytellerError:
+        message = f"beam width must be a whole number from 1 to {MAX_BEAM}, not {beam_width!r:.40}"
+        raise refuse(message, "/caption") from None
 
 
 def caption_image(image: str | None, decoding: str = "beam", beam_width: float = 5, info=None):

@@ -120,33 +120,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except Exception as exc:
-        full = disk_full_cause(exc)
-        if full is None:
-            raise
-        raise disk_full_error(full, path) from exc
+        with disk_full_is_an_error(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            yield Path(tmp)
+            os.chmod(tmp, 0o666 & ~current_umask())
+            os.replace(tmp, path)
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
 @contextlib.contextmanager
-def disk_full_is_an_error(folder: str | Path, what: str) -> Iterator[None]:
-    """A full disk (or an exhausted quota) while the block writes ``what`` into ``folder``
-    becomes the one full-disk line naming both; other errors pass."""
+def disk_full_is_an_error(what: str | Path) -> Iterator[None]:
+    """A full disk (or an exhausted quota) while the block writes ``what`` becomes the one
+    full-disk line naming it (:func:`~storyteller.errors.disk_full_error`); other errors pass."""
     try:
         yield
     except Exception as exc:
         full = disk_full_cause(exc)
         if full is None:
             raise
-        raise disk_full_error(full, f"{what} in {folder}") from None
+        raise disk_full_error(full, what) from exc
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -101,7 +101,7 @@ def extract_features(
     if not names:
         raise StorytellerError("no images to extract features from")
     array_path = out_dir / FEATURES_FILE
-    with disk_full_is_an_error(out_dir, CACHE_FILES):
+    with disk_full_is_an_error(f"{CACHE_FILES} in {out_dir}"):
         opened = open_cache(image_dir, names, out_dir, encoder_name, layout, overwrite)
     if opened is None:  # complete
         return array_path
@@ -193,7 +193,7 @@ def _fill(
                 meta["pil_fallbacks"] = meta.get("pil_fallbacks", 0) + decoder.pil_fallbacks
                 decoder.pil_fallbacks = 0
             meta["done"] = row  # written after the rows it counts: a kill loses one batch at most
-            with disk_full_is_an_error(out_dir, CACHE_FILES):
+            with disk_full_is_an_error(f"{CACHE_FILES} in {out_dir}"):
                 array[rows] = block
                 array.flush()
                 write_json(out_dir / INDEX_FILE, meta)
