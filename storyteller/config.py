@@ -154,16 +154,13 @@ class ModelConfig:
         choices=INJECT_MODES,
     )
     encoder: str = "resnet50"  # which CNN made the features (the app needs the same one)
-    # Which captioner reads the features (a name in storyteller.models.DECODERS). A checkpoint
-    # without this key loads as "lstm"; the command line trains DEFAULT_DECODER when none is
-    # named.
+    # Which captioner reads the features (a name in storyteller.models.DECODERS).
     decoder: str = option(
-        "lstm",
+        DEFAULT_DECODER,
         "lstm: the seed captioner on one pooled vector; attention: an LSTM with soft "
         "attention over the CNN's grid (Show, Attend and Tell); transformer: a transformer "
-        f"encoder over the grid and a masked transformer decoder (default: {DEFAULT_DECODER})",
+        "encoder over the grid and a masked transformer decoder (default: {default})",
         choices=BUILTIN_DECODERS,
-        flag_default=DEFAULT_DECODER,
     )
     # Sizes and switches of that decoder alone (e.g. an attention decoder's attention size),
     # checked against its options dataclass and stored complete, defaults filled in, in every
@@ -186,7 +183,8 @@ class ModelConfig:
     def from_dict(cls, data: dict, where: str = "model_config") -> ModelConfig:
         """The config stored in a checkpoint, every field's type and range checked first
         (its field's bound); a one-line :class:`StorytellerError` naming the field."""
-        return cls(**checked_fields(cls, data, where))
+        # A stored config that names no decoder is the seed lstm's (the format's first form).
+        return cls(**checked_fields(cls, {"decoder": "lstm", **data}, where))
 
 
 @dataclass

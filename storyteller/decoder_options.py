@@ -65,9 +65,8 @@ BUILTIN_DECODERS: dict[str, type] = {
     "transformer": TransformerOptions,
 }
 
-#: The captioner that ``train``/``run-all`` and the notebooks train when none is named (README,
-#: "Captioners compared", says why). A checkpoint whose config names no decoder is the seed
-#: ``lstm`` whatever this says: that is ``ModelConfig.decoder``'s default.
+#: The captioner trained when none is named (``ModelConfig.decoder``'s default, so the Python
+#: API, the CLI and the notebooks agree; docs/captioners.md says why).
 DEFAULT_DECODER = "attention"
 
 

@@ -19,12 +19,12 @@ from .data.vocab import Vocabulary
 from .decoding import decode
 from .errors import StorytellerError
 from .features.cache import FeatureExtractor
-from .features.finetune import checkpoint_encoder
 from .features.images import open_image
 from .figures.attention_maps import AttentionCaption, attends, caption_with_attention
 from .models import CaptionDecoder
 from .models.checkpoint import load_model
 from .runtime import get_device
+from .training.finetune import checkpoint_encoder
 
 
 class Captioner:

@@ -15,6 +15,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,21 +26,21 @@ from typing import TYPE_CHECKING, NamedTuple
 from .artefacts import read_splits
 from .config import MIN_WORD_COUNT, ModelConfig, Strategy, TrainConfig
 from .data.captions import CaptionDataset, load_dataset
-from .data.embeddings import read_word_vectors
+from .data.embeddings import WordVectors, read_word_vectors
 from .data.vocab import Vocabulary
 from .data.vocab_build import build_split_vocabulary, captions_of_file, save_split_vocabulary
 from .errors import StorytellerError
 from .features.cache import FeatureExtractor, extract_features
 from .features.cache_format import FeatureCache, load_feature_cache, read_cache_index
 from .features.encoders import get_encoder_spec, resolve_encoder
-from .features.finetune import build_fine_tuned_encoder, checkpoint_encoder, encode_images
 from .models import decoder_class
 from .models.checkpoint import check_model_config, load_model, read_checkpoint
 from .progress import Log
 from .run_folder import ARTEFACT_SUBFOLDERS, DEFAULT_OUT, SPLITS_FILE, RunPaths
 from .runlock import run_folder
 from .runtime import get_device, seed_everything, write_json
-from .training.distributed import SINGLE_PROCESS, DistContext
+from .training.distributed import SINGLE_PROCESS, DistContext, launch, session
+from .training.finetune import build_fine_tuned_encoder, checkpoint_encoder, encode_images
 from .training.train import TrainResult, train_model
 
 if TYPE_CHECKING:
@@ -239,17 +242,75 @@ def load_splits(out: str | Path) -> dict[str, list[str]]:
     return read_splits(path)
 
 
-def _learned_embeddings(last: Path) -> tuple[dict, ModelConfig] | None:
-    """The pretrained-vector provenance and model config of the run's ``last.pth``, when it
-    exists and started from pretrained vectors: a resume then takes the learned vectors, their
-    width and freezing from it, so the GloVe file is never needed again."""
-    if not last.is_file():
-        return None
-    checkpoint = read_checkpoint(last)
+def run_model_config(
+    overrides: dict,
+    vocab_size: int,
+    cache: FeatureCache,
+    cache_path: Path,
+    encoder: str,
+    fine_tune_blocks: int = 0,
+    embedding_width: tuple[int, str] | None = None,
+) -> ModelConfig:
+    """A run's complete model config, made here alone: the choices in ``overrides``
+    (ModelConfig fields, ``"decoder"`` among them) fitted to the vocabulary, the features
+    (their encoder, width and grid) and pretrained vectors' width (and where they came from)."""
+    decoder = decoder_class(overrides["decoder"])
+    if embedding_width is not None:
+        overrides = decoder.with_embedding_width(overrides, *embedding_width)
+    if fine_tune_blocks:  # a fine-tuned encoder's features are its own, not the cache's
+        spec = get_encoder_spec(encoder)
+        feature_dim, grid, source = spec.dim, spec.grid, f"the {encoder} encoder"
+        overrides = {**overrides, "fine_tuned_blocks": fine_tune_blocks}
+    elif encoder != cache.encoder:
+        raise StorytellerError(
+            f"--encoder {encoder}: the feature cache was made with {cache.encoder}; a "
+            "frozen encoder trains from its cache (extract again with --encoder "
+            f"{encoder}), another one needs --fine-tune-encoder N"
+        )
+    else:
+        feature_dim, grid, source = cache.dim, cache.grid, f"the feature cache {cache_path}"
+    if grid is not None:  # a decoder with a table per grid position sizes it from the grid
+        overrides = decoder.with_grid(overrides, grid, source)
+    return ModelConfig(vocab_size, feature_dim, encoder=encoder, **overrides)
+
+
+def _word_vectors(
+    embeddings: str | Path | None,
+    overrides: dict,
+    paths: RunPaths,
+    resume: bool,
+    vocab: Vocabulary,
+    train_config: TrainConfig,
+    log: Log,
+) -> tuple[WordVectors | None, tuple[int, str] | None]:
+    """The pretrained vectors a fresh run starts from (read from ``embeddings``), and the
+    embedding width they set with its source. A resumed run that started from such a file takes
+    the learned vectors, their width and freezing from ``last.pth``: the file is not read again,
+    and another file is refused. ``overrides`` gets the checkpoint's freezing when no file is
+    named."""
+    last = paths.last_checkpoint
+    checkpoint = read_checkpoint(last) if resume and last.is_file() else {}
     provenance = checkpoint.get("embeddings")
-    if not isinstance(provenance, dict) or not isinstance(provenance.get("dim"), int):
-        return None
-    return provenance, check_model_config(checkpoint, last)
+    if isinstance(provenance, dict) and isinstance(provenance.get("dim"), int):
+        if embeddings is not None and Path(embeddings).name != provenance["file"]:
+            raise StorytellerError(
+                f"{last} was trained from embeddings {provenance['file']}, not "
+                f"{Path(embeddings).name}: leave --embeddings out to resume (the checkpoint holds "
+                "the learned vectors) or pass --no-resume"
+            )
+        log(f"resuming with the word vectors learned from {provenance['file']} (file not read)")
+        if embeddings is None:  # no file named: freezing is the checkpoint's too
+            saved = check_model_config(checkpoint, last)
+            overrides.setdefault("freeze_embeddings", saved.freeze_embeddings)
+        return None, (provenance["dim"], f"the checkpoint's {provenance['file']}")
+    if embeddings is not None:
+        # Every process draws the same random rows (DDP starts from rank 0's weights anyway).
+        vectors = read_word_vectors(embeddings, vocab, seed=train_config.seed)
+        log(vectors.summary())
+        return vectors, (vectors.dim, vectors.source)
+    if overrides.get("freeze_embeddings"):
+        raise StorytellerError("--freeze-embeddings needs --embeddings FILE (pretrained vectors)")
+    return None, None
 
 
 class Run(NamedTuple):
@@ -313,77 +374,33 @@ def train_step(
     fine_tune_encoder: int = 0,
     encoder: str | None = None,
 ) -> TrainResult:
-    """Train on the cached features; writes ``best_model.pth`` and ``last.pth``.
+    """Train the captioner ``model_overrides`` describe (ModelConfig fields; by default
+    ``ModelConfig.decoder``, as the CLI and the notebooks) on the run's cached features;
+    writes ``best_model.pth`` and ``last.pth``.
 
-    ``fine_tune_encoder`` N > 0: train the last N blocks of ``encoder`` (default: the one the
-    cache was made with) with the decoder, from the photos (see :mod:`storyteller.features.finetune`).
-
-    ``context``: this process's place under torchrun (:func:`storyteller.training.distributed.session`);
-    every process calls this, rank 0 alone writes. ``embeddings``: a GloVe text file whose
-    vectors start the word embedding (its dimension sets the embedding width; add
-    ``"freeze_embeddings": True`` to ``model_overrides`` to keep them fixed). A resumed run
-    that started from such a file takes the vectors, their width and freezing from
-    ``last.pth``: the file is not needed (nor read) again, and another file is refused."""
+    ``fine_tune_encoder`` N > 0: train the last N blocks of ``encoder`` (default: the cache's)
+    with the decoder, from the photos. ``context``: this process's place under torchrun; every
+    process calls this, rank 0 alone writes. ``embeddings``: a GloVe text file whose vectors
+    start the word embedding (``"freeze_embeddings": True`` keeps them fixed)."""
     train_config = train_config or TrainConfig()
     seed_everything(train_config.seed)
     paths = RunPaths(Path(out))
     _, dataset, splits, vocab, cache = _load_run(data, out, log)
-    overrides, vectors = dict(model_overrides or {}), None
-    learned = _learned_embeddings(paths.last_checkpoint) if resume else None
-    if learned is not None:  # the checkpoint holds the vectors: the file is not read again
-        provenance, saved = learned
-        if embeddings is not None and Path(embeddings).name != provenance["file"]:
-            raise StorytellerError(
-                f"{paths.last_checkpoint} was trained from embeddings "
-                f"{provenance['file']}, not {Path(embeddings).name}: leave --embeddings out to "
-                "resume (the checkpoint holds the learned vectors) or pass --no-resume"
-            )
-        log(f"resuming with the word vectors learned from {provenance['file']} (file not read)")
-        decoder = decoder_class(overrides.get("decoder", ModelConfig.decoder))
-        source = f"the checkpoint's {provenance['file']}"
-        overrides = decoder.with_embedding_width(overrides, provenance["dim"], source)
-        if embeddings is None:  # no file named: freezing is the checkpoint's too
-            overrides.setdefault("freeze_embeddings", saved.freeze_embeddings)
-    elif embeddings is not None:
-        # Every process draws the same random rows (DDP starts from rank 0's weights anyway).
-        vectors = read_word_vectors(embeddings, vocab, seed=train_config.seed)
-        log(vectors.summary())
-        decoder = decoder_class(overrides.get("decoder", ModelConfig.decoder))
-        overrides = decoder.with_embedding_width(overrides, vectors.dim, vectors.source)
-    elif overrides.get("freeze_embeddings"):
-        raise StorytellerError("--freeze-embeddings needs --embeddings FILE (pretrained vectors)")
+    overrides = {"decoder": ModelConfig.decoder, **(model_overrides or {})}
+    vectors, width = _word_vectors(embeddings, overrides, paths, resume, vocab, train_config, log)
     encoder_name = encoder or cache.encoder
+    model_config = run_model_config(
+        overrides, len(vocab), cache, paths.features, encoder_name, fine_tune_encoder, width
+    )
     fine_tuned = None
     if fine_tune_encoder:
-        layout = decoder_class(overrides.get("decoder", ModelConfig.decoder)).feature_layout
+        layout = decoder_class(model_config.decoder).feature_layout
         fine_tuned = build_fine_tuned_encoder(encoder_name, layout, fine_tune_encoder)
-        overrides["fine_tuned_blocks"] = fine_tune_encoder
         log(
             f"fine-tuning the last {fine_tune_encoder} block(s) of {encoder_name} from the "
             f"photos (encoder lr {train_config.encoder_lr:g}, augment "
             f"{'on' if train_config.augment else 'off'})"
         )
-    elif encoder_name != cache.encoder:
-        raise StorytellerError(
-            f"--encoder {encoder_name}: the feature cache was made with {cache.encoder}; a "
-            "frozen encoder trains from its cache (extract again with --encoder "
-            f"{encoder_name}), another one needs --fine-tune-encoder N"
-        )
-    # A decoder with a table per grid position sizes it from the grid it will read.
-    if fine_tune_encoder:
-        grid, source = get_encoder_spec(encoder_name).grid, f"the {encoder_name} encoder"
-    else:
-        grid, source = cache.grid, f"the feature cache {paths.features}"
-    if grid is not None:
-        decoder = decoder_class(overrides.get("decoder", ModelConfig.decoder))
-        overrides = decoder.with_grid(overrides, grid, source)
-    model_config = ModelConfig(
-        vocab_size=len(vocab),
-        # A frozen encoder's width is what its cache holds; a fine-tuned one's is its own.
-        feature_dim=get_encoder_spec(encoder_name).dim if fine_tune_encoder else cache.dim,
-        encoder=encoder_name,
-        **overrides,
-    )
     return train_model(
         cache,
         dataset,
@@ -400,6 +417,46 @@ def train_step(
         embeddings=vectors,
         encoder=fine_tuned,
     )
+
+
+def launch_training(
+    nproc: int,
+    data: str | Path,
+    out: str | Path,
+    train_config: TrainConfig | None = None,
+    model_overrides: dict | None = None,
+    log: Log = print,
+    **options,
+) -> TrainResult:
+    """:func:`train_step` in ``nproc`` processes under torchrun (DDP), started from Python (a
+    notebook cell) with their output streamed to ``log``. The processes read the configs and
+    ``options`` (other train_step arguments) from a JSON file this writes."""
+    request = {
+        "data": str(data),
+        "out": str(out),
+        "train_config": (train_config or TrainConfig()).to_dict(),
+        "model_overrides": model_overrides or {},
+        **{key: str(value) if isinstance(value, Path) else value for key, value in options.items()},
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "train.json"
+        write_json(path, request)
+        launch(nproc, [str(path)], log=log, module="storyteller.pipeline")
+    return TrainResult.from_run(out)
+
+
+def _train_from_file(path: str) -> int:
+    """One of :func:`launch_training`'s processes: train_step with the arguments in ``path``."""
+    request = json.loads(Path(path).read_text())
+    request["train_config"] = TrainConfig.from_dict(request["train_config"])
+    with session(request.pop("device", None)) as (context, device):
+        try:
+            log = print if context.is_main else lambda _: None
+            train_step(**request, device=device, context=context, log=log)
+        except StorytellerError as exc:
+            print(f"error: {exc}", flush=True)
+            return 1
+    return 0
 
 
 @writes_run_folder
@@ -496,7 +553,7 @@ def run_all(
     started = time.perf_counter()
     seed_everything(train_config.seed)
     if layout is None:  # what the decoder reads; a grid cache serves a pooled decoder too
-        decoder = decoder_class((model_overrides or {}).get("decoder", "lstm"))
+        decoder = decoder_class((model_overrides or {}).get("decoder", ModelConfig.decoder))
         layout = "grid" if decoder.feature_layout == "grid" else None
     if context.is_main:
         data_dir = resolve_data(data, log=log, out=out)
@@ -524,3 +581,7 @@ def run_all(
     )
     log(f"run-all finished in {time.perf_counter() - started:.0f}s; results in {out}")
     return results
+
+
+if __name__ == "__main__":  # a process of launch_training, under torchrun
+    sys.exit(_train_from_file(sys.argv[1]))

@@ -19,15 +19,15 @@ from test_train import _fresh_run
 from storyteller.cli import train_flags
 from storyteller.errors import StorytellerError
 from storyteller.models.checkpoint import read_checkpoint
+from storyteller.pipeline import launch_training
 from storyteller.training.distributed import (
     DistContext,
     context_from_env,
     launch,
-    launch_training,
     process_device,
     session,
 )
-from storyteller.training.train import restore_rng_states, save_rng_states
+from storyteller.training.state import restore_rng_states, save_rng_states
 
 KILL_WORKER = Path(__file__).with_name("ddp_kill_worker.py")
 # Two processes see the same global batch of 32 in a different order (DistributedSampler) and

@@ -19,7 +19,7 @@ from storyteller.errors import StorytellerError
 from storyteller.models import build_model, decoder_class
 from storyteller.models.checkpoint import load_model, read_checkpoint
 from storyteller.run_folder import BEST_CHECKPOINT
-from storyteller.training.train import TrainingState, load_word_vectors
+from storyteller.training.state import TrainingState, load_word_vectors
 
 WORDS = ["dog", "runs", "grass", "ball", "red", "child", "water", "jumps"]
 MISSING = {"jumps"}  # vocabulary words the file lacks
@@ -291,7 +291,7 @@ def test_ddp_keeps_frozen_vectors_frozen(tiny_data, tiny_run, tmp_path):
     """Two CPU processes (gloo) via launch_training, as notebook 03 starts DDP: the frozen
     table reaches every process's optimiser untouched, and the checkpoint keeps the file's
     rows."""
-    from storyteller.training.distributed import launch_training
+    from storyteller.pipeline import launch_training
 
     out = tmp_path / "ddp"
     shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("*.pth", "history.json"))

@@ -71,7 +71,8 @@ def teacher_forced_loss(
     the same for every decoder); ``exp`` of it is the test perplexity."""
     from torch.utils.data import DataLoader
 
-    from ..training.train import CaptionPairs, make_batch_loss, make_collate, validate
+    from ..training.data import CaptionPairs, make_collate
+    from ..training.train import make_batch_loss, validate
 
     network = unwrap(model)
     device = next(network.parameters()).device

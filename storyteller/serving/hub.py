@@ -291,7 +291,7 @@ def _read_vocab(path: Path, fingerprint: str) -> Vocabulary:
 def load_model_folder(folder: str | Path, device: torch.device | str = "cpu") -> TrainedCaptioner:
     """Read and check a model folder: config, vocabulary, decoder weights and, for a
     fine-tuned encoder, its weights. Nothing is built before its file has passed."""
-    from ..features.finetune import ENCODER_WEIGHTS, checkpoint_encoder
+    from ..training.finetune import ENCODER_WEIGHTS, checkpoint_encoder
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():

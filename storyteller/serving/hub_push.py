@@ -63,7 +63,7 @@ def export_run(
 ) -> Path:
     """Write the model folder of the run in ``run_dir`` into ``dest`` (absent or empty),
     its card naming ``repo``; nothing is uploaded."""
-    from ..features.finetune import ENCODER_WEIGHTS, checkpoint_encoder
+    from ..training.finetune import ENCODER_WEIGHTS, checkpoint_encoder
     from .deploy import run_files
     from .hub_card import model_card
 

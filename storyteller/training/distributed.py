@@ -133,8 +133,8 @@ def session(preferred_device: str | None = None) -> Iterator[tuple[DistContext, 
         dist.destroy_process_group()
 
 
-def torchrun_command(nproc: int, args: list[str]) -> list[str]:
-    """The ``torchrun`` command line (one machine) for ``python -m storyteller ARGS``."""
+def torchrun_command(nproc: int, args: list[str], module: str = "storyteller") -> list[str]:
+    """The ``torchrun`` command line (one machine) for ``python -m MODULE ARGS``."""
     return [
         sys.executable,
         "-m",
@@ -142,15 +142,19 @@ def torchrun_command(nproc: int, args: list[str]) -> list[str]:
         "--standalone",
         f"--nproc_per_node={nproc}",
         "-m",
-        "storyteller",
+        module,
         *args,
     ]
 
 
 def launch(
-    nproc: int, args: list[str], cwd: str | Path | None = None, log: Callable[[str], None] = print
+    nproc: int,
+    args: list[str],
+    cwd: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    module: str = "storyteller",
 ) -> None:
-    """Run ``python -m storyteller ARGS`` as ``nproc`` processes under torchrun, streaming its
+    """Run ``python -m MODULE ARGS`` as ``nproc`` processes under torchrun, streaming its
     output to ``log`` line by line (the way a notebook cell shows it).
 
     A child torchrun rather than forking the notebook's kernel: a kernel that has touched CUDA
@@ -162,11 +166,11 @@ def launch(
     """
     if nproc < 1:
         raise StorytellerError(f"the number of processes must be at least 1, got {nproc}")
-    command = torchrun_command(nproc, args)
+    command = torchrun_command(nproc, args, module)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # torchrun would set 1 thread per process with a warning; share the cores out instead.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    log("$ torchrun --standalone --nproc_per_node " + f"{nproc} -m storyteller " + " ".join(args))
+    log(f"$ torchrun --standalone --nproc_per_node {nproc} -m {module} " + " ".join(args))
     tail: list[str] = []
     errors: list[str] = []
     with subprocess.Popen(
@@ -190,33 +194,3 @@ def launch(
         raise StorytellerError(
             f"the distributed run failed (exit status {process.returncode}): " + " | ".join(said)
         )
-
-
-def launch_training(
-    nproc: int,
-    data: str | Path,
-    out: str | Path,
-    train_config,
-    model_overrides: dict | None = None,
-    resume: bool = True,
-    device: str | None = None,
-    log: Callable[[str], None] = print,
-    embeddings: str | Path | None = None,
-    fine_tune_encoder: int = 0,
-    encoder: str | None = None,
-):
-    """Train with ``nproc`` processes (DDP) from Python: ``python -m storyteller train`` under
-    torchrun with the flags these configs map to; returns the :class:`TrainResult` read back
-    from the run folder (the same as :func:`storyteller.pipeline.train_step` returns).
-    ``fine_tune_encoder``/``encoder``: as ``train --fine-tune-encoder N --encoder NAME``."""
-    from ..cli import train_flags
-    from .train import TrainResult
-
-    args = ["train", "--data", str(data), "--out", str(out)]
-    args += train_flags(train_config, model_overrides, resume)
-    args += ["--device", device] if device else []
-    args += ["--embeddings", str(embeddings)] if embeddings else []
-    args += ["--fine-tune-encoder", str(fine_tune_encoder)] if fine_tune_encoder else []
-    args += ["--encoder", encoder] if encoder else []
-    launch(nproc, args, log=log)
-    return TrainResult.from_run(out)

@@ -34,10 +34,10 @@ from ..artefacts import ArtefactError
 from ..data.captions import CaptionDataset
 from ..data.vocab import PAD_ID, Vocabulary
 from ..errors import StorytellerError
+from ..features.cache_format import FeatureCache
+from ..features.encoders import Preprocessing, build_encoder, encoder_blocks
+from ..features.images import open_image
 from ..models import CaptionDecoder, decoder_class
-from .cache_format import FeatureCache
-from .encoders import Preprocessing, build_encoder, encoder_blocks
-from .images import open_image
 
 #: Checkpoint key of the fine-tuned encoder's state_dict (absent for a frozen encoder).
 ENCODER_WEIGHTS = "encoder_weights"
