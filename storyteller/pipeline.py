@@ -1,89 +1,39 @@
-"""The whole chain as steps that share one output folder:
-
-data -> cached features -> vocabulary -> training -> evaluation
-
-Each step reads what the previous steps wrote, so the command line, the notebooks and
-``run_all`` call the same functions and a step can be re-run on its own.
-Each step holds its run folder while it writes (:func:`writes_run_folder`): a folder another
-process is writing, or one that cannot be written, is refused before any work.
-
-The output folder's files and folders are named in :mod:`storyteller.run_folder`.
-"""
+"""The whole chain as steps that share one run folder (its files: :mod:`storyteller.run_folder`):
+data -> cached features -> vocabulary -> training -> evaluation. Each step reads what the
+previous ones wrote, so the command line, the notebooks and ``run_all`` call the same functions
+and a step can be re-run on its own; each holds its run folder while it writes."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from .artefacts import read_splits
 from .config import MIN_WORD_COUNT, ModelConfig, Strategy, TrainConfig
 from .data.captions import CaptionDataset, load_dataset
-from .data.embeddings import WordVectors, read_word_vectors
 from .data.vocab import Vocabulary
 from .data.vocab_build import build_split_vocabulary, captions_of_file, save_split_vocabulary
 from .errors import StorytellerError
 from .features.cache import FeatureExtractor, extract_features
 from .features.cache_format import FeatureCache, load_feature_cache, read_cache_index
-from .features.encoders import get_encoder_spec, resolve_encoder
+from .features.encoders import resolve_encoder
 from .models import decoder_class
-from .models.checkpoint import check_model_config, load_model, read_checkpoint
+from .models.checkpoint import load_model
 from .progress import Log
-from .run_folder import ARTEFACT_SUBFOLDERS, DEFAULT_OUT, SPLITS_FILE, RunPaths
-from .runlock import run_folder
+from .run_folder import DEFAULT_OUT, SPLITS_FILE, RunPaths
 from .runtime import get_device, seed_everything, write_json
-from .training.distributed import SINGLE_PROCESS, DistContext, launch, session
+from .training.distributed import SINGLE_PROCESS, DistContext, launch, session, writes_run_folder
 from .training.finetune import build_fine_tuned_encoder, checkpoint_encoder, encode_images
+from .training.model_setup import run_model_config, word_vectors
 from .training.train import TrainResult, train_model
 
 if TYPE_CHECKING:
     import torch
-
-
-@contextlib.contextmanager
-def hold_run_folder(
-    out: str | Path, log: Log = print, context: DistContext = SINGLE_PROCESS
-) -> Iterator[None]:
-    """Hold ``out`` for writing (:func:`storyteller.runlock.run_folder`) while the block runs.
-
-    Under torchrun rank 0 alone writes, so it alone takes the lock, and every process learns
-    whether it could: a refused run then fails on every rank at once instead of leaving the
-    others waiting at a barrier.
-    """
-    with contextlib.ExitStack() as stack:
-        refusal = None
-        if context.is_main:
-            try:
-                stack.enter_context(run_folder(out, ARTEFACT_SUBFOLDERS, log))
-            except StorytellerError as exc:
-                refusal = str(exc)
-        refusals = [r for r in context.gather(refusal) if r]
-        if refusals:
-            raise StorytellerError(refusals[0])
-        yield
-
-
-def writes_run_folder(step: Callable) -> Callable:
-    """Make a step hold its run folder (its ``out`` argument) before doing anything, so a busy
-    or read-only folder is refused before any work; see :func:`hold_run_folder`."""
-    signature = inspect.signature(step)
-
-    @functools.wraps(step)
-    def holding(*args, **kwargs):
-        arguments = signature.bind(*args, **kwargs)
-        arguments.apply_defaults()
-        given = arguments.arguments
-        with hold_run_folder(given["out"], given["log"], given.get("context", SINGLE_PROCESS)):
-            return step(*args, **kwargs)
-
-    return holding
 
 
 def resolve_data(
@@ -110,11 +60,8 @@ def resolve_data(
 
 def recorded_data(out: str | Path) -> Path | None:
     """The dataset folder whose photos the feature cache in ``out`` was made from (its index
-    records their folder, which sits in the dataset folder or one or two folders down).
-
-    None without a readable index (a damaged one is reported by the step that reads it) or
-    for the embedded sample when it is gone (it is made again); another folder that is gone
-    is one line."""
+    records their folder). None without a readable index, or for the embedded sample when it
+    is gone (it is made again); another folder that is gone is one line."""
     from .data.captions import find_caption_file, find_image_dir
     from .data.sample import default_sample_dir
 
@@ -152,12 +99,10 @@ def features_step(
     decode_on: str = "auto",
     layout: str | None = None,
 ) -> Path:
-    """Extract and cache each image's features. ``encoder=None``: ResNet50, or the
-    offline EfficientNet-Lite0 when ResNet50 weights cannot be downloaded. ``decode_on``:
-    where JPEGs are decoded (``auto``: on a GPU when there is one; see ``extract_features``).
-    ``layout``: ``"pooled"`` (one vector per image) or ``"grid"`` (one per feature-map
-    position, for attention; its means serve the pooled captioner too); ``None``: what an
-    existing cache holds, else pooled."""
+    """Extract and cache each image's features with ``encoder`` (ResNet50, or the offline
+    EfficientNet-Lite0 when its weights cannot be downloaded). ``layout``: ``"pooled"`` (one
+    vector per image) or ``"grid"`` (one per feature-map position; its means serve a pooled
+    captioner too); ``None``: what an existing cache holds, else pooled."""
     paths = RunPaths(Path(out))
     dataset = load_dataset(resolve_data(data, log=log, out=out))
     existing = paths.features_index
@@ -212,19 +157,10 @@ def vocab_from_captions(
     dataset_name: str | None = None,
     log: Log = print,
 ) -> Vocabulary:
-    """:func:`vocab_step` for a caption file without its images (e.g. the Flickr8k text only).
-
-    Same split and the same vocabulary as :func:`vocab_step` on the full dataset folder, as
-    long as every image named in the file is present there (Kaggle's Flickr8k: all 8,091).
-    The provenance records the file's name and a hash of its content, not its path, so the
-    result is the same on every machine.
-
-    Args:
-        captions_file: ``captions.txt`` (Kaggle CSV), ``Flickr8k.token.txt`` or ``results.csv``.
-        out: folder for ``vocab.pkl`` and ``splits.json``.
-        threshold, seed: as in :func:`vocab_step`.
-        dataset_name: free text recorded as ``provenance["dataset"]`` (e.g. "Flickr8k").
-    """
+    """:func:`vocab_step` from a caption file alone (``captions.txt``, ``Flickr8k.token.txt``
+    or ``results.csv``): the same split and vocabulary as from the full dataset folder when it
+    holds every image the file names. The provenance records the file's name, a hash of its
+    content and ``dataset_name``, not its path, so the result is the same on every machine."""
     captions, provenance = captions_of_file(captions_file)
     if dataset_name:
         provenance["dataset"] = dataset_name
@@ -240,77 +176,6 @@ def load_splits(out: str | Path) -> dict[str, list[str]]:
             f"no {SPLITS_FILE} in {out}: run `python -m storyteller vocab` first"
         )
     return read_splits(path)
-
-
-def run_model_config(
-    overrides: dict,
-    vocab_size: int,
-    cache: FeatureCache,
-    cache_path: Path,
-    encoder: str,
-    fine_tune_blocks: int = 0,
-    embedding_width: tuple[int, str] | None = None,
-) -> ModelConfig:
-    """A run's complete model config, made here alone: the choices in ``overrides``
-    (ModelConfig fields, ``"decoder"`` among them) fitted to the vocabulary, the features
-    (their encoder, width and grid) and pretrained vectors' width (and where they came from)."""
-    decoder = decoder_class(overrides["decoder"])
-    if embedding_width is not None:
-        overrides = decoder.with_embedding_width(overrides, *embedding_width)
-    if fine_tune_blocks:  # a fine-tuned encoder's features are its own, not the cache's
-        spec = get_encoder_spec(encoder)
-        feature_dim, grid, source = spec.dim, spec.grid, f"the {encoder} encoder"
-        overrides = {**overrides, "fine_tuned_blocks": fine_tune_blocks}
-    elif encoder != cache.encoder:
-        raise StorytellerError(
-            f"--encoder {encoder}: the feature cache was made with {cache.encoder}; a "
-            "frozen encoder trains from its cache (extract again with --encoder "
-            f"{encoder}), another one needs --fine-tune-encoder N"
-        )
-    else:
-        feature_dim, grid, source = cache.dim, cache.grid, f"the feature cache {cache_path}"
-    if grid is not None:  # a decoder with a table per grid position sizes it from the grid
-        overrides = decoder.with_grid(overrides, grid, source)
-    return ModelConfig(vocab_size, feature_dim, encoder=encoder, **overrides)
-
-
-def _word_vectors(
-    embeddings: str | Path | None,
-    overrides: dict,
-    paths: RunPaths,
-    resume: bool,
-    vocab: Vocabulary,
-    train_config: TrainConfig,
-    log: Log,
-) -> tuple[WordVectors | None, tuple[int, str] | None]:
-    """The pretrained vectors a fresh run starts from (read from ``embeddings``), and the
-    embedding width they set with its source. A resumed run that started from such a file takes
-    the learned vectors, their width and freezing from ``last.pth``: the file is not read again,
-    and another file is refused. ``overrides`` gets the checkpoint's freezing when no file is
-    named."""
-    last = paths.last_checkpoint
-    checkpoint = read_checkpoint(last) if resume and last.is_file() else {}
-    provenance = checkpoint.get("embeddings")
-    if isinstance(provenance, dict) and isinstance(provenance.get("dim"), int):
-        if embeddings is not None and Path(embeddings).name != provenance["file"]:
-            raise StorytellerError(
-                f"{last} was trained from embeddings {provenance['file']}, not "
-                f"{Path(embeddings).name}: leave --embeddings out to resume (the checkpoint holds "
-                "the learned vectors) or pass --no-resume"
-            )
-        log(f"resuming with the word vectors learned from {provenance['file']} (file not read)")
-        if embeddings is None:  # no file named: freezing is the checkpoint's too
-            saved = check_model_config(checkpoint, last)
-            overrides.setdefault("freeze_embeddings", saved.freeze_embeddings)
-        return None, (provenance["dim"], f"the checkpoint's {provenance['file']}")
-    if embeddings is not None:
-        # Every process draws the same random rows (DDP starts from rank 0's weights anyway).
-        vectors = read_word_vectors(embeddings, vocab, seed=train_config.seed)
-        log(vectors.summary())
-        return vectors, (vectors.dim, vectors.source)
-    if overrides.get("freeze_embeddings"):
-        raise StorytellerError("--freeze-embeddings needs --embeddings FILE (pretrained vectors)")
-    return None, None
 
 
 class Run(NamedTuple):
@@ -387,7 +252,7 @@ def train_step(
     paths = RunPaths(Path(out))
     _, dataset, splits, vocab, cache = _load_run(data, out, log)
     overrides = {"decoder": ModelConfig.decoder, **(model_overrides or {})}
-    vectors, width = _word_vectors(embeddings, overrides, paths, resume, vocab, train_config, log)
+    vectors, width = word_vectors(embeddings, overrides, paths, resume, vocab, train_config, log)
     encoder_name = encoder or cache.encoder
     model_config = run_model_config(
         overrides, len(vocab), cache, paths.features, encoder_name, fine_tune_encoder, width
@@ -472,55 +337,55 @@ def evaluate_step(
     revision: str | None = None,
 ) -> dict[str, dict]:
     """Score the best checkpoint on the test split (greedy and beam), plus the baseline.
-
     ``checkpoint`` may also be a model folder or a Hub model id (``revision`` pins it): that
     model is scored with its own vocabulary on this run's test split and features."""
     from .evaluation.evaluate import baseline_scores, evaluate_model
     from .evaluation.provenance import evaluation_provenance
-    from .serving.hub import is_checkpoint_file, load_model_folder, resolve_model
 
     paths = RunPaths(Path(out))
     data_dir, dataset, splits, vocab, cache = _load_run(data, out, log)
     # the images training used and evaluation scores: those readable at extraction
     trained, tested = ([n for n in splits[split] if n in cache] for split in ("train", "test"))
-    checkpoint_path = checkpoint or paths.checkpoint
-    if is_checkpoint_file(checkpoint_path):
-        model, state = load_model(checkpoint_path, vocab, get_device(device))
-        fine_tuned = checkpoint_encoder(model.config, state, checkpoint_path)
-    else:
-        loaded = load_model_folder(resolve_model(checkpoint_path, revision), get_device(device))
-        model, vocab, fine_tuned = loaded.model, loaded.vocab, loaded.encoder
-        state = loaded.info  # epoch and training config, for the provenance
-    if fine_tuned is not None:  # the test photos through the encoder the decoder learned with
-        extractor = FeatureExtractor(
-            model.config.encoder, get_device(device), fine_tuned, model.feature_layout
-        )
-        cache = encode_images(extractor, dataset.image_dir, tested)
-    elif model.config.encoder != cache.encoder:
-        raise StorytellerError(
-            f"the checkpoint was trained on {model.config.encoder} features, the cache holds {cache.encoder}"
-        )
-    results = evaluate_model(
-        model,
-        vocab,
-        cache,
-        dataset,
-        splits["test"],
-        paths.out,
-        beam_sizes,
-        length_penalty,
-        meteor=meteor,
-        log=log,
-        provenance=evaluation_provenance(
-            state, checkpoint_path, model.config, dataset, data_dir, splits.get("seed")
-        ),
+    checkpoint = checkpoint or paths.checkpoint
+    model, vocab, state, cache = _model_to_score(
+        checkpoint, revision, vocab, cache, dataset, tested, get_device(device)
     )
+    provenance = evaluation_provenance(
+        state, checkpoint, model.config, dataset, data_dir, splits.get("seed")
+    )
+    results = evaluate_model(
+        model, vocab, cache, dataset, splits["test"], paths.out, beam_sizes, length_penalty,
+        meteor=meteor, log=log, provenance=provenance,
+    )  # fmt: skip
     baseline = baseline_scores(dataset, trained, tested)
     write_json(paths.baseline, baseline)
     log(
         f"baseline (most frequent training caption '{baseline['caption']}'): BLEU-4 {baseline['bleu4']:.4f}"
     )
     return results
+
+
+def _model_to_score(checkpoint, revision, vocab, cache, dataset, tested, device):
+    """The model a checkpoint file, model folder or Hub id holds, the vocabulary it speaks,
+    what it was trained with (epoch, training config) and the features it reads: the cache's,
+    or the test photos through the encoder it was fine-tuned with."""
+    from .serving.hub import is_checkpoint_file, load_model_folder, resolve_model
+
+    if is_checkpoint_file(checkpoint):
+        model, state = load_model(checkpoint, vocab, device)
+        fine_tuned = checkpoint_encoder(model.config, state, checkpoint)
+    else:
+        loaded = load_model_folder(resolve_model(checkpoint, revision), device)
+        model, vocab, fine_tuned, state = loaded.model, loaded.vocab, loaded.encoder, loaded.info
+    if fine_tuned is not None:
+        extractor = FeatureExtractor(model.config.encoder, device, fine_tuned, model.feature_layout)
+        cache = encode_images(extractor, dataset.image_dir, tested)
+    elif model.config.encoder != cache.encoder:
+        raise StorytellerError(
+            f"the checkpoint was trained on {model.config.encoder} features, the cache holds "
+            f"{cache.encoder}"
+        )
+    return model, vocab, state, cache
 
 
 @writes_run_folder
@@ -542,13 +407,9 @@ def run_all(
     embeddings: str | Path | None = None,
     fine_tune_encoder: int = 0,
 ) -> dict[str, dict] | None:
-    """Every step in order into one folder; safe to re-run (finished steps are reused).
-    ``layout``: what the feature cache holds (see :func:`features_step`); by default the
-    decoder's (``model_overrides["decoder"]``): a grid for the attention decoder.
-
-    Under torchrun (``context``) rank 0 extracts features and builds the vocabulary while the
-    other processes wait, every process trains, and rank 0 evaluates; the others return None.
-    """
+    """Every step in order into one folder; safe to re-run (finished steps are reused). The
+    feature ``layout`` is by default what the decoder reads. Under torchrun (``context``) rank 0
+    extracts features, builds the vocabulary and evaluates; every process trains."""
     train_config = train_config or TrainConfig()
     started = time.perf_counter()
     seed_everything(train_config.seed)

@@ -20,7 +20,7 @@ from test_train import SMALL, _Interrupt
 
 from storyteller import pipeline
 from storyteller.cli import _configs, build_parser, train_flags
-from storyteller.config import TrainConfig
+from storyteller.config import ModelConfig, TrainConfig
 from storyteller.errors import StorytellerError
 from storyteller.figures.attention_maps import AttentionCaption, figure_name
 from storyteller.figures.plots import attention_figure, figure_pixels
@@ -113,6 +113,27 @@ def test_grid_captioner_training_resumes_and_matches_uninterrupted(
         assert [h[key] for h in result.history] == pytest.approx(
             [h[key] for h in expected], rel=1e-4
         ), key
+
+
+def test_the_python_api_the_cli_and_the_notebooks_train_the_same_default_captioner(
+    attention_run, tiny_data, tmp_path
+):
+    """One default decoder: ModelConfig's, which `train`/`run-all` and notebook 03 use too."""
+    from storyteller.notebook.settings import setup
+
+    parser = build_parser()
+    cli = {parser.parse_args([command]).decoder for command in ("train", "run-all")}
+    assert cli == {ModelConfig.decoder} == {setup(tiny_data, tmp_path / "nb", log=quiet).decoder}
+    out, _ = attention_run
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("features", "vocab.pkl", "splits.json"):
+        (run / name).symlink_to(out / name)
+    sizes = {"hidden_size": 64, "embed_size": 32}  # no decoder named
+    pipeline.train_step(tiny_data, run, TrainConfig(num_epochs=1), sizes, log=quiet)
+    trained = read_checkpoint(run / "best_model.pth")["model_config"]
+    _, model = _configs(parser.parse_args(["train", "--hidden-size", "64", "--embed-size", "32"]))
+    assert trained["decoder"] == model["decoder"] == ModelConfig.decoder
 
 
 def test_attention_decoder_on_a_pooled_cache_says_how_to_get_the_grid(tiny_data, tiny_run):

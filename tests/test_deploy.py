@@ -173,7 +173,7 @@ def resnest_run(tiny_data, tmp_path_factory):
         dataset.image_dir, dataset.images, out / "features", "resnest50d", 8, 0, encoder=encoder
     )
     pipeline.vocab_step(tiny_data, out, threshold=2, log=lambda _: None)
-    small = {"hidden_size": 32, "embed_size": 16}
+    small = {"decoder": "lstm", "hidden_size": 32, "embed_size": 16}
     pipeline.train_step(tiny_data, out, TrainConfig(num_epochs=1), small, log=lambda _: None)
     return out
 

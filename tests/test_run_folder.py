@@ -24,7 +24,7 @@ from storyteller.errors import StorytellerError
 from storyteller.run_folder import LOCK_FILE
 from storyteller.runlock import run_folder
 from storyteller.runtime import atomic_path, torch_save_atomic, write_json
-from storyteller.training.distributed import DistContext
+from storyteller.training.distributed import DistContext, hold_run_folder
 
 TINY_MODEL = {"hidden_size": 64, "embed_size": 32, "decoder": "lstm"}
 REPO = Path(__file__).resolve().parents[1]
@@ -163,7 +163,7 @@ def test_a_refusal_on_rank_0_stops_every_rank(tmp_path, monkeypatch):
             return ["outputs/ is in use by pid 1 (...)", obj]
 
     with pytest.raises(StorytellerError, match=r"^outputs/ is in use by pid 1 "):
-        with pipeline.hold_run_folder(tmp_path, _quiet, Rank1(rank=1, world_size=2)):
+        with hold_run_folder(tmp_path, _quiet, Rank1(rank=1, world_size=2)):
             pass
     assert not (tmp_path / LOCK_FILE).exists()  # rank 1 never touched the lock
 

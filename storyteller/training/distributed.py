@@ -19,6 +19,8 @@ and streams its lines into the cell.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import subprocess
 import sys
@@ -31,6 +33,9 @@ import torch
 import torch.distributed as dist
 
 from ..errors import StorytellerError
+from ..progress import Log
+from ..run_folder import ARTEFACT_SUBFOLDERS
+from ..runlock import run_folder
 from ..runtime import get_device
 
 #: How long a process waits for the others at a barrier: rank 0 may extract features or build
@@ -194,3 +199,42 @@ def launch(
         raise StorytellerError(
             f"the distributed run failed (exit status {process.returncode}): " + " | ".join(said)
         )
+
+
+@contextlib.contextmanager
+def hold_run_folder(
+    out: str | Path, log: Log = print, context: DistContext = SINGLE_PROCESS
+) -> Iterator[None]:
+    """Hold ``out`` for writing (:func:`storyteller.runlock.run_folder`) while the block runs.
+
+    Under torchrun rank 0 alone writes, so it alone takes the lock, and every process learns
+    whether it could: a refused run then fails on every rank at once instead of leaving the
+    others waiting at a barrier.
+    """
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if context.is_main:
+            try:
+                stack.enter_context(run_folder(out, ARTEFACT_SUBFOLDERS, log))
+            except StorytellerError as exc:
+                refusal = str(exc)
+        refusals = [r for r in context.gather(refusal) if r]
+        if refusals:
+            raise StorytellerError(refusals[0])
+        yield
+
+
+def writes_run_folder(step: Callable) -> Callable:
+    """Make a step hold its run folder (its ``out`` argument) before doing anything, so a busy
+    or read-only folder is refused before any work; see :func:`hold_run_folder`."""
+    signature = inspect.signature(step)
+
+    @functools.wraps(step)
+    def holding(*args, **kwargs):
+        arguments = signature.bind(*args, **kwargs)
+        arguments.apply_defaults()
+        given = arguments.arguments
+        with hold_run_folder(given["out"], given["log"], given.get("context", SINGLE_PROCESS)):
+            return step(*args, **kwargs)
+
+    return holding
