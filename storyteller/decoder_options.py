@@ -66,7 +66,7 @@ BUILTIN_DECODERS: dict[str, type] = {
 }
 
 #: The captioner trained when none is named (``ModelConfig.decoder``'s default, so the Python
-#: API, the CLI and the notebooks agree; docs/captioners.md says why).
+#: API, the CLI and the notebooks agree; docs/results.md, "Captioners compared", says why).
 DEFAULT_DECODER = "attention"
 
 
