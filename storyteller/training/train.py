@@ -351,9 +351,9 @@ def train_model(
         log = _quiet
     feature_dim = cache.dim if encoder is None else encoder.backbone.dim
     model_config = model_config or ModelConfig(len(vocab), feature_dim, encoder=cache.encoder)
-    _check_fits(model_config, vocab, cache, encoder)
     data = training_data(cache, dataset, splits, vocab, model_config, train_config, encoder)
     state = TrainingState.create(model_config, train_config, device, encoder)
+    _check_fits(model_config, vocab, cache, encoder)
     if embeddings is not None:
         load_word_vectors(state, embeddings)
     start_run(state, out_dir, resume, train_config.seed, vocab, device, context, log)
