@@ -362,10 +362,10 @@ def test_check_reports_a_drifted_setup_cell_by_notebook_name(tmp_path):
     assert nbtools.setup_cell_drift(NOTEBOOKS) == {}  # the committed series agrees
 
 
-def test_readme_shows_the_setup_cell_as_committed():
+def test_docs_show_the_setup_cell_as_committed():
     code = [line for line in nbtools.setup_cell(NOTEBOOKS[0]).splitlines() if line[:1] != "#"]
-    readme = (nbtools.NOTEBOOK_DIR.parent / "README.md").read_text(encoding="utf-8")
-    assert "\n".join(code).strip() in readme
+    page = (nbtools.NOTEBOOK_DIR.parent / "docs" / "kaggle.md").read_text(encoding="utf-8")
+    assert "\n".join(code).strip() in page
 
 
 def test_setup_notebook_reads_the_parameters_the_notebook_defines(clean_env, tiny_data):
