@@ -197,10 +197,12 @@ def show_source(*objects) -> None:
 
 def _calls(function: Callable) -> list[Callable]:
     """The functions of ``function``'s own module that it calls, in source order: by name, or
-    on ``self`` for a method (imported functions and the modules' layers are left out)."""
+    on ``self`` for a method (imported functions and layers such as ``self.embed`` are left
+    out)."""
     function = inspect.unwrap(function)
     module = sys.modules[function.__module__]
-    owner = getattr(module, function.__qualname__.rpartition(".")[0], module)  # its class
+    # a method's class (its qualified name less the method's), or the module for a function
+    owner = getattr(module, function.__qualname__.rpartition(".")[0], module)
     tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     found = []
     for call in sorted(
@@ -218,17 +220,15 @@ def with_helpers(*functions: Callable, skip: Iterable[Callable] = ()) -> list[Ca
     """``functions``, each followed by what it calls in the package (depth first, each once):
     what a student needs to read them. ``skip``: functions shown already, neither repeated nor
     followed."""
-    shown = list(skip)
-    found: list[Callable] = []
+    seen = list(skip)
+    start = len(seen)
 
     def visit(function: Callable) -> None:
-        if function in shown:
-            return
-        shown.append(function)
-        found.append(function)
-        for called in _calls(function):
-            visit(called)
+        if function not in seen:
+            seen.append(function)
+            for called in _calls(function):
+                visit(called)
 
     for function in functions:
         visit(function)
-    return found
+    return seen[start:]
