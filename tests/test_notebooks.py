@@ -128,6 +128,10 @@ def test_series_runs_top_to_bottom_in_smoke_mode_on_the_sample(notebook_env):
     assert re.search(r"^embeddings +\(4, \d+, \d+\)", looked_inside["03"], re.M)
     assert re.search(r"^logits +\(4, \d+, \d+\) +a score", looked_inside["03"], re.M)
     assert "step 3: 3 hypothesis(es) x " in looked_inside["04"]
+    # beside them, the package's own code: the decoder, a training step, the search
+    for shown in ("def step(", "def forward(", "def make_batch_loss(", "def train_epoch("):
+        assert shown in looked_inside["03"]
+    assert "def beam_search(" in looked_inside["04"]
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]  # smoke mode: 2 epochs
     metrics = json.loads((out / "metrics.json").read_text())

@@ -35,7 +35,7 @@ METRIC_NAMES = {
 }
 
 
-def _in_notebook() -> bool:
+def in_notebook() -> bool:
     """True inside a Jupyter kernel (where rich display works)."""
     try:
         from IPython import get_ipython
@@ -88,14 +88,14 @@ def show(item) -> None:
     """Display a table, or an image file given its path; prints the path outside Jupyter."""
     if isinstance(item, (str, Path)):
         path = Path(item)
-        if not _in_notebook():
+        if not in_notebook():
             print(f"figure: {path}")
             return
         from IPython.display import Image, display
 
         display(Image(filename=str(path)))
         return
-    if _in_notebook():
+    if in_notebook():
         from IPython.display import display
 
         display(item)
@@ -215,7 +215,7 @@ class TrainingMonitor:
 
     def __call__(self, record: Mapping) -> None:
         self.history = [h for h in self.history if h["epoch"] < record["epoch"]] + [dict(record)]
-        if not _in_notebook():
+        if not in_notebook():
             print(repr(history_table([record])).splitlines()[-1])
             return
         from IPython.display import Image, display
@@ -349,13 +349,13 @@ def stream(chunks) -> str:
     text = ""
     handle = None
     for text in chunks:
-        if _in_notebook():
+        if in_notebook():
             from IPython.display import display
 
             if handle is None:
                 handle = display(_Text(text), display_id=True)
             else:
                 handle.update(_Text(text))
-    if not _in_notebook():
+    if not in_notebook():
         print(text)
     return text
