@@ -19,7 +19,6 @@ Layout::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_OUT = "outputs"  # the run folder when none is named
@@ -74,48 +73,18 @@ TRAINING_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, HISTORY_FILE, LOSS_CURVE_FIL
 RUN_MARKERS = (FEATURES_INDEX, SPLITS_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT)
 
 
-@dataclass(frozen=True)
 class RunPaths:
-    """Where each artefact of a run lives inside its folder."""
+    """Where each artefact of a run lives inside its folder ``out``."""
 
-    out: Path
-
-    @property
-    def features(self) -> Path:
-        return self.out / FEATURES_DIR
-
-    @property
-    def features_index(self) -> Path:
-        return self.out / FEATURES_INDEX
-
-    @property
-    def splits(self) -> Path:
-        return self.out / SPLITS_FILE
-
-    @property
-    def vocab(self) -> Path:
-        return self.out / VOCAB_FILE
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.out / BEST_CHECKPOINT
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.out / LAST_CHECKPOINT
-
-    @property
-    def history(self) -> Path:
-        return self.out / HISTORY_FILE
-
-    @property
-    def metrics(self) -> Path:
-        return self.out / METRICS_FILE
-
-    @property
-    def test_captions(self) -> Path:
-        return self.out / TEST_CAPTIONS_FILE
-
-    @property
-    def baseline(self) -> Path:
-        return self.out / BASELINE_FILE
+    def __init__(self, out: Path):
+        self.out = out
+        self.features = out / FEATURES_DIR
+        self.features_index = out / FEATURES_INDEX
+        self.splits = out / SPLITS_FILE
+        self.vocab = out / VOCAB_FILE
+        self.checkpoint = out / BEST_CHECKPOINT
+        self.last_checkpoint = out / LAST_CHECKPOINT
+        self.history = out / HISTORY_FILE
+        self.metrics = out / METRICS_FILE
+        self.test_captions = out / TEST_CAPTIONS_FILE
+        self.baseline = out / BASELINE_FILE

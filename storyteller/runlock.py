@@ -45,7 +45,6 @@ class _Hold:
 
     fd: int | None  # the locked lock file; None where nothing could be locked
     thread: int  # the thread that holds it (the only one that may re-enter)
-    depth: int = 1
 
 
 _holds: dict[Path, _Hold] = {}
@@ -187,15 +186,8 @@ def run_folder(out: str | Path, subfolders: Iterable[str] = (), log: Log = print
     key = folder.resolve()
     with _holds_lock:
         hold = _holds.get(key)
-        reentered = hold is not None and hold.thread == threading.get_ident()
-        if reentered:
-            hold.depth += 1
-    if reentered:
-        try:
-            yield folder
-        finally:
-            with _holds_lock:
-                hold.depth -= 1
+    if hold is not None and hold.thread == threading.get_ident():
+        yield folder  # this thread holds it already (run-all's steps)
         return
 
     check_writable(folder)
