@@ -1,13 +1,8 @@
 """Greedy and beam-search decoding, batched over images *and* beams: one decoder step per
-time step for the whole batch, through the captioner protocol alone (``init_state``, ``step``,
-the state's ``select`` / ``repeat_interleave``).
-
-Beam search keeps K hypotheses per image in a (B, K) grid. Finished hypotheses stay in the
-grid with their score unchanged, and hypotheses are ranked by the length-normalised score
-(GNMT: ``((5 + length) / 6) ** length_penalty``), so a caption that ended early does not crowd
-out a longer, better one only because each extra word costs log-probability.
-
-:func:`decode` is the one place a :class:`Strategy` picks greedy (``beam_size`` 1) or beam.
+time step for the whole batch, through the captioner protocol alone. Beam search keeps K
+hypotheses per image in a (B, K) grid; finished ones stay with their score, and all are ranked
+by the length-normalised score (GNMT: ``((5 + length) / 6) ** length_penalty``), so a caption
+that ended early does not win only because each extra word costs log-probability.
 """
 
 from __future__ import annotations

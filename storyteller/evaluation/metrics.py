@@ -1,8 +1,6 @@
-"""Caption evaluation: the standard captioning metrics plus "specificity" measures.
-
-Every caption, reference or generated, is normalised the same way first
-(:func:`caption_tokens`), so case, punctuation or a trailing ``<end>`` never changes a score.
-The scores come from the field's reference implementations:
+"""Caption metrics from the field's reference implementations, plus "specificity". Every
+caption is normalised the same way first (:func:`caption_tokens`), so case, punctuation or a
+trailing ``<end>`` never changes a score.
 
 =============  ==============================================================================
 bleu1..bleu4   corpus BLEU from pycocoevalcap ``Bleu(4)`` (the official coco-caption numbers)
@@ -14,13 +12,9 @@ precision,     bag-of-words match against *all* references of an image at once
 recall, f1     (:func:`bag_prf`), averaged over images
 =============  ==============================================================================
 
-Token precision/recall/F1 are not ROUGE-1 again: ROUGE-1 takes the best *single* reference,
-the token scores pool the references. ``1 - precision`` is the share of words nobody said for
-the photo; ``precision`` is BLEU-1's clipped precision averaged per image, without the
-brevity penalty.
-
-:func:`specificity_metrics` measures what BLEU rewards but should not: beam search tends to
-say the same safe caption for many images.
+Token precision pools an image's references where ROUGE-1 takes the best single one;
+``1 - precision`` is the share of words nobody said for the photo. :func:`specificity_metrics`
+measures what BLEU rewards but should not: the same safe caption said for many images.
 """
 
 from __future__ import annotations

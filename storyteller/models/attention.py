@@ -1,12 +1,8 @@
 """The ``attention`` captioner: Show, Attend and Tell (Xu et al., 2015) soft attention over
-the CNN's grid of P = h x w positions (ResNet50: 7 x 7 x 2048).
-
-Before every word, weights over the P positions come from the previous hidden state, and
-their weighted sum of the features (the context) goes into the LSTM beside the previous word.
-As in the paper: h0 and c0 come from the mean feature; a gate ``beta = sigmoid(f_beta(h))``
-scales the context, so words like "a" and "of" can lean on the language model; and training
-adds the doubly stochastic penalty, which asks every position to get about as much attention
-over the caption as any other. Scoring (option ``attention``): Bahdanau's additive
+the CNN's grid of P = h x w positions. Before every word, weights over the positions come
+from the previous hidden state, and the weighted features (the context), scaled by a gate
+``beta = sigmoid(f_beta(h))`` so words like "a" can lean on the language model, enter the
+LSTM beside the previous word. Scoring (option ``attention``): Bahdanau's additive
 ``v^T tanh(W_f f + W_h h)`` or Luong's multiplicative "general" ``h^T W f``.
 """
 

@@ -1,16 +1,11 @@
 """The protocol every captioner follows, and the state it carries between decoding steps.
 
-Training, greedy and beam search, evaluation, the app and the checkpoint loader talk to a
-captioner only through :class:`CaptionDecoder`'s three methods, so a new decoder plugs in
-without an ``if decoder == ...`` anywhere else:
-
-* ``init_state(features) -> state``: what the decoder knows before the first word;
-* ``step(tokens, state) -> (log_probs, state)``: one word for every row (greedy and beam);
-* ``forward(features, captions) -> (logits, extra_losses)``: teacher forcing for training,
-  with the decoder's own loss terms beside the logits (the attention decoder's penalty).
-
-A new built-in decoder also gets a line in :data:`storyteller.decoder_options.BUILTIN_DECODERS`
-with its options dataclass, so the CLI lists it without importing the model code.
+Training, decoding, evaluation, the app and the checkpoint loader use only three methods, so
+a new decoder plugs in without an ``if decoder == ...`` elsewhere: ``init_state(features)``,
+``step(tokens, state) -> (log_probs, state)`` (one word for every row) and
+``forward(features, captions) -> (logits, extra_losses)`` (teacher forcing, with the decoder's
+own loss terms). A built-in decoder's options dataclass is listed, torch-free, in
+:data:`storyteller.decoder_options.BUILTIN_DECODERS`.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
-"""Checkpoints as plain state_dicts plus the configs that rebuild the model.
-
-Never a pickled module: a file loads after any refactor, with ``torch.load(...,
-weights_only=True)``, which executes nothing. Nothing in a checkpoint is trusted or allocated
-before it is checked: the config's types and ranges, then the tensors' names, shapes and
-dtypes against a model built on the ``meta`` device (no memory), then that the weights are
-finite. So a crafted 1.5 MB file asking for ``hidden_size=12000`` is a one-line
-:class:`~storyteller.artefacts.ArtefactError` in milliseconds, not 4 GB allocated. ``last.pth``'s
-training state is checked the same way before a resume (:func:`check_training_state`).
+"""Checkpoints as plain state_dicts plus the configs that rebuild the model, loaded with
+``weights_only=True`` (which executes nothing) and trusted only once checked: the config, then
+the tensors' names, shapes and dtypes against a model built on the ``meta`` device (no
+memory), then that the weights are finite. A crafted 1.5 MB file asking for
+``hidden_size=12000`` is a one-line error in milliseconds, not 4 GB allocated.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """The ``transformer`` captioner (the EfficientNetB0 + Transformer seed): a transformer
-encoder over the CNN's grid and a masked transformer decoder over the words.
-
-The grid (P = h x w positions) is projected to ``d_model``, given a learned embedding per
-position and passed through the encoder, so each position sees the rest of the image; the
-words, embedded with positions (learned or sinusoidal), attend causally to each other and
-across to the encoded grid. Teacher forcing is one parallel pass. Decoding either reruns the
-decoder over the whole prefix at every step (the plain form) or, by default, runs only the
-new position through each layer, reading the earlier positions from a per-layer cache in the
-state (``bench/decode_speed.py`` times the two). It trains with its own recipe: AdamW, linear
-warm-up, then inverse-square-root decay, stepped per batch.
+encoder over the CNN's grid, so each position sees the rest of the image, and a causal
+transformer decoder over the words that attends across to it. Decoding runs only the new
+position through each layer, reading the earlier ones from a per-layer cache in the state
+(``incremental``; ``bench/decode_speed.py`` times it against rerunning the whole prefix). It
+trains with its own recipe: AdamW, linear warm-up, then inverse-square-root decay per batch.
 """
 
 from __future__ import annotations
@@ -96,25 +91,17 @@ class TransformerDecoder(CaptionDecoder):
             self.register_buffer("word_table", table, persistent=False)
         self.dropout = nn.Dropout(options.dropout)
 
-        def layer_kwargs() -> dict:
-            # Pre-LayerNorm (norm_first): trains stably at this depth with a short warm-up.
-            return dict(
-                d_model=d_model,
-                nhead=options.heads,
-                dim_feedforward=options.ff_dim,
-                dropout=options.dropout,
-                batch_first=True,
-                norm_first=True,
-            )
-
+        # Pre-LayerNorm (norm_first): trains stably at this depth with a short warm-up.
+        layer = dict(d_model=d_model, nhead=options.heads, dim_feedforward=options.ff_dim)
+        layer.update(dropout=options.dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(
-            nn.TransformerEncoderLayer(**layer_kwargs()),
+            nn.TransformerEncoderLayer(**layer),
             num_layers=options.encoder_layers,
             norm=nn.LayerNorm(d_model),
             enable_nested_tensor=False,  # no padding over the grid; silences the norm_first note
         )
         self.decoder = nn.TransformerDecoder(
-            nn.TransformerDecoderLayer(**layer_kwargs()),
+            nn.TransformerDecoderLayer(**layer),
             num_layers=options.decoder_layers,
             norm=nn.LayerNorm(d_model),
         )
