@@ -56,6 +56,9 @@ FIX_WORDNET = (
     "or, with internet access, `python -m nltk.downloader wordnet`"
 )
 
+Tokens = list[str]  # one caption, normalised (caption_tokens)
+Coco = dict[int, list[str]]  # pycocoevalcap's input: {image id: [captions joined by spaces]}
+
 # Removed before tokenising, which would turn <end> into the word "end". <unk> is kept: it
 # is a real, if unknown, word of the hypothesis and should cost precision.
 _SPECIAL_RE = re.compile("|".join(re.escape(token) for token in (START, END, PAD)), re.IGNORECASE)
@@ -78,7 +81,7 @@ def _check_caption(caption: object, where: str) -> str:
 
 def _prepare(
     references: Sequence[Sequence[str]], hypotheses: Sequence[str]
-) -> tuple[list[list[list[str]]], list[list[str]]]:
+) -> tuple[list[list[Tokens]], list[Tokens]]:
     """Checked inputs as tokens: ``refs[i]``, the non-empty references of image ``i``;
     ``hyps[i]``, its hypothesis (an empty one scores 0)."""
     if isinstance(hypotheses, str):
@@ -93,7 +96,7 @@ def _prepare(
     if len(hypotheses) == 0:
         raise StorytellerError("nothing to evaluate: references and hypotheses are empty")
 
-    refs: list[list[list[str]]] = []
+    refs: list[list[Tokens]] = []
     for i, image_refs in enumerate(references):
         if isinstance(image_refs, str):
             raise StorytellerError(
@@ -137,7 +140,7 @@ def bag_prf(
     return precision, recall, 2 * precision * recall / (precision + recall)
 
 
-def _corpus_prf(refs: list[list[list[str]]], hyps: list[list[str]]) -> tuple[float, float, float]:
+def _corpus_prf(refs: list[list[Tokens]], hyps: list[Tokens]) -> tuple[float, float, float]:
     """The mean over images of each of :func:`bag_prf`'s scores (so F1 is not the harmonic
     mean of the mean precision and recall)."""
     per_image = [bag_prf(image_refs, hyp) for image_refs, hyp in zip(refs, hyps, strict=True)]
@@ -190,7 +193,7 @@ class _CocoMeteor(coco_meteor_module.Meteor):
         self.close()
 
 
-def _java_meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
+def _java_meteor(gts: Coco, res: Coco) -> float:
     """Corpus METEOR 1.5 from coco-caption's Java scorer (its aggregate, as coco reports)."""
     problem = _java_meteor_problem()
     if problem is not None:
@@ -251,7 +254,7 @@ def wordnet_available() -> bool:
     return True
 
 
-def _nltk_meteor(refs: list[list[list[str]]], hyps: list[list[str]]) -> tuple[float, str]:
+def _nltk_meteor(refs: list[list[Tokens]], hyps: list[Tokens]) -> tuple[float, str]:
     """Mean over images of NLTK's METEOR (best reference per image), and the backend name."""
     wordnet = _wordnet()
     scores = [
@@ -262,11 +265,7 @@ def _nltk_meteor(refs: list[list[list[str]]], hyps: list[list[str]]) -> tuple[fl
 
 
 def _meteor(
-    meteor: str,
-    refs: list[list[list[str]]],
-    hyps: list[list[str]],
-    gts: dict[int, list[str]],
-    res: dict[int, list[str]],
+    meteor: str, refs: list[list[Tokens]], hyps: list[Tokens], gts: Coco, res: Coco
 ) -> tuple[float | None, str]:
     """``(score or None, backend description)`` of the ``meteor`` backend asked for; "auto":
     the official Java scorer, else NLTK, else no METEOR, with a warning."""
@@ -294,11 +293,8 @@ def _meteor(
     return score, backend
 
 
-def _coco_inputs(
-    refs: Sequence[Sequence[list[str]]], hyps: Sequence[list[str]]
-) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
-    """pycocoevalcap's input, ``{image id: [tokenised captions joined by spaces]}``, for the
-    references and for the hypotheses."""
+def _coco_inputs(refs: list[list[Tokens]], hyps: list[Tokens]) -> tuple[Coco, Coco]:
+    """pycocoevalcap's input for the references and for the hypotheses."""
     gts = {i: [" ".join(r) for r in image_refs] for i, image_refs in enumerate(refs)}
     res = {i: [" ".join(hyp)] for i, hyp in enumerate(hyps)}
     return gts, res
@@ -348,7 +344,7 @@ def caption_metrics(
     }
 
 
-def _rouge(gts: dict[int, list[str]], res: dict[int, list[str]]) -> dict[str, float]:
+def _rouge(gts: Coco, res: Coco) -> dict[str, float]:
     """ROUGE-1, -2 and -L F-measures against each image's best reference, averaged over
     images. rouge_score re-tokenises (lower case, alphanumeric runs): our tokens pass as is."""
     keys = ("rouge1", "rouge2", "rougeL")
@@ -366,7 +362,7 @@ def _ngram_features(sentences: Iterable[list[str]]) -> list[str]:
     return features
 
 
-def _retrieval_ranks(refs: list[list[list[str]]], hyps: list[list[str]]) -> np.ndarray:
+def _retrieval_ranks(refs: list[list[Tokens]], hyps: list[Tokens]) -> np.ndarray:
     """Rank (1 = best) of each hypothesis's own image among all images, each image being its
     references together, by TF-IDF cosine similarity of word 1-2-grams.
 
