@@ -39,7 +39,6 @@ class LogLines:
         desc: str = "",
         unit: str = "it",
         lines: int = LINES_WITHOUT_TERMINAL,
-        every: int = EVERY_WITHOUT_TOTAL,
         file: TextIO | None = None,
         **_bar_only: Any,  # leave, dynamic_ncols...: meaningless without a bar
     ) -> None:
@@ -47,7 +46,7 @@ class LogLines:
             total = len(iterable)  # type: ignore[arg-type]
         self.iterable, self.total, self.initial = iterable, total, initial
         self.desc, self.unit, self.file = desc, unit, file
-        self.step = max(1, math.ceil((total - initial) / lines)) if total else every
+        self.step = max(1, math.ceil((total - initial) / lines)) if total else EVERY_WITHOUT_TOTAL
         self.n = self.last_written = initial
         self.next_line = initial + self.step
         self.postfix = ""

@@ -2,8 +2,9 @@
 the CNN's grid of P = h x w positions. Before every word, weights over the positions come
 from the previous hidden state, and the weighted features (the context), scaled by a gate
 ``beta = sigmoid(f_beta(h))`` so words like "a" can lean on the language model, enter the
-LSTM beside the previous word. Scoring (option ``attention``): Bahdanau's additive
-``v^T tanh(W_f f + W_h h)`` or Luong's multiplicative "general" ``h^T W f``.
+LSTM beside the previous word; training adds the paper's doubly stochastic penalty. Scoring
+(option ``attention``): Bahdanau's additive ``v^T tanh(W_f f + W_h h)`` or Luong's
+multiplicative "general" ``h^T W f``.
 """
 
 from __future__ import annotations
