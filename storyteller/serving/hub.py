@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .. import __version__
 from ..artefacts import ArtefactError, describe, is_int, is_number, read_json
 from ..config import ModelConfig
 from ..data.vocab import Vocabulary
@@ -109,15 +110,6 @@ def _preprocessing(encoder: str) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in prep.items()}
 
 
-def _package_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("storyteller")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _tensors(state: dict) -> dict[str, torch.Tensor]:
     """CPU, contiguous, unshared copies (safetensors refuses channels-last or tied tensors)."""
     return {name: t.detach().to("cpu").contiguous().clone() for name, t in state.items()}
@@ -158,7 +150,7 @@ def write_model_folder(
     config = {
         "format": FORMAT_MARKER,
         "format_version": FORMAT_VERSION,
-        "storyteller_version": _package_version(),
+        "storyteller_version": __version__,
         "model_config": model_config.to_dict(),
         "train_config": info.get("train_config") or {},
         "encoder": {
