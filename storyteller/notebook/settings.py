@@ -117,7 +117,7 @@ class NotebookSettings:
         """An artefact of this run, e.g. ``settings.path("best_model.pth")``."""
         return self.out_dir / name
 
-    def _model_sizes(self) -> dict:
+    def _sizes(self) -> dict:
         return {k: v for k, v in self.model_overrides.items() if k != "decoder"}
 
     def describe(self) -> str:
@@ -135,7 +135,7 @@ class NotebookSettings:
                 f"{self.feature_batch_size} with {self.num_workers} worker(s), "
                 f"{self.num_epochs} epoch(s)",
                 f"model:    {self.decoder} decoder on {self.layout} features"
-                + (f", {sizes}" if (sizes := self._model_sizes()) else ""),
+                + (f", {sizes}" if (sizes := self._sizes()) else ""),
                 *([f"words:    start from {self.embeddings.name}"] if self.embeddings else []),
             ]
         )
