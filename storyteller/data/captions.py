@@ -15,6 +15,7 @@ import codecs
 import csv
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,27 +221,25 @@ def _read_kaggle_csv(path: Path, lines: list[_Line], report: SkipReport) -> list
     return rows
 
 
-def _read_token_file(lines: list[_Line], report: SkipReport) -> list[tuple[str, str]]:
+def _token_row(text: str) -> tuple[str, str] | None:
+    key, sep, caption = text.partition("\t")  # image.jpg#N<TAB>caption
+    image = key.split("#")[0].strip()
+    return (image, caption) if sep and image else None
+
+
+def _results_row(text: str) -> tuple[str, str] | None:
+    parts = text.split("|")  # image| n| caption
+    return (parts[0].strip(), "|".join(parts[2:])) if len(parts) >= 3 and parts[0].strip() else None
+
+
+def _read_rows(lines: list[_Line], report: SkipReport, row_of: Callable) -> list[tuple[str, str]]:
     rows = []
     for line in lines:
-        key, sep, caption = line.text.partition("\t")
-        image = key.split("#")[0].strip()
-        if not sep or not image:
+        row = row_of(line.text)
+        if row is None:
             report.add("malformed rows", f"line {line.number}: {line.text}")
-            continue
-        rows.append((image, caption))
-    return rows
-
-
-def _read_results_csv(lines: list[_Line], report: SkipReport) -> list[tuple[str, str]]:
-    rows = []
-    header = lines and lines[0].text.replace(" ", "").lower().startswith("image_name|")
-    for line in lines[1 if header else 0 :]:
-        parts = line.text.split("|")
-        if len(parts) < 3 or not parts[0].strip():
-            report.add("malformed rows", f"line {line.number}: {line.text}")
-            continue
-        rows.append((parts[0].strip(), "|".join(parts[2:])))
+        else:
+            rows.append(row)
     return rows
 
 
@@ -256,11 +255,10 @@ def read_caption_file(path: str | Path, report: SkipReport | None = None) -> lis
     lines, written = _lines(_read_bytes(path), report)
     first = lines[0].text if lines else ""
     if "\t" in first and "#" in first.split("\t")[0]:
-        rows = _read_token_file(lines, report)
-        header = 0
+        header, rows = 0, _read_rows(lines, report, _token_row)
     elif first.count("|") >= 2:
-        rows = _read_results_csv(lines, report)
         header = int(first.replace(" ", "").lower().startswith("image_name|"))
+        rows = _read_rows(lines[header:], report, _results_row)
     else:
         rows = _read_kaggle_csv(path, lines, report)
         header = 1

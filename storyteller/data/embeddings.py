@@ -52,7 +52,7 @@ class WordVectors:
         return text
 
     def provenance(self) -> dict:
-        """What the run records about the file (a checkpoint key: plain values only)."""
+        """What the run records about the file (plain values: a checkpoint key)."""
         return {
             "file": self.source,
             "dim": self.dim,
@@ -61,11 +61,6 @@ class WordVectors:
             "coverage": round(self.coverage, 4),
             "malformed_lines": self.malformed,
         }
-
-
-def _vocab_index(vocab: Vocabulary) -> dict[str, int]:
-    """Vocabulary word -> id, special tokens left out (``<start>`` is not GloVe's "start")."""
-    return {word: i for i, word in enumerate(vocab.itos) if word not in SPECIAL_TOKENS}
 
 
 def _normalised(word: str, index: dict[str, int]) -> str | None:
@@ -97,11 +92,6 @@ def _common_width(lines: list[bytes]) -> int:
     return widths.most_common(1)[0][0] if widths else 0
 
 
-def _is_header(parts: list[bytes]) -> bool:
-    """A word2vec-style first line ``COUNT DIM``."""
-    return len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit()
-
-
 def read_word_vectors(path: str | Path, vocab: Vocabulary, seed: int = 0) -> WordVectors:
     """The vectors of ``vocab``'s words in the GloVe text file ``path``. Of file words that
     normalise alike the first (most frequent) wins; rows not found are drawn from ``seed`` at
@@ -109,14 +99,16 @@ def read_word_vectors(path: str | Path, vocab: Vocabulary, seed: int = 0) -> Wor
     path = Path(path)
     if not path.is_file():
         raise StorytellerError(f"embeddings file not found: {path}")
-    index = _vocab_index(vocab)
+    # Word -> id, special tokens left out: ``<start>`` is not GloVe's "start".
+    index = {word: i for i, word in enumerate(vocab.itos) if word not in SPECIAL_TOKENS}
     if not index:
         raise StorytellerError("the vocabulary holds no words to look up in the embeddings")
     found: dict[int, list[float]] = {}
     lines = malformed = 0
     with path.open("rb") as handle:
         head = list(itertools.islice(handle, DIMENSION_SAMPLE))
-        if head and _is_header(head[0].split()):
+        first = head[0].split() if head else []
+        if len(first) == 2 and first[0].isdigit() and first[1].isdigit():  # word2vec's header
             head = head[1:]
         dim = _common_width(head)
         for line in itertools.chain(head, handle):

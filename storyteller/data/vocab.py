@@ -118,13 +118,11 @@ class Vocabulary:
         """The vocabulary ``to_dict`` wrote, every field checked; a problem is one line."""
         if not isinstance(data, dict) or data.get("format") != FORMAT_MARKER:
             raise StorytellerError("not a storyteller vocabulary (missing format marker)")
-        if (
-            not is_int(data.get("version", FORMAT_VERSION))
-            or data.get("version", FORMAT_VERSION) > FORMAT_VERSION
-        ):
+        version = data.get("version", FORMAT_VERSION)
+        if not is_int(version) or version > FORMAT_VERSION:
             raise StorytellerError(
-                f"vocabulary format version {data.get('version')!r:.40} is not one this "
-                f"storyteller reads ({FORMAT_VERSION}): rebuild it with `python -m storyteller vocab`"
+                f"vocabulary format version {version!r:.40} is not one this storyteller reads "
+                f"({FORMAT_VERSION}): rebuild it with `python -m storyteller vocab`"
             )
         itos = data.get("itos")
         if itos is None:
@@ -143,7 +141,7 @@ class Vocabulary:
             )
         if len(set(itos)) != len(itos):
             raise StorytellerError("itos lists a word twice")
-        threshold = data.get("threshold", 5)
+        threshold = data.get("threshold", MIN_WORD_COUNT)
         if not is_int(threshold) or threshold < 1:
             raise StorytellerError(f"threshold must be an integer >= 1, got {threshold!r:.40}")
         provenance = data.get("provenance") or {}

@@ -25,6 +25,16 @@ from .images import check_size, open_image, open_regular
 EXIF_ORIENTATION = 0x0112
 
 
+def _pil_pixels(transform: Callable, source) -> torch.Tensor | None:
+    """PIL's path for a file or its bytes -> (3, crop, crop), ``None`` if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return transform(open_image(source))
+    except Exception:  # truncated, not an image, too large, a FIFO, ...
+        return None
+
+
 class _ImageFolder(Dataset):
     """Images by name; an unreadable file yields zeros and ``ok=False`` instead of crashing."""
 
@@ -35,13 +45,10 @@ class _ImageFolder(Dataset):
         return len(self.names)
 
     def __getitem__(self, i: int):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                pixels = self.transform(open_image(self.image_dir / self.names[i]))
-            return pixels, True
-        except Exception:  # truncated, not an image, too large, a FIFO, ...
+        pixels = _pil_pixels(self.transform, self.image_dir / self.names[i])
+        if pixels is None:
             return torch.zeros(3, self.crop, self.crop), False
+        return pixels, True
 
 
 def _jpeg_orientation(data: bytes) -> int | None:
@@ -178,14 +185,6 @@ class _DeviceDecoder:
                     images.append(None)
             return images
 
-    def _pil(self, data: torch.Tensor) -> torch.Tensor | None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return self.transform(open_image(io.BytesIO(data.numpy().tobytes())))
-        except Exception:
-            return None
-
     def __call__(self, batch: tuple[torch.Tensor, list]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> pixels (B, 3, crop, crop) float32 on the device, ok (B,) bool."""
         blob, entries = batch
@@ -201,7 +200,7 @@ class _DeviceDecoder:
                 upright.append(apply_exif_orientation(image, entries[row][3]))  # (3, H, W)
                 upright_rows.append(row)
                 continue
-            fallback = self._pil(data)
+            fallback = _pil_pixels(self.transform, io.BytesIO(data.numpy().tobytes()))
             if fallback is None:
                 ok[row] = False
             else:

@@ -19,7 +19,8 @@ from ..run_folder import FEATURES_FILE, INDEX_FILE
 from ..runtime import autocast, disk_full_is_an_error, get_device, write_json
 from .batch_decoding import image_dataset, resolve_decode_on
 from .cache_format import CACHE_FILES, non_finite_report, open_cache, to_float16
-from .encoders import build_encoder, check_layout, get_encoder_spec, with_layout
+from .encoder_specs import check_layout, get_encoder_spec
+from .encoders import build_encoder, with_layout
 from .extraction_sizes import extraction_sizes
 from .images import load_rgb, open_image
 

@@ -154,7 +154,7 @@ def read_cache_index(out_dir: str | Path) -> dict:
             raise fail(f"no {key!r}")
         if not (is_int(meta[key]) if kind is int else isinstance(meta[key], kind)):
             raise fail(f"{key!r} must be {kind.__name__}, got {describe(meta[key])}")
-    images, unreadable = meta["images"], meta.setdefault("unreadable", [])
+    images = meta["images"]
     if not 1 <= meta["dim"] <= MAX_WIDTH:
         raise fail(f"dim must be 1..{MAX_WIDTH}, got {meta['dim']}")
     if not all(isinstance(name, str) and name for name in images):
@@ -163,12 +163,11 @@ def read_cache_index(out_dir: str | Path) -> dict:
         raise fail("images lists a file twice")
     if not 0 <= meta["done"] <= len(images):
         raise fail(f"done must be 0..{len(images)}, got {meta['done']}")
-    if not isinstance(unreadable, list) or not set(unreadable) <= set(images):
-        raise fail("unreadable must list some of the images")
-    non_finite = meta.setdefault("non_finite", [])
-    if not isinstance(non_finite, list) or not set(non_finite) <= set(images):
-        raise fail("non_finite must list some of the images")
-    layout = meta.get("layout", "pooled")
+    for key in ("unreadable", "non_finite"):
+        listed = meta.setdefault(key, [])
+        if not isinstance(listed, list) or not set(listed) <= set(images):
+            raise fail(f"{key} must list some of the images")
+    layout = meta.setdefault("layout", "pooled")  # version 1 had none: always pooled
     if layout not in LAYOUTS:
         raise fail(f"unknown layout {describe(layout)} (known: {', '.join(LAYOUTS)})")
     if layout == "grid":
@@ -187,7 +186,7 @@ def read_cache_index(out_dir: str | Path) -> dict:
 def cache_shape(meta: dict) -> tuple[int, ...]:
     """The shape of ``features.npy`` a checked index describes."""
     rows = len(meta["images"])
-    if meta.get("layout", "pooled") == "grid":
+    if meta["layout"] == "grid":
         return (rows, int(np.prod(meta["grid"])), int(meta["dim"]))
     return (rows, int(meta["dim"]))
 
@@ -205,7 +204,7 @@ def _check_compatible(
             f"{folder / INDEX_FILE} was made for a different list of images: "
             "use another output folder or pass --overwrite"
         )
-    held = meta.get("layout", "pooled")
+    held = meta["layout"]
     if held != layout:
         raise StorytellerError(
             f"{folder / INDEX_FILE} holds {held} features, not {layout}: use another output "
@@ -230,7 +229,6 @@ def open_cache(
     if index_path.is_file() and array_path.is_file() and not overwrite:
         meta = read_cache_index(out_dir)
         _check_compatible(meta, encoder_name, names, layout, out_dir)
-        meta.setdefault("layout", "pooled")  # a version-1 cache
         if meta["done"] >= len(names):
             return None
         check_npy(array_path, np.float16, cache_shape(meta))  # before mapping it
@@ -324,7 +322,6 @@ def load_feature_cache(out_dir: str | Path) -> FeatureCache:
             f"the feature cache in {out_dir} is incomplete ({meta['done']}/{len(meta['images'])}); "
             "run `python -m storyteller features` again to finish it"
         )
-    layout = meta.get("layout", "pooled")
     array_path = out_dir / FEATURES_FILE
     if not array_path.is_file():
         raise ArtefactError(array_path, f"missing, though {index_path.name} describes it")
@@ -333,7 +330,7 @@ def load_feature_cache(out_dir: str | Path) -> FeatureCache:
     bad = set(meta["unreadable"]) | set(meta["non_finite"])  # both reported at extraction
     keep = [i for i, name in enumerate(meta["images"]) if name not in bad]
     names = [meta["images"][i] for i in keep]
-    if layout == "grid":
+    if meta["layout"] == "grid":
         return FeatureCache(names, None, meta, array=array, rows=keep, folder=out_dir)
     features = torch.from_numpy(np.asarray(array[keep], dtype=np.float32))  # (N, dim)
     if not bool(torch.isfinite(features).all()):  # read whole anyway: the check is one pass

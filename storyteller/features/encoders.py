@@ -103,6 +103,13 @@ def _torchvision_net(name: str, pretrained: bool) -> nn.Module:
         raise _weights_error(name, exc) from exc
 
 
+_INCEPTION_PARTS = (  # its forward()'s order, without the aux head, pooling and fc
+    "Conv2d_1a_3x3 Conv2d_2a_3x3 Conv2d_2b_3x3 maxpool1 Conv2d_3b_1x1 Conv2d_4a_3x3 maxpool2 "
+    "Mixed_5b Mixed_5c Mixed_5d Mixed_6a Mixed_6b Mixed_6c Mixed_6d Mixed_6e Mixed_7a Mixed_7b "
+    "Mixed_7c"
+)
+
+
 def _torchvision_trunk(name: str, pretrained: bool) -> nn.Module:
     """The convolutional part of a torchvision classifier, up to its last feature map
     (batch, dim, h, w): everything before the global pooling and the classifier."""
@@ -113,16 +120,8 @@ def _torchvision_trunk(name: str, pretrained: bool) -> nn.Module:
         return _DenseNetTrunk(net.features)
     if name.startswith("shufflenet"):  # conv5 (1x1 to 1024) belongs to the trunk
         return nn.Sequential(net.conv1, net.maxpool, net.stage2, net.stage3, net.stage4, net.conv5)
-    if name == "inception_v3":  # forward()'s order, without the aux head, pooling and fc
-        return nn.Sequential(
-            *(getattr(net, part) for part in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3")),
-            net.maxpool1,
-            net.Conv2d_3b_1x1,
-            net.Conv2d_4a_3x3,
-            net.maxpool2,
-            *(getattr(net, f"Mixed_{block}") for block in ("5b", "5c", "5d", "6a", "6b")),
-            *(getattr(net, f"Mixed_{block}") for block in ("6c", "6d", "6e", "7a", "7b", "7c")),
-        )
+    if name == "inception_v3":
+        return nn.Sequential(*(getattr(net, part) for part in _INCEPTION_PARTS.split()))
     # mobilenet, efficientnet, squeezenet: ``features`` is the convolutional part (squeezenet's
     # classifier is a 1x1 convolution to 1000 classes: the features are the 512 before it).
     return net.features

@@ -54,15 +54,12 @@ def _too_large_message(what: str) -> str:
 def _refuse_special(mode: int) -> None:
     if stat.S_ISREG(mode):
         return
-    kind = (
-        "a folder"
-        if stat.S_ISDIR(mode)
-        else "a FIFO (named pipe)"
-        if stat.S_ISFIFO(mode)
-        else "a socket"
-        if stat.S_ISSOCK(mode)
-        else "a device"
-    )
+    kinds = {
+        stat.S_ISDIR: "a folder",
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISSOCK: "a socket",
+    }
+    kind = next((name for is_kind, name in kinds.items() if is_kind(mode)), "a device")
     raise UnreadableImage(f"this is {kind}, not a regular file: use a photo file")
 
 
