@@ -12,8 +12,9 @@ from torch import nn
 from storyteller.cli import main
 from storyteller.errors import StorytellerError
 from storyteller.features import encoder_specs, encoders
+from storyteller.features.encoder_specs import ENCODERS
 from storyteller.features.encoder_table import encoder_rows
-from storyteller.features.encoders import ENCODERS, build_encoder, with_layout
+from storyteller.features.encoders import build_encoder, with_layout
 
 SEED_ENCODERS = (  # every encoder the seeds used, plus the offline one
     "resnet50 resnet101 resnet18 wide_resnet50_2 resnest50d densenet121 squeezenet1_1 "
