@@ -22,7 +22,8 @@ from storyteller.errors import StorytellerError
 from storyteller.evaluation.evaluate import teacher_forced_loss
 from storyteller.features.cache import FeatureExtractor, extract_features
 from storyteller.features.cache_format import load_feature_cache
-from storyteller.features.encoders import ENCODERS, build_encoder, encoder_blocks
+from storyteller.features.encoder_specs import ENCODERS
+from storyteller.features.encoders import build_encoder, encoder_blocks
 from storyteller.features.images import open_image
 from storyteller.inference import Captioner
 from storyteller.models import build_model

@@ -25,8 +25,8 @@ import torch
 from conftest import cli as _cli
 
 from storyteller.data.sample import generate_sample_dataset
+from storyteller.decoder_options import DEFAULT_DECODER
 from storyteller.errors import StorytellerError
-from storyteller.models import DEFAULT_DECODER
 from storyteller.notebook import extras as nbextras
 from storyteller.notebook import hardware as nbhardware
 from storyteller.notebook import kaggle as nbkaggle

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
     not FLICKR8K_1K.is_dir(), reason="../shared/data/flickr8k-1k not present"
 )
 
-# The recipe the README's results table reports: defaults, with room for early stopping.
+# The recipe docs/results.md's results table reports: defaults, with room for early stopping.
 RECIPE = TrainConfig(num_epochs=30)
 
 

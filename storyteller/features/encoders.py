@@ -12,12 +12,10 @@ import torch
 from torch import nn
 
 from ..errors import StorytellerError
-from .encoder_specs import (  # ENCODERS, Preprocessing: callers of build_encoder use both
+from .encoder_specs import (
     DEFAULT_ENCODER,
-    ENCODERS,  # noqa: F401
     OFFLINE_ENCODER,
     EncoderSpec,
-    Preprocessing,  # noqa: F401
     check_layout,
     get_encoder_spec,
 )

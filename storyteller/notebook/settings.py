@@ -19,9 +19,9 @@ import torch
 from ..config import ModelConfig, TrainConfig, field_values
 from ..data.captions import find_caption_file
 from ..data.sample import default_sample_dir, ensure_sample_dataset, generate_sample_dataset
-from ..decoder_options import TransformerOptions
+from ..decoder_options import DEFAULT_DECODER, TransformerOptions
 from ..errors import StorytellerError
-from ..models import DEFAULT_DECODER, decoder_class
+from ..models import decoder_class
 from ..progress import Log
 from ..runtime import describe_hardware, get_device, seed_everything
 from .hardware import adapted_sizes

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from ..data.vocab import Vocabulary
 from ..errors import StorytellerError
-from ..features.encoders import ENCODERS, get_encoder_spec
+from ..features.encoder_specs import ENCODERS
+from ..features.encoders import get_encoder_spec
 from ..hf_token import login_token
 from ..models.checkpoint import load_model, read_checkpoint
 from ..progress import Log

@@ -109,7 +109,7 @@ def open_upload(path: str | Path) -> Image.Image:
 def configured_threads(env: Mapping[str, str] | None = None) -> int | None:
     """Torch threads asked for by ``$STORYTELLER_TORCH_THREADS`` (None: torch's default).
     On 2 shared cores with two captions at once torch's default measured 11-14 images/s and
-    one thread per request 8.5-12 (README), so the default stays."""
+    one thread per request 8.5-12 (docs/results.md), so the default stays."""
     return env_count("STORYTELLER_TORCH_THREADS", None, env)
 
 

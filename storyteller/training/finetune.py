@@ -35,7 +35,8 @@ from ..data.captions import CaptionDataset
 from ..data.vocab import PAD_ID, Vocabulary
 from ..errors import StorytellerError
 from ..features.cache_format import FeatureCache
-from ..features.encoders import Preprocessing, build_encoder, encoder_blocks
+from ..features.encoder_specs import Preprocessing
+from ..features.encoders import build_encoder, encoder_blocks
 from ..features.images import open_image
 from ..models import CaptionDecoder, decoder_class
 
@@ -99,7 +100,7 @@ class EncoderDecoder(nn.Module):
 def image_transform(preprocessing: Preprocessing, augment: bool) -> Callable:
     """The encoder's own preprocessing; with ``augment`` a random crop and a horizontal flip
     in place of the centre crop (off by default: a flip swaps "left" and "right" in the
-    captions' world, and on Flickr-sized data it buys little; see the README)."""
+    captions' world, and on Flickr-sized data it buys little; see docs/encoders.md)."""
     if not augment:
         return preprocessing.transform()
     return transforms.Compose(
