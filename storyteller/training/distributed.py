@@ -209,7 +209,7 @@ def launch_training(
     torchrun with the flags these configs map to; returns the :class:`TrainResult` read back
     from the run folder (the same as :func:`storyteller.pipeline.train_step` returns).
     ``fine_tune_encoder``/``encoder``: as ``train --fine-tune-encoder N --encoder NAME``."""
-    from ..cli import train_flags
+    from ..config import train_flags
     from .train import TrainResult
 
     args = ["train", "--data", str(data), "--out", str(out)]
