@@ -10,7 +10,16 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from .config_cli import FINITE, Bound, bounded, field_bounds, option, type_words
+from .config_cli import (
+    FINITE,
+    Bound,
+    bounded,
+    config_flags,
+    config_flags_for,
+    field_bounds,
+    option,
+    type_words,
+)
 from .decoder_options import BUILTIN_DECODERS, DEFAULT_DECODER
 from .errors import StorytellerError
 
@@ -236,6 +245,34 @@ class TrainConfig:
         """The config stored in a checkpoint, every field's type and range checked first
         (its field's bound); a one-line :class:`StorytellerError` naming the field."""
         return cls(**checked_fields(cls, data, where))
+
+
+def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = True) -> list[str]:
+    """The ``train`` command's flags that give these configs back (the inverse of the CLI's
+    ``configs``), so a notebook can start the same training as a command (e.g. under
+    torchrun)."""
+    model = model or {}
+    train_fields, defaults = config_flags(TrainConfig), TrainConfig().to_dict()
+    fixed = [k for k, v in train.to_dict().items() if k not in train_fields and v != defaults[k]]
+    model_fields = config_flags(ModelConfig)
+    unknown = [k for k in model if k not in model_fields and k != "decoder_options"]
+    if fixed or unknown:
+        raise StorytellerError(
+            f"the train command has no flag for {', '.join(fixed + unknown)}: "
+            "leave it at its default or call storyteller.pipeline.train_step"
+        )
+    flags = config_flags_for(TrainConfig, {k: getattr(train, k) for k in train_fields})
+    # A config that names no decoder is ModelConfig's (the seed lstm), whatever the CLI's
+    # default is: say it.
+    seed = ModelConfig.__dataclass_fields__["decoder"].default  # "lstm"
+    flags += [] if "decoder" in model else ["--decoder", seed]
+    for key, value in model.items():
+        if key == "decoder_options":
+            for name, option_value in (value or {}).items():
+                flags += ["--decoder-option", f"{name}={option_value}"]
+        else:
+            flags += config_flags_for(ModelConfig, {key: value})
+    return flags + ([] if resume else ["--no-resume"])
 
 
 @dataclass(frozen=True)

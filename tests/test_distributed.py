@@ -16,7 +16,7 @@ import torch
 from ddp_kill_worker import CONFIG, MODEL
 from test_train import _fresh_run
 
-from storyteller.cli import train_flags
+from storyteller.config import train_flags
 from storyteller.errors import StorytellerError
 from storyteller.models.checkpoint import read_checkpoint
 from storyteller.pipeline import launch_training

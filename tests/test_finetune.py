@@ -14,8 +14,8 @@ from test_train import _fresh_run
 
 from storyteller import pipeline
 from storyteller.artefacts import ArtefactError
-from storyteller.cli import main, train_flags
-from storyteller.config import ModelConfig, TrainConfig
+from storyteller.cli import main
+from storyteller.config import ModelConfig, TrainConfig, train_flags
 from storyteller.data.captions import load_dataset
 from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError

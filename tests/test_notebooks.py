@@ -471,15 +471,15 @@ def test_smoke_runs_write_their_own_folder(clean_env, monkeypatch):
 def test_notebooks_run_names_the_folder_it_wrote(clean_env, monkeypatch):
     from argparse import Namespace
 
-    from storyteller import cli
+    from storyteller.cli.notebooks import _notebook_outputs
 
     monkeypatch.delenv(nbruns.OUT_DIR_ENV, raising=False)
     smoke, real = Namespace(cwd="w", smoke=True), Namespace(cwd="w", smoke=False)
-    assert cli._notebook_outputs(smoke, {}) == os.path.join("w", "outputs", "smoke")
-    assert cli._notebook_outputs(real, {}) == os.path.join("w", "outputs")
-    assert cli._notebook_outputs(smoke, {"OUT_DIR": "mine"}) == os.path.join("w", "mine")
+    assert _notebook_outputs(smoke, {}) == os.path.join("w", "outputs", "smoke")
+    assert _notebook_outputs(real, {}) == os.path.join("w", "outputs")
+    assert _notebook_outputs(smoke, {"OUT_DIR": "mine"}) == os.path.join("w", "mine")
     monkeypatch.setenv(nbruns.OUT_DIR_ENV, "/abs/run")
-    assert cli._notebook_outputs(smoke, {}) == "/abs/run"
+    assert _notebook_outputs(smoke, {}) == "/abs/run"
 
 
 @pytest.mark.parametrize(

@@ -5,19 +5,17 @@ masked transformer decoder over the words). ``build_model(config)`` makes the on
 ``config.decoder`` names.
 """
 
-from ..decoder_options import DEFAULT_DECODER
 from .base import CaptionDecoder, DecoderState, batch_field
-from .lstm import LSTMDecoder  # registers "lstm" first: the default
+from .lstm import LSTMDecoder  # registers "lstm" first: the seed
 from .registry import DECODERS, build_model, decoder_class, register_decoder, resolve_config
 
 # isort: split
-# Registered after the LSTM (DECODERS lists the default first), so kept out of the sorted block.
+# Registered after the LSTM (DECODERS lists the seed first), so kept out of the sorted block.
 from .attention import AttentionDecoder  # "attention"
 from .transformer import TransformerDecoder  # "transformer"
 
 __all__ = [
     "DECODERS",
-    "DEFAULT_DECODER",
     "AttentionDecoder",
     "CaptionDecoder",
     "DecoderState",

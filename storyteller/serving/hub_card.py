@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import shlex
 
-from ..config import ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig, train_flags
+from ..config_cli import config_flags
 from ..data.vocab import Vocabulary
 from ..errors import StorytellerError
 
@@ -37,9 +38,8 @@ def dataset_name(vocab: Vocabulary) -> str:
 def training_commands(model_config: ModelConfig, train_config: dict) -> list[str]:
     """The commands that train this model again on the same data (``features``, ``vocab``,
     ``train``), or a pointer to config.json when a setting has no flag."""
-    from ..cli import _MODEL_FLAGS, train_flags
-
-    keys = (*_MODEL_FLAGS, "decoder", "decoder_options", "feature_norm", "freeze_embeddings")
+    flagged = config_flags(ModelConfig)  # the fields that have a train flag
+    keys = (*flagged, "decoder", "decoder_options", "feature_norm", "freeze_embeddings")
     model = {k: v for k, v in model_config.to_dict().items() if k in keys}
     try:
         flags = train_flags(TrainConfig.from_dict(train_config), model)

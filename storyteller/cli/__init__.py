@@ -1,0 +1,72 @@
+"""Command line: ``python -m storyteller <command>`` (also installed as ``storyteller``).
+
+Each command is a module here: its parser (``add_parser``) and its ``run``, a thin wrapper over
+:mod:`storyteller.pipeline` (or :mod:`storyteller.inference`) that imports torch only when it
+runs, so ``--help`` and argument mistakes answer at once. Errors are one line (``error: ...``,
+exit status 2), not a traceback; ``STORYTELLER_DEBUG=1`` shows an unexpected one's traceback.
+"""
+
+import argparse
+import os
+import sys
+
+from ..errors import StorytellerError, disk_full_cause, disk_full_error
+from . import (
+    caption,
+    deploy,
+    encoders,
+    evaluate,
+    features,
+    notebooks,
+    push,
+    run_all,
+    sample,
+    story,
+    train,
+    vocab,
+)
+from .common import Parser, terminal_text
+
+#: The commands in the order ``--help`` lists them.
+COMMANDS = (sample, features, vocab, train, evaluate, caption, notebooks, story, run_all)
+COMMANDS += (deploy, push, encoders)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="python -m storyteller",
+        description="Neural Storyteller: cache CNN features, build a vocabulary, train a "
+        "captioner (lstm, attention or transformer; attention by default), caption photos "
+        "(greedy / beam search), evaluate, and write a story from a caption. Run `run-all` "
+        "for the whole chain.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for command in COMMANDS:
+        command.add_parser(sub)  # sets the parser's `handler` to the module's run
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0  # a command's exit status; None when it succeeded
+    except StorytellerError as exc:
+        print(f"error: {terminal_text(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        full = disk_full_cause(exc)
+        if full is not None:  # a write outside the atomic ones, which name their file
+            where = full.filename or f"into {getattr(args, 'out', None) or 'the output folder'}"
+            print(f"error: {disk_full_error(full, where)}", file=sys.stderr)
+            return 2
+        if os.environ.get("STORYTELLER_DEBUG"):
+            raise
+        print(
+            f"error: unexpected {type(exc).__name__}: {terminal_text(str(exc))} (set "
+            "STORYTELLER_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
