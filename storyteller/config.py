@@ -193,7 +193,8 @@ class ModelConfig:
         """The config stored in a checkpoint, every field's type and range checked first
         (its field's bound); a one-line :class:`StorytellerError` naming the field."""
         # A stored config that names no decoder is the seed lstm's (the format's first form).
-        return cls(**checked_fields(cls, {"decoder": "lstm", **data}, where))
+        data = {"decoder": "lstm", **data} if isinstance(data, dict) else data
+        return cls(**checked_fields(cls, data, where))
 
 
 @dataclass
