@@ -105,25 +105,18 @@ class StorySession:
         return self._cap(clean_caption(caption), MAX_CAPTION_CHARS, "caption")
 
     def _start(self, caption: str, options: StoryOptions | None) -> Iterator[str]:
-        prompt = StoryPrompt("start", (caption,))
-        return self._turn(prompt, caption, options, keep_history=False)
+        return self._turn(StoryPrompt("start", (caption,)), caption, options)
 
     def _captions(self) -> tuple[str, ...]:
         if not self.turns:
             raise StoryError("there is no story yet: start one from an image first")
         return tuple(self.captions)
 
-    def _turn(
-        self,
-        prompt: StoryPrompt,
-        given: str,
-        options: StoryOptions | None,
-        keep_history: bool = True,
-    ) -> Iterator[str]:
+    def _turn(self, prompt: StoryPrompt, given: str, options: StoryOptions | None) -> Iterator[str]:
         """Validate now (errors surface at the call), generate when iterated."""
         if options is not None:
             self.options = options
-        return self._generate(prompt, given, self.options, keep_history)
+        return self._generate(prompt, given, self.options)
 
     def _draw(self, prompt: StoryPrompt, options: StoryOptions, prefix: str) -> Iterator[str]:
         """One generation: yields ``prefix`` + its text so far after each chunk and returns the
@@ -141,12 +134,11 @@ class StorySession:
                 break
         return text.strip()
 
-    def _generate(
-        self, prompt: StoryPrompt, given: str, options: StoryOptions, keep_history: bool
-    ) -> Iterator[str]:
+    def _generate(self, prompt: StoryPrompt, given: str, options: StoryOptions) -> Iterator[str]:
         if self.backend is None:
             self.backend = get_backend("auto")
-        before = self.story if keep_history else ""
+        start = prompt.kind == "start"  # a new story replaces the old one once it completes
+        before = "" if start else self.story
         prefix = before + PARAGRAPH if before else ""
         # a duck-typed backend (a test double, a student's own) has no time_limit of its own
         limit = options.turn_limit(getattr(self.backend, "time_limit", DEFAULT_TURN_SECONDS))
@@ -176,10 +168,10 @@ class StorySession:
             )
         if out_of_time:
             self.notes.append(f"the story stopped at its time limit of {limit:g} s per turn")
-        turns = self.turns if keep_history else []
-        captions = list(prompt.captions) if prompt.kind in ("start", "image") else self.captions
-        self.turns = [*turns, {"kind": prompt.kind, "input": given, "text": text}]
-        self.captions = list(captions)
+        turn = {"kind": prompt.kind, "input": given, "text": text}
+        self.turns = [turn] if start else [*self.turns, turn]
+        if prompt.kind in ("start", "image"):
+            self.captions = list(prompt.captions)
 
 
 def write_story(

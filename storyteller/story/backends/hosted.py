@@ -33,11 +33,8 @@ BASE_URL_ENV = "STORYTELLER_STORY_BASE_URL"
 
 
 class HostedBackend(StoryBackend):
-    """Chat completion on a hosted or self-hosted OpenAI-compatible endpoint: ``model``
-    (default ``$STORYTELLER_STORY_MODEL``), ``base_url`` (default
-    ``$STORYTELLER_STORY_BASE_URL``; none: Hugging Face), ``token`` (default: see
-    :func:`..keys.key_for`), ``timeout`` (seconds to wait for the server, and between chunks).
-    """
+    """Chat completion on Hugging Face (no ``base_url``) or an OpenAI-compatible server;
+    ``timeout`` is how long the server may take to answer, and between chunks."""
 
     name = "hosted"
 

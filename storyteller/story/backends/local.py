@@ -317,7 +317,12 @@ class TransformersBackend(StoryBackend):
             clock.event.set()  # a stop marker, or the reader stopped: end generation
             thread.join()
         if failure:
-            raise self._generation_error(failure[0]) from failure[0]
+            exc = failure[0]
+            if _is_out_of_memory(exc):
+                raise self._too_large("out of memory while generating") from exc
+            raise StoryError(
+                f"{self.name}: generation failed: {type(exc).__name__}: {exc}"
+            ) from exc
         if rest := cleaner.finish():
             yield rest
 
@@ -360,8 +365,3 @@ class TransformersBackend(StoryBackend):
         except BaseException as exc:  # re-raised by _stream
             failure.append(exc)
             kwargs["streamer"].end()
-
-    def _generation_error(self, exc: BaseException) -> StoryError:
-        if _is_out_of_memory(exc):
-            return self._too_large("out of memory while generating")
-        return StoryError(f"{self.name}: generation failed: {type(exc).__name__}: {exc}")
