@@ -6,7 +6,6 @@ arguments, so a model loads once per process.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 
@@ -16,6 +15,7 @@ from ..keys import API_KEY_ENV, is_hugging_face, key_for
 from ..limits import TIME_LIMIT_ENV
 from . import gemma_cache
 from .base import StoryBackend
+from .gemma_cache import installed
 from .hosted import BASE_URL_ENV, DEFAULT_MODEL, MODEL_ENV
 
 BACKENDS = ("auto", "hosted", "transformers", "offline")
@@ -37,10 +37,6 @@ NO_BACKEND_MESSAGE = (
 )
 
 
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 def choose_auto(token: str | None, base_url: str | None) -> tuple[str, str]:
     """The rule behind ``auto``: the backend it stands for, and why (for messages); whether
     it is installed is the caller's question (:func:`resolve_auto` asks it)."""
@@ -56,10 +52,10 @@ def resolve_auto(**kwargs) -> str:
     only what is installed; ``NoStoryBackend`` if none)."""
     base_url = kwargs.get("base_url") or os.environ.get(BASE_URL_ENV)
     token = None  # with a base URL no token is looked for; Hugging Face's needs huggingface_hub
-    if not base_url and _installed("huggingface_hub"):
+    if not base_url and installed("huggingface_hub"):
         token = find_hf_token(kwargs.get("token"))
     name, _ = choose_auto(token, base_url)
-    if name == "offline" and not (gemma_cache.is_installed() and _installed("transformers")):
+    if name == "offline" and not (gemma_cache.is_installed() and installed("transformers")):
         raise NoStoryBackend(NO_BACKEND_MESSAGE)
     return name
 
@@ -75,12 +71,12 @@ def _construct(name: str, kwargs: dict) -> StoryBackend:
                 "transformers: name a model: --model HUB_ID_OR_FOLDER (e.g. "
                 "Qwen/Qwen2.5-1.5B-Instruct on a GPU, or a local folder)"
             )
-        if not _installed("transformers"):
+        if not installed("transformers"):
             raise StoryError(f"transformers: not installed: {gemma_cache.STORY_EXTRA}")
         from .local import TransformersBackend
 
         return TransformersBackend(**kwargs)
-    if not _installed("transformers"):  # a clear error, not an ImportError
+    if not installed("transformers"):  # a clear error, not an ImportError
         raise StoryError(f"offline: transformers is not installed: {gemma_cache.STORY_EXTRA}")
     from .offline import OfflineBackend
 
@@ -125,7 +121,7 @@ def _describe_hosted(model: str) -> str:
         return f"ready: {model} via {base_url} " + (
             f"(key from {source})" if key else "(no key sent)"
         )
-    if not _installed("huggingface_hub"):
+    if not installed("huggingface_hub"):
         return f"not installed: {gemma_cache.STORY_EXTRA}"
     if find_hf_token():
         return f"ready: {model} via Hugging Face Inference Providers (token found)"
@@ -150,7 +146,7 @@ def describe_backends() -> dict[str, str]:
     except NoStoryBackend:
         auto = "none available: the caption is shown alone"
     transformers = "ready: any model id or local folder (--model)"
-    if not _installed("transformers"):
+    if not installed("transformers"):
         transformers = f"not installed: {gemma_cache.STORY_EXTRA}"
     hosted = _describe_hosted(os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
     offline = _describe_offline()

@@ -42,15 +42,20 @@ STORY_EXTRA = "pip install 'storyteller[story]'"
 OFFLINE_MODULES = (PACKAGE, "transformers", "gguf", "safetensors")
 
 
-def missing_offline_modules() -> list[str]:
-    """The modules of :data:`OFFLINE_MODULES` that are not installed (checked, not imported)."""
-    missing = [] if is_installed() else [PACKAGE]
-    return missing + [m for m in OFFLINE_MODULES[1:] if importlib.util.find_spec(m) is None]
+def installed(module: str) -> bool:
+    """Whether ``module`` is installed (checked without importing it)."""
+    return importlib.util.find_spec(module) is not None
 
 
 def is_installed() -> bool:
-    """Whether the GGUF package is installed (checked without importing it)."""
-    return importlib.util.find_spec(PACKAGE) is not None
+    """Whether the GGUF package is installed."""
+    return installed(PACKAGE)
+
+
+def missing_offline_modules() -> list[str]:
+    """The modules of :data:`OFFLINE_MODULES` that are not installed."""
+    missing = [] if is_installed() else [PACKAGE]
+    return missing + [m for m in OFFLINE_MODULES[1:] if not installed(m)]
 
 
 def cache_dir(root: str | Path | None = None) -> Path:
