@@ -86,17 +86,13 @@ def option(
     False-by-default field, ``--no-x`` turns off a True-by-default one. ``flag``: the flag's
     name when it is not the field's (``epochs`` for ``num_epochs``). ``flag_default``: the
     command line's default; ``None`` means "the run decides" (left out of :func:`config_values`)."""
-    metadata: dict[str, Any] = {_HELP: help.replace("{default}", str(default))}
-    if flag is not None:
-        metadata[_FLAG] = flag
+    given = {_FLAG: flag, _CHOICES: choices, _METAVAR: metavar, _BOUND: bound}
+    metadata = {_HELP: help.replace("{default}", str(default))}
+    metadata.update((key, value) for key, value in given.items() if value is not None)
     if choices is not None:
         metadata[_CHOICES] = tuple(choices)
-    if metavar is not None:
-        metadata[_METAVAR] = metavar
     if flag_default is not MISSING:
         metadata[_FLAG_DEFAULT] = flag_default
-    if bound is not None:
-        metadata[_BOUND] = bound
     return field(default=default, metadata=metadata)
 
 

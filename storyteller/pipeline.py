@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from .artefacts import read_splits
 from .config import MIN_WORD_COUNT, ModelConfig, Strategy, TrainConfig
@@ -165,24 +165,15 @@ def load_splits(out: str | Path) -> dict[str, list[str]]:
     return read_splits(path)
 
 
-class Run(NamedTuple):
+def _load_run(data, out, log) -> tuple[Path, CaptionDataset, dict, Vocabulary, FeatureCache]:
     """What training and evaluation read from a run folder, checked against each other."""
-
-    data_dir: Path
-    dataset: CaptionDataset
-    splits: dict
-    vocab: Vocabulary
-    cache: FeatureCache
-
-
-def _load_run(data, out, log) -> Run:
     paths = RunPaths(Path(out))
     splits, vocab = load_splits(out), Vocabulary.load(paths.vocab)  # cheap checks first
     cache = load_feature_cache(paths.features)
     data_dir = resolve_data(data, log=log, out=out)
     dataset = load_dataset(data_dir)
     check_splits(splits, paths, cache, dataset)
-    return Run(data_dir, dataset, splits, vocab, cache)
+    return data_dir, dataset, splits, vocab, cache
 
 
 def check_splits(
@@ -305,8 +296,8 @@ def evaluate_step(
     log: Log = print,
     revision: str | None = None,
 ) -> dict[str, dict]:
-    """Score the best checkpoint on the test split (greedy and beam), plus the baseline.
-    ``checkpoint`` may also be a model folder or a Hub model id, scored with its own vocabulary."""
+    """Score the best checkpoint (or a model folder, or a Hub model id, with its own
+    vocabulary) on the test split, greedy and beam, plus the baseline."""
     from .evaluation.evaluate import baseline_scores, evaluate_model
     from .evaluation.provenance import evaluation_provenance
 

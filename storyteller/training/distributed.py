@@ -133,7 +133,7 @@ def launch(
     nproc: int,
     args: list[str],
     cwd: str | Path | None = None,
-    log: Callable[[str], None] = print,
+    log: Log = print,
     module: str = "storyteller",
 ) -> None:
     """Run ``python -m MODULE ARGS`` as ``nproc`` processes under torchrun, streaming its

@@ -4,7 +4,6 @@ gradient scaler, data order and random states, and the run's progress (``last.pt
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from ..models.checkpoint import (
     read_checkpoint,
     strip_module_prefix,
 )
+from ..progress import Log
 from ..run_folder import LAST_CHECKPOINT, TRAINING_FILES
 from .distributed import SINGLE_PROCESS, DistContext
 from .finetune import ENCODER_WEIGHTS, EncoderDecoder, FineTunedEncoder, check_encoder_weights
@@ -48,10 +48,7 @@ def save_rng_states(device: torch.device, context: DistContext = SINGLE_PROCESS)
 
 
 def restore_rng_states(
-    checkpoint: dict,
-    device: torch.device,
-    context: DistContext = SINGLE_PROCESS,
-    log: Callable[[str], None] = print,
+    checkpoint: dict, device: torch.device, context: DistContext = SINGLE_PROCESS, log: Log = print
 ) -> None:
     """Put back the random states :func:`save_rng_states` stored, as far as this machine
     allows: GPU states only onto as many GPUs as wrote them; otherwise a note that dropout
@@ -97,9 +94,7 @@ def restore_rng_states(
         )
 
 
-def restore_scaler(
-    scaler: torch.amp.GradScaler, saved: dict, log: Callable[[str], None] = print
-) -> None:
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict, log: Log = print) -> None:
     """Resume the mixed-precision gradient scaler; only an enabled one (a GPU with AMP) has a
     state, so a CPU run's checkpoint leaves it fresh."""
     if not scaler.is_enabled():
@@ -237,7 +232,7 @@ class TrainingState:
         checkpoint: dict,
         device: torch.device,
         context: DistContext = SINGLE_PROCESS,
-        log: Callable[[str], None] = print,
+        log: Log = print,
     ) -> None:
         """Continue from ``checkpoint``, read onto the CPU (``load_state_dict`` copies weights
         and optimiser moments to this run's device)."""
@@ -299,7 +294,7 @@ def _check_resumable(checkpoint: dict, path: Path, state: TrainingState, vocab) 
         )
 
 
-def discard_earlier_run(out_dir: Path, log: Callable[[str], None] = print) -> None:
+def discard_earlier_run(out_dir: Path, log: Log = print) -> None:
     """Remove an earlier run's checkpoints and curves before a fresh run, so none passes for
     this run's if it fails before writing its own."""
     found = [name for name in TRAINING_FILES if (out_dir / name).is_file()]
@@ -317,7 +312,7 @@ def start_run(
     vocab: Vocabulary,
     device: torch.device,
     context: DistContext = SINGLE_PROCESS,
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> None:
     """Continue from ``out_dir``'s ``last.pth`` when resuming, else remove an earlier run's
     files."""

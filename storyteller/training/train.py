@@ -25,7 +25,7 @@ from ..features.cache_format import FeatureCache
 from ..figures.plots import plot_loss_curves
 from ..models import decoder_class, resolve_config
 from ..models.checkpoint import check_progress, read_checkpoint, save_checkpoint
-from ..progress import progress
+from ..progress import Log, progress
 from ..run_folder import BEST_CHECKPOINT, HISTORY_FILE, LAST_CHECKPOINT, LOSS_CURVE_FILE
 from ..runtime import autocast, get_device, write_json
 from .data import make_loaders, training_data
@@ -60,7 +60,7 @@ def parallelize(
     train_config: TrainConfig,
     device: torch.device,
     context: DistContext = SINGLE_PROCESS,
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> nn.Module:
     """Wrap the model for several devices: DDP under torchrun, else ``nn.DataParallel`` when
     one process sees several GPUs (and ``train_config.data_parallel``), else the model itself."""
@@ -241,11 +241,14 @@ def _run_epoch(
     loaders: tuple[DataLoader, DataLoader],
     batch_loss: BatchLoss,
     train_config: TrainConfig,
+    vocab: Vocabulary,
     device: torch.device,
     context: DistContext,
-    last_path: Path,
+    out_dir: Path,
+    log: Log,
 ) -> dict:
-    """Train one epoch, validate, and record it (a NaN or infinite loss stops the run first)."""
+    """Train one epoch and validate (a NaN or infinite loss stops the run first); then rank 0
+    saves its checkpoints, history and loss curves and logs its line. Returns its record."""
     if isinstance(loaders[0].sampler, DistributedSampler):
         loaders[0].sampler.set_epoch(state.epoch)  # a new order every epoch, the same on resume
     started = time.perf_counter()
@@ -254,25 +257,12 @@ def _run_epoch(
         network, state, loaders[0], batch_loss, train_config, device, context, desc
     )
     val_loss = validate(network, loaders[1], batch_loss, device, context)
-    check_finite(train_loss, val_loss, state.epoch + 1, last_path, train_config)
+    check_finite(train_loss, val_loss, state.epoch + 1, out_dir / LAST_CHECKPOINT, train_config)
     seconds = time.perf_counter() - started
-    return state.end_epoch(train_loss, val_loss, seconds, train_config.patience, train_extra)
-
-
-def _end_epoch(
-    state: TrainingState,
-    record: dict,
-    out_dir: Path,
-    train_config: TrainConfig,
-    vocab: Vocabulary,
-    device: torch.device,
-    context: DistContext,
-    log: Callable[[str], None],
-) -> None:
-    """Save the epoch's checkpoints, history and loss curves, and log its line (rank 0 alone)."""
+    record = state.end_epoch(train_loss, val_loss, seconds, train_config.patience, train_extra)
     extra = state.checkpoint_extra(train_config, vocab, device, context)
     if not context.is_main:
-        return
+        return record
     if record["best"]:
         save_checkpoint(out_dir / BEST_CHECKPOINT, state.model, **extra)
     # last.pth after best_model.pth: a resume never skips a best epoch
@@ -284,6 +274,7 @@ def _end_epoch(
         f"val {record['val_loss']:.4f}  ppl {record['val_perplexity']:.1f}  lr {record['lr']:.2g}  "
         f"{record['seconds']:.1f}s" + ("  *best*" if record["best"] else "")
     )
+    return record
 
 
 def train_model(
@@ -297,7 +288,7 @@ def train_model(
     device: torch.device | None = None,
     resume: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
-    log: Callable[[str], None] = print,
+    log: Log = print,
     context: DistContext = SINGLE_PROCESS,
     embeddings: WordVectors | None = None,
     encoder: FineTunedEncoder | None = None,
@@ -325,12 +316,10 @@ def train_model(
     batch_loss = make_batch_loss(
         device, state.scaler.is_enabled(), PAD_ID, train_config.label_smoothing
     )
-    last_path = out_dir / LAST_CHECKPOINT
     while state.epoch < train_config.num_epochs and not state.stopped_early:
         record = _run_epoch(
-            state, network, loaders, batch_loss, train_config, device, context, last_path
+            state, network, loaders, batch_loss, train_config, vocab, device, context, out_dir, log
         )
-        _end_epoch(state, record, out_dir, train_config, vocab, device, context, log)
         if on_epoch is not None and context.is_main:
             on_epoch(record)
         if state.stopped_early:
