@@ -229,10 +229,8 @@ def train_step(
     model_config = run_model_config(
         overrides, len(vocab), cache, paths.features, encoder_name, fine_tune_encoder, width
     )
-    fine_tuned = None
+    fine_tuned = build_fine_tuned_encoder(model_config) if fine_tune_encoder else None
     if fine_tune_encoder:
-        layout = decoder_class(model_config.decoder).feature_layout
-        fine_tuned = build_fine_tuned_encoder(encoder_name, layout, fine_tune_encoder)
         log(
             f"fine-tuning the last {fine_tune_encoder} block(s) of {encoder_name} from the "
             f"photos (encoder lr {train_config.encoder_lr:g}, augment "

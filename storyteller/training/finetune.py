@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from ..artefacts import ArtefactError
+from ..config import ModelConfig
 from ..data.captions import CaptionDataset
 from ..data.vocab import PAD_ID, Vocabulary
 from ..errors import StorytellerError
@@ -140,12 +141,15 @@ def collate_images(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     return images, padded.view(len(batch), -1, padded.size(-1))  # (B, K, T)
 
 
-def build_fine_tuned_encoder(
-    name: str, layout: str, num_blocks: int, pretrained: bool = True
-) -> FineTunedEncoder:
-    """The registry's encoder ``name`` with its last ``num_blocks`` blocks trainable."""
-    backbone = build_encoder(name, pretrained=pretrained, grid=layout == "grid")
-    return FineTunedEncoder(backbone, num_blocks, name)
+def _backbone(config: ModelConfig, pretrained: bool) -> nn.Module:
+    """The registry's encoder ``config`` names, giving the features its decoder reads."""
+    layout = decoder_class(config.decoder).feature_layout
+    return build_encoder(config.encoder, pretrained=pretrained, grid=layout == "grid")
+
+
+def build_fine_tuned_encoder(config: ModelConfig) -> FineTunedEncoder:
+    """The ImageNet encoder ``config`` names, its last ``fine_tuned_blocks`` blocks trainable."""
+    return FineTunedEncoder(_backbone(config, True), config.fine_tuned_blocks, config.encoder)
 
 
 def check_encoder_weights(backbone: nn.Module, weights: object, path: object, name: str) -> dict:
@@ -174,13 +178,12 @@ def check_encoder_weights(backbone: nn.Module, weights: object, path: object, na
     return weights
 
 
-def checkpoint_encoder(config, checkpoint: dict, path: object) -> nn.Module | None:
+def checkpoint_encoder(config: ModelConfig, checkpoint: dict, path: object) -> nn.Module | None:
     """The fine-tuned encoder a checkpoint holds (``config``: its checked ModelConfig), checked
     before loading, with no download; ``None`` for a frozen encoder."""
     if not config.fine_tuned_blocks:
         return None
-    layout = decoder_class(config.decoder).feature_layout
-    backbone = build_encoder(config.encoder, pretrained=False, grid=layout == "grid")
+    backbone = _backbone(config, pretrained=False)
     weights = checkpoint.get(ENCODER_WEIGHTS)
     backbone.load_state_dict(check_encoder_weights(backbone, weights, path, config.encoder))
     return backbone
