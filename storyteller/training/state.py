@@ -140,13 +140,8 @@ class TrainingState:
         extra_groups = []
         if encoder is not None:
             encoder.to(device)
-            extra_groups.append(
-                {
-                    "params": encoder.trainable_parameters(),
-                    "lr": train_config.encoder_lr,
-                    "weight_decay": train_config.weight_decay,
-                }
-            )
+            group = {"params": encoder.trainable_parameters(), "lr": train_config.encoder_lr}
+            extra_groups.append({**group, "weight_decay": train_config.weight_decay})
         optimizer, scheduler = model.configure_optimizer(train_config, extra_groups)
         scaler = torch.amp.GradScaler("cuda", enabled=train_config.amp and device.type == "cuda")
         generator = torch.Generator().manual_seed(train_config.seed)
