@@ -63,18 +63,13 @@ BUILTIN_DECODERS: dict[str, type] = {
 DEFAULT_DECODER = "attention"
 
 
-def _options_class(name: str) -> type:
-    try:
-        return BUILTIN_DECODERS[name]
-    except KeyError:
-        raise StorytellerError(
-            f"unknown decoder {name!r}: choose one of {', '.join(BUILTIN_DECODERS)}"
-        ) from None
-
-
 def option_defaults(name: str) -> dict[str, Any]:
     """The built-in decoder's own options and their defaults (``{}`` for one that has none)."""
-    return {f.name: f.default for f in fields(_options_class(name)) if f.default is not MISSING}
+    if name not in BUILTIN_DECODERS:
+        choices = ", ".join(BUILTIN_DECODERS)
+        raise StorytellerError(f"unknown decoder {name!r}: choose one of {choices}")
+    options = fields(BUILTIN_DECODERS[name])
+    return {f.name: f.default for f in options if f.default is not MISSING}
 
 
 def _option_value(decoder: str, key: str, text: str, default: Any) -> Any:
