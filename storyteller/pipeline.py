@@ -102,8 +102,7 @@ def features_step(
     holds, else pooled."""
     paths = RunPaths(Path(out))
     dataset = load_dataset(resolve_data(data, log=log, out=out))
-    existing = paths.features_index
-    if existing.is_file() and not overwrite:  # resume with what it was made with
+    if paths.features_index.is_file() and not overwrite:  # resume with what it was made with
         meta = read_cache_index(paths.features)
         encoder = encoder or meta["encoder"]
         layout = layout or meta.get("layout", "pooled")
