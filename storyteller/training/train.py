@@ -299,10 +299,9 @@ def train_model(
     with the decoder from the photos."""
     out_dir = Path(out_dir)
     train_config, device = train_config or TrainConfig(), device or get_device()
+    log = log if context.is_main else (lambda _: None)  # rank 0 alone logs and writes
     if context.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        log = lambda _: None  # noqa: E731
     feature_dim = cache.dim if encoder is None else encoder.backbone.dim
     model_config = model_config or ModelConfig(len(vocab), feature_dim, encoder=cache.encoder)
     data = training_data(cache, dataset, splits, vocab, model_config, train_config, encoder)
