@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from .artefacts import read_splits
 from .config import MIN_WORD_COUNT, ModelConfig, Strategy, TrainConfig
@@ -42,9 +42,8 @@ def resolve_data(
     log: Log = print,
     out: str | Path | None = None,
 ) -> Path:
-    """The dataset folder to use: ``data`` if given; else the one the run folder ``out`` was
-    made from (:func:`recorded_data`); else the embedded sample (generated once). Said in one
-    line when ``data`` is not given."""
+    """The dataset folder to use: ``data``; else the one the run folder ``out`` was made from;
+    else the embedded sample (generated once)."""
     if data is not None:
         return Path(data).expanduser()
     made_from = None if out is None else recorded_data(out)
@@ -59,9 +58,8 @@ def resolve_data(
 
 
 def recorded_data(out: str | Path) -> Path | None:
-    """The dataset folder whose photos the feature cache in ``out`` was made from (its index
-    records their folder). None without a readable index, or for the embedded sample when it
-    is gone (it is made again); another folder that is gone is one line."""
+    """The dataset folder whose photos the feature cache in ``out`` was made from. None without
+    a readable index, or for the embedded sample when it is gone (it is made again)."""
     from .data.captions import find_caption_file, find_image_dir
     from .data.sample import default_sample_dir
 
@@ -99,33 +97,24 @@ def features_step(
     decode_on: str = "auto",
     layout: str | None = None,
 ) -> Path:
-    """Extract and cache each image's features with ``encoder`` (ResNet50, or the offline
-    EfficientNet-Lite0 when its weights cannot be downloaded). ``layout``: ``"pooled"`` (one
-    vector per image) or ``"grid"`` (one per feature-map position; its means serve a pooled
-    captioner too); ``None``: what an existing cache holds, else pooled."""
+    """Extract and cache each image's features with ``encoder``. ``layout``: ``"pooled"`` or
+    ``"grid"`` (whose means serve a pooled captioner too); ``None``: what an existing cache
+    holds, else pooled."""
     paths = RunPaths(Path(out))
     dataset = load_dataset(resolve_data(data, log=log, out=out))
-    existing = paths.features_index
-    if existing.is_file() and not overwrite:  # resume with what it was made with
+    if paths.features_index.is_file() and not overwrite:  # resume with what it was made with
         meta = read_cache_index(paths.features)
         encoder = encoder or meta["encoder"]
         layout = layout or meta.get("layout", "pooled")
     layout = layout or "pooled"
     name, module = resolve_encoder(encoder, log=log)
     log(f"extracting {name} {layout} features for {len(dataset)} images into {paths.features}")
+    image_dir = dataset.image_dir.absolute()  # recorded: later steps find the data from anywhere
     extract_features(
-        dataset.image_dir.absolute(),  # recorded: later steps find the data from any folder
-        dataset.images,
-        paths.features,
-        name,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=get_device(device),
-        overwrite=overwrite,
-        encoder=module,
-        decode_on=decode_on,
-        layout=layout,
-    )
+        image_dir, dataset.images, paths.features, name, batch_size=batch_size,
+        num_workers=num_workers, device=get_device(device), overwrite=overwrite, encoder=module,
+        decode_on=decode_on, layout=layout,
+    )  # fmt: skip
     return paths.features
 
 
@@ -138,13 +127,11 @@ def vocab_step(
     log: Log = print,
 ) -> Vocabulary:
     """Split images 80/10/10 (seeded) and build the vocabulary from the *training* captions."""
-    paths = RunPaths(Path(out))
-    data_dir = resolve_data(data, log=log, out=out)
-    dataset = load_dataset(data_dir)
+    dataset = load_dataset(resolve_data(data, log=log, out=out))
     vocab, split = build_split_vocabulary(
         dataset.captions, threshold, seed, provenance={"source": str(dataset.source)}
     )
-    save_split_vocabulary(paths, vocab, split, seed, log)
+    save_split_vocabulary(RunPaths(Path(out)), vocab, split, seed, log)
     return vocab
 
 
@@ -157,10 +144,9 @@ def vocab_from_captions(
     dataset_name: str | None = None,
     log: Log = print,
 ) -> Vocabulary:
-    """:func:`vocab_step` from a caption file alone (``captions.txt``, ``Flickr8k.token.txt``
-    or ``results.csv``): the same split and vocabulary as from the full dataset folder when it
-    holds every image the file names. The provenance records the file's name, a hash of its
-    content and ``dataset_name``, not its path, so the result is the same on every machine."""
+    """:func:`vocab_step` from a caption file alone: the same split and vocabulary as from the
+    dataset folder. The provenance records the file's name and content hash, not its path, so
+    the result is the same on every machine."""
     captions, provenance = captions_of_file(captions_file)
     if dataset_name:
         provenance["dataset"] = dataset_name
@@ -178,33 +164,22 @@ def load_splits(out: str | Path) -> dict[str, list[str]]:
     return read_splits(path)
 
 
-class Run(NamedTuple):
+def _load_run(data, out, log) -> tuple[Path, CaptionDataset, dict, Vocabulary, FeatureCache]:
     """What training and evaluation read from a run folder, checked against each other."""
-
-    data_dir: Path
-    dataset: CaptionDataset
-    splits: dict
-    vocab: Vocabulary
-    cache: FeatureCache
-
-
-def _load_run(data, out, log) -> Run:
     paths = RunPaths(Path(out))
     splits, vocab = load_splits(out), Vocabulary.load(paths.vocab)  # cheap checks first
     cache = load_feature_cache(paths.features)
     data_dir = resolve_data(data, log=log, out=out)
     dataset = load_dataset(data_dir)
     check_splits(splits, paths, cache, dataset)
-    return Run(data_dir, dataset, splits, vocab, cache)
+    return data_dir, dataset, splits, vocab, cache
 
 
 def check_splits(
     splits: dict, paths: RunPaths, cache: FeatureCache, dataset: CaptionDataset
 ) -> None:
     """Every image ``splits.json`` names is in the feature cache, and every cached one has
-    captions and a photo in ``dataset``: otherwise one line naming the files, how many are
-    missing and one of them. Images unreadable at extraction are left out, as reported then.
-    """
+    captions and a photo in ``dataset`` (images unreadable at extraction are left out)."""
     named = [name for split in ("train", "val", "test") for name in splits[split]]
     extracted = set(cache.meta["images"])
     missing = [name for name in named if name not in extracted]
@@ -239,14 +214,10 @@ def train_step(
     fine_tune_encoder: int = 0,
     encoder: str | None = None,
 ) -> TrainResult:
-    """Train the captioner ``model_overrides`` describe (ModelConfig fields; by default
-    ``ModelConfig.decoder``, as the CLI and the notebooks) on the run's cached features;
-    writes ``best_model.pth`` and ``last.pth``.
-
-    ``fine_tune_encoder`` N > 0: train the last N blocks of ``encoder`` (default: the cache's)
-    with the decoder, from the photos. ``context``: this process's place under torchrun; every
-    process calls this, rank 0 alone writes. ``embeddings``: a GloVe text file whose vectors
-    start the word embedding (``"freeze_embeddings": True`` keeps them fixed)."""
+    """Train the captioner ``model_overrides`` describe (ModelConfig fields) on the run's
+    cached features. ``fine_tune_encoder`` N > 0: train the last N blocks of ``encoder``
+    (default: the cache's) too, from the photos. ``embeddings``: a GloVe text file whose
+    vectors start the word embedding. Under torchrun every process calls this."""
     train_config = train_config or TrainConfig()
     seed_everything(train_config.seed)
     paths = RunPaths(Path(out))
@@ -257,31 +228,18 @@ def train_step(
     model_config = run_model_config(
         overrides, len(vocab), cache, paths.features, encoder_name, fine_tune_encoder, width
     )
-    fine_tuned = None
+    fine_tuned = build_fine_tuned_encoder(model_config) if fine_tune_encoder else None
     if fine_tune_encoder:
-        layout = decoder_class(model_config.decoder).feature_layout
-        fine_tuned = build_fine_tuned_encoder(encoder_name, layout, fine_tune_encoder)
         log(
             f"fine-tuning the last {fine_tune_encoder} block(s) of {encoder_name} from the "
             f"photos (encoder lr {train_config.encoder_lr:g}, augment "
             f"{'on' if train_config.augment else 'off'})"
         )
     return train_model(
-        cache,
-        dataset,
-        splits,
-        vocab,
-        paths.out,
-        model_config,
-        train_config,
-        device=get_device(device),
-        resume=resume,
-        on_epoch=on_epoch,
-        log=log,
-        context=context,
-        embeddings=vectors,
-        encoder=fine_tuned,
-    )
+        cache, dataset, splits, vocab, paths.out, model_config, train_config,
+        device=get_device(device), resume=resume, on_epoch=on_epoch, log=log, context=context,
+        embeddings=vectors, encoder=fine_tuned,
+    )  # fmt: skip
 
 
 def launch_training(
@@ -293,9 +251,8 @@ def launch_training(
     log: Log = print,
     **options,
 ) -> TrainResult:
-    """:func:`train_step` in ``nproc`` processes under torchrun (DDP), started from Python (a
-    notebook cell) with their output streamed to ``log``. The processes read the configs and
-    ``options`` (other train_step arguments) from a JSON file this writes."""
+    """:func:`train_step` in ``nproc`` processes under torchrun (DDP), started from Python with
+    their output streamed to ``log``; they read their arguments from a JSON file this writes."""
     request = {
         "data": str(data),
         "out": str(out),
@@ -336,9 +293,8 @@ def evaluate_step(
     log: Log = print,
     revision: str | None = None,
 ) -> dict[str, dict]:
-    """Score the best checkpoint on the test split (greedy and beam), plus the baseline.
-    ``checkpoint`` may also be a model folder or a Hub model id (``revision`` pins it): that
-    model is scored with its own vocabulary on this run's test split and features."""
+    """Score the best checkpoint (or a model folder, or a Hub model id, with its own
+    vocabulary) on the test split, greedy and beam, plus the baseline."""
     from .evaluation.evaluate import baseline_scores, evaluate_model
     from .evaluation.provenance import evaluation_provenance
 
@@ -366,9 +322,9 @@ def evaluate_step(
 
 
 def _model_to_score(checkpoint, revision, vocab, cache, dataset, tested, device):
-    """The model a checkpoint file, model folder or Hub id holds, the vocabulary it speaks,
-    what it was trained with (epoch, training config) and the features it reads: the cache's,
-    or the test photos through the encoder it was fine-tuned with."""
+    """The model a checkpoint file, model folder or Hub id holds, its vocabulary and training
+    info, and the features it reads: the cache's, or the test photos through its fine-tuned
+    encoder."""
     from .serving.hub import is_checkpoint_file, load_model_folder, resolve_model
 
     if is_checkpoint_file(checkpoint):
@@ -407,9 +363,9 @@ def run_all(
     embeddings: str | Path | None = None,
     fine_tune_encoder: int = 0,
 ) -> dict[str, dict] | None:
-    """Every step in order into one folder; safe to re-run (finished steps are reused). The
-    feature ``layout`` is by default what the decoder reads. Under torchrun (``context``) rank 0
-    extracts features, builds the vocabulary and evaluates; every process trains."""
+    """Every step in order into one folder; safe to re-run (finished steps are reused). Under
+    torchrun rank 0 extracts features, builds the vocabulary and evaluates; every process
+    trains."""
     train_config = train_config or TrainConfig()
     started = time.perf_counter()
     seed_everything(train_config.seed)
@@ -424,17 +380,9 @@ def run_all(
     if not context.is_main:
         data_dir = resolve_data(data, log=lambda _: None, out=out)  # ready: rank 0 drew any
     train_step(
-        data_dir,
-        out,
-        train_config,
-        model_overrides,
-        resume=resume,
-        device=device,
-        log=log,
-        context=context,
-        embeddings=embeddings,
-        fine_tune_encoder=fine_tune_encoder,
-    )
+        data_dir, out, train_config, model_overrides, resume=resume, device=device, log=log,
+        context=context, embeddings=embeddings, fine_tune_encoder=fine_tune_encoder,
+    )  # fmt: skip
     if not context.is_main:
         return None
     results = evaluate_step(

@@ -9,13 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    Dataset,
-    DistributedSampler,
-    SequentialSampler,
-)
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from ..config import ModelConfig, TrainConfig
 from ..data.captions import CaptionDataset
@@ -56,8 +50,7 @@ class CaptionPairs(Dataset):
 
 
 def make_collate(cache: FeatureCache, layout: str = "pooled") -> Callable:
-    """Batches of (features, captions); features in ``layout``: (B, feature_dim) pooled or
-    (B, h*w, feature_dim) grid, read by :meth:`FeatureCache.batch` (a grid from disk)."""
+    """Batches of (features, captions), the features in ``layout`` (a grid read from disk)."""
 
     def collate(batch):
         rows = torch.tensor([row for row, _ in batch])
@@ -90,9 +83,9 @@ def training_data(
     train_config: TrainConfig,
     encoder: FineTunedEncoder | None = None,
 ) -> TrainingData:
-    """The train and validation sets: (feature row, caption) pairs from the cache, or, when
-    ``encoder`` is fine-tuned, the photos themselves (augmented for training if asked) with
-    all their captions; the cache then only says which photos were readable."""
+    """The train and validation sets: (feature row, caption) pairs from the cache, or, with a
+    fine-tuned ``encoder``, the photos with all their captions (the cache then only says which
+    photos were readable)."""
     if encoder is None:
         layout = decoder_class(model_config.decoder).feature_layout
         train_set, val_set = (
@@ -132,15 +125,13 @@ def make_loaders(
     generator: torch.Generator,
     context: DistContext = SINGLE_PROCESS,
 ) -> tuple[DataLoader, DataLoader]:
-    """Training batches (shuffled; under DDP each process gets its share of every global
-    batch) and validation batches (the one-process batches dealt out to the processes in
-    turn, so the summed loss equals the one-process loss)."""
+    """Training batches (shuffled; under DDP each process gets its share of every batch) and
+    validation batches (the one-process batches dealt out to the processes in turn, so the
+    summed loss equals the one-process loss)."""
     batch_size = data.batch_size
-    options = {
-        "collate_fn": data.collate,
-        "num_workers": data.num_workers,
-        "pin_memory": device.type == "cuda",
-    }
+    options = dict(
+        collate_fn=data.collate, num_workers=data.num_workers, pin_memory=device.type == "cuda"
+    )
     if context.enabled:
         per_process = batch_size // context.world_size
         if per_process < 1:
@@ -156,7 +147,7 @@ def make_loaders(
         train_loader = DataLoader(
             data.train, batch_size, shuffle=True, generator=generator, **options
         )
-    val_batches = list(BatchSampler(SequentialSampler(data.val), batch_size * 2, drop_last=False))
+    val_batches = list(BatchSampler(range(len(data.val)), batch_size * 2, drop_last=False))
     val_loader = DataLoader(
         data.val, batch_sampler=val_batches[context.rank :: context.world_size], **options
     )

@@ -1,19 +1,9 @@
 """Several training processes, one per GPU (``DistributedDataParallel``), and how to start them.
 
-``torchrun`` starts the processes and tells each one who it is through environment variables
-(``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``); :func:`session` reads them, joins the process
-group (NCCL on GPUs, gloo on the CPU) and pins each process to its own GPU. Outside torchrun
-it is a no-op, so the same ``train`` command runs as one process or as many::
-
-    torchrun --standalone --nproc_per_node 2 -m storyteller train --data ... --out ...
-    torchrun --nnodes 2 --node_rank 0 --rdzv_endpoint HOST:29500 --nproc_per_node 2 \\
-        -m storyteller train ...                          # several machines (shared --out)
-
-Rank 0 alone writes checkpoints, logs and metrics; every rank computes and the losses are
-summed over all of them, so the files look exactly like a one-process run's.
-
-:func:`launch` starts the same command from Python (a notebook cell) as a child ``torchrun``
-and streams its lines into the cell.
+:func:`session` joins the process group torchrun's variables describe (a no-op outside it), so
+the same command runs as one process or many; rank 0 alone writes, and the losses are summed
+over every rank, so the files look exactly like a one-process run's. :func:`launch` starts a
+child torchrun from Python (a notebook cell) and streams its lines.
 """
 
 from __future__ import annotations
@@ -54,16 +44,13 @@ class DistContext:
 
     @property
     def enabled(self) -> bool:
-        """True when there are several processes (under torchrun)."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
-        """Rank 0: the one process that writes files and logs."""
         return self.rank == 0
 
     def barrier(self) -> None:
-        """Wait for every process (nothing to wait for alone)."""
         if self.enabled:
             dist.barrier()
 
@@ -117,10 +104,8 @@ def process_device(context: DistContext, preferred: str | None = None) -> torch.
 
 @contextlib.contextmanager
 def session(preferred_device: str | None = None) -> Iterator[tuple[DistContext, torch.device]]:
-    """Join the process group when started by torchrun; yield (context, this process's device).
-
-    One process (no torchrun): yields rank 0 of 1 and ``get_device(preferred_device)``.
-    """
+    """Join the process group when started by torchrun (NCCL on GPUs, gloo on the CPU);
+    yield (context, this process's device)."""
     context = context_from_env()
     device = process_device(context, preferred_device)
     if not context.enabled:
@@ -140,35 +125,21 @@ def session(preferred_device: str | None = None) -> Iterator[tuple[DistContext, 
 
 def torchrun_command(nproc: int, args: list[str], module: str = "storyteller") -> list[str]:
     """The ``torchrun`` command line (one machine) for ``python -m MODULE ARGS``."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        module,
-        *args,
-    ]
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*run, f"--nproc_per_node={nproc}", "-m", module, *args]
 
 
 def launch(
     nproc: int,
     args: list[str],
     cwd: str | Path | None = None,
-    log: Callable[[str], None] = print,
+    log: Log = print,
     module: str = "storyteller",
 ) -> None:
     """Run ``python -m MODULE ARGS`` as ``nproc`` processes under torchrun, streaming its
-    output to ``log`` line by line (the way a notebook cell shows it).
-
-    A child torchrun rather than forking the notebook's kernel: a kernel that has touched CUDA
-    cannot be forked, and spawned children's output would not reach the cell.
-
-    Raises:
-        StorytellerError: the run failed; the message gives the processes' own ``error:``
-            line (the CLI's one-line errors), else the run's last lines.
-    """
+    output to ``log``; a failure says the processes' first ``error:`` line, else the last ones.
+    A child torchrun rather than forking the kernel: a kernel that has touched CUDA cannot be
+    forked, and spawned children's output would not reach the cell."""
     if nproc < 1:
         raise StorytellerError(f"the number of processes must be at least 1, got {nproc}")
     command = torchrun_command(nproc, args, module)
@@ -178,15 +149,8 @@ def launch(
     log(f"$ torchrun --standalone --nproc_per_node {nproc} -m {module} " + " ".join(args))
     tail: list[str] = []
     errors: list[str] = []
-    with subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    ) as process:
+    pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, "bufsize": 1}
+    with subprocess.Popen(command, cwd=cwd, env=env, **pipe) as process:
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip("\n")
@@ -205,12 +169,9 @@ def launch(
 def hold_run_folder(
     out: str | Path, log: Log = print, context: DistContext = SINGLE_PROCESS
 ) -> Iterator[None]:
-    """Hold ``out`` for writing (:func:`storyteller.runlock.run_folder`) while the block runs.
-
-    Under torchrun rank 0 alone writes, so it alone takes the lock, and every process learns
-    whether it could: a refused run then fails on every rank at once instead of leaving the
-    others waiting at a barrier.
-    """
+    """Hold ``out`` for writing while the block runs. Under torchrun rank 0 alone takes the
+    lock and every process learns whether it could: a refused run fails on every rank at once
+    instead of leaving the others waiting at a barrier."""
     with contextlib.ExitStack() as stack:
         refusal = None
         if context.is_main:

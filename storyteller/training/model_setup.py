@@ -26,9 +26,8 @@ def run_model_config(
     fine_tune_blocks: int = 0,
     embedding_width: tuple[int, str] | None = None,
 ) -> ModelConfig:
-    """A run's complete model config, made here alone: the choices in ``overrides``
-    (ModelConfig fields, ``"decoder"`` among them) fitted to the vocabulary, the features
-    (their encoder, width and grid) and pretrained vectors' width (and where they came from)."""
+    """A run's complete model config, made here alone: ``overrides`` (ModelConfig fields,
+    ``"decoder"`` among them) fitted to the vocabulary, the features and the word vectors."""
     decoder = decoder_class(overrides["decoder"])
     if embedding_width is not None:
         overrides = decoder.with_embedding_width(overrides, *embedding_width)
@@ -58,11 +57,10 @@ def word_vectors(
     train_config: TrainConfig,
     log: Log,
 ) -> tuple[WordVectors | None, tuple[int, str] | None]:
-    """The pretrained vectors a fresh run starts from (read from ``embeddings``), and the
-    embedding width they set with its source. A resumed run that started from such a file takes
-    the learned vectors, their width and freezing from ``last.pth``: the file is not read again,
-    and another file is refused. ``overrides`` gets the checkpoint's freezing when no file is
-    named."""
+    """The pretrained vectors a fresh run starts from, and the (width, source) they set. A
+    resumed run that started from such a file takes the learned vectors, their width and, when
+    no file is named, their freezing (into ``overrides``) from ``last.pth``; another file is
+    refused."""
     last = paths.last_checkpoint
     checkpoint = read_checkpoint(last) if resume and last.is_file() else {}
     provenance = checkpoint.get("embeddings")

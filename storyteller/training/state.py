@@ -4,7 +4,6 @@ gradient scaler, data order and random states, and the run's progress (``last.pt
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,33 +21,22 @@ from ..models.checkpoint import (
     read_checkpoint,
     strip_module_prefix,
 )
+from ..progress import Log
 from ..run_folder import LAST_CHECKPOINT, TRAINING_FILES
 from .distributed import SINGLE_PROCESS, DistContext
 from .finetune import ENCODER_WEIGHTS, EncoderDecoder, FineTunedEncoder, check_encoder_weights
 
 
-def _describe_mismatch(saved: dict, current: dict) -> str:
-    diffs = [
-        f"{k}: {saved.get(k)} -> {current.get(k)}"
-        for k in current
-        if saved.get(k) != current.get(k)
-    ]
-    return ", ".join(diffs)
-
-
 def _cpu_bytes(state) -> torch.Tensor:
     """An RNG state as the CPU ``ByteTensor`` that ``set_rng_state`` demands, wherever the
-    checkpoint's tensors were loaded (a state mapped onto a GPU is what broke resume on CUDA)."""
+    checkpoint's tensors were loaded (a state mapped onto a GPU is refused)."""
     return torch.as_tensor(state).to(device="cpu", dtype=torch.uint8)
 
 
 def save_rng_states(device: torch.device, context: DistContext = SINGLE_PROCESS) -> dict:
-    """The random states to store in a checkpoint (collective under torchrun: every process
-    must call it).
-
-    One process: the CPU's and, on GPUs, every visible GPU's (``nn.DataParallel`` draws
-    dropout on each). Several processes: each process's CPU and own-GPU state, by rank.
-    """
+    """The random states a checkpoint stores (collective under torchrun). One process: the
+    CPU's and every visible GPU's (``nn.DataParallel`` draws dropout on each); several: each
+    process's CPU and own-GPU state, by rank."""
     states: dict = {"rng_state": torch.get_rng_state(), "world_size": context.world_size}
     if context.enabled:
         own_gpu = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -60,17 +48,11 @@ def save_rng_states(device: torch.device, context: DistContext = SINGLE_PROCESS)
 
 
 def restore_rng_states(
-    checkpoint: dict,
-    device: torch.device,
-    context: DistContext = SINGLE_PROCESS,
-    log: Callable[[str], None] = print,
+    checkpoint: dict, device: torch.device, context: DistContext = SINGLE_PROCESS, log: Log = print
 ) -> None:
-    """Put back the random states :func:`save_rng_states` stored, as far as this machine allows.
-
-    CPU states always come back. GPU states come back only onto as many GPUs as wrote them; a
-    checkpoint moved between a GPU and the CPU (or between process counts) resumes all the
-    same, with a note that dropout draws will differ from an uninterrupted run.
-    """
+    """Put back the random states :func:`save_rng_states` stored, as far as this machine
+    allows: GPU states only onto as many GPUs as wrote them; otherwise a note that dropout
+    draws will differ from an uninterrupted run."""
     saved_world = int(checkpoint.get("world_size", 1))
     if saved_world != context.world_size:
         log(
@@ -112,12 +94,9 @@ def restore_rng_states(
         )
 
 
-def restore_scaler(
-    scaler: torch.amp.GradScaler, saved: dict, log: Callable[[str], None] = print
-) -> None:
-    """Resume the mixed-precision gradient scaler. Only an enabled scaler (a GPU with AMP) has
-    a state; one from a run without mixed precision (the CPU) leaves this scaler fresh, and a
-    GPU run's scale is simply unused on the CPU."""
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict, log: Log = print) -> None:
+    """Resume the mixed-precision gradient scaler; only an enabled one (a GPU with AMP) has a
+    state, so a CPU run's checkpoint leaves it fresh."""
     if not scaler.is_enabled():
         return
     if not saved:
@@ -130,8 +109,7 @@ def restore_scaler(
 
 @dataclass
 class TrainingState:
-    """The model, its optimiser, schedule, gradient scaler, data-order generator and the run's
-    progress: saved into ``last.pth`` after every epoch and restored from it as one object."""
+    """Everything a run resumes from, saved into ``last.pth`` and restored from it as one."""
 
     model: CaptionDecoder  # the bare model; DataParallel/DDP wrap it only for the forward pass
     optimizer: torch.optim.Optimizer
@@ -145,12 +123,8 @@ class TrainingState:
     best_val: float = math.inf
     bad_epochs: int = 0
     stopped_early: bool = False
-    # Where the first word embedding came from (WordVectors.provenance()), kept in every
-    # checkpoint of the run, resumed ones included; None when it started random.
-    embeddings: dict | None = None
-    # With --fine-tune-encoder: the encoder whose last blocks train with the decoder (its
-    # weights are saved in every checkpoint beside the decoder's); None for cached features.
-    encoder: FineTunedEncoder | None = None
+    embeddings: dict | None = None  # WordVectors.provenance() of the first embedding, if any
+    encoder: FineTunedEncoder | None = None  # --fine-tune-encoder's, saved in every checkpoint
 
     @classmethod
     def create(
@@ -160,40 +134,31 @@ class TrainingState:
         device: torch.device,
         encoder: FineTunedEncoder | None = None,
     ) -> TrainingState:
-        """A fresh run: the decoder the config names, with the optimiser and schedule it asks
-        for (the seed recipe's Adam, LR halved on plateau, unless it says otherwise), AMP on a
-        GPU. A fine-tuned ``encoder``'s trainable blocks join the optimiser as one more group
-        at ``train_config.encoder_lr``."""
+        """A fresh run: the decoder the config names with the optimiser and schedule it asks
+        for; a fine-tuned ``encoder``'s blocks join at ``train_config.encoder_lr``."""
         model = build_model(model_config).to(device)
         extra_groups = []
         if encoder is not None:
             encoder.to(device)
-            extra_groups.append(
-                {
-                    "params": encoder.trainable_parameters(),
-                    "lr": train_config.encoder_lr,
-                    "weight_decay": train_config.weight_decay,
-                }
-            )
+            group = {"params": encoder.trainable_parameters(), "lr": train_config.encoder_lr}
+            extra_groups.append({**group, "weight_decay": train_config.weight_decay})
         optimizer, scheduler = model.configure_optimizer(train_config, extra_groups)
         scaler = torch.amp.GradScaler("cuda", enabled=train_config.amp and device.type == "cuda")
         generator = torch.Generator().manual_seed(train_config.seed)
         return cls(model, optimizer, scheduler, scaler, generator, encoder=encoder)
 
     def network(self) -> nn.Module:
-        """What a training step runs: the decoder on features, or photos through the
-        fine-tuned encoder into the decoder."""
+        """What a training step runs: the decoder, or the fine-tuned encoder into it."""
         return self.model if self.encoder is None else EncoderDecoder(self.encoder, self.model)
 
     @property
     def schedule_per_batch(self) -> bool:
         """Whether the schedule follows optimiser steps (warm-up) rather than epochs: only
-        ReduceLROnPlateau needs a validation loss, so it alone waits for the epoch's end."""
+        ReduceLROnPlateau needs a validation loss."""
         return not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
     def end_batch(self) -> None:
-        """After every optimiser step: a per-batch schedule moves on (a no-op for the LSTMs'
-        per-epoch one, so their runs are unchanged)."""
+        """After every optimiser step: a per-batch schedule moves on."""
         if self.schedule_per_batch:
             self.scheduler.step()
 
@@ -205,10 +170,8 @@ class TrainingState:
         patience: int,
         train_extra: dict[str, float] | None = None,
     ) -> dict:
-        """Record a finished epoch: schedule, best-so-far, early stopping. Returns its record.
-
-        ``train_loss`` and ``val_loss`` are cross-entropies; ``train_extra`` the means of the
-        decoder's extra loss terms (recorded as ``train_<name>``; none for the LSTM)."""
+        """Record a finished epoch (schedule, best so far, early stopping); returns its record.
+        ``train_extra``: the decoder's extra loss terms, recorded as ``train_<name>``."""
         if not self.schedule_per_batch:
             self.scheduler.step(val_loss)
         improved = val_loss < self.best_val - 1e-4
@@ -251,25 +214,23 @@ class TrainingState:
             "bad_epochs": self.bad_epochs,
             "stopped_early": self.stopped_early,
             **({"embeddings": self.embeddings} if self.embeddings else {}),
-            **self.encoder_checkpoint(),
+            # best_model.pth too: the decoder is useless without the encoder it learned with
+            **(
+                {ENCODER_WEIGHTS: self.encoder.backbone.state_dict()}
+                if self.encoder is not None
+                else {}
+            ),
         }
-
-    def encoder_checkpoint(self) -> dict:
-        """The fine-tuned encoder's weights for a checkpoint (``best_model.pth`` too: the
-        decoder is useless without the encoder it learned with); ``{}`` when it is frozen."""
-        if self.encoder is None:
-            return {}
-        return {ENCODER_WEIGHTS: self.encoder.backbone.state_dict()}
 
     def restore(
         self,
         checkpoint: dict,
         device: torch.device,
         context: DistContext = SINGLE_PROCESS,
-        log: Callable[[str], None] = print,
+        log: Log = print,
     ) -> None:
-        """Continue from ``checkpoint`` (read onto the CPU; weights and optimiser moments are
-        copied to this run's device by ``load_state_dict``)."""
+        """Continue from ``checkpoint``, read onto the CPU (``load_state_dict`` copies weights
+        and optimiser moments to this run's device)."""
         self.model.load_state_dict(strip_module_prefix(checkpoint["model"]))
         if self.encoder is not None:
             self.encoder.backbone.load_state_dict(checkpoint[ENCODER_WEIGHTS])
@@ -287,8 +248,8 @@ class TrainingState:
 
 
 def load_word_vectors(state: TrainingState, embeddings: WordVectors) -> None:
-    """Copy pretrained vectors into the fresh model's word embedding and record their
-    provenance; their shape must be the embedding's (the width was set from the file)."""
+    """Copy pretrained vectors into the fresh model's word embedding, and record where they
+    came from."""
     weight = state.model.word_embedding().weight  # (vocab_size, width)
     if tuple(embeddings.matrix.shape) != tuple(weight.shape):
         raise StorytellerError(
@@ -301,14 +262,17 @@ def load_word_vectors(state: TrainingState, embeddings: WordVectors) -> None:
 
 
 def _check_resumable(checkpoint: dict, path: Path, state: TrainingState, vocab) -> None:
-    """Refuse to resume a different model, or from a file that does not hold what a resume
-    needs (:func:`~storyteller.models.checkpoint.check_training_state`: checked before anything
-    is loaded). Both configs are compared as their models store them (defaults filled in),
-    so a file written before a field existed still resumes."""
+    """Refuse, before anything is loaded, to resume a different model or from a file that
+    lacks what a resume needs. Both configs are compared with defaults filled in, so a file
+    written before a field existed still resumes."""
     saved = check_model_config(checkpoint, path).to_dict()
     current = resolve_config(state.model.config).to_dict()
     if saved != current:
-        mismatch = _describe_mismatch(saved, current)
+        mismatch = ", ".join(
+            f"{k}: {saved.get(k)} -> {current.get(k)}"
+            for k in current
+            if saved.get(k) != current.get(k)
+        )
         raise StorytellerError(
             f"{path} holds a different architecture ({mismatch}); "
             "use another output folder or pass --no-resume"
@@ -325,9 +289,9 @@ def _check_resumable(checkpoint: dict, path: Path, state: TrainingState, vocab) 
         )
 
 
-def discard_earlier_run(out_dir: Path, log: Callable[[str], None] = print) -> None:
-    """Remove an earlier run's checkpoints and curves before a fresh run trains, so none of
-    them passes for this run's if it fails before writing its own; said in one line."""
+def discard_earlier_run(out_dir: Path, log: Log = print) -> None:
+    """Remove an earlier run's checkpoints and curves before a fresh run, so none passes for
+    this run's if it fails before writing its own."""
     found = [name for name in TRAINING_FILES if (out_dir / name).is_file()]
     for name in found:
         (out_dir / name).unlink()
@@ -343,10 +307,10 @@ def start_run(
     vocab: Vocabulary,
     device: torch.device,
     context: DistContext = SINGLE_PROCESS,
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> None:
-    """Continue from ``out_dir``'s ``last.pth`` (the same model and vocabulary, or one line)
-    when resuming, else remove an earlier run's files first."""
+    """Continue from ``out_dir``'s ``last.pth`` when resuming, else remove an earlier run's
+    files."""
     if context.enabled:  # the same weights everywhere (DDP copies rank 0's), own dropout draws
         torch.manual_seed(seed + context.rank)
     path = out_dir / LAST_CHECKPOINT

@@ -1,17 +1,6 @@
-"""Training the captioner on cached features: Adam, cross-entropy that ignores padding,
-gradient clipping, LR on plateau, early stopping, best + last checkpoints, resume.
-
-Any decoder of :mod:`storyteller.models` trains here: the model is built from its config by
-the registry, its optimiser comes from its ``configure_optimizer``, and the extra loss terms
-its ``forward`` returns beside the logits are added to the cross-entropy (validation reports
-the cross-entropy alone, so its perplexity means the same for every decoder).
-
-Runs on the CPU, one GPU (mixed precision), several GPUs in one process (``nn.DataParallel``)
-or one process per GPU under torchrun (``DistributedDataParallel``, see
-:mod:`storyteller.training.distributed`) with the same code. The loop is in small parts:
-:class:`TrainingState` (everything that resumes, saved and restored as one object),
-:func:`train_epoch`, :func:`validate` and :func:`train_model`, which fits.
-"""
+"""The training loop: any registered decoder, cross-entropy (padding ignored) plus the
+decoder's extra loss terms, gradient clipping, its own schedule, early stopping, best and last
+checkpoints, resume; on the CPU, one GPU (AMP), ``nn.DataParallel`` or DDP under torchrun."""
 
 from __future__ import annotations
 
@@ -36,13 +25,8 @@ from ..features.cache_format import FeatureCache
 from ..figures.plots import plot_loss_curves
 from ..models import decoder_class, resolve_config
 from ..models.checkpoint import check_progress, read_checkpoint, save_checkpoint
-from ..progress import progress
-from ..run_folder import (
-    BEST_CHECKPOINT,
-    HISTORY_FILE,
-    LAST_CHECKPOINT,
-    LOSS_CURVE_FILE,
-)
+from ..progress import Log, progress
+from ..run_folder import BEST_CHECKPOINT, HISTORY_FILE, LAST_CHECKPOINT, LOSS_CURVE_FILE
 from ..runtime import autocast, get_device, write_json
 from .data import make_loaders, training_data
 from .distributed import SINGLE_PROCESS, DistContext
@@ -76,7 +60,7 @@ def parallelize(
     train_config: TrainConfig,
     device: torch.device,
     context: DistContext = SINGLE_PROCESS,
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> nn.Module:
     """Wrap the model for several devices: DDP under torchrun, else ``nn.DataParallel`` when
     one process sees several GPUs (and ``train_config.data_parallel``), else the model itself."""
@@ -102,14 +86,9 @@ BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], LossTerms]
 
 
 def mean_extra_losses(extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each extra loss term as one float32 scalar.
-
-    A decoder returns scalars already averaged over its batch. ``nn.DataParallel`` gathers the
-    replicas' scalars into a vector, one per GPU, and their mean is the term for the whole
-    batch (exact when the GPUs got equal shares; a last batch that does not split evenly
-    weighs its shares equally rather than by size). Under DDP each process keeps its own
-    scalar, and DDP's averaging of the gradients averages the term, as it does the
-    cross-entropy."""
+    """Each extra loss term as one float32 scalar. ``nn.DataParallel`` gathers one scalar per
+    GPU into a vector: their mean is the batch's term (shares weighed equally, not by size).
+    Under DDP each process keeps its own, and DDP's gradient averaging averages it."""
     return {name: value.float().mean() for name, value in extra.items()}
 
 
@@ -148,9 +127,8 @@ def train_epoch(
     context: DistContext = SINGLE_PROCESS,
     desc: str = "train",
 ) -> tuple[float, dict[str, float]]:
-    """One pass over the training data, minimising cross-entropy plus the decoder's extra
-    terms. Returns the mean cross-entropy per caption over every process, and the mean of
-    each extra term (``{}`` for the LSTM)."""
+    """One pass over the training data. Returns the mean cross-entropy per caption over every
+    process, and the mean of each extra term (``{}`` for the LSTM)."""
     network.train()
     total, count = 0.0, 0
     extra_totals: dict[str, float] = {}
@@ -184,12 +162,9 @@ def validate(
     device: torch.device,
     context: DistContext = SINGLE_PROCESS,
 ) -> float:
-    """Mean validation cross-entropy per caption over every process (the decoder's extra terms
-    left out, so perplexity means the same for every decoder), without a graph (no memory
-    blow-up).
-
-    Under DDP the bare model runs: processes may see different numbers of batches, and the
-    wrapper's forward would wait for the others."""
+    """Mean validation cross-entropy per caption over every process (extra terms left out, so
+    perplexity means the same for every decoder). Under DDP the bare model runs: processes may
+    see different numbers of batches, and the wrapper's forward would wait for the others."""
     if isinstance(network, DistributedDataParallel):
         network = network.module
     network.eval()
@@ -219,18 +194,13 @@ def check_finite(
     )
 
 
-def _quiet(_: str) -> None:
-    pass
-
-
 def _check_fits(
     model_config: ModelConfig,
     vocab: Vocabulary,
     cache: FeatureCache,
     encoder: FineTunedEncoder | None,
 ) -> None:
-    """Refuse a model config that does not fit the data it would train on, in one line each:
-    vocabulary, feature width, fine-tuned blocks, feature layout and grid size."""
+    """Refuse, in one line, a model config that does not fit the data it would train on."""
     feature_dim = cache.dim if encoder is None else encoder.backbone.dim
     if model_config.vocab_size != len(vocab) or model_config.feature_dim != feature_dim:
         raise StorytellerError(
@@ -271,11 +241,14 @@ def _run_epoch(
     loaders: tuple[DataLoader, DataLoader],
     batch_loss: BatchLoss,
     train_config: TrainConfig,
+    vocab: Vocabulary,
     device: torch.device,
     context: DistContext,
-    last_path: Path,
+    out_dir: Path,
+    log: Log,
 ) -> dict:
-    """Train one epoch, validate, and record it (a NaN or infinite loss stops the run first)."""
+    """Train one epoch and validate (a NaN or infinite loss stops the run first); then rank 0
+    saves its checkpoints, history and loss curves and logs its line. Returns its record."""
     if isinstance(loaders[0].sampler, DistributedSampler):
         loaders[0].sampler.set_epoch(state.epoch)  # a new order every epoch, the same on resume
     started = time.perf_counter()
@@ -284,31 +257,16 @@ def _run_epoch(
         network, state, loaders[0], batch_loss, train_config, device, context, desc
     )
     val_loss = validate(network, loaders[1], batch_loss, device, context)
-    check_finite(train_loss, val_loss, state.epoch + 1, last_path, train_config)
+    check_finite(train_loss, val_loss, state.epoch + 1, out_dir / LAST_CHECKPOINT, train_config)
     seconds = time.perf_counter() - started
-    return state.end_epoch(train_loss, val_loss, seconds, train_config.patience, train_extra)
-
-
-def _end_epoch(
-    state: TrainingState,
-    record: dict,
-    out_dir: Path,
-    train_config: TrainConfig,
-    vocab: Vocabulary,
-    device: torch.device,
-    context: DistContext,
-    log: Callable[[str], None],
-) -> None:
-    """Save the epoch (``best_model.pth`` when it is the best so far, ``last.pth``, the history
-    and the loss curves) and log its line; rank 0 alone writes."""
+    record = state.end_epoch(train_loss, val_loss, seconds, train_config.patience, train_extra)
     extra = state.checkpoint_extra(train_config, vocab, device, context)
     if not context.is_main:
-        return
+        return record
     if record["best"]:
         save_checkpoint(out_dir / BEST_CHECKPOINT, state.model, **extra)
-    save_checkpoint(
-        out_dir / LAST_CHECKPOINT, state.model, **extra
-    )  # after best: resume never skips one
+    # last.pth after best_model.pth: a resume never skips a best epoch
+    save_checkpoint(out_dir / LAST_CHECKPOINT, state.model, **extra)
     write_json(out_dir / HISTORY_FILE, state.history)
     plot_loss_curves(state.history, out_dir / LOSS_CURVE_FILE, train_config.smoke)
     log(
@@ -316,6 +274,7 @@ def _end_epoch(
         f"val {record['val_loss']:.4f}  ppl {record['val_perplexity']:.1f}  lr {record['lr']:.2g}  "
         f"{record['seconds']:.1f}s" + ("  *best*" if record["best"] else "")
     )
+    return record
 
 
 def train_model(
@@ -329,26 +288,20 @@ def train_model(
     device: torch.device | None = None,
     resume: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
-    log: Callable[[str], None] = print,
+    log: Log = print,
     context: DistContext = SINGLE_PROCESS,
     embeddings: WordVectors | None = None,
     encoder: FineTunedEncoder | None = None,
 ) -> TrainResult:
-    """Train on ``splits["train"]``, keep the model with the best loss on ``splits["val"]``.
-
-    ``last.pth`` is written after every epoch (a ``resume`` continues from it; without
-    ``resume`` an earlier run's files are removed first), ``best_model.pth`` whenever the
-    validation loss improves; a NaN or infinite loss ends the run before that epoch is saved.
-    Under torchrun (``context``) rank 0 alone writes, logs and calls ``on_epoch``.
-    ``embeddings``: pretrained word vectors a fresh model starts from. ``encoder``: fine-tune
-    it with the decoder from the photos (:func:`training_data`).
-    """
+    """Train on ``splits["train"]``, keep the model with the best loss on ``splits["val"]``
+    (``best_model.pth``; ``last.pth`` after every epoch, which ``resume`` continues from).
+    Under torchrun rank 0 alone writes, logs and calls ``on_epoch``. ``encoder``: fine-tune it
+    with the decoder from the photos."""
     out_dir = Path(out_dir)
     train_config, device = train_config or TrainConfig(), device or get_device()
+    log = log if context.is_main else (lambda _: None)  # rank 0 alone logs and writes
     if context.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        log = _quiet
     feature_dim = cache.dim if encoder is None else encoder.backbone.dim
     model_config = model_config or ModelConfig(len(vocab), feature_dim, encoder=cache.encoder)
     data = training_data(cache, dataset, splits, vocab, model_config, train_config, encoder)
@@ -362,14 +315,10 @@ def train_model(
     batch_loss = make_batch_loss(
         device, state.scaler.is_enabled(), PAD_ID, train_config.label_smoothing
     )
-    while state.epoch < train_config.num_epochs:
-        if state.stopped_early:
-            break
-        last_path = out_dir / LAST_CHECKPOINT
+    while state.epoch < train_config.num_epochs and not state.stopped_early:
         record = _run_epoch(
-            state, network, loaders, batch_loss, train_config, device, context, last_path
+            state, network, loaders, batch_loss, train_config, vocab, device, context, out_dir, log
         )
-        _end_epoch(state, record, out_dir, train_config, vocab, device, context, log)
         if on_epoch is not None and context.is_main:
             on_epoch(record)
         if state.stopped_early:
