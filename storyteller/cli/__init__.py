@@ -1,10 +1,5 @@
-"""Command line: ``python -m storyteller <command>`` (also installed as ``storyteller``).
-
-Each command is a module here: its parser (``add_parser``) and its ``run``, a thin wrapper over
-:mod:`storyteller.pipeline` (or :mod:`storyteller.inference`) that imports torch only when it
-runs, so ``--help`` and argument mistakes answer at once. Errors are one line (``error: ...``,
-exit status 2), not a traceback; ``STORYTELLER_DEBUG=1`` shows an unexpected one's traceback.
-"""
+"""``python -m storyteller <command>``: one module per command, its parser and a ``run`` that
+imports torch only when it runs. Errors are one line (``STORYTELLER_DEBUG=1``: a traceback)."""
 
 import argparse
 import os
@@ -28,8 +23,8 @@ from . import (
 from .common import Parser, terminal_text
 
 #: The commands in the order ``--help`` lists them.
-COMMANDS = (sample, features, vocab, train, evaluate, caption, notebooks, story, run_all)
-COMMANDS += (deploy, push, encoders)
+COMMANDS = (sample, features, vocab, train, evaluate, caption, notebooks, story, run_all, deploy)
+COMMANDS += (push, encoders)
 
 
 def build_parser() -> argparse.ArgumentParser:
