@@ -60,7 +60,6 @@ def run(args) -> int:
             f"--attention-maps: the {captioner.model.name!r} captioner in {args.checkpoint} does "
             "not attend; train one with --decoder attention"
         )
-    # A smoke run's captions are meaningless: each line says so, ahead of its caption.
     warning = {"warning": SMOKE_LABEL} if captioner.smoke else {}
     failures = 0
     for path, captioned in caption_each(captioner, args, args.attention_maps):

@@ -17,14 +17,9 @@ class HelpFormatter(argparse.HelpFormatter):
         bound = getattr(action.type, "bound", None)  # a number's range (config_cli.number)
         text = f"{action.help or ''}, {bound}" if bound else action.help or ""
         default = action.default
-        if (
-            "default" in text
-            or default is None
-            or default is False
-            or default == []
-            or default is argparse.SUPPRESS
-            or not (action.option_strings or action.nargs in ("?", "*"))
-        ):
+        means_none = default == [] or any(default is v for v in (None, False, argparse.SUPPRESS))
+        positional = not action.option_strings and action.nargs not in ("?", "*")
+        if "default" in text or means_none or positional:
             return text
         shown = " ".join(map(str, default)) if isinstance(default, list) else "%(default)s"
         return f"{text} (default: {shown})" if text else f"(default: {shown})"
@@ -42,18 +37,13 @@ class Parser(argparse.ArgumentParser):
         """Unknown flags are reported by the subcommand's parser: its usage, its flags."""
         known, unknown = self.parse_known_args(args, namespace)
         if unknown:
-            parser = self._command_parser(known) or self
+            commands = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+            parser = commands[0].choices[getattr(known, commands[0].dest)] if commands else self
             flags = [f for a in parser._actions for f in a.option_strings]
             hints = [_did_you_mean(arg.split("=", 1)[0], flags) for arg in unknown]
             hint = next((h for h in hints if h), "")
             parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
         return known
-
-    def _command_parser(self, namespace) -> argparse.ArgumentParser | None:
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                return action.choices.get(getattr(namespace, action.dest, None))
-        return None
 
     def error(self, message: str):
         invalid = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
