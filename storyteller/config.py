@@ -164,7 +164,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict, where: str = "model_config") -> ModelConfig:
         """A checkpoint's config, checked; one that names no decoder is the seed lstm's."""
-        return cls(**checked_fields(cls, {"decoder": "lstm", **data}, where))
+        data = {"decoder": "lstm", **data} if isinstance(data, dict) else data
+        return cls(**checked_fields(cls, data, where))
 
 
 @dataclass
@@ -179,13 +180,11 @@ class TrainConfig:
     grad_clip: float = bounded(Bound(0.0, math.inf), 5.0)
     # Tokens per caption, <start> and <end> included: at least <start>, one word, <end>.
     max_length: int = bounded(Bound(3, 10_000), 50)
-    # Early stopping: epochs without a better validation loss.
     patience: int = option(3, "early-stopping patience in epochs", bound=Bound(0, MAX_COUNT))
     lr_patience: int = bounded(Bound(0, MAX_COUNT), 1)  # ReduceLROnPlateau
     lr_factor: float = bounded(Bound(0.0, 1.0), 0.5)
     label_smoothing: float = bounded(FRACTION, 0.0)
-    # Features are in memory: workers only add overhead.
-    num_workers: int = bounded(Bound(0, 1024), 0)
+    num_workers: int = bounded(Bound(0, 1024), 0)  # features are in memory: workers add overhead
     amp: bool = True  # mixed precision on CUDA (ignored on the CPU)
     data_parallel: bool = True  # nn.DataParallel when more than one GPU is visible
     seed: int = option(0, "random seed (initial weights, batch order)", bound=SEED)
