@@ -59,6 +59,12 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
+#: Where ``deploy`` and ``push`` get a Hugging Face token (their help says it).
+TOKEN_SOURCES = (
+    "The token comes from HF_TOKEN, the `hf auth login` cache, or a hidden prompt; it is never "
+    "shown."
+)
+
 beam_width = flag_type(Strategy, "beam_size")  # 1 = greedy, at most the app's cap
 
 
