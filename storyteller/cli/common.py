@@ -125,8 +125,9 @@ def load_pipeline(data: str | None = None):
     return pipeline
 
 
-#: what a terminal would obey rather than show: escape sequences (CSI, OSC, two-character
-#: ones) and control characters other than newline and tab
+#: what a terminal would obey rather than show: escape sequences (CSI: colours, clearing the
+#: screen; OSC: the window title, links; two-character ones) and control characters other
+#: than newline and tab
 _TERMINAL_CONTROLS = re.compile(
     r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|(?:\x1b\]|\x9d)[^\x07\x1b\n]*(?:\x07|\x1b\\)?"
     r"|\x1b[@-_]?|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
