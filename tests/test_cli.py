@@ -8,7 +8,7 @@ from conftest import cli as _cli
 from PIL import Image
 
 from storyteller.cli import main
-from storyteller.config import TrainConfig, train_flags
+from storyteller.config import ModelConfig, TrainConfig, train_flags
 from storyteller.decoder_options import DEFAULT_DECODER
 from storyteller.features.images import UnreadableImage
 from storyteller.inference import Captioner
@@ -176,9 +176,13 @@ def test_features_without_a_layout_caches_what_the_default_captioner_reads(tiny_
     assert again.returncode == 0 and f"{expected} features" in again.stdout
 
 
-def test_train_flags_name_the_seed_lstm_for_a_config_that_names_no_decoder():
+def test_train_flags_train_the_python_apis_decoder_for_a_config_that_names_none():
+    from storyteller.cli import build_parser
+    from storyteller.cli.train import configs
+
     flags = train_flags(TrainConfig(), {"hidden_size": 64})
-    assert flags[flags.index("--decoder") + 1] == "lstm"  # not the CLI's default
+    _, model = configs(build_parser().parse_args(["train", *flags]))
+    assert model["decoder"] == ModelConfig(vocab_size=10).decoder
 
 
 def test_smoke_mode_round_trips_through_the_train_flags():

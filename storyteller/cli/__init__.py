@@ -1,35 +1,18 @@
-"""Command line: ``python -m storyteller <command>`` (also installed as ``storyteller``).
-
-Each command is a module here: its parser (``add_parser``) and its ``run``, a thin wrapper over
-:mod:`storyteller.pipeline` (or :mod:`storyteller.inference`) that imports torch only when it
-runs, so ``--help`` and argument mistakes answer at once. Errors are one line (``error: ...``,
-exit status 2), not a traceback; ``STORYTELLER_DEBUG=1`` shows an unexpected one's traceback.
-"""
+"""``python -m storyteller <command>``: one module per command, its parser and a ``run`` that
+imports torch only when it runs. Errors are one line (``STORYTELLER_DEBUG=1``: a traceback)."""
 
 import argparse
 import os
 import sys
+from importlib import import_module
 
 from ..errors import StorytellerError, disk_full_cause, disk_full_error
-from . import (
-    caption,
-    deploy,
-    encoders,
-    evaluate,
-    features,
-    notebooks,
-    push,
-    run_all,
-    sample,
-    story,
-    train,
-    vocab,
-)
 from .common import Parser, terminal_text
 
-#: The commands in the order ``--help`` lists them.
-COMMANDS = (sample, features, vocab, train, evaluate, caption, notebooks, story, run_all)
-COMMANDS += (deploy, push, encoders)
+#: The commands, each a module here, in the order ``--help`` lists them.
+COMMANDS = (
+    "sample features vocab train evaluate caption notebooks story run_all deploy push encoders"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         "for the whole chain.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for command in COMMANDS:
-        command.add_parser(sub)  # sets the parser's `handler` to the module's run
+    for name in COMMANDS.split():  # each sets its parser's `handler` to the module's run
+        import_module(f"{__name__}.{name}").add_parser(sub)
     return parser
 
 

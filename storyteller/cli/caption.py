@@ -1,22 +1,16 @@
-"""``caption``: caption images, one JSON line per image; its caption loop is also
-``story``'s."""
+"""``caption``: one JSON line per image; its caption loop is also ``story``'s."""
 
 import json
 
-from ..config import SMOKE_LABEL, Strategy
+from ..config import SMOKE_LABEL
 from ..errors import StorytellerError
-from .common import add_length_penalty, add_model_files, beam_width
+from .common import add_captioner
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("caption", help="caption images: one JSON line per image")
     p.add_argument("images", nargs="+", help="image files")
-    add_model_files(p)
-    p.add_argument(
-        "--beam", type=beam_width, default=Strategy.beam_size, help="beam width (1 = greedy)"
-    )
-    add_length_penalty(p)
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_captioner(p, "beam width (1 = greedy)", "cpu or cuda (default: cuda when available)")
     p.add_argument(
         "--attention-maps",
         metavar="DIR",
@@ -27,7 +21,6 @@ def add_parser(sub) -> None:
 
 
 def load_captioner(args):
-    """The captioner ``--checkpoint`` (and ``--vocab``, ``--revision``) name, on ``--device``."""
     from ..inference import Captioner
     from ..runtime import get_device
 
@@ -35,9 +28,8 @@ def load_captioner(args):
 
 
 def caption_each(captioner, args, attention_maps: str | None = None):
-    """Each of ``args.images`` decoded with ``--beam`` and ``--length-penalty``: its path and
-    ``{"caption": ...}`` (plus ``"attention_map"``, the figure written into ``attention_maps``),
-    or the exception that stopped an unreadable image (the caller says so)."""
+    """Each image's path and ``{"caption": ...}`` (plus ``"attention_map"``, the figure written
+    into ``attention_maps``), or the exception that stopped an unreadable image."""
     from ..features.images import UnreadableImage, open_image
     from ..figures.attention_maps import write_attention_maps
 
@@ -68,7 +60,6 @@ def run(args) -> int:
             f"--attention-maps: the {captioner.model.name!r} captioner in {args.checkpoint} does "
             "not attend; train one with --decoder attention"
         )
-    # A smoke run's captions are meaningless: each line says so, ahead of its caption.
     warning = {"warning": SMOKE_LABEL} if captioner.smoke else {}
     failures = 0
     for path, captioned in caption_each(captioner, args, args.attention_maps):

@@ -1,5 +1,5 @@
-"""What several commands share: the parser class, common flags, the pipeline import, and
-text made safe for a terminal."""
+"""What several commands share: the parser, their common flags, the pipeline import, and text
+made safe for a terminal."""
 
 import argparse
 import difflib
@@ -11,21 +11,15 @@ from ..run_folder import BEST_CHECKPOINT, DEFAULT_OUT
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """Shows every flag's default: appended as ``(default: X)`` unless the help already says
-    it, and never for a default that means "none" (None, False, an empty list)."""
+    """Appends ``(default: X)`` to a flag's help unless it already says it or X means "none"."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         bound = getattr(action.type, "bound", None)  # a number's range (config_cli.number)
         text = f"{action.help or ''}, {bound}" if bound else action.help or ""
         default = action.default
-        if (
-            "default" in text
-            or default is None
-            or default is False
-            or default == []
-            or default is argparse.SUPPRESS
-            or not (action.option_strings or action.nargs in ("?", "*"))
-        ):
+        means_none = default == [] or any(default is v for v in (None, False, argparse.SUPPRESS))
+        positional = not action.option_strings and action.nargs not in ("?", "*")
+        if "default" in text or means_none or positional:
             return text
         shown = " ".join(map(str, default)) if isinstance(default, list) else "%(default)s"
         return f"{text} (default: {shown})" if text else f"(default: {shown})"
@@ -33,29 +27,23 @@ class HelpFormatter(argparse.HelpFormatter):
 
 class Parser(argparse.ArgumentParser):
     """argparse with shown defaults and a "did you mean" for a mistyped command, choice or
-    flag. Subcommand parsers are of this class too (argparse makes them with the parent's)."""
+    flag (subcommand parsers are of this class too)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def parse_args(self, args=None, namespace=None):
-        """Unknown flags are reported by the subcommand's parser (its usage, its flags to
-        suggest from) rather than by the top-level one, which knows none of them."""
+        """Unknown flags are reported by the subcommand's parser: its usage, its flags."""
         known, unknown = self.parse_known_args(args, namespace)
         if unknown:
-            parser = self._command_parser(known) or self
+            commands = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+            parser = commands[0].choices[getattr(known, commands[0].dest)] if commands else self
             flags = [f for a in parser._actions for f in a.option_strings]
             hints = [_did_you_mean(arg.split("=", 1)[0], flags) for arg in unknown]
             hint = next((h for h in hints if h), "")
             parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
         return known
-
-    def _command_parser(self, namespace) -> argparse.ArgumentParser | None:
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                return action.choices.get(getattr(namespace, action.dest, None))
-        return None
 
     def error(self, message: str):
         invalid = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
@@ -66,10 +54,16 @@ class Parser(argparse.ArgumentParser):
 
 
 def _did_you_mean(word: str, candidates: list[str]) -> str:
-    """``"; did you mean --epochs?"`` for the closest candidate, or "" when none is close."""
+    """``"; did you mean --epochs?"``, or "" when no candidate is close."""
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
 
+
+#: Where ``deploy`` and ``push`` get a Hugging Face token (their help says it).
+TOKEN_SOURCES = (
+    "The token comes from HF_TOKEN, the `hf auth login` cache, or a hidden prompt; it is never "
+    "shown."
+)
 
 beam_width = flag_type(Strategy, "beam_size")  # 1 = greedy, at most the app's cap
 
@@ -84,7 +78,7 @@ def add_length_penalty(p: argparse.ArgumentParser) -> None:
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    """``--data``, ``--out`` and ``--device``: the flags of every step of a run."""
+    """The flags of every step of a run."""
     p.add_argument(
         "--data",
         help="dataset folder (Images/ + captions.txt, Flickr8k.token.txt or "
@@ -98,7 +92,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
 
-def add_model_files(p: argparse.ArgumentParser, model_flag: bool = True) -> None:
+def add_captioner(p, beam_help: str, device_help: str, model_flag: bool = True) -> None:
+    """The flags that load a trained captioner and decode with it."""
     flags = ["--checkpoint", "--model"] if model_flag else ["--checkpoint"]
     p.add_argument(
         *flags,
@@ -113,12 +108,14 @@ def add_model_files(p: argparse.ArgumentParser, model_flag: bool = True) -> None
         "folder or Hub model carries its own",
     )
     p.add_argument("--revision", help="a Hub model's branch, tag or commit (default: main)")
+    p.add_argument("--beam", type=beam_width, default=Strategy.beam_size, help=beam_help)
+    add_length_penalty(p)
+    p.add_argument("--device", help=device_help)
 
 
 def load_pipeline(data: str | None = None):
-    """:mod:`storyteller.pipeline`, imported here (torch, torchvision and the rest: seconds) and
-    only after a given ``--data`` folder is checked, so a mistyped one fails at once. For the
-    commands whose first input is the dataset, so the message is the one the step would give."""
+    """:mod:`storyteller.pipeline` (seconds: torch), imported after a given ``--data`` folder
+    is checked, so a mistyped one fails at once."""
     if data is not None:
         from ..data.captions import check_data_dir
 
@@ -126,10 +123,6 @@ def load_pipeline(data: str | None = None):
     from .. import pipeline
 
     return pipeline
-
-
-def quiet(_: str) -> None:
-    """The log of a process other than rank 0 under torchrun: rank 0 speaks for all."""
 
 
 #: what a terminal would obey rather than show: escape sequences (CSI: colours, clearing the
@@ -142,6 +135,6 @@ _TERMINAL_CONTROLS = re.compile(
 
 
 def terminal_text(text: str) -> str:
-    """``text`` safe to print to a terminal: a caption word from a Hub vocabulary or a story
-    server's reply cannot set the title, clear the screen or move the cursor."""
+    """``text`` without what a terminal obeys: a Hub vocabulary's word or a story server's
+    reply cannot set the title, clear the screen or move the cursor."""
     return _TERMINAL_CONTROLS.sub("", text)

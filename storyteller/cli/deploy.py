@@ -1,6 +1,7 @@
 """``deploy``: assemble a run's Hugging Face Space folder and upload it."""
 
 from ..run_folder import DEFAULT_OUT
+from .common import TOKEN_SOURCES
 
 
 def add_parser(sub) -> None:
@@ -8,8 +9,7 @@ def add_parser(sub) -> None:
         "deploy",
         help="assemble the Hugging Face Space folder for a run and upload it",
         description="Write the Space folder (app.py, the package, requirements.txt, "
-        "best_model.pth, vocab.pkl, README with Space front matter) and upload it. The token "
-        "comes from HF_TOKEN, the `hf auth login` cache, or a hidden prompt; it is never shown.",
+        f"best_model.pth, vocab.pkl, README with Space front matter) and upload it. {TOKEN_SOURCES}",
     )
     p.add_argument(
         "--space",

@@ -1,10 +1,13 @@
 """``encoders``: the table of image encoders, built with random weights."""
 
 import sys
+from functools import partial
 
 from ..config_cli import number
 from ..features.encoder_specs import ENCODERS
 from ..features.extraction_sizes import BATCH_SIZES
+
+_stderr = partial(print, file=sys.stderr, flush=True)
 
 
 def add_parser(sub) -> None:
@@ -39,7 +42,3 @@ def run(args) -> None:
     skipped = [row["name"] for row in rows if "error" in row]
     if skipped:
         print(f"{len(skipped)} encoder(s) not built here: {', '.join(skipped)}", file=sys.stderr)
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

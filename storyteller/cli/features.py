@@ -34,13 +34,11 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--batch-size",
         type=number(int, sizes.BATCH_SIZES),
-        default=None,
         help=f"default: {sizes.GPU_BATCH_SIZE} on a GPU, {sizes.CPU_BATCH_SIZE} on a CPU",
     )
     p.add_argument(
         "--workers",
         type=number(int, sizes.WORKERS),
-        default=None,
         help=f"image-decoding workers (default: {sizes.GPU_NUM_WORKERS} on a GPU, {sizes.CPU_NUM_WORKERS} on a CPU)",
     )
     p.add_argument(

@@ -45,9 +45,8 @@ def add_parser(sub) -> None:
 
 
 def _notebook_outputs(args, parameters: dict) -> str:
-    """Where ``notebooks run`` wrote: what ``storyteller.notebook.runs.find_output_dir`` picks in
-    the notebooks' working folder (``-p OUT_DIR``, ``$STORYTELLER_OUT_DIR``, else the
-    default: ``outputs``, or ``outputs/smoke`` for a smoke run)."""
+    """Where ``notebooks run`` wrote, as ``notebook.runs.find_output_dir`` picks it: ``-p OUT_DIR``,
+    ``$STORYTELLER_OUT_DIR``, Kaggle's working folder, else ``outputs`` (or ``outputs/smoke``)."""
     from ..notebook.kaggle import kaggle_root, on_kaggle
     from ..notebook.runs import OUT_DIR_ENV, default_output_dir
 

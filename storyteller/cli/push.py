@@ -1,6 +1,7 @@
 """``push``: upload a run's captioner as a Hugging Face Hub model."""
 
 from ..run_folder import DEFAULT_OUT
+from .common import TOKEN_SOURCES
 
 
 def add_parser(sub) -> None:
@@ -8,8 +9,7 @@ def add_parser(sub) -> None:
         "push",
         help="upload a run's captioner as a Hugging Face Hub model (safetensors + model card)",
         description="Write the model folder (model.safetensors, config.json, vocab.json, "
-        "README.md model card with metrics.json's results) and upload it. The token comes "
-        "from HF_TOKEN, the `hf auth login` cache, or a hidden prompt; it is never shown.",
+        f"README.md model card with metrics.json's results) and upload it. {TOKEN_SOURCES}",
     )
     p.add_argument("--run", default=DEFAULT_OUT, help=f"the run folder (default: ./{DEFAULT_OUT})")
     p.add_argument("--repo", help="the model id, USER/NAME (created if missing)")

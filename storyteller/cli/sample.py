@@ -11,6 +11,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--num-images",
         type=number(int, COUNT),
+        default=DEFAULT_NUM_IMAGES,
         help=f"images to draw (default {DEFAULT_NUM_IMAGES})",
     )
     p.add_argument("--seed", type=number(int, SEED), default=0, help="random seed of the drawings")
@@ -19,10 +20,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> None:
-    out = generate_sample_dataset(
-        args.out or default_sample_dir(),
-        args.num_images or DEFAULT_NUM_IMAGES,
-        args.seed,
-        overwrite=args.overwrite,
-    )
+    folder = args.out or default_sample_dir()
+    out = generate_sample_dataset(folder, args.num_images, args.seed, overwrite=args.overwrite)
     print(f"sample dataset in {out}")

@@ -2,14 +2,13 @@
 
 import sys
 
-from ..config import Strategy
 from ..config_cli import add_config_flags, config_from_args, flag_type
 from ..errors import StorytellerError
 from ..story.backends import BACKENDS
 from ..story.backends.hosted import DEFAULT_MODEL, MODEL_ENV
 from ..story.options import StoryOptions
 from .caption import caption_each, load_captioner
-from .common import add_length_penalty, add_model_files, beam_width, terminal_text
+from .common import add_captioner, terminal_text
 
 
 def add_parser(sub) -> None:
@@ -25,15 +24,12 @@ def add_parser(sub) -> None:
         action="append",
         help="write the story from this caption instead of images (repeat for more scenes)",
     )
-    add_model_files(p, model_flag=False)  # --model is the language model here
-    p.add_argument(
-        "--beam",
-        type=beam_width,
-        default=Strategy.beam_size,
-        help="beam width for captions (1 = greedy)",
+    add_captioner(  # --model is the language model here
+        p,
+        "beam width for captions (1 = greedy)",
+        "cpu or cuda, for the captioner and a local language model",
+        model_flag=False,
     )
-    add_length_penalty(p)
-    p.add_argument("--device", help="cpu or cuda, for the captioner and a local language model")
     p.add_argument(
         "--backend",
         choices=BACKENDS,

@@ -7,13 +7,12 @@ from ..config_cli import add_config_flags, config_from_args, config_values, flag
 from ..decoder_options import BUILTIN_DECODERS, option_defaults, parse_decoder_options
 from ..errors import StorytellerError
 from ..features.encoder_specs import ENCODERS
-from .common import add_common, load_pipeline, quiet
+from .common import add_common, load_pipeline
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    """The flags of TrainConfig's and ModelConfig's option() fields (:mod:`storyteller.config_cli`),
-    with the few that are not config fields placed beside the ones they go with. A new
-    option() field lands after the others of its dataclass."""
+    """The flags of TrainConfig's and ModelConfig's option() fields, with the few that are not
+    config fields placed beside the ones they go with."""
     first = add_config_flags(p, TrainConfig, ["num_epochs", "batch_size", "lr", "patience", "seed"])
     model = add_config_flags(p, ModelConfig, ["embed_size"])
     p.add_argument(
@@ -35,8 +34,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-resume", action="store_true", help="start training afresh even if last.pth exists"
     )
-    # Not a model override: train_step trains the encoder's blocks and records the number in
-    # ModelConfig.fine_tuned_blocks itself.
+    # Not a model override: train_step records the number in ModelConfig.fine_tuned_blocks.
     p.add_argument(
         "--fine-tune-encoder",
         type=flag_type(ModelConfig, "fine_tuned_blocks"),
@@ -50,7 +48,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _options_help() -> str:
-    """Every decoder's options with their defaults, from the options dataclasses."""
+    """Every decoder's options with their defaults."""
     parts = []
     for name in BUILTIN_DECODERS:
         defaults = option_defaults(name)
@@ -63,8 +61,6 @@ def configs(args) -> tuple[TrainConfig, dict]:
     """The training config and the model overrides the flags ask for (the inverse of
     :func:`storyteller.config.train_flags`)."""
     train = config_from_args(TrainConfig, args)
-    # Without a file, the width (and --freeze-embeddings) may come from a checkpoint being
-    # resumed, which only train_step reads: it refuses --freeze-embeddings with no vectors.
     if args.augment and not args.fine_tune_encoder:
         raise StorytellerError(
             "--augment needs --fine-tune-encoder N: cached features are computed once, so "
@@ -75,6 +71,25 @@ def configs(args) -> tuple[TrainConfig, dict]:
     if options:
         model["decoder_options"] = options
     return train, model
+
+
+def train_in_session(args, step, *positional, **keywords):
+    """``step`` (a pipeline step that trains) with the training flags, once per process under
+    torchrun, rank 0 alone logging; its result and whether this process is rank 0."""
+    from ..training.distributed import session  # torch: after the flags are checked
+
+    with session(args.device) as (context, device):
+        result = step(
+            *positional,
+            device=device,
+            resume=not args.no_resume,
+            log=print if context.is_main else lambda _: None,
+            context=context,
+            embeddings=args.embeddings,
+            fine_tune_encoder=args.fine_tune_encoder,
+            **keywords,
+        )
+    return result, context.is_main
 
 
 def add_parser(sub) -> None:
@@ -92,22 +107,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> None:
     train, model = configs(args)
-    from ..training.distributed import session  # torch: after the flags are checked
-
     pipeline = load_pipeline()  # it reads the run folder before --data
-    with session(args.device) as (context, device):  # several processes under torchrun
-        result = pipeline.train_step(
-            args.data,
-            args.out,
-            train,
-            model,
-            resume=not args.no_resume,
-            device=device,
-            log=print if context.is_main else quiet,
-            context=context,
-            embeddings=args.embeddings,
-            fine_tune_encoder=args.fine_tune_encoder,
-            encoder=args.encoder,
-        )
-    if context.is_main:
+    result, main = train_in_session(
+        args, pipeline.train_step, args.data, args.out, train, model, encoder=args.encoder
+    )
+    if main:
         print(f"best validation loss {result.best_val_loss:.4f} -> {result.best_checkpoint}")
