@@ -29,7 +29,7 @@ payload through the API, a story backend that is down) puts one line in the serv
 ``user mistake: /caption: ...`` or ``story failed: ...``, not a traceback; the client gets the
 message alone. A model that cannot be loaded is one line too, ``no caption model: ...``.
 
-API (``gradio_client``), documented in the README:
+API (``gradio_client``), documented in docs/stories.md:
 
 * ``/caption``: image file, decoding ("greedy" or "beam"), beam width -> caption text;
 * ``/story``: caption, genre, tone, length -> story text (streamed);

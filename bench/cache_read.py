@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from storyteller.features.cache_format import CACHE_VERSION, FeatureCache, load_feature_cache
-from storyteller.features.encoders import ENCODERS, get_encoder_spec
+from storyteller.features.encoder_specs import ENCODERS
+from storyteller.features.encoders import get_encoder_spec
 from storyteller.run_folder import FEATURES_FILE, INDEX_FILE, RunPaths
 
 

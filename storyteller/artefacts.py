@@ -1,13 +1,7 @@
-"""Reading artefacts back from disk without trusting them: one error style, checks before
-allocation.
-
-Every file the package reads back (checkpoints, ``vocab.pkl``, the feature cache and its
-index, ``splits.json``) may be truncated, hand-edited or crafted. Their loaders check the
-structure, types and ranges of what they read *before* building anything from it, and say
-what is wrong in one line that names the file: ``<file>: <what is wrong>`` (an
-:class:`ArtefactError`, which the CLI prints as ``error: ...``). The helpers here are the
-pieces those loaders share: JSON that names its file, the ``.npy`` header read without
-mapping the array, and small type checks.
+"""Reading artefacts back without trusting them. Every file the package reads back may be
+truncated, hand-edited or crafted: its loader checks structure, types and ranges *before*
+building anything from it, and says what is wrong in one line naming the file (an
+:class:`ArtefactError`). Here are the pieces the loaders share.
 """
 
 from __future__ import annotations
@@ -23,16 +17,14 @@ from .errors import StorytellerError
 
 #: Largest ``.npy`` header read (NumPy itself refuses headers over 10,000 bytes by default).
 MAX_NPY_HEADER = 10_000
-#: Longest integer read from a JSON artefact, in digits: no count, size or seed the package
-#: writes comes near it, and parsing a long one takes time quadratic in its length.
+#: Longest integer read from a JSON artefact, in digits: nothing the package writes comes
+#: near it, and parsing one takes time quadratic in its length.
 MAX_JSON_INT_DIGITS = 100
 
 
 class ArtefactError(StorytellerError):
-    """A file the package wrote (or should have written) is not what it must be.
-
-    ``str(error)`` is ``"<path>: <problem>"``; ``path`` and ``problem`` are kept apart so a
-    caller can re-raise it with more context without naming the file twice."""
+    """A file the package wrote (or should have) is not what it must be: ``"<path>: <problem>"``,
+    the two kept apart so a caller can add context without naming the file twice."""
 
     def __init__(self, path: str | Path, problem: str):
         self.path, self.problem = Path(path), problem
@@ -60,7 +52,7 @@ def is_number(value: Any) -> bool:
 
 
 class _LongInteger(ValueError):
-    """A JSON integer over :data:`MAX_JSON_INT_DIGITS` digits; ``args[0]`` is its length."""
+    """A JSON integer over :data:`MAX_JSON_INT_DIGITS` digits; ``args[0]``: its length."""
 
 
 def _json_int(text: str) -> int:
@@ -71,9 +63,8 @@ def _json_int(text: str) -> int:
 
 
 def read_json(path: str | Path, what: str) -> Any:
-    """The parsed JSON of ``path``; an empty, truncated or non-UTF-8 file, or one holding an
-    integer over :data:`MAX_JSON_INT_DIGITS` digits, is an :class:`ArtefactError` naming the
-    file (``what`` says which artefact it should be)."""
+    """The parsed JSON of ``path``, the ``what`` artefact; an empty, truncated or non-UTF-8
+    file, or a huge integer, is an :class:`ArtefactError`."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -98,10 +89,9 @@ def read_json(path: str | Path, what: str) -> Any:
 
 
 def check_npy(path: str | Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
-    """Check an ``.npy`` file holds a C-ordered ``dtype`` array of ``shape`` and is complete,
-    reading only its header: nothing is mapped or allocated, so a header that promises
-    terabytes, an object (pickled) array or a truncated file is refused before ``np.load``.
-    """
+    """Check an ``.npy`` file holds a complete C-ordered ``dtype`` array of ``shape`` from its
+    header alone: a header promising terabytes, a pickled array or a truncated file is
+    refused before ``np.load`` maps anything."""
     path = Path(path)
     try:
         with path.open("rb") as f:
@@ -142,8 +132,8 @@ SPLIT_NAMES = ("train", "val", "test")
 
 
 def read_splits(path: str | Path) -> dict:
-    """``splits.json``: ``train``, ``val`` and ``test``, each a list of distinct image names,
-    no image in two splits (that would leak test images into training)."""
+    """``splits.json``: ``train``, ``val`` and ``test``, lists of image names, no image in two
+    (that would leak test images into training)."""
     path = Path(path)
     data = read_json(path, "split file")
     if not isinstance(data, dict):

@@ -1,7 +1,5 @@
-"""Dataclass configs. ``ModelConfig`` and ``TrainConfig`` are stored in every checkpoint, so a
-model can be rebuilt from the checkpoint file alone (the app does exactly that); ``Strategy``,
-how a caption is decoded, is recorded with every evaluation's numbers. No torch here: the CLI's
-parser reads them."""
+"""Dataclass configs: ``ModelConfig`` and ``TrainConfig``, stored in every checkpoint so the
+model is rebuilt from it alone, and ``Strategy``, how a caption is decoded. No torch here."""
 
 from __future__ import annotations
 
@@ -10,7 +8,16 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from .config_cli import FINITE, Bound, bounded, field_bounds, option, type_words
+from .config_cli import (
+    FINITE,
+    Bound,
+    bounded,
+    config_flags,
+    config_flags_for,
+    field_bounds,
+    option,
+    type_words,
+)
 from .decoder_options import BUILTIN_DECODERS, DEFAULT_DECODER
 from .errors import StorytellerError
 
@@ -22,57 +29,43 @@ MIN_WORD_COUNT = 5
 SMOKE_LABEL = "SMOKE RUN (tiny data and model: meaningless results)"
 
 #: Bounds on what a stored config may ask for, checked before anything is built from it (a
-#: crafted checkpoint asking for ``hidden_size=12000`` would make the loader allocate 4 GB).
-#: Far above any captioner trained here (hidden 512, vocabulary ~8,000), far below harm.
+#: crafted ``hidden_size=12000`` would allocate 4 GB): far above any captioner trained here.
 MAX_WIDTH = 65_536  # feature, embedding and hidden sizes
 MAX_VOCAB = 1_000_000  # words
 MAX_LAYERS = 64  # stacked layers of any kind
 MAX_COUNT = 1_000_000  # other counts: a decoder option's steps or positions, epochs, batch
-
-
 FRACTION = Bound(0.0, 1.0, high_open=True)  # dropout, label smoothing
 COUNT = Bound(1, MAX_COUNT)  # epochs, batch, images, a word's occurrences
 #: Seeds: NumPy's are 32-bit (:func:`storyteller.runtime.seed_everything` seeds it too).
 SEED = Bound(0, 2**32 - 1)
-#: The widest beam (the app's slider too): memory and time grow with it (a beam of 100,000
-#: gets the attention captioner killed for memory; 2,000 runs for minutes).
+#: The widest beam (the app's slider too): memory and time grow with it.
 MAX_BEAM = 10
 
-#: How the image reaches the LSTM (``ModelConfig.inject``): it sets the initial state only
-#: (the seed), or it is also fed at every step.
+#: How the image reaches the LSTM: it sets the initial state only (the seed), or every step too.
 INJECT_MODES = ("init", "init+input")
 _LSTM_ONLY = "(lstm and attention; the transformer's are --decoder-option)"
 
 
 def _checked_value(kind: type, value: Any, bound: Bound | None) -> Any | None:
     """``value`` as ``kind`` if it is one (an int is a float, a bool is not an int) and
-    within ``bound`` (a float also finite), else ``None``."""
-    if kind is bool:
-        return value if isinstance(value, bool) else None
-    if kind is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            return None
-    elif kind is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return None
-        value = float(value)
-    elif kind is str:
-        return value if isinstance(value, str) else None
-    elif kind is dict:
+    within ``bound``, else ``None``."""
+    if kind in (bool, str):
+        return value if isinstance(value, kind) else None
+    if kind is dict:
         return value if isinstance(value, dict) and all(isinstance(k, str) for k in value) else None
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
+            return None
+        value = float(value) if kind is float else value
     return value if (bound or FINITE).holds(value) else None
 
 
 def checked_fields(
     cls: type, data: Any, where: str, bounds: dict[str, Bound] | None = None
 ) -> dict[str, Any]:
-    """The keyword arguments for the dataclass ``cls`` read from ``data`` (a dict from a
-    checkpoint), every value checked against its field's type and bound (its metadata's,
-    else ``bounds``'; :func:`~storyteller.config_cli.field_bounds`); a missing
-    required field, a wrong type or an out-of-range value is a one-line
-    :class:`StorytellerError` naming ``where.field``. Unknown keys are ignored (a newer
-    file may know more fields) and missing optional ones take their defaults (an older file
-    knew fewer)."""
+    """The keyword arguments for ``cls`` from ``data`` (a checkpoint's dict), each value checked
+    against its field's type and bound (else ``bounds``'): a one-line error naming
+    ``where.field``. Unknown keys are ignored and missing optional ones take their defaults."""
     if not isinstance(data, dict):
         raise StorytellerError(f"{where} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -95,9 +88,8 @@ def checked_fields(
 
 
 def field_values(cls: type, **values: Any) -> dict[str, Any]:
-    """``values`` for some of the dataclass ``cls``'s fields (overrides for a config built
-    later), each name and type checked now: a field renamed in ``cls`` fails where the
-    values are written (e.g. at import), not in the run that uses them."""
+    """``values`` (overrides for a ``cls`` built later), names and types checked now, so a
+    renamed field fails where the values are written, not in the run that uses them."""
     hints = typing.get_type_hints(cls)
     for name, value in values.items():
         if name not in hints:
@@ -109,10 +101,8 @@ def field_values(cls: type, **values: Any) -> dict[str, Any]:
 
 
 def option_bounds(cls: type) -> dict[str, Bound]:
-    """Generic bounds for a decoder's options dataclass, read from each option's name and
-    type: ``*layers`` at most :data:`MAX_LAYERS`, other integers at most :data:`MAX_COUNT`,
-    ``*dropout`` a fraction, other numbers >= 0. Sizes the stored weights fix are checked
-    against the weights themselves (:mod:`storyteller.models.checkpoint`)."""
+    """Bounds for a decoder's options dataclass from each option's name and type: ``*layers``
+    and other integers capped, ``*dropout`` a fraction, other numbers >= 0."""
     bounds = {}
     for name, kind in typing.get_type_hints(cls).items():
         if kind is int:
@@ -126,13 +116,11 @@ def option_bounds(cls: type) -> dict[str, Bound]:
 class ModelConfig:
     """The captioner's shape (defaults: the Neural Storyteller seed architecture)."""
 
-    # Each field's range is its Bound (storyteller.config_cli): the flag's, and the one a
-    # checkpoint's config is checked against.
+    # A field's Bound is its flag's range and the one a checkpoint's config is checked against.
+    # The fields declared with option() are `train`'s and `run-all`'s flags.
     vocab_size: int = bounded(Bound(4, MAX_VOCAB))  # the four special tokens at least
     feature_dim: int = bounded(Bound(1, MAX_WIDTH), 2048)  # ResNet50's; EfficientNet-Lite0: 1280
-    # The command line's flags (`train`, `run-all`) are the fields declared with option()
-    # (storyteller.config_cli): its help is the flag's. Not given, the width is the dataclass's,
-    # or a vectors file's or a resumed checkpoint's: the run decides.
+    # Not given, the width is a vectors file's, a resumed checkpoint's, else this default.
     embed_size: int = option(
         256,
         "word embedding width (default {default}; with --embeddings the file's dimension)",
@@ -154,29 +142,20 @@ class ModelConfig:
         choices=INJECT_MODES,
     )
     encoder: str = "resnet50"  # which CNN made the features (the app needs the same one)
-    # Which captioner reads the features (a name in storyteller.models.DECODERS). A checkpoint
-    # without this key loads as "lstm"; the command line trains DEFAULT_DECODER when none is
-    # named.
     decoder: str = option(
-        "lstm",
+        DEFAULT_DECODER,
         "lstm: the seed captioner on one pooled vector; attention: an LSTM with soft "
         "attention over the CNN's grid (Show, Attend and Tell); transformer: a transformer "
-        f"encoder over the grid and a masked transformer decoder (default: {DEFAULT_DECODER})",
+        "encoder over the grid and a masked transformer decoder (default: {default})",
         choices=BUILTIN_DECODERS,
-        flag_default=DEFAULT_DECODER,
     )
-    # Sizes and switches of that decoder alone (e.g. an attention decoder's attention size),
-    # checked against its options dataclass and stored complete, defaults filled in, in every
-    # checkpoint. The fields above are the LSTM's and stay where they were.
+    # That decoder's own options, checked against its options dataclass and stored complete.
     decoder_options: dict = field(default_factory=dict)
-    # The word embedding is not trained (pretrained vectors kept as they are, `--embeddings
-    # FILE --freeze-embeddings`); stored so that a resumed run keeps it frozen too.
+    # Stored so that a resumed run keeps the pretrained vectors frozen too.
     freeze_embeddings: bool = option(
         False, "with --embeddings: keep the pretrained vectors fixed (default: fine-tune them)"
     )
-    # The encoder's last N blocks were trained with the decoder from photos (`train
-    # --fine-tune-encoder N`); the checkpoint then holds the encoder's weights too. 0: frozen,
-    # the registry's ImageNet weights, trained from the feature cache.
+    # The encoder's last N blocks trained with the decoder (the checkpoint holds them); 0: frozen.
     fine_tuned_blocks: int = bounded(Bound(0, 1000), 0)
 
     def to_dict(self) -> dict:
@@ -184,8 +163,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "model_config") -> ModelConfig:
-        """The config stored in a checkpoint, every field's type and range checked first
-        (its field's bound); a one-line :class:`StorytellerError` naming the field."""
+        """A checkpoint's config, checked; one that names no decoder is the seed lstm's."""
+        data = {"decoder": "lstm", **data} if isinstance(data, dict) else data
         return cls(**checked_fields(cls, data, where))
 
 
@@ -193,9 +172,7 @@ class ModelConfig:
 class TrainConfig:
     """How to train (defaults: the seed recipe plus early stopping and LR on plateau)."""
 
-    # The fields declared with option() are `train`'s and `run-all`'s flags
-    # (storyteller.config_cli); the others keep their defaults there.
-    # Each field's range is its Bound, as in ModelConfig.
+    # option() fields are flags, as in ModelConfig; the others keep their defaults there.
     num_epochs: int = option(15, "number of epochs (default {default})", flag="epochs", bound=COUNT)
     batch_size: int = option(64, "caption pairs per training step", bound=COUNT)
     lr: float = option(1e-3, "Adam learning rate", bound=Bound(0.0, 10.0))
@@ -203,13 +180,11 @@ class TrainConfig:
     grad_clip: float = bounded(Bound(0.0, math.inf), 5.0)
     # Tokens per caption, <start> and <end> included: at least <start>, one word, <end>.
     max_length: int = bounded(Bound(3, 10_000), 50)
-    # Early stopping: epochs without a better validation loss.
     patience: int = option(3, "early-stopping patience in epochs", bound=Bound(0, MAX_COUNT))
     lr_patience: int = bounded(Bound(0, MAX_COUNT), 1)  # ReduceLROnPlateau
     lr_factor: float = bounded(Bound(0.0, 1.0), 0.5)
     label_smoothing: float = bounded(FRACTION, 0.0)
-    # Features are in memory: workers only add overhead.
-    num_workers: int = bounded(Bound(0, 1024), 0)
+    num_workers: int = bounded(Bound(0, 1024), 0)  # features are in memory: workers add overhead
     amp: bool = True  # mixed precision on CUDA (ignored on the CPU)
     data_parallel: bool = True  # nn.DataParallel when more than one GPU is visible
     seed: int = option(0, "random seed (initial weights, batch order)", bound=SEED)
@@ -221,9 +196,7 @@ class TrainConfig:
     augment: bool = option(
         False, "with --fine-tune-encoder: random crops and horizontal flips of the training photos"
     )
-    # A smoke run (the notebooks' SMOKE, `notebooks run --smoke`): tiny data, model and epochs
-    # to test the code, not the model. Stored in the checkpoint so that every figure and
-    # metrics.json made from it says so.
+    # Tiny data, model and epochs to test the code: stored so every figure and metric says so.
     smoke: bool = option(
         False,
         "mark the run as a smoke test (tiny, meaningless): its figures and metrics.json say so "
@@ -235,19 +208,37 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "train_config") -> TrainConfig:
-        """The config stored in a checkpoint, every field's type and range checked first
-        (its field's bound); a one-line :class:`StorytellerError` naming the field."""
+        """A checkpoint's config, every field's type and range checked."""
         return cls(**checked_fields(cls, data, where))
+
+
+def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = True) -> list[str]:
+    """The ``train`` command's flags that give these configs back, so a notebook can start the
+    same training as a command (e.g. under torchrun)."""
+    model = model or {}
+    train_fields, defaults = config_flags(TrainConfig), TrainConfig().to_dict()
+    fixed = [k for k, v in train.to_dict().items() if k not in train_fields and v != defaults[k]]
+    unknown = [k for k in model if k not in config_flags(ModelConfig) and k != "decoder_options"]
+    if fixed or unknown:
+        raise StorytellerError(
+            f"the train command has no flag for {', '.join(fixed + unknown)}: "
+            "leave it at its default or call storyteller.pipeline.train_step"
+        )
+    flags = config_flags_for(TrainConfig, {k: getattr(train, k) for k in train_fields})
+    for key, value in model.items():
+        if key == "decoder_options":
+            for name, option_value in (value or {}).items():
+                flags += ["--decoder-option", f"{name}={option_value}"]
+        else:
+            flags += config_flags_for(ModelConfig, {key: value})
+    return flags + ([] if resume else ["--no-resume"])
 
 
 @dataclass(frozen=True)
 class Strategy:
-    """How to decode a caption: greedy when ``beam_size`` is 1, else beam search keeping
-    ``beam_size`` hypotheses, at most ``max_length`` words, ranked with ``length_penalty``
-    (GNMT's alpha: 0 ranks by raw log-probability, higher favours longer captions).
-
-    A setting of the wrong type or outside its field's bound (the ``--beam`` and
-    ``--length-penalty`` flags' too) is refused here, in one line, wherever it came from."""
+    """How to decode a caption: greedy when ``beam_size`` is 1, else beam search, at most
+    ``max_length`` words, ranked with ``length_penalty`` (GNMT's alpha: 0 ranks by raw
+    log-probability, higher favours longer captions). A bad setting is refused in one line."""
 
     beam_size: int = bounded(Bound(1, MAX_BEAM), 1)
     max_length: int = bounded(Bound(1, 10_000), 50)
@@ -262,8 +253,7 @@ class Strategy:
 
     @property
     def name(self) -> str:
-        """``greedy`` or ``beam5``: the decoding's key in ``metrics.json`` and the caption
-        files."""
+        """``greedy`` or ``beam5``: the decoding's key in ``metrics.json`` and caption files."""
         return "greedy" if self.greedy else f"beam{self.beam_size}"
 
     def describe(self) -> str:
@@ -271,7 +261,7 @@ class Strategy:
         return "greedy" if self.greedy else f"beam {self.beam_size}"
 
     def to_dict(self) -> dict:
-        """The settings, as ``metrics.json`` records them under ``provenance.decoding``."""
+        """The settings, as ``metrics.json``'s ``provenance.decoding``."""
         return asdict(self)
 
 

@@ -1,20 +1,10 @@
 """Command-line flags read from config dataclasses, so a new setting is one line in one place.
 
-A field declared with :func:`option` (its default, its help, and any command-line details)
-becomes a flag: ``--hidden-size`` from ``hidden_size``, the type from the annotation, the
-default from the dataclass (a field typed ``X | None`` is an ``X`` flag whose
-absence leaves ``None``). :func:`add_config_flags` adds the flags to a parser,
-:func:`config_values` / :func:`config_from_args` read the parsed namespace back into the
-dataclass, and :func:`config_flags_for` writes the flags that give a config back (a notebook
-starting the same training as a command). Fields declared without :func:`option` have no flag.
-
-A numeric field's range is a :class:`Bound` in its metadata (``option(..., bound=...)``, or
-:func:`bounded` for a field without a flag): the flag refuses a value outside it as it is
-parsed (:func:`number`), and a config read back from a checkpoint is checked against the same
-bound (:func:`storyteller.config.checked_fields`), so what ``train`` accepts is what loads.
-
-Only argparse and dataclasses here: the command line parses before torch loads.
-"""
+A field declared with :func:`option` becomes a flag (``--hidden-size`` from ``hidden_size``,
+the type from the annotation, the default from the dataclass); :func:`config_values` reads the
+parsed flags back. A numeric field's :class:`Bound` is checked as its flag is parsed and when a
+config is read back from a checkpoint, so what ``train`` accepts is what loads. Only argparse
+and dataclasses here: the command line parses before torch loads."""
 
 from __future__ import annotations
 
@@ -27,19 +17,12 @@ from dataclasses import MISSING, field, fields
 from typing import Any, NamedTuple
 
 #: The keys :func:`option` writes into a field's metadata.
-_HELP, _FLAG, _CHOICES, _METAVAR, _FLAG_DEFAULT, _BOUND = (
-    "help",
-    "flag",
-    "choices",
-    "metavar",
-    "flag_default",
-    "bound",
-)
+_HELP, _FLAG, _CHOICES, _METAVAR = "help", "flag", "choices", "metavar"
+_FLAG_DEFAULT, _BOUND = "flag_default", "bound"
 
 
 class Bound(NamedTuple):
-    """The range of a numeric value: finite, ``low <= value <= high`` (``<`` at an end that
-    is open)."""
+    """The range of a numeric value: finite, ``low <= value <= high`` (``<`` at an open end)."""
 
     low: float
     high: float
@@ -99,24 +82,17 @@ def option(
 ) -> Any:
     """A dataclass field with a command-line flag: ``x: int = option(3, "what x is")``.
 
-    ``help`` may say ``{default}``, replaced by ``default``. A true-or-false field is a
-    switch: ``--x`` turns on a False-by-default field, ``--no-x`` turns off a True-by-default
-    one (``help`` then says what ``--no-x`` does). ``flag``: the flag's name without ``--``
-    when it is not the field's name with ``-`` (``epochs`` for ``num_epochs``).
-    ``flag_default``: the command line's default when it is not the dataclass's; ``None``
-    means "not given: the run decides" and leaves the field out of :func:`config_values`.
-    ``bound``: the numeric field's range, checked as the flag is parsed (see :class:`Bound`)."""
-    metadata: dict[str, Any] = {_HELP: help.replace("{default}", str(default))}
-    if flag is not None:
-        metadata[_FLAG] = flag
+    ``help`` may say ``{default}``. A true-or-false field is a switch: ``--x`` turns on a
+    False-by-default field, ``--no-x`` turns off a True-by-default one. ``flag``: the flag's
+    name when it is not the field's (``epochs`` for ``num_epochs``). ``flag_default``: the
+    command line's default; ``None`` means "the run decides" (left out of :func:`config_values`)."""
+    given = {_FLAG: flag, _CHOICES: choices, _METAVAR: metavar, _BOUND: bound}
+    metadata = {_HELP: help.replace("{default}", str(default))}
+    metadata.update((key, value) for key, value in given.items() if value is not None)
     if choices is not None:
         metadata[_CHOICES] = tuple(choices)
-    if metavar is not None:
-        metadata[_METAVAR] = metavar
     if flag_default is not MISSING:
         metadata[_FLAG_DEFAULT] = flag_default
-    if bound is not None:
-        metadata[_BOUND] = bound
     return field(default=default, metadata=metadata)
 
 
@@ -131,16 +107,15 @@ def field_bounds(cls: type) -> dict[str, Bound]:
 
 
 def flag_type(cls: type, name: str) -> Callable[[str], Any]:
-    """The argparse ``type`` of ``cls``'s numeric field ``name``: its kind and its bound
-    (a flag that sets the field without being made by :func:`option`, such as ``--beam``)."""
+    """The argparse ``type`` of ``cls``'s numeric field ``name``, for a flag not made by
+    :func:`option` (such as ``--beam``)."""
     kind = _without_none(typing.get_type_hints(cls)[name])
     return number(kind, field_bounds(cls).get(name))
 
 
 class Flag(NamedTuple):
-    """One field's flag: ``name`` (``--epochs``), ``dest`` (argparse's attribute, ``epochs``),
-    the field's ``kind`` (int, float, str or bool) and, for a switch, whether it is the
-    ``--no-`` of a True-by-default field (``negated``)."""
+    """One field's flag: ``--epochs``, argparse's ``dest``, the field's type and whether it is
+    the ``--no-`` switch of a True-by-default field."""
 
     name: str
     dest: str
@@ -153,16 +128,14 @@ class Flag(NamedTuple):
 
 
 def _without_none(kind: Any) -> Any:
-    """``int`` for ``int | None`` (a field whose ``None`` means "not given"); ``kind`` itself
-    otherwise."""
+    """``int`` for ``int | None``; ``kind`` itself otherwise."""
     kept = [arg for arg in typing.get_args(kind) if arg is not type(None)]
     is_union = typing.get_origin(kind) in (typing.Union, types.UnionType)
     return kept[0] if is_union and len(kept) == 1 else kind
 
 
 def config_flags(cls: type) -> dict[str, Flag]:
-    """``{field name: Flag}`` for every field of the dataclass ``cls`` declared with
-    :func:`option`, in field order."""
+    """``{field name: Flag}`` for the fields of ``cls`` declared with :func:`option`."""
     hints = typing.get_type_hints(cls)
     flags = {}
     for f in fields(cls):
@@ -188,8 +161,7 @@ def add_config_flags(
     skip: Iterable[str] = (),
 ) -> list[str]:
     """Add the flags of ``cls``'s :func:`option` fields to ``parser`` (``only`` these, in this
-    order, when given; never those in ``skip``); returns the names of the fields added, so a
-    later call can add the rest with ``skip`` (a parser that places a few flags first)."""
+    order, when given; never those in ``skip``); returns the names of the fields added."""
     flags, by_name = config_flags(cls), {f.name: f for f in fields(cls)}
     names = list(flags) if only is None else list(only)
     unknown = [name for name in names if name not in flags]
@@ -215,10 +187,9 @@ def add_config_flags(
 
 
 def config_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
-    """The values of ``cls``'s flags in the parsed ``args``, by field name. A flag left at a
-    default that means "not asked" is left out, so a default the run decides stays the run's
-    (an embedding width from a vectors file, freezing from a resumed checkpoint): ``None``,
-    and an off ``--x`` switch."""
+    """The values of ``cls``'s flags in the parsed ``args``, by field name. A flag not asked
+    for (``None``, an off ``--x`` switch) is left out, so a default the run decides (an
+    embedding width from a vectors file) stays the run's."""
     values = {}
     for name, flag in config_flags(cls).items():
         value = getattr(args, flag.dest)
@@ -235,9 +206,8 @@ def config_from_args(cls: type, args: argparse.Namespace, **others: Any) -> Any:
 
 
 def config_flags_for(cls: type, values: Mapping[str, Any]) -> list[str]:
-    """The flags that give ``values`` (field name -> value, each a field of ``cls`` with a
-    flag) back: the inverse of :func:`config_values`. A switch appears only when it differs
-    from its default, a value always."""
+    """The flags that give ``values`` (field name -> value) back: the inverse of
+    :func:`config_values`. A switch appears only when it differs from its default."""
     flags = config_flags(cls)
     out: list[str] = []
     for name, value in values.items():

@@ -1,11 +1,6 @@
-"""The built-in captioners' names and their own options, as data: no torch here.
-
-The command line lists ``--decoder`` choices, shows every decoder's option defaults in its help
-and checks ``--decoder-option NAME=VALUE`` before any model code loads, so ``--help`` and a
-mistyped option answer at once. The classes that build the decoders
-(:mod:`storyteller.models`) register under these names with these options dataclasses;
-:func:`storyteller.models.register_decoder` refuses a built-in whose class says otherwise.
-"""
+"""The built-in captioners' names and their own options, as data: no torch here, so the CLI's
+``--help`` and a mistyped ``--decoder-option`` answer before any model code loads. The classes
+in :mod:`storyteller.models` register under these names with these options dataclasses."""
 
 from __future__ import annotations
 
@@ -38,8 +33,7 @@ class AttentionOptions:
 
 @dataclass
 class TransformerOptions:
-    """The transformer captioner's own sizes (ModelConfig's ``embed_size``, ``hidden_size``,
-    ``num_layers``, ``dropout`` and ``inject`` describe the LSTMs and are not read here)."""
+    """The transformer captioner's own sizes (ModelConfig's LSTM sizes are not read)."""
 
     d_model: int = option(256, "width of every token, word or grid position")
     heads: int = option(4, "attention heads (d_model must divide by it)")
@@ -57,32 +51,25 @@ class TransformerOptions:
     warmup_steps: int = option(500, "batches of linear warm-up, then inverse-square-root decay")
 
 
-#: The built-in decoders in the order ``--decoder`` lists them (``lstm`` first: the seed
-#: recipe), each with the dataclass ``config.decoder_options`` is read into.
+#: The built-in decoders in ``--decoder``'s order, each with its options dataclass.
 BUILTIN_DECODERS: dict[str, type] = {
     "lstm": NoOptions,
     "attention": AttentionOptions,
     "transformer": TransformerOptions,
 }
 
-#: The captioner that ``train``/``run-all`` and the notebooks train when none is named (README,
-#: "Captioners compared", says why). A checkpoint whose config names no decoder is the seed
-#: ``lstm`` whatever this says: that is ``ModelConfig.decoder``'s default.
+#: The captioner trained when none is named (``ModelConfig.decoder``'s default, so the Python
+#: API, the CLI and the notebooks agree; docs/results.md, "Captioners compared", says why).
 DEFAULT_DECODER = "attention"
-
-
-def _options_class(name: str) -> type:
-    try:
-        return BUILTIN_DECODERS[name]
-    except KeyError:
-        raise StorytellerError(
-            f"unknown decoder {name!r}: choose one of {', '.join(BUILTIN_DECODERS)}"
-        ) from None
 
 
 def option_defaults(name: str) -> dict[str, Any]:
     """The built-in decoder's own options and their defaults (``{}`` for one that has none)."""
-    return {f.name: f.default for f in fields(_options_class(name)) if f.default is not MISSING}
+    if name not in BUILTIN_DECODERS:
+        choices = ", ".join(BUILTIN_DECODERS)
+        raise StorytellerError(f"unknown decoder {name!r}: choose one of {choices}")
+    options = fields(BUILTIN_DECODERS[name])
+    return {f.name: f.default for f in options if f.default is not MISSING}
 
 
 def _option_value(decoder: str, key: str, text: str, default: Any) -> Any:
@@ -98,9 +85,8 @@ def _option_value(decoder: str, key: str, text: str, default: Any) -> Any:
             raise ValueError(text)
         return value
     except ValueError:
-        wanted = {bool: "true or false", int: "an integer", float: "a finite number"}.get(
-            kind, "text"
-        )
+        words = {bool: "true or false", int: "an integer", float: "a finite number"}
+        wanted = words.get(kind, "text")
         raise StorytellerError(
             f"the {decoder!r} decoder's option {key} takes {wanted}, not {text!r}"
         ) from None
@@ -108,8 +94,7 @@ def _option_value(decoder: str, key: str, text: str, default: Any) -> Any:
 
 def parse_decoder_options(decoder: str, items: Iterable[str]) -> dict[str, Any]:
     """``["d_model=128", "heads=2"]`` -> ``{"d_model": 128, "heads": 2}``, each value of its
-    option's type; an unknown name or a malformed item is a one-line error listing the
-    decoder's options (the CLI's ``--decoder-option``)."""
+    option's type; an unknown name is an error listing the decoder's options."""
     defaults = option_defaults(decoder)
     listed = ", ".join(f"{k}={v}" for k, v in defaults.items()) or "none"
     options: dict[str, Any] = {}

@@ -1,20 +1,8 @@
-"""Greedy and beam-search decoding, batched over images *and* beams (no Python loop over
-either: one decoder step per time step for the whole batch).
-
-Any captioner of :mod:`storyteller.models` decodes here: only its protocol is used
-(``init_state``, ``step``, and the state's ``select`` / ``repeat_interleave``), and
-``features`` are passed through as the decoder reads them, (B, ...).
-
-Beam search keeps ``beam_size`` hypotheses per image in a (B, K) grid. Finished hypotheses
-stay in the grid and carry their score forward unchanged, and hypotheses are ranked by their
-length-normalised score (GNMT: ``((5 + length) / 6) ** length_penalty``), so a short
-caption that ended early does not crowd out a longer, better one just because each extra word
-costs log-probability.
-
-Which of the two runs is said by a :class:`Strategy` (``beam_size`` 1: greedy) and chosen in
-one place, :func:`decode` (which :func:`decode_with_attention` and :func:`generate_captions`
-share): evaluation, :class:`storyteller.inference.Captioner`, the command line and the app pass
-a ``Strategy`` instead of choosing between the searches themselves.
+"""Greedy and beam-search decoding, batched over images *and* beams: one decoder step per
+time step for the whole batch, through the captioner protocol alone. Beam search keeps K
+hypotheses per image in a (B, K) grid; finished ones stay with their score, and all are ranked
+by the length-normalised score (GNMT: ``((5 + length) / 6) ** length_penalty``), so a caption
+that ended early does not win only because each extra word costs log-probability.
 """
 
 from __future__ import annotations
@@ -42,8 +30,7 @@ class Hypothesis:
 
 @dataclass
 class BeamStep:
-    """What one beam-search step kept, for a caller that watches (``on_step``): the K
-    surviving hypotheses of every image, best ranked first."""
+    """The K hypotheses of every image that one beam-search step kept (``on_step``)."""
 
     history: torch.Tensor  # (B, K, t) word ids so far, the newest last
     word_log_probs: torch.Tensor  # (B, K) log-probability of each hypothesis's newest word
@@ -56,13 +43,10 @@ def _length_norm(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def _strip(ids: Sequence[int]) -> list[int]:
-    out = []
-    for i in ids:
-        if i == END_ID:
-            break
-        if i != PAD_ID:
-            out.append(int(i))
-    return out
+    """The words before the first ``<end>``, padding dropped."""
+    ids = list(ids)
+    ids = ids[: ids.index(END_ID)] if END_ID in ids else ids
+    return [int(i) for i in ids if i != PAD_ID]
 
 
 @torch.inference_mode()
@@ -88,10 +72,7 @@ def _greedy(
     steps = []
     for t in range(max_length):
         log_probs, state = model.step(tokens, state)  # (B, V)
-        log_probs[:, list(_BLOCKED)] = float("-inf")
-        if t < min_length:
-            log_probs[:, END_ID] = float("-inf")
-        tokens = log_probs.argmax(dim=-1)  # (B,)
+        tokens = _blocked(log_probs, t < min_length).argmax(dim=-1)  # (B,)
         tokens = tokens.masked_fill(finished, PAD_ID)
         steps.append(tokens)
         finished |= tokens == END_ID
@@ -112,9 +93,8 @@ def beam_search(
     min_length: int = 1,
     on_step: Callable[[BeamStep], None] | None = None,
 ) -> list[list[Hypothesis]]:
-    """Batched beam search. features: (B, ...) -> for each image, ``n_best``
-    hypotheses sorted best first. ``on_step`` sees what every step kept (a lesson's view
-    of the search: :func:`storyteller.notebook.inside.beam_steps`)."""
+    """Batched beam search. features: (B, ...) -> for each image, ``n_best`` hypotheses,
+    best first. ``on_step`` sees what every step kept (notebook 04 shows it)."""
     return _beam(
         model, features, beam_size, max_length, length_penalty, n_best, min_length, on_step
     )[0]
@@ -151,73 +131,75 @@ def _beam(
 
     for t in range(max_length):
         log_probs, state = model.step(tokens, state)  # (B*K, V)
+        log_probs = _allowed(log_probs.view(batch, beams, -1), finished, t < min_length)
         vocab = log_probs.size(-1)
-        log_probs = log_probs.view(batch, beams, vocab)  # (B, K, V)
-        log_probs[:, :, list(_BLOCKED)] = float("-inf")
-        if t < min_length:
-            log_probs[:, :, END_ID] = float("-inf")
-        # A finished hypothesis may only append <pad>, at no cost.
-        done_row = torch.full((vocab,), float("-inf"), device=device)
-        done_row[PAD_ID] = 0.0
-        log_probs = torch.where(finished.unsqueeze(-1), done_row, log_probs)
-
         candidates = scores.unsqueeze(-1) + log_probs  # (B, K, V) raw log-probabilities
         new_lengths = lengths + (~finished).long()  # (B, K)
         ranked = candidates / _length_norm(new_lengths, length_penalty).unsqueeze(-1)
-        _, flat = ranked.view(batch, beams * vocab).topk(beams, dim=-1)  # (B, K)
-        parent = torch.div(flat, vocab, rounding_mode="floor")  # (B, K) integer beam index
-        word = flat % vocab  # (B, K)
+        _, flat = ranked.view(batch, beams * vocab).topk(beams, dim=-1)  # (B, K) in K*V
+        parent = torch.div(flat, vocab, rounding_mode="floor")  # (B, K) beam it extends
+        word = flat % vocab  # (B, K) the word it appends
 
         scores = candidates.view(batch, -1).gather(1, flat)  # (B, K)
-        lengths = new_lengths.gather(1, parent)
-        finished = finished.gather(1, parent) | (word == END_ID)
-        history = torch.cat(
-            [
-                history.gather(1, parent.unsqueeze(-1).expand(-1, -1, history.size(2))),
-                word.unsqueeze(-1),
-            ],
-            dim=2,
-        )  # (B, K, t+1)
+        lengths = new_lengths.gather(1, parent)  # (B, K)
+        finished = finished.gather(1, parent) | (word == END_ID)  # (B, K)
+        parents = history.gather(1, parent.unsqueeze(-1).expand(-1, -1, history.size(2)))
+        history = torch.cat([parents, word.unsqueeze(-1)], dim=2)  # (B, K, t+1)
         if on_step is not None:
             chosen = log_probs.reshape(batch, beams * vocab).gather(1, flat)  # (B, K)
             on_step(BeamStep(history, chosen, scores, finished))
-        rows = (offsets + parent).view(-1)  # (B*K,) rows of the flat state to keep
-        state = state.select(rows)
-        tokens = word.view(-1)
+        state = state.select((offsets + parent).view(-1))  # (B*K,) each parent's row
+        tokens = word.view(-1)  # (B*K,)
         if finished.all():
             break
-
-    normalised = scores / _length_norm(lengths, length_penalty)  # (B, K)
-    order = normalised.argsort(dim=1, descending=True)[:, :n_best]  # (B, n_best)
-    results = []
-    for b, row in enumerate(order.tolist()):
-        results.append(
-            [
-                Hypothesis(
-                    _strip(history[b, k].tolist()), float(normalised[b, k]), float(scores[b, k])
-                )
-                for k in row
-            ]
-        )
+    results, order = _best(history, scores / _length_norm(lengths, length_penalty), scores, n_best)
     return results, state, offsets + order  # (B, n_best) rows of the flat state
+
+
+def _blocked(log_probs: torch.Tensor, too_short: bool) -> torch.Tensor:
+    """log_probs (..., V), in place, with the special tokens (and ``<end>`` while the caption
+    is shorter than ``min_length``) at -inf."""
+    log_probs[..., list(_BLOCKED)] = float("-inf")
+    if too_short:
+        log_probs[..., END_ID] = float("-inf")
+    return log_probs
+
+
+def _allowed(log_probs: torch.Tensor, finished: torch.Tensor, too_short: bool) -> torch.Tensor:
+    """log_probs (B, K, V) :func:`_blocked`, and a finished hypothesis may only append
+    ``<pad>``, at no cost."""
+    _blocked(log_probs, too_short)
+    done_row = torch.full((log_probs.size(-1),), float("-inf"), device=log_probs.device)
+    done_row[PAD_ID] = 0.0
+    return torch.where(finished.unsqueeze(-1), done_row, log_probs)  # (B, K, V)
+
+
+def _best(
+    history: torch.Tensor, normalised: torch.Tensor, scores: torch.Tensor, n_best: int
+) -> tuple[list[list[Hypothesis]], torch.Tensor]:
+    """The ``n_best`` hypotheses of each image by normalised score (B, K), and their beam
+    indices (B, n_best)."""
+    order = normalised.argsort(dim=1, descending=True)[:, :n_best]  # (B, n_best)
+    results = [
+        [
+            Hypothesis(_strip(history[b, k].tolist()), float(normalised[b, k]), float(scores[b, k]))
+            for k in row
+        ]
+        for b, row in enumerate(order.tolist())
+    ]
+    return results, order
 
 
 def _decode(
     model: CaptionDecoder, features: torch.Tensor, strategy: Strategy
 ) -> tuple[list[list[int]], DecoderState, list[int]]:
-    """The one place greedy or beam search is picked: each image's word ids (the best beam's),
-    the final decoder state, and the state row each image's caption ended in."""
+    """Greedy or beam search for ``strategy``: each image's word ids, the final decoder
+    state, and the state row each image's caption ended in."""
     if strategy.greedy:
         sequences, state = _greedy(model, features, strategy.max_length, min_length=1)
         return sequences, state, list(range(len(sequences)))
     hypotheses, state, best = _beam(
-        model,
-        features,
-        strategy.beam_size,
-        strategy.max_length,
-        strategy.length_penalty,
-        n_best=1,
-        min_length=1,
+        model, features, strategy.beam_size, strategy.max_length, strategy.length_penalty, 1, 1
     )
     return [hyps[0].ids for hyps in hypotheses], state, best[:, 0].tolist()
 
@@ -226,8 +208,7 @@ def _decode(
 def decode(
     model: CaptionDecoder, features: torch.Tensor, strategy: Strategy = GREEDY
 ) -> list[list[int]]:
-    """Captions as word ids, features (B, ...) -> B id lists: :func:`greedy_decode` when
-    ``strategy.beam_size`` is 1, else the best hypothesis of :func:`beam_search`."""
+    """Captions as word ids, features (B, ...) -> B id lists, greedy or the best beam."""
     return _decode(model, features, strategy)[0]
 
 
@@ -235,15 +216,9 @@ def decode(
 def decode_with_attention(
     model: CaptionDecoder, features: torch.Tensor, strategy: Strategy = GREEDY
 ) -> list[tuple[list[int], torch.Tensor]]:
-    """Captions and where the model looked for each word: features (B, ...) -> for each
-    image, its word ids (what :func:`decode` gives for ``strategy``) and the attention
-    weights they were chosen with, (len(ids), P) on the CPU, one row per word, ``<end>``
-    excluded.
-
-    The weights come from the decoder state's ``attention`` field (N, t, P), which ``step``
-    grows and beam search reorders with its hypotheses, so the rows read here belong to the
-    returned caption. A decoder that does not attend (``attends`` false: ``lstm``) is
-    refused."""
+    """:func:`decode`'s word ids for each image with the attention weights each word was
+    chosen with, (len(ids), P) on the CPU. The weights are the state's ``attention``
+    (N, t, P), which beam search reorders with its hypotheses, so they belong to the caption."""
     if not unwrap(model).attends:
         raise StorytellerError(
             f"the {unwrap(model).name!r} decoder does not attend: no attention weights to show"
@@ -263,8 +238,7 @@ def generate_captions(
     strategy: Strategy = GREEDY,
     batch_size: int = 256,
 ) -> list[str]:
-    """Captions for a (N, ...) tensor of features, decoded with ``strategy``, ``batch_size``
-    images at a time."""
+    """Captions for features (N, ...), ``batch_size`` images at a time."""
     device = next(unwrap(model).parameters()).device
     captions: list[str] = []
     for start in range(0, features.size(0), batch_size):

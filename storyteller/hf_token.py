@@ -1,20 +1,8 @@
-"""The one place that finds the Hugging Face token.
-
-Story backends (:mod:`storyteller.story.keys`), uploads to the Hub
-(:mod:`storyteller.serving.deploy`, :mod:`storyteller.serving.hub_push`) and notebook 05
-(:func:`storyteller.notebook.kaggle.hf_token`) all ask here, so they agree on where a token
-comes from, in this order:
-
-1. an explicit ``token`` argument;
-2. on Kaggle, when the caller asks (``kaggle=True``), the Kaggle secret named ``HF_TOKEN``;
-3. the ``HF_TOKEN`` environment variable;
-4. the ``hf auth login`` cache (``huggingface_hub.get_token``, when the package is installed).
-
-Every token is stripped of spaces and newlines (a pasted token often ends in one), and an
-empty one counts as none. :func:`login_token` adds a hidden prompt and a one-line error for
-commands that cannot go on without a token. A token is never printed, logged or written here.
-
-This module imports nothing from ``story/``, ``serving/`` or ``notebook/``: they import it.
+"""The one place that finds the Hugging Face token, for story backends, Hub uploads and
+notebook 05 alike, in this order: an explicit ``token``; on Kaggle, when the caller asks, the
+Kaggle secret ``HF_TOKEN``; the ``HF_TOKEN`` environment variable; the ``hf auth login``
+cache. A token is stripped (a pasted one often ends in a newline), an empty one counts as
+none, and none is ever printed, logged or written here.
 """
 
 from __future__ import annotations
@@ -37,12 +25,10 @@ NO_TOKEN_MESSAGE = (
 
 
 def _clean(token: str | None) -> str | None:
-    """``token`` without surrounding spaces and newlines; ``None`` when nothing is left."""
     return (token or "").strip() or None
 
 
 def _kaggle_secret() -> str | None:
-    """The Kaggle secret :data:`KAGGLE_SECRET`, or ``None`` when it cannot be read."""
     try:
         from kaggle_secrets import UserSecretsClient
 
@@ -52,8 +38,7 @@ def _kaggle_secret() -> str | None:
 
 
 def _login_cache() -> str | None:
-    """``huggingface_hub``'s own lookup (its ``HF_TOKEN``, then the ``hf auth login`` cache);
-    ``None`` without the package."""
+    """``huggingface_hub``'s own lookup (``HF_TOKEN``, then the login cache), if installed."""
     try:
         from huggingface_hub import get_token
     except ImportError:
@@ -62,13 +47,8 @@ def _login_cache() -> str | None:
 
 
 def find_hf_token(token: str | None = None, kaggle: bool = False) -> str | None:
-    """The Hugging Face token, or ``None`` when there is none.
-
-    Parameters:
-        token: an explicit token; it wins when it is not blank.
-        kaggle: also look in Kaggle Secrets (before the environment). Only callers that
-            know they run on Kaggle ask: elsewhere the secrets service is not there.
-    """
+    """The Hugging Face token, or ``None``. ``kaggle``: also look in Kaggle Secrets, before
+    the environment (only callers that know they run on Kaggle ask)."""
     return (
         _clean(token)
         or (_kaggle_secret() if kaggle else None)
@@ -78,19 +58,15 @@ def find_hf_token(token: str | None = None, kaggle: bool = False) -> str | None:
 
 
 def every_hf_token() -> list[str]:
-    """Every Hugging Face token this process could send, not only the one
-    :func:`find_hf_token` picks: ``HF_TOKEN`` *and* a saved login that differs from it (to
-    scrub from anything shown)."""
+    """Every token this process could send, ``HF_TOKEN`` *and* a different saved login, to
+    scrub from anything shown."""
     found = [_clean(os.environ.get(HF_TOKEN_ENV)), _login_cache()]
     return list(dict.fromkeys(token for token in found if token))
 
 
 def ask_hf_token() -> str | None:
-    """Ask for a token with a hidden prompt (``getpass``: the token is not echoed).
-
-    Returns ``None`` when nothing is entered or there is no one to answer (no stdin in a
-    batch run, CI, or a notebook kernel that cannot read input).
-    """
+    """A token asked for with a hidden prompt; ``None`` when nothing is entered or nobody can
+    answer (no stdin, a notebook kernel that cannot read input)."""
     try:
         return _clean(getpass.getpass(PROMPT))
     except Exception:  # EOFError, IPython's StdinNotImplementedError, ...: nothing entered
@@ -98,16 +74,9 @@ def ask_hf_token() -> str | None:
 
 
 def login_token(token: str | None = None, interactive: bool | None = None) -> str:
-    """The token for a command that cannot go on without one (uploads to the Hub):
-    :func:`find_hf_token`, else :func:`ask_hf_token` when ``interactive``.
-
-    Parameters:
-        token: an explicit token; it wins when it is not blank.
-        interactive: whether to prompt; default: when stdin is a terminal.
-
-    Raises:
-        StorytellerError: no token anywhere (:data:`NO_TOKEN_MESSAGE` says how to give one).
-    """
+    """The token for a command that cannot go on without one (uploads): :func:`find_hf_token`,
+    else :func:`ask_hf_token` when ``interactive`` (default: stdin is a terminal), else a
+    :class:`StorytellerError` saying how to give one."""
     found = find_hf_token(token)
     if found:
         return found

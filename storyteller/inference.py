@@ -1,9 +1,5 @@
-"""Captioning new photos: the trained decoder plus the same encoder that made its features.
-
-The decoder is whichever one the checkpoint names (rebuilt through :mod:`storyteller.models`);
-only its decoding protocol is used here. A run that fine-tuned its encoder
-(``train --fine-tune-encoder N``) carries the encoder's weights in the checkpoint, and those
-replace the registry's ImageNet weights: nothing is downloaded for it."""
+"""Captioning new photos: the trained decoder plus the same encoder that made its features (a
+fine-tuned one from the checkpoint, else the registry's ImageNet weights)."""
 
 from __future__ import annotations
 
@@ -19,18 +15,18 @@ from .data.vocab import Vocabulary
 from .decoding import decode
 from .errors import StorytellerError
 from .features.cache import FeatureExtractor
-from .features.finetune import checkpoint_encoder
 from .features.images import open_image
 from .figures.attention_maps import AttentionCaption, attends, caption_with_attention
 from .models import CaptionDecoder
 from .models.checkpoint import load_model
 from .runtime import get_device
+from .training.finetune import checkpoint_encoder
 
 
 class Captioner:
     """Load once, caption many: ``Captioner.from_files(ckpt, vocab)([image, ...])``, or
-    ``Captioner.from_pretrained("USER/NAME")`` for a model on the Hugging Face Hub (or a
-    local folder of that layout, :mod:`storyteller.serving.hub`); :meth:`load` takes any of them."""
+    ``Captioner.from_pretrained("USER/NAME")`` for a Hub model or a model folder;
+    :meth:`load` takes any of them."""
 
     def __init__(
         self,
@@ -41,24 +37,19 @@ class Captioner:
     ):
         self.model, self.vocab, self.extractor = model, vocab, extractor
         # What save_pretrained writes besides the weights; epoch and loss are shown by the app.
-        self.checkpoint_info = {
-            k: v
-            for k, v in (checkpoint or {}).items()
-            if k in ("epoch", "best_val_loss", "train_config")
-        }
+        kept = ("epoch", "best_val_loss", "train_config")
+        self.checkpoint_info = {k: v for k, v in (checkpoint or {}).items() if k in kept}
 
     @property
     def smoke(self) -> bool:
-        """Whether the model comes from a smoke run (``TrainConfig.smoke``: tiny data and
-        model, meaningless captions): what it writes must then say so."""
+        """Whether the model comes from a smoke run (meaningless captions): what it writes must
+        then say so."""
         train_config = self.checkpoint_info.get("train_config")
         return isinstance(train_config, dict) and train_config.get("smoke") is True
 
     def labelled(self, line: str) -> str:
-        """``line`` (a caption as shown to people) with :data:`SMOKE_LABEL` on a line ahead
-        of it when the model is a smoke run's: its caption is then meaningless, and so is a
-        story opening with it. The notebooks and the ``caption``/``story`` commands show
-        captions through it."""
+        """``line`` (a caption as shown to people) after a :data:`SMOKE_LABEL` line when the
+        model is a smoke run's."""
         return f"{SMOKE_LABEL}\n{line}" if self.smoke else line
 
     @classmethod
@@ -86,10 +77,8 @@ class Captioner:
         device: torch.device | None = None,
         token: str | None = None,
     ) -> Captioner:
-        """A captioner from the Hub (``"USER/NAME"``, downloaded once through the
-        ``huggingface_hub`` cache; ``revision`` pins a branch, tag or commit) or from a local
-        folder that :meth:`save_pretrained` or ``python -m storyteller push --dry-run`` wrote.
-        Every file is checked before use; a problem is one line naming the file."""
+        """A captioner from the Hub (``"USER/NAME"``; ``revision`` pins a branch, tag or commit)
+        or from a local model folder. Every file is checked before use."""
         from .serving.hub import load_model_folder, resolve_model
 
         device = device or get_device()
@@ -104,9 +93,8 @@ class Captioner:
         device: torch.device | None = None,
         revision: str | None = None,
     ) -> Captioner:
-        """Whatever names a trained captioner: a checkpoint file (``best_model.pth``, with
-        ``vocab``, default the ``vocab.pkl`` beside it), a run folder holding both, a model
-        folder, or a Hub model id. A model folder or Hub id carries its own vocabulary."""
+        """Whatever names a trained captioner: a checkpoint file (with ``vocab``, default the
+        ``vocab.pkl`` beside it), a run folder, a model folder, or a Hub model id."""
         from .run_folder import BEST_CHECKPOINT, VOCAB_FILE
         from .serving.hub import is_checkpoint_file, is_model_folder
 
@@ -125,10 +113,9 @@ class Captioner:
     def save_pretrained(
         self, folder: str | Path, repo: str | None = None, metrics: dict | None = None
     ) -> Path:
-        """Write this captioner as a model folder (safetensors weights, JSON configs and
-        vocabulary, a model card; :mod:`storyteller.serving.hub`) into ``folder``, absent or empty,
-        ready to upload; :meth:`from_pretrained` reads it back. ``repo`` and ``metrics`` (a
-        run's metrics.json) go into the card."""
+        """Write this captioner as a model folder into ``folder`` (absent or empty), ready to
+        upload; :meth:`from_pretrained` reads it back. ``repo`` and ``metrics`` go into the
+        card."""
         from .models.checkpoint import train_config_of
         from .serving.hub import FORMAT_VERSION, write_model_folder
         from .serving.hub_card import model_card
@@ -148,10 +135,8 @@ class Captioner:
         return write_model_folder(folder, config, weights, self.vocab, info, encoder, card)
 
     def _encode(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
-        """PIL images or image paths (opened with :func:`~storyteller.features.images.open_image`,
-        whose :class:`~storyteller.features.images.UnreadableImage` refuses what cannot be
-        captioned) -> their features on the model's device: (B, feature_dim), or (B, h*w,
-        feature_dim) for a captioner that reads the grid."""
+        """PIL images or image paths -> their features on the model's device: (B, feature_dim),
+        or (B, h*w, feature_dim) for a captioner that reads the grid."""
         pil = [im if isinstance(im, Image.Image) else open_image(im) for im in images]
         return self.extractor(pil).to(self.extractor.device)
 
@@ -163,8 +148,7 @@ class Captioner:
         max_length: int = Strategy.max_length,
         length_penalty: float = Strategy.length_penalty,
     ) -> list[str]:
-        """Captions for PIL images or image paths, decoded as :class:`Strategy` says for
-        these settings (greedy when ``beam_size == 1``; a width below 1 is refused)."""
+        """Captions for PIL images or image paths (greedy when ``beam_size == 1``)."""
         strategy = Strategy(beam_size, max_length, length_penalty)
         features = self._encode(images)  # (B, feature_dim)
         return [self.vocab.decode(ids) for ids in decode(self.model, features, strategy)]
@@ -184,8 +168,7 @@ class Captioner:
         max_length: int = Strategy.max_length,
         length_penalty: float = Strategy.length_penalty,
     ) -> list[AttentionCaption]:
-        """Captions with each word's weights over the encoder's grid (attention decoders
-        only; draw them with :func:`storyteller.figures.attention_maps.write_attention_maps`),
+        """Captions with each word's weights over the encoder's grid (attention decoders only),
         decoded as :meth:`caption` decodes."""
         strategy = Strategy(beam_size, max_length, length_penalty)
         features = self._encode(images)  # (B, h*w, feature_dim)

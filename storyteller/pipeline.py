@@ -1,86 +1,39 @@
-"""The whole chain as steps that share one output folder:
-
-data -> cached features -> vocabulary -> training -> evaluation
-
-Each step reads what the previous steps wrote, so the command line, the notebooks and
-``run_all`` call the same functions and a step can be re-run on its own.
-Each step holds its run folder while it writes (:func:`writes_run_folder`): a folder another
-process is writing, or one that cannot be written, is refused before any work.
-
-The output folder's files and folders are named in :mod:`storyteller.run_folder`.
-"""
+"""The whole chain as steps that share one run folder (its files: :mod:`storyteller.run_folder`):
+data -> cached features -> vocabulary -> training -> evaluation. Each step reads what the
+previous ones wrote, so the command line, the notebooks and ``run_all`` call the same functions
+and a step can be re-run on its own; each holds its run folder while it writes."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
+import json
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from .artefacts import read_splits
 from .config import MIN_WORD_COUNT, ModelConfig, Strategy, TrainConfig
 from .data.captions import CaptionDataset, load_dataset
-from .data.embeddings import read_word_vectors
 from .data.vocab import Vocabulary
 from .data.vocab_build import build_split_vocabulary, captions_of_file, save_split_vocabulary
 from .errors import StorytellerError
 from .features.cache import FeatureExtractor, extract_features
 from .features.cache_format import FeatureCache, load_feature_cache, read_cache_index
-from .features.encoders import get_encoder_spec, resolve_encoder
-from .features.finetune import build_fine_tuned_encoder, checkpoint_encoder, encode_images
+from .features.encoders import resolve_encoder
 from .models import decoder_class
-from .models.checkpoint import check_model_config, load_model, read_checkpoint
+from .models.checkpoint import load_model
 from .progress import Log
-from .run_folder import ARTEFACT_SUBFOLDERS, DEFAULT_OUT, SPLITS_FILE, RunPaths
-from .runlock import run_folder
+from .run_folder import DEFAULT_OUT, SPLITS_FILE, RunPaths
 from .runtime import get_device, seed_everything, write_json
-from .training.distributed import SINGLE_PROCESS, DistContext
+from .training.distributed import SINGLE_PROCESS, DistContext, launch, session, writes_run_folder
+from .training.finetune import build_fine_tuned_encoder, checkpoint_encoder, encode_images
+from .training.model_setup import run_model_config, word_vectors
 from .training.train import TrainResult, train_model
 
 if TYPE_CHECKING:
     import torch
-
-
-@contextlib.contextmanager
-def hold_run_folder(
-    out: str | Path, log: Log = print, context: DistContext = SINGLE_PROCESS
-) -> Iterator[None]:
-    """Hold ``out`` for writing (:func:`storyteller.runlock.run_folder`) while the block runs.
-
-    Under torchrun rank 0 alone writes, so it alone takes the lock, and every process learns
-    whether it could: a refused run then fails on every rank at once instead of leaving the
-    others waiting at a barrier.
-    """
-    with contextlib.ExitStack() as stack:
-        refusal = None
-        if context.is_main:
-            try:
-                stack.enter_context(run_folder(out, ARTEFACT_SUBFOLDERS, log))
-            except StorytellerError as exc:
-                refusal = str(exc)
-        refusals = [r for r in context.gather(refusal) if r]
-        if refusals:
-            raise StorytellerError(refusals[0])
-        yield
-
-
-def writes_run_folder(step: Callable) -> Callable:
-    """Make a step hold its run folder (its ``out`` argument) before doing anything, so a busy
-    or read-only folder is refused before any work; see :func:`hold_run_folder`."""
-    signature = inspect.signature(step)
-
-    @functools.wraps(step)
-    def holding(*args, **kwargs):
-        arguments = signature.bind(*args, **kwargs)
-        arguments.apply_defaults()
-        given = arguments.arguments
-        with hold_run_folder(given["out"], given["log"], given.get("context", SINGLE_PROCESS)):
-            return step(*args, **kwargs)
-
-    return holding
 
 
 def resolve_data(
@@ -89,9 +42,8 @@ def resolve_data(
     log: Log = print,
     out: str | Path | None = None,
 ) -> Path:
-    """The dataset folder to use: ``data`` if given; else the one the run folder ``out`` was
-    made from (:func:`recorded_data`); else the embedded sample (generated once). Said in one
-    line when ``data`` is not given."""
+    """The dataset folder to use: ``data``; else the one the run folder ``out`` was made from;
+    else the embedded sample (generated once)."""
     if data is not None:
         return Path(data).expanduser()
     made_from = None if out is None else recorded_data(out)
@@ -106,12 +58,8 @@ def resolve_data(
 
 
 def recorded_data(out: str | Path) -> Path | None:
-    """The dataset folder whose photos the feature cache in ``out`` was made from (its index
-    records their folder, which sits in the dataset folder or one or two folders down).
-
-    None without a readable index (a damaged one is reported by the step that reads it) or
-    for the embedded sample when it is gone (it is made again); another folder that is gone
-    is one line."""
+    """The dataset folder whose photos the feature cache in ``out`` was made from. None without
+    a readable index, or for the embedded sample when it is gone (it is made again)."""
     from .data.captions import find_caption_file, find_image_dir
     from .data.sample import default_sample_dir
 
@@ -149,35 +97,24 @@ def features_step(
     decode_on: str = "auto",
     layout: str | None = None,
 ) -> Path:
-    """Extract and cache each image's features. ``encoder=None``: ResNet50, or the
-    offline EfficientNet-Lite0 when ResNet50 weights cannot be downloaded. ``decode_on``:
-    where JPEGs are decoded (``auto``: on a GPU when there is one; see ``extract_features``).
-    ``layout``: ``"pooled"`` (one vector per image) or ``"grid"`` (one per feature-map
-    position, for attention; its means serve the pooled captioner too); ``None``: what an
-    existing cache holds, else pooled."""
+    """Extract and cache each image's features with ``encoder``. ``layout``: ``"pooled"`` or
+    ``"grid"`` (whose means serve a pooled captioner too); ``None``: what an existing cache
+    holds, else pooled."""
     paths = RunPaths(Path(out))
     dataset = load_dataset(resolve_data(data, log=log, out=out))
-    existing = paths.features_index
-    if existing.is_file() and not overwrite:  # resume with what it was made with
+    if paths.features_index.is_file() and not overwrite:  # resume with what it was made with
         meta = read_cache_index(paths.features)
         encoder = encoder or meta["encoder"]
         layout = layout or meta.get("layout", "pooled")
     layout = layout or "pooled"
     name, module = resolve_encoder(encoder, log=log)
     log(f"extracting {name} {layout} features for {len(dataset)} images into {paths.features}")
+    image_dir = dataset.image_dir.absolute()  # recorded: later steps find the data from anywhere
     extract_features(
-        dataset.image_dir.absolute(),  # recorded: later steps find the data from any folder
-        dataset.images,
-        paths.features,
-        name,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=get_device(device),
-        overwrite=overwrite,
-        encoder=module,
-        decode_on=decode_on,
-        layout=layout,
-    )
+        image_dir, dataset.images, paths.features, name, batch_size=batch_size,
+        num_workers=num_workers, device=get_device(device), overwrite=overwrite, encoder=module,
+        decode_on=decode_on, layout=layout,
+    )  # fmt: skip
     return paths.features
 
 
@@ -190,13 +127,11 @@ def vocab_step(
     log: Log = print,
 ) -> Vocabulary:
     """Split images 80/10/10 (seeded) and build the vocabulary from the *training* captions."""
-    paths = RunPaths(Path(out))
-    data_dir = resolve_data(data, log=log, out=out)
-    dataset = load_dataset(data_dir)
+    dataset = load_dataset(resolve_data(data, log=log, out=out))
     vocab, split = build_split_vocabulary(
         dataset.captions, threshold, seed, provenance={"source": str(dataset.source)}
     )
-    save_split_vocabulary(paths, vocab, split, seed, log)
+    save_split_vocabulary(RunPaths(Path(out)), vocab, split, seed, log)
     return vocab
 
 
@@ -209,19 +144,9 @@ def vocab_from_captions(
     dataset_name: str | None = None,
     log: Log = print,
 ) -> Vocabulary:
-    """:func:`vocab_step` for a caption file without its images (e.g. the Flickr8k text only).
-
-    Same split and the same vocabulary as :func:`vocab_step` on the full dataset folder, as
-    long as every image named in the file is present there (Kaggle's Flickr8k: all 8,091).
-    The provenance records the file's name and a hash of its content, not its path, so the
-    result is the same on every machine.
-
-    Args:
-        captions_file: ``captions.txt`` (Kaggle CSV), ``Flickr8k.token.txt`` or ``results.csv``.
-        out: folder for ``vocab.pkl`` and ``splits.json``.
-        threshold, seed: as in :func:`vocab_step`.
-        dataset_name: free text recorded as ``provenance["dataset"]`` (e.g. "Flickr8k").
-    """
+    """:func:`vocab_step` from a caption file alone: the same split and vocabulary as from the
+    dataset folder. The provenance records the file's name and content hash, not its path, so
+    the result is the same on every machine."""
     captions, provenance = captions_of_file(captions_file)
     if dataset_name:
         provenance["dataset"] = dataset_name
@@ -239,46 +164,22 @@ def load_splits(out: str | Path) -> dict[str, list[str]]:
     return read_splits(path)
 
 
-def _learned_embeddings(last: Path) -> tuple[dict, ModelConfig] | None:
-    """The pretrained-vector provenance and model config of the run's ``last.pth``, when it
-    exists and started from pretrained vectors: a resume then takes the learned vectors, their
-    width and freezing from it, so the GloVe file is never needed again."""
-    if not last.is_file():
-        return None
-    checkpoint = read_checkpoint(last)
-    provenance = checkpoint.get("embeddings")
-    if not isinstance(provenance, dict) or not isinstance(provenance.get("dim"), int):
-        return None
-    return provenance, check_model_config(checkpoint, last)
-
-
-class Run(NamedTuple):
+def _load_run(data, out, log) -> tuple[Path, CaptionDataset, dict, Vocabulary, FeatureCache]:
     """What training and evaluation read from a run folder, checked against each other."""
-
-    data_dir: Path
-    dataset: CaptionDataset
-    splits: dict
-    vocab: Vocabulary
-    cache: FeatureCache
-
-
-def _load_run(data, out, log) -> Run:
     paths = RunPaths(Path(out))
     splits, vocab = load_splits(out), Vocabulary.load(paths.vocab)  # cheap checks first
     cache = load_feature_cache(paths.features)
     data_dir = resolve_data(data, log=log, out=out)
     dataset = load_dataset(data_dir)
     check_splits(splits, paths, cache, dataset)
-    return Run(data_dir, dataset, splits, vocab, cache)
+    return data_dir, dataset, splits, vocab, cache
 
 
 def check_splits(
     splits: dict, paths: RunPaths, cache: FeatureCache, dataset: CaptionDataset
 ) -> None:
     """Every image ``splits.json`` names is in the feature cache, and every cached one has
-    captions and a photo in ``dataset``: otherwise one line naming the files, how many are
-    missing and one of them. Images unreadable at extraction are left out, as reported then.
-    """
+    captions and a photo in ``dataset`` (images unreadable at extraction are left out)."""
     named = [name for split in ("train", "val", "test") for name in splits[split]]
     extracted = set(cache.meta["images"])
     missing = [name for name in named if name not in extracted]
@@ -313,93 +214,71 @@ def train_step(
     fine_tune_encoder: int = 0,
     encoder: str | None = None,
 ) -> TrainResult:
-    """Train on the cached features; writes ``best_model.pth`` and ``last.pth``.
-
-    ``fine_tune_encoder`` N > 0: train the last N blocks of ``encoder`` (default: the one the
-    cache was made with) with the decoder, from the photos (see :mod:`storyteller.features.finetune`).
-
-    ``context``: this process's place under torchrun (:func:`storyteller.training.distributed.session`);
-    every process calls this, rank 0 alone writes. ``embeddings``: a GloVe text file whose
-    vectors start the word embedding (its dimension sets the embedding width; add
-    ``"freeze_embeddings": True`` to ``model_overrides`` to keep them fixed). A resumed run
-    that started from such a file takes the vectors, their width and freezing from
-    ``last.pth``: the file is not needed (nor read) again, and another file is refused."""
+    """Train the captioner ``model_overrides`` describe (ModelConfig fields) on the run's
+    cached features. ``fine_tune_encoder`` N > 0: train the last N blocks of ``encoder``
+    (default: the cache's) too, from the photos. ``embeddings``: a GloVe text file whose
+    vectors start the word embedding. Under torchrun every process calls this."""
     train_config = train_config or TrainConfig()
     seed_everything(train_config.seed)
     paths = RunPaths(Path(out))
     _, dataset, splits, vocab, cache = _load_run(data, out, log)
-    overrides, vectors = dict(model_overrides or {}), None
-    learned = _learned_embeddings(paths.last_checkpoint) if resume else None
-    if learned is not None:  # the checkpoint holds the vectors: the file is not read again
-        provenance, saved = learned
-        if embeddings is not None and Path(embeddings).name != provenance["file"]:
-            raise StorytellerError(
-                f"{paths.last_checkpoint} was trained from embeddings "
-                f"{provenance['file']}, not {Path(embeddings).name}: leave --embeddings out to "
-                "resume (the checkpoint holds the learned vectors) or pass --no-resume"
-            )
-        log(f"resuming with the word vectors learned from {provenance['file']} (file not read)")
-        decoder = decoder_class(overrides.get("decoder", ModelConfig.decoder))
-        source = f"the checkpoint's {provenance['file']}"
-        overrides = decoder.with_embedding_width(overrides, provenance["dim"], source)
-        if embeddings is None:  # no file named: freezing is the checkpoint's too
-            overrides.setdefault("freeze_embeddings", saved.freeze_embeddings)
-    elif embeddings is not None:
-        # Every process draws the same random rows (DDP starts from rank 0's weights anyway).
-        vectors = read_word_vectors(embeddings, vocab, seed=train_config.seed)
-        log(vectors.summary())
-        decoder = decoder_class(overrides.get("decoder", ModelConfig.decoder))
-        overrides = decoder.with_embedding_width(overrides, vectors.dim, vectors.source)
-    elif overrides.get("freeze_embeddings"):
-        raise StorytellerError("--freeze-embeddings needs --embeddings FILE (pretrained vectors)")
+    overrides = {"decoder": ModelConfig.decoder, **(model_overrides or {})}
+    vectors, width = word_vectors(embeddings, overrides, paths, resume, vocab, train_config, log)
     encoder_name = encoder or cache.encoder
-    fine_tuned = None
+    model_config = run_model_config(
+        overrides, len(vocab), cache, paths.features, encoder_name, fine_tune_encoder, width
+    )
+    fine_tuned = build_fine_tuned_encoder(model_config) if fine_tune_encoder else None
     if fine_tune_encoder:
-        layout = decoder_class(overrides.get("decoder", ModelConfig.decoder)).feature_layout
-        fine_tuned = build_fine_tuned_encoder(encoder_name, layout, fine_tune_encoder)
-        overrides["fine_tuned_blocks"] = fine_tune_encoder
         log(
             f"fine-tuning the last {fine_tune_encoder} block(s) of {encoder_name} from the "
             f"photos (encoder lr {train_config.encoder_lr:g}, augment "
             f"{'on' if train_config.augment else 'off'})"
         )
-    elif encoder_name != cache.encoder:
-        raise StorytellerError(
-            f"--encoder {encoder_name}: the feature cache was made with {cache.encoder}; a "
-            "frozen encoder trains from its cache (extract again with --encoder "
-            f"{encoder_name}), another one needs --fine-tune-encoder N"
-        )
-    # A decoder with a table per grid position sizes it from the grid it will read.
-    if fine_tune_encoder:
-        grid, source = get_encoder_spec(encoder_name).grid, f"the {encoder_name} encoder"
-    else:
-        grid, source = cache.grid, f"the feature cache {paths.features}"
-    if grid is not None:
-        decoder = decoder_class(overrides.get("decoder", ModelConfig.decoder))
-        overrides = decoder.with_grid(overrides, grid, source)
-    model_config = ModelConfig(
-        vocab_size=len(vocab),
-        # A frozen encoder's width is what its cache holds; a fine-tuned one's is its own.
-        feature_dim=get_encoder_spec(encoder_name).dim if fine_tune_encoder else cache.dim,
-        encoder=encoder_name,
-        **overrides,
-    )
     return train_model(
-        cache,
-        dataset,
-        splits,
-        vocab,
-        paths.out,
-        model_config,
-        train_config,
-        device=get_device(device),
-        resume=resume,
-        on_epoch=on_epoch,
-        log=log,
-        context=context,
-        embeddings=vectors,
-        encoder=fine_tuned,
-    )
+        cache, dataset, splits, vocab, paths.out, model_config, train_config,
+        device=get_device(device), resume=resume, on_epoch=on_epoch, log=log, context=context,
+        embeddings=vectors, encoder=fine_tuned,
+    )  # fmt: skip
+
+
+def launch_training(
+    nproc: int,
+    data: str | Path,
+    out: str | Path,
+    train_config: TrainConfig | None = None,
+    model_overrides: dict | None = None,
+    log: Log = print,
+    **options,
+) -> TrainResult:
+    """:func:`train_step` in ``nproc`` processes under torchrun (DDP), started from Python with
+    their output streamed to ``log``; they read their arguments from a JSON file this writes."""
+    request = {
+        "data": str(data),
+        "out": str(out),
+        "train_config": (train_config or TrainConfig()).to_dict(),
+        "model_overrides": model_overrides or {},
+        **{key: str(value) if isinstance(value, Path) else value for key, value in options.items()},
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "train.json"
+        write_json(path, request)
+        launch(nproc, [str(path)], log=log, module="storyteller.pipeline")
+    return TrainResult.from_run(out)
+
+
+def _train_from_file(path: str) -> int:
+    """One of :func:`launch_training`'s processes: train_step with the arguments in ``path``."""
+    request = json.loads(Path(path).read_text())
+    request["train_config"] = TrainConfig.from_dict(request["train_config"])
+    with session(request.pop("device", None)) as (context, device):
+        try:
+            log = print if context.is_main else lambda _: None
+            train_step(**request, device=device, context=context, log=log)
+        except StorytellerError as exc:
+            print(f"error: {exc}", flush=True)
+            return 1
+    return 0
 
 
 @writes_run_folder
@@ -414,56 +293,55 @@ def evaluate_step(
     log: Log = print,
     revision: str | None = None,
 ) -> dict[str, dict]:
-    """Score the best checkpoint on the test split (greedy and beam), plus the baseline.
-
-    ``checkpoint`` may also be a model folder or a Hub model id (``revision`` pins it): that
-    model is scored with its own vocabulary on this run's test split and features."""
+    """Score the best checkpoint (or a model folder, or a Hub model id, with its own
+    vocabulary) on the test split, greedy and beam, plus the baseline."""
     from .evaluation.evaluate import baseline_scores, evaluate_model
     from .evaluation.provenance import evaluation_provenance
-    from .serving.hub import is_checkpoint_file, load_model_folder, resolve_model
 
     paths = RunPaths(Path(out))
     data_dir, dataset, splits, vocab, cache = _load_run(data, out, log)
     # the images training used and evaluation scores: those readable at extraction
     trained, tested = ([n for n in splits[split] if n in cache] for split in ("train", "test"))
-    checkpoint_path = checkpoint or paths.checkpoint
-    if is_checkpoint_file(checkpoint_path):
-        model, state = load_model(checkpoint_path, vocab, get_device(device))
-        fine_tuned = checkpoint_encoder(model.config, state, checkpoint_path)
-    else:
-        loaded = load_model_folder(resolve_model(checkpoint_path, revision), get_device(device))
-        model, vocab, fine_tuned = loaded.model, loaded.vocab, loaded.encoder
-        state = loaded.info  # epoch and training config, for the provenance
-    if fine_tuned is not None:  # the test photos through the encoder the decoder learned with
-        extractor = FeatureExtractor(
-            model.config.encoder, get_device(device), fine_tuned, model.feature_layout
-        )
-        cache = encode_images(extractor, dataset.image_dir, tested)
-    elif model.config.encoder != cache.encoder:
-        raise StorytellerError(
-            f"the checkpoint was trained on {model.config.encoder} features, the cache holds {cache.encoder}"
-        )
-    results = evaluate_model(
-        model,
-        vocab,
-        cache,
-        dataset,
-        splits["test"],
-        paths.out,
-        beam_sizes,
-        length_penalty,
-        meteor=meteor,
-        log=log,
-        provenance=evaluation_provenance(
-            state, checkpoint_path, model.config, dataset, data_dir, splits.get("seed")
-        ),
+    checkpoint = checkpoint or paths.checkpoint
+    model, vocab, state, cache = _model_to_score(
+        checkpoint, revision, vocab, cache, dataset, tested, get_device(device)
     )
+    provenance = evaluation_provenance(
+        state, checkpoint, model.config, dataset, data_dir, splits.get("seed")
+    )
+    results = evaluate_model(
+        model, vocab, cache, dataset, splits["test"], paths.out, beam_sizes, length_penalty,
+        meteor=meteor, log=log, provenance=provenance,
+    )  # fmt: skip
     baseline = baseline_scores(dataset, trained, tested)
     write_json(paths.baseline, baseline)
     log(
         f"baseline (most frequent training caption '{baseline['caption']}'): BLEU-4 {baseline['bleu4']:.4f}"
     )
     return results
+
+
+def _model_to_score(checkpoint, revision, vocab, cache, dataset, tested, device):
+    """The model a checkpoint file, model folder or Hub id holds, its vocabulary and training
+    info, and the features it reads: the cache's, or the test photos through its fine-tuned
+    encoder."""
+    from .serving.hub import is_checkpoint_file, load_model_folder, resolve_model
+
+    if is_checkpoint_file(checkpoint):
+        model, state = load_model(checkpoint, vocab, device)
+        fine_tuned = checkpoint_encoder(model.config, state, checkpoint)
+    else:
+        loaded = load_model_folder(resolve_model(checkpoint, revision), device)
+        model, vocab, fine_tuned, state = loaded.model, loaded.vocab, loaded.encoder, loaded.info
+    if fine_tuned is not None:
+        extractor = FeatureExtractor(model.config.encoder, device, fine_tuned, model.feature_layout)
+        cache = encode_images(extractor, dataset.image_dir, tested)
+    elif model.config.encoder != cache.encoder:
+        raise StorytellerError(
+            f"the checkpoint was trained on {model.config.encoder} features, the cache holds "
+            f"{cache.encoder}"
+        )
+    return model, vocab, state, cache
 
 
 @writes_run_folder
@@ -485,18 +363,14 @@ def run_all(
     embeddings: str | Path | None = None,
     fine_tune_encoder: int = 0,
 ) -> dict[str, dict] | None:
-    """Every step in order into one folder; safe to re-run (finished steps are reused).
-    ``layout``: what the feature cache holds (see :func:`features_step`); by default the
-    decoder's (``model_overrides["decoder"]``): a grid for the attention decoder.
-
-    Under torchrun (``context``) rank 0 extracts features and builds the vocabulary while the
-    other processes wait, every process trains, and rank 0 evaluates; the others return None.
-    """
+    """Every step in order into one folder; safe to re-run (finished steps are reused). Under
+    torchrun rank 0 extracts features, builds the vocabulary and evaluates; every process
+    trains."""
     train_config = train_config or TrainConfig()
     started = time.perf_counter()
     seed_everything(train_config.seed)
     if layout is None:  # what the decoder reads; a grid cache serves a pooled decoder too
-        decoder = decoder_class((model_overrides or {}).get("decoder", "lstm"))
+        decoder = decoder_class((model_overrides or {}).get("decoder", ModelConfig.decoder))
         layout = "grid" if decoder.feature_layout == "grid" else None
     if context.is_main:
         data_dir = resolve_data(data, log=log, out=out)
@@ -506,17 +380,9 @@ def run_all(
     if not context.is_main:
         data_dir = resolve_data(data, log=lambda _: None, out=out)  # ready: rank 0 drew any
     train_step(
-        data_dir,
-        out,
-        train_config,
-        model_overrides,
-        resume=resume,
-        device=device,
-        log=log,
-        context=context,
-        embeddings=embeddings,
-        fine_tune_encoder=fine_tune_encoder,
-    )
+        data_dir, out, train_config, model_overrides, resume=resume, device=device, log=log,
+        context=context, embeddings=embeddings, fine_tune_encoder=fine_tune_encoder,
+    )  # fmt: skip
     if not context.is_main:
         return None
     results = evaluate_step(
@@ -524,3 +390,7 @@ def run_all(
     )
     log(f"run-all finished in {time.perf_counter() - started:.0f}s; results in {out}")
     return results
+
+
+if __name__ == "__main__":  # a process of launch_training, under torchrun
+    sys.exit(_train_from_file(sys.argv[1]))

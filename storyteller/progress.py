@@ -1,11 +1,7 @@
-"""The one progress display of the package.
-
-On a terminal it is a ``tqdm`` bar. When stderr is not a terminal (a redirected log, a
-notebook cell, a Kaggle "Save & Run" log) a bar would write thousands of redraws, and no
-output at all leaves a long extraction silent; so it writes one plain line every ~10% of the
-work (every ``EVERY_WITHOUT_TOTAL`` steps when the total is unknown) and one at the end.
-Plain ``tqdm`` rather than ``tqdm.auto`` avoids the ``IProgress not found`` warning that
-``tqdm.auto`` prints in every notebook without ipywidgets.
+"""The one progress display: a ``tqdm`` bar on a terminal; elsewhere (a redirected log, a
+notebook cell, a Kaggle log) a bar would write thousands of redraws, so one plain line every
+~10% of the work (every ``EVERY_WITHOUT_TOTAL`` steps when the total is unknown) and one at
+the end. Plain ``tqdm``, not ``tqdm.auto``, which warns in notebooks without ipywidgets.
 """
 
 from __future__ import annotations
@@ -26,17 +22,13 @@ EVERY_WITHOUT_TOTAL = 100  # steps between plain lines when the length is unknow
 
 
 def is_terminal() -> bool:
-    """True when stderr, where tqdm draws, is an interactive terminal."""
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 class LogLines:
-    """The part of the ``tqdm`` interface the package uses (iterate, ``update``,
-    ``set_postfix``, ``close``, ``with``), written as a few plain lines for logs.
-
-    A line is written each time the count passes the next multiple of ``step`` after
-    ``initial`` (a resumed run counts only its own work), and at the end unless the last
-    line already showed the final count."""
+    """The part of ``tqdm`` the package uses, as a few plain lines: one each time the count
+    passes the next multiple of ``step`` after ``initial`` (a resumed run counts its own
+    work only), and one at the end unless the last line showed the final count."""
 
     def __init__(
         self,
@@ -47,7 +39,6 @@ class LogLines:
         desc: str = "",
         unit: str = "it",
         lines: int = LINES_WITHOUT_TERMINAL,
-        every: int = EVERY_WITHOUT_TOTAL,
         file: TextIO | None = None,
         **_bar_only: Any,  # leave, dynamic_ncols...: meaningless without a bar
     ) -> None:
@@ -55,7 +46,7 @@ class LogLines:
             total = len(iterable)  # type: ignore[arg-type]
         self.iterable, self.total, self.initial = iterable, total, initial
         self.desc, self.unit, self.file = desc, unit, file
-        self.step = max(1, math.ceil((total - initial) / lines)) if total else every
+        self.step = max(1, math.ceil((total - initial) / lines)) if total else EVERY_WITHOUT_TOTAL
         self.n = self.last_written = initial
         self.next_line = initial + self.step
         self.postfix = ""
@@ -118,9 +109,8 @@ def progress(
     lines: int = LINES_WITHOUT_TERMINAL,
     **kwargs: Any,
 ) -> tqdm | LogLines:
-    """A ``tqdm`` bar on a terminal; otherwise :class:`LogLines`, about ``lines`` plain lines
-    (``lines=0``: nothing, for callers that already log one line per unit of work).
-    ``disable`` silences both."""
+    """A ``tqdm`` bar on a terminal, else about ``lines`` plain lines (0: none, for callers
+    that log each unit of work themselves); ``disable`` silences both."""
     if is_terminal() or disable or lines <= 0:
         return tqdm(iterable, disable=disable or not is_terminal(), **kwargs)
     return LogLines(iterable, lines=lines, **kwargs)

@@ -1,24 +1,14 @@
 """One writer per run folder: a step that writes a run folder first checks that it can, takes
-the folder's lock and removes the temporary files that an interrupted write left there.
+the folder's lock and removes the temporary files an interrupted write left there (else two
+``train`` runs on one ``--out`` overwrite each other's checkpoints silently).
 
-Without this, two ``train`` runs on one ``--out`` overwrote each other's checkpoints silently
-(one reported a best model that the other had written), a read-only ``--out`` failed only after
-a full epoch, and a kill during a checkpoint write left its temporary file (tens of MB) for good.
-
-The lock is ``fcntl.flock`` on ``OUT/.storyteller.lock``. The kernel drops it when the process
-that holds it ends, however it ends (``kill -9`` included), so a lock is never stale and nobody
-has to delete a lock file by hand. The file says who holds it (pid, host, command line, start
-time), so the refused process's one-line error names the other one. The file stays in the
-folder, emptied on release: deleting a lock file that another process may be opening would let
-two processes lock two different files.
-
-Re-entrant within one thread: ``run-all`` holds the folder, and its steps (features,
-vocabulary, training, evaluation) enter it again instead of waiting on themselves. Another
-thread of the same process is refused like another process.
-
-Without ``fcntl`` (Windows), or on a file system that cannot lock, nothing is locked: the step
-says so in one line and leaves temporary files alone (removing them is only safe under the
-lock).
+The lock is ``fcntl.flock`` on ``OUT/.storyteller.lock``: the kernel drops it when its process
+ends, however it ends, so a lock is never stale. The file says who holds it, so a refusal
+names the other process; it stays in the folder, emptied on release (deleting it while another
+process opens it would let two processes lock two files). Re-entrant within one thread
+(``run-all`` holds the folder while its steps enter it again); another thread is refused like
+another process. Without ``fcntl`` (Windows) or on a file system that cannot lock, nothing is
+locked: the step says so and leaves temporary files alone.
 """
 
 from __future__ import annotations
@@ -55,7 +45,6 @@ class _Hold:
 
     fd: int | None  # the locked lock file; None where nothing could be locked
     thread: int  # the thread that holds it (the only one that may re-enter)
-    depth: int = 1
 
 
 _holds: dict[Path, _Hold] = {}
@@ -63,11 +52,9 @@ _holds_lock = threading.Lock()
 
 
 def check_writable(folder: str | Path) -> None:
-    """Create ``folder`` if needed, then create and remove a file in it; raise if either fails.
-
-    A probe rather than ``os.access``: it also catches read-only mounts, immutable folders and a
-    path under a file, for root too, whose permission bits ``os.access`` would wave through.
-    """
+    """Create ``folder`` if needed and a file in it, or raise: a probe, not ``os.access``, also
+    catches read-only mounts, immutable folders and root, whose bits ``os.access`` waves
+    through."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -82,12 +69,8 @@ def check_writable(folder: str | Path) -> None:
 
 
 def remove_stale_temp_files(folders: Iterable[str | Path]) -> tuple[int, int]:
-    """Delete the temporary files :func:`storyteller.runtime.atomic_path` left directly in each
-    of ``folders`` (its own name pattern only); return how many and their bytes.
-
-    Only safe while the run folder's lock is held: every writer of a run folder holds it, so
-    no write is under way and each such file is what a killed writer left.
-    """
+    """Delete the temporary files ``atomic_path`` left in each of ``folders``; return how many
+    and their bytes. Only safe under the lock: no write is under way then."""
     count = size = 0
     for folder in folders:
         try:
@@ -138,7 +121,6 @@ def _shown(folder: Path) -> str:
 
 
 def _refusal(folder: Path) -> str:
-    """The one-line error for a folder another process holds, naming that process."""
     try:
         holder = json.loads((folder / LOCK_FILE).read_text(encoding="utf-8"))
         pid, host, command = int(holder["pid"]), str(holder["host"]), str(holder["command"])
@@ -162,7 +144,6 @@ def _not_locked(folder: Path, why: str, log: Log) -> _Hold:
 
 
 def _acquire(folder: Path, log: Log) -> _Hold:
-    """Lock ``folder`` for this thread, or raise the refusal that names its holder."""
     if fcntl is None:
         return _not_locked(folder, "this system has no fcntl", log)
     path = folder / LOCK_FILE
@@ -196,35 +177,17 @@ def _release(hold: _Hold) -> None:
 
 @contextlib.contextmanager
 def run_folder(out: str | Path, subfolders: Iterable[str] = (), log: Log = print) -> Iterator[Path]:
-    """Hold the run folder ``out`` for writing while the block runs.
+    """Hold the run folder ``out`` (created if missing) for writing while the block runs.
 
-    On entry: refuse a folder that cannot be created or written, or that another process
-    holds (one-line :class:`StorytellerError` naming it), then remove the temporary files that
-    an interrupted :func:`~storyteller.runtime.atomic_path` left in ``out`` and in its
-    ``subfolders`` (e.g. ``features``), saying how many and how many MB. A nested
-    ``run_folder`` on the same folder in the same thread just enters again.
-
-    Args:
-        out: the run folder (created if missing).
-        subfolders: artefact folders inside it whose temporary files are removed too.
-        log: where the clean-up and a missing lock are reported.
-
-    Yields:
-        ``out`` as a :class:`~pathlib.Path`.
-    """
+    A folder that cannot be written, or that another process holds, is a one-line refusal;
+    then the temporary files an interrupted write left in ``out`` and its ``subfolders`` are
+    removed, and ``log`` says how many. The same thread nested on the same folder re-enters."""
     folder = Path(out)
     key = folder.resolve()
     with _holds_lock:
         hold = _holds.get(key)
-        reentered = hold is not None and hold.thread == threading.get_ident()
-        if reentered:
-            hold.depth += 1
-    if reentered:
-        try:
-            yield folder
-        finally:
-            with _holds_lock:
-                hold.depth -= 1
+    if hold is not None and hold.thread == threading.get_ident():
+        yield folder  # this thread holds it already (run-all's steps)
         return
 
     check_writable(folder)

@@ -1,7 +1,6 @@
 """Device, seeding, mixed precision and atomic file writes: the plumbing every step shares.
-
-Nothing in the package calls ``.cuda()``: code asks :func:`get_device` once and moves tensors
-with ``.to(device)``, so the same code runs on a CPU, one GPU or Kaggle's two T4s.
+Nothing calls ``.cuda()``: code asks :func:`get_device` once and moves tensors with
+``.to(device)``, so the same code runs on a CPU, one GPU or Kaggle's two T4s.
 """
 
 from __future__ import annotations
@@ -24,11 +23,8 @@ from .errors import StorytellerError, disk_full_cause, disk_full_error
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch (CPU and every GPU) once; return a seeded generator.
-
-    Pass the returned generator to anything that shuffles (DataLoaders, splits) so results
-    depend only on the seed, not on how many random numbers were drawn before.
-    """
+    """Seed Python, NumPy and torch (CPU and every GPU); return a seeded generator for
+    whatever shuffles, so results depend on the seed alone, not on what was drawn before."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -36,8 +32,8 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-#: Environment variable that sets the default device for every command, the app and the tests
-#: (``cpu`` forces the CPU on a GPU machine; the test suite's ``--device`` option sets it).
+#: The default device for every command, the app and the tests (``cpu``: the CPU on a GPU
+#: machine).
 DEVICE_ENV = "STORYTELLER_DEVICE"
 
 
@@ -72,29 +68,23 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare model inside ``nn.DataParallel`` or ``DistributedDataParallel`` (so checkpoints
-    never get ``module.`` keys)."""
+    """The bare model inside ``DataParallel`` or ``DistributedDataParallel``."""
     wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
     return model.module if isinstance(model, wrappers) else model
 
 
-#: The names :func:`atomic_path` gives its temporary files: ``.<name>.<8 random characters>.tmp``
-#: beside the target (``tempfile``'s own random part). A kill mid-write leaves one behind; the
-#: run-folder lock (:mod:`storyteller.runlock`) removes them, and only them.
+#: :func:`atomic_path`'s temporary files, ``.<name>.<8 random characters>.tmp``: a kill
+#: mid-write leaves one behind, which the run-folder lock removes.
 ATOMIC_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 _UMASK_LOCK = threading.Lock()
-#: Where Linux shows the umask without changing it.
 _PROC_STATUS = "/proc/self/status"
 
 
 def current_umask() -> int:
-    """The process's umask, read without a window in which it is wrong.
-
-    ``os.umask`` can only be read by setting it, and it is process-global: a file another
-    thread creates in between would get the wrong mode. Linux shows it in ``/proc/self/status``
-    (no change needed); elsewhere it is set and restored under a lock.
-    """
+    """The process's umask. ``os.umask`` is read by setting it, process-wide, so a file another
+    thread creates meanwhile gets a wrong mode: Linux shows it in ``/proc/self/status``
+    instead; elsewhere it is set and restored under a lock."""
     try:
         with open(_PROC_STATUS, encoding="ascii") as status:
             for line in status:
@@ -110,13 +100,9 @@ def current_umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
-
-    A crash or a kill mid-write leaves the previous file untouched, never a half-written one.
-    The file gets the mode a plain ``open`` would give it (``0o666`` less the umask), not the
-    ``0o600`` of ``mkstemp``, so other users can read artefacts when the umask lets them. A
-    full disk is one :class:`StorytellerError` naming ``path``.
-    """
+    """Yield a temporary path beside ``path``, moved into place only if the block succeeds:
+    a kill mid-write leaves the previous file, never half a file. It gets a plain ``open``'s
+    mode, not ``mkstemp``'s ``0o600``; a full disk is one line naming ``path``."""
     path = Path(path)
     tmp = None
     try:
@@ -134,8 +120,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def disk_full_is_an_error(what: str | Path) -> Iterator[None]:
-    """A full disk (or an exhausted quota) while the block writes ``what`` becomes the one
-    full-disk line naming it (:func:`~storyteller.errors.disk_full_error`); other errors pass."""
+    """A full disk (or quota) while the block writes ``what`` becomes the one line naming it."""
     try:
         yield
     except Exception as exc:
@@ -146,9 +131,8 @@ def disk_full_is_an_error(what: str | Path) -> Iterator[None]:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically, pretty-printed. NaN and infinities are refused in one line
-    naming the file: JSON has no such numbers, and strict readers (browsers, ``jq``) reject
-    them."""
+    """Write JSON atomically, pretty-printed; NaN and infinities, which strict readers reject,
+    are a one-line error."""
     try:
         text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
     except ValueError as exc:
@@ -158,8 +142,7 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` that never leaves a truncated file behind. It writes through a Python
-    file, so a full disk leaves its ``OSError`` (ENOSPC) in the exception chain: saving to a
-    path raises torch's bare ``RuntimeError`` from ``inline_container.cc`` alone."""
+    """``torch.save`` that never leaves a truncated file. Through a Python file, so a full
+    disk's ``OSError`` stays in the chain (a path gives torch's bare ``RuntimeError``)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as file:
         torch.save(obj, file)

@@ -101,7 +101,7 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
         tiny_data,
         out,
         TrainConfig(num_epochs=2, batch_size=32),
-        {"hidden_size": 64, "embed_size": 32},
+        {"decoder": "lstm", "hidden_size": 64, "embed_size": 32},
         log=lambda _: None,
     )
     return out

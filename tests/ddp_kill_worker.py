@@ -17,7 +17,7 @@ from storyteller.training.distributed import session
 
 # The test's training recipe (the same flags it passes to the `train` command).
 CONFIG = TrainConfig(num_epochs=3, batch_size=32, patience=10)
-MODEL = {"embed_size": 32, "hidden_size": 64}
+MODEL = {"decoder": "lstm", "embed_size": 32, "hidden_size": 64}
 
 
 def die_after_first_epoch(record: dict) -> None:

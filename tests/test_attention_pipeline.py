@@ -19,8 +19,9 @@ from PIL import Image
 from test_train import SMALL, _Interrupt
 
 from storyteller import pipeline
-from storyteller.cli import _configs, build_parser, train_flags
-from storyteller.config import TrainConfig
+from storyteller.cli import build_parser
+from storyteller.cli.train import configs
+from storyteller.config import ModelConfig, TrainConfig, train_flags
 from storyteller.errors import StorytellerError
 from storyteller.figures.attention_maps import AttentionCaption, figure_name
 from storyteller.figures.plots import attention_figure, figure_pixels
@@ -115,6 +116,27 @@ def test_grid_captioner_training_resumes_and_matches_uninterrupted(
         ), key
 
 
+def test_the_python_api_the_cli_and_the_notebooks_train_the_same_default_captioner(
+    attention_run, tiny_data, tmp_path
+):
+    """One default decoder: ModelConfig's, which `train`/`run-all` and notebook 03 use too."""
+    from storyteller.notebook.settings import setup
+
+    parser = build_parser()
+    cli = {parser.parse_args([command]).decoder for command in ("train", "run-all")}
+    assert cli == {ModelConfig.decoder} == {setup(tiny_data, tmp_path / "nb", log=quiet).decoder}
+    out, _ = attention_run
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("features", "vocab.pkl", "splits.json"):
+        (run / name).symlink_to(out / name)
+    sizes = {"hidden_size": 64, "embed_size": 32}  # no decoder named
+    pipeline.train_step(tiny_data, run, TrainConfig(num_epochs=1), sizes, log=quiet)
+    trained = read_checkpoint(run / "best_model.pth")["model_config"]
+    _, model = configs(parser.parse_args(["train", "--hidden-size", "64", "--embed-size", "32"]))
+    assert trained["decoder"] == model["decoder"] == ModelConfig.decoder
+
+
 def test_attention_decoder_on_a_pooled_cache_says_how_to_get_the_grid(tiny_data, tiny_run):
     with pytest.raises(StorytellerError, match="--layout grid"):
         pipeline.train_step(tiny_data, tiny_run, TrainConfig(num_epochs=1), ATTENTION, log=quiet)
@@ -122,11 +144,16 @@ def test_attention_decoder_on_a_pooled_cache_says_how_to_get_the_grid(tiny_data,
 
 def test_decoder_flags_round_trip_and_refuse_attention_without_its_decoder():
     train, model = TrainConfig(num_epochs=2), dict(ATTENTION)
-    args = build_parser().parse_args(["train", *train_flags(train, model)])
-    parsed_train, parsed_model = _configs(args)
+    flags = train_flags(train, model)
+    parsed_train, parsed_model = configs(build_parser().parse_args(["train", *flags]))
     assert parsed_train == train and {k: parsed_model[k] for k in model} == model
-    with pytest.raises(StorytellerError, match="--decoder attention"):
-        _configs(build_parser().parse_args(["train", "--decoder", "lstm", "--attention", "luong"]))
+    scoring = model["decoder_options"]["attention"]
+    assert f"attention={scoring}" in flags and "--attention" not in flags
+    lstm = ["train", "--decoder", "lstm", "--decoder-option", "attention=luong"]
+    with pytest.raises(StorytellerError, match="'lstm' decoder has no option 'attention'"):
+        configs(build_parser().parse_args(lstm))
+    with pytest.raises(SystemExit):  # one way to choose the scoring: --decoder-option
+        build_parser().parse_args(["train", "--attention", "luong"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +278,7 @@ def test_transformer_decoder_flags_round_trip_with_its_options():
     train = TrainConfig(num_epochs=2)
     for model in ({"decoder": "transformer"}, TRANSFORMER):
         flags = train_flags(train, model)
-        parsed = _configs(build_parser().parse_args(["train", *flags]))[1]
+        parsed = configs(build_parser().parse_args(["train", *flags]))[1]
         assert parsed["decoder"] == "transformer"
         assert parsed.get("decoder_options", {}) == model.get("decoder_options", {})
     assert "--decoder-option" in train_flags(train, TRANSFORMER)
@@ -259,16 +286,15 @@ def test_transformer_decoder_flags_round_trip_with_its_options():
 
 def test_decoder_options_flag_reads_each_option_as_its_type():
     def model(*flags):
-        return _configs(build_parser().parse_args(["train", *flags]))[1]
+        return configs(build_parser().parse_args(["train", *flags]))[1]
 
     parsed = model(
         "--decoder", "transformer", "--decoder-option", "d_model=64",
         "--decoder-option", "positions=sinusoidal", "--decoder-option", "dropout=0.2",
     )  # fmt: skip
     assert parsed["decoder_options"] == {"d_model": 64, "positions": "sinusoidal", "dropout": 0.2}
-    parsed = model(
-        "--decoder", "attention", "--attention", "luong", "--decoder-option", "alpha_c=0"
-    )
+    options = ["--decoder-option", "attention=luong", "--decoder-option", "alpha_c=0"]
+    parsed = model("--decoder", "attention", *options)
     assert parsed["decoder_options"] == {"attention": "luong", "alpha_c": 0.0}
     for flags, message in (
         (["--decoder", "transformer", "--decoder-option", "depth=3"], "no option 'depth'.*d_model=256"),

@@ -7,11 +7,12 @@ from bad_images import make_fifo, returns_within
 from conftest import cli as _cli
 from PIL import Image
 
-from storyteller.cli import main, train_flags
-from storyteller.config import TrainConfig
+from storyteller.cli import main
+from storyteller.config import ModelConfig, TrainConfig, train_flags
+from storyteller.decoder_options import DEFAULT_DECODER
 from storyteller.features.images import UnreadableImage
 from storyteller.inference import Captioner
-from storyteller.models import DEFAULT_DECODER, decoder_class
+from storyteller.models import decoder_class
 
 SCORE_KEYS = "bleu1 bleu2 bleu3 bleu4 meteor rouge1 rouge2 rougeL cider precision recall f1".split()
 
@@ -175,19 +176,24 @@ def test_features_without_a_layout_caches_what_the_default_captioner_reads(tiny_
     assert again.returncode == 0 and f"{expected} features" in again.stdout
 
 
-def test_train_flags_name_the_seed_lstm_for_a_config_that_names_no_decoder():
+def test_train_flags_train_the_python_apis_decoder_for_a_config_that_names_none():
+    from storyteller.cli import build_parser
+    from storyteller.cli.train import configs
+
     flags = train_flags(TrainConfig(), {"hidden_size": 64})
-    assert flags[flags.index("--decoder") + 1] == "lstm"  # not the CLI's default
+    _, model = configs(build_parser().parse_args(["train", *flags]))
+    assert model["decoder"] == ModelConfig(vocab_size=10).decoder
 
 
 def test_smoke_mode_round_trips_through_the_train_flags():
     """A smoke notebook under torchrun trains with `train` flags: the mark must survive them."""
-    from storyteller.cli import _configs, build_parser
+    from storyteller.cli import build_parser
+    from storyteller.cli.train import configs
 
     smoke = TrainConfig(num_epochs=2, smoke=True)
     flags = train_flags(smoke, {"hidden_size": 64})
     assert "--smoke" in flags and "--smoke" not in train_flags(TrainConfig(), {})
-    parsed, _ = _configs(build_parser().parse_args(["train", *flags]))
+    parsed, _ = configs(build_parser().parse_args(["train", *flags]))
     assert parsed == smoke
 
 

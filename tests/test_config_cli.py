@@ -10,8 +10,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from storyteller import cli
-from storyteller.config import ModelConfig, TrainConfig, field_values
+from storyteller import cli, config
+from storyteller.cli import train as train_command
+from storyteller.cli.common import HelpFormatter
+from storyteller.cli.train import configs
+from storyteller.config import ModelConfig, TrainConfig, field_values, train_flags
 from storyteller.config_cli import (
     Bound,
     add_config_flags,
@@ -40,7 +43,7 @@ class _Settings:
 
 
 def _parser(cls: type) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="t", formatter_class=cli._HelpFormatter)
+    parser = argparse.ArgumentParser(prog="t", formatter_class=HelpFormatter)
     add_config_flags(parser, cls)
     return parser
 
@@ -122,8 +125,9 @@ class _NewModelConfig(ModelConfig):
 
 @pytest.mark.parametrize("command", ["train", "run-all"])
 def test_a_new_config_field_is_a_train_flag_with_its_default_and_help(command, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "TrainConfig", _NewTrainConfig)
-    monkeypatch.setattr(cli, "ModelConfig", _NewModelConfig)
+    for module in (train_command, config):  # the train command's flags, and train_flags
+        monkeypatch.setattr(module, "TrainConfig", _NewTrainConfig)
+        monkeypatch.setattr(module, "ModelConfig", _NewModelConfig)
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args([command, "--help"])
     shown = " ".join(capsys.readouterr().out.split())
@@ -131,12 +135,12 @@ def test_a_new_config_field_is_a_train_flag_with_its_default_and_help(command, m
     assert "--gate {sigmoid,tanh} the gate's function (default: sigmoid)" in shown
 
     argv = [command, "--warmup-epochs", "5", "--epochs", "4", "--gate", "tanh"]
-    train, model = cli._configs(cli.build_parser().parse_args(argv))
+    train, model = configs(cli.build_parser().parse_args(argv))
     assert train == _NewTrainConfig(warmup_epochs=5, num_epochs=4)
     assert model["gate"] == "tanh"
-    again = cli._configs(cli.build_parser().parse_args(["train", *cli.train_flags(train, model)]))
+    again = configs(cli.build_parser().parse_args(["train", *train_flags(train, model)]))
     assert again == (train, model)
-    default_train, _ = cli._configs(cli.build_parser().parse_args([command]))
+    default_train, _ = configs(cli.build_parser().parse_args([command]))
     assert default_train == _NewTrainConfig()
 
 
@@ -276,7 +280,7 @@ def test_what_train_accepts_at_every_edge_loads_back_and_nothing_beyond(capsys):
         inside, outside = _edges(bound, kind)
         for value in inside:
             args = parser.parse_args(["train", f"{flag}={value!r}"])
-            train, model = cli._configs(args)
+            train, model = configs(args)
             model = ModelConfig(vocab_size=100, fine_tuned_blocks=args.fine_tune_encoder, **model)
             assert TrainConfig.from_dict(train.to_dict()) == train
             assert ModelConfig.from_dict(model.to_dict()) == model

@@ -667,10 +667,10 @@ def tiny_registered():
     DECODERS.pop("tiny", None)
 
 
-def test_default_config_builds_the_lstm():
-    assert ModelConfig(vocab_size=5).decoder == "lstm"
+def test_the_lstm_is_listed_first_and_built_by_name():
     assert list(DECODERS)[0] == "lstm" and decoder_class("lstm") is LSTMDecoder
-    model = build_model(ModelConfig(vocab_size=5, feature_dim=4, embed_size=4, hidden_size=4))
+    config = ModelConfig(vocab_size=5, feature_dim=4, embed_size=4, hidden_size=4, decoder="lstm")
+    model = build_model(config)
     assert type(model) is LSTMDecoder and model.describe() == "LSTM 4"
 
 
@@ -698,7 +698,7 @@ def test_unknown_options_are_refused_with_the_known_ones(tiny_registered):
     with pytest.raises(StorytellerError, match=r"no option depth \(its options: width, mode\)"):
         build_model(ModelConfig(vocab_size=5, decoder="tiny", decoder_options={"depth": 2}))
     with pytest.raises(StorytellerError, match=r"'lstm' decoder has no option width.*none"):
-        build_model(ModelConfig(vocab_size=5, decoder_options={"width": 2}))
+        build_model(ModelConfig(vocab_size=5, decoder="lstm", decoder_options={"width": 2}))
 
 
 def test_a_name_is_registered_once(tiny_registered):
@@ -735,7 +735,7 @@ def _old_checkpoint(path, model_config=_OLD_MODEL_CONFIG):
     vocab = Vocabulary([f"w{i}" for i in range(5)], threshold=1)
     assert len(vocab) == model_config["vocab_size"]
     torch.manual_seed(1)
-    model = LSTMDecoder(ModelConfig(**model_config)).eval()
+    model = LSTMDecoder(ModelConfig.from_dict(model_config)).eval()
     torch.save(
         {
             "model": model.state_dict(),

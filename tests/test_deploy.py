@@ -149,7 +149,7 @@ def test_requirements_are_the_repositorys_for_an_encoder_needing_nothing_more(dr
 
 def test_every_encoders_extra_requirements_are_its_pyproject_extra():
     """One list per encoder (the registry's), the same as pyproject's extra of that library."""
-    from storyteller.features.encoders import ENCODERS
+    from storyteller.features.encoder_specs import ENCODERS
 
     declared = {r.split(";")[0].strip() for r in requires("storyteller") if "extra ==" in r}
     for spec in ENCODERS.values():
@@ -173,7 +173,7 @@ def resnest_run(tiny_data, tmp_path_factory):
         dataset.image_dir, dataset.images, out / "features", "resnest50d", 8, 0, encoder=encoder
     )
     pipeline.vocab_step(tiny_data, out, threshold=2, log=lambda _: None)
-    small = {"hidden_size": 32, "embed_size": 16}
+    small = {"decoder": "lstm", "hidden_size": 32, "embed_size": 16}
     pipeline.train_step(tiny_data, out, TrainConfig(num_epochs=1), small, log=lambda _: None)
     return out
 

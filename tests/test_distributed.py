@@ -16,18 +16,18 @@ import torch
 from ddp_kill_worker import CONFIG, MODEL
 from test_train import _fresh_run
 
-from storyteller.cli import train_flags
+from storyteller.config import train_flags
 from storyteller.errors import StorytellerError
 from storyteller.models.checkpoint import read_checkpoint
+from storyteller.pipeline import launch_training
 from storyteller.training.distributed import (
     DistContext,
     context_from_env,
     launch,
-    launch_training,
     process_device,
     session,
 )
-from storyteller.training.train import restore_rng_states, save_rng_states
+from storyteller.training.state import restore_rng_states, save_rng_states
 
 KILL_WORKER = Path(__file__).with_name("ddp_kill_worker.py")
 # Two processes see the same global batch of 32 in a different order (DistributedSampler) and
@@ -104,7 +104,9 @@ def test_ddp_training_resumes_after_a_kill_and_matches_uninterrupted(tiny_data, 
 
     lines = []  # resumed the way notebook 03 starts DDP: launch_training from Python
     result = launch_training(2, tiny_data, run, CONFIG, MODEL, device="cpu", log=lines.append)
-    assert lines[0].startswith("$ torchrun --standalone --nproc_per_node 2 -m storyteller train")
+    # the processes read the configs from a JSON file, not from a command line rebuilt from them
+    assert lines[0].startswith("$ torchrun --standalone --nproc_per_node 2 -m storyteller.pipeline")
+    assert lines[0].endswith("train.json")
     assert any("resuming from" in line and "1 epoch(s) done" in line for line in lines)
     expected = json.loads((straight / "history.json").read_text())
     assert result.best_checkpoint == run / "best_model.pth"

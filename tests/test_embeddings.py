@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from storyteller.cli import _configs, build_parser, main, train_flags
-from storyteller.config import ModelConfig, TrainConfig
+from storyteller.cli import build_parser, main
+from storyteller.cli.train import configs
+from storyteller.config import ModelConfig, TrainConfig, train_flags
 from storyteller.data.embeddings import read_word_vectors
 from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
 from storyteller.models import build_model, decoder_class
 from storyteller.models.checkpoint import load_model, read_checkpoint
 from storyteller.run_folder import BEST_CHECKPOINT
-from storyteller.training.train import TrainingState, load_word_vectors
+from storyteller.training.state import TrainingState, load_word_vectors
 
 WORDS = ["dog", "runs", "grass", "ball", "red", "child", "water", "jumps"]
 MISSING = {"jumps"}  # vocabulary words the file lacks
@@ -173,13 +174,13 @@ def test_a_different_width_asked_for_is_a_clear_error():
 def test_cli_flags_and_their_inverse():
     parser = build_parser()
     args = parser.parse_args(["train", "--embeddings", "g.txt", "--freeze-embeddings"])
-    train, model = _configs(args)
+    train, model = configs(args)
     assert model["freeze_embeddings"] is True and "embed_size" not in model  # the file says
     assert "--freeze-embeddings" in train_flags(train, model)
-    _, plain = _configs(parser.parse_args(["train"]))
+    _, plain = configs(parser.parse_args(["train"]))
     assert "embed_size" not in plain and "freeze_embeddings" not in plain  # ModelConfig's 256
     # --freeze-embeddings alone: train_step decides (a resumed checkpoint may hold vectors)
-    assert _configs(parser.parse_args(["train", "--freeze-embeddings"]))[1]["freeze_embeddings"]
+    assert configs(parser.parse_args(["train", "--freeze-embeddings"]))[1]["freeze_embeddings"]
 
 
 def test_train_with_frozen_glove_end_to_end_then_reload_without_the_file(
@@ -291,7 +292,7 @@ def test_ddp_keeps_frozen_vectors_frozen(tiny_data, tiny_run, tmp_path):
     """Two CPU processes (gloo) via launch_training, as notebook 03 starts DDP: the frozen
     table reaches every process's optimiser untouched, and the checkpoint keeps the file's
     rows."""
-    from storyteller.training.distributed import launch_training
+    from storyteller.pipeline import launch_training
 
     out = tmp_path / "ddp"
     shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("*.pth", "history.json"))

@@ -11,9 +11,10 @@ from torch import nn
 
 from storyteller.cli import main
 from storyteller.errors import StorytellerError
-from storyteller.features import encoders
+from storyteller.features import encoder_specs, encoders
+from storyteller.features.encoder_specs import ENCODERS
 from storyteller.features.encoder_table import encoder_rows
-from storyteller.features.encoders import ENCODERS, build_encoder, with_layout
+from storyteller.features.encoders import build_encoder, with_layout
 
 SEED_ENCODERS = (  # every encoder the seeds used, plus the offline one
     "resnet50 resnet101 resnet18 wide_resnet50_2 resnest50d densenet121 squeezenet1_1 "
@@ -97,8 +98,8 @@ def test_inception_has_its_own_299_px_preprocessing_equal_to_torchvisions_transf
     # torchvision feeds ImageNet-normalised pixels through transform_input; this registry
     # normalises to [-1, 1] at once: the same numbers.
     pixels = torch.rand(1, 3, 4, 4)  # in [0, 1]
-    mean = torch.tensor(encoders.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(encoders.IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(encoder_specs.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(encoder_specs.IMAGENET_STD).view(1, 3, 1, 1)
     net = encoders._torchvision_net("inception_v3", pretrained=False)
     net.transform_input = True
     via_torchvision = net._transform_input((pixels - mean) / std)

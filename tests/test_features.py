@@ -18,7 +18,8 @@ from storyteller.errors import StorytellerError
 from storyteller.features import cache as cache_module
 from storyteller.features.cache import FeatureExtractor, extract_features
 from storyteller.features.cache_format import load_feature_cache
-from storyteller.features.encoders import ENCODERS, build_encoder, resolve_encoder
+from storyteller.features.encoder_specs import ENCODERS
+from storyteller.features.encoders import build_encoder, resolve_encoder
 from storyteller.features.extraction_sizes import (
     CPU_BATCH_SIZE,
     CPU_NUM_WORKERS,

@@ -14,16 +14,22 @@ from test_train import _fresh_run
 
 from storyteller import pipeline
 from storyteller.artefacts import ArtefactError
-from storyteller.cli import main, train_flags
-from storyteller.config import ModelConfig, TrainConfig
+from storyteller.cli import main
+from storyteller.config import ModelConfig, TrainConfig, train_flags
 from storyteller.data.captions import load_dataset
 from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
 from storyteller.evaluation.evaluate import teacher_forced_loss
 from storyteller.features.cache import FeatureExtractor, extract_features
 from storyteller.features.cache_format import load_feature_cache
-from storyteller.features.encoders import ENCODERS, build_encoder, encoder_blocks
-from storyteller.features.finetune import (
+from storyteller.features.encoder_specs import ENCODERS
+from storyteller.features.encoders import build_encoder, encoder_blocks
+from storyteller.features.images import open_image
+from storyteller.inference import Captioner
+from storyteller.models import build_model
+from storyteller.models.checkpoint import read_checkpoint
+from storyteller.runtime import torch_save_atomic
+from storyteller.training.finetune import (
     ENCODER_WEIGHTS,
     EncoderDecoder,
     FineTunedEncoder,
@@ -32,11 +38,6 @@ from storyteller.features.finetune import (
     encode_images,
     image_transform,
 )
-from storyteller.features.images import open_image
-from storyteller.inference import Captioner
-from storyteller.models import build_model
-from storyteller.models.checkpoint import read_checkpoint
-from storyteller.runtime import torch_save_atomic
 
 quiet = lambda _: None  # noqa: E731
 SMALL = {"hidden_size": 32, "embed_size": 16}
@@ -274,7 +275,7 @@ def test_ddp_fine_tunes_the_encoder_in_two_processes(tiny_data, tiny_run, tmp_pa
     """Two CPU processes (gloo) via launch_training, as notebook 03 starts DDP with
     FINE_TUNE: both share the photos, the trained blocks move, the frozen stem keeps
     ImageNet's weights, and the checkpoint captions with its encoder."""
-    from storyteller.training.distributed import launch_training
+    from storyteller.pipeline import launch_training
 
     run = _fresh_run(tiny_data, tiny_run, tmp_path / "ddp")
     result = launch_training(

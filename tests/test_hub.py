@@ -26,12 +26,12 @@ from safetensors.torch import load_file, save_file
 from storyteller import pipeline
 from storyteller.errors import StorytellerError
 from storyteller.features.encoders import build_encoder
-from storyteller.features.finetune import ENCODER_WEIGHTS
 from storyteller.inference import Captioner
 from storyteller.models.checkpoint import read_checkpoint
 from storyteller.runtime import torch_save_atomic
 from storyteller.serving import deploy, hub
 from storyteller.serving.hub_push import export_run, push_model
+from storyteller.training.finetune import ENCODER_WEIGHTS
 
 FAKE_TOKEN = "hf_FakeTokenForHubTests0123456789abcd"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # a snapshot's commit hash in the cache

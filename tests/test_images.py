@@ -10,7 +10,8 @@ from bad_images import make_fifo, returns_within
 from PIL import Image
 
 from storyteller.features.cache import FeatureExtractor
-from storyteller.features.encoders import ENCODERS, build_encoder
+from storyteller.features.encoder_specs import ENCODERS
+from storyteller.features.encoders import build_encoder
 from storyteller.features.images import (
     MAX_ASPECT_RATIO,
     UnreadableImage,

@@ -4,8 +4,10 @@ beam-search steps are those of ``beam_search`` itself."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
+import textwrap
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from storyteller.inference import Captioner
 from storyteller.models import DECODERS, build_model, decoder_class
 from storyteller.notebook import inside
 from storyteller.notebook.settings import smoke_model
-from storyteller.training.train import make_batch_loss
+from storyteller.training.train import make_batch_loss, train_epoch
 
 VOCAB = Vocabulary([f"w{i}" for i in range(26)], threshold=1)  # 30 ids with the specials
 FEATURE_DIM, GRID_CELLS, BATCH, LENGTH = 12, 6, 3, 7
@@ -110,3 +112,67 @@ def test_photo_batch_reads_real_photos_and_their_first_captions(tiny_data, tiny_
         captions.size(1) - 1,
         len(captioner.vocab),
     )
+
+
+class _Lesson:
+    """What :func:`inside.with_helpers` follows: calls on ``self`` and to this module."""
+
+    def outer(self):
+        return self._inner() + _helper() + len("builtins and imports are left out")
+
+    def _inner(self):
+        return _helper()
+
+
+def _helper():
+    return 1
+
+
+def test_show_source_prints_the_packages_own_source_outside_jupyter(capsys):
+    method = decoder_class("attention").step
+    inside.show_source(beam_search, method)
+    printed = capsys.readouterr().out
+    for obj, name in ((beam_search, "beam_search"), (method, "AttentionDecoder.step")):
+        source = inspect.getsource(obj)  # a method's is indented, shown flush left
+        lines, start = inspect.getsourcelines(inspect.unwrap(obj))
+        path = inspect.getsourcefile(inspect.unwrap(obj)).replace("\\", "/")
+        heading = f"# {obj.__module__}.{name}  ({path[path.rindex('storyteller/') :]}:{start})"
+        assert f"{heading}\n{textwrap.dedent(source)}" in printed
+    assert printed.index("def beam_search(") < printed.index("def step(")
+
+
+def test_show_source_in_jupyter_is_highlighted_python(monkeypatch):
+    display = pytest.importorskip("IPython.display")
+    shown = []
+    monkeypatch.setattr(inside, "in_notebook", lambda: True)
+    monkeypatch.setattr(display, "display", lambda *objects: shown.extend(objects))
+    inside.show_source(_helper, _Lesson)
+    assert [type(code) for code in shown] == [display.Code, display.Code]
+    assert all(code.language == "python" for code in shown)
+    assert shown[0].data.endswith("def _helper():\n    return 1\n")
+    assert shown[1].data.splitlines()[1] == "class _Lesson:"
+
+
+def test_with_helpers_follows_calls_depth_first_each_once():
+    assert inside.with_helpers(_Lesson.outer) == [_Lesson.outer, _Lesson._inner, _helper]
+    assert inside.with_helpers(_Lesson.outer, skip=[_Lesson._inner]) == [_Lesson.outer, _helper]
+    assert inside.with_helpers(_helper, _Lesson._inner) == [_helper, _Lesson._inner]
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_notebook_03s_views_of_every_decoder(decoder, capsys):
+    """What notebook 03 shows for each DECODER: the state, init_state and step with what they
+    call, then forward with what is not shown yet; the training step."""
+    cls = decoder_class(decoder)
+    one_word = inside.with_helpers(cls.init_state, cls.step)
+    assert one_word[0] is cls.init_state and cls.step in one_word
+    teacher_forcing = inside.with_helpers(cls.forward, skip=one_word)
+    assert teacher_forcing[0] is cls.forward and not set(teacher_forcing) & set(one_word)
+    state = type(_model(decoder).init_state(_features(decoder, 1)))
+    inside.show_source(state, *one_word, *teacher_forcing)
+    printed = capsys.readouterr().out
+    assert f"class {state.__name__}(DecoderState):" in printed
+    headings = [line for line in printed.splitlines() if line.startswith("# storyteller.")]
+    assert len(headings) == 1 + len(one_word) + len(teacher_forcing)
+    assert inside.with_helpers(make_batch_loss, train_epoch)[0] is make_batch_loss
+    assert train_epoch in inside.with_helpers(make_batch_loss, train_epoch)

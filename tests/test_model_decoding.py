@@ -21,12 +21,14 @@ from storyteller.models import LSTMDecoder
 def model(device):
     """A small seeded model on the test lane's device (``pytest --device``)."""
     torch.manual_seed(0)
-    net = LSTMDecoder(ModelConfig(vocab_size=30, feature_dim=12, embed_size=16, hidden_size=24))
+    net = LSTMDecoder(
+        ModelConfig(vocab_size=30, feature_dim=12, embed_size=16, hidden_size=24, decoder="lstm")
+    )
     return net.to(device).eval()
 
 
 def test_seed_architecture_defaults():
-    config = ModelConfig(vocab_size=100)
+    config = ModelConfig(vocab_size=100, decoder="lstm")
     net = LSTMDecoder(config)
     assert (
         config.feature_dim,
@@ -44,7 +46,14 @@ def test_forward_shapes_and_multilayer(model, device):
     )
     assert logits.shape == (3, 7, 30)
     deep = LSTMDecoder(
-        ModelConfig(vocab_size=30, feature_dim=12, embed_size=8, hidden_size=16, num_layers=2)
+        ModelConfig(
+            vocab_size=30,
+            feature_dim=12,
+            embed_size=8,
+            hidden_size=16,
+            num_layers=2,
+            decoder="lstm",
+        )
     ).to(device)
     state = deep.init_state(torch.randn(4, 12, device=device))
     assert state.h.shape == state.c.shape == (2, 4, 16)
@@ -193,6 +202,7 @@ def test_invalid_beam_arguments(model, device):
 def test_variants_decode_consistently(inject, device):
     torch.manual_seed(0)
     config = ModelConfig(
+        decoder="lstm",
         vocab_size=30,
         feature_dim=12,
         embed_size=16,
@@ -206,4 +216,4 @@ def test_variants_decode_consistently(inject, device):
     greedy = greedy_decode(net, features, max_length=8)
     assert [h[0].ids for h in beam_search(net, features, 1, 8, length_penalty=0.0)] == greedy
     with pytest.raises(ValueError, match="inject"):
-        LSTMDecoder(ModelConfig(vocab_size=5, inject="everywhere"))
+        LSTMDecoder(ModelConfig(vocab_size=5, inject="everywhere", decoder="lstm"))

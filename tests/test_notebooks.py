@@ -25,8 +25,8 @@ import torch
 from conftest import cli as _cli
 
 from storyteller.data.sample import generate_sample_dataset
+from storyteller.decoder_options import DEFAULT_DECODER
 from storyteller.errors import StorytellerError
-from storyteller.models import DEFAULT_DECODER
 from storyteller.notebook import extras as nbextras
 from storyteller.notebook import hardware as nbhardware
 from storyteller.notebook import kaggle as nbkaggle
@@ -128,6 +128,10 @@ def test_series_runs_top_to_bottom_in_smoke_mode_on_the_sample(notebook_env):
     assert re.search(r"^embeddings +\(4, \d+, \d+\)", looked_inside["03"], re.M)
     assert re.search(r"^logits +\(4, \d+, \d+\) +a score", looked_inside["03"], re.M)
     assert "step 3: 3 hypothesis(es) x " in looked_inside["04"]
+    # beside them, the package's own code: the decoder, a training step, the search
+    for shown in ("def step(", "def forward(", "def make_batch_loss(", "def train_epoch("):
+        assert shown in looked_inside["03"]
+    assert "def beam_search(" in looked_inside["04"]
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]  # smoke mode: 2 epochs
     metrics = json.loads((out / "metrics.json").read_text())
@@ -467,15 +471,15 @@ def test_smoke_runs_write_their_own_folder(clean_env, monkeypatch):
 def test_notebooks_run_names_the_folder_it_wrote(clean_env, monkeypatch):
     from argparse import Namespace
 
-    from storyteller import cli
+    from storyteller.cli.notebooks import _notebook_outputs
 
     monkeypatch.delenv(nbruns.OUT_DIR_ENV, raising=False)
     smoke, real = Namespace(cwd="w", smoke=True), Namespace(cwd="w", smoke=False)
-    assert cli._notebook_outputs(smoke, {}) == os.path.join("w", "outputs", "smoke")
-    assert cli._notebook_outputs(real, {}) == os.path.join("w", "outputs")
-    assert cli._notebook_outputs(smoke, {"OUT_DIR": "mine"}) == os.path.join("w", "mine")
+    assert _notebook_outputs(smoke, {}) == os.path.join("w", "outputs", "smoke")
+    assert _notebook_outputs(real, {}) == os.path.join("w", "outputs")
+    assert _notebook_outputs(smoke, {"OUT_DIR": "mine"}) == os.path.join("w", "mine")
     monkeypatch.setenv(nbruns.OUT_DIR_ENV, "/abs/run")
-    assert cli._notebook_outputs(smoke, {}) == "/abs/run"
+    assert _notebook_outputs(smoke, {}) == "/abs/run"
 
 
 @pytest.mark.parametrize(

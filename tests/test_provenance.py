@@ -83,7 +83,7 @@ def test_metrics_json_records_what_made_it_beside_the_unchanged_scores(tiny_data
 def _train_smoke(data_dir, run_dir) -> None:
     """Retrain the copied run as a smoke run (``TrainConfig.smoke``) of one epoch."""
     config = TrainConfig(num_epochs=1, batch_size=32, smoke=True)
-    sizes = {"hidden_size": 64, "embed_size": 32}
+    sizes = {"decoder": "lstm", "hidden_size": 64, "embed_size": 32}
     pipeline.train_step(data_dir, run_dir, config, sizes, resume=False, log=quiet)
 
 

@@ -21,10 +21,10 @@ from storyteller import pipeline, runlock, runtime
 from storyteller.config import TrainConfig
 from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
-from storyteller.run_folder import LOCK_FILE
+from storyteller.run_folder import ARTEFACT_SUBFOLDERS, LOCK_FILE
 from storyteller.runlock import run_folder
 from storyteller.runtime import atomic_path, torch_save_atomic, write_json
-from storyteller.training.distributed import DistContext
+from storyteller.training.distributed import DistContext, hold_run_folder
 
 TINY_MODEL = {"hidden_size": 64, "embed_size": 32, "decoder": "lstm"}
 REPO = Path(__file__).resolve().parents[1]
@@ -163,7 +163,7 @@ def test_a_refusal_on_rank_0_stops_every_rank(tmp_path, monkeypatch):
             return ["outputs/ is in use by pid 1 (...)", obj]
 
     with pytest.raises(StorytellerError, match=r"^outputs/ is in use by pid 1 "):
-        with pipeline.hold_run_folder(tmp_path, _quiet, Rank1(rank=1, world_size=2)):
+        with hold_run_folder(tmp_path, _quiet, Rank1(rank=1, world_size=2)):
             pass
     assert not (tmp_path / LOCK_FILE).exists()  # rank 1 never touched the lock
 
@@ -191,14 +191,14 @@ def test_stale_temp_files_are_removed_when_a_step_takes_the_folder(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("not atomic_path's")
     lines = []
-    with run_folder(out, pipeline.ARTEFACT_SUBFOLDERS, log=lines.append):
+    with run_folder(out, ARTEFACT_SUBFOLDERS, log=lines.append):
         pass
     assert not any(path.exists() for path in stale)
     assert all(path.exists() for path in kept)
     assert lines == [
         f"removed 2 temporary file(s) (2.0 MB) that an interrupted write left in {out}/"
     ]
-    with run_folder(out, pipeline.ARTEFACT_SUBFOLDERS, log=lines.append):
+    with run_folder(out, ARTEFACT_SUBFOLDERS, log=lines.append):
         pass
     assert len(lines) == 1  # nothing left to say
 

@@ -13,11 +13,11 @@ from PIL import Image
 from storyteller.errors import StorytellerError
 from storyteller.features.cache import FeatureExtractor
 from storyteller.features.images import UnreadableImage
+from storyteller.serving.examples import render_examples
 from storyteller.serving.server import (
     MAKE_MODEL_COMMAND,
     find_model_files,
     open_upload,
-    render_examples,
 )
 
 

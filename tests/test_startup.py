@@ -114,14 +114,13 @@ def test_the_registries_behind_the_parser_are_the_models_own():
     from storyteller import decoder_options, models
     from storyteller.features import encoder_specs, encoders
 
-    assert encoders.ENCODERS is encoder_specs.ENCODERS
     assert encoders.get_encoder_spec is encoder_specs.get_encoder_spec
     assert list(decoder_options.BUILTIN_DECODERS) == [
         name for name in models.DECODERS if name in decoder_options.BUILTIN_DECODERS
     ]
     for name, options in decoder_options.BUILTIN_DECODERS.items():
         assert models.decoder_class(name).options_class is options
-    assert models.DEFAULT_DECODER in decoder_options.BUILTIN_DECODERS
+    assert decoder_options.DEFAULT_DECODER in decoder_options.BUILTIN_DECODERS
 
 
 def test_a_built_in_name_with_other_options_is_refused():

@@ -34,12 +34,7 @@ class FakeBaseModel:
         cleaner = turn_cleaner(prompt.story, completion.opening, completion.stop, completion.joins)
         if completion.opening:
             yield completion.opening
-        for chunk in self.replies.pop(0):
-            piece = cleaner.feed(chunk)
-            if piece:
-                yield piece
-            if cleaner.done:
-                break
+        yield from cleaner.clean(self.replies.pop(0))
         yield cleaner.finish()
 
 

@@ -12,7 +12,7 @@ from storyteller.data.captions import (
     read_caption_file,
     split_by_image,
 )
-from storyteller.data.text import normalize_caption, tokenize
+from storyteller.data.text import tokenize
 from storyteller.errors import StorytellerError
 
 
@@ -25,7 +25,7 @@ def test_tokenize_lowercases_and_strips_punctuation():
         "the",
         "grass",
     ]
-    assert normalize_caption("  Café   au lait. ") == "cafe au lait"
+    assert tokenize("  Café   au lait. ") == ["cafe", "au", "lait"]
     assert tokenize("...") == []
 
 

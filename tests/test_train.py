@@ -20,17 +20,10 @@ from storyteller.models.checkpoint import (
 )
 from storyteller.runtime import torch_save_atomic, write_json
 from storyteller.training import train as train_module
-from storyteller.training.train import (
-    TrainingState,
-    make_batch_loss,
-    mean_extra_losses,
-    parallelize,
-    restore_rng_states,
-    restore_scaler,
-    train_epoch,
-)
+from storyteller.training.state import TrainingState, restore_rng_states, restore_scaler
+from storyteller.training.train import make_batch_loss, mean_extra_losses, parallelize, train_epoch
 
-SMALL = {"hidden_size": 64, "embed_size": 32}
+SMALL = {"decoder": "lstm", "hidden_size": 64, "embed_size": 32}
 quiet = lambda _: None  # noqa: E731
 
 
@@ -69,7 +62,9 @@ def test_checkpoint_is_a_plain_state_dict_with_configs(tiny_run):
 
 
 def test_dataparallel_prefix_never_saved_and_stripped_on_load(tmp_path):
-    model = LSTMDecoder(ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4))
+    model = LSTMDecoder(
+        ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4, decoder="lstm")
+    )
     save_checkpoint(tmp_path / "a.pth", torch.nn.DataParallel(model))
     assert not any(k.startswith("module.") for k in read_checkpoint(tmp_path / "a.pth")["model"])
     prefixed = {f"module.{k}": v for k, v in model.state_dict().items()}
@@ -90,7 +85,9 @@ def test_wrong_vocab_and_broken_files_are_refused(tiny_run, tmp_path):
 
 
 def test_pickled_module_checkpoints_are_refused(tmp_path):
-    model = LSTMDecoder(ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4))
+    model = LSTMDecoder(
+        ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4, decoder="lstm")
+    )
     torch.save(model, tmp_path / "module.pth")  # the counter-example: a whole pickled module
     with pytest.raises(StorytellerError, match="not a loadable"):
         read_checkpoint(tmp_path / "module.pth")
@@ -237,14 +234,14 @@ def test_resume_refuses_another_architecture(tiny_data, tiny_run, tmp_path):
             tiny_data,
             run,
             TrainConfig(num_epochs=2),
-            {"hidden_size": 32, "embed_size": 32},
+            {"decoder": "lstm", "hidden_size": 32, "embed_size": 32},
             log=quiet,
         )
     result = pipeline.train_step(
         tiny_data,
         run,
         TrainConfig(num_epochs=1),
-        {"hidden_size": 32, "embed_size": 32},
+        {"decoder": "lstm", "hidden_size": 32, "embed_size": 32},
         resume=False,
         log=quiet,
     )
@@ -350,7 +347,9 @@ def test_random_states_are_cpu_bytes_wherever_they_were_loaded():
     saved = generator.get_state()
     expected = torch.rand(4, generator=generator)
     state = TrainingState.create(
-        ModelConfig(vocab_size=10, feature_dim=4), TrainConfig(), torch.device("cpu")
+        ModelConfig(vocab_size=10, feature_dim=4, decoder="lstm"),
+        TrainConfig(),
+        torch.device("cpu"),
     )
     checkpoint = {
         **state.checkpoint_extra(TrainConfig(), Vocabulary(["a"], 1), torch.device("cpu")),
@@ -375,7 +374,9 @@ def test_gradient_scaler_resumes_only_what_it_has():
 
 
 def test_one_process_with_several_gpus_wraps_in_dataparallel(monkeypatch):
-    model = LSTMDecoder(ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4))
+    model = LSTMDecoder(
+        ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4, decoder="lstm")
+    )
     cuda = torch.device("cuda")
     messages = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -453,7 +454,7 @@ def test_extra_losses_are_reported_but_not_validated(tiny_data, tiny_run, tmp_pa
 
 
 def test_training_takes_the_optimiser_from_the_decoder(test_decoders):
-    config = ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4)
+    config = ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4, decoder="lstm")
     cpu = torch.device("cpu")
     state = TrainingState.create(config, TrainConfig(lr=0.1), cpu)
     assert type(state.model) is LSTMDecoder and isinstance(state.optimizer, torch.optim.Adam)
@@ -533,7 +534,7 @@ def test_transformer_learning_rate_warms_up_batch_by_batch_then_decays():
 
 
 def test_lstm_schedule_is_still_per_epoch_on_the_validation_loss():
-    config = ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4)
+    config = ModelConfig(vocab_size=10, feature_dim=4, embed_size=4, hidden_size=4, decoder="lstm")
     state = TrainingState.create(config, TrainConfig(lr=0.1, lr_patience=0), torch.device("cpu"))
     assert not state.schedule_per_batch
     before = state.scheduler.state_dict()

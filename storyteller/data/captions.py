@@ -1,20 +1,12 @@
-"""Reading caption datasets and splitting them by image.
+"""Reading caption datasets (the folder passed as ``--data``) and splitting them by image.
 
-Accepted layouts (the folder is what users pass as ``--data``):
-
-* Kaggle ``adityajn105/flickr8k`` / ``flickr30k``: ``Images/`` + ``captions.txt`` (CSV whose
-  header names the columns ``image`` and ``caption``, in any order, other columns ignored;
-  captions that contain commas are quoted, or unquoted when the caption is the last column);
-* the original ``Flickr8k.token.txt``: ``image.jpg#N<TAB>caption``;
-* the Flickr30k ``results.csv``: ``image_name| comment_number| comment`` (pipe-separated).
-
-Bad rows never crash a run and are never dropped silently: every skip is counted by reason
-in a :class:`SkipReport`, which warns once with the totals. Files are read line by line (a
-Flickr caption never spans lines), so damage stays on its own line: one stray quote cannot
-swallow the rest of the file, as it does in a CSV reader, and one huge or undecodable row is
-skipped instead of failing the load. Every line is either a kept row or a counted skip.
-A file that cannot be read line by line is refused in one line naming it: over
-:data:`MAX_CAPTION_FILE_BYTES`, UTF-16/32 rather than UTF-8, or in no known layout.
+Layouts: Kaggle's ``Images/`` + ``captions.txt`` (CSV with columns ``image`` and ``caption``
+in any order; a comma in the last column may go unquoted), ``Flickr8k.token.txt``
+(``image.jpg#N<TAB>caption``) and Flickr30k's ``results.csv`` (``image| n| caption``).
+Files are read line by line, so damage stays on its line (a stray quote cannot swallow the
+rest of the file, as in a CSV reader); every line is a kept row or a skip counted by reason
+in a :class:`SkipReport`. A file over :data:`MAX_CAPTION_FILE_BYTES`, not UTF-8 or in no known
+layout is refused in one line.
 """
 
 from __future__ import annotations
@@ -23,6 +15,7 @@ import codecs
 import csv
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,11 +29,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 @dataclass
 class SkipReport:
-    """Counts of skipped rows/images by reason, with a few examples of each."""
+    """Skipped rows/images counted by reason, with a few examples of each."""
 
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-
     lines: int = 0  # physical lines of a file these skips took (a row may take several)
 
     def add(self, reason: str, example: str) -> None:
@@ -48,10 +40,6 @@ class SkipReport:
         self.lines += 1
         if len(self.examples[reason]) < 3:
             self.examples[reason].append(example[:80])
-
-    def add_lines(self, extra: int) -> None:
-        """``extra`` more lines taken by the last skipped row (a field spanning lines)."""
-        self.lines += extra
 
     @property
     def total(self) -> int:
@@ -65,7 +53,6 @@ class SkipReport:
         return "skipped " + "; ".join(parts)
 
     def warn(self, what: str) -> None:
-        """Emit one warning with the totals (nothing when nothing was skipped)."""
         if self.total:
             warnings.warn(f"{what}: {self.summary()}", stacklevel=2)
 
@@ -96,16 +83,12 @@ class CaptionDataset:
         )
 
 
-#: The longest caption row kept, in characters: Flickr captions are under 200; a row longer
-#: than this is counted and skipped instead of being tokenised (a 1 MB "caption" once made the
-#: CSV reader give up on the whole file).
+#: The longest row kept, in characters: Flickr captions are under 200; a longer row is
+#: skipped, not tokenised (a 1 MB "caption" made the CSV reader give up on the whole file).
 MAX_ROW_CHARS = 2000
-
-
-#: The largest caption file read, in bytes: Flickr30k's 158,915 captions take 16 MB, COCO's
-#: 616,767 about 40 MB. Reading holds about 8 times the file's size in memory (0.5 GB here).
+#: The largest caption file read: Flickr30k's takes 16 MB, COCO's about 40 MB. Reading holds
+#: about 8 times the file's size in memory (0.5 GB here).
 MAX_CAPTION_FILE_BYTES = 64 * 2**20
-
 #: Byte-order marks of encodings that are not UTF-8, UTF-32's first (it starts like UTF-16's).
 _OTHER_BOMS = (
     (codecs.BOM_UTF32_LE, "UTF-32"),
@@ -116,9 +99,8 @@ _OTHER_BOMS = (
 
 
 def _read_bytes(path: Path) -> bytes:
-    """The caption file's bytes, refused in one line when it is over
-    :data:`MAX_CAPTION_FILE_BYTES` (checked before reading) or not UTF-8: a UTF-16/32
-    byte-order mark, or a NUL byte in the first line (UTF-16 without a mark)."""
+    """The file's bytes; refused if too large (checked before reading) or not UTF-8: a
+    UTF-16/32 byte-order mark, or a NUL in the first line (UTF-16 without a mark)."""
     size = path.stat().st_size
     if size > MAX_CAPTION_FILE_BYTES:
         raise StorytellerError(
@@ -137,16 +119,13 @@ def _read_bytes(path: Path) -> bytes:
 
 @dataclass
 class _Line:
-    """One physical line of a caption file: its 1-based number and text."""
-
-    number: int
+    number: int  # 1-based
     text: str
 
 
 def _lines(data: bytes, report: SkipReport) -> tuple[list[_Line], int]:
-    """The file's non-empty lines, each decoded on its own, and how many there were: a line
-    that is not UTF-8 is counted and skipped (never decoded with replacement characters), and
-    so is a line longer than :data:`MAX_ROW_CHARS`. A UTF-8 byte-order mark is dropped."""
+    """The non-empty lines, each decoded on its own, and how many there were; a line not
+    UTF-8 (never decoded with replacement characters) or too long is counted and skipped."""
     lines, written = [], 0
     for number, raw in enumerate(data.split(b"\n"), start=1):
         raw = raw.rstrip(b"\r")
@@ -171,7 +150,6 @@ def _lines(data: bytes, report: SkipReport) -> tuple[list[_Line], int]:
 
 
 def _looks_like_row_start(text: str, image_column: int) -> bool:
-    """Whether a Kaggle CSV line starts a row: an image file name in its image column."""
     fields = text.split(",")
     name = fields[image_column].strip().strip('"') if len(fields) > max(1, image_column) else ""
     return Path(name).suffix.lower() in IMAGE_SUFFIXES
@@ -187,8 +165,8 @@ def _layout_error(path: Path, first: str) -> StorytellerError:
 
 
 def _csv_columns(path: Path, lines: list[_Line]) -> tuple[int, int, int]:
-    """The Kaggle CSV header's number of columns and the positions of 'image' and 'caption'
-    (found by name, in any order); other columns are ignored, with one warning."""
+    """The header's number of columns and where 'image' and 'caption' are; other columns are
+    ignored, with one warning."""
     first = lines[0].text if lines else ""
     try:
         header = next(csv.reader([first]), [])
@@ -208,10 +186,8 @@ def _csv_columns(path: Path, lines: list[_Line]) -> tuple[int, int, int]:
 
 
 def _read_kaggle_csv(path: Path, lines: list[_Line], report: SkipReport) -> list[tuple[str, str]]:
-    """``image,caption`` rows, one per line (Flickr captions never span lines). A quote left
-    open skips only its own line ("unterminated quote"), or, when the next lines continue it
-    and one of them closes it, those lines together ("quoted field spanning lines"), instead of
-    swallowing the rest of the file into one field as a CSV reader would."""
+    """``image,caption`` rows, one per line. A quote left open skips its own line, or, when
+    the next lines (not row starts) close it, those lines together."""
     width, image_column, caption_column = _csv_columns(path, lines)
     rows = []
     i = 1
@@ -220,7 +196,6 @@ def _read_kaggle_csv(path: Path, lines: list[_Line], report: SkipReport) -> list
         try:
             fields = next(csv.reader([line.text], strict=True))
         except csv.Error:
-            # An open quote: do the lines after it (not row starts) close it?
             end = i + 1
             while end < len(lines) and not _looks_like_row_start(lines[end].text, image_column):
                 end += 1
@@ -228,7 +203,7 @@ def _read_kaggle_csv(path: Path, lines: list[_Line], report: SkipReport) -> list
             if line.text.count('"') % 2 and closes:
                 span = f"lines {line.number}-{lines[end - 1].number}"
                 report.add("quoted fields spanning lines", span)
-                report.add_lines(end - i - 1)
+                report.lines += end - i - 1
                 i = end
             else:
                 report.add("rows with an unterminated quote", f"line {line.number}: {line.text}")
@@ -246,40 +221,32 @@ def _read_kaggle_csv(path: Path, lines: list[_Line], report: SkipReport) -> list
     return rows
 
 
-def _read_token_file(lines: list[_Line], report: SkipReport) -> list[tuple[str, str]]:
+def _token_row(text: str) -> tuple[str, str] | None:
+    key, sep, caption = text.partition("\t")  # image.jpg#N<TAB>caption
+    image = key.split("#")[0].strip()
+    return (image, caption) if sep and image else None
+
+
+def _results_row(text: str) -> tuple[str, str] | None:
+    parts = text.split("|")  # image| n| caption
+    return (parts[0].strip(), "|".join(parts[2:])) if len(parts) >= 3 and parts[0].strip() else None
+
+
+def _read_rows(lines: list[_Line], report: SkipReport, row_of: Callable) -> list[tuple[str, str]]:
     rows = []
     for line in lines:
-        key, sep, caption = line.text.partition("\t")
-        image = key.split("#")[0].strip()
-        if not sep or not image:
+        row = row_of(line.text)
+        if row is None:
             report.add("malformed rows", f"line {line.number}: {line.text}")
-            continue
-        rows.append((image, caption))
-    return rows
-
-
-def _read_results_csv(lines: list[_Line], report: SkipReport) -> list[tuple[str, str]]:
-    rows = []
-    header = lines and lines[0].text.replace(" ", "").lower().startswith("image_name|")
-    for line in lines[1 if header else 0 :]:
-        parts = line.text.split("|")
-        if len(parts) < 3 or not parts[0].strip():
-            report.add("malformed rows", f"line {line.number}: {line.text}")
-            continue
-        rows.append((parts[0].strip(), "|".join(parts[2:])))
+        else:
+            rows.append(row)
     return rows
 
 
 def read_caption_file(path: str | Path, report: SkipReport | None = None) -> list[tuple[str, str]]:
-    """Parse any of the three caption formats into ``(image, caption)`` rows.
-
-    The format is detected from the content, not the name. Every line is either in a
-    returned row or counted in ``report`` by what was wrong with it: not UTF-8, over
-    :data:`MAX_ROW_CHARS`, an unterminated quote, a quoted field spanning lines, malformed, an
-    empty caption, or a duplicate of an earlier row (the same image and caption); the total
-    is checked against the file's lines. The returned captions are the raw text (normalise
-    with ``storyteller.data.text``).
-    """
+    """Any of the three layouts (told from the content) as raw ``(image, caption)`` rows.
+    Every line is a row or counted in ``report`` (empty captions and repeated rows too), and
+    the total is checked against the file's lines."""
     path = Path(path)
     if not path.is_file():
         raise StorytellerError(f"caption file not found: {path}")
@@ -288,11 +255,10 @@ def read_caption_file(path: str | Path, report: SkipReport | None = None) -> lis
     lines, written = _lines(_read_bytes(path), report)
     first = lines[0].text if lines else ""
     if "\t" in first and "#" in first.split("\t")[0]:
-        rows = _read_token_file(lines, report)
-        header = 0
+        header, rows = 0, _read_rows(lines, report, _token_row)
     elif first.count("|") >= 2:
-        rows = _read_results_csv(lines, report)
         header = int(first.replace(" ", "").lower().startswith("image_name|"))
+        rows = _read_rows(lines[header:], report, _results_row)
     else:
         rows = _read_kaggle_csv(path, lines, report)
         header = 1
@@ -339,9 +305,8 @@ def find_image_dir(data_dir: Path) -> Path:
 
 
 def check_data_dir(data_dir: str | Path) -> Path:
-    """``data_dir`` if it can be a dataset folder; a file, a missing folder or the image folder
-    itself is a one-line error that says what to pass instead. Cheap and torch-free, so the
-    command line checks ``--data`` before it imports the pipeline."""
+    """``data_dir`` if it can be a dataset folder, else a one-line error saying what to pass
+    (torch-free: the command line checks ``--data`` with it before loading the pipeline)."""
     data_dir = Path(data_dir).expanduser()
     if data_dir.is_file():
         raise StorytellerError(
@@ -350,7 +315,6 @@ def check_data_dir(data_dir: str | Path) -> Path:
     if not data_dir.is_dir():
         raise StorytellerError(f"dataset folder not found: {data_dir}")
     if data_dir.name in IMAGE_DIRS and not any((data_dir / n).is_file() for n in CAPTION_FILES):
-        # The image folder alone has no captions; its parent is the dataset folder.
         raise StorytellerError(
             f"{data_dir} is the image folder; --data wants the dataset folder that holds it "
             f"and the caption file: try {data_dir.parent}"
@@ -359,11 +323,8 @@ def check_data_dir(data_dir: str | Path) -> Path:
 
 
 def load_dataset(data_dir: str | Path, check_images: bool = True) -> CaptionDataset:
-    """Load a dataset folder: find its caption file and image folder, group captions by image.
-
-    Captions whose image file is missing are skipped and counted (``check_images``). Unreadable
-    image files are caught later, at feature extraction, where they are actually decoded.
-    """
+    """A dataset folder's captions grouped by image; with ``check_images``, captions of a
+    missing image are skipped and counted (unreadable ones are found at extraction)."""
     data_dir = check_data_dir(data_dir)
     caption_file = find_caption_file(data_dir)
     image_dir = find_image_dir(data_dir)
@@ -398,11 +359,8 @@ class Split:
 def split_by_image(
     images: list[str], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
 ) -> Split:
-    """Shuffle *image names* with a seeded generator and cut them 80/10/10.
-
-    Splitting images, not caption rows, is what keeps the five captions of one photo in one
-    split (no train/test leakage). The result depends only on the seed and the set of names.
-    """
+    """Image names shuffled with ``seed`` and cut 80/10/10: by image, not caption row, so a
+    photo's captions stay in one split (no train/test leakage)."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise StorytellerError(f"split fractions must be three numbers summing to 1: {fractions}")
     names = sorted(set(images))

@@ -1,17 +1,10 @@
 """Pretrained word vectors (GloVe text files) as the decoder's first word embedding.
 
-Img2Story initialised its decoder's words with GloVe 300-d vectors. A GloVe file is one word
-and its D values per line (``glove.6B.300d.txt``: 400,000 lines, ~1 GB), but a captioning
-vocabulary holds a few thousand words, so the file is streamed line by line, each word is
-passed through the vocabulary's own normaliser (:func:`storyteller.data.text.tokenize`, so "Dog"
-and "dog" meet the same entry) and the floats are parsed only for the words the vocabulary
-keeps. A malformed line (wrong number of values, not a number, not UTF-8, NaN or infinity)
-is counted and reported, never fatal; an unusable file or no word found is a one-line error.
-
-The vectors are copied into the model before training; the checkpoint then holds the learned
-embedding, so the file is never needed again (caption, evaluate and the app read the
-checkpoint alone). The run records the file's name, its dimension and the coverage, never
-its path.
+The file (``glove.6B.300d.txt``: 400,000 lines, ~1 GB) is streamed line by line; each word goes
+through the vocabulary's normaliser (``tokenize``: "Dog" meets "dog") and only the vocabulary's
+words have their floats parsed. A malformed line is counted, never fatal. The checkpoint then
+holds the learned embedding, so the file is never needed again; the run records its name,
+never its path.
 """
 
 from __future__ import annotations
@@ -46,11 +39,9 @@ class WordVectors:
 
     @property
     def coverage(self) -> float:
-        """Found vocabulary words / vocabulary words (special tokens excluded)."""
         return int(self.found.sum()) / self.words if self.words else 0.0
 
     def summary(self) -> str:
-        """The one log line: file, dimension, coverage, and any malformed lines."""
         text = (
             f"embeddings {self.source}: {self.dim}-d, {int(self.found.sum()):,} of "
             f"{self.words:,} vocabulary words found ({self.coverage:.1%}), the rest and the "
@@ -61,7 +52,7 @@ class WordVectors:
         return text
 
     def provenance(self) -> dict:
-        """What the run records about the file (a checkpoint key: plain values only)."""
+        """What the run records about the file (plain values: a checkpoint key)."""
         return {
             "file": self.source,
             "dim": self.dim,
@@ -72,14 +63,9 @@ class WordVectors:
         }
 
 
-def _vocab_index(vocab: Vocabulary) -> dict[str, int]:
-    """Vocabulary word -> id, special tokens left out (``<start>`` is not GloVe's "start")."""
-    return {word: i for i, word in enumerate(vocab.itos) if word not in SPECIAL_TOKENS}
-
-
 def _normalised(word: str, index: dict[str, int]) -> str | None:
-    """The vocabulary entry a file's word stands for, or None. The common cases (already a
-    vocabulary word; a lower-case ASCII word that is not one) skip the full normaliser."""
+    """The vocabulary entry a file's word stands for, or None; the common cases skip the
+    full normaliser."""
     if word in index:
         return word
     if word.isascii() and word.isalnum() and word.islower():
@@ -106,30 +92,23 @@ def _common_width(lines: list[bytes]) -> int:
     return widths.most_common(1)[0][0] if widths else 0
 
 
-def _is_header(parts: list[bytes]) -> bool:
-    """A word2vec-style first line ``COUNT DIM``."""
-    return len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit()
-
-
 def read_word_vectors(path: str | Path, vocab: Vocabulary, seed: int = 0) -> WordVectors:
-    """Read the vectors of ``vocab``'s words from the GloVe text file ``path``.
-
-    The dimension is the number of values most of the first :data:`DIMENSION_SAMPLE` lines
-    carry (a word2vec ``COUNT DIM`` header is skipped). When several of the file's words normalise to the same vocabulary word ("Dog",
-    "dog") the first wins: GloVe files list words from the most frequent down. Rows not found
-    are drawn from a normal with the found vectors' standard deviation, so they start at the
-    same scale, drawn from ``seed`` alone; the ``<pad>`` row is zero."""
+    """The vectors of ``vocab``'s words in the GloVe text file ``path``. Of file words that
+    normalise alike the first (most frequent) wins; rows not found are drawn from ``seed`` at
+    the found vectors' scale; the ``<pad>`` row is zero."""
     path = Path(path)
     if not path.is_file():
         raise StorytellerError(f"embeddings file not found: {path}")
-    index = _vocab_index(vocab)
+    # Word -> id, special tokens left out: ``<start>`` is not GloVe's "start".
+    index = {word: i for i, word in enumerate(vocab.itos) if word not in SPECIAL_TOKENS}
     if not index:
         raise StorytellerError("the vocabulary holds no words to look up in the embeddings")
     found: dict[int, list[float]] = {}
     lines = malformed = 0
     with path.open("rb") as handle:
         head = list(itertools.islice(handle, DIMENSION_SAMPLE))
-        if head and _is_header(head[0].split()):
+        first = head[0].split() if head else []
+        if len(first) == 2 and first[0].isdigit() and first[1].isdigit():  # word2vec's header
             head = head[1:]
         dim = _common_width(head)
         for line in itertools.chain(head, handle):

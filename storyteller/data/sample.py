@@ -1,23 +1,8 @@
-"""The embedded sample dataset: procedurally drawn scenes with true captions.
-
-``storyteller sample`` (and any command run without data) uses this so the whole pipeline
-works on a fresh machine with no downloads. Each picture shows one to three objects of one
-kind -- a coloured shape of one size -- on a named background, and comes with five varied
-English captions that are all true of it::
-
-    A large red circle on a white background.
-    There are two blue squares on the grass.
-    Three tiny yellow stars in a row.
-
-The files are written in the Kaggle Flickr8k layout, so the sample is read exactly like the
-real data::
-
-    <out>/Images/sample_00000.jpg ...   JPEG pictures
-    <out>/captions.txt                  CSV ``image,caption``, five rows per image
-    <out>/sample.json                   manifest with the parameters, written last
-
-Everything is derived from ``(seed, image index)`` with private random generators, so the
-same seed always gives byte-identical captions and identical pixels.
+"""The embedded sample: drawn scenes of one to three coloured shapes on a named background,
+each with five true English captions ("Three tiny yellow stars in a row."), written in the
+Kaggle Flickr8k layout (``Images/sample_00000.jpg``, ``captions.txt``, and ``sample.json``
+written last) so any command runs on a fresh machine with no downloads. Everything derives
+from ``(seed, image index)`` through private generators: one seed, byte-identical files.
 """
 
 from __future__ import annotations
@@ -39,9 +24,8 @@ from PIL import Image, ImageDraw
 from storyteller.errors import StorytellerError
 from storyteller.progress import progress
 
-# ~400 images x 5 captions = 2,000 training pairs: enough for the decoder to learn colour, shape,
-# count, size and background, while feature extraction plus training stays at a couple of minutes
-# on 2 CPU cores.
+# 2,000 training pairs: enough to learn colour, shape, count, size and background, while
+# extraction plus training stays at a couple of minutes on 2 CPU cores.
 DEFAULT_NUM_IMAGES = 400
 
 # Bump when the drawing or the captions change, so cached samples are regenerated.
@@ -56,23 +40,21 @@ _SUPERSAMPLE = 2  # shapes are drawn at twice the size and shrunk, for smooth ed
 _NOISE_STD = 3.0  # pixel noise added to the final picture, in 0-255 units
 _IMAGE_NAME_RE = re.compile(r"sample_\d+\.jpg")
 
-# ---------------------------------------------------------------------------------------------
-# The vocabulary of a scene
-# ---------------------------------------------------------------------------------------------
-
+# fmt: off
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 35),
-    "green": (35, 170, 60),
-    "blue": (35, 75, 225),
-    "yellow": (250, 215, 25),
-    "purple": (140, 50, 185),
-    "orange": (250, 135, 20),
+    "red": (220, 30, 35), "green": (35, 170, 60), "blue": (35, 75, 225),
+    "yellow": (250, 215, 25), "purple": (140, 50, 185), "orange": (250, 135, 20),
 }
-
+# fmt: on
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 SIZES = ("small", "large")
 COUNTS = (1, 2, 3)
 POSITIONS = ("left", "right", "top", "bottom", "center")
+# Where a single object stands, as fractions of the picture's width and height.
+# fmt: off
+_SPOTS = {"left": (0.26, 0.5), "right": (0.74, 0.5), "top": (0.5, 0.26), "bottom": (0.5, 0.74),
+          "center": (0.5, 0.5)}
+# fmt: on
 ROW = "row"  # the position of a group: objects are lined up side by side
 
 
@@ -87,64 +69,32 @@ class Background:
     excluded_colours: frozenset[str] = frozenset()
 
 
-BACKGROUNDS: dict[str, Background] = {
-    bg.name: bg
-    for bg in (
-        Background(
-            "white",
-            ("on a white background", "on a plain white background", "on white"),
-            ("a white background", "a plain white background"),
-            frozenset({"white"}),
-        ),
-        Background(
-            "black",
-            ("on a black background", "on a plain black background", "on black"),
-            ("a black background", "a plain black background"),
-            frozenset({"black"}),
-        ),
-        Background(
-            "grey",
-            ("on a grey background", "on a gray background", "on grey"),
-            ("a grey background", "a gray background"),
-            frozenset({"grey", "gray"}),
-        ),
-        Background(
-            "striped",
-            ("on a striped background", "on stripes", "against a striped background"),
-            ("a striped background",),
-            frozenset({"striped", "stripes"}),
-        ),
-        Background(
-            "grass-green",
-            ("on the grass", "on a grassy background", "on a patch of grass"),
-            ("a grassy background", "a patch of grass"),
-            frozenset({"grass", "grassy"}),
-            frozenset({"green"}),
-        ),
-        Background(
-            "sky-blue",
-            ("in the sky", "against the sky", "on a sky background"),
-            ("a sky background", "a clear sky"),
-            frozenset({"sky"}),
-            frozenset({"blue", "purple"}),
-        ),
-        Background(
-            "sand",
-            ("on the sand", "on a sandy background", "on sand"),
-            ("a sandy background", "a patch of sand"),
-            frozenset({"sand", "sandy"}),
-            frozenset({"yellow", "orange"}),
-        ),
-    )
-}
+# fmt: off
+BACKGROUNDS: dict[str, Background] = {bg.name: bg for bg in (
+    Background("white", ("on a white background", "on a plain white background", "on white"),
+               ("a white background", "a plain white background"), frozenset({"white"})),
+    Background("black", ("on a black background", "on a plain black background", "on black"),
+               ("a black background", "a plain black background"), frozenset({"black"})),
+    Background("grey", ("on a grey background", "on a gray background", "on grey"),
+               ("a grey background", "a gray background"), frozenset({"grey", "gray"})),
+    Background("striped", ("on a striped background", "on stripes", "against a striped background"),
+               ("a striped background",), frozenset({"striped", "stripes"})),
+    Background("grass-green", ("on the grass", "on a grassy background", "on a patch of grass"),
+               ("a grassy background", "a patch of grass"), frozenset({"grass", "grassy"}),
+               frozenset({"green"})),
+    Background("sky-blue", ("in the sky", "against the sky", "on a sky background"),
+               ("a sky background", "a clear sky"), frozenset({"sky"}),
+               frozenset({"blue", "purple"})),
+    Background("sand", ("on the sand", "on a sandy background", "on sand"),
+               ("a sandy background", "a patch of sand"), frozenset({"sand", "sandy"}),
+               frozenset({"yellow", "orange"})),
+)}
+# fmt: on
 
 
 @dataclass(frozen=True)
 class Scene:
-    """Everything a picture shows, and so everything its captions may say.
-
-    ``position`` is one of :data:`POSITIONS` for a single object and :data:`ROW` for a group.
-    """
+    """Everything a picture shows; ``position`` is :data:`ROW` for a group."""
 
     background: str
     shape: str
@@ -159,29 +109,18 @@ def random_scene(rng: random.Random) -> Scene:
     background = rng.choice(list(BACKGROUNDS))
     excluded = BACKGROUNDS[background].excluded_colours
     colour = rng.choice([c for c in COLOURS if c not in excluded])
-    shape = rng.choice(SHAPES)
-    size = rng.choice(SIZES)
-    count = rng.choice(COUNTS)
+    shape, size, count = rng.choice(SHAPES), rng.choice(SIZES), rng.choice(COUNTS)
     position = rng.choice(POSITIONS) if count == 1 else ROW
     return Scene(background, shape, colour, size, count, position)
 
 
-# ---------------------------------------------------------------------------------------------
-# Captions
-# ---------------------------------------------------------------------------------------------
-
 # Synonyms: the first word is the canonical one and the most frequent.
-SIZE_WORDS = {
-    "small": ("small", "small", "little", "tiny"),
-    "large": ("large", "large", "big", "huge"),
-}
-SHAPE_WORDS = {
-    "circle": ("circle", "circle", "circle", "disc"),
-    "square": ("square",),
-    "triangle": ("triangle",),
-    "star": ("star",),
-    "cross": ("cross",),
-}
+# fmt: off
+SIZE_WORDS = {"small": ("small", "small", "little", "tiny"),
+              "large": ("large", "large", "big", "huge")}
+SHAPE_WORDS = {"circle": ("circle", "circle", "circle", "disc"), "square": ("square",),
+               "triangle": ("triangle",), "star": ("star",), "cross": ("cross",)}
+# fmt: on
 COUNT_WORDS = {1: ("a", "one", "a single"), 2: ("two", "two", "a pair of"), 3: ("three",)}
 WHERE_PHRASES = {
     "left": ("on the left", "on the left side", "to the left", "on the left of the picture"),
@@ -215,14 +154,8 @@ def _plural(word: str) -> str:
     return word + "es" if word.endswith(("s", "x")) else word + "s"
 
 
-def _fix_articles(text: str) -> str:
-    """'a orange circle' -> 'an orange circle'."""
-    return re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", text)
-
-
 def caption_scene(scene: Scene, rng: random.Random, k: int = CAPTIONS_PER_IMAGE) -> list[str]:
-    """``k`` (at most ``len(TEMPLATES)``) different true captions for ``scene``, each from its
-    own template with randomly chosen synonyms."""
+    """``k`` true captions for ``scene``, each from its own template, synonyms drawn at random."""
     background = BACKGROUNDS[scene.background]
     captions = []
     for template in rng.sample(TEMPLATES, k):
@@ -239,18 +172,12 @@ def caption_scene(scene: Scene, rng: random.Random, k: int = CAPTIONS_PER_IMAGE)
             on_bg=rng.choice(background.on_phrases),
             bg=rng.choice(background.noun_phrases),
         )
-        text = _fix_articles(text)
+        text = re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", text)  # "a orange" -> "an orange"
         captions.append(text[0].upper() + text[1:] + ".")
     return captions
 
 
-# ---------------------------------------------------------------------------------------------
-# Drawing
-# ---------------------------------------------------------------------------------------------
-
-
 def _jitter(colour: tuple[int, int, int], rng: np.random.Generator, amount: int) -> np.ndarray:
-    """The colour with each channel moved by up to ``amount``."""
     return np.clip(np.asarray(colour, float) + rng.uniform(-amount, amount, 3), 0, 255)
 
 
@@ -287,8 +214,7 @@ def _background(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _shape_points(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple]:
-    """Polygon corners of ``shape`` centred on ``(cx, cy)`` with radius ``r``, turned by
-    ``angle`` radians (the circle is drawn separately)."""
+    """Polygon corners of ``shape`` (not the circle) around ``(cx, cy)``, turned by ``angle``."""
     if shape == "square":
         polar = [(r * 0.9 * np.sqrt(2), np.pi / 4 + i * np.pi / 2) for i in range(4)]
     elif shape == "triangle":
@@ -309,23 +235,14 @@ def _shape_points(shape: str, cx: float, cy: float, r: float, angle: float) -> l
 
 def _layout(scene: Scene, size: int, rng: np.random.Generator) -> tuple[float, list[tuple]]:
     """The object radius and the object centres, in pixels of a ``size`` picture."""
-    if scene.size == "small":
-        radius = 0.07 * size
-    else:
-        radius = {1: 0.19, 2: 0.16, 3: 0.11}[scene.count] * size
+    radius = (0.07 if scene.size == "small" else {1: 0.19, 2: 0.16, 3: 0.11}[scene.count]) * size
     radius *= rng.uniform(0.92, 1.08)
 
     def jit(amount: float) -> float:
         return rng.uniform(-amount, amount) * size
 
     if scene.count == 1:
-        fx, fy = {
-            "left": (0.26, 0.5),
-            "right": (0.74, 0.5),
-            "top": (0.5, 0.26),
-            "bottom": (0.5, 0.74),
-            "center": (0.5, 0.5),
-        }[scene.position]
+        fx, fy = _SPOTS[scene.position]
         centres = [(fx * size + jit(0.03), fy * size + jit(0.03))]
     else:
         if scene.size == "small":  # a tight row somewhere near the middle
@@ -345,7 +262,6 @@ def _layout(scene: Scene, size: int, rng: np.random.Generator) -> tuple[float, l
 
 
 def draw_scene(scene: Scene, image_size: int, rng: np.random.Generator) -> Image.Image:
-    """Render ``scene`` as an RGB picture of ``image_size`` x ``image_size`` pixels."""
     big = image_size * _SUPERSAMPLE
     canvas = np.clip(_background(scene.background, big, rng), 0, 255).astype(np.uint8)
     image = Image.fromarray(canvas, "RGB")
@@ -364,13 +280,7 @@ def draw_scene(scene: Scene, image_size: int, rng: np.random.Generator) -> Image
     return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), "RGB")
 
 
-# ---------------------------------------------------------------------------------------------
-# One example, from (seed, index)
-# ---------------------------------------------------------------------------------------------
-
-
 def image_name(index: int) -> str:
-    """The file name of picture ``index``: ``sample_00042.jpg``."""
     return f"sample_{index:05d}.jpg"
 
 
@@ -384,28 +294,19 @@ def _rngs(seed: int, index: int) -> tuple[random.Random, np.random.Generator]:
 def make_example(
     seed: int, index: int, image_size: int = 224
 ) -> tuple[Scene, list[str], Image.Image]:
-    """The scene, its captions and its picture for example ``index`` of dataset ``seed``.
-
-    Each example depends only on ``(seed, index)``, so a smaller dataset is a prefix of a
-    larger one made with the same seed.
-    """
+    """Example ``index``: it depends on ``(seed, index)`` alone, so a smaller sample is a
+    prefix of a larger one."""
     text_rng, pixel_rng = _rngs(seed, index)
     scene = random_scene(text_rng)
     return scene, caption_scene(scene, text_rng), draw_scene(scene, image_size, pixel_rng)
 
 
 def scene_for(seed: int, index: int) -> Scene:
-    """Just the scene of example ``index`` (cheap: nothing is drawn)."""
+    """The scene of example ``index``, nothing drawn."""
     return random_scene(_rngs(seed, index)[0])
 
 
-# ---------------------------------------------------------------------------------------------
-# Writing the dataset
-# ---------------------------------------------------------------------------------------------
-
-
 def _check_int(name: str, value: object, minimum: int) -> int:
-    """``value`` as an ``int`` if it is a whole number >= ``minimum`` (numpy ints are fine)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise StorytellerError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return int(value)
@@ -423,21 +324,21 @@ def _manifest(num_images: int, seed: int, image_size: int) -> dict:
 
 
 def _is_complete(out: Path, manifest: dict) -> bool:
-    """True if ``out`` holds a finished dataset made with exactly these parameters."""
     try:
         found = json.loads((out / MANIFEST_FILENAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    if found != manifest or not (out / CAPTIONS_FILENAME).is_file():
-        return False
     images = out / IMAGES_DIRNAME
-    return all((images / image_name(i)).is_file() for i in range(manifest["num_images"]))
+    return (
+        found == manifest
+        and (out / CAPTIONS_FILENAME).is_file()
+        and all((images / image_name(i)).is_file() for i in range(manifest["num_images"]))
+    )
 
 
 def _written_as(name: str) -> str:
-    """The file ``name`` is, or is the unfinished write of: the temporary file of
-    :func:`storyteller.runtime.atomic_path` (``.<file>.<random>.tmp``) or the ``<file>.tmp``
-    that versions before it left, so an interrupted sample is still recognised as ours."""
+    """The file ``name`` is, or is the unfinished write of (``atomic_path``'s
+    ``.<file>.<random>.tmp``, or a ``<file>.tmp``), so an interrupted sample is still ours."""
     from storyteller.runtime import ATOMIC_TEMP_NAME  # imports torch: only when writing
 
     if ATOMIC_TEMP_NAME.fullmatch(name):
@@ -446,8 +347,8 @@ def _written_as(name: str) -> str:
 
 
 def _is_ours(out: Path) -> bool:
-    """True if everything in ``out`` looks like (part of) a sample dataset, so it may be
-    replaced without asking: a real Flickr folder has other image names and is never touched."""
+    """Whether all of ``out`` looks like (part of) a sample, so it may be replaced without
+    asking: a real Flickr folder has other image names and is never touched."""
     own_files = {CAPTIONS_FILENAME, MANIFEST_FILENAME}
     for entry in out.iterdir():
         if entry.name == IMAGES_DIRNAME and entry.is_dir():
@@ -462,7 +363,6 @@ def _is_ours(out: Path) -> bool:
 
 
 def _remove_dataset_files(out: Path) -> None:
-    """Delete what a sample dataset consists of (and nothing else) from ``out``."""
     for name in (MANIFEST_FILENAME, CAPTIONS_FILENAME):  # the manifest first: "incomplete"
         left = [
             out / name,
@@ -485,15 +385,10 @@ def generate_sample_dataset(
     image_size: int = 224,
     overwrite: bool = False,
 ) -> Path:
-    """Write the sample dataset into ``out_dir`` and return ``out_dir`` as a ``Path``.
-
-    If ``out_dir`` already holds a complete dataset with the same parameters (recorded in the
-    ``sample.json`` manifest, which is written last) it is returned at once, untouched. An
-    unfinished or differently made sample in ``out_dir`` is regenerated. Any other content
-    makes this raise :class:`StorytellerError` unless ``overwrite`` is true; ``overwrite``
-    also forces a fresh rewrite. Overwriting replaces only ``Images/``, ``captions.txt`` and
-    ``sample.json``; other files in ``out_dir`` are left alone.
-    """
+    """Write the sample into ``out_dir`` and return it; a complete one with the same
+    parameters (``sample.json``) is kept as it is, an unfinished or different sample redrawn.
+    Other content is an error unless ``overwrite``, which redraws anyway but replaces only
+    ``Images/``, ``captions.txt`` and ``sample.json``."""
     num_images = _check_int("num_images", num_images, 1)
     image_size = _check_int("image_size", image_size, 64)
     seed = _check_int("seed", seed, 0)
@@ -540,8 +435,7 @@ def generate_sample_dataset(
 
 
 def default_sample_dir() -> Path:
-    """Where the default sample lives: ``$STORYTELLER_SAMPLE_DIR`` if set, otherwise
-    ``$XDG_CACHE_HOME/storyteller/sample-v1`` (``~/.cache`` when XDG_CACHE_HOME is unset)."""
+    """``$STORYTELLER_SAMPLE_DIR``, else ``$XDG_CACHE_HOME/storyteller/sample-v1``."""
     explicit = os.environ.get("STORYTELLER_SAMPLE_DIR")
     if explicit:
         return Path(explicit).expanduser()
@@ -550,6 +444,5 @@ def default_sample_dir() -> Path:
 
 
 def ensure_sample_dataset(num_images: int = DEFAULT_NUM_IMAGES, seed: int = 0) -> Path:
-    """Generate the sample into :func:`default_sample_dir` unless it is already there; return
-    its path."""
+    """The sample in :func:`default_sample_dir`, drawn unless it is already there."""
     return generate_sample_dataset(default_sample_dir(), num_images=num_images, seed=seed)

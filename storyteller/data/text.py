@@ -1,8 +1,5 @@
-"""The one caption normaliser, used for training, the vocabulary and every metric.
-
-Using the same function everywhere is what keeps BLEU honest: references and generated
-captions are compared as the same kind of token lists, never as raw strings.
-"""
+"""The one caption normaliser, used for training, the vocabulary and every metric (so BLEU
+compares references and generated captions as the same kind of token lists)."""
 
 from __future__ import annotations
 
@@ -25,8 +22,3 @@ def tokenize(caption: str) -> list[str]:
     """
     text = unicodedata.normalize("NFKD", caption).encode("ascii", "ignore").decode("ascii")
     return _TOKEN_RE.findall(text.lower())
-
-
-def normalize_caption(caption: str) -> str:
-    """The normalised caption as one space-separated string (what metrics compare)."""
-    return " ".join(tokenize(caption))

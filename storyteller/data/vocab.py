@@ -1,8 +1,7 @@
 """The word vocabulary: frequency threshold, fixed special ids, and a pickle that runs no code.
 
-``vocab.pkl`` holds *plain data only* (a dict of lists, strings and numbers). Loading it uses
-an unpickler that refuses every class or function reference, so a crafted file that tries
-to execute code on load is rejected with a clear error instead of running.
+``vocab.pkl`` holds plain data only; its unpickler refuses every class or function reference,
+so a file crafted to run code on load is refused instead.
 """
 
 from __future__ import annotations
@@ -26,14 +25,12 @@ FORMAT_VERSION = 1
 FORMAT_MARKER = "storyteller-vocab"
 #: Largest file read to tell whether it is a vocabulary (MAX_VOCAB short words fit in a few MB).
 MAX_VOCAB_FILE = 64 * 2**20
-#: The special tokens' ids, the one definition that models, training and decoding import: each
-#: is the token's place in ``SPECIAL_TOKENS``, which every vocabulary's word list starts with.
+#: The special tokens' ids: their places in ``SPECIAL_TOKENS``, which every word list starts with.
 PAD_ID, START_ID, END_ID, UNK_ID = (SPECIAL_TOKENS.index(t) for t in (PAD, START, END, UNK))
 
 
 class Vocabulary:
-    """Maps words to ids and back. The first ids are always ``<pad> <start> <end> <unk>``
-    (:data:`PAD_ID` ... :data:`UNK_ID`)."""
+    """Maps words to ids and back; the first ids are always :data:`PAD_ID` ... :data:`UNK_ID`."""
 
     pad_id, start_id, end_id, unk_id = PAD_ID, START_ID, END_ID, UNK_ID
 
@@ -100,7 +97,6 @@ class Vocabulary:
         return words
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Ids -> caption text (the :meth:`words` joined by spaces)."""
         return " ".join(self.words(ids))
 
     @property
@@ -119,18 +115,14 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, data: dict) -> Vocabulary:
-        """The vocabulary ``to_dict`` wrote, checked: the format marker, ``itos`` a list of
-        distinct non-empty words starting with the special tokens, ``threshold`` a count >= 1
-        and ``provenance`` a mapping. A problem is a one-line :class:`StorytellerError`."""
+        """The vocabulary ``to_dict`` wrote, every field checked; a problem is one line."""
         if not isinstance(data, dict) or data.get("format") != FORMAT_MARKER:
             raise StorytellerError("not a storyteller vocabulary (missing format marker)")
-        if (
-            not is_int(data.get("version", FORMAT_VERSION))
-            or data.get("version", FORMAT_VERSION) > FORMAT_VERSION
-        ):
+        version = data.get("version", FORMAT_VERSION)
+        if not is_int(version) or version > FORMAT_VERSION:
             raise StorytellerError(
-                f"vocabulary format version {data.get('version')!r:.40} is not one this "
-                f"storyteller reads ({FORMAT_VERSION}): rebuild it with `python -m storyteller vocab`"
+                f"vocabulary format version {version!r:.40} is not one this storyteller reads "
+                f"({FORMAT_VERSION}): rebuild it with `python -m storyteller vocab`"
             )
         itos = data.get("itos")
         if itos is None:
@@ -149,7 +141,7 @@ class Vocabulary:
             )
         if len(set(itos)) != len(itos):
             raise StorytellerError("itos lists a word twice")
-        threshold = data.get("threshold", 5)
+        threshold = data.get("threshold", MIN_WORD_COUNT)
         if not is_int(threshold) or threshold < 1:
             raise StorytellerError(f"threshold must be an integer >= 1, got {threshold!r:.40}")
         provenance = data.get("provenance") or {}
@@ -190,8 +182,8 @@ class Vocabulary:
 
 
 def is_torch_file(path: str | Path) -> bool:
-    """Whether ``path`` is a file ``torch.save`` wrote: a zip holding ``<name>/data.pkl``.
-    Lets ``Vocabulary.load`` name a swapped ``--vocab best_model.pth`` for what it is."""
+    """Whether ``path`` is a zip holding ``<name>/data.pkl``, as ``torch.save`` writes, so a
+    swapped ``--vocab best_model.pth`` is named for what it is."""
     try:
         with zipfile.ZipFile(path) as archive:
             return any(name.endswith("/data.pkl") for name in archive.namelist())
@@ -200,10 +192,9 @@ def is_torch_file(path: str | Path) -> bool:
 
 
 def is_vocabulary_file(path: str | Path) -> bool:
-    """Whether ``path`` holds a pickle that ``Vocabulary.save`` wrote (plain data with the
-    format marker), read without running anything. Lets the checkpoint loader name a swapped
-    ``--checkpoint vocab.pkl`` instead of handing it to ``torch.load``, whose failure on it is a
-    pickle warning and a parse error."""
+    """Whether ``path`` holds a pickle ``Vocabulary.save`` wrote (read without running
+    anything), so the checkpoint loader names a swapped ``--checkpoint vocab.pkl`` instead of
+    failing in ``torch.load``."""
     path = Path(path)
     try:
         if path.stat().st_size > MAX_VOCAB_FILE or zipfile.is_zipfile(path):
@@ -219,8 +210,6 @@ class _RefusedGlobal(pickle.UnpicklingError):
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
-    """Unpickles only built-in containers and scalars; any global reference is refused."""
-
     def find_class(self, module: str, name: str):
         raise _RefusedGlobal(f"refusing to load {module}.{name}")
 
@@ -238,15 +227,3 @@ def safe_unpickle(data: bytes, what: str = "pickle") -> object:
     except Exception as exc:  # truncated, not a pickle, too deep: say why, in one line
         detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise ArtefactError(what, f"not a readable vocabulary pickle ({detail})") from None
-
-
-__all__ = [
-    "Vocabulary",
-    "safe_unpickle",
-    "is_torch_file",
-    "is_vocabulary_file",
-    "PAD_ID",
-    "START_ID",
-    "END_ID",
-    "UNK_ID",
-]

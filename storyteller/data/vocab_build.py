@@ -1,11 +1,6 @@
 """Building a run's vocabulary: split the images, count the words of the training captions,
-and write ``vocab.pkl`` with ``splits.json``.
-
-:mod:`storyteller.data.vocab` holds the :class:`~storyteller.data.vocab.Vocabulary` and its
-safe loader (what the app and every checkpoint load needs); this module is the one-off work of
-making one from a dataset, which only the ``vocab`` step does (:mod:`storyteller.pipeline`).
-The split and the vocabulary depend only on the image names, their captions, the threshold
-and the seed, so a dataset folder and its caption file alone give the same result.
+and write ``vocab.pkl`` with ``splits.json``. Both depend only on the image names, their
+captions, the threshold and the seed, so a dataset folder and its caption file alone agree.
 """
 
 from __future__ import annotations
@@ -28,18 +23,8 @@ def build_split_vocabulary(
     seed: int = 0,
     provenance: dict | None = None,
 ) -> tuple[Vocabulary, Split]:
-    """Split the images 80/10/10 (seeded) and build the vocabulary from the *training* captions.
-
-    Args:
-        captions: ``captions[image_name] = [caption, ...]``.
-        threshold: minimum number of occurrences of a word in the training captions.
-        seed: the split's seed (the split depends only on it and the set of image names).
-        provenance: extra facts to record in the vocabulary (e.g. ``{"source": ...}``).
-
-    Returns:
-        The vocabulary (its provenance says source, threshold, size, split, images and seed)
-        and the split.
-    """
+    """Split the images 80/10/10 (seeded) and build the vocabulary from the *training*
+    captions; its provenance adds the split, its size and the seed to ``provenance``."""
     split = split_by_image(list(captions), seed=seed)
     vocab = Vocabulary.build(
         (c for name in split.train for c in captions[name]),
@@ -56,10 +41,8 @@ def build_split_vocabulary(
 
 
 def captions_of_file(captions_file: str | Path) -> tuple[dict[str, list[str]], dict]:
-    """Each image's captions in a caption file read without its images, and the provenance
-    to record: the file's name and a hash of its content, not its path, so the vocabulary
-    built from it is the same on every machine. Skipped rows are counted and warned about
-    once; a file with no usable caption is an error."""
+    """Each image's captions in a caption file read without its images, and the provenance:
+    the file's name and content hash, not its path, so every machine builds the same."""
     path = Path(captions_file).expanduser()
     report = SkipReport()
     rows = read_caption_file(path, report)
@@ -80,8 +63,7 @@ def captions_of_file(captions_file: str | Path) -> tuple[dict[str, list[str]], d
 def save_split_vocabulary(
     paths: RunPaths, vocab: Vocabulary, split: Split, seed: int, log: Log
 ) -> None:
-    """Write ``splits.json`` (with its seed) and ``vocab.pkl`` into the run folder, and say
-    how large the vocabulary is, how much of the training text it covers and the split."""
+    """Write ``splits.json`` and ``vocab.pkl`` into the run folder, and log their sizes."""
     write_json(paths.splits, {"seed": seed, **split.to_dict()})
     vocab.save(paths.vocab)
     log(

@@ -1,2 +1,1 @@
-"""Scoring a trained captioner: greedy and beam on the test split (:mod:`.evaluate`), the
-captioning metrics (:mod:`.metrics`) and what made each result (:mod:`.provenance`)."""
+"""Scoring a trained captioner: :mod:`.evaluate`, :mod:`.metrics`, :mod:`.provenance`."""

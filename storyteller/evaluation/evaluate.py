@@ -1,15 +1,10 @@
 """Evaluating a trained captioner on the test split: greedy and beam search side by side.
 
-Writes ``metrics.json`` (one entry per decoding, e.g. ``greedy`` and ``beam5``, each with the
-keys ``bleu1 bleu2 bleu3 bleu4 meteor rouge1 rouge2 rougeL cider precision recall f1``,
-``meteor_backend``, the specificity measures, which captioner made them (``decoder``, and
-``model``: its description), its teacher-forced ``test_loss`` and ``test_perplexity``, the
-same for every decoding, and ``provenance``: what made the numbers (see
-:func:`storyteller.evaluation.provenance.evaluation_provenance`, plus ``decoding``: that decoding's beam
-size, length penalty and maximum length, and ``num_test_images``; its ``smoke`` is true for a
-smoke run, whose figures are marked too), ``test_captions.json`` (every test image's
-references and generated captions), ``caption_grid.png`` and, for a captioner that attends,
-``attention_maps/``: where it looked for each word of a few test photos' captions.
+Writes ``metrics.json``: per decoding (``greedy``, ``beam5``, ...) the scores of
+:mod:`.metrics`, which captioner made them (``decoder``, ``model``), its teacher-forced
+``test_loss`` and ``test_perplexity``, and ``provenance`` (:mod:`.provenance`, plus that
+decoding's settings and ``num_test_images``). Also ``test_captions.json``, ``caption_grid.png``
+and, for a captioner that attends, ``attention_maps/``: where it looked for each word.
 """
 
 from __future__ import annotations
@@ -66,12 +61,13 @@ def teacher_forced_loss(
     images: Sequence[str],
     batch_size: int = 64,
 ) -> float:
-    """Mean next-word cross-entropy per caption on ``images``' reference captions, teacher
-    forced, as validation computes it (the decoder's extra loss terms left out, so it means
-    the same for every decoder); ``exp`` of it is the test perplexity."""
+    """Mean next-word cross-entropy per caption on ``images``' references, teacher forced as
+    in validation, without the decoder's extra loss terms (so it means the same for every
+    decoder); ``exp`` of it is the test perplexity."""
     from torch.utils.data import DataLoader
 
-    from ..training.train import CaptionPairs, make_batch_loss, make_collate, validate
+    from ..training.data import CaptionPairs, make_collate
+    from ..training.train import make_batch_loss, validate
 
     network = unwrap(model)
     device = next(network.parameters()).device
@@ -99,11 +95,10 @@ def evaluate_model(
     attention_maps: int = 4,
     provenance: dict | None = None,
 ) -> dict[str, dict]:
-    """Caption every test image with each decoding, score, and write the result files
-    (``attention_maps``: how many test photos get a figure of where the model looked, for a
-    captioner that attends; their caption is the widest beam's). ``provenance``: what made
-    the model (:func:`storyteller.evaluation.provenance.evaluation_provenance`), recorded with every
-    decoding's numbers; its ``smoke`` marks the figures as a smoke run's."""
+    """Caption every test image with each decoding, score, and write the result files.
+    ``attention_maps``: how many photos get a figure of where an attending captioner looked
+    (the widest beam's caption); ``provenance``: what made the model, recorded with every
+    decoding's numbers, whose ``smoke`` marks the figures as a smoke run's."""
     out_dir = Path(out_dir)
     strategies = [Strategy(beam_size, max_length, length_penalty) for beam_size in beam_sizes]
     images = [name for name in test_images if name in cache]
@@ -112,19 +107,7 @@ def evaluate_model(
     rows = [cache.index[name] for name in images]
     features = cache.batch(rows, unwrap(model).feature_layout)  # (N, [h*w,] feature_dim)
     references = [dataset.captions[name] for name in images]
-
-    network = unwrap(model)
-    loss = teacher_forced_loss(model, vocab, cache, dataset, images)
-    about = {
-        "decoder": network.name,
-        "model": network.describe(),
-        "test_loss": round(loss, 4),
-        "test_perplexity": round(math.exp(min(loss, 50.0)), 3),
-    }
-    log(
-        f"{network.name} ({about['model']}): test loss {loss:.4f}, "
-        f"perplexity {about['test_perplexity']:.1f}"
-    )
+    about = _about(model, teacher_forced_loss(model, vocab, cache, dataset, images), log)
     provenance = {**(provenance or {}), "num_test_images": len(images)}
     smoke = bool(provenance.get("smoke"))
     results: dict[str, dict] = {}
@@ -137,13 +120,62 @@ def evaluate_model(
             **about,
             "provenance": {**provenance, "decoding": strategy.to_dict()},
         }
-        r = results[name]
-        log(
-            f"{name:>7}: BLEU-4 {r['bleu4']:.4f}  METEOR {r['meteor'] if r['meteor'] is None else round(r['meteor'], 4)}  "
-            f"ROUGE-L {r['rougeL']:.4f}  CIDEr {r['cider']:.4f}  distinct {r['distinct_captions']:.2f}  "
-            f"R@5 {r['recall_at_5']:.3f}"
-        )
+        _log_scores(name, results[name], log)
     write_json(out_dir / METRICS_FILE, results)
+    _write_captions(out_dir, dataset.image_dir, images, references, generated, grid_size, smoke)
+    if attends(model) and attention_maps:
+        shown = images[:attention_maps]
+        widest = max(strategies, key=lambda strategy: strategy.beam_size)
+        chunk = features[: len(shown)].to(next(unwrap(model).parameters()).device)
+        captions = caption_with_attention(model, vocab, chunk, cache.grid, widest)
+        figures = write_attention_maps(
+            [
+                (name, open_image(dataset.image_dir / name), caption)
+                for name, caption in zip(shown, captions, strict=True)
+            ],
+            get_encoder_spec(cache.encoder).preprocessing,
+            out_dir / ATTENTION_MAPS_DIR,
+            smoke=smoke,
+        )
+        log(f"where the model looked, word by word: {len(figures)} figures in {figures[0].parent}")
+    return results
+
+
+def _about(model: torch.nn.Module, loss: float, log) -> dict:
+    """Which captioner made the numbers, and its test loss and perplexity."""
+    network = unwrap(model)
+    about = {
+        "decoder": network.name,
+        "model": network.describe(),
+        "test_loss": round(loss, 4),
+        "test_perplexity": round(math.exp(min(loss, 50.0)), 3),
+    }
+    log(
+        f"{network.name} ({about['model']}): test loss {loss:.4f}, "
+        f"perplexity {about['test_perplexity']:.1f}"
+    )
+    return about
+
+
+def _log_scores(name: str, r: dict, log) -> None:
+    meteor = r["meteor"] if r["meteor"] is None else round(r["meteor"], 4)
+    log(
+        f"{name:>7}: BLEU-4 {r['bleu4']:.4f}  METEOR {meteor}  "
+        f"ROUGE-L {r['rougeL']:.4f}  CIDEr {r['cider']:.4f}  distinct {r['distinct_captions']:.2f}  "
+        f"R@5 {r['recall_at_5']:.3f}"
+    )
+
+
+def _write_captions(
+    out_dir: Path,
+    image_dir: Path,
+    images: list[str],
+    references: list[list[str]],
+    generated: dict[str, list[str]],
+    grid_size: int,
+    smoke: bool,
+) -> None:
+    """``test_captions.json`` (every image's references and captions) and the caption grid."""
     write_json(
         out_dir / TEST_CAPTIONS_FILE,
         [
@@ -153,33 +185,10 @@ def evaluate_model(
     )
     shown = images[:grid_size]
     plot_caption_grid(
-        [dataset.image_dir / name for name in shown],
+        [image_dir / name for name in shown],
         references[: len(shown)],
         {k: v[: len(shown)] for k, v in generated.items()},
         out_dir / GRID_FILE,
         title="Test images: a reference caption and the generated ones",
         smoke=smoke,
     )
-    if attends(model) and attention_maps:
-        shown = images[:attention_maps]
-        figures = write_attention_maps(
-            [
-                (name, open_image(dataset.image_dir / name), result)
-                for name, result in zip(
-                    shown,
-                    caption_with_attention(
-                        model,
-                        vocab,
-                        features[: len(shown)].to(next(network.parameters()).device),
-                        cache.grid,
-                        max(strategies, key=lambda strategy: strategy.beam_size),
-                    ),
-                    strict=True,
-                )
-            ],
-            get_encoder_spec(cache.encoder).preprocessing,
-            out_dir / ATTENTION_MAPS_DIR,
-            smoke=smoke,
-        )
-        log(f"where the model looked, word by word: {len(figures)} figures in {figures[0].parent}")
-    return results

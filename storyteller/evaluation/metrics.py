@@ -1,42 +1,20 @@
-"""Caption evaluation: the standard captioning metrics plus "specificity" measures.
-
-Every caption (reference or generated) goes through the same two steps before any scorer
-sees it (see :func:`caption_tokens`):
-
-1. literal special tokens (``<start>``, ``<end>``, ``<pad>``) are removed, *before*
-   tokenising, because :func:`storyteller.data.text.tokenize` would otherwise turn ``<end>``
-   into the ordinary word ``end``;
-2. :func:`storyteller.data.text.tokenize` lower-cases and drops punctuation.
-
-So case, punctuation or a trailing ``<end>`` can never change a score.
-
-The scores come from the field's reference implementations, not hand-written scorers:
+"""Caption metrics from the field's reference implementations, plus "specificity". Every
+caption is normalised the same way first (:func:`caption_tokens`), so case, punctuation or a
+trailing ``<end>`` never changes a score.
 
 =============  ==============================================================================
 bleu1..bleu4   corpus BLEU from pycocoevalcap ``Bleu(4)`` (the official coco-caption numbers)
 meteor         coco-caption METEOR 1.5 (Java) or NLTK's ``meteor_score``; see ``meteor=``
 rouge1/2/L     ``rouge_score`` F-measure, best reference per image, averaged over images
-cider          CIDEr-D from pycocoevalcap ``Cider`` (scaled by 10 as in coco-caption, so it
-               can exceed 1; its IDF comes from the evaluated references, so it needs many
-               images: with a single image it is always 0)
-precision,     bag-of-words match against *all* references of an image at once (small hand
-recall, f1     code, no library computes it; definition in :func:`bag_prf`), averaged over
-               images
+cider          CIDEr-D from pycocoevalcap ``Cider`` (x10 as in coco-caption; its IDF comes
+               from the evaluated references, so with a single image it is always 0)
+precision,     bag-of-words match against *all* references of an image at once
+recall, f1     (:func:`bag_prf`), averaged over images
 =============  ==============================================================================
 
-Token precision/recall/F1 are not ROUGE-1 again. ROUGE-1 scores a caption against its best
-*single* reference. The token scores pool the references: a word counts as matched up to the
-largest number of times any one reference uses it (BLEU's clipping). So ``precision`` is the
-share of the caption's words that some person used for the photo (``1 - precision``: words
-nobody said), and ``recall`` the share of everything people said that the caption covers,
-which stays below 1 even for a caption equal to one of the references unless the references
-agree. ``precision`` is also BLEU-1's clipped precision, but averaged per image (every photo
-weighs the same) and without the brevity penalty.
-
-:func:`specificity_metrics` measures what BLEU rewards but should not: beam search tends to
-produce the same safe, generic caption for many images. It reports how many distinct
-captions and words are used and whether a caption is specific enough to *retrieve* its own
-image among all the others.
+Token precision pools an image's references where ROUGE-1 takes the best single one;
+``1 - precision`` is the share of words nobody said for the photo. :func:`specificity_metrics`
+measures what BLEU rewards but should not: the same safe caption said for many images.
 """
 
 from __future__ import annotations
@@ -65,12 +43,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from storyteller.data.text import END, PAD, START, tokenize
 from storyteller.errors import StorytellerError
 
-#: The score keys :func:`caption_metrics` returns, in order.
 SCORE_KEYS = (
     "bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge1", "rouge2", "rougeL", "cider",
     "precision", "recall", "f1",
 )  # fmt: skip
-#: Accepted values of the ``meteor=`` argument of :func:`caption_metrics`.
 METEOR_BACKENDS = ("auto", "java", "nltk", "none")
 
 JAVA_METEOR_BACKEND = "coco-caption METEOR 1.5 (Java)"
@@ -80,14 +56,12 @@ FIX_WORDNET = (
     "or, with internet access, `python -m nltk.downloader wordnet`"
 )
 
-# Special tokens that may leak into generated captions; <unk> is kept (as the word "unk"):
-# it is a real, if unknown, word of the hypothesis and should cost precision.
+Tokens = list[str]  # one caption, normalised (caption_tokens)
+Coco = dict[int, list[str]]  # pycocoevalcap's input: {image id: [captions joined by spaces]}
+
+# Removed before tokenising, which would turn <end> into the word "end". <unk> is kept: it
+# is a real, if unknown, word of the hypothesis and should cost precision.
 _SPECIAL_RE = re.compile("|".join(re.escape(token) for token in (START, END, PAD)), re.IGNORECASE)
-
-
-# --------------------------------------------------------------------------------------------
-# Normalisation and input checks
-# --------------------------------------------------------------------------------------------
 
 
 def caption_tokens(caption: str) -> list[str]:
@@ -107,12 +81,9 @@ def _check_caption(caption: object, where: str) -> str:
 
 def _prepare(
     references: Sequence[Sequence[str]], hypotheses: Sequence[str]
-) -> tuple[list[list[list[str]]], list[list[str]]]:
-    """Validate the inputs and normalise them to token lists.
-
-    Returns ``(refs, hyps)`` where ``refs[i]`` holds the non-empty tokenised references of
-    image ``i`` and ``hyps[i]`` the tokenised hypothesis (possibly empty: it then scores 0).
-    """
+) -> tuple[list[list[Tokens]], list[Tokens]]:
+    """Checked inputs as tokens: ``refs[i]``, the non-empty references of image ``i``;
+    ``hyps[i]``, its hypothesis (an empty one scores 0)."""
     if isinstance(hypotheses, str):
         raise StorytellerError("hypotheses must be a sequence of caption strings, not one string")
     if isinstance(references, str):
@@ -125,7 +96,7 @@ def _prepare(
     if len(hypotheses) == 0:
         raise StorytellerError("nothing to evaluate: references and hypotheses are empty")
 
-    refs: list[list[list[str]]] = []
+    refs: list[list[Tokens]] = []
     for i, image_refs in enumerate(references):
         if isinstance(image_refs, str):
             raise StorytellerError(
@@ -147,21 +118,12 @@ def _prepare(
     return refs, hyps
 
 
-# --------------------------------------------------------------------------------------------
-# Token precision / recall / F1
-# --------------------------------------------------------------------------------------------
-
-
 def bag_prf(
     references: Sequence[Sequence[str]], hypothesis: Sequence[str]
 ) -> tuple[float, float, float]:
-    """Clipped unigram precision, recall and F1 of one hypothesis against all its references.
-
-    The references are pooled into one bag: ``bag(w) = max over references of count_ref(w)``
-    (a word two people said once each counts once; one person's "a ... a" counts twice).
-    ``overlap = sum over words w of min(count_hyp(w), bag(w))``, then
-    ``precision = overlap / len(hypothesis)``, ``recall = overlap / sum(bag.values())`` and
-    F1 their harmonic mean. An empty hypothesis or no overlap gives 0.
+    """Clipped unigram precision, recall and F1 of one hypothesis against its references
+    pooled into one bag: ``bag(w)`` is the most times any one reference says ``w`` (BLEU's
+    clipping), ``overlap = sum_w min(count_hyp(w), bag(w))``; no overlap gives 0.
 
     >>> refs = [["a", "dog", "runs"], ["a", "brown", "dog", "jumps"]]  # bag of 5 words
     >>> [round(score, 3) for score in bag_prf(refs, ["a", "brown", "dog", "dog"])]
@@ -178,18 +140,12 @@ def bag_prf(
     return precision, recall, 2 * precision * recall / (precision + recall)
 
 
-def _corpus_prf(refs: list[list[list[str]]], hyps: list[list[str]]) -> tuple[float, float, float]:
-    """:func:`bag_prf` of every image, then the mean of each over images (every photo weighs
-    the same). The mean F1 is therefore not the harmonic mean of the mean precision and mean
-    recall."""
+def _corpus_prf(refs: list[list[Tokens]], hyps: list[Tokens]) -> tuple[float, float, float]:
+    """The mean over images of each of :func:`bag_prf`'s scores (so F1 is not the harmonic
+    mean of the mean precision and recall)."""
     per_image = [bag_prf(image_refs, hyp) for image_refs, hyp in zip(refs, hyps, strict=True)]
     precision, recall, f1 = np.mean(np.array(per_image), axis=0)
     return float(precision), float(recall), float(f1)
-
-
-# --------------------------------------------------------------------------------------------
-# METEOR backends
-# --------------------------------------------------------------------------------------------
 
 
 def _java_meteor_problem() -> str | None:
@@ -208,21 +164,15 @@ def _java_meteor_problem() -> str | None:
 
 
 def java_meteor_available() -> bool:
-    """True when ``java`` is on PATH and pycocoevalcap's METEOR jar and data are installed.
-
-    It does not start a JVM; a JVM that is present but broken is detected (with a clear
-    message) when METEOR actually runs.
-    """
+    """True when ``java`` is on PATH and pycocoevalcap's METEOR files are installed (no JVM
+    is started: a broken one is found when METEOR runs)."""
     return _java_meteor_problem() is None
 
 
 class _CocoMeteor(coco_meteor_module.Meteor):
-    """pycocoevalcap's METEOR wrapper with a safe, idempotent :meth:`close`.
-
-    The original starts ``java -jar meteor-1.5.jar`` in ``__init__`` and only stops it in
-    ``__del__``, which takes a lock that ``compute_score`` leaves held when the JVM dies
-    mid-way, so garbage collection could hang. ``close`` needs no lock and can run any time.
-    """
+    """pycocoevalcap's METEOR with a :meth:`close` that needs no lock: the original stops
+    the JVM only in ``__del__``, under a lock that ``compute_score`` leaves held when the JVM
+    dies mid-way, so garbage collection could hang."""
 
     def close(self) -> str:
         """Stop the JVM (if still running) and return what it wrote to stderr."""
@@ -243,7 +193,7 @@ class _CocoMeteor(coco_meteor_module.Meteor):
         self.close()
 
 
-def _java_meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
+def _java_meteor(gts: Coco, res: Coco) -> float:
     """Corpus METEOR 1.5 from coco-caption's Java scorer (its aggregate, as coco reports)."""
     problem = _java_meteor_problem()
     if problem is not None:
@@ -267,7 +217,7 @@ def _java_meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
 
 @lru_cache(maxsize=4)
 def _load_wordnet(root: str) -> WordNetCorpusReader:
-    """Load (once per folder) NLTK's WordNet reader; takes a few seconds the first time."""
+    """NLTK's WordNet reader, loaded once per folder (a few seconds)."""
     with warnings.catch_warnings():
         # "The multilingual functions are not available": we only need English WordNet.
         warnings.simplefilter("ignore")
@@ -296,10 +246,7 @@ def _wordnet() -> WordNetCorpusReader:
 
 
 def wordnet_available() -> bool:
-    """True when NLTK can load WordNet (needed by the ``"nltk"`` METEOR); never raises.
-
-    The first successful call loads the corpus (a few seconds); the reader is then cached.
-    """
+    """True when NLTK can load WordNet (needed by the ``"nltk"`` METEOR); never raises."""
     try:
         _wordnet()
     except StorytellerError:
@@ -307,7 +254,7 @@ def wordnet_available() -> bool:
     return True
 
 
-def _nltk_meteor(refs: list[list[list[str]]], hyps: list[list[str]]) -> tuple[float, str]:
+def _nltk_meteor(refs: list[list[Tokens]], hyps: list[Tokens]) -> tuple[float, str]:
     """Mean over images of NLTK's METEOR (best reference per image), and the backend name."""
     wordnet = _wordnet()
     scores = [
@@ -318,21 +265,16 @@ def _nltk_meteor(refs: list[list[list[str]]], hyps: list[list[str]]) -> tuple[fl
 
 
 def _meteor(
-    meteor: str,
-    refs: list[list[list[str]]],
-    hyps: list[list[str]],
-    gts: dict[int, list[str]],
-    res: dict[int, list[str]],
+    meteor: str, refs: list[list[Tokens]], hyps: list[Tokens], gts: Coco, res: Coco
 ) -> tuple[float | None, str]:
-    """Run the requested METEOR backend: ``(score or None, backend description)``."""
+    """``(score or None, backend description)`` of the ``meteor`` backend asked for; "auto":
+    the official Java scorer, else NLTK, else no METEOR, with a warning."""
     if meteor == "none":
         return None, "disabled (meteor='none')"
     if meteor == "java":
         return _java_meteor(gts, res), JAVA_METEOR_BACKEND
     if meteor == "nltk":
         return _nltk_meteor(refs, hyps)
-
-    # "auto": the official Java scorer, else NLTK, else no METEOR (with a warning).
     problems = []
     java_present = java_meteor_available()
     try:
@@ -351,25 +293,16 @@ def _meteor(
     return score, backend
 
 
-# --------------------------------------------------------------------------------------------
-# The main entry point
-# --------------------------------------------------------------------------------------------
-
-
-def _coco_inputs(
-    refs: Sequence[Sequence[list[str]]], hyps: Sequence[list[str]]
-) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
-    """pycocoevalcap's input: ``{image id: [space-separated, already tokenised captions]}``
-    for the references and for the hypotheses."""
+def _coco_inputs(refs: list[list[Tokens]], hyps: list[Tokens]) -> tuple[Coco, Coco]:
+    """pycocoevalcap's input for the references and for the hypotheses."""
     gts = {i: [" ".join(r) for r in image_refs] for i, image_refs in enumerate(refs)}
     res = {i: [" ".join(hyp)] for i, hyp in enumerate(hyps)}
     return gts, res
 
 
 def per_image_cider(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> list[float]:
-    """CIDEr-D of each caption against its own references (consensus-weighted n-grams, the
-    per-image score captioning papers use to pick examples); IDF from these references.
-    Their mean is the corpus CIDEr-D of :func:`caption_metrics` on the same captions."""
+    """CIDEr-D of each caption against its own references, IDF from these references; their
+    mean is :func:`caption_metrics`'s CIDEr-D."""
     gts, res = _coco_inputs(
         [[caption_tokens(r) for r in refs] for refs in references],
         [caption_tokens(h) for h in hypotheses],
@@ -381,62 +314,27 @@ def per_image_cider(references: Sequence[Sequence[str]], hypotheses: Sequence[st
 def caption_metrics(
     references: Sequence[Sequence[str]], hypotheses: Sequence[str], meteor: str = "auto"
 ) -> dict[str, float | int | str | None]:
-    """Score generated captions against reference captions.
+    """Score generated captions (``hypotheses[i]``) against the raw reference captions of
+    each image (``references[i]``): the :data:`SCORE_KEYS`, ``meteor_backend`` and
+    ``num_images``.
 
-    Args:
-        references: ``references[i]`` is the list of raw reference captions of image ``i``
-            (typically 5). References that are empty after normalisation are ignored.
-        hypotheses: ``hypotheses[i]`` is the generated caption of image ``i``.
-        meteor: which METEOR to compute:
-
-            * ``"auto"`` (default): coco-caption's METEOR 1.5 (Java) if ``java`` is on PATH
-              and it runs; else NLTK's ``meteor_score`` if WordNet is installed; else
-              ``meteor`` is None, ``meteor_backend`` says why and a ``RuntimeWarning`` is
-              issued. Never raises because of METEOR.
-            * ``"java"`` / ``"nltk"``: that backend or a :class:`StorytellerError` saying
-              how to install it.
-            * ``"none"``: skip METEOR (it is the slow one).
-
-            The two backends give different numbers (Java METEOR 1.5 also matches
-            paraphrases, with tuned weights); only compare scores with the same backend.
-
-    Returns:
-        A dict with the float scores :data:`SCORE_KEYS` (in [0, 1] except CIDEr; ``meteor``
-        may be None), ``meteor_backend`` (str) and ``num_images`` (int).
-
-    Raises:
-        StorytellerError: mismatched lengths, empty input, an image without a usable
-            reference, an unknown ``meteor`` value or an unavailable explicit backend.
-    """
+    ``meteor``: ``"auto"`` uses Java METEOR 1.5 when it runs, else NLTK's when WordNet is
+    installed, else gives None with a ``RuntimeWarning`` (never raises for METEOR);
+    ``"java"`` or ``"nltk"`` that backend or a :class:`StorytellerError` saying how to install
+    it; ``"none"`` skips it. The two backends give different numbers (Java also matches
+    paraphrases): compare scores of the same backend only."""
     if meteor not in METEOR_BACKENDS:
         raise StorytellerError(f"meteor must be one of {METEOR_BACKENDS}, got {meteor!r}")
     refs, hyps = _prepare(references, hypotheses)
-
     gts, res = _coco_inputs(refs, hyps)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)  # verbose=0: no prints
     cider, _ = Cider().compute_score(gts, res)
-
-    # rouge_score re-tokenises (lower-case, alphanumeric runs), which leaves our text as is.
-    # score_multi keeps, per ROUGE type, the reference with the best F-measure.
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
-    rouge = {"rouge1": [], "rouge2": [], "rougeL": []}
-    for i in range(len(hyps)):
-        best = scorer.score_multi(gts[i], res[i][0])
-        for key, values in rouge.items():
-            values.append(best[key].fmeasure)
-
     precision, recall, f1 = _corpus_prf(refs, hyps)
     meteor_score, meteor_backend = _meteor(meteor, refs, hyps, gts, res)
-
     return {
-        "bleu1": float(bleu[0]),
-        "bleu2": float(bleu[1]),
-        "bleu3": float(bleu[2]),
-        "bleu4": float(bleu[3]),
+        **{f"bleu{n}": float(bleu[n - 1]) for n in range(1, 5)},
         "meteor": meteor_score,
-        "rouge1": float(np.mean(rouge["rouge1"])),
-        "rouge2": float(np.mean(rouge["rouge2"])),
-        "rougeL": float(np.mean(rouge["rougeL"])),
+        **_rouge(gts, res),
         "cider": float(cider),
         "precision": precision,
         "recall": recall,
@@ -446,9 +344,13 @@ def caption_metrics(
     }
 
 
-# --------------------------------------------------------------------------------------------
-# Specificity: is each caption about *its* image, or a generic one that fits any image?
-# --------------------------------------------------------------------------------------------
+def _rouge(gts: Coco, res: Coco) -> dict[str, float]:
+    """ROUGE-1, -2 and -L F-measures against each image's best reference, averaged over
+    images. rouge_score re-tokenises (lower case, alphanumeric runs): our tokens pass as is."""
+    keys = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=False)
+    best = [scorer.score_multi(gts[i], res[i][0]) for i in range(len(res))]
+    return {key: float(np.mean([scores[key].fmeasure for scores in best])) for key in keys}
 
 
 def _ngram_features(sentences: Iterable[list[str]]) -> list[str]:
@@ -460,17 +362,12 @@ def _ngram_features(sentences: Iterable[list[str]]) -> list[str]:
     return features
 
 
-def _retrieval_ranks(refs: list[list[list[str]]], hyps: list[list[str]]) -> np.ndarray:
-    """Rank (1 = best) of each hypothesis's own image among all images.
+def _retrieval_ranks(refs: list[list[Tokens]], hyps: list[Tokens]) -> np.ndarray:
+    """Rank (1 = best) of each hypothesis's own image among all images, each image being its
+    references together, by TF-IDF cosine similarity of word 1-2-grams.
 
-    Each image is one document: its references together. TF-IDF (fitted on these documents)
-    of word 1-2-grams, cosine similarity between hypothesis ``i`` and every document.
-
-    Ties are resolved pessimistically: ``rank = number of images scoring at least as high as
-    the true image`` (the true image included), so it is ranked *last* among equal scores. A
-    hypothesis sharing no n-gram with any reference (all scores 0) gets rank ``n``, and one
-    generic caption used for every image can put at most ``k`` images in the top ``k``.
-    """
+    Ties count against the true image (rank = images scoring at least as high), so one
+    generic caption said for every image puts at most ``k`` images in the top ``k``."""
     vectorizer = TfidfVectorizer(analyzer=lambda features: features)  # features precomputed
     documents = vectorizer.fit_transform([_ngram_features(image_refs) for image_refs in refs])
     queries = vectorizer.transform([_ngram_features([hyp]) for hyp in hyps])  # L2-normalised
@@ -489,19 +386,9 @@ def _retrieval_ranks(refs: list[list[list[str]]], hyps: list[list[str]]) -> np.n
 def specificity_metrics(
     references: Sequence[Sequence[str]], hypotheses: Sequence[str], k: int = 5
 ) -> dict[str, float | int]:
-    """How specific the generated captions are (beam search favours generic ones).
-
-    Returns:
-        ``distinct_captions``: share of distinct normalised hypotheses (``n_distinct / n``);
-        ``vocab_used``: number of distinct tokens used across all hypotheses;
-        ``recall_at_{k}``: caption-to-image retrieval, the share of hypotheses whose own
-        image is among the ``k`` best by TF-IDF cosine similarity to each image's references
-        (pessimistic tie rule, see :func:`_retrieval_ranks`; a random guess scores ``k / n``);
-        ``num_images``.
-
-    Raises:
-        StorytellerError: the same input errors as :func:`caption_metrics`, or ``k < 1``.
-    """
+    """How specific the captions are: ``distinct_captions`` (share of distinct ones),
+    ``vocab_used`` (distinct words), ``recall_at_{k}`` (share whose own image is among the
+    ``k`` best by :func:`_retrieval_ranks`; chance is ``k / n``) and ``num_images``."""
     if not isinstance(k, int) or k < 1:
         raise StorytellerError(f"k must be a positive integer, got {k!r}")
     refs, hyps = _prepare(references, hypotheses)
@@ -516,10 +403,8 @@ def specificity_metrics(
 
 
 def most_frequent_caption(captions: Iterable[str]) -> str:
-    """The most frequent normalised caption (the trivial "always say this" baseline).
-
-    Ties go to the lexicographically smallest caption, so the result is deterministic.
-    Captions that are empty after normalisation are ignored.
+    """The most frequent non-empty normalised caption (the "always say this" baseline);
+    ties go to the alphabetically first.
 
     >>> most_frequent_caption(["A dog runs.", "a cat", "a DOG runs <end>", "a cat"])
     'a cat'

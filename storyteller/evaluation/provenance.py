@@ -1,8 +1,6 @@
-"""What made a result: recorded beside the numbers, so a ``metrics.json`` found later (or
-compared with another) says which model, data, split and software produced it.
-
-Only names are recorded, never absolute paths: a run folder may be shared or published.
-"""
+"""What made a result, recorded beside the numbers: a ``metrics.json`` found later says which
+model, data, split and software produced it. Only names, never absolute paths: a run folder
+may be shared or published."""
 
 from __future__ import annotations
 
@@ -35,23 +33,10 @@ def evaluation_provenance(
     data_dir: str | Path,
     split_seed: int | None,
 ) -> dict:
-    """Where an evaluation's numbers come from.
-
-    Args:
-        checkpoint: the loaded checkpoint (its ``epoch`` and ``train_config`` are read).
-        checkpoint_path: the file it was read from (only its name is kept).
-        config: the model's config (encoder, decoder and every size and option).
-        dataset: the evaluated dataset; ``data_dir``: the folder it was read from.
-        split_seed: the seed the train/val/test split was drawn with (``splits.json``), or
-            None for a split file that does not say.
-
-    Returns:
-        ``encoder``, ``decoder``, ``model_config`` (all of it, the decoder's options
-        included), ``checkpoint`` (file name), ``epoch`` (the epoch it was saved after),
-        ``train_config``, ``smoke`` (a smoke run: tiny data and model, numbers meaningless),
-        ``dataset`` (``folder``, ``caption_file``, ``image_folder``: names relative to the
-        folder), ``split_seed``, ``software`` (:func:`software`) and ``date`` (UTC, ISO 8601).
-    """
+    """Where an evaluation's numbers come from: the model (its whole config, the checkpoint's
+    file name and epoch, the training config, ``smoke``), the data (names relative to
+    ``data_dir``, never absolute paths), the split's seed (None when ``splits.json`` does not
+    say), :func:`software` and the date (UTC)."""
     train_config = train_config_of(checkpoint, checkpoint_path)
     data_dir = Path(data_dir)
     return {
@@ -74,8 +59,7 @@ def evaluation_provenance(
 
 
 def _relative_name(path: Path, folder: Path) -> str:
-    """``path`` relative to ``folder`` when inside it (``flickr30k_images/results.csv``),
-    else its bare name: never an absolute path."""
+    """``path`` relative to ``folder`` when inside it, else its bare name."""
     try:
         return Path(path).resolve().relative_to(folder.resolve()).as_posix()
     except ValueError:

@@ -1,16 +1,9 @@
 """Image files -> preprocessed pixel batches for feature extraction, decoded one of two ways
-(``decode_on``):
-
-* ``"cpu"``: DataLoader workers open each image with PIL and preprocess it (what a CPU-only
-  machine does: there the network, not decoding, is the bottleneck);
-* ``"device"``: workers only read the file bytes; the main process decodes a batch of JPEGs
-  on the encoder's device (``torchvision.io.decode_jpeg``: nvJPEG on a GPU) and resizes them
-  there. On a GPU the PIL path ran at 4 % of the encoder's speed (457 img/s with 4 workers
-  against 11,040 img/s for ResNet50 alone). Anything the device decoder should not take (PNG,
-  GIF, CMYK JPEGs, truncated files) or fails on goes through the PIL path, image by image.
-
-Either way an image that cannot be read comes out as zeros with ``ok=False``, never an error:
-the extraction loop (:mod:`storyteller.features.cache`) records it as unreadable.
+(``decode_on``): ``"cpu"``, PIL in the DataLoader workers, or ``"device"``, workers read the
+bytes and the main process decodes a batch of JPEGs on the encoder's device (nvJPEG on a GPU,
+where the PIL path ran at 4 % of ResNet50's speed). What the device decoder should not take
+(PNG, CMYK, truncated files) or fails on goes through PIL. An unreadable image comes out as
+zeros with ``ok=False``, never an error.
 """
 
 from __future__ import annotations
@@ -32,6 +25,16 @@ from .images import check_size, open_image, open_regular
 EXIF_ORIENTATION = 0x0112
 
 
+def _pil_pixels(transform: Callable, source) -> torch.Tensor | None:
+    """PIL's path for a file or its bytes -> (3, crop, crop), ``None`` if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return transform(open_image(source))
+    except Exception:  # truncated, not an image, too large, a FIFO, ...
+        return None
+
+
 class _ImageFolder(Dataset):
     """Images by name; an unreadable file yields zeros and ``ok=False`` instead of crashing."""
 
@@ -42,23 +45,16 @@ class _ImageFolder(Dataset):
         return len(self.names)
 
     def __getitem__(self, i: int):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                pixels = self.transform(open_image(self.image_dir / self.names[i]))
-            return pixels, True
-        except Exception:  # truncated, not an image, too large, a FIFO, ...
+        pixels = _pil_pixels(self.transform, self.image_dir / self.names[i])
+        if pixels is None:
             return torch.zeros(3, self.crop, self.crop), False
+        return pixels, True
 
 
 def _jpeg_orientation(data: bytes) -> int | None:
-    """The EXIF orientation (1-8) of a JPEG the device decoder can take, else ``None``.
-
-    Only the header is parsed (PIL reads no pixels here), so this is cheap enough for the
-    workers. ``None`` sends the file down the PIL path: not a JPEG, CMYK (nvJPEG has no CMYK
-    output), or no end-of-image marker at the end: a truncated file, which PIL refuses and a
-    GPU decoder might turn into a half-grey picture instead of an unreadable one. A size
-    :func:`~storyteller.features.images.check_size` refuses raises its error.
+    """The EXIF orientation (1-8) of a JPEG the device decoder can take, from the header
+    alone; ``None`` (PIL's path) for another format, CMYK (nvJPEG has no CMYK output) or no
+    end-of-image marker (truncated: a GPU decoder might make it half grey, PIL refuses it).
     """
     if data[:2] != b"\xff\xd8" or b"\xff\xd9" not in data[-32:]:
         return None
@@ -72,12 +68,9 @@ def _jpeg_orientation(data: bytes) -> int | None:
 
 
 def apply_exif_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
-    """Turn a decoded image upright as PIL's ``ImageOps.exif_transpose`` does (which
-    :func:`~storyteller.features.images.load_rgb` applies), on any device: ``decode_jpeg``
-    applies EXIF only on the CPU.
-
-    image: (C, H, W) -> (C, H, W), or (C, W, H) for orientations 5-8. Other values: unchanged.
-    """
+    """Turn an image upright as PIL's ``ImageOps.exif_transpose`` does, on any device
+    (``decode_jpeg`` applies EXIF only on the CPU): (C, H, W) -> (C, H, W), or (C, W, H) for
+    orientations 5-8."""
     if orientation == 2:  # mirrored
         return image.flip(-1)
     if orientation == 3:  # upside down
@@ -96,9 +89,8 @@ def apply_exif_orientation(image: torch.Tensor, orientation: int) -> torch.Tenso
 
 
 class _ImageBytes(_ImageFolder):
-    """Worker half of ``decode_on="device"``: a JPEG's bytes and EXIF orientation, nothing
-    decoded; any other file is preprocessed here by the PIL path, as :class:`_ImageFolder`
-    does. Items: ``("jpeg", bytes, orientation)`` or ``("pixels", (3, crop, crop), ok)``."""
+    """Worker half of ``decode_on="device"``: ``("jpeg", bytes, orientation)``, or for
+    another file ``("pixels", (3, crop, crop), ok)`` from the PIL path."""
 
     def __getitem__(self, i: int):
         try:
@@ -114,12 +106,9 @@ class _ImageBytes(_ImageFolder):
 
 
 def _pack_batch(items: list) -> tuple[torch.Tensor, list]:
-    """Collate for :class:`_ImageBytes` (runs in the worker): the batch's JPEG bytes packed
-    into one tensor, since a worker hands each tensor over as its own shared-memory block
-    (64 separate ones cost the main process 14 ms a batch, one 1.6 ms, on a 2-core machine).
-
-    -> blob (total,) uint8, and per image ``("jpeg", start, end, orientation)`` (its bytes are
-    ``blob[start:end]``) or the worker's ``("pixels", (3, crop, crop), ok)``.
+    """Collate for :class:`_ImageBytes`: the JPEG bytes packed in one blob (total,) uint8,
+    since each tensor is its own shared-memory block (64 cost 14 ms a batch, one 1.6 ms), and
+    per image ``("jpeg", start, end, orientation)`` or the worker's ``("pixels", ...)``.
     """
     sizes = [len(item[1]) if item[0] == "jpeg" else 0 for item in items]
     blob = torch.empty(sum(sizes), dtype=torch.uint8)  # (total,)
@@ -143,8 +132,7 @@ def _decode_jpeg_accepts_list() -> bool:
 
 
 def device_decode_available() -> bool:
-    """Whether this torchvision can decode JPEGs into tensors (it deprecated its decoders in
-    0.29 in favour of TorchCodec; when they are gone, extraction decodes with PIL)."""
+    """Whether this torchvision still decodes JPEGs (deprecated in 0.29 for TorchCodec)."""
     try:
         from torchvision.io import ImageReadMode, decode_jpeg  # noqa: F401
     except ImportError:
@@ -153,7 +141,6 @@ def device_decode_available() -> bool:
 
 
 def resolve_decode_on(decode_on: str, device: torch.device) -> str:
-    """``"auto"`` -> ``"device"`` on CUDA (when torchvision can), ``"cpu"`` elsewhere."""
     if decode_on not in DECODE_CHOICES:
         raise StorytellerError(
             f"unknown decode_on '{decode_on}'; choose one of: {', '.join(DECODE_CHOICES)}"
@@ -168,10 +155,8 @@ def resolve_decode_on(decode_on: str, device: torch.device) -> str:
 
 
 class _DeviceDecoder:
-    """Main-process half of ``decode_on="device"``: a batch of :class:`_ImageBytes` items
-    (packed by :func:`_pack_batch`) -> pixels on the device. JPEGs are decoded in one call (nvJPEG batches them on a GPU); a
-    JPEG the decoder rejects is decoded again by PIL, and is unreadable only if PIL fails too.
-    """
+    """Main-process half of ``decode_on="device"``: a packed batch -> pixels on the device,
+    the JPEGs decoded in one call; one the decoder rejects is decoded again by PIL."""
 
     def __init__(self, preprocessing, transform: Callable, device: torch.device):
         self.preprocessing, self.transform, self.device = preprocessing, transform, device
@@ -179,7 +164,7 @@ class _DeviceDecoder:
         self.pil_fallbacks = 0  # images PIL decoded instead (unreadable ones not counted)
 
     def _decode(self, datas: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        """Bytes (n,) uint8 on the CPU -> (3, H, W) uint8 on the device, ``None`` if rejected."""
+        """Bytes (n,) uint8 -> (3, H, W) uint8 on the device, ``None`` if rejected."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
         def decode(data):
@@ -200,18 +185,8 @@ class _DeviceDecoder:
                     images.append(None)
             return images
 
-    def _pil(self, data: torch.Tensor) -> torch.Tensor | None:
-        """The PIL path for one file's bytes -> (3, crop, crop), ``None`` if unreadable."""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return self.transform(open_image(io.BytesIO(data.numpy().tobytes())))
-        except Exception:
-            return None
-
     def __call__(self, batch: tuple[torch.Tensor, list]) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`_pack_batch`'s output -> pixels (B, 3, crop, crop) float32 on the device,
-        ok (B,) bool."""
+        """-> pixels (B, 3, crop, crop) float32 on the device, ok (B,) bool."""
         blob, entries = batch
         crop = self.preprocessing.crop
         pixels = torch.zeros(len(entries), 3, crop, crop, device=self.device)  # (B, 3, crop, crop)
@@ -225,7 +200,7 @@ class _DeviceDecoder:
                 upright.append(apply_exif_orientation(image, entries[row][3]))  # (3, H, W)
                 upright_rows.append(row)
                 continue
-            fallback = self._pil(data)
+            fallback = _pil_pixels(self.transform, io.BytesIO(data.numpy().tobytes()))
             if fallback is None:
                 ok[row] = False
             else:
@@ -249,10 +224,8 @@ def image_dataset(
     preprocessing,
     device: torch.device,
 ) -> tuple[Dataset, Callable | None, _DeviceDecoder | None]:
-    """What a DataLoader over ``names`` needs for ``decode_on`` (``"cpu"`` or ``"device"``,
-    see :func:`resolve_decode_on`): the dataset, its collate function, and the main-process
-    decoder that turns each batch into (pixels, ok), ``None`` (with no collate) for ``"cpu"``,
-    whose batches already are (pixels (B, 3, crop, crop), ok (B,))."""
+    """The dataset, its collate function and the main-process decoder of each batch into
+    (pixels, ok) for ``decode_on``; ``"cpu"`` needs neither: its batches are (pixels, ok)."""
     if decode_on == "cpu":
         return _ImageFolder(image_dir, names, transform, preprocessing.crop), None, None
     dataset = _ImageBytes(image_dir, names, transform, preprocessing.crop)

@@ -1,9 +1,5 @@
-"""Extract each image's features with a frozen CNN, once, into a resumable cache.
-
-The files and their checks are :mod:`storyteller.features.cache_format`; how image files
-become pixels (PIL in the workers, or JPEGs decoded on the device: ``decode_on``) is
-:mod:`storyteller.features.batch_decoding`. An interrupted extraction continues from the last
-finished batch.
+"""Extract each image's features with a frozen CNN, once, into a resumable cache (its files:
+:mod:`.cache_format`; image files into pixels: :mod:`.batch_decoding`).
 """
 
 from __future__ import annotations
@@ -23,15 +19,15 @@ from ..run_folder import FEATURES_FILE, INDEX_FILE
 from ..runtime import autocast, disk_full_is_an_error, get_device, write_json
 from .batch_decoding import image_dataset, resolve_decode_on
 from .cache_format import CACHE_FILES, non_finite_report, open_cache, to_float16
-from .encoders import build_encoder, check_layout, get_encoder_spec, with_layout
+from .encoder_specs import check_layout, get_encoder_spec
+from .encoders import build_encoder, with_layout
 from .extraction_sizes import extraction_sizes
 from .images import load_rgb, open_image
 
 
 class FeatureExtractor:
-    """A frozen encoder plus its preprocessing, on one device: PIL images -> (B, dim), or
-    (B, h*w, dim) with ``layout="grid"``. A given ``encoder`` of the other layout is given the
-    right head on its own trunk (:func:`~storyteller.features.encoders.with_layout`)."""
+    """A frozen encoder and its preprocessing on one device: pictures -> (B, dim), or
+    (B, h*w, dim) with ``layout="grid"`` (a given ``encoder`` gets the head for ``layout``)."""
 
     def __init__(
         self,
@@ -51,16 +47,14 @@ class FeatureExtractor:
 
     @torch.inference_mode()
     def encode_batch(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels: (B, 3, H, W) preprocessed -> features (B, dim) or (B, h*w, dim) float32 on
-        the CPU."""
+        """pixels: (B, 3, H, W) -> features (B, dim) or (B, h*w, dim) float32 on the CPU."""
         pixels = pixels.to(self.device, non_blocking=True, memory_format=torch.channels_last)
         with autocast(self.device):
             features = self.encoder(pixels)  # (B, dim) or (B, h*w, dim)
         return features.float().cpu()
 
     def __call__(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
-        """Encode PIL images (any mode; converted with :func:`load_rgb`) or image files
-        (opened with :func:`open_image`) -> (B, dim) or (B, h*w, dim)."""
+        """PIL images (any mode) or image files -> (B, dim) or (B, h*w, dim)."""
         pictures = [
             load_rgb(im) if isinstance(im, Image.Image) else open_image(im) for im in images
         ]
@@ -82,17 +76,9 @@ def extract_features(
     decode_on: str = "auto",
     layout: str = "pooled",
 ) -> Path:
-    """Encode every image in ``names`` into ``out_dir/features.npy`` (+ ``features.json``).
-
-    Resumes an interrupted run; returns immediately if the cache is already complete.
-    ``on_batch(rows_done)`` is called after each saved batch (progress hooks, tests).
-    ``batch_size``/``num_workers`` default to what measured fastest (``bench/``): big
-    batches and a few byte-reading workers on a GPU; on a CPU, small batches that stay in
-    cache and one worker decoding JPEGs while the main process runs the network.
-    ``decode_on``: ``"auto"`` decodes JPEGs on the device when it is a GPU (``"device"``),
-    with PIL in the workers otherwise (``"cpu"``); see :mod:`.batch_decoding`.
-    ``layout``: ``"pooled"`` (N, dim) or ``"grid"`` (N, h*w, dim); ``encoder``, if given, may
-    be either kind (the right head is put on its trunk).
+    """Encode every image in ``names`` into ``out_dir/features.npy`` (+ ``features.json``),
+    resuming an interrupted run. ``on_batch(rows_done)`` runs after each saved batch; sizes
+    left ``None`` follow the hardware (:func:`.extraction_sizes.extraction_sizes`).
     """
     check_layout(layout)
     out_dir = Path(out_dir)
@@ -138,8 +124,7 @@ def _loader(
     batch_size: int | None,
     num_workers: int | None,
 ) -> tuple[DataLoader, Callable | None]:
-    """The DataLoader over ``names`` and, for ``decode_on="device"``, the decoder that turns
-    each of its batches into (pixels, ok); sizes left ``None`` follow the hardware."""
+    """The DataLoader over ``names`` and, for ``decode_on="device"``, its batches' decoder."""
     on_gpu = extractor.device.type == "cuda"
     sizes = extraction_sizes(on_gpu)
     dataset, collate, decoder = image_dataset(
@@ -171,7 +156,7 @@ def _fill(
     on_batch: Callable[[int], None] | None,
 ) -> None:
     """Encode the loader's batches into ``array`` from row ``meta["done"]`` on, saving the
-    rows and then the index after each batch."""
+    rows, then the index, after each batch."""
     encoder_name, layout, row = meta["encoder"], extractor.layout, meta["done"]
     with progress(
         total=len(names), initial=row, desc=f"features ({encoder_name})", unit="img"

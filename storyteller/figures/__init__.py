@@ -1,2 +1,1 @@
-"""Figures people would rather look at than read: loss curves and caption grids
-(:mod:`.plots`), and where an attention captioner looked (:mod:`.attention_maps`)."""
+"""Loss curves, caption grids and attention maps."""

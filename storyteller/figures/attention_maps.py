@@ -1,11 +1,6 @@
-"""Where an attention captioner looked: for each photo, the photo as the encoder saw it and one
-heat map per generated word, as in Show, Attend and Tell's figures.
-
-The weights come from decoding (:func:`storyteller.decoding.decode_with_attention`): row t is
-the softmax over the CNN's h x w grid that the word t was chosen with. A figure shows them
-upsampled to the encoder's crop, over that crop, so a bright region is the part of the picture
-the word was read from. ``evaluate`` writes a few for test photos, ``caption --attention-maps
-DIR`` one per photo, the app one for the caption it just made, and notebook 04 shows them.
+"""Where an attention captioner looked: the photo as the encoder saw it and one heat map per
+generated word, as in Show, Attend and Tell's figures. Row t of the weights is the softmax over
+the CNN's h x w grid that word t was chosen with, shown upsampled over the encoder's crop.
 """
 
 from __future__ import annotations
@@ -22,7 +17,7 @@ from torchvision import transforms
 from ..config import GREEDY, Strategy
 from ..data.vocab import Vocabulary
 from ..decoding import decode_with_attention
-from ..features.encoders import Preprocessing
+from ..features.encoder_specs import Preprocessing
 from ..features.images import load_rgb
 from ..models import CaptionDecoder
 from ..runtime import unwrap
@@ -39,7 +34,6 @@ class AttentionCaption:
 
 
 def attends(model: CaptionDecoder) -> bool:
-    """Whether the captioner records attention weights (the ``attention`` decoder)."""
     return bool(unwrap(model).attends)
 
 
@@ -50,8 +44,7 @@ def caption_with_attention(
     grid: tuple[int, int],
     strategy: Strategy = GREEDY,
 ) -> list[AttentionCaption]:
-    """features (B, h*w, D) -> each photo's caption, decoded with ``strategy``, with its
-    per-word weights."""
+    """features (B, h*w, D) -> each photo's caption with its per-word weights."""
     if features.size(1) != grid[0] * grid[1]:
         raise ValueError(
             f"features have {features.size(1)} positions, a {grid} grid has {grid[0] * grid[1]}"
@@ -65,18 +58,16 @@ def caption_with_attention(
 
 
 def encoder_view(image: Image.Image, preprocessing: Preprocessing) -> Image.Image:
-    """The part of ``image`` the encoder saw, at its input size (short side resized, centre
-    crop), so the grid's cells line up with the picture under them. Upright RGB, and a size
-    :func:`~storyteller.features.images.check_size` refuses is refused, as the encoder does."""
+    """The part of ``image`` the encoder saw (short side resized, centre crop), so the grid's
+    cells line up with the picture under them."""
     return transforms.CenterCrop(preprocessing.crop)(
         transforms.Resize(preprocessing.resize)(load_rgb(image))
     )
 
 
 def figure_name(image_name: str, taken: set[str] | None = None) -> str:
-    """A safe PNG file name for a photo's figure: its stem, odd characters replaced; with
-    ``taken`` (names already used, updated here), ``-2``, ``-3``... keep two photos of one
-    stem from different folders apart."""
+    """A safe PNG file name for a photo's figure; ``-2``, ``-3``... keep apart names already
+    in ``taken`` (updated here)."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(image_name).stem)[:120] or "image"
     name, n = f"{stem}.png", 1
     while taken is not None and name in taken:
@@ -94,9 +85,8 @@ def write_attention_maps(
     taken: set[str] | None = None,
     smoke: bool = False,
 ) -> list[Path]:
-    """One figure per (name, photo, caption) into ``out_dir`` (made if missing); ``taken``:
-    file names already written by this caller (see :func:`figure_name`); ``smoke``: marked as
-    a smoke run's."""
+    """One figure per (name, photo, caption) into ``out_dir``; ``smoke``: marked as a smoke
+    run's."""
     from .plots import plot_attention_map
 
     out_dir = Path(out_dir)

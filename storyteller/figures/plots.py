@@ -1,5 +1,4 @@
-"""Figures people would rather look at than read: loss curves, captioned image grids and
-attention maps."""
+"""Loss curves, captioned image grids and attention maps, as PNGs."""
 
 from __future__ import annotations
 
@@ -21,9 +20,9 @@ SMOKE_COLOR = "#c00000"
 
 
 def _save(fig, path: str | Path, dpi: int, smoke: bool) -> Path:
-    """Write ``fig`` as a PNG and close it. A smoke run's figure also gets a diagonal
-    "SMOKE RUN" watermark across it (it survives cropping the heading off) and
-    :data:`SMOKE_LABEL` as the PNG's ``Description``."""
+    """Write ``fig`` as a PNG and close it; a smoke run's gets a diagonal "SMOKE RUN"
+    watermark (it survives cropping the heading off) and :data:`SMOKE_LABEL` as its
+    ``Description``."""
     if smoke:
         width, height = fig.get_size_inches()
         fig.text(
@@ -40,8 +39,7 @@ def _save(fig, path: str | Path, dpi: int, smoke: bool) -> Path:
 
 
 def plot_loss_curves(history: Sequence[dict], path: str | Path, smoke: bool = False) -> Path:
-    """Train and validation loss per epoch (with the best validation epoch marked); ``smoke``:
-    marked as a smoke run's (:data:`SMOKE_LABEL`)."""
+    """Train and validation loss per epoch, the best validation epoch marked."""
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
@@ -73,13 +71,9 @@ def plot_caption_grid(
     title: str | None = None,
     smoke: bool = False,
 ) -> Path:
-    """A grid of images, each with one reference and every decoding's caption above it;
-    ``smoke``: headed (in red, above ``title``) and watermarked as a smoke run's.
-
-    A bad model's caption runs to 50 words (7 wrapped lines): with a fixed-height figure and
-    ``tight_layout`` such captions grew up into the figure's title. So the layout is measured
-    here, in inches: each row gets room for its longest caption block, then its images.
-    """
+    """A grid of images, each under one reference and every decoding's caption. The layout
+    is measured in inches, each row given room for its longest caption block: a bad model's
+    50-word caption would otherwise grow into the title."""
     line, image, width, margin = 0.16, 4.4, 5.0, 0.1  # inches; a 9-point line is 0.15 in
     heading = 0.3  # inches per heading line: the smoke label, the title
     headings = int(smoke) + int(bool(title))
@@ -117,15 +111,10 @@ def plot_caption_grid(
 
 
 def attention_figure(view, result, columns: int = 5):
-    """Show, Attend and Tell's figure for one photo: the photo as the encoder saw it (a PIL
-    image, see :func:`storyteller.figures.attention_maps.encoder_view`) with the caption, then one
-    panel per word: the photo lit where that word's attention weights were high (upsampled
-    from the grid, scaled to the word's own peak) and dimmed elsewhere, titled with the word
-    and its peak weight (a word that looked everywhere alike peaks at 1 / positions).
-
-    ``result``: an :class:`~storyteller.figures.attention_maps.AttentionCaption`. Returns the
-    matplotlib figure (save it, or turn it into pixels with :func:`figure_pixels`). Built
-    without pyplot's global figure list, so app requests may draw at the same time."""
+    """Show, Attend and Tell's figure for one photo (``view``: what the encoder saw) and its
+    :class:`~storyteller.figures.attention_maps.AttentionCaption`: the captioned photo, then per
+    word the photo lit where its weights were high (scaled to its own peak), titled with the
+    peak weight. Built without pyplot's global figure list, so app requests may draw at once."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -136,9 +125,8 @@ def attention_figure(view, result, columns: int = 5):
     size = view.size[::-1]  # (H, W) of the encoder's input
     weights = result.weights.float().reshape(-1, 1, h, w)  # (T, 1, h, w)
     peaks = weights.amax(dim=(1, 2, 3))  # (T,)
-    maps = F.interpolate(weights, size=size, mode="bilinear", align_corners=False)[
-        :, 0
-    ]  # (T, H, W)
+    maps = F.interpolate(weights, size=size, mode="bilinear", align_corners=False)  # (T, 1, H, W)
+    maps = maps[:, 0]  # (T, H, W)
     maps = maps / maps.amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     photo = np.asarray(view.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
     panels = 1 + len(result.words)
@@ -164,8 +152,7 @@ def attention_figure(view, result, columns: int = 5):
 
 
 def plot_attention_map(view, result, path: str | Path, smoke: bool = False) -> Path:
-    """:func:`attention_figure` saved as a PNG at ``path`` (``smoke``: marked as a smoke
-    run's, the label above its heading)."""
+    """:func:`attention_figure` saved as a PNG at ``path``."""
     fig = attention_figure(view, result)
     if smoke:
         fig.suptitle(f"{SMOKE_LABEL}\n{fig.get_suptitle()}", fontsize=9, color=SMOKE_COLOR)
@@ -173,8 +160,7 @@ def plot_attention_map(view, result, path: str | Path, smoke: bool = False) -> P
 
 
 def figure_pixels(fig):
-    """An Agg-backed figure (as :func:`attention_figure` makes) as an (H, W, 3) uint8 array,
-    for an app's image output."""
+    """An Agg-backed figure as an (H, W, 3) uint8 array, for an app's image output."""
     import numpy as np
 
     fig.canvas.draw()

@@ -1,24 +1,10 @@
-"""The ``attention`` captioner: Show, Attend and Tell soft attention over the CNN's grid.
-
-Where the ``lstm`` captioner sees one pooled vector, this one reads the CNN's last feature map
-as P = h x w positions of D features (ResNet50: 7 x 7 = 49 x 2048; EfficientNet-Lite0:
-49 x 1280) and, before every word, looks again: attention weights over the P positions come
-from the previous hidden state, and their weighted sum of the features (the context) is fed to
-the LSTM beside the previous word. The weights are kept for every generated word, so a caller
-can show where the model looked, word by word.
-
-Following Xu et al. (2015), "Show, Attend and Tell", soft attention:
-
-* the initial h and c come from the mean of the grid features (linear, then tanh as in the
-  ``lstm`` captioner);
-* a gating scalar ``beta = sigmoid(f_beta(h))`` scales the context, so the model can lean on
-  the language model for words like "a" and "of" that need no look at the image;
-* training adds the doubly stochastic penalty ``alpha_c * sum_p (1 - sum_t alpha_tp)^2``,
-  which asks every position to receive about as much attention over the caption as any other,
-  instead of the same few positions being stared at for every word.
-
-Two scoring functions (option ``attention``): Bahdanau's additive
-``v^T tanh(W_f f + W_h h)`` and Luong's multiplicative "general" ``h^T W f``.
+"""The ``attention`` captioner: Show, Attend and Tell (Xu et al., 2015) soft attention over
+the CNN's grid of P = h x w positions. Before every word, weights over the positions come
+from the previous hidden state, and the weighted features (the context), scaled by a gate
+``beta = sigmoid(f_beta(h))`` so words like "a" can lean on the language model, enter the
+LSTM beside the previous word; training adds the paper's doubly stochastic penalty. Scoring
+(option ``attention``): Bahdanau's additive ``v^T tanh(W_f f + W_h h)`` or Luong's
+multiplicative "general" ``h^T W f``.
 """
 
 from __future__ import annotations
@@ -39,8 +25,7 @@ from .registry import register_decoder
 
 @dataclass
 class AttentionState(DecoderState):
-    """What the attention captioner carries between steps. The grid and its keys are carried
-    (not recomputed) because every step attends over them again."""
+    """The grid and its keys are carried, not recomputed: every step attends over them."""
 
     h: torch.Tensor = batch_field(dim=0)  # (N, hidden)
     c: torch.Tensor = batch_field(dim=0)  # (N, hidden)
@@ -50,8 +35,8 @@ class AttentionState(DecoderState):
 
 
 class BahdanauScore(nn.Module):
-    """Additive scoring, ``score = v^T tanh(W_f f + W_h h)``: a small MLP that can match any
-    hidden state to any position, at the price of a (N, P, attention_dim) tensor per step."""
+    """Additive scoring, ``v^T tanh(W_f f + W_h h)``: a small MLP, at the price of a
+    (N, P, attention_dim) tensor per step."""
 
     def __init__(self, feature_dim: int, hidden_size: int, attention_dim: int):
         super().__init__()
@@ -70,12 +55,9 @@ class BahdanauScore(nn.Module):
 
 
 class LuongScore(nn.Module):
-    """Multiplicative "general" scoring, ``score = h^T W f``: one matrix product per step.
-
-    The score is divided by sqrt(hidden) (as in scaled dot-product attention): a dot product
-    over 512 dimensions of LayerNorm'd features is otherwise large at initialisation, and the
-    softmax starts out saturated on one position. A constant factor, which W could learn; it
-    only changes where training starts."""
+    """Multiplicative "general" scoring, ``h^T W f / sqrt(hidden)``: one matrix product per
+    step. The scale (W could learn it) keeps the softmax from starting out saturated on one
+    position, as a dot product over 512 normalised dimensions would."""
 
     def __init__(self, feature_dim: int, hidden_size: int):
         super().__init__()
@@ -92,16 +74,11 @@ class LuongScore(nn.Module):
 
 
 def doubly_stochastic_penalty(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Xu et al.'s regulariser, per caption: ``(1 - sum_t alpha_tp)^2`` averaged over the P
-    positions, over the steps that ``mask`` keeps (a caption's padding is not attention paid).
+    """Xu et al.'s regulariser per caption, ``(1 - sum_t alpha_tp)^2`` over the steps ``mask``
+    keeps, averaged over the P positions: summed as in the paper, beside a loss that is a
+    mean per word, it flattened the attention to 1/49 everywhere (measured, Flickr8k).
 
-    Averaged, not summed as in the paper's formula, as the reference implementations do: the
-    paper adds it to a cross-entropy *summed* over the caption's words, the loss here is a
-    mean per word, and with a caption of ~11 words over 49 positions the sum outweighs the
-    words so much that the attention went flat (measured: every weight of every word at
-    1/49, i.e. mean pooling, on Flickr8k at ``alpha_c`` = 1).
-
-    attention: (B, T, P) weights; mask: (B, T) true for real steps -> (B,) in float32."""
+    attention: (B, T, P); mask: (B, T) true for real steps -> (B,) in float32."""
     attention = attention.float() * mask.unsqueeze(-1).float()  # (B, T, P)
     coverage = attention.sum(dim=1)  # (B, P) attention each position received
     return ((1.0 - coverage) ** 2).mean(dim=1)  # (B,)
@@ -109,12 +86,8 @@ def doubly_stochastic_penalty(attention: torch.Tensor, mask: torch.Tensor) -> to
 
 @register_decoder("attention")
 class AttentionDecoder(CaptionDecoder):
-    """An LSTM cell that attends over the CNN grid before every word.
-
-    ``features`` are (B, P, D): P grid positions of ``config.feature_dim`` features each. Sizes
-    come from ModelConfig (``embed_size``, ``hidden_size``, ``dropout``, ``feature_norm``) and
-    :class:`AttentionOptions`; it is one LSTM layer (``num_layers`` must be 1) and the image
-    enters through attention at every step (``inject`` is not read)."""
+    """An LSTM cell that attends over the grid (B, P, D) before every word: one layer, the
+    image entering through attention (``inject`` is not read)."""
 
     options_class = AttentionOptions
     feature_layout: ClassVar[str] = "grid"
@@ -131,11 +104,7 @@ class AttentionDecoder(CaptionDecoder):
             self.score = LuongScore(config.feature_dim, hidden)
         else:
             raise ValueError(f"attention must be 'bahdanau' or 'luong', got {options.attention!r}")
-        # The LSTM captioner measured that un-normalised CNN features give the same caption for
-        # every image; the grid is normalised position by position the same way.
-        self.feature_norm = (
-            nn.LayerNorm(config.feature_dim) if config.feature_norm else nn.Identity()
-        )
+        self.feature_norm = self.feature_layer_norm(config)
         self.init_h = nn.Linear(config.feature_dim, hidden)
         self.init_c = nn.Linear(config.feature_dim, hidden)
         self.f_beta = nn.Linear(hidden, 1)  # the gating scalar
@@ -145,21 +114,14 @@ class AttentionDecoder(CaptionDecoder):
         self.head = nn.Linear(hidden, config.vocab_size)
 
     def _grid(self, features: torch.Tensor) -> torch.Tensor:
-        """features: (B, P, D) -> the grid normalised position by position, *without* the
-        LayerNorm's affine (B, P, D); a pooled (B, D) vector is refused with the layout it
-        should have been.
+        """features: (B, P, D) -> the grid normalised position by position *without* the
+        LayerNorm's affine (B, P, D); a pooled (B, D) vector is refused.
 
-        Every reader of the grid is linear in it after a convex combination (the mean for the
-        initial state, the attention-weighted context) or directly (the scoring keys), so the
-        affine ``gamma * x + beta`` is applied after pooling instead of to all P positions
-        (:meth:`_affine`): the same numbers, since the weights sum to 1, but the grid then
-        needs no gradient, and the backward pass of every step writes no (B, P, D)
-        gradient into it (that would be a third of a training step's time on the CPU)."""
-        if features.dim() != 3 or features.size(-1) != self.config.feature_dim:
-            raise ValueError(
-                "the attention decoder reads the CNN grid, (batch, positions, "
-                f"{self.config.feature_dim}); got features of shape {tuple(features.shape)}"
-            )
+        Every reader of the grid mixes it with weights summing to 1 (the mean, the context)
+        or is linear (the keys), so the affine is applied after mixing (:meth:`_affine`): the
+        same numbers, but the grid needs no gradient, and no step's backward pass writes a
+        (B, P, D) one (a third of a training step on the CPU)."""
+        self.check_grid(features)
         if not self.config.feature_norm:
             return features
         norm = self.feature_norm
@@ -185,11 +147,9 @@ class AttentionDecoder(CaptionDecoder):
     def attend(
         self, h: torch.Tensor, features: torch.Tensor, keys: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Where to look for the next word, from the previous hidden state.
-
-        h: (N, hidden), features: (N, P, D) from :meth:`_grid`, keys: (N, P, K) -> the gated
-        context (N, D), the weights over the grid (N, P) summing to 1, and the gate beta
-        (N, 1) in (0, 1)."""
+        """Where to look for the next word, from the previous hidden state. h: (N, hidden),
+        features: (N, P, D) from :meth:`_grid`, keys: (N, P, K) -> the gated context (N, D),
+        the weights (N, P) and the gate beta (N, 1)."""
         alpha = torch.softmax(self.score(keys, h).float(), dim=-1).to(features.dtype)  # (N, P)
         mixed = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)  # (N, D)
         context = self._affine(mixed)  # (N, D): = sum_p alpha_p * LayerNorm(f_p)
@@ -199,8 +159,8 @@ class AttentionDecoder(CaptionDecoder):
     def _advance(
         self, embedded: torch.Tensor, state: AttentionState
     ) -> tuple[torch.Tensor, AttentionState]:
-        """One word for every row, shared by teacher forcing and decoding so both compute the
-        same thing. embedded: (N, embed) -> logits (N, vocab) and the state after it."""
+        """One word for every row, shared by teacher forcing and decoding.
+        embedded: (N, embed) -> logits (N, vocab) and the state after it."""
         context, alpha, _ = self.attend(state.h, state.features, state.keys)  # (N, D), (N, P)
         inputs = torch.cat([embedded, context.to(embedded.dtype)], dim=-1)  # (N, embed + D)
         h, c = self.cell(inputs, (state.h, state.c))  # (N, hidden) each
@@ -211,18 +171,13 @@ class AttentionDecoder(CaptionDecoder):
     def forward(
         self, features: torch.Tensor, captions: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Teacher forcing. features: (B, P, D); captions: (B, T) ids starting with
-        ``<start>``. Returns next-word logits (B, T, vocab_size) and the doubly stochastic
-        penalty ``{"attention_penalty": scalar}`` (mean over the batch, times alpha_c).
+        """Teacher forcing: features (B, P, D), captions (B, T) -> logits (B, T, vocab) and
+        ``{"attention_penalty": alpha_c * batch mean}``.
 
-        A Python loop over the T steps: attention at step t needs h_{t-1}. Only the steps
-        whose input is ``<start>`` or a word predict something: inputs that are ``<pad>``
-        or ``<end>`` (a full caption's last token, whose target is padding) after a caption's
-        last word are not computed at all (their logits are 0 and the loss ignores them) and
-        add no coverage to the penalty. As in Show, Attend and Tell's reference code, the
-        batch is sorted by that length so step t runs only on the first ``active[t]`` rows, a
-        prefix that shrinks as captions end: on Flickr8k, about half the work of running
-        every row to the batch's longest caption."""
+        A loop over the T steps, since attention at step t needs h_{t-1}. Inputs after a
+        caption's last word (``<pad>``, ``<end>``) are not computed (logits 0, ignored by the
+        loss, no coverage). As in the paper's code, the batch is sorted by length so step t
+        runs on a shrinking prefix of ``active[t]`` rows: about half the work on Flickr8k."""
         batch, length = captions.shape
         real = (captions != PAD_ID) & (captions != END_ID)  # (B, T)
         steps_of = torch.arange(1, length + 1, device=captions.device)  # (T,)
@@ -249,8 +204,8 @@ class AttentionDecoder(CaptionDecoder):
     def step(
         self, tokens: torch.Tensor, state: AttentionState
     ) -> tuple[torch.Tensor, AttentionState]:
-        """One decoding step. tokens: (N,) -> log-probabilities (N, vocab), and the new state,
-        whose ``attention`` (N, t+1, P) now ends with the weights this word was chosen with."""
+        """tokens: (N,) -> log-probabilities (N, vocab); the state's ``attention``
+        (N, t+1, P) ends with the weights this word was chosen with."""
         logits, state = self._advance(self.embed(tokens), state)  # (N, V)
         return torch.log_softmax(logits.float(), dim=-1), state
 

@@ -1,24 +1,11 @@
 """The protocol every captioner follows, and the state it carries between decoding steps.
 
-Training, greedy and beam search, evaluation, inference, the app and the checkpoint loader
-talk to a captioner only through :class:`CaptionDecoder`'s three methods, so a new decoder
-(soft attention over the CNN's grid, a transformer) plugs in without an ``if decoder == ...``
-anywhere else:
-
-* ``init_state(features) -> state``: what the decoder knows before the first word;
-* ``step(tokens, state) -> (log_probs, state)``: one word for every row, used by greedy and
-  beam search;
-* ``forward(features, captions) -> (logits, extra_losses)``: teacher forcing for training,
-  with any loss terms of the decoder's own (the attention decoder's doubly stochastic penalty)
-  beside the logits, so the training loop adds them without knowing what they are.
-
-The state is a :class:`DecoderState` dataclass that says which dimension of each tensor runs
-over the rows (images, or images x beams), so beam search can reorder and repeat it without
-knowing what is inside.
-
-A new built-in decoder also gets a line in :data:`storyteller.decoder_options.BUILTIN_DECODERS`
-with its options dataclass (defined there, free of torch), so ``--decoder`` lists it and
-``--help`` shows its options without importing the model code.
+Training, decoding, evaluation, the app and the checkpoint loader use only three methods, so
+a new decoder plugs in without an ``if decoder == ...`` elsewhere: ``init_state(features)``,
+``step(tokens, state) -> (log_probs, state)`` (one word for every row) and
+``forward(features, captions) -> (logits, extra_losses)`` (teacher forcing, with the decoder's
+own loss terms). A built-in decoder's options dataclass is listed, torch-free, in
+:data:`storyteller.decoder_options.BUILTIN_DECODERS`.
 """
 
 from __future__ import annotations
@@ -39,33 +26,21 @@ S = TypeVar("S", bound="DecoderState")
 
 
 def batch_field(dim: int = 0, **kwargs) -> Any:
-    """Declare a :class:`DecoderState` field whose dimension ``dim`` runs over the rows.
-
-    The field may hold a tensor, a tuple or list of tensors (e.g. one cache per layer, all with
-    the rows on ``dim``) or ``None`` (nothing to carry in this configuration)."""
+    """A :class:`DecoderState` field whose dimension ``dim`` runs over the rows: a tensor, a
+    tuple or list of tensors (one cache per layer, say) or ``None``."""
     return field(metadata={"batch_dim": dim}, **kwargs)
 
 
 @dataclass
 class DecoderState:
-    """What a decoder carries from one step to the next. Subclass it as a dataclass and
-    declare every per-row tensor with :func:`batch_field`::
+    """What a decoder carries from one step to the next: a dataclass whose per-row tensors
+    are declared with :func:`batch_field`, e.g. ``h: torch.Tensor = batch_field(dim=1)``.
 
-        @dataclass
-        class LSTMState(DecoderState):
-            h: torch.Tensor = batch_field(dim=1)  # (num_layers, N, hidden)
-
-    Beam search then reorders (:meth:`select`) and repeats (:meth:`repeat_interleave`) every
-    such field on its own row dimension, whatever the decoder keeps there. Fields that are not
-    batch fields are shared by all rows and carried over unchanged (a step counter, say); a
-    tensor in such a field is refused, since beam search could not keep it in line with its
-    rows.
-
-    Per-step extras (the attention decoder's weights over the grid, where the model looked
-    for each word) go into the state too: a batch field that ``step`` grows by one position,
-    e.g. ``attention: (N, t, P)``. Beam search then keeps each hypothesis's extras with it,
-    and a caller reads them from the state after decoding, with no change to the protocol.
-    """
+    Beam search reorders (:meth:`select`) and repeats (:meth:`repeat_interleave`) every batch
+    field on its own row dimension without knowing what is inside. Other fields are shared
+    by all rows; a tensor there is refused, as beam search could not keep it in line. Per-step
+    extras (where the model looked for each word) are a batch field that ``step`` grows,
+    ``attention: (N, t, P)``, so each hypothesis keeps its own."""
 
     def _map_rows(self: S, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> S:
         """A copy with ``fn(tensor, batch_dim)`` applied to every batch field's tensors."""
@@ -102,25 +77,17 @@ class DecoderState:
 
 
 class CaptionDecoder(nn.Module, ABC):
-    """A captioner: features -> words. Subclasses register with
-    :func:`storyteller.models.register_decoder` and are built from a :class:`ModelConfig`
-    alone (``build_model(config)``), so a checkpoint rebuilds its own model.
-
-    ``features`` are what the feature cache holds for one image, batched: (B, feature_dim)
-    for a pooled vector, (B, P, feature_dim) for a grid (see :attr:`feature_layout`). ``captions`` and ``tokens``
-    are word ids (:data:`storyteller.data.vocab.PAD_ID`, ``START_ID``, ...).
-    """
+    """A captioner: features -> words, registered with :func:`register_decoder` and built
+    from a :class:`ModelConfig` alone, so a checkpoint rebuilds its own model. ``features``
+    are the cache's, batched (see :attr:`feature_layout`); ``captions`` and ``tokens`` are
+    word ids."""
 
     name: ClassVar[str | None] = None  # set by register_decoder
-    #: The dataclass ``config.decoder_options`` is read into (its defaults fill the gaps).
     options_class: ClassVar[type] = NoOptions
-    #: Which features the decoder reads, so the loader can ask the model rather than the
-    #: caller knowing every decoder: ``"pooled"``, one vector per image (B, feature_dim), or
-    #: ``"grid"``, the CNN's last feature map as positions (B, P, feature_dim), P = h x w.
+    #: "pooled": one vector per image (B, feature_dim); "grid": the CNN's last feature map
+    #: as positions (B, P, feature_dim), P = h x w.
     feature_layout: ClassVar[str] = "pooled"
-    #: Whether ``step`` records where it looked: the state's ``attention`` field (N, t, P)
-    #: gains one row of weights over the grid per word (see
-    #: :func:`storyteller.decoding.decode_with_attention` and :mod:`storyteller.figures.attention_maps`).
+    #: Whether ``step`` records where it looked: the state's ``attention`` (N, t, P).
     attends: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig):
@@ -135,10 +102,8 @@ class CaptionDecoder(nn.Module, ABC):
 
     @classmethod
     def resolve_config(cls, config: ModelConfig) -> ModelConfig:
-        """``config`` with this decoder's options complete (defaults filled in), so a
-        checkpoint rebuilds the same model even if the defaults change later; unknown options
-        are refused with the known ones listed, and each value's type and range checked
-        (:func:`storyteller.config.option_bounds`)."""
+        """``config`` with this decoder's options checked and complete (defaults filled in),
+        so a checkpoint rebuilds the same model even if the defaults change later."""
         known = [f.name for f in fields(cls.options_class)]
         unknown = sorted(set(config.decoder_options) - set(known))
         if unknown:
@@ -161,19 +126,17 @@ class CaptionDecoder(nn.Module, ABC):
 
     @abstractmethod
     def step(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
-        """One decoding step for N rows. tokens: (N,) the previous words -> log-probabilities
-        of the next word (N, vocab_size) in float32, and the new state (N rows)."""
+        """tokens: (N,) the previous words -> float32 log-probabilities of the next word
+        (N, vocab_size), and the new state."""
 
     @abstractmethod
     def forward(
         self, features: torch.Tensor, captions: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Teacher forcing. features: (B, ...); captions: (B, T) ids starting with
-        ``<start>``. Returns next-word logits (B, T, vocab_size) for every input position,
-        equal to what :meth:`step` gives word by word, and the decoder's extra loss terms:
-        ``{name: scalar}``, each averaged over the batch, which training adds to the
-        cross-entropy (``{}`` when there are none). Padded positions must not change the
-        real ones: the loss masks them out afterwards."""
+        """Teacher forcing. features: (B, ...); captions: (B, T) from ``<start>`` -> next-word
+        logits (B, T, vocab_size), what :meth:`step` gives word by word, and the decoder's
+        extra loss terms ``{name: batch mean}`` that training adds. Padding must not change
+        the real positions."""
 
     def configure_optimizer(
         self, train_config: TrainConfig, extra_groups: Sequence[dict] = ()
@@ -181,16 +144,10 @@ class CaptionDecoder(nn.Module, ABC):
         torch.optim.Optimizer,
         torch.optim.lr_scheduler.ReduceLROnPlateau | torch.optim.lr_scheduler.LRScheduler,
     ]:
-        """The optimiser and the learning-rate schedule this decoder trains with. The default
-        is the seed recipe: Adam, learning rate multiplied by ``lr_factor`` when the
-        validation loss stops improving. Training steps a ``ReduceLROnPlateau`` once per epoch
-        with the validation loss and any other scheduler once per optimiser step (batch), so
-        a decoder that needs another recipe (the transformer: AdamW with warm-up) overrides
-        this and returns, e.g., a ``LambdaLR`` over batches.
-
-        ``extra_groups``: parameter groups of other modules trained with the decoder (a
-        fine-tuned encoder's blocks at their own learning rate), in the optimiser before the
-        schedule is made, so the schedule moves them too."""
+        """The optimiser and learning-rate schedule: the seed's Adam, the rate times
+        ``lr_factor`` when the validation loss stops improving. Training steps a
+        ``ReduceLROnPlateau`` once per epoch, any other schedule once per batch.
+        ``extra_groups``: other modules trained along (a fine-tuned encoder's blocks)."""
         optimizer = torch.optim.Adam(
             [{"params": self.trainable_parameters()}, *extra_groups],
             lr=train_config.lr,
@@ -202,25 +159,22 @@ class CaptionDecoder(nn.Module, ABC):
         return optimizer, scheduler
 
     def word_embedding(self) -> nn.Embedding:
-        """The table of word vectors (vocab_size, width) that pretrained vectors
-        (:mod:`storyteller.data.embeddings`) fill and ``freeze_embeddings`` keeps fixed. Every
-        registered decoder keeps it as ``self.embed``; one that does not overrides this."""
+        """The word vectors (vocab_size, width) that pretrained vectors fill and
+        ``freeze_embeddings`` keeps fixed: ``self.embed`` unless a decoder overrides this."""
         embed = getattr(self, "embed", None)
         if not isinstance(embed, nn.Embedding):
             raise TypeError(f"{type(self).__name__} has no word embedding at .embed")
         return embed
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The parameters the optimiser updates: a frozen embedding is left out, so neither a
-        step nor weight decay can move it."""
+        """What the optimiser updates: a frozen embedding is left out, so weight decay cannot
+        move it either."""
         return [p for p in self.parameters() if p.requires_grad]
 
     @classmethod
     def with_embedding_width(cls, overrides: dict, width: int, source: str) -> dict:
-        """``overrides`` (ModelConfig fields) with the word-embedding width set to ``width``,
-        the dimension of pretrained vectors from ``source``; a different width the user asked
-        for is a one-line error. The LSTMs' width is ``embed_size``; a decoder whose width is
-        one of its own options (the transformer's ``d_model``) overrides this."""
+        """``overrides`` (ModelConfig fields) with the word width set to ``width``, that of the
+        pretrained vectors in ``source``; another width asked for is an error."""
         asked = overrides.get("embed_size")
         if asked is not None and asked != width:
             raise StorytellerError(
@@ -231,12 +185,24 @@ class CaptionDecoder(nn.Module, ABC):
 
     @classmethod
     def with_grid(cls, overrides: dict, grid: tuple[int, int], source: str) -> dict:
-        """``overrides`` (ModelConfig fields) fitted to a feature cache's (h, w) ``grid`` from
-        ``source``, before the config is resolved for a run (so the checkpoint stores the
-        fitted size and the app rebuilds it). Most decoders read any number of positions and
-        return ``overrides`` unchanged; one with a table per position (the transformer's
-        ``grid_positions``) sizes it here, and refuses a size asked for that is too small."""
+        """``overrides`` (ModelConfig fields) fitted to the (h, w) ``grid`` of the cache
+        ``source``, before the config is resolved: a decoder with a table per position sizes
+        it here; most read any number of positions."""
         return overrides
+
+    @staticmethod
+    def feature_layer_norm(config: ModelConfig) -> nn.Module:
+        """A LayerNorm over each feature vector (pooled, or per grid position) if
+        ``feature_norm``: raw CNN features gave the same caption for every image (measured)."""
+        return nn.LayerNorm(config.feature_dim) if config.feature_norm else nn.Identity()
+
+    def check_grid(self, features: torch.Tensor) -> None:
+        """Refuse features that are not a grid (B, P, feature_dim), a pooled vector say."""
+        if features.dim() != 3 or features.size(-1) != self.config.feature_dim:
+            raise ValueError(
+                f"the {self.name} decoder reads the CNN grid, (batch, positions, "
+                f"{self.config.feature_dim}); got features of shape {tuple(features.shape)}"
+            )
 
     def describe(self) -> str:
         """A few words for people (the app's status line), e.g. ``LSTM 512``."""

@@ -1,19 +1,8 @@
-"""Checkpoints as plain state_dicts plus the configs needed to rebuild the model.
-
-Never a pickled module: a file written today still loads after the code is refactored, and it
-loads with ``torch.load(..., weights_only=True)``, which executes nothing. DataParallel's
-``module.`` prefix is never saved (the bare model is unwrapped first) and is stripped if an
-older file has it. The model config names the decoder (``ModelConfig.decoder``) and the
-registry rebuilds it; a file with no ``decoder`` key loads as ``lstm``.
-
-Nothing in a checkpoint is trusted before it is checked, and nothing is allocated before the
-checks: the config's types and ranges (:meth:`ModelConfig.from_dict`), then the tensors'
-names, shapes and dtypes against a model built on PyTorch's ``meta`` device (shapes only, no
-memory), then that the weights are finite: a crafted 1.5 MB file asking for
-``hidden_size=12000`` is a one-line :class:`~storyteller.artefacts.ArtefactError` in
-milliseconds, not 4 GB allocated for 11-24 s before failing on shapes.
-``last.pth``'s training state (optimiser, schedule, random states, progress) is checked the
-same way before a run resumes from it (:func:`check_training_state`).
+"""Checkpoints as plain state_dicts plus the configs that rebuild the model, loaded with
+``weights_only=True`` (which executes nothing) and trusted only once checked: the config, then
+the tensors' names, shapes and dtypes against a model built on the ``meta`` device (no
+memory), then that the weights are finite. A crafted 1.5 MB file asking for
+``hidden_size=12000`` is a one-line error in milliseconds, not 4 GB allocated.
 """
 
 from __future__ import annotations
@@ -35,7 +24,7 @@ from ..runtime import torch_save_atomic, unwrap
 from . import CaptionDecoder, build_model, resolve_config
 
 #: Most numbers (parameters and buffers) a stored config may describe: 2 GB of float32, 20x
-#: the largest captioner here. Checked on the shapes alone, before any memory is taken.
+#: the largest captioner here.
 MAX_MODEL_ELEMENTS = 500_000_000
 
 
@@ -59,9 +48,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, **extra) -> Path:
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint dict safely (``weights_only=True``) and check its outline: a dict
-    with a ``model`` state_dict (names -> tensors) and a ``model_config`` mapping. Errors
-    are one line naming the file (:class:`~storyteller.artefacts.ArtefactError`)."""
+    """A checkpoint dict, loaded safely and checked in outline: a ``model`` state_dict and a
+    ``model_config``; errors are one line naming the file."""
     path = Path(path)
     if not path.is_file():
         raise StorytellerError(
@@ -99,9 +87,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _load_failure(exc: Exception) -> str:
-    """``torch.load``'s failure in one line. Its own message for a refused pickle is a page
-    advising ``weights_only=False``, which is exactly what must not be done with a file that
-    refers to code; only the reason is kept."""
+    """``torch.load``'s failure in one line: its own message for a refused pickle is a page
+    advising ``weights_only=False``, exactly what must not be done with such a file."""
     text = str(exc)
     refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if refused:
@@ -117,9 +104,7 @@ def _load_failure(exc: Exception) -> str:
 def check_model_config(checkpoint: dict, path: str | Path) -> ModelConfig:
     """The checkpoint's model config, checked field by field and resolved through its
     decoder (known decoder, known options of the right types, known encoder)."""
-    from ..features.encoders import (
-        get_encoder_spec,  # torchvision: imported only when a file is read
-    )
+    from ..features.encoders import get_encoder_spec  # torchvision: only when a file is read
 
     try:
         config = ModelConfig.from_dict(checkpoint["model_config"])
@@ -134,10 +119,8 @@ def check_model_config(checkpoint: dict, path: str | Path) -> ModelConfig:
 
 
 class _ShapesOnly(TorchFunctionMode):
-    """Skip in-place fills (``normal_``, ``uniform_``, ``zero_``...) of meta tensors: a model
-    built for its shapes alone needs no initial values, and computing them on the meta device
-    goes through PyTorch's Python reference ops (1-3 s the first time, measured) where the
-    build without them takes ~10 ms."""
+    """Skip in-place fills (``normal_``, ``zero_``...) of meta tensors: a model built for its
+    shapes needs no values, and on the meta device they cost 1-3 s (measured), not ~10 ms."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -150,11 +133,8 @@ class _ShapesOnly(TorchFunctionMode):
 
 
 def check_weights(state_dict: dict, config: ModelConfig, path: str | Path) -> dict:
-    """``state_dict`` (prefixes stripped) if its tensors are exactly those the model of
-    ``config`` has (names, shapes, dtypes) and finite, else an :class:`ArtefactError`.
-
-    The model is built on the ``meta`` device: shapes without storage, so a config that asks
-    for a huge model costs nothing to refuse; :data:`MAX_MODEL_ELEMENTS` bounds it anyway."""
+    """``state_dict`` (prefixes stripped) if its tensors are exactly those of the model of
+    ``config`` (names, shapes, dtypes, built on the ``meta`` device) and finite."""
     try:
         with torch.device("meta"), _ShapesOnly():
             shapes = build_model(config)
@@ -213,12 +193,9 @@ def check_vocab_matches(
     path: str | Path,
     trust_vocab: bool = False,
 ) -> None:
-    """Refuse a vocabulary the checkpoint was not trained with: its fingerprint must match.
-
-    Every checkpoint storyteller writes stores ``vocab_fingerprint``; one without it cannot
-    show that ``vocab`` is its vocabulary (any list of the same length would be accepted and
-    produce wrong words), so it is refused unless ``trust_vocab=True``, the way out for a
-    person who knows the pair belongs together."""
+    """Refuse a vocabulary the checkpoint was not trained with: the fingerprints must match.
+    A checkpoint without one cannot show it (any list of the same length would give wrong
+    words), so it is refused unless ``trust_vocab=True``."""
     fingerprint = checkpoint.get("vocab_fingerprint")
     if fingerprint is None and not trust_vocab:
         raise ArtefactError(
@@ -249,12 +226,9 @@ def load_model(
     device: torch.device | str = "cpu",
     trust_vocab: bool = False,
 ) -> tuple[CaptionDecoder, dict]:
-    """Rebuild the model from a checkpoint alone, through the registry of decoders, after
-    checking the config, the weights against it (nothing allocated until both pass) and,
-    if ``vocab`` is given, that it is the vocabulary the model was trained with.
-
-    ``trust_vocab=True`` accepts a checkpoint with no vocabulary fingerprint (never one
-    whose fingerprint disagrees); see :func:`check_vocab_matches`."""
+    """The model of a checkpoint, rebuilt from the checkpoint alone after checking its config,
+    its weights and, if given, that ``vocab`` is the one it was trained with (see
+    :func:`check_vocab_matches` for ``trust_vocab``)."""
     checkpoint = read_checkpoint(path)
     config = check_model_config(checkpoint, path)  # no "decoder" key: "lstm"
     if vocab is not None:
@@ -265,9 +239,8 @@ def load_model(
 def build_checked_model(
     weights: dict, config: ModelConfig, path: str | Path, device: torch.device | str = "cpu"
 ) -> CaptionDecoder:
-    """The model of ``config`` (already checked) holding ``weights``, after
-    :func:`check_weights` (errors name ``path``). Shared by ``best_model.pth`` files and the
-    Hub layout (:mod:`storyteller.serving.hub`), whose weights live in their own file."""
+    """The model of ``config`` (already checked) holding ``weights`` after
+    :func:`check_weights`: a checkpoint's, or the Hub layout's own weights file."""
     state = check_weights(weights, config, path)
     model = build_model(config)
     model.load_state_dict(state)
@@ -293,8 +266,7 @@ def _rng_state_problem(value: object) -> str | None:
 
 
 def check_progress(checkpoint: dict, path: str | Path) -> None:
-    """The run's progress in ``last.pth``: ``epoch``, ``history`` (one dict per epoch),
-    ``best_val_loss``, ``bad_epochs`` and ``stopped_early`` of the right types."""
+    """The run's progress in ``last.pth`` has the right types."""
     epoch, history = checkpoint.get("epoch"), checkpoint.get("history")
     if not is_int(epoch) or epoch < 0:
         raise ArtefactError(path, f"epoch must be a count of epochs, got {epoch!r:.60}")
@@ -319,11 +291,9 @@ def check_training_state(
     optimizer: torch.optim.Optimizer,
     scheduler: object,
 ) -> None:
-    """Check everything ``last.pth`` holds for a resume against the run about to continue
-    (its model, optimiser and schedule), before any of it is loaded: the weights as
-    :func:`load_model` does, the training config, the optimiser's groups and every moment
-    tensor's shape against its parameter, the schedule's fields, the random states and the
-    progress. Resuming from a checked file then cannot fail half-way."""
+    """Check everything ``last.pth`` holds against the run about to resume from it (model,
+    optimiser, schedule, random states, progress) before any of it is loaded, so a resume
+    cannot fail half-way."""
     check_weights(checkpoint["model"], resolve_config(unwrap(model).config), path)
     train_config_of(checkpoint, path)
     check_progress(checkpoint, path)
@@ -369,9 +339,8 @@ def _same_kind(value: object, reference: object) -> bool:
 def _check_optimizer_state(
     saved: object, optimizer: torch.optim.Optimizer, path: str | Path
 ) -> None:
-    """The saved optimiser state fits ``optimizer``: as many groups of as many parameters,
-    every per-parameter tensor either a scalar (a step count) or the parameter's shape, and
-    finite."""
+    """The saved optimiser state fits ``optimizer``: the same groups and parameters, each
+    tensor a scalar (a step count) or the parameter's shape, and finite."""
     if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
         raise ArtefactError(path, "optimizer state is not an optimizer's state_dict")
     groups = saved.get("param_groups")

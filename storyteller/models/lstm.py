@@ -1,10 +1,6 @@
-"""The ``lstm`` captioner: image feature -> initial LSTM state -> words, one at a time.
-
-This is the Neural Storyteller seed architecture: a linear "encoder" projects the cached CNN
-feature into the decoder's hidden space, where it becomes the LSTM's initial hidden and cell
-state; the decoder embeds the previous word (256-d), runs a 512-d LSTM and predicts the next.
-Its sizes are :class:`~storyteller.config.ModelConfig`'s own fields (it has no
-``decoder_options``).
+"""The ``lstm`` captioner, the Neural Storyteller seed: the pooled CNN feature, projected to
+the hidden size, becomes the LSTM's initial state; each step embeds the previous word and
+predicts the next. Its sizes are :class:`~storyteller.config.ModelConfig`'s own fields.
 """
 
 from __future__ import annotations
@@ -23,8 +19,6 @@ from .registry import register_decoder
 
 @dataclass
 class LSTMState(DecoderState):
-    """What the LSTM carries between steps."""
-
     h: torch.Tensor = batch_field(dim=1)  # (num_layers, N, hidden)
     c: torch.Tensor = batch_field(dim=1)  # (num_layers, N, hidden)
     image: torch.Tensor | None = batch_field(dim=0)  # (N, hidden) when fed at every step
@@ -44,7 +38,7 @@ class LSTMDecoder(CaptionDecoder):
             modes = " or ".join(repr(mode) for mode in INJECT_MODES)
             raise ValueError(f"inject must be {modes}, got {config.inject!r}")
         self.image_proj = nn.Sequential(
-            nn.LayerNorm(config.feature_dim) if config.feature_norm else nn.Identity(),
+            self.feature_layer_norm(config),
             nn.Linear(config.feature_dim, hidden),
             nn.ReLU(),
             nn.Dropout(config.dropout),
@@ -65,8 +59,8 @@ class LSTMDecoder(CaptionDecoder):
         self.head = nn.Linear(hidden, config.vocab_size)
 
     def init_state(self, features: torch.Tensor) -> LSTMState:
-        """features: (B, feature_dim) -> decoder state: (h0, c0), each (num_layers, B, hidden),
-        plus the projected image (B, hidden) when it is also fed at every step."""
+        """features: (B, feature_dim) -> h0, c0 (num_layers, B, hidden) and, when it is fed at
+        every step, the projected image (B, hidden)."""
         batch, layers, hidden = features.size(0), self.config.num_layers, self.config.hidden_size
         projected = self.image_proj(features)  # (B, hidden)
         h0 = torch.tanh(self.init_h(projected)).view(batch, layers, hidden).transpose(0, 1)
@@ -83,14 +77,10 @@ class LSTMDecoder(CaptionDecoder):
     def forward(
         self, features: torch.Tensor, captions: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Teacher forcing. features: (B, feature_dim); captions: (B, T) ids starting with
-        ``<start>``. Returns next-word logits (B, T, vocab_size) for every input position, and
-        no extra loss terms.
-
-        Padded positions are computed too and masked out by the loss (``ignore_index``): with
-        a one-directional LSTM they cannot affect the real positions, and skipping
-        ``pack_padded_sequence`` avoids its CPU-lengths and DataParallel pitfalls.
-        """
+        """Teacher forcing: features (B, feature_dim), captions (B, T) -> logits (B, T, vocab).
+        Padded positions are computed and masked by the loss: a one-directional LSTM cannot
+        let them change the real ones, and no ``pack_padded_sequence`` means none of its
+        CPU-lengths and DataParallel pitfalls."""
         state = self.init_state(features)
         embedded = self.dropout(self.embed(captions))  # (B, T, embed)
         outputs, _ = self.lstm(
@@ -99,7 +89,6 @@ class LSTMDecoder(CaptionDecoder):
         return self.head(self.dropout(outputs)), {}  # (B, T, vocab)
 
     def step(self, tokens: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
-        """One decoding step. tokens: (N,) -> log-probabilities (N, vocab), new state."""
         embedded = self.embed(tokens).unsqueeze(1)  # (N, 1, embed)
         output, (h, c) = self.lstm(
             self._lstm_inputs(embedded, state.image), (state.h, state.c)

@@ -1,9 +1,6 @@
-"""The registry of captioners: a name in ``ModelConfig.decoder`` -> the class that builds it.
-
-One place that knows every decoder, so a checkpoint names its decoder and is rebuilt from its
-own config (``build_model(config)``) by training, evaluation, the app and the CLI alike. The
-built-in names and their options are listed without torch in :mod:`storyteller.decoder_options`
-(what the CLI reads before any model code loads).
+"""The registry of captioners: a name in ``ModelConfig.decoder`` -> the class that builds it,
+so a checkpoint names its decoder and is rebuilt from its own config. The built-in names and
+their options are listed without torch in :mod:`storyteller.decoder_options`.
 """
 
 from __future__ import annotations
@@ -18,15 +15,14 @@ from ..errors import StorytellerError
 if TYPE_CHECKING:
     from .base import CaptionDecoder
 
-#: Every registered decoder by name (``lstm`` first: the seed recipe).
+#: Every registered decoder by name, ``lstm`` (the seed) first.
 DECODERS: dict[str, type[CaptionDecoder]] = {}
 
 D = TypeVar("D", bound="type[CaptionDecoder]")
 
 
 def register_decoder(name: str) -> Callable[[D], D]:
-    """Class decorator: ``@register_decoder("attention")`` makes the class buildable from a
-    config whose ``decoder`` is that name."""
+    """``@register_decoder("attention")``: the class is built for configs naming it."""
 
     def register(cls: D) -> D:
         listed = BUILTIN_DECODERS.get(name, cls.options_class)
@@ -55,14 +51,14 @@ def decoder_class(name: str) -> type[CaptionDecoder]:
 
 
 def resolve_config(config: ModelConfig) -> ModelConfig:
-    """``config`` as its model will store it: the decoder's options complete (defaults filled
-    in). Two configs describe the same architecture when their resolved forms are equal."""
+    """``config`` as its model stores it, the decoder's options complete: two configs are the
+    same architecture when their resolved forms are equal."""
     return decoder_class(config.decoder).resolve_config(config)
 
 
 def build_model(config: ModelConfig) -> CaptionDecoder:
-    """A fresh (randomly initialised) model of the decoder ``config.decoder`` names; an
-    impossible size or choice is a one-line :class:`StorytellerError` naming the decoder."""
+    """A freshly initialised model of ``config``; an impossible size or choice is a one-line
+    :class:`StorytellerError` naming the decoder."""
     cls = decoder_class(config.decoder)
     try:
         model = cls(config)

@@ -1,26 +1,9 @@
-"""The ``transformer`` captioner: a transformer encoder over the CNN's grid and a masked
-multi-head transformer decoder over the words (the EfficientNetB0 + Transformer seed).
-
-Like the ``attention`` captioner it reads the CNN's last feature map as P = h x w positions of
-D features (EfficientNet-Lite0: 7 x 7 = 49 x 1280), but instead of one LSTM that looks again
-before every word:
-
-* the grid is projected to ``d_model``, given a learned embedding per position and passed
-  through a small transformer *encoder* (self-attention between the positions, so each one
-  can see the rest of the image before any word is written);
-* the words are embedded, given positions (learned or sinusoidal), and a transformer
-  *decoder* attends causally over the words so far and across to the encoded grid.
-
-Teacher forcing is one parallel pass over the whole caption (no Python loop over time, unlike
-the LSTMs). Decoding carries the encoded grid and the word ids so far in the state, and either
-reruns the decoder over the whole prefix at every step (the plain form, exactly what teacher
-forcing computes) or, by default, runs only the new position through each layer, reading the
-earlier positions' normalised inputs from a per-layer cache in the state; beam search reorders
-both with the rest of the state. ``bench/decode_speed.py`` times the two.
-
-Transformers train poorly with a constant learning rate from the first step, so this decoder
-brings its own recipe: AdamW with a linear warm-up then inverse-square-root decay, stepped once
-per batch (see :meth:`TransformerDecoder.configure_optimizer`).
+"""The ``transformer`` captioner (the EfficientNetB0 + Transformer seed): a transformer
+encoder over the CNN's grid, so each position sees the rest of the image, and a causal
+transformer decoder over the words that attends across to it. Decoding runs only the new
+position through each layer, reading the earlier ones from a per-layer cache in the state
+(``incremental``; ``bench/decode_speed.py`` times it against rerunning the whole prefix). It
+trains with its own recipe: AdamW, linear warm-up, then inverse-square-root decay per batch.
 """
 
 from __future__ import annotations
@@ -43,11 +26,9 @@ from .registry import register_decoder
 
 @dataclass
 class TransformerState(DecoderState):
-    """What the transformer captioner carries between steps: the encoded grid, computed once
-    per image; every word id so far (the positions, the padding mask, and the whole prefix
-    when the decoder is rerun over it); and, when decoding incrementally, each decoder layer's
-    normalised inputs at the earlier positions, the keys and values its self-attention needs
-    (a causal layer's earlier positions never change when a word is appended)."""
+    """The encoded grid (once per image), the word ids so far and, decoding incrementally,
+    each decoder layer's normalised inputs at the earlier positions: its self-attention's
+    keys and values, which never change when a word is appended to a causal layer."""
 
     memory: torch.Tensor = batch_field(dim=0)  # (N, P, d_model) the encoded grid
     tokens: torch.Tensor = batch_field(dim=0)  # (N, t) word ids fed so far, <start> first
@@ -55,8 +36,8 @@ class TransformerState(DecoderState):
 
 
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
-    """Vaswani et al.'s fixed positions: sin on even, cos on odd dimensions, wavelengths from
-    2 pi to 10000 * 2 pi, so any length works without a table. -> (length, d_model)."""
+    """Vaswani et al.'s fixed positions, sin on even and cos on odd dimensions, wavelengths
+    from 2 pi to 10000 * 2 pi. -> (length, d_model)."""
     position = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # (L, 1)
     rate = torch.exp(torch.arange(0, d_model, 2).float() * (-math.log(10000.0) / d_model))
     table = torch.zeros(length, d_model)  # (L, d_model)
@@ -66,10 +47,8 @@ def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
 
 
 def warmup_inverse_sqrt(warmup_steps: int):
-    """The LR multiplier after ``step`` optimiser steps: rises linearly to 1 over
-    ``warmup_steps`` (so Adam's moment estimates settle before the steps get large), then
-    decays as ``sqrt(warmup / step)`` (Vaswani et al.'s schedule, peak at the configured LR).
-    A plain function, so LambdaLR's state_dict holds only the step count."""
+    """The LR multiplier after ``step`` optimiser steps: linear up to 1 over ``warmup_steps``
+    (Adam's moments settle before the steps get large), then ``sqrt(warmup / step)``."""
     warmup = max(1, warmup_steps)
 
     def factor(step: int) -> float:
@@ -81,17 +60,13 @@ def warmup_inverse_sqrt(warmup_steps: int):
 
 @register_decoder("transformer")
 class TransformerDecoder(CaptionDecoder):
-    """A transformer encoder over the CNN grid and a causal transformer decoder over the words.
-
-    ``features`` are (B, P, D): P grid positions of ``config.feature_dim`` features each, P at
-    most ``grid_positions``. Sizes come from :class:`TransformerOptions`; ModelConfig gives the
-    vocabulary, the feature size and ``feature_norm``."""
+    """A transformer encoder over the grid (B, P, D), P at most ``grid_positions``, and a
+    causal transformer decoder over the words; sizes from :class:`TransformerOptions`."""
 
     options_class = TransformerOptions
     feature_layout: ClassVar[str] = "grid"
-    #: Decode one new position per step from the layers' cached inputs (True), or rerun the
-    #: decoder over the whole prefix (False: the plain form, kept to check and time against).
-    #: How the same weights are run, not part of the architecture, so not in the config.
+    #: Decode one new position per step from the layers' caches, or (False) rerun the whole
+    #: prefix: the plain form, to check and time against. Not part of the config.
     incremental: bool = True
 
     def __init__(self, config: ModelConfig):
@@ -104,11 +79,7 @@ class TransformerDecoder(CaptionDecoder):
             raise ValueError(
                 f"positions must be 'learned' or 'sinusoidal', got {options.positions!r}"
             )
-        # The LSTM captioner measured that un-normalised CNN features give the same caption for
-        # every image; the grid is normalised position by position as the attention one does.
-        self.feature_norm = (
-            nn.LayerNorm(config.feature_dim) if config.feature_norm else nn.Identity()
-        )
+        self.feature_norm = self.feature_layer_norm(config)
         self.feature_proj = nn.Linear(config.feature_dim, d_model)
         self.grid_positions = nn.Parameter(torch.zeros(options.grid_positions, d_model))
         nn.init.normal_(self.grid_positions, std=0.02)
@@ -120,38 +91,25 @@ class TransformerDecoder(CaptionDecoder):
             self.register_buffer("word_table", table, persistent=False)
         self.dropout = nn.Dropout(options.dropout)
 
-        def layer_kwargs() -> dict:
-            # Pre-LayerNorm (norm_first): trains stably at this depth with a short warm-up.
-            return dict(
-                d_model=d_model,
-                nhead=options.heads,
-                dim_feedforward=options.ff_dim,
-                dropout=options.dropout,
-                batch_first=True,
-                norm_first=True,
-            )
-
+        # Pre-LayerNorm (norm_first): trains stably at this depth with a short warm-up.
+        layer = dict(d_model=d_model, nhead=options.heads, dim_feedforward=options.ff_dim)
+        layer.update(dropout=options.dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(
-            nn.TransformerEncoderLayer(**layer_kwargs()),
+            nn.TransformerEncoderLayer(**layer),
             num_layers=options.encoder_layers,
             norm=nn.LayerNorm(d_model),
             enable_nested_tensor=False,  # no padding over the grid; silences the norm_first note
         )
         self.decoder = nn.TransformerDecoder(
-            nn.TransformerDecoderLayer(**layer_kwargs()),
+            nn.TransformerDecoderLayer(**layer),
             num_layers=options.decoder_layers,
             norm=nn.LayerNorm(d_model),
         )
         self.head = nn.Linear(d_model, config.vocab_size)
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
-        """features: (B, P, D) -> the encoded grid (B, P, d_model), once per image; a pooled
-        (B, D) vector or a grid larger than ``grid_positions`` is refused."""
-        if features.dim() != 3 or features.size(-1) != self.config.feature_dim:
-            raise ValueError(
-                "the transformer decoder reads the CNN grid, (batch, positions, "
-                f"{self.config.feature_dim}); got features of shape {tuple(features.shape)}"
-            )
+        """features: (B, P, D) -> the encoded grid (B, P, d_model), once per image."""
+        self.check_grid(features)
         cells = features.size(1)
         if cells > self.options.grid_positions:
             raise ValueError(
@@ -174,18 +132,18 @@ class TransformerDecoder(CaptionDecoder):
         return self.word_table[:length]  # (T, d_model)
 
     def decode(self, memory: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
-        """memory: (B, P, d_model), captions: (B, T) -> next-word logits (B, T, vocab).
+        """memory: (B, P, d_model), captions: (B, T) -> next-word logits (B, T, vocab)."""
+        return self.head(self._hidden(memory, captions))  # (B, T, V)
 
-        Shared by teacher forcing and decoding, so both compute the same thing. A causal mask
-        keeps each position from seeing later words (so padding after a caption cannot change
-        it), and a key padding mask keeps ``<pad>`` out of every position's view."""
-        hidden = self.decoder(
+    def _hidden(self, memory: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """The decoder's output (B, T, d_model) at every position. The causal mask hides later
+        words (and so the padding after a caption); the key padding mask hides ``<pad>``."""
+        return self.decoder(
             self._embed_words(captions),
             memory,
             tgt_mask=self._causal_mask(captions.size(1), captions.device),
             tgt_key_padding_mask=captions == PAD_ID,  # (B, T) true: no word
         )  # (B, T, d_model)
-        return self.head(hidden)  # (B, T, V)
 
     def _embed_words(self, captions: torch.Tensor) -> torch.Tensor:
         """captions: (B, T) -> word embeddings scaled by sqrt(d_model) plus positions."""
@@ -200,14 +158,12 @@ class TransformerDecoder(CaptionDecoder):
     def forward(
         self, features: torch.Tensor, captions: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Teacher forcing, every position at once. features: (B, P, D); captions: (B, T) ids
-        starting with ``<start>``. Returns next-word logits (B, T, vocab_size) and no extra
-        loss terms."""
+        """Teacher forcing, every position at once: -> logits (B, T, vocab), no extra loss."""
         return self.decode(self.encode(features), captions), {}  # (B, T, V)
 
     def init_state(self, features: torch.Tensor) -> TransformerState:
-        """features: (B, P, D) -> the encoded grid and no words yet: tokens (B, 0), and an
-        empty cache (B, 0, d_model) per decoder layer when decoding incrementally."""
+        """features: (B, P, D) -> the encoded grid, no words yet (B, 0) and, decoding
+        incrementally, an empty cache (B, 0, d_model) per decoder layer."""
         memory = self.encode(features)  # (B, P, d_model)
         tokens = torch.zeros(features.size(0), 0, dtype=torch.long, device=features.device)
         layers = None
@@ -219,16 +175,10 @@ class TransformerDecoder(CaptionDecoder):
     def step(
         self, tokens: torch.Tensor, state: TransformerState
     ) -> tuple[torch.Tensor, TransformerState]:
-        """One decoding step. tokens: (N,) -> log-probabilities (N, vocab) of the word after
-        them, and the state with the prefix one word longer."""
+        """tokens: (N,) -> log-probabilities (N, vocab) of the next word, and the state."""
         prefix = torch.cat([state.tokens, tokens.unsqueeze(1)], dim=1)  # (N, t+1)
         if state.layers is None:  # rerun over the whole prefix: O(t) positions per step
-            hidden = self.decoder(
-                self._embed_words(prefix),
-                state.memory,
-                tgt_mask=self._causal_mask(prefix.size(1), prefix.device),
-                tgt_key_padding_mask=prefix == PAD_ID,
-            )[:, -1:]  # (N, 1, d_model) the last position only
+            hidden = self._hidden(state.memory, prefix)[:, -1:]  # (N, 1, d_model) the last
             layers = None
         else:
             hidden, layers = self._step_layers(prefix, state)  # (N, 1, d_model)
@@ -239,12 +189,10 @@ class TransformerDecoder(CaptionDecoder):
     def _step_layers(
         self, prefix: torch.Tensor, state: TransformerState
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """The new last position through every decoder layer, its self-attention reading the
-        earlier positions from the cache: what ``nn.TransformerDecoderLayer`` computes with
-        ``norm_first=True`` for that position, written out with the layer's own modules.
-
-        prefix: (N, t+1) -> its last position's output (N, 1, d_model) and the caches, each
-        (N, t+1, d_model)."""
+        """The last position through every decoder layer, self-attention reading the earlier
+        ones from the cache: ``nn.TransformerDecoderLayer`` with ``norm_first=True``, written
+        out with the layer's own modules. prefix: (N, t+1) -> (N, 1, d_model), and the
+        caches (N, t+1, d_model)."""
         x = self._embed_words(prefix)[:, -1:]  # (N, 1, d_model) the new word only
         padding = prefix == PAD_ID  # (N, t+1) keys that are no word
         caches = []
@@ -266,8 +214,7 @@ class TransformerDecoder(CaptionDecoder):
 
     @classmethod
     def with_embedding_width(cls, overrides: dict, width: int, source: str) -> dict:
-        """The transformer's words are ``d_model`` wide (``embed_size`` is the LSTMs'): the
-        file sets ``decoder_options["d_model"]``; a different one asked for is an error."""
+        """The transformer's words are ``d_model`` wide: the file sets it."""
         options = dict(overrides.get("decoder_options") or {})
         asked = options.get("d_model")
         if asked is not None and asked != width:
@@ -279,11 +226,9 @@ class TransformerDecoder(CaptionDecoder):
 
     @classmethod
     def with_grid(cls, overrides: dict, grid: tuple[int, int], source: str) -> dict:
-        """The learned grid table must hold every position of the cache's grid: without
-        ``grid_positions`` asked for, it is ``h * w`` when that is more than the default 64,
-        else the default (so every run on a 7 x 7 or 8 x 8 grid keeps the config, and the
-        checkpoints, it always had and still resumes); a size asked for below ``h * w`` is a
-        one-line error before training, not a ValueError at the first batch."""
+        """The grid table holds every position: ``grid_positions`` not asked for is the
+        default 64 or ``h * w`` if more (a 7 x 7 or 8 x 8 grid keeps the default, so its
+        checkpoints still resume); one asked for below ``h * w`` is an error before training."""
         options = dict(overrides.get("decoder_options") or {})
         cells = grid[0] * grid[1]
         asked = options.get("grid_positions")
@@ -301,11 +246,9 @@ class TransformerDecoder(CaptionDecoder):
     def configure_optimizer(
         self, train_config: TrainConfig, extra_groups: Sequence[dict] = ()
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        """AdamW, peak learning rate ``train_config.lr`` after ``warmup_steps`` batches of
-        linear warm-up, then inverse-square-root decay. The schedule is a per-batch
-        ``LambdaLR`` (training steps any scheduler other than ReduceLROnPlateau after every
-        optimiser step). Weight decay (``train_config.weight_decay``) applies to matrices
-        only: decaying biases and LayerNorm gains towards 0 only fights the normalisation."""
+        """AdamW with :func:`warmup_inverse_sqrt` per batch, peak ``train_config.lr``. Weight
+        decay applies to matrices only: decaying biases and LayerNorm gains towards 0 only
+        fights the normalisation."""
         matrices = [p for p in self.trainable_parameters() if p.dim() >= 2]
         vectors = [p for p in self.trainable_parameters() if p.dim() < 2]
         optimizer = torch.optim.AdamW(

@@ -1,17 +1,9 @@
-"""Install this package into a notebook kernel that lacks it (a fresh Kaggle session).
-
-The notebooks' set-up cell cannot ``import storyteller`` to find out how to install
-``storyteller``, so this one file is run *by path* before the package exists in the kernel::
-
-    runpy.run_path("/kaggle/input/<your-repo-dataset>/storyteller/notebook/bootstrap.py")
-
-which is what every set-up cell does when ``importlib.util.find_spec("storyteller")`` is None,
-finding this file in the repository attached under ``/kaggle/input`` (or in the checkout the
-notebook sits in: ``../storyteller/notebook/bootstrap.py``). It therefore uses the standard library
-only. Run so, it installs the repository it lies in (``pip install -e``; editable so that
-``app.py`` stays beside the package, which notebook 05 deploys), from a writable copy when the
-repository is read-only (Kaggle inputs are), and then makes the new install importable in the
-running kernel. Imported as ``storyteller.notebook.bootstrap`` it does nothing (tests call its parts).
+"""Install this package into a kernel that lacks it (a fresh Kaggle session): every set-up cell
+runs this file *by path* (``runpy.run_path``) when ``storyteller`` cannot be imported, so it
+uses the standard library only. It installs the repository it lies in (``pip install -e``, so
+``app.py`` stays beside the package for notebook 05 to deploy), from a writable copy when the
+repository is read-only (Kaggle inputs are), and makes the install importable in the running
+kernel. Imported as a module it does nothing.
 """
 
 from __future__ import annotations
@@ -30,9 +22,8 @@ _SKIP = shutil.ignore_patterns(".git", "outputs", "*.pth", "*.npy", "__pycache__
 
 
 def repository(bootstrap: str | Path) -> Path:
-    """The repository ``bootstrap`` (this file) lies in: the folder above the package, which
-    must hold the package's ``pyproject.toml`` (a copy of the package alone, e.g. inside a
-    built Space folder, cannot be installed)."""
+    """The repository ``bootstrap`` (this file) lies in, which must hold the package's
+    ``pyproject.toml`` (a copy of the package alone, as in a Space folder, cannot be installed)."""
     repo = Path(bootstrap).resolve().parents[2]  # storyteller/notebook/bootstrap.py
     pyproject = repo / "pyproject.toml"
     if not (pyproject.is_file() and 'name = "storyteller"' in pyproject.read_text()):
@@ -58,9 +49,8 @@ def pip_command(source: Path) -> list[str]:
 
 
 def activate() -> None:
-    """Make a package pip just installed importable in this running interpreter: an editable
-    install is a ``.pth`` file, which Python reads only at start-up (``site.addsitedir`` reads
-    it now), and the import system caches directory listings (invalidated here)."""
+    """Make what pip just installed importable now: an editable install is a ``.pth`` file,
+    which Python reads only at start-up, and the import system caches directory listings."""
     for folder in [*site.getsitepackages(), site.getusersitepackages()]:
         site.addsitedir(folder)
     importlib.invalidate_caches()

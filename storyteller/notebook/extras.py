@@ -13,8 +13,7 @@ _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
 def missing_requirements(*extras: str) -> list[str]:
-    """Requirements of the package's optional ``extras`` (e.g. ``"story"``, ``"app"``) whose
-    distributions are not installed, as pip requirement strings."""
+    """The pip requirements of the package's ``extras`` (e.g. ``"story"``) not installed."""
     from importlib import metadata
 
     try:
@@ -44,14 +43,9 @@ SPACE_EXTRA = "app"
 
 
 def install_extras(*extras: str, log: Log = print) -> list[str]:
-    """pip-install whatever the named extras need and is missing (Kaggle has most of it).
-
-    Never stops the notebook: when pip fails (no internet, e.g. Kaggle with Internet off) it
-    says what could not be installed and what that costs: without the story requirements
-    there may be no story (the notebook goes on with the caption alone); without the
-    :data:`SPACE_EXTRA` ones the Space folder cannot be built or pushed (said plainly, since
-    the last cell then stops). Returns the requirements still missing (``[]``: all there).
-    """
+    """pip-install what the named extras need and is missing; return what is still missing.
+    Never stops the notebook: when pip fails (Kaggle with Internet off) it says what that
+    costs, no story model or (:data:`SPACE_EXTRA`) no Space, whose cell then stops."""
     import importlib
     import subprocess
     import sys

@@ -18,14 +18,9 @@ class Sizes:
 
 
 def adapted_sizes(gpu_count: int, cpu_count: int | None = None) -> Sizes:
-    """Sizes for ``gpu_count`` GPUs and ``cpu_count`` CPU cores.
-
-    * training: the recipe's batch (``TrainConfig.batch_size``, 64) per GPU, so
-      DataParallel gives each of Kaggle's two T4s a 64 share of a 128 batch; 64 on the CPU;
-    * extraction: the package's own choice for one device
-      (:func:`storyteller.features.extraction_sizes.extraction_sizes`, the same the CLI uses):
-      extraction runs on one GPU whatever the count.
-    """
+    """Sizes for ``gpu_count`` GPUs and ``cpu_count`` cores: the recipe's training batch per
+    GPU (DataParallel gives each of Kaggle's two T4s its share), and the CLI's extraction sizes
+    for one device (extraction runs on one GPU whatever the count)."""
     per_device = TrainConfig().batch_size
     extraction = extraction_sizes(on_gpu=gpu_count > 0, cpu_count=cpu_count)
     return Sizes(

@@ -1,4 +1,5 @@
-"""Look inside the captioner: the tensors of one training step, and beam search step by step.
+"""Look inside the captioner: the tensors of one training step, beam search step by step, and
+the code that computes them.
 
 The notebooks' "look inside" cells (03 and 04) call these, so what a student reads is the
 package's own model and search run on real photos, not a simplified copy:
@@ -7,13 +8,19 @@ package's own model and search run on real photos, not a simplified copy:
   batch) and names each tensor with its shape: features, captions, the decoder's state, word
   embeddings, logits and the loss;
 * :func:`beam_steps` runs :func:`storyteller.decoding.beam_search` for a few steps and keeps
-  what each step chose, with the log-probabilities it chose by.
+  what each step chose, with the log-probabilities it chose by;
+* :func:`show_source` shows the package's own source of a decoder's methods, a training step
+  or the search, with :func:`with_helpers` adding the functions they call.
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
-from collections.abc import Sequence
+import sys
+import textwrap
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -26,9 +33,12 @@ from ..decoding import BeamStep, beam_search
 from ..inference import Captioner
 from ..models import CaptionDecoder
 from ..runtime import unwrap
+from .report import in_notebook
 
 #: One row of :func:`forward_shapes`: a name, the tensor's shape, what it is.
 Row = tuple[str, tuple[int, ...], str]
+#: The folder that holds the ``storyteller`` package: source paths are shown relative to it.
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def photo_batch(
@@ -161,3 +171,64 @@ def format_beam_steps(steps: list[list[tuple[str, float, float]]], vocab_size: i
             for words, word, total in kept
         ]
     return "\n".join(lines)
+
+
+def _listing(obj) -> str:
+    """``obj``'s source under a comment naming it and where it is (file:line)."""
+    obj = inspect.unwrap(obj)  # a decorated function: its own source, not the decorator's
+    lines, start = inspect.getsourcelines(obj)
+    path = Path(inspect.getsourcefile(obj)).resolve()
+    where = path.relative_to(_SOURCE_ROOT) if path.is_relative_to(_SOURCE_ROOT) else path
+    heading = f"# {obj.__module__}.{obj.__qualname__}  ({where.as_posix()}:{start})\n"
+    return heading + textwrap.dedent("".join(lines))
+
+
+def show_source(*objects) -> None:
+    """Show the source of functions, methods or classes, each under its qualified name and
+    file:line: highlighted Python in Jupyter, plain text anywhere else."""
+    listings = [_listing(obj) for obj in objects]
+    if not in_notebook():
+        print("\n".join(listings), end="")
+        return
+    from IPython.display import Code, display
+
+    display(*(Code(listing, language="python") for listing in listings))
+
+
+def _calls(function: Callable) -> list[Callable]:
+    """The functions of ``function``'s own module that it calls, in source order: by name, or
+    on ``self`` for a method (imported functions and layers such as ``self.embed`` are left
+    out)."""
+    function = inspect.unwrap(function)
+    module = sys.modules[function.__module__]
+    # a method's class (its qualified name less the method's), or the module for a function
+    owner = getattr(module, function.__qualname__.rpartition(".")[0], module)
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    found = []
+    for call in sorted(
+        (node for node in ast.walk(tree) if isinstance(node, ast.Call)),
+        key=lambda node: (node.lineno, node.col_offset),
+    ):
+        if isinstance(call.func, ast.Name):  # helper(...)
+            found.append(getattr(module, call.func.id, None))
+        elif isinstance(call.func, ast.Attribute) and getattr(call.func.value, "id", "") == "self":
+            found.append(getattr(owner, call.func.attr, None))  # self.helper(...)
+    return [f for f in found if inspect.isfunction(f) and f.__module__ == module.__name__]
+
+
+def with_helpers(*functions: Callable, skip: Iterable[Callable] = ()) -> list[Callable]:
+    """``functions``, each followed by what it calls in the package (depth first, each once):
+    what a student needs to read them. ``skip``: functions shown already, neither repeated nor
+    followed."""
+    seen = list(skip)
+    start = len(seen)
+
+    def visit(function: Callable) -> None:
+        if function not in seen:
+            seen.append(function)
+            for called in _calls(function):
+                visit(called)
+
+    for function in functions:
+        visit(function)
+    return seen[start:]

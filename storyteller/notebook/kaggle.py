@@ -7,10 +7,13 @@ attached under ``/kaggle/input``, and its secrets (the Hugging Face token).
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from ..data.captions import CAPTION_FILES, find_image_dir
 from ..errors import StorytellerError
+from ..hf_token import ask_hf_token, find_hf_token
 from ..progress import Log
 from ..run_folder import RUN_ARTEFACTS, RUN_MARKERS
 
@@ -44,36 +47,38 @@ def _is_dataset_folder(folder: Path) -> bool:
     return True
 
 
-def find_datasets(input_root: str | Path, max_depth: int = _SEARCH_DEPTH) -> list[Path]:
-    """Every dataset folder under ``input_root`` (Kaggle's ``/kaggle/input``), best first.
-
-    Kaggle mounts an attached dataset as ``/kaggle/input/<slug>`` (or deeper, e.g.
-    ``/kaggle/input/<owner>/<slug>``; some datasets nest their files once more), so the
-    search walks a few levels down and stops at the first folder that holds a dataset.
-    Flickr30k ranks before Flickr8k, both before anything else that looks like one.
-    """
-    input_root = Path(input_root)
-    found: list[Path] = []
-    level = [input_root] if input_root.is_dir() else []
+def _walk(root: Path, max_depth: int, found: Callable[[Path], bool]) -> list[Path]:
+    """Folders under ``root``, level by level down to ``max_depth``, for which ``found`` is
+    true; the walk goes neither into them nor into a dataset folder."""
+    hits, level = [], [root] if root.is_dir() else []
     for _ in range(max_depth + 1):
         next_level = []
         for folder in level:
-            if _is_dataset_folder(folder):
-                found.append(folder)
+            if found(folder):
+                hits.append(folder)
                 continue
+            if _is_dataset_folder(folder):
+                continue  # never walk into the photos
             try:
                 children = sorted(os.scandir(folder), key=lambda e: e.name)
             except OSError:
                 continue
             next_level += [Path(e.path) for e in children if e.is_dir() and e.name[0] != "."]
         level = next_level
+    return hits
+
+
+def find_datasets(input_root: str | Path, max_depth: int = _SEARCH_DEPTH) -> list[Path]:
+    """Every dataset folder under ``input_root`` (Kaggle's ``/kaggle/input``, where a dataset
+    may sit a few levels down), Flickr30k first, then Flickr8k, then anything else."""
+    input_root = Path(input_root)
 
     def rank(path: Path) -> tuple[int, str]:
         text = str(path.relative_to(input_root)).lower()
         marks = [i for i, (_, mark) in enumerate(KAGGLE_DATASETS) if mark in text]
         return (marks[0] if marks else len(KAGGLE_DATASETS), text)
 
-    return sorted(found, key=rank)
+    return sorted(_walk(input_root, max_depth, _is_dataset_folder), key=rank)
 
 
 def no_dataset_error(input_root: Path) -> StorytellerError:
@@ -88,43 +93,22 @@ def no_dataset_error(input_root: Path) -> StorytellerError:
 
 
 def find_previous_runs(input_root: str | Path, max_depth: int = 3) -> list[Path]:
-    """Folders under ``input_root`` that hold a previous notebook's outputs.
-
-    On Kaggle each notebook is its own session with its own ``/kaggle/working``; the outputs
-    of a saved notebook version are attached to the next one as an input (Input -> Add Input
-    -> Your Work), where they appear under ``/kaggle/input``.
-    """
-    input_root = Path(input_root)
-    found, level = [], [input_root] if input_root.is_dir() else []
-    for _ in range(max_depth + 1):
-        next_level = []
-        for folder in level:
-            if any((folder / marker).is_file() for marker in RUN_MARKERS):
-                found.append(folder)
-                continue
-            if _is_dataset_folder(folder):
-                continue  # never walk into the photos
-            try:
-                next_level += sorted(
-                    Path(e.path) for e in os.scandir(folder) if e.is_dir() and e.name[0] != "."
-                )
-            except OSError:
-                continue
-        level = next_level
-    return found
+    """Folders under ``input_root`` holding an earlier notebook's outputs: on Kaggle a saved
+    notebook version's ``/kaggle/working`` is attached to the next one as an input (Input ->
+    Add Input -> Your Work)."""
+    return _walk(
+        Path(input_root),
+        max_depth,
+        lambda folder: any((folder / marker).is_file() for marker in RUN_MARKERS),
+    )
 
 
 def import_previous_outputs(
     input_root: str | Path, out_dir: str | Path, log: Log = print
 ) -> list[str]:
-    """Copy earlier notebooks' outputs found under ``input_root`` into ``out_dir``.
-
-    Only files missing from ``out_dir`` are copied (nothing is ever overwritten), so a
-    re-run keeps its own newer files; copying a ``last.pth`` is what lets training resume
-    in a new Kaggle session. Returns the names copied.
-    """
-    import shutil
-
+    """Copy earlier notebooks' outputs found under ``input_root`` into ``out_dir`` and return
+    the names copied. Only files missing from ``out_dir`` are copied, so a re-run keeps its own
+    newer files; a copied ``last.pth`` lets training resume in a new Kaggle session."""
     out_dir = Path(out_dir)
     copied = []
     for run in find_previous_runs(input_root):
@@ -142,15 +126,9 @@ def import_previous_outputs(
 
 
 def hf_token(prompt: bool = False) -> str | None:
-    """A Hugging Face token, or None. Never printed, logged or written anywhere.
-
-    Looks in Kaggle Secrets (a secret named ``HF_TOKEN``, on Kaggle only), then the
-    ``HF_TOKEN`` environment variable and the ``hf auth login`` cache
-    (:func:`storyteller.hf_token.find_hf_token`), then, with ``prompt``, asks with a hidden
-    prompt (``getpass``; skipped where there is no one to answer, e.g. a batch run).
-    """
-    from ..hf_token import ask_hf_token, find_hf_token
-
+    """A Hugging Face token or None, never printed, logged or written: a Kaggle secret named
+    ``HF_TOKEN`` (on Kaggle), then :func:`~storyteller.hf_token.find_hf_token`'s places, then,
+    with ``prompt``, a hidden prompt where someone can answer."""
     token = find_hf_token(kaggle=on_kaggle())
     if token is None and prompt:
         token = ask_hf_token()

@@ -13,9 +13,9 @@ from ..run_folder import HUB_MODEL_DIR, SPACE_DIR
 def publish_model(
     run_dir: str | Path, model_id: str = "", token: str | None = None, log: Log = print
 ) -> str | None:
-    """Push the run's captioner to the Hub model ``model_id`` (:func:`storyteller.serving.hub_push.
-    push_model`) and return the id, or, without an id or a token, write the model folder to
-    ``run_dir/hub_model`` (rebuilt each time), say how to push it and return None."""
+    """Push the run's captioner to the Hub model ``model_id`` and return the id, or, without an
+    id or a token, rebuild the model folder in ``run_dir/hub_model``, say how to push it and
+    return None."""
     import shutil
 
     from ..serving.hub import is_model_folder
@@ -41,13 +41,9 @@ def publish_space(
     log: Log = print,
     model: str | None = None,
 ) -> str:
-    """Push the run to the Hugging Face Space ``space_id``, or build its folder (dry run).
-
-    With a ``space_id`` and a ``token``: :func:`storyteller.serving.deploy.deploy_space`, returns the
-    Space's URL. Otherwise writes the Space folder to ``run_dir/space`` (rebuilt each time),
-    says how to push it, and returns the folder's path. With ``model`` (a pushed Hub model
-    id) the Space loads that model from the Hub instead of carrying the run's weights.
-    """
+    """Deploy the run to the Space ``space_id`` and return its URL, or, without an id or a
+    token, rebuild the Space folder in ``run_dir/space``, say how to push it and return its
+    path. With ``model`` (a pushed Hub model) the Space loads it instead of the run's weights."""
     import shutil
 
     from ..serving.deploy import build_space_folder, deploy_space

@@ -1,10 +1,6 @@
-"""Tables, figures and examples for the notebooks: what a run wrote, shown to a person.
-
-Everything here reads the files the pipeline steps write (``history.json``, ``metrics.json``,
-``test_captions.json``, the PNG figures), so a notebook can show a run made earlier, by the
-command line or by another notebook. In Jupyter, tables render as Markdown and figures as
-images; anywhere else they print as plain text and file paths.
-"""
+"""Tables, figures and examples of a run for the notebooks, read from the files the pipeline
+writes (so a run made earlier, or by the CLI, shows too): Markdown and images in Jupyter,
+plain text and file paths anywhere else."""
 
 from __future__ import annotations
 
@@ -35,8 +31,8 @@ METRIC_NAMES = {
 }
 
 
-def _in_notebook() -> bool:
-    """True inside a Jupyter kernel (where rich display works)."""
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel, where rich display works."""
     try:
         from IPython import get_ipython
     except ImportError:
@@ -85,34 +81,19 @@ class Table:
 
 
 def show(item) -> None:
-    """Display a table, or an image file given its path; prints the path outside Jupyter."""
-    if isinstance(item, (str, Path)):
-        path = Path(item)
-        if not _in_notebook():
-            print(f"figure: {path}")
-            return
-        from IPython.display import Image, display
-
-        display(Image(filename=str(path)))
+    """Display a table, or an image file given its path; printed outside Jupyter."""
+    is_path = isinstance(item, (str, Path))
+    if not in_notebook():
+        print(f"figure: {Path(item)}" if is_path else repr(item))
         return
-    if _in_notebook():
-        from IPython.display import display
+    from IPython.display import Image, display
 
-        display(item)
-    else:
-        print(repr(item))
-
-
-# --------------------------------------------------------------------------------------------
-# Notebook 01: the data
-# --------------------------------------------------------------------------------------------
+    display(Image(filename=str(item)) if is_path else item)
 
 
 def dataset_overview(data_dir: str | Path, out_dir: str | Path, num_examples: int = 6):
-    """A summary table of a dataset folder and a grid of a few images with one caption each.
-
-    Returns ``(table, grid_path)``; the grid is written to ``out_dir/data_examples.png``.
-    """
+    """A summary table of a dataset folder, and the path of a grid of a few of its images with
+    one caption each (``out_dir/data_examples.png``)."""
     from ..data.captions import load_dataset
 
     dataset = load_dataset(data_dir)
@@ -140,11 +121,6 @@ def dataset_overview(data_dir: str | Path, out_dir: str | Path, num_examples: in
     return table, grid
 
 
-# --------------------------------------------------------------------------------------------
-# Notebook 02: the vocabulary
-# --------------------------------------------------------------------------------------------
-
-
 def vocabulary_table(vocab, num_words: int = 15) -> Table:
     """The vocabulary's provenance and its most frequent words (ids 4, 5, ...)."""
     rows = [[key, value] for key, value in vocab.provenance.items()]
@@ -166,11 +142,6 @@ def encoding_example(vocab, caption: str) -> Table:
         ],
         title="One caption through the vocabulary",
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Notebook 03: training
-# --------------------------------------------------------------------------------------------
 
 
 def history_table(history: Sequence[Mapping]) -> Table:
@@ -202,11 +173,8 @@ def read_history(out_dir: str | Path) -> list[dict]:
 
 class TrainingMonitor:
     """``train_step(on_epoch=TrainingMonitor(out_dir))``: a per-epoch table and the loss plot,
-    redrawn in place after every epoch (printed rows outside Jupyter).
-
-    Epochs finished before a resume are read from ``history.json``, so the table always shows
-    the whole run.
-    """
+    redrawn in place after every epoch (printed rows outside Jupyter); the epochs before a
+    resume come from ``history.json``."""
 
     def __init__(self, out_dir: str | Path):
         self.out_dir = Path(out_dir)
@@ -215,7 +183,7 @@ class TrainingMonitor:
 
     def __call__(self, record: Mapping) -> None:
         self.history = [h for h in self.history if h["epoch"] < record["epoch"]] + [dict(record)]
-        if not _in_notebook():
+        if not in_notebook():
             print(repr(history_table([record])).splitlines()[-1])
             return
         from IPython.display import Image, display
@@ -228,11 +196,6 @@ class TrainingMonitor:
         else:
             self._handles[0].update(table)
             self._handles[1].update(image)
-
-
-# --------------------------------------------------------------------------------------------
-# Notebook 04: evaluation
-# --------------------------------------------------------------------------------------------
 
 
 def metrics_table(metrics: Mapping[str, Mapping], baseline: Mapping | None = None) -> Table:
@@ -255,25 +218,16 @@ def metrics_table(metrics: Mapping[str, Mapping], baseline: Mapping | None = Non
 
 def smoke_run(metrics: Mapping[str, Mapping]) -> bool:
     """Whether ``metrics`` (``metrics.json``, or what ``evaluate_step`` returns) come from a
-    smoke run (tiny data and model): its figures are then marked as such. A file written
-    before runs recorded their provenance counts as a real run."""
+    smoke run, whose figures are marked as such (no recorded provenance: a real run)."""
     return any(m.get("provenance", {}).get("smoke") is True for m in metrics.values())
 
 
 def best_and_worst(
     out_dir: str | Path, decoding: str | None = None, k: int = 3
 ) -> dict[str, list[dict]]:
-    """The ``k`` best and ``k`` worst test captions by per-image CIDEr-D
-    (:func:`storyteller.evaluation.metrics.per_image_cider`).
-
-    Args:
-        out_dir: the run folder holding ``test_captions.json`` (written by evaluation).
-        decoding: ``"greedy"``, ``"beam5"``, ...; default: the last one evaluated.
-
-    Returns:
-        ``{"best": [...], "worst": [...]}``, each item ``{"image", "references", "caption",
-        "score"}``, best first / worst first.
-    """
+    """The ``k`` best and ``k`` worst test captions of the run's ``test_captions.json`` by
+    per-image CIDEr-D, for ``decoding`` (default: the last one evaluated): ``{"best": [...],
+    "worst": [...]}``, each item ``{"image", "references", "caption", "score", "decoding"}``."""
     from ..evaluation.metrics import per_image_cider  # nltk, pycocoevalcap: only when asked
 
     items = read_json(RunPaths(Path(out_dir)).test_captions, "test captions file")
@@ -315,24 +269,6 @@ def plot_examples(
     )
 
 
-# --------------------------------------------------------------------------------------------
-# Notebook 05: a story as it is written
-# --------------------------------------------------------------------------------------------
-
-
-class _Text:
-    """Plain text that Jupyter shows as a paragraph (wrapped), not as a quoted string."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def _repr_markdown_(self) -> str:
-        return self.text.replace("\n", "  \n")
-
-    def __repr__(self) -> str:
-        return self.text
-
-
 def caption_line(captioner, caption: str) -> str:
     """``caption (<model>): <caption>``, with the smoke-run label ahead when the captioner's
     model is a smoke run's (:meth:`storyteller.inference.Captioner.labelled`)."""
@@ -340,22 +276,19 @@ def caption_line(captioner, caption: str) -> str:
 
 
 def stream(chunks) -> str:
-    """Show a story while it is generated and return the final text.
-
-    ``chunks`` yields the whole text so far after every piece (what
-    ``StorySession.start/continue_story/steer`` yield); in Jupyter the text grows in place,
-    elsewhere the final text is printed once.
-    """
-    text = ""
-    handle = None
+    """Show a story while it is generated (``chunks`` yields the whole text so far, as
+    ``StorySession.start`` does) and return the final text: in Jupyter it grows in place,
+    elsewhere the final text is printed once."""
+    text, handle = "", None
     for text in chunks:
-        if _in_notebook():
-            from IPython.display import display
+        if in_notebook():
+            from IPython.display import Markdown, display
 
+            shown = Markdown(text.replace("\n", "  \n"))  # a line break in Markdown
             if handle is None:
-                handle = display(_Text(text), display_id=True)
+                handle = display(shown, display_id=True)
             else:
-                handle.update(_Text(text))
-    if not _in_notebook():
+                handle.update(shown)
+    if not in_notebook():
         print(text)
     return text

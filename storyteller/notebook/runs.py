@@ -1,14 +1,14 @@
-"""The run folder a notebook writes into: where it is, and which notebook writes each file
-(for "run notebook N first" messages).
-"""
+"""The run folder a notebook writes into: where it is, and "run notebook N first" checks.
+They take the :class:`~.settings.NotebookSettings` that :func:`~.settings.setup` returns
+(which finds the folder here, so this module does not import it)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import StorytellerError
+from ..models.checkpoint import read_checkpoint
 from ..run_folder import (
     BEST_CHECKPOINT,
     DEFAULT_OUT,
@@ -20,10 +20,6 @@ from ..run_folder import (
     VOCAB_FILE,
 )
 from .kaggle import kaggle_root, on_kaggle
-
-if TYPE_CHECKING:
-    from .settings import NotebookSettings
-
 
 OUT_DIR_ENV = "STORYTELLER_OUT_DIR"
 
@@ -41,15 +37,13 @@ PRODUCED_BY = {
 
 def default_output_dir(smoke: bool = False) -> Path:
     """The run folder off Kaggle when none is named: ``./outputs``, or ``./outputs/smoke`` in
-    smoke mode, so a smoke run never meets a real run's cache (its features are of other
-    images) and never leaves its sample's figures among the real run's."""
+    smoke mode, so a smoke run never meets a real run's cache or figures."""
     return Path(DEFAULT_OUT, "smoke") if smoke else Path(DEFAULT_OUT)
 
 
 def find_output_dir(out_dir: str | Path | None = None, smoke: bool = False) -> Path:
     """``out_dir`` / ``$STORYTELLER_OUT_DIR`` if set, else ``/kaggle/working`` on Kaggle, else
-    :func:`default_output_dir` (``./outputs``, ``./outputs/smoke`` in smoke mode); created if
-    missing."""
+    :func:`default_output_dir`; created if missing."""
     explicit = out_dir if out_dir not in (None, "") else os.environ.get(OUT_DIR_ENV) or None
     if explicit is not None:
         path = Path(explicit).expanduser()
@@ -61,12 +55,9 @@ def find_output_dir(out_dir: str | Path | None = None, smoke: bool = False) -> P
     return path
 
 
-def require(settings: NotebookSettings, *artefacts: str) -> None:
-    """Stop with a clear message if an earlier notebook's output is missing.
-
-    ``require(settings, "vocab.pkl", "features/features.json")`` raises
-    :class:`StorytellerError` naming the notebook that writes each missing file.
-    """
+def require(settings, *artefacts: str) -> None:
+    """Stop with an error naming the notebook that writes each missing file, e.g.
+    ``require(settings, "vocab.pkl", "features/features.json")``."""
     missing = [name for name in artefacts if not (settings.out_dir / name).is_file()]
     if missing:
         notebooks = sorted({PRODUCED_BY.get(name, "the previous notebooks") for name in missing})
@@ -76,11 +67,9 @@ def require(settings: NotebookSettings, *artefacts: str) -> None:
         )
 
 
-def require_decoder(settings: NotebookSettings, checkpoint: str | Path) -> str:
+def require_decoder(settings, checkpoint: str | Path) -> str:
     """The decoder ``checkpoint`` holds; with ``DECODER`` set in this notebook, a clear error
     when the trained model is another one (notebook 03 ran with another ``DECODER``)."""
-    from ..models.checkpoint import read_checkpoint
-
     trained = read_checkpoint(checkpoint)["model_config"].get("decoder", "lstm")
     if settings.decoder_chosen and trained != settings.decoder:
         raise StorytellerError(

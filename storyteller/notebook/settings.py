@@ -1,28 +1,10 @@
-"""What the numbered notebooks share: one ``setup()`` that finds data, outputs and hardware.
+"""The set-up cell every notebook shares: :func:`setup_notebook` seeds, picks the device, finds
+the data and the output folder, sizes batches for the GPUs found, and turns on smoke mode.
 
-Every notebook's set-up cell calls :func:`setup_notebook` (:func:`setup` with the notebook's
-parameters), which
-
-1. seeds everything once (:func:`storyteller.runtime.seed_everything`);
-2. picks the device and prints the hardware found (GPU count and names);
-3. finds the data instead of asking for a path, in this order:
-
-   * ``DATA_DIR`` (the notebook parameter, or the ``STORYTELLER_DATA_DIR`` environment
-     variable) when it is set: a folder that must exist;
-   * on Kaggle, the attached ``adityajn105/flickr30k`` or ``adityajn105/flickr8k`` dataset,
-     wherever Kaggle mounted it under ``/kaggle/input`` (Flickr30k preferred when both are
-     attached); with none attached it stops with a message saying what to attach;
-   * elsewhere, the embedded sample dataset the package draws itself;
-
-4. picks the output folder: ``OUT_DIR`` / ``STORYTELLER_OUT_DIR`` if set, else
-   ``/kaggle/working`` on Kaggle and ``./outputs`` anywhere else (``./outputs/smoke`` in
-   smoke mode);
-5. adapts batch size and workers to the GPUs found, and turns on *smoke mode* when asked
-   (``SMOKE=True`` or ``STORYTELLER_SMOKE=1``): a 60-image sample when no dataset is found,
-   2 epochs and a small model, so the whole series runs on a CPU in a few minutes (CI).
-
-Where Kaggle's folders are is :mod:`.kaggle`'s business, the run folder :mod:`.runs`'s and the
-sizes :mod:`.hardware`'s; this module puts their answers together.
+The data is ``DATA_DIR`` (or ``$STORYTELLER_DATA_DIR``) when set; else on Kaggle the attached
+Flickr30k or Flickr8k dataset (:mod:`.kaggle`); else the embedded sample. *Smoke mode*
+(``SMOKE=True`` or ``STORYTELLER_SMOKE=1``) is a 60-image sample when no dataset is found,
+2 epochs and a small model: the whole series on a CPU in minutes (CI).
 """
 
 from __future__ import annotations
@@ -36,9 +18,10 @@ import torch
 
 from ..config import ModelConfig, TrainConfig, field_values
 from ..data.captions import find_caption_file
-from ..decoder_options import TransformerOptions
+from ..data.sample import default_sample_dir, ensure_sample_dataset, generate_sample_dataset
+from ..decoder_options import DEFAULT_DECODER, TransformerOptions
 from ..errors import StorytellerError
-from ..models import DEFAULT_DECODER, decoder_class
+from ..models import decoder_class
 from ..progress import Log
 from ..runtime import describe_hardware, get_device, seed_everything
 from .hardware import adapted_sizes
@@ -58,41 +41,13 @@ SMOKE_TRANSFORMER = field_values(
 )
 SMOKE_ENCODER = "efficientnet_lite0"  # ships with its weights: no download in CI
 
-_TRUE = {"1", "true", "yes", "on"}
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in _TRUE
-
-
-def smoke_requested(smoke: bool | None = None) -> bool:
-    """``smoke`` if given (the notebook's ``SMOKE`` parameter), else ``$STORYTELLER_SMOKE``."""
-    return _env_flag(SMOKE_ENV) if smoke is None else bool(smoke)
-
-
-def smoke_sample_dir(num_images: int = SMOKE_SAMPLE_IMAGES) -> Path:
-    """Where the small smoke-mode sample lives: beside the default sample, never over it."""
-    from ..data.sample import default_sample_dir
-
-    default = default_sample_dir()
-    return default.with_name(f"{default.name}-{num_images}")
-
 
 def find_data(
     data_dir: str | Path | None = None, smoke: bool = False, log: Log = print
 ) -> tuple[Path, str]:
     """The dataset folder and how it was found (``"DATA_DIR"``, ``"kaggle"`` or ``"sample"``).
-
-    Args:
-        data_dir: an explicit folder (the notebook's ``DATA_DIR``); ``None`` to look at
-            ``$STORYTELLER_DATA_DIR``, then Kaggle's inputs, then the embedded sample.
-        smoke: use a 60-image sample (instead of 400) when no dataset is found; on Kaggle,
-            fall back to it instead of stopping when no dataset is attached.
-
-    Raises:
-        StorytellerError: ``DATA_DIR`` does not exist or holds no caption file; on Kaggle
-            with no dataset attached (outside smoke mode), saying what to attach.
-    """
+    In smoke mode the sample has 60 images, and on Kaggle with no dataset attached it is used
+    instead of stopping with what to attach."""
     explicit = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV) or None
     if explicit is not None:
         path = Path(explicit).expanduser()
@@ -113,18 +68,11 @@ def find_data(
             return datasets[0], "kaggle"
         if not smoke:
             raise no_dataset_error(input_root)
-    from ..data.sample import generate_sample_dataset
-
-    if smoke:
-        return generate_sample_dataset(smoke_sample_dir(), SMOKE_SAMPLE_IMAGES), "sample"
-    from ..pipeline import resolve_data
-
-    return resolve_data(None, log=lambda _: None), "sample"
-
-
-# --------------------------------------------------------------------------------------------
-# The settings every notebook passes around
-# --------------------------------------------------------------------------------------------
+    if not smoke:
+        return ensure_sample_dataset(), "sample"
+    default = default_sample_dir()  # the smoke sample lives beside it, never over it
+    folder = default.with_name(f"{default.name}-{SMOKE_SAMPLE_IMAGES}")
+    return generate_sample_dataset(folder, SMOKE_SAMPLE_IMAGES), "sample"
 
 
 @dataclass
@@ -162,21 +110,14 @@ class NotebookSettings:
 
     def train_config(self, **changes) -> TrainConfig:
         """The :class:`TrainConfig` for this run (``changes`` override single fields)."""
-        config = {
-            "num_epochs": self.num_epochs,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "smoke": self.smoke,
-            **changes,
-        }
-        return TrainConfig(**config)
+        run = dict(num_epochs=self.num_epochs, batch_size=self.batch_size, seed=self.seed)
+        return TrainConfig(**{**run, "smoke": self.smoke, **changes})
 
     def path(self, name: str) -> Path:
         """An artefact of this run, e.g. ``settings.path("best_model.pth")``."""
         return self.out_dir / name
 
     def _sizes(self) -> dict:
-        """The model settings besides the decoder's name (none: its defaults)."""
         return {k: v for k, v in self.model_overrides.items() if k != "decoder"}
 
     def describe(self) -> str:
@@ -214,32 +155,22 @@ def setup(
     freeze_embeddings: bool = False,
 ) -> NotebookSettings:
     """Seed, pick the device, print the hardware, find data and outputs; return the settings.
-
-    Args:
-        data_dir: the notebook's ``DATA_DIR`` (``None``: found automatically, see module doc).
-        out_dir: the notebook's ``OUT_DIR`` (``None``: ``/kaggle/working`` or ``./outputs``).
-        smoke: the notebook's ``SMOKE`` (``None``: ``$STORYTELLER_SMOKE``).
-        epochs: number of epochs (``None``: 15, or 2 in smoke mode).
-        seed: seeds Python, NumPy, torch and the split.
-        encoder: the CNN (``None``: ResNet50, EfficientNet-Lite0 offline or in smoke mode).
-        device: ``"cpu"``/``"cuda"`` to force one (``None``: CUDA when available).
-        decoder: the notebook's ``DECODER``: the captioner to train (``None``: the default,
-            :data:`storyteller.models.DEFAULT_DECODER`); notebook 01 caches the features it
-            reads, notebooks 04 and 05 check that the trained model is that one.
-        embeddings: notebook 03's ``EMBEDDINGS``: a GloVe text file whose vectors start the
-            word embedding (its dimension sets the width, smoke sizes included);
-            ``freeze_embeddings`` (``FREEZE_EMBEDDINGS``) keeps them fixed.
-    """
-    decoder_class(decoder or DEFAULT_DECODER)  # an unknown name: say so before any work
+    Each argument is a parameters-cell name (:data:`SETUP_PARAMETERS`) or, for ``seed`` and
+    ``device``, a choice the notebooks leave to the default; ``None`` finds or defaults it
+    (``smoke``: ``$STORYTELLER_SMOKE``; ``epochs``: 15, or 2 in smoke mode; ``encoder``:
+    ResNet50, EfficientNet-Lite0 offline or in smoke mode)."""
+    name = decoder or DEFAULT_DECODER
+    decoder_class(name)  # an unknown name: say so before any work
     if freeze_embeddings and not embeddings:
         raise StorytellerError("FREEZE_EMBEDDINGS needs EMBEDDINGS (a GloVe text file)")
     if embeddings and not Path(embeddings).is_file():
         raise StorytellerError(f"EMBEDDINGS file not found: {embeddings}")
     seed_everything(seed)
-    smoke = smoke_requested(smoke)
+    if smoke is None:
+        smoke = os.environ.get(SMOKE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    smoke = bool(smoke)
     chosen = get_device(device)
     gpu_count = torch.cuda.device_count() if chosen.type == "cuda" else 0
-    gpu_names = [torch.cuda.get_device_name(i) for i in range(gpu_count)]
     log(f"hardware: {describe_hardware()}")
     data, source = find_data(data_dir, smoke=smoke, log=log)
     sizes = adapted_sizes(gpu_count)
@@ -251,7 +182,7 @@ def setup(
         out_dir=find_output_dir(out_dir, smoke=smoke),
         device=chosen,
         gpu_count=gpu_count,
-        gpu_names=gpu_names,
+        gpu_names=[torch.cuda.get_device_name(i) for i in range(gpu_count)],
         on_kaggle=on_kaggle(),
         smoke=smoke,
         seed=seed,
@@ -260,14 +191,7 @@ def setup(
         feature_batch_size=sizes.feature_batch_size,
         num_workers=sizes.num_workers,
         encoder=encoder or (SMOKE_ENCODER if smoke else None),
-        model_overrides=_with_embeddings(
-            {
-                "decoder": decoder or DEFAULT_DECODER,
-                **(smoke_model(decoder or DEFAULT_DECODER) if smoke else {}),
-            },
-            bool(embeddings),
-            freeze_embeddings,
-        ),
+        model_overrides=_model_overrides(name, smoke, bool(embeddings), freeze_embeddings),
         decoder_chosen=decoder is not None,
         embeddings=Path(embeddings) if embeddings else None,
     )
@@ -291,26 +215,11 @@ SETUP_PARAMETERS = {
 
 
 def setup_notebook(namespace: Mapping, log: Log = print) -> NotebookSettings:
-    """:func:`setup` with the parameters a notebook defines, read from its ``globals()``.
-
-    This keeps the set-up cell the same in every notebook (``notebooks check`` verifies it):
-    each notebook's own parameters cell says which of :data:`SETUP_PARAMETERS` it sets (02
-    has no ``DECODER``, 03 alone has ``EPOCHS``), and a name it does not define keeps
-    :func:`setup`'s default."""
+    """:func:`setup` with the parameters a notebook defines, read from its ``globals()``: the
+    set-up cell is then the same in every notebook (``notebooks check`` verifies it), and a
+    name a notebook does not define keeps :func:`setup`'s default."""
     chosen = {arg: namespace[name] for name, arg in SETUP_PARAMETERS.items() if name in namespace}
     return setup(**chosen, log=log)
-
-
-def _with_embeddings(overrides: dict, embeddings: bool, freeze: bool) -> dict:
-    """``overrides`` for a run that starts from pretrained vectors: the file sets the word
-    width, so the smoke sizes' (``embed_size``, the transformer's ``d_model``) are dropped."""
-    if not embeddings:
-        return overrides
-    kept = {k: v for k, v in overrides.items() if k != "embed_size"}
-    if "decoder_options" in kept:
-        options = {k: v for k, v in kept["decoder_options"].items() if k != "d_model"}
-        kept["decoder_options"] = options
-    return {**kept, **({"freeze_embeddings": True} if freeze else {})}
 
 
 def smoke_model(decoder: str) -> dict:
@@ -318,3 +227,16 @@ def smoke_model(decoder: str) -> dict:
     if decoder == "transformer":
         return {"decoder_options": dict(SMOKE_TRANSFORMER)}
     return dict(SMOKE_MODEL)
+
+
+def _model_overrides(decoder: str, smoke: bool, embeddings: bool, freeze: bool) -> dict:
+    """The model settings for ``decoder``: its smoke sizes in smoke mode, less the word width
+    (``embed_size``, the transformer's ``d_model``) when pretrained ``embeddings`` set it."""
+    overrides = {"decoder": decoder, **(smoke_model(decoder) if smoke else {})}
+    if not embeddings:
+        return overrides
+    overrides.pop("embed_size", None)
+    if "decoder_options" in overrides:
+        options = overrides["decoder_options"]
+        overrides["decoder_options"] = {k: v for k, v in options.items() if k != "d_model"}
+    return {**overrides, **({"freeze_embeddings": True} if freeze else {})}

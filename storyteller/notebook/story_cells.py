@@ -28,18 +28,10 @@ def _backend_choice(name: str, token: str | None, smoke: bool) -> tuple[str, str
 
 
 def story_backend(name: str = "auto", token: str | None = None, smoke: bool = False):
-    """The story backend for a notebook: ``name`` as in :func:`storyteller.story.get_backend`.
-
-    ``"auto"`` means the hosted model when there is a token and the offline Gemma model
-    otherwise; in smoke mode ``"auto"`` is always the offline model (CI has no network).
-    The token is a Hugging Face token: it is handed to the hosted backend only, and only
-    when that talks to Hugging Face (not to a ``$STORYTELLER_STORY_BASE_URL`` server, which
-    gets its own key: :mod:`storyteller.story.keys`).
-
-    Raises:
-        StoryError: the backend cannot be loaded (see :func:`find_story_backend`, which
-            returns the reason instead).
-    """
+    """The story backend ``name`` (:func:`storyteller.story.get_backend`; ``"auto"``: hosted
+    with a token, else offline, and always offline in smoke mode, as CI has no network), or a
+    ``StoryError``. The Hugging Face ``token`` goes to the hosted backend only when that talks
+    to Hugging Face (a ``$STORYTELLER_STORY_BASE_URL`` server gets its own key)."""
     from ..story import get_backend
     from ..story.backends.hosted import BASE_URL_ENV
     from ..story.keys import is_hugging_face
@@ -58,14 +50,9 @@ def _no_story(reason: str, log: Log) -> str:
 def find_story_backend(
     name: str = "auto", token: str | None = None, smoke: bool = False, log: Log = print
 ):
-    """The story backend, or ``None`` and why there is none: ``(backend, "")`` or
-    ``(None, reason)``.
-
-    Like :func:`story_backend`, but a missing model (no token, the offline package not
-    installed, ...) is not an error: the reason names the backend that was tried and what
-    would make one available, it is printed once, and the notebook goes on with the caption
-    alone (and still builds the Space, whose own story model is installed on the Space).
-    """
+    """``(backend, "")``, or ``(None, reason)`` when :func:`story_backend` cannot load one: the
+    reason names the backend tried and what would make one available, is printed once, and the
+    notebook goes on with the caption alone (the Space installs its own story model)."""
     from ..story import StoryError
 
     chosen, why = _backend_choice(name, token, smoke)
@@ -79,14 +66,9 @@ def find_story_backend(
 
 
 def tell_story(session, caption: str, smoke: bool = False, log: Log = print) -> tuple[str, str]:
-    """Start ``session``'s story from ``caption``, shown while it is written
-    (``report.stream(session.start(caption))``); ``smoke``: the caption comes from a smoke
-    run's model, and the story, which opens with it, is headed :data:`SMOKE_LABEL`.
-
-    Returns ``(story, "")``, or ``("", reason)`` when the model fails (a hosted model with
-    no network, an empty caption, a model that writes nothing); the reason is printed once
-    and the notebook goes on with the caption alone.
-    """
+    """Start ``session``'s story from ``caption``, shown while it is written; ``smoke`` (a smoke
+    model's caption) heads it :data:`SMOKE_LABEL`. Returns ``(story, "")``, or ``("", reason)``
+    when the model fails (printed once; the notebook goes on with the caption alone)."""
     from ..story import StoryError
     from . import report
 
@@ -107,9 +89,9 @@ def save_story(
     smoke: bool = False,
     log: Log = print,
 ) -> dict:
-    """Write ``story.json``: the photo, its caption, the backend and options, the story turn
-    by turn, ``why_no_story`` (``None`` when there is a story) and ``smoke`` (the caption
-    comes from a smoke run's model: caption and story are meaningless). Returns the record."""
+    """Write and return ``story.json``'s record: the photo, caption, backend, options, the
+    story turn by turn, ``why_no_story`` (None when there is one) and ``smoke`` (the caption
+    is a smoke model's, meaningless)."""
     from ..runtime import write_json
 
     path = Path(path)

@@ -1,14 +1,6 @@
-"""Keeping the notebook series honest: run it, check it is committed clean, clean it.
-
-* :func:`execute_notebook` runs a notebook top to bottom, unchanged, in a fresh ``python3``
-  kernel in a chosen working folder (what CI and ``python -m storyteller notebooks run`` do);
-* :func:`check_notebook` lists what must not be committed: outputs, execution counts,
-  widget state, absolute paths of a machine, a kernel other than ``python3``, and
-  functions or classes defined in cells beyond a few lines (the logic belongs in the
-  package, where it is tested and reused);
-* :func:`setup_cell_drift` lists the notebooks whose set-up cell differs from the others'
-  (it is the same in every notebook);
-* :func:`clean_notebook` strips outputs, execution counts and widget state in place.
+"""Keeping the notebook series honest (``python -m storyteller notebooks run/check/clean``):
+run it unchanged in a fresh kernel, list what must not be committed, strip outputs, and check
+that the set-up cell is the same in every notebook.
 """
 
 from __future__ import annotations
@@ -30,6 +22,7 @@ _MACHINE_PATH = re.compile(
     r"|[A-Za-z]:\\\\|file://)"
 )
 _MAGIC = re.compile(r"^\s*[%!]")
+_PARAMETER = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=", re.MULTILINE)
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 
@@ -54,6 +47,11 @@ def _source(cell: dict) -> str:
     return "".join(source) if isinstance(source, list) else source
 
 
+def _tagged(cells: list) -> list[int]:
+    """The indices of the cells tagged ``parameters``."""
+    return [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+
+
 def _long_definitions(code: str) -> list[str]:
     """Functions/classes in a cell longer than :data:`MAX_DEFINITION_LINES` lines."""
     code = "\n".join("" if _MAGIC.match(line) else line for line in code.splitlines())
@@ -75,12 +73,10 @@ def _long_definitions(code: str) -> list[str]:
 
 
 def check_notebook(path: str | Path) -> list[str]:
-    """Everything wrong with ``path`` as a committed notebook (empty list: clean).
-
-    Checks: no outputs, ``execution_count`` null, no widget state, no machine-specific
-    absolute paths, kernelspec ``python3``, a ``parameters``-tagged cell, and no function or
-    class defined in a cell beyond :data:`MAX_DEFINITION_LINES` lines.
-    """
+    """Everything wrong with ``path`` as a committed notebook (empty list: clean): outputs,
+    execution counts, widget state, attachments, machine-specific paths, a kernel other than
+    ``python3``, no ``parameters`` cell, definitions longer than :data:`MAX_DEFINITION_LINES`
+    lines (the logic belongs in the package, where it is tested)."""
     nb = _read(path)
     problems = []
     kernel = nb.get("metadata", {}).get("kernelspec", {}).get("name")
@@ -89,7 +85,7 @@ def check_notebook(path: str | Path) -> list[str]:
     if "widgets" in nb.get("metadata", {}):
         problems.append("notebook metadata holds widget state")
     cells = nb.get("cells", [])
-    if not any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells):
+    if not _tagged(cells):
         problems.append("no cell tagged 'parameters'")
     for i, cell in enumerate(cells):
         where = f"cell {i}"
@@ -113,20 +109,15 @@ def setup_cell(path: str | Path) -> str | None:
     """The source of a notebook's set-up cell: the first code cell after the one tagged
     ``parameters`` (None when there is no such cell)."""
     cells = _read(path).get("cells", [])
-    tagged = [
-        i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])
-    ]
+    tagged = _tagged(cells)
     after = cells[tagged[0] + 1 :] if tagged else []
     return next((_source(c) for c in after if c.get("cell_type") == "code"), None)
 
 
 def setup_cell_drift(paths: Iterable[str | Path]) -> dict[Path, str]:
-    """Notebooks whose set-up cell differs from the others', each with what differs.
-
-    The set-up cell is the same in every notebook (the per-notebook choices live in the
-    parameters cell), so a student can copy it anywhere and a fix reaches every notebook. The
-    reference is the text most notebooks share (the first notebook's on a tie); each other
-    notebook is reported with its first differing line."""
+    """Notebooks whose set-up cell differs from the text most share (the first notebook's on
+    a tie), each with its first differing line: the cell is the same everywhere, so a student
+    can copy it anywhere and a fix reaches every notebook."""
     sources = {Path(p): setup_cell(p) for p in paths}
     found = [s for s in sources.values() if s is not None]
     problems = {
@@ -153,11 +144,8 @@ def setup_cell_drift(paths: Iterable[str | Path]) -> dict[Path, str]:
 
 
 def clean_notebook(path: str | Path) -> bool:
-    """Strip outputs, execution counts and widget state from ``path`` in place.
-
-    Returns True when the file changed. Machine paths and long definitions are not fixed
-    automatically: :func:`check_notebook` reports them.
-    """
+    """Strip outputs, execution counts and widget state from ``path`` in place; True when the
+    file changed."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     nb = json.loads(text)
@@ -185,35 +173,20 @@ def parameter_value(text: str):
 
 def parameter_names(path: str | Path) -> set[str]:
     """The names a notebook's ``parameters`` cell assigns."""
-    import nbformat
-
-    nb = nbformat.read(str(path), as_version=4)
-    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    return {
-        name
-        for cell in cells
-        for name in re.findall(r"^([A-Z][A-Z0-9_]*)\s*=", cell.source, re.MULTILINE)
-    }
+    cells = _read(path).get("cells", [])
+    return {name for i in _tagged(cells) for name in _PARAMETER.findall(_source(cells[i]))}
 
 
 def inject_parameters(nb, parameters: dict) -> None:
-    """Papermill's convention: a cell tagged ``injected-parameters`` right after the cell
-    tagged ``parameters``, assigning each value (``repr``), so it overrides the default.
-    A name the notebook's parameters cell does not define is refused (a typo would otherwise
-    be ignored silently)."""
+    """Papermill's convention: a cell tagged ``injected-parameters`` right after the one tagged
+    ``parameters`` assigns each value, overriding the default. A name the parameters cell does
+    not define is refused (a typo would otherwise be ignored silently)."""
     import nbformat
 
-    index = next(
-        (
-            i
-            for i, c in enumerate(nb.cells)
-            if "parameters" in c.get("metadata", {}).get("tags", [])
-        ),
-        None,
-    )
-    if index is None:
+    tagged = _tagged(nb.cells)
+    if not tagged:
         raise StorytellerError("the notebook has no cell tagged 'parameters' to override")
-    defined = set(re.findall(r"^([A-Z][A-Z0-9_]*)\s*=", nb.cells[index].source, re.MULTILINE))
+    defined = set(_PARAMETER.findall(nb.cells[tagged[0]].source))
     unknown = sorted(set(parameters) - defined)
     if unknown:
         raise StorytellerError(
@@ -225,7 +198,7 @@ def inject_parameters(nb, parameters: dict) -> None:
     )
     cell = nbformat.v4.new_code_cell(source)
     cell.metadata["tags"] = ["injected-parameters"]
-    nb.cells.insert(index + 1, cell)
+    nb.cells.insert(tagged[0] + 1, cell)
 
 
 def execute_notebook(
@@ -234,17 +207,10 @@ def execute_notebook(
     timeout: int | None = None,
     parameters: dict | None = None,
 ):
-    """Run a notebook top to bottom in a fresh ``python3`` kernel whose working folder is
-    ``cwd``; return the executed notebook (the file itself is never changed).
-
-    Args:
-        timeout: seconds one cell may run (``None``: no limit, for real training runs).
-        parameters: values for the parameters cell's names (e.g. ``{"DECODER": "attention"}``),
-            set in a cell after it (:func:`inject_parameters`).
-
-    Raises:
-        StorytellerError: naming the notebook and the failing cell's error, or the timeout.
-    """
+    """Run a notebook top to bottom in a fresh ``python3`` kernel working in ``cwd`` and
+    return the executed copy (the file is never changed). ``timeout``: seconds a cell may run
+    (None: no limit); ``parameters``: values for the parameters cell's names. A failing cell
+    or a timeout is a :class:`StorytellerError` naming the notebook."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError

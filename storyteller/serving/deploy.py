@@ -1,30 +1,18 @@
-"""One-step Hugging Face Space deploy: assemble the Space folder from a run, then upload it.
-
-``python -m storyteller deploy --space USER/NAME --run outputs`` (or, in a notebook,
-:func:`deploy_space`) writes a folder holding exactly what the Space runs::
+"""``python -m storyteller deploy``: assemble a Hugging Face Space folder from a run, then
+upload it (``--dry-run DIR`` writes the folder only). The folder holds exactly what the Space runs::
 
     README.md          Space front matter (sdk: gradio, sdk_version, app_file, python_version)
-    app.py             the Gradio app (the repository's own app.py)
-    requirements.txt   CPU wheels of torch/torchvision, the package's and the story model's deps,
-                       and what the run's encoder needs beyond them (resnest50d: timm)
+    app.py             the repository's Gradio app
+    requirements.txt   the repository's, plus what the run's encoder needs (resnest50d: timm)
     storyteller/       a copy of this package (no caches)
     best_model.pth     the run's best checkpoint, slimmed to what inference needs
     vocab.pkl          the run's vocabulary (its dataset's local path cut to folder/file)
-    examples/          example pictures that fit the model (storyteller.serving.examples): the drawn
-                       scenes for a sample-trained run; a few of the run's test photos only
-                       when allowed (example_photos=True or STORYTELLER_EXAMPLE_PHOTOS=1:
-                       they are Flickr's, under their authors' licences); else none
+    examples/          example pictures that fit the model (:mod:`.examples`)
 
-With ``--model USER/NAME`` (a model pushed by ``python -m storyteller push``) the Space carries
-no weights: ``hub_model.json`` names the model, which the app downloads through the Hub's cache
-when it starts, and ``requirements.txt`` covers every encoder (a later push may change it).
-
-The folder is uploaded with ``HfApi.create_repo(..., repo_type="space", space_sdk="gradio",
-exist_ok=True)`` + ``HfApi.upload_folder``. ``--dry-run DIR`` writes the folder and stops.
-
-The token comes from ``HF_TOKEN``, the ``hf auth login`` cache or a hidden prompt
-(:func:`storyteller.hf_token.login_token`); it is passed to ``HfApi`` only, never printed,
-logged or written into the folder.
+With ``--model USER/NAME`` (pushed by ``python -m storyteller push``) the Space carries no
+weights: ``hub_model.json`` names the model the app downloads at start, and
+``requirements.txt`` covers every encoder (a later push may change it). The token goes to
+``HfApi`` only, never printed, logged or written into the folder.
 """
 
 from __future__ import annotations
@@ -35,11 +23,13 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from ..data.vocab import Vocabulary
 from ..errors import StorytellerError
-from ..features.encoders import ENCODERS, get_encoder_spec
+from ..features.encoder_specs import ENCODERS
+from ..features.encoders import get_encoder_spec
 from ..hf_token import login_token
 from ..models.checkpoint import load_model, read_checkpoint
 from ..progress import Log
@@ -47,13 +37,12 @@ from ..run_folder import BEST_CHECKPOINT, DEFAULT_OUT, VOCAB_FILE
 from ..runtime import torch_save_atomic, write_json
 from .examples import EXAMPLES_DIR, Examples, example_pictures, photos_allowed
 from .hub import check_repo_id, public_vocab
+from .server import SPACE_MODEL_FILE
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # storyteller/
 REPO_DIR = PACKAGE_DIR.parent
 APP_FILE = "app.py"
 REQUIREMENTS_FILE = "requirements.txt"
-#: In a Space built with ``--model``: which Hub model (and revision) the app loads at start.
-SPACE_MODEL_FILE = "hub_model.json"
 #: The title in the Space README's front matter when no --space names it (a dry run).
 DEFAULT_TITLE = "Neural Storyteller"
 # What inference needs from a checkpoint; optimiser, scheduler and RNG states stay behind.
@@ -62,17 +51,13 @@ _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".ipynb_check
 
 
 def check_space_id(space: str) -> str:
-    """``USER/NAME`` with the Hub's rules (letters, digits, ``-_.``; no ``--``/``..``; at most
-    96 characters per part), or a :class:`StorytellerError` saying what a good one looks like."""
+    """``USER/NAME`` by the Hub's rules, or a :class:`StorytellerError` showing a good one."""
     return check_repo_id(space, "Space", "--space")
 
 
 def gradio_version() -> str:
-    """The installed Gradio's version, which the Space's README pins (``sdk_version``).
-
-    Read from the distribution's metadata (no slow ``import gradio``). Raises
-    :class:`StorytellerError` saying what to install when Gradio is missing.
-    """
+    """The installed Gradio's version (from its metadata: no slow ``import gradio``), which
+    the Space's README pins; a clear error when Gradio is missing."""
     from importlib import metadata
 
     try:
@@ -160,22 +145,11 @@ def build_space_folder(
     model: str | None = None,
     example_photos: bool | None = None,
 ) -> Path:
-    """Write the Space folder into ``dest`` (created; must be empty or absent) and return it.
-    Nothing is uploaded.
-
-    Parameters:
-        run_dir: a folder written by ``python -m storyteller run-all`` (``best_model.pth`` and
-            ``vocab.pkl``), copied into the Space; not read when ``model`` is given.
-        dest: where to write the Space folder.
-        title: the Space's title in its README front matter.
-        model: a Hub model id (``USER/NAME``, pushed by ``python -m storyteller push``): the
-            Space loads it from the Hub at start (:data:`SPACE_MODEL_FILE`) and carries no
-            weights.
-        example_photos: copy a few of the run's test photos into the Space as its examples
-            (``None``: ``$STORYTELLER_EXAMPLE_PHOTOS``, default no: a Space is public and the
-            photos have their own licences). A sample-trained run ships its drawn scenes; a
-            Space with ``model`` ships none.
-    """
+    """Write the Space folder for the run in ``run_dir`` into ``dest`` (absent or empty) and
+    return it; nothing is uploaded. With ``model`` (a Hub id) the Space loads that model at
+    start and ``run_dir`` is not read. ``example_photos`` ships a few of the run's test photos
+    (None: ``$STORYTELLER_EXAMPLE_PHOTOS``, default no: a Space is public and the photos have
+    their own licences)."""
     dest = Path(dest).expanduser()
     if model is not None:
         model = check_repo_id(model, "model", "--model")
@@ -200,20 +174,19 @@ def build_space_folder(
         encoders = [_slim_checkpoint(checkpoint, dest / BEST_CHECKPOINT, vocab)]
         public_vocab(vocab).save(dest / VOCAB_FILE)  # no local path in a public Space
         about = f"`{BEST_CHECKPOINT}` + `{VOCAB_FILE}` in this Space"
+        examples = example_pictures(checkpoint.parent, dest / EXAMPLES_DIR, example_photos)
+        why = f": {examples.why}" if examples.why else ""
+        log(f"examples: {len(examples.paths)} ({examples.kind}){why}")
+        note = _examples_note(examples)
     else:
         # A later push may change the model's encoder: the Space can build every one.
-        encoders = list(ENCODERS)
+        encoders, note = list(ENCODERS), ""
         write_json(dest / SPACE_MODEL_FILE, {"model": model, "revision": None})
         about = f"[{model}](https://huggingface.co/{model}), loaded from the Hub at start"
     shutil.copy2(sources[APP_FILE], dest / APP_FILE)
     _write_requirements(sources[REQUIREMENTS_FILE], dest / REQUIREMENTS_FILE, encoders)
     shutil.copytree(PACKAGE_DIR, dest / PACKAGE_DIR.name, ignore=_IGNORED)
-    readme = _space_readme(title, sdk_version, about, model)
-    if model is None:
-        examples = example_pictures(checkpoint.parent, dest / EXAMPLES_DIR, example_photos)
-        why = f": {examples.why}" if examples.why else ""
-        log(f"examples: {len(examples.paths)} ({examples.kind}){why}")
-        readme += _examples_note(examples)
+    readme = _space_readme(title, sdk_version, about, model) + note
     (dest / "README.md").write_text(readme, encoding="utf-8")
     size_mb = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 1e6
     log(f"Space folder written to {dest} ({size_mb:.1f} MB)")
@@ -241,17 +214,16 @@ def run_files(run_dir: str | Path | None) -> tuple[Path, Path]:
 def deploy_command(
     space: str | None, run_dir: str | Path, private: bool = False, model: str | None = None
 ) -> str:
-    """The command that uploads what a dry run built: the same run folder (a hint without
-    ``--run`` would deploy ./outputs instead) or Hub model, and the Space, or a USER/NAME to
-    fill in."""
+    """The command that uploads what a dry run built: the same run folder (without ``--run``
+    it would deploy ./outputs) or Hub model, and the Space or a USER/NAME to fill in."""
     parts = ["python", "-m", "storyteller", "deploy", "--space", space or "USER/NAME"]
     parts += ["--model", model] if model else ["--run", str(run_dir)]
     return shlex.join(parts + (["--private"] if private else []))
 
 
 def http_error(action: str, repo: str, exc: Exception, token: str, kind: str = "Space"):
-    """A failed Hub call as a one-line :class:`StorytellerError`: the HTTP status, what it
-    usually means, the Hub's first line with the token masked."""
+    """A failed Hub call as one line: the HTTP status, what it usually means, the Hub's first
+    line with the token masked."""
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
     hint = {
@@ -266,17 +238,8 @@ def http_error(action: str, repo: str, exc: Exception, token: str, kind: str = "
     return StorytellerError(f"could not {action} the {kind} {repo} ({code}: {hint}). {detail}")
 
 
-def upload_to_hub(
-    folder: Path,
-    repo: str,
-    token: str,
-    repo_type: str,
-    private: bool,
-    message: str,
-    log: Log = print,
-) -> None:
-    """Create ``repo`` if missing (``exist_ok=True``) and upload ``folder`` as one commit.
-    The token goes to ``HfApi`` alone; a failure is one line with the token masked."""
+def _upload(folder: Path, repo: str, token: str, repo_type: str, private, message, log) -> None:
+    """Create ``repo`` if missing and upload ``folder`` as one commit; failures are one line."""
     from huggingface_hub import HfApi
     from huggingface_hub import errors as hub_errors
 
@@ -307,12 +270,12 @@ def build_and_upload(
     message: str,
     log: Log = print,
 ) -> None:
-    """Build a folder in a temporary directory (``build(dest)`` returns it), then log in
-    (:func:`~storyteller.hf_token.login_token`) and :func:`upload_to_hub` it: what deploying a
-    Space and pushing a model share."""
+    """Build a folder in a temporary directory (``build(dest)`` returns it) and upload it to
+    ``repo``: what deploying a Space and pushing a model share. The token
+    (:func:`~storyteller.hf_token.login_token`) goes to ``HfApi`` alone."""
     with tempfile.TemporaryDirectory(prefix=f"storyteller-{repo_type}-") as tmp:
         folder = build(Path(tmp) / repo_type)
-        upload_to_hub(folder, repo, login_token(token), repo_type, private, message, log)
+        _upload(folder, repo, login_token(token), repo_type, private, message, log)
 
 
 def deploy_space(
@@ -325,35 +288,18 @@ def deploy_space(
     model: str | None = None,
     example_photos: bool | None = None,
 ) -> str:
-    """Assemble the Space folder for ``run_dir`` and upload it to ``space`` (``USER/NAME``).
-
-    Parameters:
-        space: the Space id; created if missing (``exist_ok=True``). Only an upload needs
-            it: a dry run without one titles the folder :data:`DEFAULT_TITLE`.
-        run_dir: the run folder (``best_model.pth``, ``vocab.pkl``).
-        token: a Hugging Face token; default :func:`storyteller.hf_token.login_token` (never
-            printed).
-        private: create the Space as private.
-        dry_run: write the folder here and upload nothing.
-        model: a Hub model id the Space loads at start instead of carrying ``run_dir``'s
-            weights (push it first: ``python -m storyteller push``).
-        example_photos: ship a few of the run's test photos as examples (see
-            :func:`build_space_folder`).
-
-    Returns the Space's URL (or, for a dry run, the folder's path).
-    """
+    """Build the Space folder (:func:`build_space_folder`) and upload it to ``space``
+    (``USER/NAME``, created if missing); return the Space's URL. With ``dry_run`` the folder
+    is written there instead, nothing is uploaded, and its path is returned."""
+    build = partial(
+        build_space_folder, run_dir, log=log, model=model, example_photos=example_photos
+    )
     if dry_run is not None:
         title = check_space_id(space).split("/")[1] if space is not None else DEFAULT_TITLE
-        folder = build_space_folder(
-            run_dir,
-            dry_run,
-            title=title,
-            log=log,
-            model=model,
-            example_photos=example_photos,
+        folder = build(dry_run, title=title)
+        log(
+            f"dry run: nothing uploaded; to deploy: {deploy_command(space, run_dir, private, model)}"
         )
-        hint = deploy_command(space, run_dir, private, model)
-        log(f"dry run: nothing uploaded; to deploy: {hint}")
         return str(folder)
     if space is None:
         raise StorytellerError(
@@ -366,21 +312,9 @@ def deploy_space(
             "pushing the Space needs huggingface_hub: pip install 'huggingface_hub>=0.30' (the "
             "package's app extra), or build the folder only (--dry-run DIR) and upload it by hand"
         )
+    message = "Deploy Neural Storyteller (python -m storyteller deploy)"
     build_and_upload(
-        lambda dest: build_space_folder(
-            run_dir,
-            dest,
-            title=space.split("/")[1],
-            log=log,
-            model=model,
-            example_photos=example_photos,
-        ),
-        space,
-        "space",
-        token,
-        private,
-        "Deploy Neural Storyteller (python -m storyteller deploy)",
-        log,
+        partial(build, title=space.split("/")[1]), space, "space", token, private, message, log
     )
     page = f"https://huggingface.co/spaces/{space}"
     log(f"deployed: {page} (the Space builds for a few minutes before it answers)")

@@ -1,20 +1,15 @@
-"""The app's example pictures, chosen to fit the model it serves.
+"""The app's example pictures, chosen to fit the model it serves (a Flickr-trained model
+calls the drawn sample shapes "a man is playing with a large rope in his mouth"), by the
+first rule that applies to the served model's folder:
 
-A model trained on Flickr photos captioned the drawn sample shapes as "a man is playing with
-a large rope in his mouth": examples must come from the data the model knows. The rules, in
-order, for the folder that holds the served model:
+1. ``examples/`` in that folder (what ``deploy`` puts in a Space);
+2. a model trained on the embedded sample (``sample_NNNNN.jpg`` in its split): the drawn scenes;
+3. when the run's photos may be shown, a few photos of its *test* split (never seen in
+   training), from the dataset folder its feature cache was made from;
+4. otherwise none.
 
-1. ``examples/`` in that folder (what ``deploy`` puts in a Space): those pictures.
-2. A model trained on the embedded sample (its split names ``sample_NNNNN.jpg`` images): the
-   drawn sample scenes (:func:`storyteller.serving.server.render_examples`).
-3. Otherwise, when the run's photos may be shown, a few photos of the run's *test* split
-   (``splits.json``; never seen in training), found in the dataset folder the run's feature
-   cache was made from.
-4. Otherwise no examples.
-
-Flickr photos belong to their authors, under their own licences: showing them is a choice.
-``STORYTELLER_EXAMPLE_PHOTOS=1`` allows it and ``0`` forbids it; unset, the local app shows
-them (the person running it already has them on disk, and it listens on loopback) and
+Flickr photos keep their authors' licences: ``STORYTELLER_EXAMPLE_PHOTOS=1`` allows showing
+them and ``0`` forbids it; unset, the local app shows them (it listens on loopback) and
 ``deploy`` does not copy them into a Space, which is public.
 """
 
@@ -28,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..artefacts import read_json, read_splits
+from ..data.sample import make_example
 from ..errors import StorytellerError
 from ..run_folder import FEATURES_INDEX, SPLITS_FILE
 
@@ -36,6 +32,8 @@ PHOTOS_ENV = "STORYTELLER_EXAMPLE_PHOTOS"
 NUM_PHOTOS = 4
 PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 _SAMPLE_NAME = re.compile(r"sample_\d+\.jpg")
+# Varied scenes from the sample dataset (seed 0): shapes, colours, counts and backgrounds differ.
+EXAMPLE_INDICES = (0, 3, 7, 12)
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ class Examples:
 
 def photos_allowed(default: bool, env: Mapping[str, str] | None = None) -> bool:
     """Whether the run's own photos may be shown: ``$STORYTELLER_EXAMPLE_PHOTOS`` (``1`` or
-    ``0``), else ``default`` (the app: yes; deploy: no). Another value is a clear error."""
+    ``0``), else ``default``."""
     env = os.environ if env is None else env
     value = env.get(PHOTOS_ENV, "").strip()
     if not value:
@@ -94,7 +92,7 @@ def trained_on_sample(run_dir: str | Path) -> bool:
 
 def test_photos(run_dir: str | Path, count: int = NUM_PHOTOS) -> tuple[list[Path], str]:
     """The first ``count`` photos of the run's test split that are on disk, and, when there
-    are none, why (no split, or its dataset folder is not reachable from here)."""
+    are none, why."""
     run_dir = Path(run_dir)
     names = _test_split(run_dir)
     if not names:
@@ -115,8 +113,8 @@ def bundled(model_dir: str | Path) -> list[Path]:
 
 
 def choose_examples(model_dir: str | Path, allow_photos: bool) -> Examples:
-    """Which examples fit the model in ``model_dir`` (the rules in the module's docstring);
-    the drawn scenes (``sample``) have no paths until :func:`write_examples` draws them."""
+    """Which examples fit the model in ``model_dir`` (the module's rules); the drawn scenes
+    (``sample``) get their paths when :func:`example_pictures` draws them."""
     model_dir = Path(model_dir)
     found = bundled(model_dir)
     if found:
@@ -129,25 +127,32 @@ def choose_examples(model_dir: str | Path, allow_photos: bool) -> Examples:
     return Examples("test", photos) if photos else Examples("none", why=why)
 
 
-def write_examples(choice: Examples, folder: str | Path) -> Examples:
-    """``choice`` with its pictures in ``folder`` (created): the sample scenes drawn there,
-    photos copied there under their own names. A server serves them from there (Gradio serves
-    files from its temporary folder, not from a dataset elsewhere on disk); a Space folder
-    ships them."""
-    if choice.kind == "none":
-        return choice
+def render_examples(folder: str | Path, indices=EXAMPLE_INDICES, size: int = 320) -> list[Path]:
+    """Draw the sample scenes ``indices`` into ``folder`` once (they are deterministic) and
+    return their paths."""
     folder = Path(folder)
-    if choice.kind == "sample":
-        from .server import render_examples
-
-        return Examples(choice.kind, render_examples(folder))
     folder.mkdir(parents=True, exist_ok=True)
-    copies = []
-    for path in choice.paths:
-        copies.append(Path(shutil.copyfile(path, folder / path.name)))
-    return Examples(choice.kind, copies)
+    paths = []
+    for index in indices:
+        path = folder / f"example_{index:02d}.png"
+        if not path.is_file():
+            _, _, picture = make_example(0, index, image_size=size)
+            tmp = path.with_name(path.name + ".tmp")
+            picture.save(tmp, format="PNG")
+            os.replace(tmp, path)
+        paths.append(path)
+    return paths
 
 
 def example_pictures(model_dir: str | Path, folder: str | Path, allow_photos: bool) -> Examples:
-    """:func:`choose_examples` then :func:`write_examples`: what the app and deploy call."""
-    return write_examples(choose_examples(model_dir, allow_photos), folder)
+    """The examples that fit the model in ``model_dir``, put in ``folder`` (created): sample
+    scenes drawn there, photos copied there. A server serves them from there (Gradio serves
+    files from its temporary folder, not from a dataset elsewhere); a Space folder ships them."""
+    choice = choose_examples(model_dir, allow_photos)
+    if choice.kind == "none":
+        return choice
+    if choice.kind == "sample":
+        return Examples(choice.kind, render_examples(folder))
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    copies = [Path(shutil.copyfile(path, Path(folder) / path.name)) for path in choice.paths]
+    return Examples(choice.kind, copies)

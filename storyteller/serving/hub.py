@@ -1,22 +1,17 @@
-"""A trained captioner as a Hugging Face Hub model: a folder of plain files that outlive the code.
-
-The captioning projects people learn from lose their models to dead links, pickled modules
-that break after a refactor and vocabularies that no longer match. A storyteller model folder
-(what ``python -m storyteller push`` uploads and :meth:`Captioner.save_pretrained
-<storyteller.inference.Captioner.save_pretrained>` writes) holds only data::
+"""A trained captioner as a Hugging Face Hub model: a folder of plain data files that outlive
+the code (what ``python -m storyteller push`` uploads and ``Captioner.save_pretrained`` writes)::
 
     config.json           format marker + FORMAT_VERSION, model and training configs, the
-                          encoder's name, layout and preprocessing, the vocabulary fingerprint
-    model.safetensors     the decoder's weights (safetensors: tensors only, no code)
+                          encoder's name and preprocessing, the vocabulary fingerprint
+    model.safetensors     the decoder's weights
     encoder.safetensors   the fine-tuned encoder's weights (only for `train --fine-tune-encoder`)
     vocab.json            the vocabulary as plain JSON (Vocabulary.to_dict)
-    README.md             the model card (metadata with model-index results from metrics.json)
+    README.md             the model card (:mod:`.hub_card`)
 
-Reading one back trusts nothing: each file goes through the same checks as a ``best_model.pth``
-(:mod:`storyteller.models.checkpoint`) and a problem is a one-line
-:class:`~storyteller.artefacts.ArtefactError` naming the file. A folder written by a newer
-format is refused with what to upgrade. Downloads go through ``huggingface_hub``'s cache, so
-``revision=`` pins a commit, branch or tag and ``HF_HUB_OFFLINE=1`` works once it is cached.
+Reading one back trusts nothing: each file gets the checks a ``best_model.pth`` gets and a
+problem is a one-line :class:`~storyteller.artefacts.ArtefactError` naming the file. Downloads
+go through ``huggingface_hub``'s cache (``revision=`` pins a commit; ``HF_HUB_OFFLINE=1`` works
+once cached).
 """
 
 from __future__ import annotations
@@ -29,10 +24,12 @@ from pathlib import Path
 
 import torch
 
+from .. import __version__
 from ..artefacts import ArtefactError, describe, is_int, is_number, read_json
 from ..config import ModelConfig
 from ..data.vocab import Vocabulary
 from ..errors import StorytellerError
+from ..features.encoders import get_encoder_spec
 from ..models import CaptionDecoder
 from ..models.checkpoint import (
     build_checked_model,
@@ -41,6 +38,7 @@ from ..models.checkpoint import (
     train_config_of,
 )
 from ..runtime import atomic_path, write_json
+from ..training.finetune import ENCODER_WEIGHTS, checkpoint_encoder
 
 FORMAT_MARKER = "storyteller-captioner"
 #: Bumped when the layout changes in a way an older storyteller cannot read; a test pins it.
@@ -52,9 +50,8 @@ VOCAB_JSON = "vocab.json"
 CARD_FILE = "README.md"
 #: The files a model folder needs; ENCODER_FILE joins them for a fine-tuned encoder.
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_JSON)
-#: A user or a name in a Hub id: letters, digits, '-', '_' and '.', starting with a letter or
-#: digit, ending with a letter, digit or '_', at most 96 characters (huggingface_hub's
-#: validate_repo_id, which also allows a leading '_' and non-ASCII letters, and a bare NAME).
+#: A user or a name in a Hub id, stricter than huggingface_hub's validate_repo_id (which also
+#: allows a leading '_', non-ASCII letters and a bare NAME).
 _ID_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"{_ID_PART}/{_ID_PART}")
 
@@ -72,8 +69,8 @@ def require(module: str, why: str) -> object:
 
 @dataclass(frozen=True)
 class TrainedCaptioner:
-    """What a model folder holds once checked: everything a :class:`Captioner` is built from,
-    and ``info`` (training config, epoch, best validation loss) to write it out again."""
+    """A checked model folder: what a ``Captioner`` is built from, and ``info`` (training
+    config, epoch, best validation loss) to write it out again."""
 
     model: CaptionDecoder
     vocab: Vocabulary
@@ -82,8 +79,8 @@ class TrainedCaptioner:
 
 
 def repo_id_problem(repo: str) -> str | None:
-    """What makes ``repo`` no Hub id ``USER/NAME`` by the Hub's rules (one clause), or None:
-    an id that passes is one ``huggingface_hub`` accepts."""
+    """What makes ``repo`` no Hub id ``USER/NAME`` (one clause), or None: an id that passes is
+    one ``huggingface_hub`` accepts."""
     if not _REPO_ID.fullmatch(repo):
         return (
             "use USER/NAME, your Hugging Face user or organisation, a slash and a name, each "
@@ -108,37 +105,20 @@ def check_repo_id(repo: str | None, kind: str = "model", flag: str = "--repo") -
     return name
 
 
-# ---------------------------------------------------------------------------------------------
-# Writing
-# ---------------------------------------------------------------------------------------------
-
-
 def _preprocessing(encoder: str) -> dict:
-    from ..features.encoders import get_encoder_spec
-
     prep = asdict(get_encoder_spec(encoder).preprocessing)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in prep.items()}
 
 
-def _package_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("storyteller")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _tensors(state: dict) -> dict[str, torch.Tensor]:
-    """CPU, contiguous, unshared copies: what safetensors can write (a channels-last or tied
-    tensor is refused by it)."""
+    """CPU, contiguous, unshared copies (safetensors refuses channels-last or tied tensors)."""
     return {name: t.detach().to("cpu").contiguous().clone() for name, t in state.items()}
 
 
 def public_vocab(vocab: Vocabulary) -> Vocabulary:
-    """The vocabulary to publish (a Hub model, a Space), with a local dataset path cut to its
-    folder and file name: nothing public shows the trainer's file system (the fingerprint
-    depends on words only)."""
+    """The vocabulary to publish (a Hub model, a Space), its local dataset path cut to folder
+    and file name: nothing public shows the trainer's file system (the fingerprint is of the
+    words only)."""
     data = vocab.to_dict()
     source = data["provenance"].get("source")
     if isinstance(source, str):  # e.g. flickr8k/captions.txt
@@ -155,16 +135,9 @@ def write_model_folder(
     encoder_weights: dict | None = None,
     card: str | None = None,
 ) -> Path:
-    """Write the model folder into ``dest`` (absent or empty) and return it.
-
-    Parameters:
-        model_config: the decoder's config (its ``encoder`` names the CNN).
-        weights: the decoder's state_dict.
-        vocab: the vocabulary it was trained with.
-        info: ``train_config`` (a dict), ``epoch``, ``best_val_loss``, where known.
-        encoder_weights: the fine-tuned encoder's state_dict (``fine_tuned_blocks > 0``).
-        card: the model card's text (README.md); see :mod:`storyteller.serving.hub_card`.
-    """
+    """Write the model folder into ``dest`` (absent or empty) and return it. ``info`` holds
+    ``train_config`` (a dict), ``epoch`` and ``best_val_loss`` where known; ``encoder_weights``
+    the fine-tuned encoder's state_dict; ``card`` the README.md text."""
     safetensors_torch = require("safetensors.torch", "writing a model folder")
     dest = Path(dest).expanduser()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -177,7 +150,7 @@ def write_model_folder(
     config = {
         "format": FORMAT_MARKER,
         "format_version": FORMAT_VERSION,
-        "storyteller_version": _package_version(),
+        "storyteller_version": __version__,
         "model_config": model_config.to_dict(),
         "train_config": info.get("train_config") or {},
         "encoder": {
@@ -202,11 +175,6 @@ def write_model_folder(
     if card is not None:
         (dest / CARD_FILE).write_text(card, encoding="utf-8")
     return dest
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------
 
 
 def is_model_folder(path: str | Path) -> bool:
@@ -240,8 +208,8 @@ def _read_config(path: Path) -> dict:
 
 
 def _check_encoder(config: dict, model_config: ModelConfig, path: Path) -> None:
-    """The encoder section must describe the encoder this storyteller would build for the
-    model: a changed preprocessing would feed the decoder pictures it never learned from."""
+    """The encoder section must describe the encoder this storyteller builds for the model:
+    another preprocessing would feed the decoder pictures it never learned from."""
     encoder = config["encoder"]
     if encoder.get("name") != model_config.encoder:
         raise ArtefactError(
@@ -291,8 +259,6 @@ def _read_vocab(path: Path, fingerprint: str) -> Vocabulary:
 def load_model_folder(folder: str | Path, device: torch.device | str = "cpu") -> TrainedCaptioner:
     """Read and check a model folder: config, vocabulary, decoder weights and, for a
     fine-tuned encoder, its weights. Nothing is built before its file has passed."""
-    from ..features.finetune import ENCODER_WEIGHTS, checkpoint_encoder
-
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise StorytellerError(f"model folder not found: {folder}")
@@ -318,8 +284,7 @@ def load_model_folder(folder: str | Path, device: torch.device | str = "cpu") ->
 
 def download(repo: str, revision: str | None = None, token: str | None = None) -> Path:
     """The local folder of Hub model ``repo`` at ``revision`` (a branch, tag or commit),
-    through ``huggingface_hub``'s cache: downloaded once, then read from the cache (also with
-    ``HF_HUB_OFFLINE=1``). Errors are one line saying what to do."""
+    through ``huggingface_hub``'s cache; errors are one line saying what to do."""
     hub = require("huggingface_hub", f"loading the Hub model {repo}")
     errors = require("huggingface_hub.errors", f"loading the Hub model {repo}")
     try:
@@ -368,8 +333,8 @@ def resolve_model(
 
 
 def is_checkpoint_file(source: str | Path) -> bool:
-    """Whether ``source`` names a checkpoint file (``best_model.pth``), not a model folder or
-    a Hub id: an existing file, or a path ending in ``.pth``/``.pt`` (so a missing one gets
-    the checkpoint loader's "not found, train one" message)."""
+    """Whether ``source`` names a checkpoint file, not a model folder or a Hub id: an existing
+    file, or a path ending in ``.pth``/``.pt`` (a missing one then gets the checkpoint
+    loader's "not found, train one" message)."""
     path = Path(source).expanduser()
     return os.path.isfile(path) or path.suffix in (".pth", ".pt")  # False for too long a name

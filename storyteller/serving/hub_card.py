@@ -1,18 +1,15 @@
-"""The model card (README.md) of a storyteller Hub model: metadata the Hub indexes, and what a
-stranger needs before using the model.
-
-The metadata is written by ``huggingface_hub``'s own :class:`~huggingface_hub.ModelCardData`
-(so the Hub and :meth:`ModelCard.load <huggingface_hub.ModelCard.load>` parse it back): the
-library, pipeline tag, licence, dataset, and the test scores of ``metrics.json`` as
-``model-index`` results, one per metric and decoding. The text says what the model is
-(encoder -> decoder), how to load it, the commands that trained it, and what it cannot do.
+"""The model card (README.md) of a storyteller Hub model: metadata the Hub indexes (written by
+``huggingface_hub``'s own ``ModelCardData``, with the test scores of ``metrics.json`` as
+``model-index`` results), then what the model is, how to load it, the commands that trained it
+and what it cannot do.
 """
 
 from __future__ import annotations
 
 import shlex
 
-from ..config import ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig, train_flags
+from ..config_cli import config_flags
 from ..data.vocab import Vocabulary
 from ..errors import StorytellerError
 
@@ -41,9 +38,8 @@ def dataset_name(vocab: Vocabulary) -> str:
 def training_commands(model_config: ModelConfig, train_config: dict) -> list[str]:
     """The commands that train this model again on the same data (``features``, ``vocab``,
     ``train``), or a pointer to config.json when a setting has no flag."""
-    from ..cli import _MODEL_FLAGS, train_flags
-
-    keys = (*_MODEL_FLAGS, "decoder", "decoder_options", "feature_norm", "freeze_embeddings")
+    flagged = config_flags(ModelConfig)  # the fields that have a train flag
+    keys = (*flagged, "decoder", "decoder_options", "feature_norm", "freeze_embeddings")
     model = {k: v for k, v in model_config.to_dict().items() if k in keys}
     try:
         flags = train_flags(TrainConfig.from_dict(train_config), model)
@@ -99,6 +95,50 @@ def _table(metrics: dict) -> str:
     return head
 
 
+_CARD = """
+# {name}
+
+An image captioner made with Neural Storyteller (the `storyteller` Python package): the
+image encoder {encoder} and a `{decoder}` decoder ({words} words), trained on {dataset}.
+
+## Use
+
+```python
+from storyteller.inference import Captioner
+
+captioner = Captioner.from_pretrained("{repo}")  # revision="..." pins a commit or tag
+print(captioner(["photo.jpg"], beam_size=5)[0])
+```
+
+or `python -m storyteller caption photo.jpg --model {repo}`, and a Gradio Space that loads it:
+`python -m storyteller deploy --space USER/NAME --model {repo}`.
+
+## Results (test split)
+
+{table}
+
+## Training
+
+```bash
+{commands}
+```
+
+The full model and training configs are in `config.json`.
+
+## Intended use and limits
+
+For learning and demos: short English descriptions of everyday photos like those of
+{dataset}. It knows only the {words} words of its vocabulary, describes what it saw in
+training data (people, dogs, places) and guesses on anything else, and repeats that data's
+biases. Do not use it for decisions about people or where a wrong caption causes harm.
+
+## Files
+
+Format version {format_version}: {files}. Weights are
+safetensors and the vocabulary is JSON: loading runs no code.
+"""
+
+
 def model_card(
     repo: str,
     model_config: ModelConfig,
@@ -124,52 +164,18 @@ def model_card(
         tags=["image-captioning", model_config.encoder, model_config.decoder],
         eval_results=_results(metrics, dataset, name) or None,
     )
-    commands = "\n".join(training_commands(model_config, train_config))
-    encoder = model_config.encoder + (
-        f" (last {model_config.fine_tuned_blocks} block(s) fine-tuned)"
-        if model_config.fine_tuned_blocks
-        else " (ImageNet weights, frozen)"
+    blocks = model_config.fine_tuned_blocks
+    body = _CARD.format(
+        name=name,
+        repo=repo,
+        encoder=model_config.encoder
+        + (f" (last {blocks} block(s) fine-tuned)" if blocks else " (ImageNet weights, frozen)"),
+        decoder=model_config.decoder,
+        words=len(vocab),
+        dataset=dataset,
+        table=_table(metrics),
+        commands="\n".join(training_commands(model_config, train_config)),
+        format_version=format_version,
+        files=", ".join(f"`{f}`" for f in files),
     )
-    body = f"""
-# {name}
-
-An image captioner made with Neural Storyteller (the `storyteller` Python package): the
-image encoder {encoder} and a `{model_config.decoder}` decoder ({len(vocab)} words), trained on {dataset}.
-
-## Use
-
-```python
-from storyteller.inference import Captioner
-
-captioner = Captioner.from_pretrained("{repo}")  # revision="..." pins a commit or tag
-print(captioner(["photo.jpg"], beam_size=5)[0])
-```
-
-or `python -m storyteller caption photo.jpg --model {repo}`, and a Gradio Space that loads it:
-`python -m storyteller deploy --space USER/NAME --model {repo}`.
-
-## Results (test split)
-
-{_table(metrics)}
-
-## Training
-
-```bash
-{commands}
-```
-
-The full model and training configs are in `config.json`.
-
-## Intended use and limits
-
-For learning and demos: short English descriptions of everyday photos like those of
-{dataset}. It knows only the {len(vocab)} words of its vocabulary, describes what it saw in
-training data (people, dogs, places) and guesses on anything else, and repeats that data's
-biases. Do not use it for decisions about people or where a wrong caption causes harm.
-
-## Files
-
-Format version {format_version}: {", ".join(f"`{f}`" for f in files)}. Weights are
-safetensors and the vocabulary is JSON: loading runs no code.
-"""
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))

@@ -1,10 +1,6 @@
-"""``python -m storyteller push``: a run folder becomes a Hub model repository.
-
-The run's ``best_model.pth`` and ``vocab.pkl`` are checked as any load checks them, written in
-the model folder layout of :mod:`storyteller.serving.hub` with a model card (:mod:`storyteller.serving.hub_card`,
-its results from the run's ``metrics.json``), and uploaded with ``HfApi.create_repo`` +
-``upload_folder`` exactly as ``deploy`` uploads a Space: the token from ``HF_TOKEN``, the login
-cache or a hidden prompt, never printed or written. ``--dry-run DIR`` writes the folder only.
+"""``python -m storyteller push``: a run folder becomes a Hub model repository, written in the
+layout of :mod:`.hub` with a model card (:mod:`.hub_card`) and uploaded as ``deploy`` uploads
+a Space. ``--dry-run DIR`` writes the folder only.
 """
 
 from __future__ import annotations
@@ -19,6 +15,8 @@ from ..errors import StorytellerError
 from ..models.checkpoint import load_model, train_config_of
 from ..progress import Log
 from ..run_folder import METRICS_FILE
+from ..training.finetune import ENCODER_WEIGHTS, checkpoint_encoder
+from .deploy import build_and_upload, run_files
 from .hub import (
     CARD_FILE,
     ENCODER_FILE,
@@ -28,6 +26,7 @@ from .hub import (
     require,
     write_model_folder,
 )
+from .hub_card import model_card
 
 
 def model_files(fine_tuned: bool) -> list[str]:
@@ -36,8 +35,8 @@ def model_files(fine_tuned: bool) -> list[str]:
 
 
 def training_info(checkpoint: dict, path: Path) -> dict:
-    """The checkpoint's checked training config and progress, for config.json and the card
-    (a best loss that is not a finite number, e.g. no validation yet, is left out)."""
+    """The checkpoint's checked training config, epoch and best loss (left out when it is not
+    finite, e.g. no validation yet), for config.json and the card."""
     info = {"train_config": train_config_of(checkpoint, path).to_dict()}
     if isinstance(checkpoint.get("epoch"), int):
         info["epoch"] = checkpoint["epoch"]
@@ -63,10 +62,6 @@ def export_run(
 ) -> Path:
     """Write the model folder of the run in ``run_dir`` into ``dest`` (absent or empty),
     its card naming ``repo``; nothing is uploaded."""
-    from ..features.finetune import ENCODER_WEIGHTS, checkpoint_encoder
-    from .deploy import run_files
-    from .hub_card import model_card
-
     require("huggingface_hub", "writing the model card")
     run_dir = Path(run_dir).expanduser()
     checkpoint, vocab_path = run_files(run_dir)
@@ -108,11 +103,8 @@ def push_model(
     dry_run: str | Path | None = None,
     log: Log = print,
 ) -> str:
-    """Write the run's model folder and upload it to the Hub model ``repo`` (``USER/NAME``,
-    created if missing). Returns the model's URL, or with ``dry_run`` the folder written
-    there (no upload, no token needed)."""
-    from .deploy import build_and_upload
-
+    """Write the run's model folder and upload it to the Hub model ``repo`` (created if
+    missing); return its URL, or with ``dry_run`` the folder written there (no upload)."""
     if repo is not None:
         repo = check_repo_id(repo)
     if dry_run is not None:

@@ -1,13 +1,9 @@
-"""The story's main character, named from the first caption's subject, so every turn keeps one
-name and one pronoun.
+"""The story's hero, decided once from its first caption, so every turn keeps one name and
+one pronoun (a small base model calls the dog "he", then "she").
 
-A small base model given only "A dog runs through the snow." calls the dog "he" in one
-sentence and "she" in the next, and a new turn picks again. The prompt
-therefore says who the hero is (``Hero: Max, the dog (he).``), decided once from the story's
-first caption: a word for a man or a woman decides the pronoun; any other person or animal
-gets one from a stable hash of the caption (the same caption always gives the same hero); a
-group (``two dogs``, ``a group of people``) is ``they`` and gets no name; a caption with no
-living subject (``a red circle on the grass``) gets no hero at all.
+A word for a man or a woman decides the pronoun; any other person or animal gets one from a
+stable hash of the caption; a group (``two dogs``) is ``they``, unnamed; a caption with no
+living subject has no hero.
 """
 
 from __future__ import annotations
@@ -36,13 +32,13 @@ NUMBERS = frozenset("two three four five six several many".split())
 HE_NAMES = ("Sam", "Leo", "Max", "Theo", "Finn", "Jack")
 SHE_NAMES = ("Mia", "Rosa", "Nell", "Ivy", "Lucy", "Ada")
 
+_ONE = HE_WORDS | SHE_WORDS | EITHER_WORDS
 _WORD = re.compile(r"[a-z]+")
 
 
 @dataclass(frozen=True)
 class Hero:
-    """Who the story is about: ``noun`` from the caption, ``pronoun`` (he, she or they) and a
-    ``name`` ("" for a group)."""
+    """Who the story is about: a ``noun`` from the caption, a pronoun, a name ("" for a group)."""
 
     noun: str
     pronoun: str
@@ -56,10 +52,10 @@ class Hero:
 
 def _singular(word: str) -> str | None:
     """``word`` if it names one person or animal, its singular if it names several, else None."""
-    if word in HE_WORDS or word in SHE_WORDS or word in EITHER_WORDS:
+    if word in _ONE:
         return word
     for cut in ("es", "s"):
-        if word.endswith(cut) and word[: -len(cut)] in EITHER_WORDS | HE_WORDS | SHE_WORDS:
+        if word.endswith(cut) and word[: -len(cut)] in _ONE:
             return word[: -len(cut)]
     return None
 

@@ -1,16 +1,15 @@
 """Raw model text -> clean story text, streamed as deltas that never need taking back.
 
-Models run past the end of a story: a base model writes the next few-shot example
-(``Genre: ...``), any model can stop mid-sentence at its token budget, a chat model may open
-with a label or a preamble ("Here is the next part:") or repeat the last sentence it was
-given. :class:`StreamCleaner` holds back just enough text to remove all of that while the
-story streams: it emits text up to the last *finished* sentence, stops at a stop marker, and
-at the end drops an unfinished last sentence.
+Models run past a story's end: a base model writes the next few-shot example (``Genre:``), any
+model may stop mid-sentence at its token budget, open with a label or preamble ("Here is the
+next part:") or repeat the story's last sentence. :class:`StreamCleaner` holds back just enough
+text to remove all of that while the story streams.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 
 #: a sentence ends at . ! ? or an ellipsis, maybe followed by closing quotes or brackets
 _SENTENCE_END = re.compile(r"(?:[.!?]|\u2026)['\"\u201d\u2019)\]]*(?=\s|$)")
@@ -31,14 +30,24 @@ _LEAD_CHARS = 80  # decide on a leading label/echo once this much text (or a sen
 _MIN_REPEAT_WORDS = 4  # shorter sentences ("He smiled.") may honestly recur
 
 
-def _sentence_key(sentence: str) -> str:
+def sentence_key(sentence: str) -> str:
     """A sentence compared loosely: lower case, words only."""
     return " ".join(re.findall(r"[a-z0-9']+", sentence.lower()))
 
 
+def partial_marker(text: str, markers: Iterable[str]) -> int:
+    """Length of the tail of ``text`` that could still grow into one of ``markers``."""
+    held = 0
+    for marker in markers:
+        for k in range(min(len(marker) - 1, len(text)), held, -1):
+            if text.endswith(marker[:k]):
+                held = k
+                break
+    return held
+
+
 def split_sentences(text: str) -> list[str]:
-    """``text`` cut after every sentence end; each piece keeps its leading white space, and
-    the pieces joined give ``text`` back."""
+    """``text`` cut after every sentence end (the pieces keep their white space)."""
     pieces, start = [], 0
     for match in _SENTENCE_END.finditer(text):
         pieces.append(text[start : match.end()])
@@ -57,21 +66,12 @@ def last_sentence(text: str) -> str:
 
 
 class StreamCleaner:
-    """Feed raw model text in pieces; get back clean story text in pieces.
-
-    Parameters:
-        stop: markers that end the story (e.g. ``"\\n"`` and ``"Genre:"`` for a few-shot
-            prompt); the text from the first marker on is dropped and :attr:`done` turns on.
-        echo: text the model may repeat at the start of its answer (the story's last
-            sentence); dropped when the answer begins with it.
-        after_opening: the turn already began with this text (a forced first sentence), so
-            the model's text is joined to it with one space.
-        joins: labels that mean "the story goes on" (a base model copying its few-shot
-            format, ``"\nStory goes on:"``); they are removed and the story continues.
-        seen: the story so far. A sentence of four or more words that is already in it (or
-            was already written in this turn) is dropped: small models like to copy whole
-            sentences and paragraphs back instead of going on.
-    """
+    """Feed raw model text in pieces; get back clean story text in pieces: up to the last
+    finished sentence, nothing from a ``stop`` marker on (:attr:`done` then turns on), no
+    leading label or ``echo`` (the story's last sentence), no ``joins`` (a base model's "story
+    goes on" label), and no sentence of four or more words that ``seen`` (the story so far) or
+    this turn already has: small models copy whole paragraphs back instead of going on.
+    ``after_opening`` is the turn's forced first sentence, joined with one space."""
 
     def __init__(
         self,
@@ -81,7 +81,7 @@ class StreamCleaner:
         joins: tuple[str, ...] = (),
         seen: str = "",
     ):
-        self.seen = {_sentence_key(s) for s in split_sentences(seen)}
+        self.seen = {sentence_key(s) for s in split_sentences(seen)}
         self._pending_space = ""  # white space of a dropped sentence, for the next one kept
         self.stop = tuple(s for s in stop if s)
         self.joins = tuple(j for j in joins if j)
@@ -92,8 +92,6 @@ class StreamCleaner:
         self.done = False  # a stop marker was seen: the caller may stop generating
         self._lead_decided = False
         self._any_output = bool(after_opening)
-
-    # -- helpers -------------------------------------------------------------------------
 
     def _remove_joins(self) -> None:
         """Drop each join label; a paragraph the model left without its full stop gets one
@@ -118,16 +116,6 @@ class StreamCleaner:
         if cut >= 0:
             self.raw = self.raw[:cut]
             self.done = True
-
-    def _held_for_marker(self) -> int:
-        """Length of the raw text's tail that could still grow into a stop marker."""
-        held = 0
-        for marker in self.stop + self.joins:
-            for k in range(min(len(marker) - 1, len(self.raw)), 0, -1):
-                if self.raw.endswith(marker[:k]):
-                    held = max(held, k)
-                    break
-        return held
 
     def _decide_lead(self, final: bool) -> bool:
         """Strip a leading label, preamble or echo once enough text has arrived to tell."""
@@ -159,7 +147,7 @@ class StreamCleaner:
         """``piece`` without the sentences the story already has (see ``seen``)."""
         kept = []
         for sentence in split_sentences(piece):
-            key = _sentence_key(sentence)
+            key = sentence_key(sentence)
             if len(key.split()) >= _MIN_REPEAT_WORDS and key in self.seen:
                 space = sentence[: len(sentence) - len(sentence.lstrip())]
                 if "\n" in space or not self._pending_space:
@@ -184,8 +172,6 @@ class StreamCleaner:
             piece = self._drop_repeats(piece)
         return piece
 
-    # -- API -------------------------------------------------------------------------------
-
     def feed(self, delta: str) -> str:
         """Add raw text; return the clean text that is now safe to show (maybe empty)."""
         if self.done:
@@ -196,7 +182,7 @@ class StreamCleaner:
             return ""
         if self.done:
             return ""  # finish() hands out the rest, trimmed to its last sentence
-        safe = len(self.raw) - self._held_for_marker()
+        safe = len(self.raw) - partial_marker(self.raw, self.stop + self.joins)
         ends = [m.end() for m in _SENTENCE_END.finditer(self.raw, 0, safe)]
         ends = [e for e in ends if e < safe]  # an end must be followed by text to be sure
         return self._take(ends[-1]) if ends and ends[-1] > self.emitted else ""
@@ -213,11 +199,21 @@ class StreamCleaner:
             return self._take(len(self.raw.rstrip()))
         return ""
 
+    def clean(self, deltas: Iterable[str]) -> Iterator[str]:
+        """The clean pieces of ``deltas`` until they end or a stop marker is seen (then stop
+        generating); :meth:`finish` gives the rest."""
+        for delta in deltas:
+            if piece := self.feed(delta):
+                yield piece
+            if self.done:
+                return
 
-def turn_cleaner(story: str, opening: str, stop: tuple[str, ...], joins: tuple[str, ...]):
-    """The :class:`StreamCleaner` for one base-model turn: ``story`` is the story so far,
-    ``opening`` the turn's forced first sentence (a caption or steering line, "" for none),
-    ``stop`` and ``joins`` the completion prompt's markers. Neither the story nor the opening
+
+def turn_cleaner(
+    story: str, opening: str = "", stop: tuple[str, ...] = (), joins: tuple[str, ...] = ()
+) -> StreamCleaner:
+    """The :class:`StreamCleaner` for one turn after ``story``, opened by ``opening`` (a
+    forced first sentence, or ""), with a completion prompt's ``stop`` and ``joins``: neither
     may be copied back; with no opening, the story's last sentence is the echo to drop."""
     return StreamCleaner(
         stop=stop,

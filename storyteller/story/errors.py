@@ -6,10 +6,8 @@ from ..errors import StorytellerError
 
 
 class StoryError(StorytellerError):
-    """Story generation failed: bad token, HTTP 4xx/5xx, timeout, model too large, ...
-
-    The message names the backend and says what to do; callers still show the caption.
-    """
+    """Story generation failed (bad token, HTTP error, timeout, model too large...); the
+    message names the backend and says what to do, and callers still show the caption."""
 
 
 class NoStoryBackend(StoryError):

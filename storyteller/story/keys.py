@@ -1,19 +1,7 @@
-"""Which key goes to which server, and keeping every key out of what is shown.
-
-The one place that decides which story credential goes where (backend choice, the hosted
-backend and gated local models all ask here; the Hugging Face token itself is found by
-:mod:`storyteller.hf_token`):
-
-* ``HF_TOKEN`` (or a saved ``hf auth login``) is a Hugging Face credential: it is sent only
-  to Hugging Face (no ``base_url``, or one on a :data:`HF_HOSTS` host). A self-hosted
-  server that received it could use it as its owner (it once did: a ``--base-url`` server
-  got the token and wrote it into the story).
-* A self-hosted ``--base-url`` gets its own key, ``$STORYTELLER_STORY_API_KEY`` (or an
-  explicit ``token`` argument), or none.
-* No key is ever sent over plain ``http://`` to a host other than this machine
-  (:func:`is_loopback`): anyone on the way could read it.
-* Every key is replaced by ``***`` in errors *and* in the streamed story (:class:`Scrubber`
-  also catches a key split across two streamed chunks).
+"""Which key goes to which server, and keeping every key out of what is shown: the Hugging
+Face token goes only to Hugging Face (a self-hosted server that got it could act as its owner,
+or write it into the story), a ``--base-url`` server gets its own key or none, no key goes over
+plain http to another machine, and every key is masked in errors and in the streamed story.
 """
 
 from __future__ import annotations
@@ -24,6 +12,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from ..hf_token import every_hf_token, find_hf_token
+from .cleaning import partial_marker
 from .errors import StoryError
 
 API_KEY_ENV = "STORYTELLER_STORY_API_KEY"
@@ -33,16 +22,11 @@ MASK = "***"
 MIN_SECRET_CHARS = 6  # shorter "keys" would mask ordinary words in a story
 
 
-def host_of(base_url: str) -> str:
-    """The host name of ``base_url``, lower case (``""`` when it has none)."""
-    return (urlsplit(base_url).hostname or "").lower()
-
-
 def is_hugging_face(base_url: str | None) -> bool:
     """True for Hugging Face's own endpoints: no ``base_url``, or one on :data:`HF_HOSTS`."""
     if not base_url:
         return True
-    host = host_of(base_url)
+    host = urlsplit(base_url).hostname or ""  # lower case
     return any(host == h or host.endswith("." + h) for h in HF_HOSTS)
 
 
@@ -58,14 +42,10 @@ def is_loopback(host: str) -> bool:
 
 
 def key_for(base_url: str | None, token: str | None = None) -> str | None:
-    """The key to send to ``base_url`` (``None``: Hugging Face Inference Providers).
-
-    ``token`` (an explicit argument) wins; else Hugging Face endpoints get
-    :func:`find_hf_token` and any other server ``$STORYTELLER_STORY_API_KEY``; else none.
-
-    Raises:
-        StoryError: a key would go over plain http to a host other than this machine.
-    """
+    """The key to send to ``base_url`` (``None``: Hugging Face Inference Providers): ``token``
+    if given, else the Hugging Face token for Hugging Face and ``$STORYTELLER_STORY_API_KEY``
+    for any other server; a :class:`StoryError` where it would go over plain http to another
+    machine."""
     if token:
         key = token
     elif is_hugging_face(base_url):
@@ -77,15 +57,15 @@ def key_for(base_url: str | None, token: str | None = None) -> str | None:
         if parts.scheme.lower() != "https" and not is_loopback(parts.hostname or ""):
             raise StoryError(
                 f"hosted: refusing to send an API key over plain {parts.scheme or 'http'} to "
-                f"{host_of(base_url) or base_url}: use an https:// base URL (or a server on "
+                f"{parts.hostname or base_url}: use an https:// base URL (or a server on "
                 f"this machine), or unset {API_KEY_ENV} for a server that needs no key"
             )
     return key
 
 
 def known_secrets(*extra: str | None) -> list[str]:
-    """Every credential this process could send: ``extra``, the Hugging Face token
-    (``HF_TOKEN`` and a saved login, both when they differ) and the story API key (to scrub from anything shown)."""
+    """Every credential this process could send (``extra``, each Hugging Face token, the story
+    API key), longest first: what to scrub from anything shown."""
     found = [*extra, *every_hf_token(), os.environ.get(API_KEY_ENV)]
     return sorted({s for s in found if s and len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
 
@@ -98,27 +78,17 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 
 
 class Scrubber:
-    """:func:`scrub` for streamed text: feed the chunks, get back text with no secret in
-    it, even when one arrives split across chunks (the tail that could be the start of a
-    secret is held back until the next chunk or :meth:`finish` decides)."""
+    """:func:`scrub` for streamed text, even when a secret arrives split across chunks: a
+    tail that could start one is held back until the next chunk or :meth:`finish`."""
 
     def __init__(self, secrets: Iterable[str]):
         self.secrets = sorted(set(secrets), key=len, reverse=True)
         self._held = ""
 
-    def _held_length(self, text: str) -> int:
-        held = 0
-        for secret in self.secrets:
-            for k in range(min(len(secret) - 1, len(text)), held, -1):
-                if text.endswith(secret[:k]):
-                    held = k
-                    break
-        return held
-
     def feed(self, delta: str) -> str:
         """The text that is now safe to show (maybe empty)."""
         text = scrub(self._held + delta, self.secrets)
-        held = self._held_length(text)
+        held = partial_marker(text, self.secrets)
         self._held = text[len(text) - held :] if held else ""
         return text[: len(text) - held]
 

@@ -1,29 +1,8 @@
-"""The bounds on one story request, defined once: the app, the ``story`` command and the
-Python API (:class:`~storyteller.story.StorySession`) all use these.
-
-A request must not be able to hold the language model for long, whatever a visitor sends: a
-100 KB caption once became a 25,000-token prompt that held the offline model for over ten
-minutes while every other visitor waited. So one turn of a story is bounded four ways:
-
-* **text in**: a caption is cut to :data:`MAX_CAPTION_CHARS`, a steering line to
-  :data:`MAX_INSTRUCTION_CHARS` (the session says so in :attr:`StorySession.notes`); a
-  prompt names at most :data:`PROMPT_CAPTIONS` earlier captions;
-* **prompt size**: the prompt is fitted to a token budget by dropping the *oldest* part of
-  the story so far (:func:`fit_to_budget`): :data:`LOCAL_PROMPT_TOKENS` counted by a local
-  model's own tokenizer, :data:`HOSTED_PROMPT_TOKENS` for a hosted model, whose tokenizer is
-  not here, counted as UTF-8 bytes (:func:`bytes_as_tokens`: a byte-level or byte-fallback
-  tokenizer never makes more tokens than bytes, so this is an upper bound);
-* **time**: one turn (all its retries) may take :data:`DEFAULT_TURN_SECONDS` (or
-  ``$STORYTELLER_STORY_TIME_LIMIT``, or a backend's ``timeout``): a local model stops
-  generating that long after it has read the prompt (reading it may take
-  :data:`PREFILL_GRACE_SECONDS` more, the hard ``max_time``), a hosted stream is cut there. A
-  request waiting for a busy local model waits at most one such turn plus
-  :data:`PREFILL_GRACE_SECONDS`. A hosted turn's deadline covers connecting, the headers and
-  every read, keep-alives included (:mod:`.backends.openai_http`);
-* **text out**: a turn keeps (and a front end shows) at most :data:`MAX_TURN_CHARS`
-  characters, and a hosted backend reads at most :data:`MAX_RECEIVED_CHARS` from its server
-  for one turn, whatever ``max_tokens`` it was asked for (memory does not grow with what a
-  server sends).
+"""The bounds on one story request, defined once for the app, the ``story`` command and the
+Python API, so that whatever a visitor sends a request cannot hold the model for long: text in
+(a caption, a steering line), prompt size (:func:`fit_to_budget` drops the oldest story text),
+time (a turn, its retries included, plus a local model's reading of its prompt; a request
+waits for a busy local model at most that long) and text out.
 """
 
 from __future__ import annotations
@@ -40,7 +19,9 @@ MAX_INSTRUCTION_CHARS = 300  # one steering line
 PROMPT_CAPTIONS = 5  # earlier captions a prompt names (the newest ones)
 
 LOCAL_PROMPT_TOKENS = 1536  # by the model's tokenizer (Gemma 3 270M: ~10 s to read on a CPU)
-HOSTED_PROMPT_TOKENS = 6144  # UTF-8 bytes; leaves room for the answer in an 8k context
+#: UTF-8 bytes (no tokenizer here; bytes bound byte-level tokens from above), room for the
+#: answer in an 8k context
+HOSTED_PROMPT_TOKENS = 6144
 
 DEFAULT_TURN_SECONDS = 60.0
 MAX_TURN_SECONDS = 3600.0
@@ -48,7 +29,8 @@ TURN_SECONDS = Bound(0.0, MAX_TURN_SECONDS, low_open=True)  # a turn's time limi
 TIME_LIMIT_ENV = "STORYTELLER_STORY_TIME_LIMIT"
 #: 8 characters per token of the largest token budget (4,096): far above any real turn
 MAX_TURN_CHARS = 32_768
-#: the cleaner drops copies, labels and a last unfinished sentence: room for them
+#: what a hosted backend reads from its server, whatever ``max_tokens`` it ignores (the cleaner
+#: drops copies, labels and a last unfinished sentence: room for them)
 MAX_RECEIVED_CHARS = 2 * MAX_TURN_CHARS
 #: reading a full :data:`LOCAL_PROMPT_TOKENS` prompt happens before the first time check
 PREFILL_GRACE_SECONDS = 30.0
@@ -70,15 +52,11 @@ def cap_text(text: str, limit: int, what: str) -> tuple[str, str]:
 
 def turn_seconds(value: float | str | None = None) -> float:
     """Seconds one story turn may take: ``value``, else ``$STORYTELLER_STORY_TIME_LIMIT``,
-    else :data:`DEFAULT_TURN_SECONDS`.
-
-    Raises:
-        StoryError: not a number in (0, :data:`MAX_TURN_SECONDS`].
-    """
+    else :data:`DEFAULT_TURN_SECONDS`; checked to be in (0, :data:`MAX_TURN_SECONDS`]."""
     where = "the story time limit"
     if value is None:
         value = os.environ.get(TIME_LIMIT_ENV) or DEFAULT_TURN_SECONDS
-        where = f"{TIME_LIMIT_ENV}"
+        where = TIME_LIMIT_ENV
     try:
         seconds = float(value)
     except (TypeError, ValueError):
@@ -88,12 +66,6 @@ def turn_seconds(value: float | str | None = None) -> float:
     return seconds
 
 
-def bytes_as_tokens(text: str) -> int:
-    """An upper bound on the tokens of ``text`` for any byte-level or byte-fallback
-    tokenizer (each token covers at least one UTF-8 byte)."""
-    return len(text.encode("utf-8"))
-
-
 def fit_to_budget(
     render: Callable[[int], T],
     count: Callable[[T], int],
@@ -101,14 +73,9 @@ def fit_to_budget(
     story_chars: int,
     what: str = "the prompt",
 ) -> T:
-    """The prompt ``render(n)`` for the largest ``n <= story_chars`` whose ``count`` fits
-    ``budget``, where ``n`` is how many characters of the story so far it keeps (the newest;
-    the oldest story text is dropped first). ``count`` runs about ten times at most.
-
-    Raises:
-        StoryError: even without the story so far the prompt is over the budget (the
-            caption and steering line alone are too long in tokens).
-    """
+    """The prompt ``render(n)`` for the largest ``n <= story_chars`` (characters of the story
+    so far it keeps, the newest) whose ``count`` fits ``budget``, found by bisection; a
+    :class:`StoryError` when even ``render(0)`` does not fit."""
     best = render(story_chars)
     if count(best) <= budget:
         return best

@@ -42,22 +42,11 @@ def _label(value: str, what: str) -> str:
 
 @dataclass
 class StoryOptions:
-    """How a story is written.
+    """How a story is written: ``genre`` and ``tone`` are free text (one short line; see
+    :data:`GENRES`, :data:`TONES`), ``length`` sets the words and tokens per turn, and
+    ``time_limit`` can only lower the backend's own limit (a session keeps its retries in one
+    turn's time with it). The `story` command's flags are the fields declared with option()."""
 
-    Parameters:
-        genre: a genre; suggestions in :data:`GENRES`, free text (one short line) allowed.
-        tone: a tone; suggestions in :data:`TONES`, free text allowed.
-        length: one of :data:`LENGTHS`; sets the words per turn and the token budget.
-        temperature: sampling temperature in [0, 2]; 0 decodes greedily (base models then loop).
-        seed: makes sampling repeatable where the backend supports it (local models, most
-            OpenAI-compatible servers); ``None`` for a fresh story every time.
-        max_new_tokens: override the token budget that ``length`` implies (e.g. a quick test).
-        time_limit: seconds this turn may take, *below* the backend's own limit (which it
-            never raises: see :mod:`.limits`); ``None``: the backend's limit. A session uses
-            it to keep a turn's retries inside one turn's time.
-    """
-
-    # The `story` command's flags are the fields declared with option() (config_cli).
     genre: str = option("adventure", f"e.g. {', '.join(GENRES)} (free text)")
     tone: str = option("warm", f"e.g. {', '.join(TONES)} (free text)")
     length: str = option("short", "the token budget per turn", choices=LENGTHS)
@@ -106,8 +95,7 @@ class StoryOptions:
 
 
 def _checked(name: str, value: Any, kind: type) -> Any:
-    """``value`` as ``kind`` (a float may be given as text) within the :class:`StoryOptions`
-    field's bound; anything else is a one-line :class:`StoryError`."""
+    """``value`` as ``kind`` (a float may be text) within the field's bound, or a StoryError."""
     number = value
     if kind is float and not isinstance(value, bool):
         try:

@@ -1,20 +1,9 @@
 """What a language model is asked: one :class:`StoryPrompt` per story turn, rendered two ways.
 
-* Chat / instruct models (hosted, or a local model with a chat template) get a system prompt
-  with the genre and tone plus one user message: the caption(s), the story so far (trimmed to
-  a context budget), what to write next and how long, and the caption's content words to keep.
-* Base models (the offline Gemma 3 270M, or a local model without a chat template) cannot
-  follow instructions, so they get a completion prompt: a short few-shot of one-paragraph
-  stories, then the story to extend. A first turn *opens with the caption as its first
-  sentence* (a trial showed a few-shot prompt alone lets stories drift off the caption, and
-  the forced first sentence kept all of them on topic); a new image's turn opens with that
-  image's caption, and a steered turn *opens with the steering line* (written by us, as the
-  caption opens the first turn: given only a ``Then:`` cue the 270M model ignored it, see
-  ``bench/steering.py``); every later turn goes on after a ``Story goes on:`` label, as the
-  few-shot examples show.
-
-Both renderings name the story's hero (:mod:`.characters`), decided once from the first
-caption, so the name and pronoun stay the same in every turn.
+Chat models get a system prompt and one user message. Base models (the offline Gemma 3 270M)
+cannot follow instructions, so they get a few-shot completion prompt, and a turn *opens with
+the caption or steering line as its first sentence*: without it the 270M model drifted off the
+caption or ignored the steering cue (``bench/steering.py``). Both name the hero.
 """
 
 from __future__ import annotations
@@ -48,11 +37,8 @@ _SPECIAL = re.compile(r"<[^<>\s]*>")  # <unk>, <start>, ... from a captioner's v
 
 
 def clean_caption(caption: str) -> str:
-    """A caption as a model should see it: one line, no ``<unk>``-style tokens, no end dot.
-
-    Raises:
-        StoryError: nothing is left (an empty caption cannot seed a story).
-    """
+    """A caption as a model should see it: one line, no ``<unk>``-style tokens, no end dot
+    (a StoryError when nothing is left)."""
     text = " ".join(_SPECIAL.sub(" ", str(caption or "")).split()).strip(" .")
     if not text:
         raise StoryError("the caption is empty: caption an image first, or type a caption")
@@ -79,10 +65,8 @@ def content_words(text: str) -> list[str]:
 
 
 def trim_story(story: str, max_chars: int) -> str:
-    """The end of ``story`` in at most ``max_chars``, starting at a sentence (a context budget).
-
-    Models need the most recent part of a long story to continue it; the beginning goes first.
-    """
+    """The end of ``story`` in at most ``max_chars``, starting at a sentence: a model needs
+    the newest part of a long story to continue it."""
     story = story.strip()
     if len(story) <= max_chars:
         return story
@@ -134,16 +118,9 @@ inside, a cup of tea is still warm, and next to it lies a map with his own name 
 
 @dataclass(frozen=True)
 class StoryPrompt:
-    """One turn of a story, independent of how a backend renders it.
-
-    Parameters:
-        kind: ``start`` (a story from ``captions[-1]``), ``continue`` (more of the same story),
-            ``image`` (continue so that the newest caption happens next) or ``steer``
-            (continue following ``instruction``).
-        captions: every caption of the story so far, the newest last.
-        story: the story so far (empty for ``start``).
-        instruction: the reader's steering line (``steer`` only).
-    """
+    """One turn of a story, however a backend renders it: ``start`` (from the caption),
+    ``continue``, ``image`` (the newest of ``captions`` happens next) or ``steer`` (following
+    the reader's ``instruction``), after ``story``, the story so far."""
 
     kind: str
     captions: tuple[str, ...]
@@ -182,11 +159,8 @@ class StoryPrompt:
 
     @property
     def hero(self) -> Hero | None:
-        """The story's main character, from its first caption that has one (every turn of
-        a story has the same first caption, so the same hero)."""
+        """The hero of the first caption that has one: the same in every turn of a story."""
         return next(filter(None, map(find_hero, self.captions)), None)
-
-    # --- chat / instruct models ----------------------------------------------------------
 
     def system_message(self, options: StoryOptions) -> str:
         return (
@@ -203,9 +177,7 @@ class StoryPrompt:
         keep_line = f" Keep what it shows at the centre ({keep})." if keep else ""
         hero = self.hero
         hero_line = (
-            f" The main character is {hero.line()}: keep that name and pronoun."
-            if hero is not None
-            else ""
+            f" The main character is {hero.line()}: keep that name and pronoun." if hero else ""
         )
         if self.kind == "start":
             return (
@@ -217,14 +189,8 @@ class StoryPrompt:
         photos = "; ".join(f'"{as_sentence(c)}"' for c in earlier[-PROMPT_CAPTIONS:])
         if len(earlier) > PROMPT_CAPTIONS:  # a bounded prompt names the newest photos only
             photos = f"{len(earlier) - PROMPT_CAPTIONS} more, then {photos}"
-        lines = [
-            f"The story so far, written from photos showing {photos}:",
-            "",
-            '"""',
-            trim_story(self.story, max_story_chars),
-            '"""',
-            "",
-        ]
+        story = trim_story(self.story, max_story_chars)
+        lines = [f'The story so far, written from photos showing {photos}:\n\n"""\n{story}\n"""\n']
         if self.kind == "continue":
             lines.append(f"Write the next part of this story, about {words} words.")
         elif self.kind == "image":
@@ -253,14 +219,12 @@ class StoryPrompt:
             {"role": "user", "content": self.user_message(options, max_story_chars)},
         ]
 
-    # --- base models ---------------------------------------------------------------------
-
     def completion(
         self, options: StoryOptions, max_story_chars: int = COMPLETION_STORY_CHARS
     ) -> Completion:
         """A few-shot completion prompt that a base model continues (see the module doc)."""
         hero = self.hero
-        cast = f" Hero: {hero.line()}." if hero is not None else ""
+        cast = f" Hero: {hero.line()}." if hero else ""
         header = FEW_SHOT + f"Genre: {options.genre}. Tone: {options.tone}.{cast}\nStory:"
         if self.kind == "start":
             opening = as_sentence(self.caption)

@@ -1,24 +1,19 @@
 """Story sessions, as the Img2Story app had them: start a story from an image's caption,
-continue it, add another image and continue from its caption, steer it with a line of text.
+continue it, add another image, steer it with a line of text.
 
-One :class:`StorySession` per user (the Gradio app keeps it in ``gr.State``). Every action
-streams the *whole* story so far after each generated chunk (what a UI shows), and records
-the turn in :attr:`StorySession.turns` only when generation completes: a failure or an
-abandoned stream mid-turn leaves the history as it was.
-
-Every action is bounded (see :mod:`.limits`): a caption or steering line that is too long is
-cut, and :attr:`StorySession.notes` says so; a turn, retries included, ends within the
-backend's time limit.
+Every action streams the *whole* story so far after each chunk (what a UI shows) and records
+the turn only when it completes: a failure or an abandoned stream leaves the history as it
+was. Every action is bounded (:mod:`.limits`), and :attr:`StorySession.notes` says what was cut.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Iterator
 
 from .backends import StoryBackend, get_backend
+from .cleaning import sentence_key
 from .errors import StoryError
 from .limits import (
     DEFAULT_TURN_SECONDS,
@@ -36,40 +31,23 @@ ATTEMPTS = 3
 RETRY_SECONDS = 1.0
 
 PARAGRAPH = "\n\n"  # each turn is a paragraph of the story
-#: turns that a base model opens with their input (the caption, the steering line) written by
-#: us, into a story that already has text
+#: turns into a story that a base model opens with their input (the caption, the steering line)
 OPENED_TURNS = ("image", "steer")
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
-
-
 def says_nothing_new(text: str, prompt: StoryPrompt, given: str) -> bool:
-    """True when a turn's ``text`` is empty, or is only its forced opening: the ``given``
-    caption or steering line as a sentence, with nothing the model wrote after it (a base
-    model stopped inside its first sentence, which the cleaner drops)."""
+    """True when a turn's ``text`` is empty, or only its forced opening (``given`` as a
+    sentence: a base model stopped inside its first sentence, which the cleaner drops)."""
     if not text.strip():
         return True
-    return prompt.kind in OPENED_TURNS and _words(text) == _words(as_sentence(given))
+    return prompt.kind in OPENED_TURNS and sentence_key(text) == sentence_key(as_sentence(given))
 
 
 class StorySession:
-    """One user's story and its history.
-
-    Parameters:
-        backend: the language model; default: ``get_backend("auto")`` on first use (which
-            raises :class:`NoStoryBackend` when none is available).
-        options: default genre, tone, length...; each action may pass its own, which then
-            become the session's defaults.
-
-    Attributes:
-        turns: ``[{"kind": "start|continue|image|steer", "input": caption or instruction
-            ("" for continue), "text": the paragraph written}]``.
-        captions: every caption the story was built from, in order.
-        notes: one line for each thing the latest action cut or stopped short (a caption
-            cut to its limit, a turn ended by the time limit); what a UI shows beside it.
-    """
+    """One user's story (the app keeps it in ``gr.State``). ``backend`` defaults to
+    ``get_backend("auto")`` on first use; options an action passes become the defaults.
+    ``turns`` holds ``{"kind", "input" (caption or steering line), "text"}`` per paragraph, and
+    ``notes`` one line per thing the latest action cut or stopped short."""
 
     def __init__(self, backend: StoryBackend | None = None, options: StoryOptions | None = None):
         self.backend = backend
@@ -86,8 +64,6 @@ class StorySession:
     def reset(self) -> None:
         """Forget the story (keeps the backend and options)."""
         self.turns, self.captions = [], []
-
-    # -- actions ---------------------------------------------------------------------------
 
     def start(self, caption: str, options: StoryOptions | None = None) -> Iterator[str]:
         """A new story from ``caption`` (replaces the current one once it completes)."""
@@ -119,8 +95,6 @@ class StorySession:
         prompt = StoryPrompt("steer", self._captions(), self.story, instruction)
         return self._turn(prompt, prompt.instruction, options)
 
-    # -- internals -------------------------------------------------------------------------
-
     def _cap(self, text: str, limit: int, what: str) -> str:
         text, note = cap_text(text, limit, what)
         if note:
@@ -131,30 +105,22 @@ class StorySession:
         return self._cap(clean_caption(caption), MAX_CAPTION_CHARS, "caption")
 
     def _start(self, caption: str, options: StoryOptions | None) -> Iterator[str]:
-        prompt = StoryPrompt("start", (caption,))
-        return self._turn(prompt, caption, options, keep_history=False)
+        return self._turn(StoryPrompt("start", (caption,)), caption, options)
 
     def _captions(self) -> tuple[str, ...]:
         if not self.turns:
             raise StoryError("there is no story yet: start one from an image first")
         return tuple(self.captions)
 
-    def _turn(
-        self,
-        prompt: StoryPrompt,
-        given: str,
-        options: StoryOptions | None,
-        keep_history: bool = True,
-    ) -> Iterator[str]:
-        """Validate now (errors surface at the call), generate lazily (when iterated)."""
+    def _turn(self, prompt: StoryPrompt, given: str, options: StoryOptions | None) -> Iterator[str]:
+        """Validate now (errors surface at the call), generate when iterated."""
         if options is not None:
             self.options = options
-        return self._generate(prompt, given, self.options, keep_history)
+        return self._generate(prompt, given, self.options)
 
     def _draw(self, prompt: StoryPrompt, options: StoryOptions, prefix: str) -> Iterator[str]:
-        """One generation: yields ``prefix`` + its text so far after each chunk, returns the
-        text; a text that reaches :data:`MAX_TURN_CHARS` is cut there (at a word break) and
-        the generation stopped, with a note."""
+        """One generation: yields ``prefix`` + its text so far after each chunk and returns the
+        text, cut (with a note) at :data:`MAX_TURN_CHARS`."""
         text = ""
         for delta in self.backend.stream(prompt, options):
             text += delta
@@ -168,39 +134,30 @@ class StorySession:
                 break
         return text.strip()
 
-    def _generate(
-        self, prompt: StoryPrompt, given: str, options: StoryOptions, keep_history: bool
-    ) -> Iterator[str]:
+    def _generate(self, prompt: StoryPrompt, given: str, options: StoryOptions) -> Iterator[str]:
         if self.backend is None:
             self.backend = get_backend("auto")
-        before = self.story if keep_history else ""
+        start = prompt.kind == "start"  # a new story replaces the old one once it completes
+        before = "" if start else self.story
         prefix = before + PARAGRAPH if before else ""
-        text = ""
-        # A backend that is not a StoryBackend subclass (duck-typed, e.g. a test double or
-        # a student's own) has no time_limit of its own: the default turn limit applies.
+        # a duck-typed backend (a test double, a student's own) has no time_limit of its own
         limit = options.turn_limit(getattr(self.backend, "time_limit", DEFAULT_TURN_SECONDS))
         deadline = time.monotonic() + limit  # the whole turn, every retry included
-        tries = 0
-        opening_only = ""  # the last try that wrote only our opening, kept if no try does better
-        for attempt in range(ATTEMPTS):
+        tries, text, opening_only = 0, "", ""
+        while not text and tries < ATTEMPTS:
             left = deadline - time.monotonic()
-            if attempt and left < RETRY_SECONDS:
+            if tries and left < RETRY_SECONDS:
                 break
-            # A small model sometimes writes nothing new (only copies of the story so far,
-            # which the backends drop, or no finished sentence after a forced opening): draw
-            # again with another seed before giving up.
-            seed = None if options.seed is None else options.seed + attempt
+            # A small model may write nothing new (only copies of the story so far, which the
+            # backends drop, or no finished sentence after a forced opening): draw again.
+            seed = None if options.seed is None else options.seed + tries
             this_try = dataclasses.replace(options, seed=seed, time_limit=max(left, 0.01))
             tries += 1
             text = yield from self._draw(prompt, this_try, prefix)
-            if not says_nothing_new(text, prompt, given):
-                break
-            opening_only = text if text.strip() else opening_only
-            text = ""  # only our opening: the model wrote nothing, draw again
+            if says_nothing_new(text, prompt, given):
+                opening_only, text = text or opening_only, ""
         out_of_time = time.monotonic() >= deadline
-        if not text and opening_only:
-            # The opening (the caption or steering line as a sentence) is still the user's
-            # part of the story: keep it rather than lose the turn, and say so.
+        if not text and opening_only:  # the user's own line: kept rather than lose the turn
             text = opening_only
             self.notes.append(f"the model added nothing after the opening line in {tries} tries")
         if not text:
@@ -211,10 +168,10 @@ class StorySession:
             )
         if out_of_time:
             self.notes.append(f"the story stopped at its time limit of {limit:g} s per turn")
-        turns = self.turns if keep_history else []
-        captions = list(prompt.captions) if prompt.kind in ("start", "image") else self.captions
-        self.turns = [*turns, {"kind": prompt.kind, "input": given, "text": text}]
-        self.captions = list(captions)
+        turn = {"kind": prompt.kind, "input": given, "text": text}
+        self.turns = [turn] if start else [*self.turns, turn]
+        if prompt.kind in ("start", "image"):
+            self.captions = list(prompt.captions)
 
 
 def write_story(
@@ -223,7 +180,7 @@ def write_story(
     options: StoryOptions | None = None,
 ) -> str:
     """A one-shot story for ``caption`` (``backend``: a name for :func:`get_backend` or a
-    backend). Raises :class:`NoStoryBackend` when ``auto`` finds no language model."""
+    backend); :class:`NoStoryBackend` when ``auto`` finds no language model."""
     if isinstance(backend, str):
         backend = get_backend(backend)
     session = StorySession(backend, options)

@@ -1,2 +1,3 @@
-"""Training the captioner on cached features (:mod:`.train`), on one device or one process
-per GPU (:mod:`.distributed`)."""
+"""Training a captioner: the run's model config (:mod:`.model_setup`), its data (:mod:`.data`),
+what it resumes from (:mod:`.state`), the loop (:mod:`.train`), encoder fine-tuning
+(:mod:`.finetune`) and one process per GPU (:mod:`.distributed`)."""

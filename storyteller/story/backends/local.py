@@ -1,21 +1,18 @@
-"""Local story backend: any ``transformers`` causal language model, by hub id or folder.
-
-On a Kaggle GPU this can be an instruct model (the MPT-7B-Instruct the project grew from,
-or a smaller modern one); offline it is the converted Gemma 3 270M (see ``offline.py``).
-A model whose tokenizer has a chat template gets the chat messages; a base model gets the
-few-shot completion prompt. Text streams from ``model.generate`` in a thread through a
-``TextIteratorStreamer``; sampling uses a repetition penalty on the *generated* tokens only
-(a penalty over the whole prompt would also punish the words of the caption and the
-few-shot examples).
+"""Local story backend: any ``transformers`` causal language model, by hub id or folder,
+streaming from ``model.generate`` in a thread. The repetition penalty covers the *generated*
+tokens only: one over the prompt would punish the caption's words and the few-shot examples.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ...hf_token import find_hf_token
 from ...runtime import get_device
 from ..cleaning import turn_cleaner
 from ..errors import StoryError
@@ -25,19 +22,14 @@ from ..prompts import CHAT_STORY_CHARS, COMPLETION_STORY_CHARS, Completion, Stor
 from .base import StoryBackend
 
 MEMORY_HEADROOM = 1.2  # weights x this must fit in the memory that is free
+_OOM_WORDS = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate")
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
     oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    if isinstance(exc, (MemoryError, oom)):
-        return True
-    text = str(exc).lower()
-    return any(
-        s in text
-        for s in ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate")
-    )
+    return isinstance(exc, (MemoryError, oom)) or any(s in str(exc).lower() for s in _OOM_WORDS)
 
 
 def available_memory(device) -> int | None:
@@ -56,10 +48,8 @@ def available_memory(device) -> int | None:
 
 
 def weights_bytes(folder: Path, dtype_size: int) -> int | None:
-    """Bytes the weights in a local model folder take in memory at ``dtype_size`` per value.
-
-    Reads only safetensors headers (shapes), so it is instant; ``None`` when unknown.
-    """
+    """Bytes the weights in a local model folder take at ``dtype_size`` per value, from the
+    safetensors headers alone (instant); ``None`` when unknown."""
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return None
@@ -70,20 +60,15 @@ def weights_bytes(folder: Path, dtype_size: int) -> int | None:
         for path in files:
             with safe_open(str(path), framework="pt") as handle:
                 for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
-                    count = 1
-                    for dim in handle.get_slice(key).get_shape():
-                        count *= dim
-                    total += count
+                    total += math.prod(handle.get_slice(key).get_shape())
     except Exception:  # an unreadable header: loading will report it properly
         return None
     return total * dtype_size
 
 
 def hub_weights_bytes(model: str, dtype_size: int, token: str | None = None) -> int | None:
-    """The same for a hub model id, from its safetensors metadata (needs the Hub; None when
-    it cannot be reached quickly or the repository does not say)."""
-    import os
-
+    """The same for a hub model id, from its safetensors metadata (``None`` offline, or when
+    the Hub does not say)."""
     if os.environ.get("HF_HUB_OFFLINE"):
         return None
     try:
@@ -95,34 +80,16 @@ def hub_weights_bytes(model: str, dtype_size: int, token: str | None = None) -> 
         return None
 
 
-class _Stop:
-    """A ``StoppingCriteria`` that ends generation when the consumer says so."""
-
-    def __init__(self):
-        self.event = threading.Event()
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
-
-
 class _TurnClock:
-    """A ``StoppingCriteria`` that ends generation ``seconds`` after the prompt was read.
-
-    ``generate``'s own ``max_time`` counts from its start, the reading of the prompt
-    included. On a busy 2-core CPU (load average 10) reading the ~370-token few-shot prompt
-    takes 15-45 s of a 60 s turn, and the model then writes 7-20 tokens at 0.5-1.8 s each: a
-    steered turn would stop inside the model's first sentence, which the cleaner drops,
-    leaving only our opening. So reading the prompt has its own bound
-    (:data:`~..limits.PREFILL_GRACE_SECONDS`, part of :attr:`TransformersBackend.lock_wait`,
-    and ``max_time`` set to both together), so the turn's seconds are all for writing.
-    """
+    """A ``StoppingCriteria`` that ends generation when :attr:`event` is set or ``seconds``
+    after the prompt was read: ``generate``'s own ``max_time`` counts the reading, 15-45 s of a
+    60 s turn on a busy CPU, and a steered turn would end inside its first sentence."""
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
         self.seconds, self.clock = seconds, clock
         self.started: float | None = None  # when the first new token was there
         self.timed_out = False
+        self.event = threading.Event()
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
@@ -131,7 +98,8 @@ class _TurnClock:
         if self.started is None:  # called after each new token: the prompt has been read
             self.started = now
         self.timed_out = self.timed_out or now - self.started >= self.seconds
-        return torch.full((input_ids.shape[0],), self.timed_out, device=input_ids.device)
+        stop = self.timed_out or self.event.is_set()
+        return torch.full((input_ids.shape[0],), stop, device=input_ids.device)
 
 
 class _GeneratedRepetitionPenalty:
@@ -166,23 +134,12 @@ class _NoEndBefore:
 
 
 class TransformersBackend(StoryBackend):
-    """A ``transformers`` causal LM loaded once; generation is serialised by a lock.
+    """A ``transformers`` causal LM (a hub id or a folder) loaded once, one turn at a time.
 
-    One turn is bounded (see :mod:`..limits`): its prompt is fitted to
-    :data:`~..limits.LOCAL_PROMPT_TOKENS` of this model's tokenizer, generation stops
-    ``timeout`` seconds after the prompt was read (:class:`_TurnClock`; ``max_time`` adds
-    :data:`~..limits.PREFILL_GRACE_SECONDS` for the reading), and a request waits for the
-    lock at most one such turn before it is told the model is busy.
-
-    Parameters:
-        model: a hub model id or a local folder.
-        device: ``cpu`` / ``cuda`` (default: CUDA when available, see ``get_device``).
-        token: for gated hub models (default: ``HF_TOKEN``).
-        repetition_penalty: applied to generated tokens (1.0 = off).
-        chat: force the chat template on (True) or off (False); default: when the tokenizer
-            has one.
-        timeout: seconds one turn may generate (default ``$STORYTELLER_STORY_TIME_LIMIT`` or
-            60); what it wrote by then is the turn, cut at its last finished sentence.
+    ``chat`` forces the chat template on or off (default: when the tokenizer has one);
+    ``token`` is for gated hub models; ``timeout`` is the seconds one turn may write (default
+    ``$STORYTELLER_STORY_TIME_LIMIT`` or 60), counted once the prompt is read
+    (:class:`_TurnClock`). A request waits for the lock at most one such turn.
     """
 
     name = "transformers"
@@ -208,15 +165,15 @@ class TransformersBackend(StoryBackend):
         else:
             self.dtype = torch.float32
         self._lock = threading.Lock()
-        from ...hf_token import find_hf_token
-
         token = find_hf_token(token)  # the Hub's own token: models download from the Hub
         self._check_memory(token)
         self.tokenizer, self.model = self._load(token)
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         self.chat = has_template if chat is None else bool(chat and has_template)
 
-    # -- loading ---------------------------------------------------------------------------
+    def describe(self) -> str:
+        mode = "chat template" if self.chat else "completion prompt"
+        return f"{self.name}: {self.model_name} on {self.device.type} ({mode})"
 
     def _too_large(self, detail: str) -> StoryError:
         return StoryError(
@@ -277,46 +234,31 @@ class TransformersBackend(StoryBackend):
             import torch
 
             newline = ("\n", "\u010a", "<0x0A>")  # plain, byte-level BPE, byte fallback
-            ids = [
-                i
-                for token, i in self.tokenizer.get_vocab().items()
-                if any(n in token for n in newline)
-            ]
+            vocab = self.tokenizer.get_vocab().items()
+            ids = [i for token, i in vocab if any(n in token for n in newline)]
             eos = self.model.generation_config.eos_token_id
             ids += [eos] if isinstance(eos, int) else list(eos or [])
             self._ends = torch.tensor(sorted(set(ids)), dtype=torch.long)
         return self._ends
 
-    def describe(self) -> str:
-        mode = "chat template" if self.chat else "completion prompt"
-        return f"{self.name}: {self.model_name} on {self.device.type} ({mode})"
-
-    # -- prompting -------------------------------------------------------------------------
-
     def _encode(self, prompt: StoryPrompt, options: StoryOptions, story_chars: int):
         """Token ids for the prompt, and the :class:`Completion` that says how to read the
         output (forced opening, stop markers; none of those for chat models)."""
-        if self.chat:
-            messages = prompt.messages(options, story_chars)
-            try:
-                text = self.tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=False
-                )
-            except Exception:  # templates without a system role (Gemma, Mistral): merge it
-                merged = [
-                    {
-                        "role": "user",
-                        "content": messages[0]["content"] + "\n\n" + messages[1]["content"],
-                    }
-                ]
-                text = self.tokenizer.apply_chat_template(
-                    merged, add_generation_prompt=True, tokenize=False
-                )
-            ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
-            return ids, Completion(text, stop=(), joins=())
-        completion = prompt.completion(options, story_chars)
-        ids = self.tokenizer(completion.text, return_tensors="pt")
-        return ids, completion
+        if not self.chat:
+            completion = prompt.completion(options, story_chars)
+            return self.tokenizer(completion.text, return_tensors="pt"), completion
+        messages = prompt.messages(options, story_chars)
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+        except Exception:  # templates without a system role (Gemma, Mistral): merge it
+            merged = messages[0]["content"] + "\n\n" + messages[1]["content"]
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": merged}], add_generation_prompt=True, tokenize=False
+            )
+        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        return ids, Completion(text, stop=(), joins=())
 
     @staticmethod
     def _turn_seconds(writing: float) -> float:
@@ -342,12 +284,8 @@ class TransformersBackend(StoryBackend):
             self._lock.release()
 
     def _stream(self, prompt: StoryPrompt, options: StoryOptions) -> Iterator[str]:
-        import torch
-        from transformers import (
-            LogitsProcessorList,
-            StoppingCriteriaList,
-            TextIteratorStreamer,
-        )
+        """One turn: fit the prompt, generate in a thread, clean what it streams."""
+        from transformers import TextIteratorStreamer
 
         inputs, completion = fit_to_budget(  # counted by this model's own tokenizer
             lambda story_chars: self._encode(prompt, options, story_chars),
@@ -356,67 +294,27 @@ class TransformersBackend(StoryBackend):
             CHAT_STORY_CHARS if self.chat else COMPLETION_STORY_CHARS,
             f"{self.name}: the prompt",
         )
-        max_time = options.turn_limit(self.time_limit)
-        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
-        prompt_length = inputs["input_ids"].shape[1]
-        opening = completion.opening
-        processors = [_GeneratedRepetitionPenalty(prompt_length, self.repetition_penalty)]
-        if not self.chat:  # a base model ends its paragraph early unless told to go on
-            processors.append(
-                _NoEndBefore(prompt_length, options.token_budget // 3, self._end_token_ids())
-            )
-
+        seconds = options.turn_limit(self.time_limit)
         streamer = TextIteratorStreamer(  # the first text comes after the prompt is read
             self.tokenizer,
             skip_prompt=True,
             skip_special_tokens=True,
-            timeout=self._turn_seconds(max_time),
+            timeout=self._turn_seconds(seconds),
         )
-        stopper = _Stop()
-        clock = _TurnClock(max_time)
-        sampling = options.temperature > 0
-        kwargs = dict(
-            **inputs,
-            streamer=streamer,
-            max_new_tokens=options.token_budget,
-            max_time=self._turn_seconds(max_time),  # a hard cap, prompt reading included
-            do_sample=sampling,
-            stopping_criteria=StoppingCriteriaList([stopper, clock]),
-            logits_processor=LogitsProcessorList(processors),
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        if sampling:
-            kwargs.update(temperature=options.temperature, top_p=0.95, top_k=64)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        if options.seed is not None:
-            torch.manual_seed(options.seed)  # the generation thread draws from this generator
-
+        clock = _TurnClock(seconds)
+        kwargs = self._generate_kwargs(inputs, options, streamer, clock)
         failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                with torch.inference_mode():
-                    self.model.generate(**kwargs)
-            except BaseException as exc:  # re-raised in the consumer below
-                failure.append(exc)
-                streamer.end()
-
-        thread = threading.Thread(target=run, name="story-generate", daemon=True)
-        cleaner = turn_cleaner(prompt.story, opening, completion.stop, completion.joins)
+        thread = threading.Thread(
+            target=self._generate, args=(kwargs, failure), name="story-generate", daemon=True
+        )
+        cleaner = turn_cleaner(prompt.story, completion.opening, completion.stop, completion.joins)
         thread.start()
         try:
-            if opening:
-                yield opening
-            for delta in streamer:
-                piece = cleaner.feed(delta)
-                if piece:
-                    yield piece
-                if cleaner.done:
-                    stopper.event.set()  # a stop marker: end generation early
-                    break
+            if completion.opening:
+                yield completion.opening
+            yield from cleaner.clean(streamer)
         finally:
-            stopper.event.set()  # also when the consumer stops reading
+            clock.event.set()  # a stop marker, or the reader stopped: end generation
             thread.join()
         if failure:
             exc = failure[0]
@@ -425,6 +323,45 @@ class TransformersBackend(StoryBackend):
             raise StoryError(
                 f"{self.name}: generation failed: {type(exc).__name__}: {exc}"
             ) from exc
-        rest = cleaner.finish()
-        if rest:
+        if rest := cleaner.finish():
             yield rest
+
+    def _generate_kwargs(self, inputs, options: StoryOptions, streamer, clock: _TurnClock):
+        """``model.generate``'s arguments for one turn (and the seed of its sampling)."""
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
+        prompt_length = inputs["input_ids"].shape[1]
+        processors = [_GeneratedRepetitionPenalty(prompt_length, self.repetition_penalty)]
+        if not self.chat:  # a base model ends its paragraph early unless told to go on
+            processors.append(
+                _NoEndBefore(prompt_length, options.token_budget // 3, self._end_token_ids())
+            )
+        sampling = options.temperature > 0
+        if options.seed is not None:
+            torch.manual_seed(options.seed)  # the generation thread draws from this generator
+        return dict(
+            **inputs,
+            streamer=streamer,
+            max_new_tokens=options.token_budget,
+            max_time=self._turn_seconds(clock.seconds),  # a hard cap, prompt reading included
+            do_sample=sampling,
+            temperature=options.temperature if sampling else None,
+            top_p=0.95 if sampling else None,
+            top_k=64 if sampling else None,
+            stopping_criteria=StoppingCriteriaList([clock]),
+            logits_processor=LogitsProcessorList(processors),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+
+    def _generate(self, kwargs: dict, failure: list[BaseException]) -> None:
+        """``model.generate`` in the generation thread; a failure is kept for the reader."""
+        import torch
+
+        try:
+            with torch.inference_mode():
+                self.model.generate(**kwargs)
+        except BaseException as exc:  # re-raised by _stream
+            failure.append(exc)
+            kwargs["streamer"].end()

@@ -1,8 +1,5 @@
-"""Offline story backend: Gemma 3 270M (a *base* model) from PyPI, no internet needed.
-
-The model comes from the converted cache (:mod:`.gemma_cache`: GGUF -> safetensors once,
-seconds to load afterwards) and is driven by the few-shot completion prompt with the caption
-as the story's first sentence, sampling with a repetition penalty (greedy decoding loops).
+"""Offline story backend: Gemma 3 270M (a *base* model) from PyPI, no internet needed, from
+the converted cache (:mod:`.gemma_cache`), driven by the few-shot completion prompt.
 """
 
 from __future__ import annotations
@@ -17,14 +14,8 @@ from .local import TransformersBackend
 
 
 class OfflineBackend(TransformersBackend):
-    """The converted Gemma 3 270M, converting it first when the cache is missing or broken.
-
-    Parameters:
-        device: ``cpu`` / ``cuda`` (default: CUDA when available).
-        root: the cache root (default ``$STORYTELLER_CACHE`` or ``~/.cache/storyteller``).
-        log: where progress lines go (default: stderr).
-        timeout: seconds one turn may generate (see :class:`TransformersBackend`).
-    """
+    """The converted Gemma 3 270M, converting it into the cache ``root`` first when it is
+    missing or broken (progress lines go to ``log``)."""
 
     name = "offline"
 
@@ -35,8 +26,7 @@ class OfflineBackend(TransformersBackend):
         log: Log = log_to_stderr,
         timeout: float | None = None,
     ):
-        folder = ensure_offline_model(root, log)
-        self.cache = folder
+        self.cache = folder = ensure_offline_model(root, log)
         try:
             super().__init__(folder, device=device, chat=False, timeout=timeout)
         except StoryError as exc:

@@ -1,18 +1,11 @@
-"""A streamed chat completion from an OpenAI-compatible server, with the standard library.
+"""A streamed chat completion from an OpenAI-compatible server (Hugging Face's router or any
+``--base-url`` server), with the standard library, bounded whatever the server does:
 
-Every hosted story goes through here: Hugging Face's router (:data:`HF_ROUTER`, the endpoint
-``huggingface_hub.InferenceClient`` calls for a chat model) and any ``--base-url`` server.
-The ``Authorization`` header is exactly the key given, or absent (see :mod:`..keys`).
-
-The work is bounded whatever the server does:
-
-* **time**: one ``deadline`` covers connecting, the headers and every read (keep-alive
-  comments and empty deltas included): at the deadline a watchdog shuts the socket and the
-  stream ends as if complete; ``timeout`` bounds each wait for the server on its own;
-* **size**: events of at most :data:`MAX_LINE_BYTES`, error bodies read up to
-  :data:`MAX_ERROR_BYTES` (the caller bounds the text it keeps);
-* **credentials**: redirects are not followed (a 3xx is an error), so the key never goes to
-  another host; a proxy (``HTTPS_PROXY``/``HTTP_PROXY``, ``NO_PROXY``) only relays a tunnel.
+* **time**: one ``deadline`` covers connecting, the headers and every read (keep-alives
+  included): a watchdog then shuts the socket and the stream ends as if complete;
+* **size**: event lines and error bodies are read up to a size;
+* **credentials**: redirects are not followed, so the key never goes to another host; a proxy
+  (``HTTPS_PROXY``, ``NO_PROXY``) only relays a tunnel and never sees the key.
 """
 
 from __future__ import annotations
@@ -43,8 +36,8 @@ class HTTPStatusError(Exception):
 
 
 def chat_url(base_url: str) -> str:
-    """``/v1/chat/completions`` under ``base_url`` (which may already end in ``/v1``), as
-    OpenAI clients and ``InferenceClient`` build it."""
+    """``/v1/chat/completions`` under ``base_url`` (which may end in ``/v1``), as OpenAI
+    clients build it."""
     base = base_url.rstrip("/")
     if base.endswith("/chat/completions"):
         return base
@@ -54,8 +47,7 @@ def chat_url(base_url: str) -> str:
 
 
 def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
-    """A connection to ``url``'s server, through a tunnel (``CONNECT``) when ``HTTPS_PROXY``
-    or ``HTTP_PROXY`` names a proxy for it: the proxy sees the host name, never the key."""
+    """A connection to ``url``'s server, through a ``CONNECT`` tunnel when a proxy is set."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     kinds = {"http": http.client.HTTPConnection, "https": http.client.HTTPSConnection}
@@ -73,14 +65,10 @@ def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
 def stream_chat(
     base_url: str, key: str | None, body: dict, timeout: float, deadline: float
 ) -> Iterator[str]:
-    """Yield the text deltas of a streamed chat completion (``body`` gets ``stream: true``)
-    until the server ends it or ``time.monotonic()`` reaches ``deadline``.
-
-    Raises:
-        HTTPStatusError: an HTTP status other than 200 (a redirect included).
-        StoryError: the server sent an error event or an over-long line.
-        OSError: connection failures and ``timeout`` (``TimeoutError``) before the deadline.
-    """
+    """Yield the text deltas of a streamed chat completion until the server ends it or
+    ``time.monotonic()`` reaches ``deadline``; ``timeout`` bounds each wait on its own. Raises
+    :class:`HTTPStatusError` for any status but 200, :class:`StoryError` for an error event or
+    an over-long line, ``OSError`` for a connection failure before the deadline."""
     url = chat_url(base_url)
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if key:

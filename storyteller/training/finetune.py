@@ -1,25 +1,8 @@
-"""Fine-tuning the encoder: the CNN's last N blocks trained with the decoder, from images.
-
-The fast default trains the decoder on cached features (:mod:`storyteller.features.cache`); with
-``train --fine-tune-encoder N`` the photos themselves go through the encoder every step and
-its last N blocks (:func:`~storyteller.features.encoders.encoder_blocks`) learn too, at their own
-learning rate (``TrainConfig.encoder_lr``). The pieces here plug into the same training loop:
-
-* :class:`FineTunedEncoder`: the encoder with all but its last N blocks frozen. The frozen
-  part stays in eval mode even while training (its BatchNorm statistics must not drift) and,
-  since neither its weights nor the images need gradients, autograd keeps no activations for
-  it: memory is spent only on the blocks that learn.
-* :class:`ImageCaptions`: one item per photo with all its captions, so each photo is decoded
-  and encoded once per epoch however many captions it has (5x less CNN work on Flickr than
-  one item per caption).
-* :class:`EncoderDecoder`: photos (B, 3, H, W) and their captions (B, K, T) -> next-word logits
-  (B*K, T, V): the network the loop (and ``nn.DataParallel``/DDP, which split both inputs on
-  the photo axis together) runs.
-
-The checkpoint keeps the whole fine-tuned encoder's state_dict (``encoder_weights``), so
-captioning needs no download and no other file: :class:`~storyteller.inference.Captioner`
-loads it in place of the registry's ImageNet weights.
-"""
+"""Fine-tuning the encoder: its last N blocks trained with the decoder, from the photos
+(``train --fine-tune-encoder N``). The frozen part stays in eval mode (its BatchNorm statistics
+must not drift) and keeps no activations for autograd; each photo is encoded once per epoch for
+all its captions. The checkpoint keeps the whole encoder's weights (``encoder_weights``), so
+captioning loads them in place of the registry's ImageNet weights, with no download."""
 
 from __future__ import annotations
 
@@ -31,21 +14,23 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from ..artefacts import ArtefactError
+from ..config import ModelConfig
 from ..data.captions import CaptionDataset
 from ..data.vocab import PAD_ID, Vocabulary
 from ..errors import StorytellerError
+from ..features.cache_format import FeatureCache
+from ..features.encoder_specs import Preprocessing
+from ..features.encoders import build_encoder, encoder_blocks
+from ..features.images import open_image
 from ..models import CaptionDecoder, decoder_class
-from .cache_format import FeatureCache
-from .encoders import Preprocessing, build_encoder, encoder_blocks
-from .images import open_image
 
 #: Checkpoint key of the fine-tuned encoder's state_dict (absent for a frozen encoder).
 ENCODER_WEIGHTS = "encoder_weights"
 
 
 class FineTunedEncoder(nn.Module):
-    """``backbone`` (a :func:`~storyteller.features.encoders.build_encoder` module) with only its last
-    ``num_blocks`` blocks trainable; the rest frozen and always in eval mode."""
+    """``backbone`` with only its last ``num_blocks`` blocks trainable; the rest frozen and
+    always in eval mode."""
 
     def __init__(self, backbone: nn.Module, num_blocks: int, name: str = "encoder"):
         super().__init__()
@@ -81,7 +66,8 @@ class FineTunedEncoder(nn.Module):
 
 
 class EncoderDecoder(nn.Module):
-    """Photos and their captions -> next-word logits, the encoder run once per photo."""
+    """Photos and their captions -> next-word logits, the encoder run once per photo (DDP and
+    ``nn.DataParallel`` split both inputs on the photo axis together)."""
 
     def __init__(self, encoder: FineTunedEncoder, decoder: CaptionDecoder):
         super().__init__()
@@ -98,8 +84,8 @@ class EncoderDecoder(nn.Module):
 
 def image_transform(preprocessing: Preprocessing, augment: bool) -> Callable:
     """The encoder's own preprocessing; with ``augment`` a random crop and a horizontal flip
-    in place of the centre crop (off by default: a flip swaps "left" and "right" in the
-    captions' world, and on Flickr-sized data it buys little; see the README)."""
+    in place of the centre crop (off by default: a flip swaps the captions' "left" and
+    "right"; see docs/encoders.md)."""
     if not augment:
         return preprocessing.transform()
     return transforms.Compose(
@@ -114,12 +100,9 @@ def image_transform(preprocessing: Preprocessing, augment: bool) -> Callable:
 
 
 class ImageCaptions(Dataset):
-    """One item per photo: (pixels (3, crop, crop), captions (K, T) ids).
-
-    K is the most captions any photo here has; a photo with fewer repeats its own in turn (no
-    Flickr photo has fewer than 5). Photos that extraction found unreadable (``skip``) are left
-    out, as the cached path leaves them out; a photo that fails to open now is an error naming
-    it, not a silent zero image."""
+    """One item per photo: (pixels (3, crop, crop), captions (K, T) ids). K is the most
+    captions any photo has; one with fewer repeats its own in turn. Photos ``keep`` refuses
+    (unreadable at extraction) are left out; one that fails to open now is an error."""
 
     def __init__(
         self,
@@ -141,10 +124,6 @@ class ImageCaptions(Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
-    @property
-    def num_captions(self) -> int:
-        return len(self.names) * self.per_image
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         path = self.image_dir / self.names[i]
         try:
@@ -162,19 +141,20 @@ def collate_images(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     return images, padded.view(len(batch), -1, padded.size(-1))  # (B, K, T)
 
 
-def build_fine_tuned_encoder(
-    name: str, layout: str, num_blocks: int, pretrained: bool = True
-) -> FineTunedEncoder:
-    """The registry's encoder ``name`` (ImageNet weights) with its last ``num_blocks`` blocks
-    trainable, giving the ``layout`` the decoder reads."""
-    backbone = build_encoder(name, pretrained=pretrained, grid=layout == "grid")
-    return FineTunedEncoder(backbone, num_blocks, name)
+def _backbone(config: ModelConfig, pretrained: bool) -> nn.Module:
+    """The registry's encoder ``config`` names, giving the features its decoder reads."""
+    layout = decoder_class(config.decoder).feature_layout
+    return build_encoder(config.encoder, pretrained=pretrained, grid=layout == "grid")
+
+
+def build_fine_tuned_encoder(config: ModelConfig) -> FineTunedEncoder:
+    """The ImageNet encoder ``config`` names, its last ``fine_tuned_blocks`` blocks trainable."""
+    return FineTunedEncoder(_backbone(config, True), config.fine_tuned_blocks, config.encoder)
 
 
 def check_encoder_weights(backbone: nn.Module, weights: object, path: object, name: str) -> dict:
-    """A checkpoint's fine-tuned encoder weights, checked against ``backbone`` (the same
-    registry encoder) before anything is loaded: names, shapes, finite values. A one-line
-    :class:`~storyteller.artefacts.ArtefactError` naming the file."""
+    """A checkpoint's fine-tuned encoder weights, checked against ``backbone`` before anything
+    is loaded (names, shapes, finite values): an :class:`ArtefactError` naming the file."""
     expected = backbone.state_dict()
     if not isinstance(weights, dict):
         raise ArtefactError(path, f"{ENCODER_WEIGHTS} is not a state_dict")
@@ -198,30 +178,21 @@ def check_encoder_weights(backbone: nn.Module, weights: object, path: object, na
     return weights
 
 
-def load_encoder_weights(
-    backbone: nn.Module, weights: object, path: object, name: str
-) -> nn.Module:
-    """``backbone`` holding the checkpoint's fine-tuned encoder (checked first)."""
-    backbone.load_state_dict(check_encoder_weights(backbone, weights, path, name))
-    return backbone
-
-
-def checkpoint_encoder(config, checkpoint: dict, path: object) -> nn.Module | None:
-    """The fine-tuned encoder a checkpoint holds (``config`` is its checked ModelConfig),
-    built without downloading anything and checked before loading; ``None`` for a run whose
-    encoder stayed frozen (the registry's ImageNet weights serve it)."""
+def checkpoint_encoder(config: ModelConfig, checkpoint: dict, path: object) -> nn.Module | None:
+    """The fine-tuned encoder a checkpoint holds (``config``: its checked ModelConfig), checked
+    before loading, with no download; ``None`` for a frozen encoder."""
     if not config.fine_tuned_blocks:
         return None
-    layout = decoder_class(config.decoder).feature_layout
-    backbone = build_encoder(config.encoder, pretrained=False, grid=layout == "grid")
-    return load_encoder_weights(backbone, checkpoint.get(ENCODER_WEIGHTS), path, config.encoder)
+    backbone = _backbone(config, pretrained=False)
+    weights = checkpoint.get(ENCODER_WEIGHTS)
+    backbone.load_state_dict(check_encoder_weights(backbone, weights, path, config.encoder))
+    return backbone
 
 
 @torch.inference_mode()
 def encode_images(extractor, image_dir, names: list[str], batch_size: int = 32) -> FeatureCache:
-    """``names`` in ``image_dir`` through ``extractor`` (a fine-tuned encoder's), as an
-    in-memory :class:`~storyteller.features.cache_format.FeatureCache`, so evaluation reads the features
-    the decoder learned with rather than the frozen cache's."""
+    """``names`` in ``image_dir`` through a fine-tuned encoder's ``extractor`` as an in-memory
+    FeatureCache: evaluation reads the features the decoder learned with."""
     blocks = [
         extractor([open_image(image_dir / name) for name in names[start : start + batch_size]])
         for start in range(0, len(names), batch_size)
