@@ -71,10 +71,15 @@ def test_caption_command_prints_one_json_line_per_image(sample_run, tmp_path):
         "--beam",
         "3",
     )
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["image"] for line in lines] == [*map(str, images), str(broken)]
-    assert all(len(line["caption"].split()) >= 2 for line in lines[:2])
-    assert "cannot read image" in lines[2]["error"] and result.returncode == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]  # captions alone
+    assert [line["image"] for line in lines] == [*map(str, images)]
+    assert all(len(line["caption"].split()) >= 2 for line in lines)
+    assert result.stderr.splitlines()[-2:] == [
+        f"error: cannot read image {broken}: this file is not an image, or its header is "
+        "damaged: use a JPEG, PNG, WebP, GIF, BMP or TIFF photo",
+        "error: 1 of 3 image(s) not captioned",
+    ]
+    assert result.returncode == 1
 
 
 def test_caption_refuses_fifos_and_long_thin_images_in_one_line_each(
@@ -89,10 +94,14 @@ def test_caption_refuses_fifos_and_long_thin_images_in_one_line_each(
     images = [str(photo), str(fifo), str(wide)]
     checkpoint = str(tiny_run / "best_model.pth")
     assert returns_within(60, main, ["caption", "--checkpoint", checkpoint, *images]) == 1
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [line["image"] for line in lines] == images and lines[0]["caption"]
-    assert "this is a FIFO (named pipe), not a regular file" in lines[1]["error"]
-    assert "too long and thin to caption (8000 x 1 pixels" in lines[2]["error"]
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["image"] for line in lines] == images[:1] and lines[0]["caption"]
+    fifo_line, wide_line, count = err.splitlines()[-3:]
+    assert fifo_line.startswith(f"error: cannot read image {fifo}: ")
+    assert "this is a FIFO (named pipe), not a regular file" in fifo_line
+    assert "too long and thin to caption (8000 x 1 pixels" in wide_line
+    assert count == "error: 2 of 3 image(s) not captioned"
     captioner = Captioner.load(checkpoint)
     for path, problem in ((fifo, "not a regular file"), (wide, "too long and thin")):
         with pytest.raises(UnreadableImage, match=problem):
@@ -291,3 +300,29 @@ def test_an_unknown_flag_with_nothing_close_gets_no_guess(capsys):
         main(["train", "--zzz"])
     err = capsys.readouterr().err
     assert "unrecognized arguments: --zzz" in err and "did you mean" not in err
+
+
+def test_a_prefix_of_a_flag_is_refused_with_the_flag_it_may_mean(capsys):
+    """argparse would take `--bea 5` as `--beam 5`: a typo that changes what runs."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["caption", "photo.jpg", "--bea", "5"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --bea 5; did you mean --beam?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--epoch", "3"])
+    assert "did you mean --epochs?" in capsys.readouterr().err
+
+
+def test_torch_and_torchvision_from_different_builds_is_one_line_with_the_fix(monkeypatch, capsys):
+    """What a torchvision built for another torch raises when its operators load."""
+    from storyteller.cli import encoders
+
+    def mismatched(args):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setattr(encoders, "run", mismatched)
+    assert main(["encoders", "--no-speed"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: torch ")
+    assert "are builds that do not belong together (operator torchvision::nms" in err
+    assert "pip install --force-reinstall torch torchvision --index-url" in err
