@@ -34,6 +34,7 @@ CAPTIONS_PER_IMAGE = 5
 IMAGES_DIRNAME = "Images"
 CAPTIONS_FILENAME = "captions.txt"
 MANIFEST_FILENAME = "sample.json"
+MANIFEST_FORMAT = "storyteller-sample"
 JPEG_QUALITY = 90
 
 _SUPERSAMPLE = 2  # shapes are drawn at twice the size and shrunk, for smooth edges
@@ -314,7 +315,7 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 def _manifest(num_images: int, seed: int, image_size: int) -> dict:
     return {
-        "format": "storyteller-sample",
+        "format": MANIFEST_FORMAT,
         "version": SAMPLE_VERSION,
         "num_images": num_images,
         "seed": seed,
@@ -334,6 +335,16 @@ def _is_complete(out: Path, manifest: dict) -> bool:
         and (out / CAPTIONS_FILENAME).is_file()
         and all((images / image_name(i)).is_file() for i in range(manifest["num_images"]))
     )
+
+
+def is_sample(folder: str | Path) -> bool:
+    """Whether ``folder`` holds the embedded sample (its ``sample.json``), so a model trained
+    on it can say that it knows drawn shapes, not photos."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
 
 
 def _written_as(name: str) -> str:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..config import ModelConfig, TrainConfig
 from ..data.captions import CaptionDataset
 from ..data.embeddings import WordVectors
+from ..data.sample import is_sample
 from ..data.vocab import PAD_ID, Vocabulary
 from ..errors import StorytellerError
 from ..features.cache_format import FeatureCache
@@ -306,6 +307,7 @@ def train_model(
     model_config = model_config or ModelConfig(len(vocab), feature_dim, encoder=cache.encoder)
     data = training_data(cache, dataset, splits, vocab, model_config, train_config, encoder)
     state = TrainingState.create(model_config, train_config, device, encoder)
+    state.trained_on_sample = is_sample(dataset.source.parent)
     _check_fits(model_config, vocab, cache, encoder)
     if embeddings is not None:
         load_word_vectors(state, embeddings)
