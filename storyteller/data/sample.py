@@ -337,16 +337,6 @@ def _is_complete(out: Path, manifest: dict) -> bool:
     )
 
 
-def is_sample(folder: str | Path) -> bool:
-    """Whether ``folder`` holds the embedded sample (its ``sample.json``), so a model trained
-    on it can say that it knows drawn shapes, not photos."""
-    try:
-        manifest = json.loads((Path(folder) / MANIFEST_FILENAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
-
-
 def _written_as(name: str) -> str:
     """The file ``name`` is, or is the unfinished write of (``atomic_path``'s
     ``.<file>.<random>.tmp``, or a ``<file>.tmp``), so an interrupted sample is still ours."""

@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..config import ModelConfig, TrainConfig
 from ..data.captions import CaptionDataset
 from ..data.embeddings import WordVectors
-from ..data.sample import is_sample
 from ..data.vocab import PAD_ID, Vocabulary
 from ..errors import StorytellerError
 from ..features.cache_format import FeatureCache
@@ -29,7 +28,7 @@ from ..models.checkpoint import check_progress, read_checkpoint, save_checkpoint
 from ..progress import Log, progress
 from ..run_folder import BEST_CHECKPOINT, HISTORY_FILE, LAST_CHECKPOINT, LOSS_CURVE_FILE
 from ..runtime import autocast, get_device, write_json
-from .data import make_loaders, training_data
+from .data import is_sample, make_loaders, training_data
 from .distributed import SINGLE_PROCESS, DistContext
 from .finetune import FineTunedEncoder
 from .state import TrainingState, load_word_vectors, start_run
@@ -307,7 +306,7 @@ def train_model(
     model_config = model_config or ModelConfig(len(vocab), feature_dim, encoder=cache.encoder)
     data = training_data(cache, dataset, splits, vocab, model_config, train_config, encoder)
     state = TrainingState.create(model_config, train_config, device, encoder)
-    state.trained_on_sample = is_sample(dataset.source.parent)
+    state.trained_on_sample = is_sample(dataset)
     _check_fits(model_config, vocab, cache, encoder)
     if embeddings is not None:
         load_word_vectors(state, embeddings)
