@@ -107,6 +107,25 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def unmarked_run(tiny_run, tiny_data, tmp_path_factory) -> Path:
+    """``tiny_run`` retrained (1 epoch) on a copy of ``tiny_data`` without its ``sample.json``:
+    a model of data that is not the embedded sample, so nothing labels it as the sample's."""
+    import shutil
+
+    from storyteller import pipeline
+    from storyteller.config import TrainConfig
+    from storyteller.data.sample import MANIFEST_FILENAME
+
+    data = shutil.copytree(tiny_data, tmp_path_factory.mktemp("unmarked-data") / "photos")
+    (data / MANIFEST_FILENAME).unlink()
+    out = shutil.copytree(tiny_run, tmp_path_factory.mktemp("unmarked-run") / "run")
+    config = TrainConfig(num_epochs=1, batch_size=32)
+    sizes = {"decoder": "lstm", "hidden_size": 64, "embed_size": 32}
+    pipeline.train_step(data, out, config, sizes, resume=False, log=lambda _: None)
+    return out
+
+
 @pytest.fixture
 def full_disk(request, monkeypatch) -> None:
     """Every ``torch.save`` of the package writes to a disk with ``request.param`` bytes left

@@ -4,7 +4,6 @@ one; its caption loop is also ``story``'s."""
 import json
 import sys
 
-from ..config import SMOKE_LABEL
 from ..errors import StorytellerError
 from .common import add_captioner
 
@@ -62,7 +61,7 @@ def run(args) -> int:
             f"--attention-maps: the {captioner.model.name!r} captioner in {args.checkpoint} does "
             "not attend; train one with --decoder attention"
         )
-    warning = {"warning": SMOKE_LABEL} if captioner.smoke else {}
+    warning = {"warning": captioner.label} if captioner.label else {}
     failures = 0
     for path, captioned in caption_each(captioner, args, args.attention_maps):
         if isinstance(captioned, Exception):  # said on stderr; stdout holds captions alone
