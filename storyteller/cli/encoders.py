@@ -1,13 +1,14 @@
 """``encoders``: the table of image encoders, built with random weights."""
 
 import sys
-from functools import partial
 
 from ..config_cli import number
 from ..features.encoder_specs import ENCODERS
 from ..features.extraction_sizes import BATCH_SIZES
 
-_stderr = partial(print, file=sys.stderr, flush=True)
+
+def _stderr(message: str) -> None:  # sys.stderr looked up per call: tests swap it
+    print(message, file=sys.stderr, flush=True)
 
 
 def add_parser(sub) -> None:
