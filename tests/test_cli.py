@@ -1,9 +1,10 @@
-"""The command line, end to end: `run-all` with no arguments on a fresh, offline machine."""
+"""The command line, end to end: `run-all` with no ``--data`` on a fresh, offline machine."""
 
 import json
 
 import pytest
 from bad_images import make_fifo, returns_within
+from conftest import TINY_RUN_FLAGS
 from conftest import cli as _cli
 from PIL import Image
 
@@ -17,7 +18,7 @@ from storyteller.models import decoder_class
 SCORE_KEYS = "bleu1 bleu2 bleu3 bleu4 meteor rouge1 rouge2 rougeL cider precision recall f1".split()
 
 
-def test_run_all_without_arguments_writes_every_artefact(sample_run):
+def test_run_all_on_a_fresh_machine_writes_every_artefact(sample_run):
     out, result = sample_run
     assert "embedded sample dataset" in result.stdout
     assert "falling back to the offline encoder 'efficientnet_lite0'" in result.stdout
@@ -45,8 +46,9 @@ def test_run_all_without_arguments_writes_every_artefact(sample_run):
         assert {"distinct_captions", "vocab_used", "recall_at_5"} <= set(scores)
 
 
-def test_sample_dataset_is_learned_well(sample_run):
-    out, _ = sample_run
+@pytest.mark.slow
+def test_sample_dataset_is_learned_well(learned_sample_run):
+    out, _ = learned_sample_run
     metrics = json.loads((out / "metrics.json").read_text())
     baseline = json.loads((out / "baseline.json").read_text())
     greedy = metrics["greedy"]
@@ -111,7 +113,8 @@ def test_caption_refuses_fifos_and_long_thin_images_in_one_line_each(
 def test_rerunning_run_all_reuses_finished_steps(sample_run):
     out, _ = sample_run
     before = (out / "best_model.pth").stat().st_mtime
-    result = _cli("train", "--out", str(out), "--data", str(out.parent / "sample-cache"))
+    data = str(out.parent / "sample-cache")
+    result = _cli("train", "--out", str(out), "--data", data, *TINY_RUN_FLAGS)
     assert result.returncode == 0, result.stderr
     assert (out / "best_model.pth").stat().st_mtime == before
 
