@@ -4,7 +4,7 @@ import json
 
 import pytest
 from bad_images import make_fifo, returns_within
-from conftest import TINY_RUN_FLAGS
+from conftest import SAMPLE_RUN_FLAGS
 from conftest import cli as _cli
 from PIL import Image
 
@@ -46,9 +46,11 @@ def test_run_all_on_a_fresh_machine_writes_every_artefact(sample_run):
         assert {"distinct_captions", "vocab_used", "recall_at_5"} <= set(scores)
 
 
-@pytest.mark.slow
-def test_sample_dataset_is_learned_well(learned_sample_run):
-    out, _ = learned_sample_run
+def test_sample_dataset_is_learned_well(sample_run):
+    """With SAMPLE_RUN_FLAGS greedy BLEU-4 was 0.369 / 0.463 / 0.405 on seeds 0 / 1 / 2
+    (baselines 0.126 / 0.187 / 0.130, R@5 0.90 / 0.93 / 0.82); two epochs gave 0.293 (R@5
+    0.68) on seed 0, too close to the bar for a stable test."""
+    out, _ = sample_run
     metrics = json.loads((out / "metrics.json").read_text())
     baseline = json.loads((out / "baseline.json").read_text())
     greedy = metrics["greedy"]
@@ -114,7 +116,7 @@ def test_rerunning_run_all_reuses_finished_steps(sample_run):
     out, _ = sample_run
     before = (out / "best_model.pth").stat().st_mtime
     data = str(out.parent / "sample-cache")
-    result = _cli("train", "--out", str(out), "--data", data, *TINY_RUN_FLAGS)
+    result = _cli("train", "--out", str(out), "--data", data, *SAMPLE_RUN_FLAGS)
     assert result.returncode == 0, result.stderr
     assert (out / "best_model.pth").stat().st_mtime == before
 

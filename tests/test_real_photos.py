@@ -56,7 +56,7 @@ def test_no_image_in_two_splits(flickr_run):
     assert (len(train), len(val), len(test)) == (800, 100, 100)
 
 
-def test_sample_scores_far_higher_than_real_photos(flickr_run, learned_sample_run):
+def test_sample_scores_far_higher_than_real_photos(flickr_run, sample_run):
     _, real, _ = flickr_run
-    sample = json.loads((learned_sample_run[0] / "metrics.json").read_text())
+    sample = json.loads((sample_run[0] / "metrics.json").read_text())
     assert sample["greedy"]["bleu4"] > 2 * real["greedy"]["bleu4"]
