@@ -169,15 +169,26 @@ def add_huge_integer(path: Path) -> None:
     path.write_text(text[: text.rindex("}")] + ', "huge": ' + "9" * 5001 + "}")
 
 
+#: `run-all`'s training flags for the end-to-end CLI tests: the default attention captioner,
+#: small and 3 epochs, the least training measured to learn the sample as
+#: tests/test_cli.py::test_sample_dataset_is_learned_well asks (the default's 15 epochs of a
+#: 512-wide one are 12 minutes on 2 busy cores; these about one).
+SAMPLE_RUN_FLAGS = (
+    *("--epochs", "3", "--hidden-size", "128", "--embed-size", "64"),
+    *("--decoder-option", "attention_dim=64", "--batch-size", "32", "--lr", "3e-3"),
+)
+
+
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory):
-    """`python -m storyteller run-all` with no arguments, in an empty working folder."""
+    """`python -m storyteller run-all` with :data:`SAMPLE_RUN_FLAGS` and no ``--data``, in an
+    empty working folder with no cached sample or encoder weights."""
     cwd = tmp_path_factory.mktemp("fresh-machine")
     env = {
         "STORYTELLER_SAMPLE_DIR": str(cwd / "sample-cache"),
         "TORCH_HOME": str(cwd / "torch-home"),
     }
-    result = cli("run-all", cwd=cwd, env=env)
+    result = cli("run-all", *SAMPLE_RUN_FLAGS, cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd / "outputs", result
 

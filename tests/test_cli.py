@@ -1,9 +1,10 @@
-"""The command line, end to end: `run-all` with no arguments on a fresh, offline machine."""
+"""The command line, end to end: `run-all` with no ``--data`` on a fresh, offline machine."""
 
 import json
 
 import pytest
 from bad_images import make_fifo, returns_within
+from conftest import SAMPLE_RUN_FLAGS
 from conftest import cli as _cli
 from PIL import Image
 
@@ -17,7 +18,7 @@ from storyteller.models import decoder_class
 SCORE_KEYS = "bleu1 bleu2 bleu3 bleu4 meteor rouge1 rouge2 rougeL cider precision recall f1".split()
 
 
-def test_run_all_without_arguments_writes_every_artefact(sample_run):
+def test_run_all_on_a_fresh_machine_writes_every_artefact(sample_run):
     out, result = sample_run
     assert "embedded sample dataset" in result.stdout
     assert "falling back to the offline encoder 'efficientnet_lite0'" in result.stdout
@@ -46,6 +47,9 @@ def test_run_all_without_arguments_writes_every_artefact(sample_run):
 
 
 def test_sample_dataset_is_learned_well(sample_run):
+    """With SAMPLE_RUN_FLAGS greedy BLEU-4 was 0.369 / 0.463 / 0.405 on seeds 0 / 1 / 2
+    (baselines 0.126 / 0.187 / 0.130, R@5 0.90 / 0.93 / 0.82); two epochs gave 0.293 (R@5
+    0.68) on seed 0, too close to the bar for a stable test."""
     out, _ = sample_run
     metrics = json.loads((out / "metrics.json").read_text())
     baseline = json.loads((out / "baseline.json").read_text())
@@ -111,7 +115,8 @@ def test_caption_refuses_fifos_and_long_thin_images_in_one_line_each(
 def test_rerunning_run_all_reuses_finished_steps(sample_run):
     out, _ = sample_run
     before = (out / "best_model.pth").stat().st_mtime
-    result = _cli("train", "--out", str(out), "--data", str(out.parent / "sample-cache"))
+    data = str(out.parent / "sample-cache")
+    result = _cli("train", "--out", str(out), "--data", data, *SAMPLE_RUN_FLAGS)
     assert result.returncode == 0, result.stderr
     assert (out / "best_model.pth").stat().st_mtime == before
 
