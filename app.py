@@ -62,7 +62,7 @@ import torch
 from gradio.exceptions import InvalidPathError
 from pydantic import ValidationError
 
-from storyteller.config import MAX_BEAM, SMOKE_LABEL, Strategy
+from storyteller.config import MAX_BEAM, Strategy
 from storyteller.errors import StorytellerError
 from storyteller.features.images import UnreadableImage
 from storyteller.figures.plots import attention_figure, figure_pixels
@@ -250,8 +250,8 @@ def _load_captioner() -> tuple[Captioner | None, str, Path | None]:
         f"{captioner.model.describe()} "
         f"({len(captioner.vocab)} words{epoch}), {where}"
     )
-    if captioner.smoke:  # its captions, and the stories opening with them, are meaningless
-        status = f"**{SMOKE_LABEL}.** {status}"
+    if captioner.label:  # a smoke or sample model: its captions of photos are meaningless
+        status = f"**{captioner.label}.** {status}"
     return captioner, status, model_dir
 
 

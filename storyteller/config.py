@@ -27,6 +27,24 @@ MIN_WORD_COUNT = 5
 #: What every output of a smoke run says (figures, captions, stories), so that its
 #: meaningless captions ("a a pair sky sky ...") are never taken for a real model's.
 SMOKE_LABEL = "SMOKE RUN (tiny data and model: meaningless results)"
+#: What every output of a model trained on the embedded drawn sample says (captions, stories,
+#: the app, a Space, a model card): it knows coloured shapes, and a real photo gets nonsense.
+SAMPLE_LABEL = (
+    "SAMPLE MODEL: trained on drawn coloured shapes only, so real photos get meaningless "
+    "captions (for real ones, train on Flickr8k: python -m storyteller run-all --data "
+    "flickr8k --out outputs/flickr8k)"
+)
+
+
+def model_label(info: dict) -> str | None:
+    """The label every caption of a model is shown with, from what its checkpoint records
+    (``train_config``, ``trained_on_sample``): :data:`SMOKE_LABEL`, :data:`SAMPLE_LABEL`, or
+    None for a real model."""
+    train_config = info.get("train_config")
+    if isinstance(train_config, dict) and train_config.get("smoke") is True:
+        return SMOKE_LABEL
+    return SAMPLE_LABEL if info.get("trained_on_sample") is True else None
+
 
 #: Bounds on what a stored config may ask for, checked before anything is built from it (a
 #: crafted ``hidden_size=12000`` would allocate 4 GB): far above any captioner trained here.

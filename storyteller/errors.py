@@ -1,5 +1,5 @@
 """The one exception type the command line turns into a one-line message, and the one line a
-full disk becomes."""
+full disk or a broken installation becomes."""
 
 from __future__ import annotations
 
@@ -33,4 +33,32 @@ def disk_full_error(exc: OSError, what: str | os.PathLike) -> StorytellerError:
     return StorytellerError(
         f"could not write {what}: {reason}; free some space there and run the same command "
         "again (finished files are kept)"
+    )
+
+
+#: Reinstalling torch and torchvision together, from one index (the CPU one here).
+REINSTALL_TORCH = (
+    "pip install --force-reinstall torch torchvision --index-url "
+    "https://download.pytorch.org/whl/cpu (or the CUDA index your torch came from)"
+)
+
+
+def install_problem(exc: BaseException) -> StorytellerError | None:
+    """The one line for an installation fault ``exc`` shows, or None: torch and torchvision
+    from different builds (torchvision's compiled operators are missing or do not link)."""
+    text = str(exc)
+    if "torchvision" not in text or not ("does not exist" in text or "undefined symbol" in text):
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "(not installed)"
+
+    return StorytellerError(
+        f"torch {installed('torch')} and torchvision {installed('torchvision')} are builds that "
+        f"do not belong together ({text.splitlines()[0]}): reinstall both from one index: "
+        + REINSTALL_TORCH
     )

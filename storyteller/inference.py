@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .config import SMOKE_LABEL, Strategy
+from .config import SMOKE_LABEL, Strategy, model_label
 from .data.vocab import Vocabulary
 from .decoding import decode
 from .errors import StorytellerError
@@ -37,20 +37,25 @@ class Captioner:
     ):
         self.model, self.vocab, self.extractor = model, vocab, extractor
         # What save_pretrained writes besides the weights; epoch and loss are shown by the app.
-        kept = ("epoch", "best_val_loss", "train_config")
+        kept = ("epoch", "best_val_loss", "train_config", "trained_on_sample")
         self.checkpoint_info = {k: v for k, v in (checkpoint or {}).items() if k in kept}
 
     @property
+    def label(self) -> str | None:
+        """What everything this model writes is shown with: :data:`~storyteller.config.SMOKE_LABEL`
+        for a smoke run, :data:`~storyteller.config.SAMPLE_LABEL` for a model of the drawn
+        sample (it knows shapes, not photos), None for a real model."""
+        return model_label(self.checkpoint_info)
+
+    @property
     def smoke(self) -> bool:
-        """Whether the model comes from a smoke run (meaningless captions): what it writes must
-        then say so."""
-        train_config = self.checkpoint_info.get("train_config")
-        return isinstance(train_config, dict) and train_config.get("smoke") is True
+        """Whether the model comes from a smoke run (meaningless captions)."""
+        return self.label == SMOKE_LABEL
 
     def labelled(self, line: str) -> str:
-        """``line`` (a caption as shown to people) after a :data:`SMOKE_LABEL` line when the
-        model is a smoke run's."""
-        return f"{SMOKE_LABEL}\n{line}" if self.smoke else line
+        """``line`` (a caption as shown to people) after the model's :attr:`label` line, if
+        it has one."""
+        return f"{self.label}\n{line}" if self.label else line
 
     @classmethod
     def from_files(
@@ -128,9 +133,7 @@ class Captioner:
         info = dict(self.checkpoint_info)
         info["train_config"] = train_config_of(info, "the captioner's training config").to_dict()
         files = model_files(fine_tuned)
-        card = model_card(
-            repo, config, self.vocab, info["train_config"], metrics, FORMAT_VERSION, files
-        )
+        card = model_card(repo, config, self.vocab, info, metrics, FORMAT_VERSION, files)
         weights = self.model.state_dict()
         return write_model_folder(folder, config, weights, self.vocab, info, encoder, card)
 

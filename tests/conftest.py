@@ -107,6 +107,25 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def unmarked_run(tiny_run, tiny_data, tmp_path_factory) -> Path:
+    """``tiny_run`` retrained (1 epoch) on a copy of ``tiny_data`` without its ``sample.json``:
+    a model of data that is not the embedded sample, so nothing labels it as the sample's."""
+    import shutil
+
+    from storyteller import pipeline
+    from storyteller.config import TrainConfig
+    from storyteller.data.sample import MANIFEST_FILENAME
+
+    data = shutil.copytree(tiny_data, tmp_path_factory.mktemp("unmarked-data") / "photos")
+    (data / MANIFEST_FILENAME).unlink()
+    out = shutil.copytree(tiny_run, tmp_path_factory.mktemp("unmarked-run") / "run")
+    config = TrainConfig(num_epochs=1, batch_size=32)
+    sizes = {"decoder": "lstm", "hidden_size": 64, "embed_size": 32}
+    pipeline.train_step(data, out, config, sizes, resume=False, log=lambda _: None)
+    return out
+
+
 @pytest.fixture
 def full_disk(request, monkeypatch) -> None:
     """Every ``torch.save`` of the package writes to a disk with ``request.param`` bytes left
@@ -150,15 +169,26 @@ def add_huge_integer(path: Path) -> None:
     path.write_text(text[: text.rindex("}")] + ', "huge": ' + "9" * 5001 + "}")
 
 
+#: `run-all`'s training flags for the end-to-end CLI tests: the default attention captioner,
+#: small and 3 epochs, the least training measured to learn the sample as
+#: tests/test_cli.py::test_sample_dataset_is_learned_well asks (the default's 15 epochs of a
+#: 512-wide one are 12 minutes on 2 busy cores; these about one).
+SAMPLE_RUN_FLAGS = (
+    *("--epochs", "3", "--hidden-size", "128", "--embed-size", "64"),
+    *("--decoder-option", "attention_dim=64", "--batch-size", "32", "--lr", "3e-3"),
+)
+
+
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory):
-    """`python -m storyteller run-all` with no arguments, in an empty working folder."""
+    """`python -m storyteller run-all` with :data:`SAMPLE_RUN_FLAGS` and no ``--data``, in an
+    empty working folder with no cached sample or encoder weights."""
     cwd = tmp_path_factory.mktemp("fresh-machine")
     env = {
         "STORYTELLER_SAMPLE_DIR": str(cwd / "sample-cache"),
         "TORCH_HOME": str(cwd / "torch-home"),
     }
-    result = cli("run-all", cwd=cwd, env=env)
+    result = cli("run-all", *SAMPLE_RUN_FLAGS, cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd / "outputs", result
 

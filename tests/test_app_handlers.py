@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from storyteller.config import SAMPLE_LABEL
 from storyteller.story import StoryError
 
 APP_FILE = Path(__file__).resolve().parents[1] / "app.py"
@@ -91,6 +92,15 @@ def test_any_bad_model_at_start_is_no_caption_model_and_one_line(
     assert captioner is None and model_dir is None
     assert status.startswith("**No caption model.** ") and "\n" not in status, status
     assert log == [f"no caption model: {status.removeprefix('**No caption model.** ')}"]
+
+
+def test_the_status_line_labels_a_sample_model(app, monkeypatch, unmarked_run):
+    """The page's model line starts with the label of a model of the drawn sample, and has none
+    for a model of other data."""
+    assert app.MODEL_STATUS.startswith(f"**{SAMPLE_LABEL}.** Caption model: ")
+    monkeypatch.setenv("STORYTELLER_RUN_DIR", str(unmarked_run))
+    captioner, status, _ = app._load_captioner()
+    assert captioner is not None and status.startswith("Caption model: "), status
 
 
 def refused_or_answered(call, log) -> None:

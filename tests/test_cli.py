@@ -1,9 +1,10 @@
-"""The command line, end to end: `run-all` with no arguments on a fresh, offline machine."""
+"""The command line, end to end: `run-all` with no ``--data`` on a fresh, offline machine."""
 
 import json
 
 import pytest
 from bad_images import make_fifo, returns_within
+from conftest import SAMPLE_RUN_FLAGS
 from conftest import cli as _cli
 from PIL import Image
 
@@ -17,7 +18,7 @@ from storyteller.models import decoder_class
 SCORE_KEYS = "bleu1 bleu2 bleu3 bleu4 meteor rouge1 rouge2 rougeL cider precision recall f1".split()
 
 
-def test_run_all_without_arguments_writes_every_artefact(sample_run):
+def test_run_all_on_a_fresh_machine_writes_every_artefact(sample_run):
     out, result = sample_run
     assert "embedded sample dataset" in result.stdout
     assert "falling back to the offline encoder 'efficientnet_lite0'" in result.stdout
@@ -46,6 +47,9 @@ def test_run_all_without_arguments_writes_every_artefact(sample_run):
 
 
 def test_sample_dataset_is_learned_well(sample_run):
+    """With SAMPLE_RUN_FLAGS greedy BLEU-4 was 0.369 / 0.463 / 0.405 on seeds 0 / 1 / 2
+    (baselines 0.126 / 0.187 / 0.130, R@5 0.90 / 0.93 / 0.82); two epochs gave 0.293 (R@5
+    0.68) on seed 0, too close to the bar for a stable test."""
     out, _ = sample_run
     metrics = json.loads((out / "metrics.json").read_text())
     baseline = json.loads((out / "baseline.json").read_text())
@@ -71,10 +75,15 @@ def test_caption_command_prints_one_json_line_per_image(sample_run, tmp_path):
         "--beam",
         "3",
     )
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["image"] for line in lines] == [*map(str, images), str(broken)]
-    assert all(len(line["caption"].split()) >= 2 for line in lines[:2])
-    assert "cannot read image" in lines[2]["error"] and result.returncode == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]  # captions alone
+    assert [line["image"] for line in lines] == [*map(str, images)]
+    assert all(len(line["caption"].split()) >= 2 for line in lines)
+    assert result.stderr.splitlines()[-2:] == [
+        f"error: cannot read image {broken}: this file is not an image, or its header is "
+        "damaged: use a JPEG, PNG, WebP, GIF, BMP or TIFF photo",
+        "error: 1 of 3 image(s) not captioned",
+    ]
+    assert result.returncode == 1
 
 
 def test_caption_refuses_fifos_and_long_thin_images_in_one_line_each(
@@ -89,10 +98,14 @@ def test_caption_refuses_fifos_and_long_thin_images_in_one_line_each(
     images = [str(photo), str(fifo), str(wide)]
     checkpoint = str(tiny_run / "best_model.pth")
     assert returns_within(60, main, ["caption", "--checkpoint", checkpoint, *images]) == 1
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [line["image"] for line in lines] == images and lines[0]["caption"]
-    assert "this is a FIFO (named pipe), not a regular file" in lines[1]["error"]
-    assert "too long and thin to caption (8000 x 1 pixels" in lines[2]["error"]
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["image"] for line in lines] == images[:1] and lines[0]["caption"]
+    fifo_line, wide_line, count = err.splitlines()[-3:]
+    assert fifo_line.startswith(f"error: cannot read image {fifo}: ")
+    assert "this is a FIFO (named pipe), not a regular file" in fifo_line
+    assert "too long and thin to caption (8000 x 1 pixels" in wide_line
+    assert count == "error: 2 of 3 image(s) not captioned"
     captioner = Captioner.load(checkpoint)
     for path, problem in ((fifo, "not a regular file"), (wide, "too long and thin")):
         with pytest.raises(UnreadableImage, match=problem):
@@ -102,7 +115,8 @@ def test_caption_refuses_fifos_and_long_thin_images_in_one_line_each(
 def test_rerunning_run_all_reuses_finished_steps(sample_run):
     out, _ = sample_run
     before = (out / "best_model.pth").stat().st_mtime
-    result = _cli("train", "--out", str(out), "--data", str(out.parent / "sample-cache"))
+    data = str(out.parent / "sample-cache")
+    result = _cli("train", "--out", str(out), "--data", data, *SAMPLE_RUN_FLAGS)
     assert result.returncode == 0, result.stderr
     assert (out / "best_model.pth").stat().st_mtime == before
 
@@ -291,3 +305,29 @@ def test_an_unknown_flag_with_nothing_close_gets_no_guess(capsys):
         main(["train", "--zzz"])
     err = capsys.readouterr().err
     assert "unrecognized arguments: --zzz" in err and "did you mean" not in err
+
+
+def test_a_prefix_of_a_flag_is_refused_with_the_flag_it_may_mean(capsys):
+    """argparse would take `--bea 5` as `--beam 5`: a typo that changes what runs."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["caption", "photo.jpg", "--bea", "5"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --bea 5; did you mean --beam?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--epoch", "3"])
+    assert "did you mean --epochs?" in capsys.readouterr().err
+
+
+def test_torch_and_torchvision_from_different_builds_is_one_line_with_the_fix(monkeypatch, capsys):
+    """What a torchvision built for another torch raises when its operators load."""
+    from storyteller.cli import encoders
+
+    def mismatched(args):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setattr(encoders, "run", mismatched)
+    assert main(["encoders", "--no-speed"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: torch ")
+    assert "are builds that do not belong together (operator torchvision::nms" in err
+    assert "pip install --force-reinstall torch torchvision --index-url" in err

@@ -15,6 +15,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from storyteller import hf_token
 from storyteller.cli import main
+from storyteller.config import SAMPLE_LABEL
 from storyteller.data.vocab import Vocabulary
 from storyteller.errors import StorytellerError
 from storyteller.inference import Captioner
@@ -140,6 +141,17 @@ def test_slim_checkpoint_rebuilds_the_same_captioner(dry_run, tiny_run, tiny_dat
     original = Captioner.from_files(tiny_run / "best_model.pth", tiny_run / "vocab.pkl")
     shipped = Captioner.from_files(dest / "best_model.pth", dest / "vocab.pkl")
     assert shipped([image], beam_size=3) == original([image], beam_size=3)
+
+
+def test_a_sample_models_space_says_so(dry_run, unmarked_run, tmp_path):
+    """A Space of a model of the drawn sample says so in its README and on its page (the app
+    reads the label from the slim checkpoint); a Space of another model does not."""
+    dest, _ = dry_run
+    assert f"**{SAMPLE_LABEL}**" in (dest / "README.md").read_text()
+    assert Captioner.from_files(dest / "best_model.pth", dest / "vocab.pkl").label == SAMPLE_LABEL
+    other = deploy.build_space_folder(unmarked_run, tmp_path / "space", log=lambda _: None)
+    assert SAMPLE_LABEL not in (other / "README.md").read_text()
+    assert Captioner.from_files(other / "best_model.pth", other / "vocab.pkl").label is None
 
 
 def test_requirements_are_the_repositorys_for_an_encoder_needing_nothing_more(dry_run):

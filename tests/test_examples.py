@@ -20,7 +20,7 @@ from storyteller.serving.examples import (
     choose_examples,
     example_pictures,
     photos_allowed,
-    trained_on_sample,
+    split_is_drawn,
 )
 
 TEST = [f"{n}_test.jpg" for n in range(1000, 1006)]
@@ -51,7 +51,7 @@ def names(paths) -> list[str]:
 
 
 def test_a_sample_trained_model_gets_the_drawn_scenes(tiny_run, tmp_path):
-    assert trained_on_sample(tiny_run)
+    assert split_is_drawn(tiny_run)
     found = example_pictures(tiny_run, tmp_path / "shown", allow_photos=True)
     assert found.kind == "sample" and len(found.paths) == 4 and "drawn" in found.label
     assert all(p.parent == tmp_path / "shown" and p.suffix == ".png" for p in found.paths)
@@ -59,7 +59,7 @@ def test_a_sample_trained_model_gets_the_drawn_scenes(tiny_run, tmp_path):
 
 def test_a_flickr_run_with_its_data_gets_its_own_test_photos(flickr_run, tmp_path):
     run, images = flickr_run
-    assert not trained_on_sample(run)
+    assert not split_is_drawn(run)
     found = example_pictures(run, tmp_path / "shown", allow_photos=True)
     assert found.kind == "test" and "test photos" in found.label
     assert names(found.paths) == TEST[:NUM_PHOTOS]  # the split's order, never a training one

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from storyteller import pipeline
+from storyteller.config import SAMPLE_LABEL
 from storyteller.errors import StorytellerError
 from storyteller.features.encoders import build_encoder
 from storyteller.inference import Captioner
@@ -48,6 +49,7 @@ FORMAT_1_CONFIG_KEYS = {
     "vocab_fingerprint",
     "epoch",
     "best_val_loss",
+    "trained_on_sample",
 }
 
 
@@ -101,6 +103,19 @@ def test_the_layout_is_format_1(model_dir, tiny_run):
     weights = load_file(model_dir / "model.safetensors")
     assert weights.keys() == checkpoint["model"].keys()
     assert all(torch.equal(weights[k], checkpoint["model"][k]) for k in weights)
+
+
+def test_a_sample_models_folder_and_card_say_so(model_dir, unmarked_run, tmp_path):
+    """The label of a model of the drawn sample travels into its model folder, its card and a
+    folder saved again from it; a model of other data has none."""
+    assert json.loads((model_dir / "config.json").read_text())["trained_on_sample"] is True
+    assert f"**{SAMPLE_LABEL}**" in (model_dir / "README.md").read_text()
+    loaded = Captioner.from_pretrained(model_dir)
+    assert loaded.label == SAMPLE_LABEL
+    assert SAMPLE_LABEL in (loaded.save_pretrained(tmp_path / "again") / "README.md").read_text()
+    other = export_run(unmarked_run, tmp_path / "other", log=quiet)
+    assert SAMPLE_LABEL not in (other / "README.md").read_text()
+    assert Captioner.from_pretrained(other).label is None
 
 
 def test_a_model_folder_captions_bit_identically(model_dir, original, images):

@@ -1,4 +1,6 @@
-"""metrics.json says what made it and a smoke run's outputs say they are one: checked on the tiny run of conftest, evaluated as the pipeline does."""
+"""metrics.json says what made it, and the outputs of a smoke run or of a model of the drawn
+sample say what they are: checked on the tiny runs of conftest, evaluated as the pipeline
+does."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from PIL import Image
 import storyteller
 from storyteller import pipeline
 from storyteller.cli import main
-from storyteller.config import SMOKE_LABEL, TrainConfig
+from storyteller.config import SAMPLE_LABEL, SMOKE_LABEL, TrainConfig
 from storyteller.inference import Captioner
 from storyteller.models.checkpoint import read_checkpoint
 from storyteller.notebook import report
@@ -151,8 +153,8 @@ def test_the_cli_labels_a_smoke_models_caption_and_story(tiny_data, run_copy, ca
     photo = str(sorted((tiny_data / "Images").glob("*.jpg"))[0])
     model = ["--checkpoint", str(run_copy)]
     assert main(["caption", photo, *model]) == 0
-    assert "warning" not in json.loads(capsys.readouterr().out)
-    _train_smoke(tiny_data, run_copy)
+    assert json.loads(capsys.readouterr().out)["warning"] == SAMPLE_LABEL  # the drawn sample's
+    _train_smoke(tiny_data, run_copy)  # on the sample too: the smoke label says more
 
     assert main(["caption", photo, *model]) == 0
     line = json.loads(capsys.readouterr().out)  # still one JSON line per image
@@ -165,3 +167,32 @@ def test_the_cli_labels_a_smoke_models_caption_and_story(tiny_data, run_copy, ca
         assert out[:2] == [SMOKE_LABEL, f"caption: {line['caption']}"]
         assert main(["story", "--caption", "a dog runs", *hosted]) == 0
         assert SMOKE_LABEL not in capsys.readouterr().out  # a typed caption: no model
+
+
+def test_a_sample_model_says_so_and_a_model_of_other_data_does_not(tiny_run, unmarked_run):
+    """A captioner of the embedded drawn sample captioned real photos with nonsense and no
+    warning: its checkpoint records the sample, and every line it writes says so."""
+    assert read_checkpoint(tiny_run / "best_model.pth")["trained_on_sample"] is True
+    sample = Captioner.load(tiny_run)
+    assert sample.label == SAMPLE_LABEL and not sample.smoke
+    assert sample.labelled("caption: a star").splitlines() == [SAMPLE_LABEL, "caption: a star"]
+    assert read_checkpoint(unmarked_run / "best_model.pth")["trained_on_sample"] is False
+    other = Captioner.load(unmarked_run)
+    assert other.label is None and other.labelled("caption: a dog") == "caption: a dog"
+
+
+@pytest.mark.usefixtures("no_story_credentials")
+def test_the_cli_labels_a_sample_models_caption_and_story(
+    tiny_data, tiny_run, unmarked_run, capsys
+):
+    photo = str(sorted((tiny_data / "Images").glob("*.jpg"))[0])
+    for run, label in ((tiny_run, SAMPLE_LABEL), (unmarked_run, None)):
+        assert main(["caption", photo, "--checkpoint", str(run)]) == 0
+        assert json.loads(capsys.readouterr().out).get("warning") == label, run
+    with FakeLLMServer() as server:
+        hosted = ["--backend", "hosted", "--base-url", server.url]
+        assert main(["story", photo, "--checkpoint", str(tiny_run), *hosted]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0] == SAMPLE_LABEL and out[1].startswith("caption: ")
+        assert main(["story", photo, "--checkpoint", str(unmarked_run), *hosted]) == 0
+        assert SAMPLE_LABEL not in capsys.readouterr().out

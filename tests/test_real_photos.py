@@ -12,9 +12,10 @@ from conftest import FLICKR8K_1K
 from storyteller import pipeline
 from storyteller.config import TrainConfig
 
-pytestmark = pytest.mark.skipif(
-    not FLICKR8K_1K.is_dir(), reason="../shared/data/flickr8k-1k not present"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not FLICKR8K_1K.is_dir(), reason="../shared/data/flickr8k-1k not present"),
+]
 
 # The recipe docs/results.md's results table reports: defaults, with room for early stopping.
 RECIPE = TrainConfig(num_epochs=30)

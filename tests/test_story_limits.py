@@ -275,3 +275,22 @@ def test_a_hosted_stream_is_cut_at_the_time_limit():
     assert time.monotonic() - started < 4
     assert session.story.startswith("Sentence 0") and "Sentence 99" not in session.story
     assert session.notes == ["the story stopped at its time limit of 0.5 s per turn"]
+
+
+def test_loading_a_model_shows_no_progress_bar_unless_asked(tiny_model, capfd):
+    """transformers draws "Loading weights: 0%|..." on stderr, a terminal or not: the CLI
+    hides it (and the loading warnings) unless --verbose, and leaves the settings as they were."""
+    from transformers.utils import logging
+
+    from storyteller.story.backends import clear_cache
+
+    bars = logging.is_progress_bar_enabled()
+    args = ["story", "--caption", CAPTION, "--backend", "transformers", "--model"]
+    args += [str(tiny_model), "--device", "cpu", "--max-new-tokens", "8", "--seed", "0"]
+    main(args)
+    out, err = capfd.readouterr()
+    assert out.startswith(f"caption: {CAPTION}") and "story by transformers" in err
+    assert "Loading weights" not in err and logging.is_progress_bar_enabled() == bars
+    clear_cache()
+    get_backend("transformers", model=str(tiny_model), device="cpu", verbose=True)
+    assert "Loading weights" in capfd.readouterr().err  # what the default hides

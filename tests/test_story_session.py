@@ -170,3 +170,109 @@ def test_any_backend_that_never_stops_is_cut_at_the_character_cap():
     assert MAX_TURN_CHARS - 20 < len(session.story) <= MAX_TURN_CHARS
     assert shown[-1] == session.story
     assert session.notes == [f"the story turn was cut at {MAX_TURN_CHARS:,} characters"]
+
+
+# -- a saved story, continued and steered from the command line -----------------------------
+
+
+def story_cli(server, capsys, *args) -> tuple[int, str, str]:
+    from storyteller.cli import main
+
+    code = main(["story", *args, "--base-url", server.url])
+    return (code, *capsys.readouterr())
+
+
+@pytest.mark.usefixtures("no_story_credentials")
+def test_cli_saves_continues_and_steers_a_story(server, tmp_path, capsys):
+    saved = tmp_path / "story.json"
+    server.replies = [
+        ["The dog ran. ", "It barked at the sea."],
+        ["The sea was calm. ", "The dog slept on the sand."],
+        ["Rain fell on the sand. ", "The dog ran home."],
+    ]
+    code, out, err = story_cli(server, capsys, "--caption", CAPTION, "--save", str(saved))
+    assert out == f"caption: {CAPTION}\n\nThe dog ran. It barked at the sea.\n"
+    assert code == 0 and f"story saved to {saved}: go on with --continue {saved}" in err
+    code, out, err = story_cli(server, capsys, "--continue", str(saved), "--genre", "fable")
+    assert code == 0 and out == "The sea was calm. The dog slept on the sand.\n"
+    assert "It barked at the sea." in user_message(server)  # the saved story goes on
+    assert "fable" in server.requests[-1]["json"]["messages"][0]["content"]
+    code, out, err = story_cli(server, capsys, "--continue", str(saved), "--steer", "a storm")
+    assert code == 0 and "a storm" in user_message(server)
+
+    again = StorySession.load(saved)
+    assert [t["kind"] for t in again.turns] == ["start", "continue", "steer"]
+    assert again.turns[-1]["input"] == "a storm" and again.captions == [CAPTION]
+    assert again.story.endswith("Rain fell on the sand. The dog ran home.")
+
+
+@pytest.mark.usefixtures("no_story_credentials")
+def test_cli_steering_has_the_apps_limits(server, tmp_path, capsys):
+    saved = tmp_path / "story.json"
+    long_line = "a storm breaks " * 40  # 600 characters: cut to 300, as in the app
+    args = ["--caption", CAPTION, "--steer", long_line, "--save", str(saved)]
+    code, out, err = story_cli(server, capsys, *args)
+    assert code == 0 and "note: the steering line was cut to 300 characters (it had 599)" in err
+    assert len(StorySession.load(saved).turns[-1]["input"]) <= 300
+    requests = len(server.requests)
+    for args, message in [
+        (["--caption", CAPTION, "--steer", "  "], "error: --steer is empty"),
+        (["--steer", "a storm"], "error: --steer needs a story: --continue FILE"),
+    ]:
+        code, out, err = story_cli(server, capsys, *args)
+        assert code == 2 and err.startswith(message) and out == ""
+    assert len(server.requests) == requests  # refused before any request
+
+
+def saved_story(**change) -> dict:
+    turns = [{"kind": "start", "input": CAPTION, "text": "The dog ran."}]
+    return {"format": "storyteller story", "version": 1, "turns": turns, **change}
+
+
+def turn(**change) -> dict:
+    return {"kind": "start", "input": CAPTION, "text": "The dog ran.", **change}
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("{not json", "not a valid saved story: Expecting property name"),
+        ([1, 2], 'not a saved story: it has no "format": "storyteller story"'),
+        (saved_story(version=2), "not a saved story: version 2 (this version reads 1)"),
+        (saved_story(turns=[]), 'not a saved story: "turns" is not a list of turns'),
+        (saved_story(turns=[{"kind": "start"}]), "turn 1 is not {"),
+        (saved_story(turns=[turn(text=7)]), "turn 1 holds a value that is not text"),
+        (saved_story(turns=[turn(kind="steer")]), "turn 1 is 'steer': a story is a start"),
+        (saved_story(turns=[turn(), turn()]), "turn 2 is 'start'"),
+        (saved_story(turns=[turn(input="a" * 501)]), "(one line of 1 to 500 characters)"),
+        (saved_story(turns=[turn(input="a\nb")]), "turn 1's input 'a\\nb' is not a start"),
+        (saved_story(turns=[turn(), turn(kind="continue")]), "(none)"),
+        (saved_story(turns=[turn(text=" ")]), "turn 1's text is not 1 to 32,768 characters"),
+        (saved_story(turns=[turn(text="a" * 32_769)]), "turn 1's text is not 1 to 32,768"),
+    ],
+)
+@pytest.mark.usefixtures("no_story_credentials")
+def test_cli_refuses_a_bad_story_file_in_one_line(server, tmp_path, capsys, content, problem):
+    import json
+
+    saved = tmp_path / "story.json"
+    saved.write_text(content if isinstance(content, str) else json.dumps(content))
+    code, out, err = story_cli(server, capsys, "--continue", str(saved))
+    assert code == 2 and out == "" and err.startswith(f"error: {saved}: ")
+    assert problem in err and err.count("\n") == 1
+    assert server.requests == []  # refused before the model
+
+
+@pytest.mark.usefixtures("no_story_credentials")
+def test_cli_refuses_a_story_file_over_its_size_limit(server, tmp_path, capsys, monkeypatch):
+    import json
+
+    from storyteller.story import session as session_module
+
+    saved = tmp_path / "story.json"
+    saved.write_text(json.dumps(saved_story()))
+    monkeypatch.setattr(session_module, "MAX_STORY_FILE_BYTES", 10)
+    code, out, err = story_cli(server, capsys, "--continue", str(saved))
+    assert code == 2 and err.startswith(f"error: {saved}: a saved story is at most 10 bytes")
+    code, out, err = story_cli(server, capsys, "--continue", str(tmp_path / "missing.json"))
+    assert code == 2 and "cannot read the story: No such file or directory" in err

@@ -6,7 +6,7 @@ import os
 import sys
 from importlib import import_module
 
-from ..errors import StorytellerError, disk_full_cause, disk_full_error
+from ..errors import StorytellerError, disk_full_cause, disk_full_error, install_problem
 from .common import Parser, terminal_text
 
 #: The commands, each a module here, in the order ``--help`` lists them.
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         if full is not None:  # a write outside the atomic ones, which name their file
             where = full.filename or f"into {getattr(args, 'out', None) or 'the output folder'}"
             print(f"error: {disk_full_error(full, where)}", file=sys.stderr)
+            return 2
+        problem = install_problem(exc)
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
             return 2
         if os.environ.get("STORYTELLER_DEBUG"):
             raise

@@ -1,8 +1,9 @@
-"""``caption``: one JSON line per image; its caption loop is also ``story``'s."""
+"""``caption``: one JSON line per captioned image, an ``error:`` line on stderr per unreadable
+one; its caption loop is also ``story``'s."""
 
 import json
+import sys
 
-from ..config import SMOKE_LABEL
 from ..errors import StorytellerError
 from .common import add_captioner
 
@@ -60,13 +61,14 @@ def run(args) -> int:
             f"--attention-maps: the {captioner.model.name!r} captioner in {args.checkpoint} does "
             "not attend; train one with --decoder attention"
         )
-    warning = {"warning": SMOKE_LABEL} if captioner.smoke else {}
+    warning = {"warning": captioner.label} if captioner.label else {}
     failures = 0
     for path, captioned in caption_each(captioner, args, args.attention_maps):
-        if isinstance(captioned, Exception):
+        if isinstance(captioned, Exception):  # said on stderr; stdout holds captions alone
             failures += 1
-            line = {"image": path, "error": f"cannot read image: {captioned}"}
+            print(f"error: cannot read image {path}: {captioned}", file=sys.stderr, flush=True)
         else:
-            line = {"image": path, **warning, **captioned}
-        print(json.dumps(line), flush=True)
+            print(json.dumps({"image": path, **warning, **captioned}), flush=True)
+    if failures:
+        print(f"error: {failures} of {len(args.images)} image(s) not captioned", file=sys.stderr)
     return 1 if failures else 0

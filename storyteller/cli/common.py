@@ -27,10 +27,12 @@ class HelpFormatter(argparse.HelpFormatter):
 
 class Parser(argparse.ArgumentParser):
     """argparse with shown defaults and a "did you mean" for a mistyped command, choice or
-    flag (subcommand parsers are of this class too)."""
+    flag (subcommand parsers are of this class too). A flag is never taken from a prefix of
+    its name: ``--bea`` is a mistake, not ``--beam``."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def parse_args(self, args=None, namespace=None):

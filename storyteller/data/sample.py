@@ -34,6 +34,7 @@ CAPTIONS_PER_IMAGE = 5
 IMAGES_DIRNAME = "Images"
 CAPTIONS_FILENAME = "captions.txt"
 MANIFEST_FILENAME = "sample.json"
+MANIFEST_FORMAT = "storyteller-sample"
 JPEG_QUALITY = 90
 
 _SUPERSAMPLE = 2  # shapes are drawn at twice the size and shrunk, for smooth edges
@@ -314,7 +315,7 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 def _manifest(num_images: int, seed: int, image_size: int) -> dict:
     return {
-        "format": "storyteller-sample",
+        "format": MANIFEST_FORMAT,
         "version": SAMPLE_VERSION,
         "num_images": num_images,
         "seed": seed,

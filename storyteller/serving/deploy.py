@@ -26,6 +26,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from ..config import model_label
 from ..data.vocab import Vocabulary
 from ..errors import StorytellerError
 from ..features.encoder_specs import ENCODERS
@@ -46,7 +47,15 @@ REQUIREMENTS_FILE = "requirements.txt"
 #: The title in the Space README's front matter when no --space names it (a dry run).
 DEFAULT_TITLE = "Neural Storyteller"
 # What inference needs from a checkpoint; optimiser, scheduler and RNG states stay behind.
-SLIM_KEYS = ("model", "model_config", "train_config", "vocab_fingerprint", "epoch", "best_val_loss")
+SLIM_KEYS = (
+    "model",
+    "model_config",
+    "train_config",
+    "vocab_fingerprint",
+    "epoch",
+    "best_val_loss",
+    "trained_on_sample",
+)
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".ipynb_checkpoints")
 
 
@@ -69,9 +78,12 @@ def gradio_version() -> str:
         ) from None
 
 
-def _space_readme(space_title: str, sdk_version: str, about: str, model: str | None) -> str:
+def _space_readme(
+    space_title: str, sdk_version: str, about: str, model: str | None, label: str | None
+) -> str:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     models = f"models: [{model}]\n" if model else ""  # the Hub links the Space and its model
+    label = f"**{label}**\n\n" if label else ""  # a smoke or sample model's
     return f"""---
 title: {space_title}
 emoji: 📖
@@ -88,7 +100,7 @@ short_description: Photo to caption (CNN + LSTM) to a short story
 
 # Neural Storyteller
 
-Upload a photo (or use the webcam): an LSTM captioner trained on cached CNN features
+{label}Upload a photo (or use the webcam): an LSTM captioner trained on cached CNN features
 describes it, and a language model turns the caption into a short story that you can
 continue, extend with another photo, or steer with a line of text.
 
@@ -115,13 +127,15 @@ def _examples_note(examples: Examples) -> str:
     return ""
 
 
-def _slim_checkpoint(source: Path, dest: Path, vocab: Vocabulary) -> str:
+def _slim_checkpoint(source: Path, dest: Path, vocab: Vocabulary) -> tuple[str, str | None]:
     """Copy the checkpoint with only what inference needs, after checking it loads; returns
-    the name of the encoder the model was trained on (the app builds that one)."""
+    the name of the encoder the model was trained on (the app builds that one) and the
+    model's label (a smoke or sample model's, else None)."""
     model, _ = load_model(source, vocab)  # rebuilds from its config, matches the vocabulary
     checkpoint = read_checkpoint(source)
-    torch_save_atomic({k: checkpoint[k] for k in SLIM_KEYS if k in checkpoint}, dest)
-    return model.config.encoder
+    slim = {k: checkpoint[k] for k in SLIM_KEYS if k in checkpoint}
+    torch_save_atomic(slim, dest)
+    return model.config.encoder, model_label(slim)
 
 
 def _write_requirements(source: Path, dest: Path, encoders: list[str]) -> None:
@@ -171,7 +185,8 @@ def build_space_folder(
     dest.mkdir(parents=True, exist_ok=True)
     if model is None:
         vocab = Vocabulary.load(vocab_path)
-        encoders = [_slim_checkpoint(checkpoint, dest / BEST_CHECKPOINT, vocab)]
+        encoder, label = _slim_checkpoint(checkpoint, dest / BEST_CHECKPOINT, vocab)
+        encoders = [encoder]
         public_vocab(vocab).save(dest / VOCAB_FILE)  # no local path in a public Space
         about = f"`{BEST_CHECKPOINT}` + `{VOCAB_FILE}` in this Space"
         examples = example_pictures(checkpoint.parent, dest / EXAMPLES_DIR, example_photos)
@@ -180,13 +195,13 @@ def build_space_folder(
         note = _examples_note(examples)
     else:
         # A later push may change the model's encoder: the Space can build every one.
-        encoders, note = list(ENCODERS), ""
+        encoders, note, label = list(ENCODERS), "", None
         write_json(dest / SPACE_MODEL_FILE, {"model": model, "revision": None})
         about = f"[{model}](https://huggingface.co/{model}), loaded from the Hub at start"
     shutil.copy2(sources[APP_FILE], dest / APP_FILE)
     _write_requirements(sources[REQUIREMENTS_FILE], dest / REQUIREMENTS_FILE, encoders)
     shutil.copytree(PACKAGE_DIR, dest / PACKAGE_DIR.name, ignore=_IGNORED)
-    readme = _space_readme(title, sdk_version, about, model) + note
+    readme = _space_readme(title, sdk_version, about, model, label) + note
     (dest / "README.md").write_text(readme, encoding="utf-8")
     size_mb = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 1e6
     log(f"Space folder written to {dest} ({size_mb:.1f} MB)")

@@ -84,8 +84,9 @@ def _image_dir(run_dir: Path) -> Path | None:
     return folder if folder is not None and folder.is_dir() else None
 
 
-def trained_on_sample(run_dir: str | Path) -> bool:
-    """Whether the run's split is of the embedded sample's drawn scenes (by their names)."""
+def split_is_drawn(run_dir: str | Path) -> bool:
+    """Whether the run's test photos are the embedded sample's drawn scenes (by their names):
+    the app then draws fresh scenes rather than show them."""
     names = _test_split(Path(run_dir))
     return bool(names) and all(_SAMPLE_NAME.fullmatch(name) for name in names)
 
@@ -119,7 +120,7 @@ def choose_examples(model_dir: str | Path, allow_photos: bool) -> Examples:
     found = bundled(model_dir)
     if found:
         return Examples("bundled", found)
-    if trained_on_sample(model_dir):
+    if split_is_drawn(model_dir):
         return Examples("sample")
     if not allow_photos:
         return Examples("none", why=f"the run's photos are not shown ({PHOTOS_ENV}=1 shows them)")

@@ -70,7 +70,8 @@ def require(module: str, why: str) -> object:
 @dataclass(frozen=True)
 class TrainedCaptioner:
     """A checked model folder: what a ``Captioner`` is built from, and ``info`` (training
-    config, epoch, best validation loss) to write it out again."""
+    config, epoch, best validation loss, whether it learned the drawn sample) to write it out
+    again."""
 
     model: CaptionDecoder
     vocab: Vocabulary
@@ -136,8 +137,9 @@ def write_model_folder(
     card: str | None = None,
 ) -> Path:
     """Write the model folder into ``dest`` (absent or empty) and return it. ``info`` holds
-    ``train_config`` (a dict), ``epoch`` and ``best_val_loss`` where known; ``encoder_weights``
-    the fine-tuned encoder's state_dict; ``card`` the README.md text."""
+    ``train_config`` (a dict), ``epoch``, ``best_val_loss`` and ``trained_on_sample`` where
+    known; ``encoder_weights`` the fine-tuned encoder's state_dict; ``card`` the README.md
+    text."""
     safetensors_torch = require("safetensors.torch", "writing a model folder")
     dest = Path(dest).expanduser()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -160,6 +162,7 @@ def write_model_folder(
         },
         "vocab_fingerprint": vocab.fingerprint,
         **{k: info[k] for k in ("epoch", "best_val_loss") if is_number(info.get(k))},
+        "trained_on_sample": info.get("trained_on_sample") is True,
     }
     dest.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "storyteller_format_version": str(FORMAT_VERSION)}
@@ -279,6 +282,7 @@ def load_model_folder(folder: str | Path, device: torch.device | str = "cpu") ->
         encoder = checkpoint_encoder(model_config, held, encoder_path)
     info = {k: config[k] for k in ("epoch", "best_val_loss") if is_number(config.get(k))}
     info["train_config"] = train_config_of(config, config_path).to_dict()
+    info["trained_on_sample"] = config.get("trained_on_sample") is True
     return TrainedCaptioner(model, vocab, encoder, info)
 
 

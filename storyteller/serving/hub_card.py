@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 
-from ..config import ModelConfig, TrainConfig, train_flags
+from ..config import ModelConfig, TrainConfig, model_label, train_flags
 from ..config_cli import config_flags
 from ..data.vocab import Vocabulary
 from ..errors import StorytellerError
@@ -97,7 +97,7 @@ def _table(metrics: dict) -> str:
 
 _CARD = """
 # {name}
-
+{label}
 An image captioner made with Neural Storyteller (the `storyteller` Python package): the
 image encoder {encoder} and a `{decoder}` decoder ({words} words), trained on {dataset}.
 
@@ -143,12 +143,14 @@ def model_card(
     repo: str,
     model_config: ModelConfig,
     vocab: Vocabulary,
-    train_config: dict,
+    info: dict,
     metrics: dict | None,
     format_version: int,
     files: list[str],
 ) -> str:
-    """The README.md text: YAML metadata, then the card."""
+    """The README.md text: YAML metadata, then the card. ``info``: what the checkpoint
+    records (``train_config``, ``trained_on_sample``); a smoke or sample model's label stands
+    under the title."""
     from huggingface_hub import ModelCard, ModelCardData
 
     dataset = dataset_name(vocab)
@@ -164,9 +166,10 @@ def model_card(
         tags=["image-captioning", model_config.encoder, model_config.decoder],
         eval_results=_results(metrics, dataset, name) or None,
     )
-    blocks = model_config.fine_tuned_blocks
+    blocks, label = model_config.fine_tuned_blocks, model_label(info)
     body = _CARD.format(
         name=name,
+        label=f"\n**{label}**\n" if label else "",
         repo=repo,
         encoder=model_config.encoder
         + (f" (last {blocks} block(s) fine-tuned)" if blocks else " (ImageNet weights, frozen)"),
@@ -174,7 +177,7 @@ def model_card(
         words=len(vocab),
         dataset=dataset,
         table=_table(metrics),
-        commands="\n".join(training_commands(model_config, train_config)),
+        commands="\n".join(training_commands(model_config, info["train_config"])),
         format_version=format_version,
         files=", ".join(f"`{f}`" for f in files),
     )

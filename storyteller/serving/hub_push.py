@@ -36,8 +36,12 @@ def model_files(fine_tuned: bool) -> list[str]:
 
 def training_info(checkpoint: dict, path: Path) -> dict:
     """The checkpoint's checked training config, epoch and best loss (left out when it is not
-    finite, e.g. no validation yet), for config.json and the card."""
-    info = {"train_config": train_config_of(checkpoint, path).to_dict()}
+    finite, e.g. no validation yet) and whether it learned the drawn sample, for config.json
+    and the card."""
+    info = {
+        "train_config": train_config_of(checkpoint, path).to_dict(),
+        "trained_on_sample": checkpoint.get("trained_on_sample") is True,
+    }
     if isinstance(checkpoint.get("epoch"), int):
         info["epoch"] = checkpoint["epoch"]
     loss = checkpoint.get("best_val_loss")
@@ -75,7 +79,7 @@ def export_run(
         repo,
         config,
         vocab,
-        info["train_config"],
+        info,
         read_metrics(run_dir),
         FORMAT_VERSION,
         model_files(bool(config.fine_tuned_blocks)),

@@ -29,6 +29,9 @@ TURN_SECONDS = Bound(0.0, MAX_TURN_SECONDS, low_open=True)  # a turn's time limi
 TIME_LIMIT_ENV = "STORYTELLER_STORY_TIME_LIMIT"
 #: 8 characters per token of the largest token budget (4,096): far above any real turn
 MAX_TURN_CHARS = 32_768
+#: a saved story file (``story --save``): a prompt reads only a story's end, so this holds
+#: thousands of ordinary turns and is never read whole into a model
+MAX_STORY_FILE_BYTES = 4 * 2**20
 #: what a hosted backend reads from its server, whatever ``max_tokens`` it ignores (the cleaner
 #: drops copies, labels and a last unfinished sentence: room for them)
 MAX_RECEIVED_CHARS = 2 * MAX_TURN_CHARS

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+from ..artefacts import ArtefactError, describe, read_json
 from .backends import StoryBackend, get_backend
 from .cleaning import sentence_key
 from .errors import StoryError
@@ -19,11 +21,12 @@ from .limits import (
     DEFAULT_TURN_SECONDS,
     MAX_CAPTION_CHARS,
     MAX_INSTRUCTION_CHARS,
+    MAX_STORY_FILE_BYTES,
     MAX_TURN_CHARS,
     cap_text,
 )
 from .options import StoryOptions
-from .prompts import StoryPrompt, as_sentence, clean_caption
+from .prompts import KINDS, StoryPrompt, as_sentence, clean_caption
 
 #: generations tried for one turn before "the model wrote no story text" is reported
 ATTEMPTS = 3
@@ -33,6 +36,14 @@ RETRY_SECONDS = 1.0
 PARAGRAPH = "\n\n"  # each turn is a paragraph of the story
 #: turns into a story that a base model opens with their input (the caption, the steering line)
 OPENED_TURNS = ("image", "steer")
+#: what a saved story says it is, and the version of its layout
+STORY_FORMAT, STORY_VERSION = "storyteller story", 1
+#: the longest ``input`` (caption or steering line) of each kind of turn
+INPUT_CHARS = {
+    "start": MAX_CAPTION_CHARS,
+    "image": MAX_CAPTION_CHARS,
+    "steer": MAX_INSTRUCTION_CHARS,
+}
 
 
 def says_nothing_new(text: str, prompt: StoryPrompt, given: str) -> bool:
@@ -64,6 +75,42 @@ class StorySession:
     def reset(self) -> None:
         """Forget the story (keeps the backend and options)."""
         self.turns, self.captions = [], []
+
+    def save(self, path: str | Path) -> None:
+        """Write the story so far to ``path`` as JSON, its turns (atomically)."""
+        from ..runtime import write_json  # imports torch: only when a story is saved
+
+        data = {"format": STORY_FORMAT, "version": STORY_VERSION, "turns": self.turns}
+        try:
+            write_json(path, data)
+        except OSError as exc:
+            raise ArtefactError(path, f"cannot save the story: {exc.strerror or exc}") from None
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        backend: StoryBackend | None = None,
+        options: StoryOptions | None = None,
+    ) -> StorySession:
+        """The story :meth:`save` wrote to ``path``, ready to go on. A file over
+        :data:`MAX_STORY_FILE_BYTES`, or one this class could not have written, is one
+        :class:`ArtefactError` line."""
+        try:
+            size = Path(path).stat().st_size
+        except OSError as exc:
+            raise ArtefactError(path, f"cannot read the story: {exc.strerror or exc}") from None
+        if size > MAX_STORY_FILE_BYTES:
+            raise ArtefactError(
+                path, f"a saved story is at most {MAX_STORY_FILE_BYTES:,} bytes, this is {size:,}"
+            )
+        data = read_json(path, "saved story")
+        if problem := _saved_story_problem(data):
+            raise ArtefactError(path, f"not a saved story: {problem}")
+        session = cls(backend, options)
+        session.turns = data["turns"]
+        session.captions = [t["input"] for t in session.turns if t["kind"] in ("start", "image")]
+        return session
 
     def start(self, caption: str, options: StoryOptions | None = None) -> Iterator[str]:
         """A new story from ``caption`` (replaces the current one once it completes)."""
@@ -172,6 +219,32 @@ class StorySession:
         self.turns = [turn] if start else [*self.turns, turn]
         if prompt.kind in ("start", "image"):
             self.captions = list(prompt.captions)
+
+
+def _saved_story_problem(data) -> str:
+    """What :meth:`StorySession.save` would not have written in ``data`` ("" if nothing)."""
+    if not isinstance(data, dict) or data.get("format") != STORY_FORMAT:
+        return f'it has no "format": "{STORY_FORMAT}" (save one with story --save)'
+    if data.get("version") != STORY_VERSION:
+        return f"version {describe(data.get('version'))} (this version reads {STORY_VERSION})"
+    turns = data.get("turns")
+    if not isinstance(turns, list) or not turns:
+        return '"turns" is not a list of turns'
+    for number, turn in enumerate(turns, 1):
+        if not isinstance(turn, dict) or set(turn) != {"kind", "input", "text"}:
+            return f'turn {number} is not {{"kind", "input", "text"}}'
+        if not all(isinstance(value, str) for value in turn.values()):
+            return f"turn {number} holds a value that is not text"
+        kind, given, text = turn["kind"], turn["input"], turn["text"]
+        if kind not in KINDS or (kind == "start") != (number == 1):
+            return f"turn {number} is {describe(kind)}: a story is a start, then {KINDS[1:]}"
+        limit = INPUT_CHARS.get(kind, 0)  # a continue turn has no input
+        if given != " ".join(given.split()) or len(given) > limit or bool(given) != bool(limit):
+            want = f"one line of 1 to {limit} characters" if limit else "none"
+            return f"turn {number}'s input {describe(given)} is not a {kind} turn's ({want})"
+        if not text.strip() or len(text) > MAX_TURN_CHARS:
+            return f"turn {number}'s text is not 1 to {MAX_TURN_CHARS:,} characters"
+    return ""
 
 
 def write_story(

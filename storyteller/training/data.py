@@ -3,6 +3,7 @@ share of every batch per process under torchrun)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from ..config import ModelConfig, TrainConfig
 from ..data.captions import CaptionDataset
+from ..data.sample import MANIFEST_FILENAME, MANIFEST_FORMAT
 from ..data.vocab import PAD_ID, Vocabulary
 from ..errors import StorytellerError
 from ..features.cache_format import FeatureCache
@@ -20,6 +22,16 @@ from ..features.encoders import get_encoder_spec
 from ..models import decoder_class
 from .distributed import SINGLE_PROCESS, DistContext
 from .finetune import FineTunedEncoder, ImageCaptions, collate_images, image_transform
+
+
+def is_sample(dataset: CaptionDataset) -> bool:
+    """Whether ``dataset`` is the embedded drawn sample (the ``sample.json`` beside its
+    captions), so a model trained on it can say that it knows drawn shapes, not photos."""
+    try:
+        manifest = json.loads((dataset.source.parent / MANIFEST_FILENAME).read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
 
 
 class CaptionPairs(Dataset):

@@ -125,6 +125,7 @@ class TrainingState:
     stopped_early: bool = False
     embeddings: dict | None = None  # WordVectors.provenance() of the first embedding, if any
     encoder: FineTunedEncoder | None = None  # --fine-tune-encoder's, saved in every checkpoint
+    trained_on_sample: bool = False  # the embedded drawn sample: every caption then says so
 
     @classmethod
     def create(
@@ -213,6 +214,7 @@ class TrainingState:
             "best_val_loss": self.best_val,
             "bad_epochs": self.bad_epochs,
             "stopped_early": self.stopped_early,
+            "trained_on_sample": self.trained_on_sample,
             **({"embeddings": self.embeddings} if self.embeddings else {}),
             # best_model.pth too: the decoder is useless without the encoder it learned with
             **(

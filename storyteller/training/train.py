@@ -28,7 +28,7 @@ from ..models.checkpoint import check_progress, read_checkpoint, save_checkpoint
 from ..progress import Log, progress
 from ..run_folder import BEST_CHECKPOINT, HISTORY_FILE, LAST_CHECKPOINT, LOSS_CURVE_FILE
 from ..runtime import autocast, get_device, write_json
-from .data import make_loaders, training_data
+from .data import is_sample, make_loaders, training_data
 from .distributed import SINGLE_PROCESS, DistContext
 from .finetune import FineTunedEncoder
 from .state import TrainingState, load_word_vectors, start_run
@@ -306,6 +306,7 @@ def train_model(
     model_config = model_config or ModelConfig(len(vocab), feature_dim, encoder=cache.encoder)
     data = training_data(cache, dataset, splits, vocab, model_config, train_config, encoder)
     state = TrainingState.create(model_config, train_config, device, encoder)
+    state.trained_on_sample = is_sample(dataset)
     _check_fits(model_config, vocab, cache, encoder)
     if embeddings is not None:
         load_word_vectors(state, embeddings)

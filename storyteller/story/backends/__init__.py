@@ -60,7 +60,7 @@ def resolve_auto(**kwargs) -> str:
     return name
 
 
-def _construct(name: str, kwargs: dict) -> StoryBackend:
+def _construct(name: str, kwargs: dict, verbose: bool) -> StoryBackend:
     if name == "hosted":
         from .hosted import HostedBackend
 
@@ -73,20 +73,22 @@ def _construct(name: str, kwargs: dict) -> StoryBackend:
             )
         if not installed("transformers"):
             raise StoryError(f"transformers: not installed: {gemma_cache.STORY_EXTRA}")
-        from .local import TransformersBackend
+        from .local import TransformersBackend as backend
+    else:
+        if not installed("transformers"):  # a clear error, not an ImportError
+            raise StoryError(f"offline: transformers is not installed: {gemma_cache.STORY_EXTRA}")
+        from .offline import OfflineBackend as backend
+    from .local import quiet_loading
 
-        return TransformersBackend(**kwargs)
-    if not installed("transformers"):  # a clear error, not an ImportError
-        raise StoryError(f"offline: transformers is not installed: {gemma_cache.STORY_EXTRA}")
-    from .offline import OfflineBackend
-
-    return OfflineBackend(**kwargs)
+    with quiet_loading(not verbose):
+        return backend(**kwargs)
 
 
-def get_backend(name: str = "auto", **kwargs) -> StoryBackend:
+def get_backend(name: str = "auto", verbose: bool = False, **kwargs) -> StoryBackend:
     """A story backend, loaded once per set of arguments (and of the environment that
     chooses keys and limits). ``None`` values and arguments the backend does not take are
-    dropped, so ``auto`` can be given all of them (see :data:`_KWARGS`)."""
+    dropped, so ``auto`` can be given all of them (see :data:`_KWARGS`). A local model loads
+    quietly (:func:`.local.quiet_loading`) unless ``verbose``."""
     name = (name or "auto").strip().lower()
     if name not in BACKENDS:
         raise StoryError(f"unknown story backend '{name}': use one of {', '.join(BACKENDS)}")
@@ -100,7 +102,7 @@ def get_backend(name: str = "auto", **kwargs) -> StoryBackend:
     key = (name, env, tuple(sorted((k, repr(v)) for k, v in accepted.items())))
     with _cache_lock:  # load once even when two requests ask at the same moment
         if key not in _cache:
-            _cache[key] = _construct(name, accepted)
+            _cache[key] = _construct(name, accepted, verbose)
         return _cache[key]
 
 

@@ -5,10 +5,12 @@ tokens only: one over the prompt would punish the caption's words and the few-sh
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -78,6 +80,35 @@ def hub_weights_bytes(model: str, dtype_size: int, token: str | None = None) -> 
         return info.safetensors.total * dtype_size if info.safetensors else None
     except Exception:  # offline, unknown or gated model: loading will say what is wrong
         return None
+
+
+@contextlib.contextmanager
+def quiet_loading(quiet: bool = True) -> Iterator[None]:
+    """While a model loads: no progress bars ("Loading weights"), log lines or warnings from
+    ``transformers`` and ``huggingface_hub``, each setting restored after."""
+    if not quiet:
+        yield
+        return
+    from huggingface_hub import utils as hub
+    from transformers.utils import logging
+
+    bars, hub_bars, level = (
+        logging.is_progress_bar_enabled(),
+        not hub.are_progress_bars_disabled(),
+        logging.get_verbosity(),
+    )
+    logging.disable_progress_bar()  # the hub's too
+    logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+        if hub_bars:
+            hub.enable_progress_bars()
 
 
 class _TurnClock:
