@@ -231,8 +231,8 @@ class TrainConfig:
 
 
 def train_flags(train: TrainConfig, model: dict | None = None, resume: bool = True) -> list[str]:
-    """The ``train`` command's flags that give these configs back, so a notebook can start the
-    same training as a command (e.g. under torchrun)."""
+    """The ``train`` command's flags that give these configs back: a model card's commands
+    that train the same model again."""
     model = model or {}
     train_fields, defaults = config_flags(TrainConfig), TrainConfig().to_dict()
     fixed = [k for k, v in train.to_dict().items() if k not in train_fields and v != defaults[k]]
